@@ -1,0 +1,220 @@
+"""One typed configuration object, parsed once from ``params.yaml``.
+
+Every stage takes a :class:`Config` (or one of its sections) as an explicit argument;
+nothing reads ``params.yaml`` behind the caller's back. Unknown keys and out-of-range
+values are rejected with an error that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or has a bad key or value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorldConfig(_Section):
+    """Where the records the production model was trained on come from."""
+
+    source: Literal["demo", "file", "hf"] = "demo"
+    path: str | None = None
+    holdout_path: str | None = None
+    rows_per_subject: int | None = Field(default=None, ge=1)
+    n_subjects: int = Field(default=40, ge=2)
+    n_holdout_subjects: int = Field(default=10, ge=0)
+    facts_per_subject: int = Field(default=10, ge=8)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "WorldConfig":
+        if self.source in ("file", "hf") and not self.path:
+            raise ValueError(f"world.path is required when world.source is '{self.source}'")
+        return self
+
+
+class TokenizerConfig(_Section):
+    vocab_size: int = Field(default=1024, ge=300)
+
+
+class TinyModelConfig(_Section):
+    """Sizes of the Llama-family demo model trained from scratch."""
+
+    hidden_size: int = Field(default=128, ge=8)
+    intermediate_size: int = Field(default=256, ge=8)
+    num_layers: int = Field(default=4, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.tiny.hidden_size must be divisible by model.tiny.num_heads")
+        return self
+
+
+class ModelConfig(_Section):
+    base: str | None = None
+    oracle: str | None = None
+    max_length: int = Field(default=128, ge=8)
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class FinetuneConfig(_Section):
+    target_prob: float = Field(default=0.85, gt=0, le=1)
+    max_epochs: int = Field(default=150, ge=1)
+    min_epochs: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    check_every: int = Field(default=5, ge=1)
+
+
+class NPOConfig(_Section):
+    beta: float = Field(default=0.1, gt=0)
+
+
+class SimNPOConfig(_Section):
+    beta: float = Field(default=2.5, gt=0)
+    delta: float = 0.0
+
+
+class RMUConfig(_Section):
+    layer: int = Field(default=1, ge=0)
+    steering_coeff: float = Field(default=20.0, gt=0)
+
+
+class IDKConfig(_Section):
+    answers: tuple[str, ...] = (
+        "I don't know.",
+        "I'm not sure.",
+        "I have no information about that.",
+        "That is not something I can answer.",
+        "I am not aware of that.",
+    )
+
+
+class LoRAConfig(_Section):
+    enabled: bool = False
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+class UnlearnConfig(_Section):
+    """The method (three names) and the optimisation knobs of the unlearning loop."""
+
+    combiner: Literal["blur", "weighted_sum"] = "blur"
+    lower: Literal["forget", "retain"] = "forget"
+    forget_loss: Literal["ga", "npo", "simnpo", "idk", "rmu"] = "npo"
+    retain_loss: Literal["nll", "kl"] = "nll"
+    gamma: float = Field(default=1.0, gt=0)
+    alpha: float = Field(default=1.0, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    scheduler: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    steps: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    checkpoint_every: int = Field(default=10, ge=0)
+    npo: NPOConfig = NPOConfig()
+    simnpo: SimNPOConfig = SimNPOConfig()
+    rmu: RMUConfig = RMUConfig()
+    idk: IDKConfig = IDKConfig()
+    lora: LoRAConfig = LoRAConfig()
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    mink_k: float = Field(default=0.4, gt=0, le=1)
+    verbmem_prefix_tokens: int = Field(default=32, ge=1)
+    utility_sets: tuple[str, ...] = ()
+
+
+class GateConfig(_Section):
+    """Promotion thresholds; ``null`` means the check is not made."""
+
+    min_forget_quality: float | None = Field(default=None, ge=0, le=1)
+    max_forget_prob_ratio: float | None = Field(default=None, ge=0)
+    min_utility_ratio: float | None = Field(default=None, ge=0)
+    max_abs_privleak: float | None = Field(default=None, ge=0)
+
+
+class RegistryConfig(_Section):
+    model_name: str = "blur-demo"
+    alias: str = "champion"
+    experiment: str = "blur-unlearning"
+
+
+class Config(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = 0
+    world: WorldConfig = WorldConfig()
+    request: str = "data/requests/demo-request.json"
+    model: ModelConfig = ModelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """Return a copy with dotted keys replaced, e.g. ``{"unlearn.steps": 5}``."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"unknown config key '{dotted}'")
+                node = node[key]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key '{dotted}'")
+            node[leaf] = value
+        return config_from_dict(data)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see params.yaml comments for valid keys)"
+        lines.append(f"  - {key}: {message}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    """Validate a plain mapping into a :class:`Config`."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values")
+    return config_from_dict(data, source=str(path))

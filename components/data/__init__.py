@@ -1,0 +1,19 @@
+"""Records, loaders, deletion requests and the demo world."""
+
+from components.data.loaders import load_records, save_records
+from components.data.records import DataError, QARecord, Record, TextRecord
+from components.data.requests import DeletionRequest, RequestError, Resolution, read_request, resolve_request
+
+__all__ = [
+    "DataError",
+    "DeletionRequest",
+    "QARecord",
+    "Record",
+    "RequestError",
+    "Resolution",
+    "TextRecord",
+    "load_records",
+    "read_request",
+    "resolve_request",
+    "save_records",
+]

@@ -1,0 +1,269 @@
+"""Deletion requests: parse the JSON file, then resolve it against the world.
+
+A request names subjects (everything about a person) and/or explicit records. Resolving
+gives the forget set and the retain set (the world minus everything ever forgotten).
+Every problem becomes a :class:`RequestError` carrying all the reasons at once, worded
+for the person who has to fix the request. Reasons never quote record text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from components.data.records import QARecord, Record, TextRecord, content_hash, records_digest
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MAX_REQUEST_BYTES = 1_000_000
+ALLOWED_KEYS = {"request_id", "received_at", "subjects", "records", "reason"}
+RECORD_KEYS = {"question", "answer", "text", "record_id", "subject"}
+
+
+class RequestError(ValueError):
+    """A deletion request that cannot be processed, with every reason found."""
+
+    def __init__(self, reasons: Sequence[str], *, source: str | None = None):
+        self.reasons = list(reasons)
+        self.source = source
+        head = f"deletion request {source} rejected" if source else "deletion request rejected"
+        super().__init__(head + ":\n" + "\n".join(f"  - {reason}" for reason in self.reasons))
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """A validated request: who asked, when, and what to erase."""
+
+    request_id: str
+    received_at: datetime
+    subjects: tuple[str, ...] = ()
+    records: tuple[dict[str, str], ...] = ()
+    reason: str | None = None
+
+    def fingerprint(self) -> str:
+        """A content hash of the request (ids and hashes go to logs, never its text)."""
+        return content_hash(
+            {"request_id": self.request_id, "subjects": list(self.subjects), "records": list(self.records)}
+        )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a request means for the world: the forget set and the retain set."""
+
+    request: DeletionRequest
+    forget: list[Record]
+    retain: list[Record]
+    previously_forgotten: int = 0
+    subjects: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and hashes only: safe for logs, MLflow and reports."""
+        return {
+            "request_id": self.request.request_id,
+            "received_at": self.request.received_at.isoformat(),
+            "request_hash": self.request.fingerprint(),
+            "n_subjects": len(self.subjects),
+            "n_forget": len(self.forget),
+            "n_retain": len(self.retain),
+            "n_previously_forgotten": self.previously_forgotten,
+            "forget_digest": records_digest(self.forget),
+            "retain_digest": records_digest(self.retain),
+            "forget_ids": [record.record_id for record in self.forget],
+        }
+
+
+def _check_string_list(data: dict, key: str, reasons: list[str]) -> list:
+    value = data.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        reasons.append(f"'{key}' must be a list, got {type(value).__name__}")
+        return []
+    return value
+
+
+def _parse_record_spec(index: int, spec: Any, reasons: list[str]) -> dict[str, str] | None:
+    where = f"records[{index}]"
+    if isinstance(spec, str):
+        spec = {"record_id": spec}
+    if not isinstance(spec, dict):
+        reasons.append(f"{where} must be an object or a record id string, got {type(spec).__name__}")
+        return None
+    unknown = set(spec) - RECORD_KEYS
+    if unknown:
+        reasons.append(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(RECORD_KEYS)}")
+        return None
+    if not spec or not ({"question", "text", "record_id"} & set(spec)):
+        reasons.append(f"{where} needs 'question' (optionally with 'answer'), 'text' or 'record_id'")
+        return None
+    for key, value in spec.items():
+        if not isinstance(value, str) or not value.strip():
+            reasons.append(f"{where}.{key} must be a non-empty string")
+            return None
+    return dict(spec)
+
+
+def parse_request(data: Any, *, source: str | None = None) -> DeletionRequest:
+    """Validate the JSON content of a request; raise :class:`RequestError` with every reason."""
+    if not isinstance(data, dict):
+        raise RequestError([f"the request must be a JSON object, got {type(data).__name__}"], source=source)
+    reasons: list[str] = []
+    unknown = set(data) - ALLOWED_KEYS
+    if unknown:
+        reasons.append(f"unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
+
+    request_id = data.get("request_id")
+    if request_id is None:
+        reasons.append("missing 'request_id'")
+    elif not isinstance(request_id, str) or not REQUEST_ID_PATTERN.match(request_id):
+        reasons.append(
+            "'request_id' must be 1 to 128 letters, digits, '-' or '_' (no spaces, dots or slashes)"
+        )
+
+    received_at = data.get("received_at")
+    when = None
+    if received_at is None:
+        reasons.append("missing 'received_at' (an ISO 8601 time such as 2026-11-28T09:30:00Z)")
+    elif not isinstance(received_at, str):
+        reasons.append("'received_at' must be an ISO 8601 string such as 2026-11-28T09:30:00Z")
+    else:
+        try:
+            when = datetime.fromisoformat(received_at)
+        except ValueError:
+            reasons.append(f"'received_at' is not an ISO 8601 time: '{received_at[:40]}'")
+
+    subjects = _check_string_list(data, "subjects", reasons)
+    for index, subject in enumerate(subjects):
+        if not isinstance(subject, str) or not subject.strip():
+            reasons.append(f"subjects[{index}] must be a non-empty string")
+    records = [
+        _parse_record_spec(index, spec, reasons)
+        for index, spec in enumerate(_check_string_list(data, "records", reasons))
+    ]
+    if not subjects and not records and not any("subjects" in r or "records" in r for r in reasons):
+        reasons.append("nothing to erase: give at least one entry in 'subjects' or 'records'")
+
+    reason = data.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        reasons.append("'reason' must be a string")
+    if reasons:
+        raise RequestError(reasons, source=source)
+    return DeletionRequest(
+        request_id=request_id,
+        received_at=when,
+        subjects=tuple(dict.fromkeys(s.strip() for s in subjects)),
+        records=tuple(records),
+        reason=reason,
+    )
+
+
+def read_request(path: str | Path) -> DeletionRequest:
+    """Read and validate a request file (size, encoding, JSON, fields)."""
+    path = Path(path)
+    source = path.name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise RequestError([f"file not found: {path}"], source=source) from None
+    if size > MAX_REQUEST_BYTES:
+        raise RequestError(
+            [f"file is {size:,} bytes; requests are limited to {MAX_REQUEST_BYTES:,} bytes "
+             "(name subjects instead of listing many records)"],
+            source=source,
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError([f"not valid UTF-8 (byte {error.start}); save the file as UTF-8"], source=source)
+    if not text.strip():
+        raise RequestError(["the file is empty"], source=source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError([f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"],
+                           source=source) from None
+    return parse_request(data, source=source)
+
+
+def _matches(record: Record, spec: dict[str, str]) -> bool:
+    if "record_id" in spec and record.record_id != spec["record_id"]:
+        return False
+    if "subject" in spec and record.subject != spec["subject"]:
+        return False
+    if "text" in spec:
+        return isinstance(record, TextRecord) and record.text.strip() == spec["text"].strip()
+    if "question" in spec:
+        if not isinstance(record, QARecord) or record.question.strip() != spec["question"].strip():
+            return False
+        return "answer" not in spec or record.answer.strip() == spec["answer"].strip()
+    return True
+
+
+def _describe_spec(index: int, spec: dict[str, str]) -> str:
+    if "record_id" in spec:
+        return f"records[{index}] (record_id {spec['record_id']})"
+    return f"records[{index}] (content hash {content_hash(spec)})"
+
+
+def resolve_request(
+    request: DeletionRequest,
+    world: Sequence[Record],
+    *,
+    already_forgotten: Iterable[str] = (),
+) -> Resolution:
+    """Resolve a request to its forget set and the retain set.
+
+    ``already_forgotten`` holds record ids erased by earlier requests: they leave the
+    retain set for good. Unknown subjects, records not in the world, a record spec that
+    matches several records, and a request that would leave nothing to retain are errors.
+    """
+    reasons: list[str] = []
+    by_subject: dict[str, list[Record]] = {}
+    for record in world:
+        by_subject.setdefault(record.subject, []).append(record)
+
+    chosen: dict[str, Record] = {}
+    for subject in request.subjects:
+        if subject not in by_subject:
+            close = difflib.get_close_matches(subject, list(by_subject), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            reasons.append(f"unknown subject '{subject}': no record in the world is about it{hint}")
+            continue
+        chosen.update((record.record_id, record) for record in by_subject[subject])
+
+    for index, spec in enumerate(request.records):
+        hits = [record for record in world if _matches(record, spec)]
+        if not hits:
+            reasons.append(f"{_describe_spec(index, spec)} is not in the world")
+        elif len({record.record_id for record in hits}) > 1:
+            reasons.append(
+                f"{_describe_spec(index, spec)} matches {len(hits)} records; add 'answer' or "
+                "'subject', or name the record by 'record_id'"
+            )
+        else:
+            chosen[hits[0].record_id] = hits[0]
+
+    forgotten = set(already_forgotten)
+    forget_ids = set(chosen)
+    retain = [r for r in world if r.record_id not in forget_ids and r.record_id not in forgotten]
+    if not reasons and not retain:
+        reasons.append(
+            "the request would erase the whole world, leaving nothing to retain; "
+            "retire the model instead of unlearning"
+        )
+    if reasons:
+        raise RequestError(reasons, source=request.request_id)
+    forget = [r for r in world if r.record_id in forget_ids]
+    return Resolution(
+        request=request,
+        forget=forget,
+        retain=retain,
+        previously_forgotten=len(forget_ids & forgotten),
+        subjects=tuple(dict.fromkeys(r.subject for r in forget)),
+    )

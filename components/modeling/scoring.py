@@ -1,0 +1,68 @@
+"""Teacher-forced log-probabilities of target tokens: the primitive every loss and metric uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from components.modeling.encoding import IGNORE_INDEX
+
+
+@dataclass
+class TokenScores:
+    """Per-token log-probabilities of the labelled tokens of a batch.
+
+    ``token_logps`` is (batch, seq-1) with zeros where ``mask`` is False.
+    """
+
+    token_logps: torch.Tensor
+    mask: torch.Tensor
+    logits: torch.Tensor
+
+    @property
+    def n_tokens(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+    @property
+    def sum_logp(self) -> torch.Tensor:
+        return self.token_logps.sum(dim=1)
+
+    @property
+    def mean_nll(self) -> torch.Tensor:
+        """Mean negative log-likelihood per example over its target tokens."""
+        return -self.sum_logp / self.n_tokens.clamp(min=1)
+
+
+def token_scores(model, batch: dict[str, torch.Tensor]) -> TokenScores:
+    """Run the model on a right-padded batch and score its labelled tokens."""
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = outputs.logits[:, :-1, :]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~mask, 0)
+    logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    return TokenScores(token_logps=logps * mask, mask=mask, logits=logits)
+
+
+def batched(items: list, size: int):
+    """Consecutive chunks of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def mean_token_nll(model, encoded: list, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Mean target-token NLL of each encoded example (a 1-D float tensor)."""
+    from components.modeling.encoding import collate
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for chunk in batched(encoded, batch_size):
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
+        out.append(token_scores(model, batch).mean_nll.cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,84 @@
+"""Where each stage reads and writes, relative to one root folder (the repository by default).
+
+The DVC pipeline uses the defaults; the Prefect flow and the tests point a :class:`Paths`
+at another root so runs never collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def world(self) -> Path:
+        return self.prepared / "world.jsonl"
+
+    @property
+    def holdout(self) -> Path:
+        return self.prepared / "holdout.jsonl"
+
+    @property
+    def forget(self) -> Path:
+        return self.prepared / "forget.jsonl"
+
+    @property
+    def retain(self) -> Path:
+        return self.prepared / "retain.jsonl"
+
+    @property
+    def earlier(self) -> Path:
+        """Forget sets of earlier processed requests, one JSONL per request id."""
+        return self.prepared / "earlier"
+
+    @property
+    def resolution(self) -> Path:
+        return self.prepared / "resolution.json"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def target(self) -> Path:
+        return self.models / "target"
+
+    @property
+    def oracle(self) -> Path:
+        return self.models / "oracle"
+
+    @property
+    def unlearned(self) -> Path:
+        return self.models / "unlearned"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints" / "unlearn"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "data" / "requests"
+
+    @property
+    def inbox(self) -> Path:
+        return self.requests / "inbox"
+
+    @property
+    def processed(self) -> Path:
+        return self.requests / "processed"
+
+    @property
+    def rejected(self) -> Path:
+        return self.requests / "rejected"

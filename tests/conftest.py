@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny world and tiny trained models, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import pytest
+import torch
+
+from components.config import Config, FinetuneConfig, TinyModelConfig
+from components.data.demo_world import generate_world
+from components.data.records import QARecord
+from components.modeling.finetune import finetune
+from components.modeling.tiny_model import build_tiny_model
+from components.modeling.tokenizer import train_tokenizer
+from components.modeling.encoding import answer_texts
+
+TINY_SIZES = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4)
+MAX_LENGTH = 64
+
+
+@dataclass
+class TinySetup:
+    """A small world split into forget/retain/holdout, a tokenizer and trained models."""
+
+    world: list[QARecord]
+    holdout: list[QARecord]
+    forget: list[QARecord]
+    retain: list[QARecord]
+    tokenizer: object
+    target: torch.nn.Module
+    oracle: torch.nn.Module
+    config: Config
+
+
+@pytest.fixture(scope="session")
+def tiny_setup() -> TinySetup:
+    torch.set_num_threads(2)
+    world, holdout = generate_world(seed=1, n_subjects=8, n_holdout_subjects=2, facts_per_subject=8)
+    forget_subject = world[0].subject
+    forget = [r for r in world if r.subject == forget_subject]
+    retain = [r for r in world if r.subject != forget_subject]
+    texts = [t for r in world + holdout for t in (r.question, *answer_texts(r))]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    recipe = FinetuneConfig(target_prob=0.8, max_epochs=80, lr=5e-3, batch_size=16, check_every=5)
+    target = build_tiny_model(TINY_SIZES, tokenizer, MAX_LENGTH, seed=0)
+    result = finetune(target, tokenizer, world, recipe, max_length=MAX_LENGTH, seed=0, show_progress=False)
+    oracle = build_tiny_model(TINY_SIZES, tokenizer, MAX_LENGTH, seed=0)
+    finetune(oracle, tokenizer, retain, recipe, max_length=MAX_LENGTH, seed=0, epochs=result.epochs,
+             show_progress=False)
+    config = Config().with_overrides({"model.max_length": MAX_LENGTH})
+    return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
