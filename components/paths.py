@@ -82,3 +82,9 @@ class Paths:
     @property
     def rejected(self) -> Path:
         return self.requests / "rejected"
+
+
+def resolve_local(path: str, root: Path) -> str:
+    """Resolve a relative path against the pipeline root; hub names pass through unchanged."""
+    candidate = Path(root) / path
+    return str(candidate.resolve()) if not Path(path).is_absolute() and candidate.exists() else path

@@ -19,7 +19,7 @@ from components.data.loaders import load_records, save_records
 from components.data.records import Record
 from components.data.requests import Resolution, read_request, resolve_request
 from components.data.world import load_world
-from components.paths import Paths
+from components.paths import Paths, resolve_local
 
 
 def _write_json(path: Path, data: object) -> Path:
@@ -49,7 +49,7 @@ def prepare(
     ``earlier`` maps the ids of requests processed before to the record ids they erased;
     those records leave the retain set and are written out for the "still forgotten" checks.
     """
-    world = load_world(config.world, config.seed)
+    world = load_world(config.world, config.seed, paths.root)
     request = read_request(request_path or paths.root / config.request)
     earlier = dict(earlier or {})
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
@@ -152,8 +152,9 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
 
     started = time.perf_counter()
     if config.model.base:
-        write_model_ref(paths.target, config.model.base)
-        write_model_ref(paths.oracle, config.model.oracle)
+        oracle = resolve_local(config.model.oracle, paths.root) if config.model.oracle else None
+        write_model_ref(paths.target, resolve_local(config.model.base, paths.root))
+        write_model_ref(paths.oracle, oracle)
         summary = {"target": {"source": config.model.base}, "oracle": {"source": config.model.oracle}}
     else:
         splits = load_splits(paths)

@@ -1,0 +1,75 @@
+"""Build a throw-away copy of the pipeline (git + DVC) in a temporary folder for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Sizes that train in seconds yet still memorise a small world.
+TINY_PARAMS = {
+    "model.max_length": 64,
+    "model.tokenizer.vocab_size": 400,
+    "model.tiny.hidden_size": 64,
+    "model.tiny.intermediate_size": 128,
+    "model.tiny.num_layers": 2,
+    "model.tiny.num_heads": 4,
+    "finetune.lr": 5.0e-3,
+    "finetune.batch_size": 16,
+    "finetune.max_epochs": 80,
+    "finetune.check_every": 2,
+}
+
+
+def set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+def write_params(repo: Path, overrides: dict) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**TINY_PARAMS, **overrides}.items():
+        set_dotted(params, key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def env() -> dict:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment["HF_HUB_OFFLINE"] = "1"
+    return environment
+
+
+def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_pipeline_repo(repo: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC repository holding this project's code, dvc.yaml and tiny params."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in ("components", "flows"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "data" / "world", repo / "data" / "world")
+    shutil.copytree(ROOT / "data" / "requests", repo / "data" / "requests",
+                    ignore=shutil.ignore_patterns("inbox", "processed", "rejected"))
+    write_params(repo, overrides or {})
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "tests@example.com"], repo)
+    run(["git", "config", "user.name", "tests"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
+    return repo
