@@ -17,7 +17,7 @@ import typer
 from components.config import Config, load_config
 from components.data.loaders import load_records, save_records
 from components.data.records import Record
-from components.data.requests import Resolution, read_request, resolve_request
+from components.data.requests import Resolution, read_request, resolve_requests
 from components.data.world import load_world
 from components.paths import Paths, resolve_local
 
@@ -41,19 +41,20 @@ def prepare(
     config: Config,
     paths: Paths,
     *,
-    request_path: str | Path | None = None,
+    request_paths: Sequence[str | Path] | None = None,
     earlier: Mapping[str, Sequence[str]] | None = None,
 ) -> Resolution:
-    """Load the world, resolve the deletion request, write the splits under data/prepared/.
+    """Load the world, resolve the deletion request(s), write the splits under data/prepared/.
 
-    ``earlier`` maps the ids of requests processed before to the record ids they erased;
+    ``request_paths`` defaults to the ``request`` in params.yaml; several requests are
+    unlearned together as one batch. ``earlier`` maps the ids of requests processed before to the record ids they erased;
     those records leave the retain set and are written out for the "still forgotten" checks.
     """
     world = load_world(config.world, config.seed, paths.root)
-    request = read_request(request_path or paths.root / config.request)
+    requests = [read_request(path) for path in (request_paths or [paths.root / config.request])]
     earlier = dict(earlier or {})
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
-    resolution = resolve_request(request, world.records, already_forgotten=forgotten)
+    resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
 
     save_records(world.records, paths.world)
     save_records(world.holdout, paths.holdout)
@@ -185,7 +186,7 @@ def prepare_command(params: Path = Path("params.yaml"), root: Path = Path(".")) 
     config, paths = _setup(params, root)
     summary = prepare(config, paths).summary()
     typer.echo(
-        f"request {summary['request_id']}: {summary['n_forget']} records to forget "
+        f"request {', '.join(summary['request_ids'])}: {summary['n_forget']} records to forget "
         f"({summary['n_subjects']} subjects), {summary['n_retain']} to retain"
     )
 

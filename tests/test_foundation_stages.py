@@ -36,7 +36,7 @@ def _file_world_repo(tmp_path: Path, shape: str) -> Path:
 @pytest.mark.parametrize("shape", ["tofu_world.json", "tofu_world.jsonl", "tofu_world_hf.json"])
 def test_prepare_reads_each_tofu_shape_to_the_same_splits(tmp_path, shape):
     repo = _file_world_repo(tmp_path, shape)
-    summary = prepare(load_config(repo / "params.yaml"), Paths(repo), request_path=None).summary()
+    summary = prepare(load_config(repo / "params.yaml"), Paths(repo)).summary()
     assert summary["n_forget"] == 8 and summary["n_retain"] == 40
     assert (repo / "data" / "prepared" / "forget.jsonl").read_text().count("\n") == 8
 
@@ -46,7 +46,7 @@ def test_prepare_splits_are_identical_across_shapes(tmp_path):
     for shape in ["tofu_world.json", "tofu_world.jsonl", "tofu_world_hf.json"]:
         repo = _file_world_repo(tmp_path / shape, shape)
         digests.add(json.dumps(prepare(load_config(repo / "params.yaml"), Paths(repo)).summary()
-                               | {"request_hash": None}))
+                               ))
     assert len(digests) == 1
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.data import RequestError, read_request, resolve_request
+from components.data import RequestError, read_request, resolve_request, resolve_requests
 from components.data.demo_world import generate_world
 from components.data.requests import parse_request
 
@@ -129,3 +129,22 @@ def test_demo_request_resolves_against_the_default_demo_world():
     resolution = resolve_request(request, world)
     assert len(resolution.subjects) == 4  # 10% of the 40 authors
     assert len(resolution.forget) == 40
+
+
+def test_a_batch_forgets_the_union_and_remembers_which_request_asked():
+    first = _request(subjects=[SUBJECTS[0]])
+    second = parse_request({"request_id": "req-2", "received_at": "2026-11-28T10:00:00Z",
+                            "subjects": [SUBJECTS[1]], "records": [WORLD[0].record_id]})
+    resolution = resolve_requests([first, second], WORLD)
+    assert len(resolution.forget) == 16
+    assert len(resolution.forget_ids_by_request["req-1"]) == 8
+    assert len(resolution.forget_ids_by_request["req-2"]) == 9
+    assert resolution.summary()["request_ids"] == ["req-1", "req-2"]
+
+
+def test_batch_errors_name_the_request():
+    first = _request(subjects=[SUBJECTS[0]])
+    second = parse_request({"request_id": "req-2", "received_at": "2026-11-28T10:00:00Z",
+                            "subjects": ["Nobody"]})
+    with pytest.raises(RequestError, match="req-2: unknown subject"):
+        resolve_requests([first, second], WORLD)

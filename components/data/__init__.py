@@ -2,7 +2,7 @@
 
 from components.data.loaders import load_records, save_records
 from components.data.records import DataError, QARecord, Record, TextRecord
-from components.data.requests import DeletionRequest, RequestError, Resolution, read_request, resolve_request
+from components.data.requests import DeletionRequest, RequestError, Resolution, read_request, resolve_request, resolve_requests
 
 __all__ = [
     "DataError",
@@ -15,5 +15,6 @@ __all__ = [
     "load_records",
     "read_request",
     "resolve_request",
+    "resolve_requests",
     "save_records",
 ]

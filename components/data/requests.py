@@ -53,20 +53,25 @@ class DeletionRequest:
 
 @dataclass(frozen=True)
 class Resolution:
-    """What a request means for the world: the forget set and the retain set."""
+    """What a batch of requests means for the world: the forget set and the retain set."""
 
-    request: DeletionRequest
+    requests: tuple[DeletionRequest, ...]
     forget: list[Record]
     retain: list[Record]
+    forget_ids_by_request: dict[str, list[str]] = field(default_factory=dict)
     previously_forgotten: int = 0
     subjects: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [request.request_id for request in self.requests]
 
     def summary(self) -> dict[str, Any]:
         """Counts and hashes only: safe for logs, MLflow and reports."""
         return {
-            "request_id": self.request.request_id,
-            "received_at": self.request.received_at.isoformat(),
-            "request_hash": self.request.fingerprint(),
+            "request_ids": self.request_ids,
+            "request_hashes": {r.request_id: r.fingerprint() for r in self.requests},
+            "received_at": {r.request_id: r.received_at.isoformat() for r in self.requests},
             "n_subjects": len(self.subjects),
             "n_forget": len(self.forget),
             "n_retain": len(self.retain),
@@ -74,6 +79,7 @@ class Resolution:
             "forget_digest": records_digest(self.forget),
             "retain_digest": records_digest(self.retain),
             "forget_ids": [record.record_id for record in self.forget],
+            "forget_ids_by_request": self.forget_ids_by_request,
         }
 
 
@@ -211,23 +217,9 @@ def _describe_spec(index: int, spec: dict[str, str]) -> str:
     return f"records[{index}] (content hash {content_hash(spec)})"
 
 
-def resolve_request(
-    request: DeletionRequest,
-    world: Sequence[Record],
-    *,
-    already_forgotten: Iterable[str] = (),
-) -> Resolution:
-    """Resolve a request to its forget set and the retain set.
-
-    ``already_forgotten`` holds record ids erased by earlier requests: they leave the
-    retain set for good. Unknown subjects, records not in the world, a record spec that
-    matches several records, and a request that would leave nothing to retain are errors.
-    """
+def _select(request: DeletionRequest, world: Sequence[Record],
+            by_subject: dict[str, list[Record]]) -> tuple[dict[str, Record], list[str]]:
     reasons: list[str] = []
-    by_subject: dict[str, list[Record]] = {}
-    for record in world:
-        by_subject.setdefault(record.subject, []).append(record)
-
     chosen: dict[str, Record] = {}
     for subject in request.subjects:
         if subject not in by_subject:
@@ -236,7 +228,6 @@ def resolve_request(
             reasons.append(f"unknown subject '{subject}': no record in the world is about it{hint}")
             continue
         chosen.update((record.record_id, record) for record in by_subject[subject])
-
     for index, spec in enumerate(request.records):
         hits = [record for record in world if _matches(record, spec)]
         if not hits:
@@ -248,6 +239,35 @@ def resolve_request(
             )
         else:
             chosen[hits[0].record_id] = hits[0]
+    return chosen, reasons
+
+
+def resolve_requests(
+    requests: Sequence[DeletionRequest],
+    world: Sequence[Record],
+    *,
+    already_forgotten: Iterable[str] = (),
+) -> Resolution:
+    """Resolve a batch of requests to one forget set (their union) and the retain set.
+
+    ``already_forgotten`` holds record ids erased by earlier requests: they leave the
+    retain set for good. Unknown subjects, records not in the world, a record spec that
+    matches several records, and a batch that would leave nothing to retain are errors.
+    """
+    if not requests:
+        raise RequestError(["no requests to resolve"])
+    by_subject: dict[str, list[Record]] = {}
+    for record in world:
+        by_subject.setdefault(record.subject, []).append(record)
+    reasons: list[str] = []
+    chosen: dict[str, Record] = {}
+    by_request: dict[str, list[str]] = {}
+    for request in requests:
+        picked, problems = _select(request, world, by_subject)
+        prefix = f"{request.request_id}: " if len(requests) > 1 else ""
+        reasons.extend(prefix + problem for problem in problems)
+        chosen.update(picked)
+        by_request[request.request_id] = [r.record_id for r in world if r.record_id in picked]
 
     forgotten = set(already_forgotten)
     forget_ids = set(chosen)
@@ -258,12 +278,24 @@ def resolve_request(
             "retire the model instead of unlearning"
         )
     if reasons:
-        raise RequestError(reasons, source=request.request_id)
+        source = requests[0].request_id if len(requests) == 1 else None
+        raise RequestError(reasons, source=source)
     forget = [r for r in world if r.record_id in forget_ids]
     return Resolution(
-        request=request,
+        requests=tuple(requests),
         forget=forget,
         retain=retain,
+        forget_ids_by_request=by_request,
         previously_forgotten=len(forget_ids & forgotten),
         subjects=tuple(dict.fromkeys(r.subject for r in forget)),
     )
+
+
+def resolve_request(
+    request: DeletionRequest,
+    world: Sequence[Record],
+    *,
+    already_forgotten: Iterable[str] = (),
+) -> Resolution:
+    """Resolve one request (see :func:`resolve_requests`)."""
+    return resolve_requests([request], world, already_forgotten=already_forgotten)
