@@ -1,0 +1,189 @@
+"""Text-free tables of the data to validate: ids, hashes, kinds, counts and flags.
+
+The text of a forget set is personal data, and Great Expectations writes the values it
+finds wrong into its results and Data Docs. So the suites never see a question, an answer,
+a document or a subject name: every record becomes a row of its ``record_id`` (a content
+hash), the hash of its subject, its kind, character and token counts, and booleans. Rows
+are numbered from 1, like the lines of the JSONL files the prepare stage writes.
+
+Plain Python (column lists); :mod:`components.validation.gx_run` turns them into pandas
+DataFrames when a validation runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from components.data.records import QARecord, Record, TextRecord, content_hash
+from components.data.requests import DeletionRequest, _matches
+
+# Long enough that encode_record never truncates: we want the length before truncation.
+_UNTRUNCATED = 1 << 30
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A table: column name -> values, one value per row (rows numbered from 1)."""
+
+    name: str
+    columns: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def value(self, column: str, row: int) -> Any:
+        return self.columns[column][row - 1]
+
+
+def subject_hash(subject: Any) -> str | None:
+    """How a subject is named in reports: a hash of the name, never the name."""
+    return content_hash(subject) if isinstance(subject, str) else None
+
+
+def _text_fields(record: Any) -> list[Any]:
+    if isinstance(record, QARecord):
+        return [record.question, record.answer]
+    if isinstance(record, TextRecord):
+        return [record.text]
+    return []
+
+
+def _kind(record: Any) -> str:
+    return record.kind if isinstance(record, (QARecord, TextRecord)) else type(record).__name__
+
+
+def _alternative_answers(record: QARecord) -> list[Any]:
+    answers = [record.paraphrased_answer] if record.paraphrased_answer is not None else []
+    return answers + list(record.perturbed_answers or ())
+
+
+def _schema_row(record: Any) -> dict[str, Any]:
+    fields = _text_fields(record)
+    subject = getattr(record, "subject", None)
+    alternatives = _alternative_answers(record) if isinstance(record, QARecord) else []
+    strings = bool(fields) and all(isinstance(v, str) for v in [*fields, subject, *alternatives])
+    try:
+        record_id = record.record_id
+    except Exception:  # a record whose content cannot be hashed is reported by its kind column
+        record_id = None
+    return {
+        "record_id": record_id,
+        "subject_hash": subject_hash(subject),
+        "kind": _kind(record),
+        "fields_are_strings": strings,
+        "min_field_chars": min((len(v.strip()) if isinstance(v, str) else 0 for v in fields), default=0),
+        "subject_chars": len(subject.strip()) if isinstance(subject, str) else 0,
+    }
+
+
+def _token_lengths(record: Record, tokenizer) -> tuple[int, int | None]:
+    """Encoded length of prompt + answer, and of the longest prompt + alternative answer.
+
+    Uses the encoding of training and evaluation (components.modeling.encoding), so the
+    counts include the prompt template and the special tokens. Alternative answers are a
+    QA record's paraphrased and perturbed answers (None when it has none).
+    """
+    from components.modeling.encoding import encode_record
+
+    main = len(encode_record(tokenizer, record, _UNTRUNCATED).input_ids)
+    alternatives = _alternative_answers(record) if isinstance(record, QARecord) else []
+    longest = max(
+        (len(encode_record(tokenizer, record, _UNTRUNCATED, answer=answer).input_ids) for answer in alternatives),
+        default=None,
+    )
+    return main, longest
+
+
+def _to_frame(name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> Frame:
+    return Frame(name, {column: [row[column] for row in rows] for column in columns})
+
+
+def records_frame(name: str, records: Sequence[Record], columns: Sequence[str]) -> Frame:
+    """The world: schema facts about each record."""
+    return _to_frame(name, [_schema_row(record) for record in records], columns)
+
+
+def split_frame(
+    name: str, records: Sequence[Record], columns: Sequence[str], *, tokenizer, world_ids: set[str]
+) -> Frame:
+    """A forget, retain or holdout set: schema facts, token lengths, membership of the world."""
+    rows = []
+    for record in records:
+        row = _schema_row(record)
+        lengths = _token_lengths(record, tokenizer) if row["fields_are_strings"] else (None, None)
+        row["n_tokens"], row["n_tokens_alternatives"] = lengths
+        row["in_world"] = row["record_id"] in world_ids
+        rows.append(row)
+    return _to_frame(name, rows, columns)
+
+
+def disjoint_frame(name: str, forget: Sequence[Record], retain_ids: set[str], columns: Sequence[str]) -> Frame:
+    """One row per forget record: is it also in the retain set?"""
+    rows = [{"record_id": r.record_id, "in_retain": r.record_id in retain_ids} for r in forget]
+    return _to_frame(name, rows, columns)
+
+
+def request_frame(name: str, requests: Sequence[DeletionRequest], columns: Sequence[str]) -> Frame:
+    """One row per request: its id, when it was received, how many things it names."""
+    rows = []
+    for request in requests:
+        received = getattr(request, "received_at", None)
+        subjects = tuple(getattr(request, "subjects", ()) or ())
+        records = tuple(getattr(request, "records", ()) or ())
+        rows.append({
+            "request_id": request.request_id if isinstance(request.request_id, str) else None,
+            "received_at": received.isoformat() if received is not None else None,
+            "n_subjects": len(subjects),
+            "n_records": len(records),
+            "n_items": len(subjects) + len(records),
+        })
+    return _to_frame(name, rows, columns)
+
+
+def _spec_hash(spec: dict[str, str]) -> str:
+    """The same name for a record spec as RequestError reasons use."""
+    return spec["record_id"] if "record_id" in spec else content_hash(spec)
+
+
+def coverage_frame(
+    name: str,
+    requests: Sequence[DeletionRequest],
+    world: Sequence[Record],
+    forget_ids: set[str],
+    columns: Sequence[str],
+) -> Frame:
+    """One row per requested subject or record: found in the world, and wholly in the forget set?"""
+    world = [record for record in world if isinstance(record, (QARecord, TextRecord))]
+    by_subject: dict[str, set[str]] = {}
+    for record in world:
+        by_subject.setdefault(record.subject, set()).add(record.record_id)
+    rows = []
+    for request in requests:
+        for index, subject in enumerate(request.subjects):
+            ids = by_subject.get(subject, set())
+            rows.append({
+                "request_id": request.request_id,
+                "item": f"{request.request_id} subjects[{index}]",
+                "item_kind": "subject",
+                "item_hash": subject_hash(subject),
+                "n_in_world": len(ids),
+                "n_in_forget": len(ids & forget_ids),
+                "unambiguous": True,
+            })
+        for index, spec in enumerate(request.records):
+            ids = {record.record_id for record in world if _matches(record, spec)}
+            rows.append({
+                "request_id": request.request_id,
+                "item": f"{request.request_id} records[{index}]",
+                "item_kind": "record",
+                "item_hash": _spec_hash(spec),
+                "n_in_world": len(ids),
+                "n_in_forget": len(ids & forget_ids),
+                "unambiguous": len(ids) <= 1,
+            })
+    return _to_frame(name, rows, columns)
+
+
+def ids_of(records: Iterable[Record]) -> set[str]:
+    return {record.record_id for record in records}

@@ -1,0 +1,178 @@
+"""Validate a deletion request and the data it resolves to, before anything is unlearned.
+
+:func:`validate_request_data` builds the text-free frames, runs every suite with Great
+Expectations, writes Data Docs and the JSON report when asked, and returns a
+:class:`ValidationReport`. It never raises for bad data: the caller decides (the validate
+stage calls ``report.raise_if_failed()``, which raises :class:`ValidationFailed`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from components.data.records import Record, content_hash
+from components.data.requests import REQUEST_ID_PATTERN, DeletionRequest
+from components.validation import frames as fr
+from components.validation.report import MAX_LISTED, ValidationReport
+from components.validation.suites import (
+    COVERAGE_COLUMNS,
+    DISJOINT_COLUMNS,
+    INTERNAL_FIX,
+    RECORD_COLUMNS,
+    REQUEST_COLUMNS,
+    SPLIT_COLUMNS,
+    Check,
+    Suite,
+    all_suites,
+)
+
+ID_NAMES = {"record_id": "id", "request_id": "request id", "item_hash": "hash"}
+
+
+def validate_request_data(
+    *,
+    world: Sequence[Record],
+    forget: Sequence[Record],
+    retain: Sequence[Record],
+    request: DeletionRequest | Sequence[DeletionRequest],
+    tokenizer,
+    max_length: int,
+    holdout: Sequence[Record] | None = None,
+    docs_dir: str | Path | None = None,
+    report_path: str | Path | None = None,
+) -> ValidationReport:
+    """Run the world, request, coverage, forget, retain, disjointness (and holdout) suites.
+
+    ``request`` is one request or the batch resolved together. ``tokenizer`` and
+    ``max_length`` are the model's: lengths are counted on the encoded training example
+    (prompt template and special tokens included). With ``docs_dir``, GX Data Docs are
+    written there (its ``index.html`` is the entry page); with ``report_path``, the report
+    is written there as JSON. ``holdout=None`` skips the holdout suite.
+    """
+    from components.validation.gx_run import gx_version, run_suites
+
+    started = time.perf_counter()
+    requests = [request] if isinstance(request, DeletionRequest) else list(request)
+    world_ids, forget_ids, retain_ids = fr.ids_of(world), fr.ids_of(forget), fr.ids_of(retain)
+    frames = {
+        "world": fr.records_frame("world", world, RECORD_COLUMNS),
+        "request": fr.request_frame("request", requests, REQUEST_COLUMNS),
+        "request_coverage": fr.coverage_frame("request_coverage", requests, world, forget_ids, COVERAGE_COLUMNS),
+        "forget": fr.split_frame("forget", forget, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+        "retain": fr.split_frame("retain", retain, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+        "forget_retain_disjoint": fr.disjoint_frame("forget_retain_disjoint", forget, retain_ids,
+                                                    DISJOINT_COLUMNS),
+    }
+    if holdout is not None:
+        frames["holdout"] = fr.split_frame("holdout", holdout, SPLIT_COLUMNS, tokenizer=tokenizer,
+                                           world_ids=world_ids)
+    suites = all_suites(max_length, with_holdout=holdout is not None)
+    docs_dir = Path(docs_dir) if docs_dir is not None else None
+    outcomes = run_suites([(suite, frames[suite.frame]) for suite in suites], docs_dir,
+                          run_name=_run_name(requests))
+
+    failures = []
+    for outcome in outcomes:
+        checks = {check.key: check for check in outcome.suite.checks}
+        order = {key: index for index, key in enumerate(checks)}
+        failed = sorted((r for r in outcome.checks if not r.success), key=lambda r: order.get(r.key, len(order)))
+        failures.extend(_failure(outcome.suite, outcome.frame, checks.get(r.key), r) for r in failed)
+    report = ValidationReport(
+        passed=not failures,
+        failures=failures,
+        suites=[
+            {
+                "name": o.suite.name,
+                "label": o.suite.label,
+                "success": o.success,
+                "evaluated": len(o.checks),
+                "failed": sum(not c.success for c in o.checks),
+                "rows": len(o.frame),
+            }
+            for o in outcomes
+        ],
+        request_ids=[str(r.request_id) for r in requests],
+        max_length=max_length,
+        counts={
+            "n_requests": len(requests),
+            "n_world": len(world),
+            "n_forget": len(forget),
+            "n_retain": len(retain),
+            "n_holdout": len(holdout) if holdout is not None else 0,
+        },
+        data_docs=str(docs_dir / "index.html") if docs_dir is not None else None,
+        great_expectations_version=gx_version(),
+    )
+    report.seconds = round(time.perf_counter() - started, 2)
+    if report_path is not None:
+        report.write_json(report_path)
+    return report
+
+
+def _run_name(requests: Sequence[DeletionRequest]) -> str:
+    """The request ids when they are safe as a folder name, else a hash of them."""
+    ids = [r.request_id for r in requests]
+    if ids and len(ids) <= 5 and all(isinstance(i, str) and REQUEST_ID_PATTERN.match(i) for i in ids):
+        return "+".join(ids)
+    return "requests-" + content_hash([str(i) for i in ids])
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a GX result value (numpy scalars, tuples)."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "item"):
+            return obj.item()
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj, key=str)
+        return str(obj)
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def _worst(values: list[Any]) -> Any:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if numbers else None
+
+
+def _failure(suite: Suite, frame: fr.Frame, check: Check | None, outcome) -> dict[str, Any]:
+    result = _plain(outcome.result)
+    rows = [int(row["row"] if isinstance(row, dict) else row) for row in result.get("unexpected_index_list") or []]
+    count = result.get("unexpected_count", len(rows))
+    if "observed_value" in result:
+        observed: dict[str, Any] = {"observed_value": result["observed_value"]}
+    else:
+        observed = {
+            "element_count": result.get("element_count"),
+            "unexpected_count": count,
+            "unexpected_values": (result.get("partial_unexpected_counts") or [])[:20],
+        }
+    failure: dict[str, Any] = {
+        "suite": suite.name,
+        "label": suite.label,
+        "expectation": outcome.expectation,
+        "check": outcome.key,
+        "column": check.column if check else None,
+        "unexpected_count": count,
+        "rows": rows[:MAX_LISTED],
+    }
+    failure["ids"] = [frame.value(suite.id_column, row) for row in rows[:MAX_LISTED]] if suite.id_column else []
+    failure["id_name"] = ID_NAMES.get(suite.id_column, suite.id_column)
+    if suite.label_column and rows:
+        failure["items"] = [frame.value(suite.label_column, row) for row in rows[:MAX_LISTED]]
+    failure["observed"] = observed
+    if outcome.error or check is None:
+        failure["message"] = f"check '{outcome.key}' could not be evaluated: {outcome.error or 'unknown check'}"
+        failure["fix"] = INTERNAL_FIX
+        return failure
+    fields = suite.params | {
+        "count": count,
+        "worst": _worst(result.get("unexpected_list") or []),
+        "observed": result.get("observed_value"),
+    }
+    failure["message"] = check.render_problem(**fields)
+    failure["fix"] = check.fix
+    return failure
