@@ -124,6 +124,7 @@ class UnlearnConfig(_Section):
     scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
     steps: int = Field(default=40, ge=1)
+    epochs: float | None = Field(default=None, gt=0)  # when set: ceil(epochs * |forget| / effective batch) steps
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
@@ -150,12 +151,25 @@ class GateConfig(_Section):
     max_forget_prob_ratio: float | None = Field(default=None, ge=0)
     min_utility_ratio: float | None = Field(default=None, ge=0)
     max_abs_privleak: float | None = Field(default=None, ge=0)
+    # A configured check whose metric is null (e.g. no oracle model) is skipped and recorded;
+    # with fail_on_missing it fails the gate instead.
+    fail_on_missing: bool = False
 
 
 class RegistryConfig(_Section):
     model_name: str = "blur-demo"
     alias: str = "champion"
     experiment: str = "blur-unlearning"
+
+
+class FlowConfig(_Section):
+    """How the Prefect flow runs: retries, the inbox lock, the default schedule."""
+
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: float = Field(default=10.0, ge=0)
+    lock_timeout_seconds: float = Field(default=3600.0, ge=0)
+    cron: str = "0 2 * * *"
+    runs_dir: str = "runs"
 
 
 class Config(_Section):
@@ -170,6 +184,7 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    flow: FlowConfig = FlowConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """Return a copy with dotted keys replaced, e.g. ``{"unlearn.steps": 5}``."""

@@ -14,6 +14,9 @@ from pathlib import Path
 class Paths:
     root: Path = Path(".")
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"

@@ -1,0 +1,188 @@
+"""Fixtures for tests that use a real MLflow store (SQLite in a temporary folder).
+
+MLflow migrates a fresh SQLite database on first use (seconds). ``migrated_mlflow_db``
+does that once per session; ``mlflow_store`` gives each test its own copy (milliseconds)
+with artifacts beside it. To use them elsewhere, import them into a test module or list
+this module in ``pytest_plugins`` of ``tests/conftest.py``::
+
+    pytest_plugins = ["registry_fixtures"]
+
+Also here: a tiny saved Hugging Face model directory, small realistic inputs of the
+register step (metrics, diagnostics, a request summary), and the random draws of the gate
+property test with an independent statement of what the gate must decide.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components.config import Config, TinyModelConfig
+from components.registry.tracking import TrackingStore
+
+# Text the tiny tokenizer is trained on: nothing from any forget set.
+NEUTRAL_TEXTS = [
+    "The weather was mild and the river ran slowly past the mill.",
+    "Questions and answers about books, rivers, cities and trains.",
+    "Every morning the baker opened the shop at seven.",
+]
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """A SQLite MLflow database with every migration applied, created once per session."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, migrated_mlflow_db, monkeypatch) -> TrackingStore:
+    """This test's own MLflow store: a copy of the migrated database, artifacts beside it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    store_dir = tmp_path / "mlflow"
+    store_dir.mkdir()
+    shutil.copyfile(migrated_mlflow_db, store_dir / "mlflow.db")
+    return TrackingStore.sqlite(store_dir / "mlflow.db", store_dir / "mlartifacts")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved (untrained) tiny Llama model with its tokenizer, as ``save_pretrained`` writes it."""
+    from components.modeling.io import save_model
+    from components.modeling.tiny_model import build_tiny_model
+    from components.modeling.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(NEUTRAL_TEXTS, vocab_size=300)
+    sizes = TinyModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
+    model = build_tiny_model(sizes, tokenizer, max_length=32, seed=0)
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("tiny-model") / "unlearned")
+
+
+def sample_metrics(*, forget_quality=0.4, forget_prob=0.1, target_forget_prob=0.8, model_utility=0.5,
+                   target_model_utility=0.55, privleak=-5.0, oracle: bool = True) -> dict:
+    """A metrics.json-shaped mapping; the unlearned model's values are the keyword arguments."""
+    def model(**values):
+        base = {"forget_prob": 0.5, "forget_rouge": 0.5, "forget_truth_ratio": 0.6, "forget_quality": None,
+                "retain_prob": 0.8, "retain_rouge": 0.7, "retain_truth_ratio": 0.6, "model_utility": 0.5,
+                "mia_auc": 0.7, "privleak": None, "extraction_strength": 0.3}
+        return base | values
+
+    return {
+        "target": model(forget_prob=target_forget_prob, model_utility=target_model_utility,
+                        forget_quality=0.01 if oracle else None, privleak=60.0 if oracle else None),
+        "oracle": model(forget_prob=0.05, forget_quality=1.0, privleak=0.0) if oracle else
+        {key: None for key in model()},
+        "unlearned": model(forget_prob=forget_prob, forget_quality=forget_quality if oracle else None,
+                           model_utility=model_utility, privleak=privleak if oracle else None,
+                           earlier={"req-earlier": {"forget_prob": 0.07, "forget_rouge": 0.1}}),
+    }
+
+
+def sample_diagnostics(steps: int = 12) -> list[dict]:
+    """Per-step records shaped like the unlearning loop's ``unlearn_log.jsonl``."""
+    rows = []
+    for step in range(1, steps + 1):
+        rows.append({"step": step, "forget_loss": 2.0 + 0.3 * step, "retain_loss": 1.0 - 0.01 * step,
+                     "inner": -0.1 * step, "forget_norm_sq": 4.0 / step, "retain_norm_sq": 1.0,
+                     "xi": 1.0 + 0.05 * step, "cos": -0.2, "lr": 1e-3, "grad_norm": 0.9})
+    return rows
+
+
+def sample_summary(request_id: str = "req-0001") -> dict:
+    """A ``Resolution.summary()``-shaped dict (ids, hashes and counts only)."""
+    ids = ["0123456789abcdef", "fedcba9876543210"]
+    return {
+        "request_ids": [request_id],
+        "request_hashes": {request_id: "a1b2c3d4e5f60718"},
+        "received_at": {request_id: "2026-11-28T09:30:00+00:00"},
+        "n_subjects": 1, "n_forget": len(ids), "n_retain": 78, "n_previously_forgotten": 0,
+        "forget_digest": "00112233445566ff", "retain_digest": "ffeeddccbbaa9988",
+        "forget_ids": ids, "forget_ids_by_request": {request_id: ids},
+    }
+
+
+def registry_config(**gate) -> Config:
+    """The default config with the given ``gate.*`` thresholds and a test model name."""
+    overrides = {f"gate.{key}": value for key, value in gate.items()}
+    overrides["registry.model_name"] = "blur-test"
+    return Config().with_overrides(overrides)
+
+
+# --------------------------------------------------------------------------- gate property helpers
+
+GATE_SETTINGS = ("min_forget_quality", "max_forget_prob_ratio", "min_utility_ratio", "max_abs_privleak")
+
+
+def _draw_value(rng: random.Random, low: float, high: float):
+    roll = rng.random()
+    if roll < 0.1:
+        return None
+    if roll < 0.15:
+        return math.nan
+    if roll < 0.2:
+        return 0.0
+    return rng.uniform(low, high)
+
+
+def draw_gate_case(rng: random.Random) -> tuple[dict, dict]:
+    """Random metrics and thresholds, with some thresholds exactly on the value."""
+    unlearned = {"forget_quality": _draw_value(rng, 0, 1), "forget_prob": _draw_value(rng, 0, 1),
+                 "model_utility": _draw_value(rng, 0, 1), "privleak": _draw_value(rng, -100, 100)}
+    target = {"forget_prob": _draw_value(rng, 0, 1), "model_utility": _draw_value(rng, 0, 1)}
+    metrics = {"target": target, "oracle": {}, "unlearned": unlearned}
+    thresholds = {}
+    for setting in GATE_SETTINGS:
+        roll = rng.random()
+        if roll < 0.3:
+            thresholds[setting] = None
+        elif roll < 0.4:  # exactly at the value: an inclusive bound passes
+            value = expected_gate_value(metrics, setting)
+            thresholds[setting] = value if value is not None and 0 <= value < math.inf else rng.uniform(0, 1)
+        elif setting == "max_abs_privleak":
+            thresholds[setting] = rng.uniform(0, 100)
+        elif setting == "min_forget_quality":
+            thresholds[setting] = rng.uniform(0, 1)
+        else:
+            thresholds[setting] = rng.uniform(0, 2)
+    return metrics, thresholds
+
+
+def _usable(value) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def expected_gate_value(metrics: dict, setting: str) -> float | None:
+    """The quantity each setting bounds, written out independently of the gate module."""
+    u, t = metrics["unlearned"], metrics["target"]
+    if setting == "min_forget_quality":
+        return u["forget_quality"] if _usable(u["forget_quality"]) else None
+    if setting == "max_abs_privleak":
+        return abs(u["privleak"]) if _usable(u["privleak"]) else None
+    key = "forget_prob" if setting == "max_forget_prob_ratio" else "model_utility"
+    if not (_usable(u[key]) and _usable(t[key])):
+        return None
+    if t[key] == 0:
+        return None if u[key] == 0 else math.inf
+    return u[key] / t[key]
+
+
+def expected_gate_pass(metrics: dict, thresholds: dict) -> bool:
+    for setting, threshold in thresholds.items():
+        if threshold is None:
+            continue
+        value = expected_gate_value(metrics, setting)
+        if value is None:
+            continue  # skipped: recorded, does not fail the gate
+        ok = value >= threshold if setting.startswith("min_") else value <= threshold
+        if not ok:
+            return False
+    return True
