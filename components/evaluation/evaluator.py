@@ -1,0 +1,389 @@
+"""Evaluate the target, oracle and unlearned models on the forget, retain and holdout sets.
+
+:func:`evaluate_models` returns the numbers; :func:`components.evaluation.reports.write_reports`
+writes them. Model outputs are computed lazily and once per (model, split, kind): a
+teacher-forced pass over each record's own target, one over the paraphrased and perturbed
+answers, and greedy generation. Every metric is then read off those by the registered
+metric functions (:mod:`components.evaluation.metrics`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from components.config import EvalConfig
+from components.data.records import QARecord, Record
+from components.evaluation.formulas import cut_at_stop_strings
+from components.evaluation.inference import TokenEvidence, greedy_generate, prompt_ids, teacher_forced
+from components.evaluation.metrics import (
+    FORGET,
+    HOLDOUT,
+    PER_ITEM,
+    RETAIN,
+    Alternatives,
+    Generation,
+    MetricResult,
+    get_metric,
+    null_result,
+)
+from components.modeling.encoding import Encoded, encode_record
+from components.modeling.io import LoadedModel
+
+MODEL_ROLES = ("target", "oracle", "unlearned")
+UTILITY_PREFIX, EARLIER_PREFIX = "utility:", "earlier:"
+RESERVED_SET_NAMES = {FORGET, RETAIN, HOLDOUT, "earlier", "model", "mia", "privleak", "extraction"}
+
+# metrics.json: (key, metric, split) for each model.
+REPORTED: tuple[tuple[str, str, str], ...] = (
+    ("forget_prob", "prob", FORGET),
+    ("forget_rouge", "rouge", FORGET),
+    ("forget_truth_ratio", "truth_ratio_forget", FORGET),
+    ("forget_quality", "forget_quality", FORGET),
+    ("forget_knowmem", "knowmem", FORGET),
+    ("forget_verbmem", "verbmem", FORGET),
+    ("extraction_strength", "extraction_strength", FORGET),
+    ("retain_prob", "prob", RETAIN),
+    ("retain_rouge", "rouge", RETAIN),
+    ("retain_truth_ratio", "truth_ratio_utility", RETAIN),
+    ("retain_knowmem", "knowmem", RETAIN),
+    ("retain_verbmem", "verbmem", RETAIN),
+    ("holdout_prob", "prob", HOLDOUT),
+    ("model_utility", "model_utility", RETAIN),
+    ("mia_auc", "mia_auc_mink", FORGET),
+    ("mia_auc_loss", "mia_auc_loss", FORGET),
+    ("mia_auc_zlib", "mia_auc_zlib", FORGET),
+    ("privleak", "privleak", FORGET),
+)
+# Per extra utility set NAME: NAME_prob, NAME_rouge, NAME_truth_ratio.
+UTILITY_REPORTED = (("prob", "prob"), ("rouge", "rouge"), ("truth_ratio", "truth_ratio_utility"))
+# Under "earlier" -> request id, for each earlier forget set ("still forgotten").
+EARLIER_REPORTED = (
+    ("forget_prob", "prob"),
+    ("forget_rouge", "rouge"),
+    ("forget_truth_ratio", "truth_ratio_forget"),
+    ("forget_quality", "forget_quality"),
+    ("forget_knowmem", "knowmem"),
+    ("forget_verbmem", "verbmem"),
+    ("extraction_strength", "extraction_strength"),
+)
+# Per-item columns (reports/per_item/<model>_<split>.csv), by kind of split.
+_QUALITY_COLUMNS = ("prob", "rouge", "knowmem", "verbmem", "truth_ratio", "extraction_strength")
+_MIA_COLUMNS = ("mia_loss", "mia_mink", "mia_zlib")
+PER_ITEM_COLUMNS = {
+    FORGET: _QUALITY_COLUMNS + _MIA_COLUMNS,
+    RETAIN: _QUALITY_COLUMNS,
+    HOLDOUT: ("prob", "extraction_strength") + _MIA_COLUMNS,
+    "utility": _QUALITY_COLUMNS,
+    "earlier": _QUALITY_COLUMNS,
+}
+
+
+@dataclass
+class EvaluationResult:
+    """Everything evaluation found, free of record text.
+
+    ``metrics`` is the content of ``reports/metrics.json``: role -> key -> number or None
+    (plus ``earlier`` -> request id -> key -> number or None). ``per_item`` is role ->
+    split -> rows, one flat row per record (``record_id``, ``kind`` and per-item values).
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    per_item: dict[str, dict[str, list[dict[str, Any]]]]
+    seconds: float
+    models_evaluated: list[str] = field(default_factory=list)
+
+    def flat_metrics(self, role: str) -> dict[str, float]:
+        """One model's numbers as flat ``key -> float`` (earlier ones as ``earlier.<id>.<key>``),
+        without the nulls: ready for ``mlflow.log_metrics``."""
+        flat: dict[str, float] = {}
+        for key, value in self.metrics[role].items():
+            if key == "earlier":
+                for request_id, values in value.items():
+                    for sub, number in values.items():
+                        if number is not None:
+                            flat[f"earlier.{safe_name(request_id)}.{sub}"] = number
+            elif value is not None:
+                flat[key] = value
+        return flat
+
+
+class EvaluationContext:
+    """Lazily runs the models and caches every metric: the ``MetricContext`` metrics see."""
+
+    def __init__(
+        self,
+        models: Mapping[str, LoadedModel | None],
+        splits: Mapping[str, Sequence[Record]],
+        config: EvalConfig,
+        *,
+        max_length: int,
+        progress: Progress | None = None,
+    ):
+        self.models = dict(models)
+        self.splits = {name: list(records) for name, records in splits.items()}
+        self.config = config
+        self.max_length = max_length
+        self._progress = progress
+        self._metrics: dict[tuple[str, str, str], MetricResult] = {}
+        self._evidence: dict[tuple[str, str, str], list] = {}
+        self._encodings: dict[tuple[int, str, str], Any] = {}
+
+    # -- what metrics may ask for
+    def records(self, split: str) -> list[Record]:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise KeyError(f"no split named '{split}' (have: {', '.join(self.splits)})") from None
+
+    def has_model(self, model: str) -> bool:
+        return self.models.get(model) is not None
+
+    def utility_splits(self) -> list[str]:
+        return [name for name in self.splits if name.startswith(UTILITY_PREFIX)]
+
+    def metric(self, name: str, model: str, split: str) -> MetricResult:
+        key = (name, model, split)
+        if key not in self._metrics:
+            fn = get_metric(name)
+            if not self.has_model(model):
+                self._metrics[key] = null_result(len(self.records(split)) if name in PER_ITEM else 0)
+            else:
+                self._metrics[key] = fn(self, model, split)
+        return self._metrics[key]
+
+    def targets(self, model: str, split: str) -> list[TokenEvidence]:
+        def compute(loaded: LoadedModel) -> list[TokenEvidence]:
+            encoded = self._encoded(loaded.tokenizer, split, "targets")
+            with self._task(model, split, "scoring", len(encoded)) as advance:
+                return teacher_forced(loaded.model, encoded, _pad_id(loaded.tokenizer), self.config.batch_size, advance)
+
+        return self._once(model, split, "targets", compute)
+
+    def alternatives(self, model: str, split: str) -> list[Alternatives | None]:
+        def compute(loaded: LoadedModel) -> list[Alternatives | None]:
+            owners, encoded = self._encoded(loaded.tokenizer, split, "alternatives")
+            with self._task(model, split, "truth ratio", len(encoded)) as advance:
+                evidence = teacher_forced(loaded.model, encoded, _pad_id(loaded.tokenizer), self.config.batch_size, advance)
+            grouped: list[list[TokenEvidence]] = [[] for _ in self.records(split)]
+            for index, item in zip(owners, evidence):
+                grouped[index].append(item)
+            return [Alternatives(g[0], tuple(g[1:])) if g else None for g in grouped]
+
+        return self._once(model, split, "alternatives", compute)
+
+    def generations(self, model: str, split: str) -> list[Generation | None]:
+        def compute(loaded: LoadedModel) -> list[Generation | None]:
+            tokenizer = loaded.tokenizer
+            jobs = self._encoded(tokenizer, split, "generation")
+            live = [i for i, job in enumerate(jobs) if job is not None]
+            with self._task(model, split, "generation", len(live)) as advance:
+                outputs = greedy_generate(
+                    loaded.model, tokenizer, [jobs[i][0] for i in live],
+                    max_new_tokens=[jobs[i][1] for i in live], batch_size=self.config.batch_size, on_batch=advance,
+                )
+            found: list[Generation | None] = [None] * len(jobs)
+            for i, ids in zip(live, outputs):
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                record = self.records(split)[i]
+                if isinstance(record, QARecord):
+                    found[i] = Generation(cut_at_stop_strings(text).strip(), record.answer)
+                else:
+                    found[i] = Generation(text, tokenizer.decode(jobs[i][2], skip_special_tokens=True))
+            return found
+
+        return self._once(model, split, "generations", compute)
+
+    # -- plumbing
+    def _once(self, model: str, split: str, kind: str, compute) -> list:
+        key = (model, split, kind)
+        if key not in self._evidence:
+            loaded = self.models.get(model)
+            if loaded is None:
+                raise LookupError(f"model '{model}' is absent; metrics that need it are null")
+            self._evidence[key] = compute(loaded)
+        return self._evidence[key]
+
+    def _encoded(self, tokenizer, split: str, kind: str):
+        key = (id(tokenizer), split, kind)
+        if key not in self._encodings:
+            records = self.records(split)
+            if kind == "targets":
+                value: Any = [encode_record(tokenizer, r, self.max_length) for r in records]
+            elif kind == "alternatives":
+                value = _encode_alternatives(tokenizer, records, self.max_length)
+            else:
+                value = [self._generation_job(tokenizer, r) for r in records]
+            self._encodings[key] = value
+        return self._encodings[key]
+
+    def _generation_job(self, tokenizer, record: Record) -> tuple[list[int], int, list[int]] | None:
+        """(prompt ids, new-token limit, reference ids) for one record, or None."""
+        if isinstance(record, QARecord):
+            prompt = prompt_ids(encode_record(tokenizer, record, self.max_length))
+            return prompt, self._limit(len(prompt)), []
+        text_ids = tokenizer.encode(record.text, add_special_tokens=False)
+        keep = self.config.verbmem_prefix_tokens
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        prompt = bos + text_ids[:keep]
+        limit = self._limit(len(prompt))
+        if len(text_ids) <= keep or limit <= 0:
+            return None
+        return prompt, limit, text_ids[keep : keep + limit]
+
+    def _limit(self, prompt_length: int) -> int:
+        return max(0, min(self.config.max_new_tokens, self.max_length - prompt_length))
+
+    def _task(self, model: str, split: str, what: str, total: int):
+        if self._progress is None:
+            return nullcontext(None)
+        return _progress_task(self._progress, f"{model:<9} {_short(split):<12} {what}", total)
+
+
+def _short(split: str) -> str:
+    return split if len(split) <= 12 else split[:11] + "…"
+
+
+class _progress_task:
+    def __init__(self, progress: Progress, description: str, total: int):
+        self.progress, self.description, self.total = progress, description, total
+
+    def __enter__(self):
+        self.task = self.progress.add_task(self.description, total=self.total)
+        return lambda n: self.progress.advance(self.task, n)
+
+    def __exit__(self, *exc):
+        self.progress.update(self.task, completed=self.total)
+        return False
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return pad
+
+
+def _encode_alternatives(tokenizer, records: Sequence[Record], max_length: int) -> tuple[list[int], list[Encoded]]:
+    """Paraphrase then perturbed answers of each QA record that has both, flattened with owners."""
+    owners: list[int] = []
+    encoded: list[Encoded] = []
+    for index, record in enumerate(records):
+        if isinstance(record, QARecord) and record.paraphrased_answer and record.perturbed_answers:
+            for answer in (record.paraphrased_answer, *record.perturbed_answers):
+                owners.append(index)
+                encoded.append(encode_record(tokenizer, record, max_length, answer=answer))
+    return owners, encoded
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A split or request name usable as a file name."""
+    return _SAFE.sub("_", name).strip("_") or "unnamed"
+
+
+def _check_inputs(models: Mapping[str, Any], utility_sets: Mapping[str, Any], earlier: Mapping[str, Any]) -> None:
+    unknown = set(models) - set(MODEL_ROLES)
+    if unknown:
+        raise ValueError(f"unknown model role(s) {sorted(unknown)}; expected some of {list(MODEL_ROLES)}")
+    for name in utility_sets:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or name in RESERVED_SET_NAMES:
+            raise ValueError(
+                f"utility set name '{name}' cannot be used: it becomes a metric prefix, so it must start with a "
+                f"letter, use only letters, digits, '_' and '-', and not be one of {sorted(RESERVED_SET_NAMES)}"
+            )
+    seen: dict[str, str] = {}
+    for request_id in earlier:
+        if not str(request_id).strip():
+            raise ValueError("an earlier forget set has an empty request id")
+        clash = seen.setdefault(safe_name(str(request_id)), str(request_id))
+        if clash != str(request_id):
+            raise ValueError(f"earlier request ids '{clash}' and '{request_id}' give the same report file name; "
+                             "rename one (letters, digits, '.', '_' and '-' are kept as they are)")
+
+
+def evaluate_models(
+    models: Mapping[str, LoadedModel | None],
+    *,
+    forget: Sequence[Record],
+    retain: Sequence[Record],
+    holdout: Sequence[Record],
+    config: EvalConfig,
+    max_length: int,
+    earlier_forget: Mapping[str, Sequence[Record]] | None = None,
+    utility_sets: Mapping[str, Sequence[Record]] | None = None,
+    show_progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate each present model; metrics that need an absent model are None.
+
+    ``models`` maps roles ("target", "oracle", "unlearned") to loaded models; a missing
+    role or ``None`` means that model is absent (e.g. no oracle for a user's own model:
+    forget quality and privleak are then None). ``earlier_forget`` maps request ids of
+    earlier processed requests to their forget sets ("still forgotten");
+    ``utility_sets`` maps names to extra sets for model utility.
+    """
+    earlier_forget = dict(earlier_forget or {})
+    utility_sets = dict(utility_sets or {})
+    _check_inputs(models, utility_sets, earlier_forget)
+    if config.verbmem_prefix_tokens >= max_length:
+        raise ValueError(
+            f"eval.verbmem_prefix_tokens ({config.verbmem_prefix_tokens}) must be below model.max_length "
+            f"({max_length}) to leave room for a continuation"
+        )
+    splits: dict[str, Sequence[Record]] = {FORGET: forget, RETAIN: retain, HOLDOUT: holdout}
+    splits.update({UTILITY_PREFIX + name: records for name, records in utility_sets.items()})
+    splits.update({EARLIER_PREFIX + str(rid): records for rid, records in earlier_forget.items()})
+    roles = {role: models.get(role) for role in MODEL_ROLES}
+
+    start = time.perf_counter()
+    columns = (TextColumn("[bold]evaluate {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        ctx = EvaluationContext(roles, splits, config, max_length=max_length, progress=progress)
+        metrics = {role: _model_metrics(ctx, role, utility_sets, earlier_forget) for role in MODEL_ROLES}
+        per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
+    return EvaluationResult(
+        metrics=metrics,
+        per_item=per_item,
+        seconds=time.perf_counter() - start,
+        models_evaluated=[role for role in MODEL_ROLES if roles[role] is not None],
+    )
+
+
+def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, earlier) -> dict[str, Any]:
+    out: dict[str, Any] = {key: ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
+    for set_name in utility_sets:
+        for suffix, name in UTILITY_REPORTED:
+            out[f"{set_name}_{suffix}"] = ctx.metric(name, role, UTILITY_PREFIX + set_name)["value"]
+    out["earlier"] = {
+        str(rid): {key: ctx.metric(name, role, EARLIER_PREFIX + str(rid))["value"] for key, name in EARLIER_REPORTED}
+        for rid in earlier
+    }
+    return out
+
+
+def _columns_for(split: str) -> tuple[str, ...]:
+    if split.startswith(UTILITY_PREFIX):
+        return PER_ITEM_COLUMNS["utility"]
+    if split.startswith(EARLIER_PREFIX):
+        return PER_ITEM_COLUMNS["earlier"]
+    return PER_ITEM_COLUMNS[split]
+
+
+def _model_rows(ctx: EvaluationContext, role: str) -> dict[str, list[dict[str, Any]]]:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for split, records in ctx.splits.items():
+        columns = _columns_for(split)
+        values = {c: ctx.metric(c, role, split)["by_item"] for c in columns}
+        rows[split] = [
+            {"record_id": record.record_id, "kind": record.kind, **{c: values[c][i] for c in columns}}
+            for i, record in enumerate(records)
+        ]
+    return rows
+

@@ -1,0 +1,277 @@
+"""Metrics as small registered functions.
+
+Every metric is a plain function ``fn(ctx, model, split) -> {"value": ..., "by_item": [...]}``
+registered under a name. ``value`` is the aggregate (``None`` when it cannot be computed:
+no such records, or a model it compares against is absent); ``by_item`` has one entry per
+record of the split, in order (``None`` where the metric does not apply to that record),
+or is empty for metrics of a whole model (forget quality, AUCs, privleak, utility).
+
+A metric that needs another asks the context for it by name (``ctx.metric("truth_ratio",
+...)``); the context computes each (metric, model, split) once. Model outputs come from
+the context too (``ctx.targets``, ``ctx.alternatives``, ``ctx.generations``), computed
+lazily, so a metric only costs the inference it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from components.data.records import QARecord, Record, TextRecord
+from components.evaluation import formulas
+from components.evaluation.inference import TokenEvidence
+
+MetricResult = dict[str, Any]
+MetricFn = Callable[["MetricContext", str, str], MetricResult]
+
+FORGET, RETAIN, HOLDOUT = "forget", "retain", "holdout"
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """Teacher-forced evidence on a QA record's paraphrased and perturbed answers."""
+
+    paraphrased: TokenEvidence | None
+    perturbed: tuple[TokenEvidence, ...]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A greedy generation and the text it is scored against (never written to reports)."""
+
+    text: str
+    reference: str
+
+
+class MetricContext(Protocol):
+    """What a metric may ask for. The evaluator provides it."""
+
+    config: Any  # components.config.EvalConfig
+
+    def records(self, split: str) -> list[Record]: ...
+
+    def has_model(self, model: str) -> bool: ...
+
+    def utility_splits(self) -> list[str]: ...
+
+    def metric(self, name: str, model: str, split: str) -> MetricResult: ...
+
+    def targets(self, model: str, split: str) -> list[TokenEvidence]: ...
+
+    def alternatives(self, model: str, split: str) -> list[Alternatives | None]: ...
+
+    def generations(self, model: str, split: str) -> list[Generation | None]: ...
+
+
+METRICS: dict[str, MetricFn] = {}
+PER_ITEM: set[str] = set()
+
+
+def register_metric(name: str, *, per_item: bool = True) -> Callable[[MetricFn], MetricFn]:
+    """Register ``fn`` under ``name`` (names are unique).
+
+    ``per_item=False`` marks a metric of a whole model, whose ``by_item`` is empty.
+    """
+
+    def decorate(fn: MetricFn) -> MetricFn:
+        if name in METRICS:
+            raise ValueError(f"a metric named '{name}' is already registered")
+        METRICS[name] = fn
+        if per_item:
+            PER_ITEM.add(name)
+        return fn
+
+    return decorate
+
+
+def get_metric(name: str) -> MetricFn:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric '{name}'; registered: {', '.join(sorted(METRICS))}") from None
+
+
+def result(by_item: Sequence[float | None]) -> MetricResult:
+    """Aggregate per-item values by their mean, skipping items the metric does not apply to."""
+    values = [v for v in by_item if v is not None]
+    return {"value": float(np.mean(values)) if values else None, "by_item": list(by_item)}
+
+
+def scalar(value: float | None) -> MetricResult:
+    """A whole-model metric (no per-item values); NaN becomes None."""
+    if value is not None and math.isnan(value):
+        value = None
+    return {"value": value, "by_item": []}
+
+
+def null_result(n_items: int = 0) -> MetricResult:
+    return {"value": None, "by_item": [None] * n_items}
+
+
+def _present(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+# ---------------------------------------------------------------- per-item metrics
+
+
+@register_metric("prob")
+def prob(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Answer probability (QA: answer tokens; text: the text's tokens), exp(-mean NLL)."""
+    return result([formulas.answer_probability(e.logps) for e in ctx.targets(model, split)])
+
+
+@register_metric("extraction_strength")
+def extraction_strength(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    return result([formulas.extraction_strength(e.hits) for e in ctx.targets(model, split)])
+
+
+@register_metric("rouge")
+def rouge(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """TOFU: ROUGE-L recall of the greedy answer to each question."""
+    gens = ctx.generations(model, split)
+    return result([
+        formulas.rouge_l_recall(g.reference, g.text) if g is not None and isinstance(r, QARecord) else None
+        for r, g in zip(ctx.records(split), gens)
+    ])
+
+
+@register_metric("knowmem")
+def knowmem(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """MUSE KnowMem: ROUGE-L F1 of the greedy answer to each question."""
+    gens = ctx.generations(model, split)
+    return result([
+        formulas.rouge_l_f1(g.reference, g.text) if g is not None and isinstance(r, QARecord) else None
+        for r, g in zip(ctx.records(split), gens)
+    ])
+
+
+@register_metric("verbmem")
+def verbmem(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each text's prefix."""
+    gens = ctx.generations(model, split)
+    return result([
+        formulas.rouge_l_f1(g.reference, g.text) if g is not None and isinstance(r, TextRecord) else None
+        for r, g in zip(ctx.records(split), gens)
+    ])
+
+
+@register_metric("truth_ratio")
+def truth_ratio(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Raw truth ratio per QA record with a paraphrase and perturbed answers; value: their mean."""
+    return result([
+        formulas.truth_ratio(a.paraphrased.logps, [p.logps for p in a.perturbed])
+        if a is not None and a.paraphrased is not None and a.perturbed else None
+        for a in ctx.alternatives(model, split)
+    ])
+
+
+@register_metric("truth_ratio_forget")
+def truth_ratio_forget(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """TOFU forget score: mean of min(TR, 1/TR)."""
+    ratios = ctx.metric("truth_ratio", model, split)["by_item"]
+    return result([None if r is None else formulas.forget_truth_ratio_score(r) for r in ratios])
+
+
+@register_metric("truth_ratio_utility")
+def truth_ratio_utility(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """TOFU retain score: mean of max(0, 1 - TR)."""
+    ratios = ctx.metric("truth_ratio", model, split)["by_item"]
+    return result([None if r is None else formulas.utility_truth_ratio_score(r) for r in ratios])
+
+
+def _target_text(record: Record) -> str:
+    return record.text if isinstance(record, TextRecord) else record.answer
+
+
+@register_metric("mia_loss")
+def mia_loss(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Membership score of the LOSS attack (higher = more likely trained on)."""
+    return result([formulas.loss_score(e.logps) for e in ctx.targets(model, split)])
+
+
+@register_metric("mia_mink")
+def mia_mink(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Membership score of the min-k% prob attack, k = eval.mink_k."""
+    return result([formulas.min_k_score(e.logps, ctx.config.mink_k) for e in ctx.targets(model, split)])
+
+
+@register_metric("mia_zlib")
+def mia_zlib(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Membership score of the zlib attack."""
+    return result([
+        formulas.zlib_score(e.logps, _target_text(r)) for r, e in zip(ctx.records(split), ctx.targets(model, split))
+    ])
+
+
+# ---------------------------------------------------------------- whole-model metrics
+
+
+@register_metric("forget_quality", per_item=False)
+def forget_quality(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """KS-test p-value between this model's and the oracle's truth ratios on a forget set."""
+    if not ctx.has_model(ORACLE):
+        return scalar(None)
+    ours = _present(ctx.metric("truth_ratio", model, split)["by_item"])
+    oracle = _present(ctx.metric("truth_ratio", ORACLE, split)["by_item"])
+    if not ours or not oracle:
+        return scalar(None)
+    return scalar(formulas.ks_p_value(ours, oracle))
+
+
+def _auc(ctx: MetricContext, model: str, split: str, score: str) -> MetricResult:
+    members = _present(ctx.metric(score, model, split)["by_item"])
+    nonmembers = _present(ctx.metric(score, model, HOLDOUT)["by_item"])
+    if not members or not nonmembers:
+        return scalar(None)
+    return scalar(formulas.membership_auc(members, nonmembers))
+
+
+@register_metric("mia_auc_loss", per_item=False)
+def mia_auc_loss(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """AUC of the LOSS attack, forget (members) vs holdout (non-members)."""
+    return _auc(ctx, model, split, "mia_loss")
+
+
+@register_metric("mia_auc_mink", per_item=False)
+def mia_auc_mink(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """AUC of the min-k% attack, forget (members) vs holdout (non-members)."""
+    return _auc(ctx, model, split, "mia_mink")
+
+
+@register_metric("mia_auc_zlib", per_item=False)
+def mia_auc_zlib(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """AUC of the zlib attack, forget (members) vs holdout (non-members)."""
+    return _auc(ctx, model, split, "mia_zlib")
+
+
+@register_metric("privleak", per_item=False)
+def privleak(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """MUSE PrivLeak from the min-k% AUCs of this model and the oracle (see formulas.privleak)."""
+    if not ctx.has_model(ORACLE):
+        return scalar(None)
+    ours = ctx.metric("mia_auc_mink", model, split)["value"]
+    oracle = ctx.metric("mia_auc_mink", ORACLE, split)["value"]
+    if ours is None or oracle is None:
+        return scalar(None)
+    return scalar(formulas.privleak(ours, oracle))
+
+
+UTILITY_COMPONENTS = ("prob", "rouge", "truth_ratio_utility")
+
+
+@register_metric("model_utility", per_item=False)
+def model_utility(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Harmonic mean of probability, ROUGE and truth-ratio score on ``split`` and every utility set.
+
+    Components a set cannot give (no QA records, no perturbed answers) are left out; with
+    none at all the utility is None.
+    """
+    values = []
+    for name in [split, *ctx.utility_splits()]:
+        values.extend(_present([ctx.metric(c, model, name)["value"] for c in UTILITY_COMPONENTS]))
+    return scalar(formulas.harmonic_mean(values) if values else None)

@@ -1,0 +1,81 @@
+"""Write an evaluation to ``reports/``: numbers and record ids, never record text.
+
+* ``metrics.json``: ``{"target": {...}, "oracle": {...}, "unlearned": {...}}``, the file
+  ``dvc metrics show`` reads (null where a model or a kind of record is absent).
+* ``per_item/<role>_<split>.csv``: one flat row per record (``record_id``, ``kind`` and
+  per-item values; empty cells where a value does not apply), the files ``dvc plots``
+  reads. Splits: ``forget``, ``retain``, ``holdout``, ``utility_<name>``,
+  ``earlier_<request id>``. Absent models get the same files with empty values, so the
+  set of outputs does not depend on which models were there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from components.evaluation.evaluator import EARLIER_PREFIX, UTILITY_PREFIX, EvaluationResult, safe_name
+
+PER_ITEM_DIR = "per_item"
+METRICS_FILE = "metrics.json"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def split_file_stem(split: str) -> str:
+    """The file-name part for a split (``utility:wiki`` -> ``utility_wiki``)."""
+    for prefix, word in ((UTILITY_PREFIX, "utility"), (EARLIER_PREFIX, "earlier")):
+        if split.startswith(prefix):
+            return f"{word}_{safe_name(split[len(prefix):])}"
+    return safe_name(split)
+
+
+def write_reports(result: EvaluationResult, reports_dir: str | Path) -> dict[str, Path]:
+    """Write ``metrics.json`` and the per-item CSVs under ``reports_dir``; return what was written.
+
+    Per-item CSVs left from an earlier run in ``reports_dir/per_item`` are removed first,
+    so the folder always describes this evaluation only.
+    """
+    reports_dir = Path(reports_dir)
+    per_item_dir = reports_dir / PER_ITEM_DIR
+    per_item_dir.mkdir(parents=True, exist_ok=True)
+    for stale in per_item_dir.glob("*.csv"):
+        stale.unlink()
+
+    written: dict[str, Path] = {}
+    metrics_path = reports_dir / METRICS_FILE
+    metrics_path.write_text(json.dumps(_clean(result.metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    written["metrics"] = metrics_path
+
+    for role, tables in result.per_item.items():
+        for split, rows in tables.items():
+            path = per_item_dir / f"{role}_{split_file_stem(split)}.csv"
+            _write_csv(path, rows)
+            written[f"{role}/{split}"] = path
+    return written
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(rows[0]) if rows else ["record_id", "kind"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
