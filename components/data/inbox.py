@@ -1,0 +1,189 @@
+"""The request inbox: pending, processed, rejected and failed requests as folders of files.
+
+A request file is never deleted: it moves from ``inbox/`` to ``processed/`` (with a result
+file), ``rejected/`` (invalid; with a reason file) or ``failed/`` (valid, but unlearning
+failed or did not pass the gate; with a reason file, retriable). One lock file serialises
+every process that changes the inbox, so each request is processed exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+
+from components.data.requests import DeletionRequest, RequestError, read_request
+from components.paths import Paths
+
+RESULT_SUFFIX = ".result.json"
+REASON_SUFFIX = ".reason.txt"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name`` with a counter if taken: rejected files never overwrite."""
+    candidate = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    counter = 1
+    while candidate.exists() or Path(str(candidate) + ".dvc").exists():
+        candidate = folder / f"{stem}.{counter}{suffix}"
+        counter += 1
+    return candidate
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request file in the inbox that parsed and is not a duplicate."""
+
+    path: Path
+    request: DeletionRequest
+
+
+class Inbox:
+    """The folders under ``data/requests/`` and the moves between them."""
+
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.failed = paths.requests / "failed"
+        for folder in (paths.inbox, paths.processed, paths.rejected, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def lock(self, timeout: float = -1) -> FileLock:
+        """The inbox lock; hold it while taking and finishing a batch."""
+        return FileLock(str(self.paths.requests / ".inbox.lock"), timeout=timeout)
+
+    # ------------------------------------------------------------------ listing
+
+    def files(self) -> list[Path]:
+        """Request files waiting in the inbox, oldest name first (DVC files excluded)."""
+        return sorted(
+            p for p in self.paths.inbox.iterdir()
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".dvc")
+        )
+
+    def processed_results(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.paths.processed.glob(f"*{RESULT_SUFFIX}"))]
+
+    def earlier(self) -> dict[str, list[str]]:
+        """Record ids erased by every processed request, by request id."""
+        return {result["request_id"]: result["forget_ids"] for result in self.processed_results()}
+
+    def known_ids(self) -> set[str]:
+        """Request ids already processed, failed or waiting (duplicates are rejected)."""
+        ids = {result["request_id"] for result in self.processed_results()}
+        ids |= {p.name[: -len(REASON_SUFFIX)] for p in self.failed.glob(f"*{REASON_SUFFIX}")}
+        return ids
+
+    def status(self) -> dict[str, list[str]]:
+        def names(folder: Path, suffix: str = ".json") -> list[str]:
+            return sorted(p.name for p in folder.iterdir()
+                          if p.is_file() and p.name.endswith(suffix) and not p.name.endswith(RESULT_SUFFIX))
+
+        return {
+            "pending": [p.name for p in self.files()],
+            "processed": [r["request_id"] for r in self.processed_results()],
+            "rejected": [n[: -len(REASON_SUFFIX)] for n in names(self.paths.rejected, REASON_SUFFIX)],
+            "failed": [n[: -len(REASON_SUFFIX)] for n in names(self.failed, REASON_SUFFIX)],
+        }
+
+    # ------------------------------------------------------------------ intake
+
+    def check(self, path: Path) -> DeletionRequest:
+        """Parse a request file and refuse ids seen before; raises :class:`RequestError`."""
+        if path.suffix != ".json":
+            raise RequestError([f"request files must be .json files, got '{path.name}'"], source=path.name)
+        request = read_request(path)
+        if request.request_id in self.known_ids():
+            raise RequestError(
+                [f"duplicate request_id '{request.request_id}': a request with this id was already "
+                 "processed or failed; give the new request its own id"],
+                source=path.name,
+            )
+        return request
+
+    def add(self, path: Path) -> Path:
+        """Validate a request file and copy it into the inbox as ``<request_id>.json``.
+
+        The original file is left where it was. A duplicate id, also among pending
+        requests, is refused.
+        """
+        request = self.check(path)
+        pending_ids = {self._peek_id(p) for p in self.files()}
+        if request.request_id in pending_ids:
+            raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
+                               source=path.name)
+        destination = self.paths.inbox / f"{request.request_id}.json"
+        shutil.copyfile(path, destination)
+        return destination
+
+    @staticmethod
+    def _peek_id(path: Path) -> str | None:
+        try:
+            return read_request(path).request_id
+        except RequestError:
+            return None
+
+    def take(self) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
+        """Split the inbox into valid pending requests and invalid ones (with their errors)."""
+        valid: list[Pending] = []
+        invalid: list[tuple[Path, RequestError]] = []
+        seen: set[str] = set()
+        for path in self.files():
+            try:
+                request = self.check(path)
+                if request.request_id in seen:
+                    raise RequestError(
+                        [f"duplicate request_id '{request.request_id}': another file in this batch has it"],
+                        source=path.name,
+                    )
+                seen.add(request.request_id)
+                valid.append(Pending(path, request))
+            except RequestError as error:
+                invalid.append((path, error))
+        return valid, invalid
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _settle(self, path: Path, folder: Path, note_suffix: str, note: str, name: str | None = None) -> Path:
+        from components.data import versioning
+
+        destination = _free_name(folder, name or path.name)
+        versioning.move(self.paths.root, path, destination)
+        Path(str(destination.with_suffix("")) + note_suffix).write_text(note, encoding="utf-8")
+        return destination
+
+    def reject(self, path: Path, error: RequestError) -> Path:
+        """Move an invalid request to ``rejected/`` with a reason file beside it."""
+        note = f"rejected at {_now()}\n" + "\n".join(f"- {reason}" for reason in error.reasons) + "\n"
+        return self._settle(path, self.paths.rejected, REASON_SUFFIX, note)
+
+    def fail(self, pending: Pending, reason: str) -> Path:
+        """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
+        note = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
+        return self._settle(pending.path, self.failed, REASON_SUFFIX, note,
+                            name=f"{pending.request.request_id}.json")
+
+    def complete(self, pending: Pending, result: dict) -> Path:
+        """Move a request to ``processed/`` with its result (ids, counts, hashes; no text)."""
+        result = {"request_id": pending.request.request_id, "processed_at": _now(), **result}
+        return self._settle(pending.path, self.paths.processed, RESULT_SUFFIX,
+                            json.dumps(result, indent=2) + "\n", name=f"{pending.request.request_id}.json")
+
+    def retry(self, request_id: str) -> Path:
+        """Move a failed request back to the inbox."""
+        from components.data import versioning
+
+        source = self.failed / f"{request_id}.json"
+        if not source.exists():
+            raise FileNotFoundError(f"no failed request with id '{request_id}' in {self.failed}")
+        destination = versioning.move(self.paths.root, source, self.paths.inbox / source.name)
+        reason = self.failed / f"{request_id}{REASON_SUFFIX}"
+        reason.rename(_free_name(self.failed, f"{request_id}.retried.txt"))
+        return destination

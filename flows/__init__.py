@@ -1,0 +1,1 @@
+"""Prefect flows, the served deployment and the `blur` command-line interface."""

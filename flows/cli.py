@@ -1,0 +1,162 @@
+"""`blur`: hand in deletion requests, process them, serve the nightly schedule, read results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Erase people's data from a language model with BLUR, with proof.")
+request_app = typer.Typer(no_args_is_help=True, help="Hand in and manage deletion requests.")
+app.add_typer(request_app, name="request")
+console = Console()
+err = Console(stderr=True)
+
+ROOT = typer.Option(Path("."), "--root", help="Pipeline folder (holds params.yaml and data/).")
+PARAMS = typer.Option("params.yaml", "--params", help="Configuration file, relative to --root.")
+
+
+def _environment(root: Path) -> None:
+    """Offline by default; Prefect's local database inside the project unless set."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _load(root: Path, params: str):
+    from components.config import ConfigError, load_config
+    from components.paths import Paths
+
+    try:
+        return load_config(root / params), Paths(root.resolve())
+    except ConfigError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2)
+
+
+@request_app.command("add")
+def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSON file."),
+                root: Path = ROOT, params: str = PARAMS) -> None:
+    """Validate a request and put a copy into the inbox; refuse it with the reason if invalid."""
+    _environment(root)
+    from components import stages
+    from components.data.inbox import Inbox
+    from components.data.requests import RequestError
+
+    config, paths = _load(root, params)
+    inbox = Inbox(paths)
+    try:
+        request = inbox.check(file)
+        stages.check_request(config, paths, request, earlier=inbox.earlier())
+        destination = inbox.add(file)
+    except RequestError as error:
+        err.print(f"[red]Refused:[/red] {error}")
+        err.print(f"The file {file} was left unchanged.")
+        raise typer.Exit(1)
+    console.print(f"[green]Accepted[/green] request [bold]{request.request_id}[/bold] -> {destination}")
+
+
+@request_app.command("retry")
+def request_retry(request_id: str, root: Path = ROOT) -> None:
+    """Move a failed request back to the inbox (after fixing params, say)."""
+    from components.data.inbox import Inbox
+    from components.paths import Paths
+
+    try:
+        destination = Inbox(Paths(root.resolve())).retry(request_id)
+    except FileNotFoundError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1)
+    console.print(f"Request {request_id} is pending again: {destination}")
+
+
+@app.command("process")
+def process(root: Path = ROOT, params: str = PARAMS) -> None:
+    """Process every pending request now (the same flow the schedule runs)."""
+    _environment(root)
+    from flows.pipeline import process_requests
+
+    _load(root, params)
+    summary = process_requests(root=str(root.resolve()), params=params)
+    table = Table(title=f"Batch {summary['batch_id'] or '(none)'}")
+    for column in ("processed", "rejected", "failed"):
+        table.add_column(column)
+    table.add_row(*("\n".join(summary[k]) or "-" for k in ("processed", "rejected", "failed")))
+    console.print(table)
+    if summary.get("gate"):
+        state = "[green]passed[/green]" if summary["gate"]["passed"] else "[red]FAILED[/red]"
+        console.print(f"Gate {state}; model version {summary['gate']['version']}")
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve(cron: Optional[str] = typer.Option(None, help="Cron schedule; default flow.cron in params."),
+          name: str = typer.Option("nightly", help="Deployment name."),
+          root: Path = ROOT, params: str = PARAMS) -> None:
+    """Serve the flow on a cron schedule against a Prefect server (PREFECT_API_URL)."""
+    _environment(root)
+    from flows.serve import serve_flow
+
+    config, _ = _load(root, params)
+    serve_flow(root=root.resolve(), params=params, cron=cron or config.flow.cron, name=name)
+
+
+@app.command("status")
+def status(root: Path = ROOT, params: str = PARAMS) -> None:
+    """Pending, processed, rejected and failed requests, and the current champion."""
+    _environment(root)
+    from components import stages
+    from components.data.inbox import Inbox
+
+    config, paths = _load(root, params)
+    state = Inbox(paths).status()
+    table = Table(title="Deletion requests")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    table.add_column("requests")
+    for key in ("pending", "processed", "rejected", "failed"):
+        table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
+    console.print(table)
+    try:
+        champion = stages.current_champion(config, paths, download=False)
+    except Exception as error:  # the registry may be unreachable; status still shows the inbox
+        err.print(f"[yellow]registry unavailable: {error}[/yellow]")
+        return
+    if champion:
+        console.print(f"Champion: [bold]{config.registry.model_name}[/bold] version {champion['version']} "
+                      f"(alias '{config.registry.alias}', run {champion['run_id']})")
+    else:
+        console.print(f"No champion yet for '{config.registry.model_name}': the next batch starts from the target.")
+
+
+@app.command("report")
+def report(run: Optional[str] = typer.Argument(None, help="MLflow run id; default: the latest run."),
+           root: Path = ROOT, params: str = PARAMS) -> None:
+    """Show the report of a pipeline run (what was forgotten, metrics, gate decision)."""
+    _environment(root)
+    from components import stages
+
+    config, paths = _load(root, params)
+    text = stages.run_report(config, paths, run)
+    if text is None:
+        err.print("[red]no such run (or no runs yet)[/red]")
+        raise typer.Exit(1)
+    console.print(Markdown(text))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
