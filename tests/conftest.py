@@ -55,3 +55,15 @@ def tiny_setup() -> TinySetup:
              show_progress=False)
     config = Config().with_overrides({"model.max_length": MAX_LENGTH})
     return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
+
+
+pytest_plugins = ["registry_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server (ephemeral API, temporary database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Sizes that train in seconds yet still memorise a small world.
 TINY_PARAMS = {
-    "model.max_length": 64,
+    "model.max_length": 96,
     "model.tokenizer.vocab_size": 400,
     "model.tiny.hidden_size": 64,
     "model.tiny.intermediate_size": 128,
@@ -72,4 +72,50 @@ def make_pipeline_repo(repo: Path, overrides: dict | None = None) -> Path:
     run(["git", "config", "user.name", "tests"], repo)
     run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
+    return repo
+
+
+# A world small enough that a whole flow run (train, validate, unlearn, evaluate,
+# register) takes seconds; gate thresholds this tiny setup meets.
+FLOW_PARAMS = {
+    "world.n_subjects": 6,
+    "world.n_holdout_subjects": 2,
+    "world.facts_per_subject": 8,
+    "request": "data/requests/tiny-request.json",
+    "unlearn.steps": 12,
+    "unlearn.batch_size": 4,
+    "unlearn.checkpoint_every": 4,
+    "eval.max_new_tokens": 8,
+    "eval.verbmem_prefix_tokens": 16,
+    "gate.min_forget_quality": None,
+    "gate.max_forget_prob_ratio": 0.5,
+    "gate.min_utility_ratio": 0.5,
+    "flow.retries": 0,
+    "flow.retry_delay_seconds": 0,
+    "flow.lock_timeout_seconds": 600,
+}
+
+
+def tiny_subjects() -> list[str]:
+    """Subjects of the tiny flow world (seed 0, 6 authors)."""
+    from components.data.demo_world import generate_world
+
+    world, _ = generate_world(seed=0, n_subjects=6, n_holdout_subjects=2, facts_per_subject=8)
+    return list(dict.fromkeys(record.subject for record in world))
+
+
+def request_json(request_id: str, subjects: list[str], **extra) -> str:
+    import json
+
+    return json.dumps({"request_id": request_id, "received_at": "2026-11-28T09:00:00Z",
+                       "subjects": subjects, **extra})
+
+
+def make_flow_repo(repo: Path, overrides: dict | None = None, mlflow_db: Path | None = None) -> Path:
+    """A pipeline repository on the tiny flow world, with a local DVC remote and a migrated MLflow DB."""
+    make_pipeline_repo(repo, {**FLOW_PARAMS, **(overrides or {})})
+    (repo / "data" / "requests" / "tiny-request.json").write_text(request_json("tiny-0001", [tiny_subjects()[1]]))
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(repo.parent / f"{repo.name}-remote")], repo)
+    if mlflow_db is not None:
+        shutil.copyfile(mlflow_db, repo / "mlflow.db")
     return repo

@@ -1,11 +1,15 @@
 """Version request files with DVC: every request is hashed, cached and pushed to the remote.
 
-Uses DVC's Python API (``dvc.repo.Repo``) on the repository that holds the inbox. Moving a
-tracked file goes through ``dvc move`` so its ``.dvc`` file and ``.gitignore`` entry follow.
+Runs the ``dvc`` command line in the repository that holds the inbox (a separate process:
+DVC resolves paths against the working directory, which a long-running flow must not
+change). Moving a tracked file goes through ``dvc move`` so its ``.dvc`` file and
+``.gitignore`` entry follow.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -15,16 +19,18 @@ class VersioningError(RuntimeError):
     """DVC could not track, move or push a request file."""
 
 
-def _repo(root: Path):
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
+def _dvc(root: Path, *args: str) -> str:
+    if not (root / ".dvc").is_dir():
+        raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise VersioningError(f"dvc {args[0]} failed: {message[-1] if message else result.returncode}")
+    return result.stdout
 
-    try:
-        return Repo(str(root))
-    except NotDvcRepoError:
-        raise VersioningError(
-            f"{root} is not a DVC repository; run `git init && dvc init` there first"
-        ) from None
+
+def _relative(root: Path, path: Path) -> str:
+    return str(path.resolve().relative_to(root.resolve()))
 
 
 def _dvc_file(path: Path) -> Path:
@@ -44,11 +50,7 @@ def track(root: Path, files: list[Path]) -> dict[str, str]:
     """``dvc add`` each file (once) and return its DVC hash by file name."""
     untracked = [f for f in files if tracked_hash(f) is None]
     if untracked:
-        with _repo(root) as repo:
-            try:
-                repo.add([str(f.resolve().relative_to(root.resolve())) for f in untracked])
-            except Exception as error:  # DVC raises many types; the message says what
-                raise VersioningError(f"dvc add failed: {error}") from error
+        _dvc(root, "add", "--quiet", *(_relative(root, f) for f in untracked))
     return {f.name: tracked_hash(f) for f in files}
 
 
@@ -58,21 +60,13 @@ def move(root: Path, source: Path, destination: Path) -> Path:
     if tracked_hash(source) is None:
         source.rename(destination)
         return destination
-    with _repo(root) as repo:
-        try:
-            repo.move(str(source.resolve().relative_to(root.resolve())),
-                      str(destination.resolve().relative_to(root.resolve())))
-        except Exception as error:
-            raise VersioningError(f"dvc move {source} -> {destination} failed: {error}") from error
+    _dvc(root, "move", "--quiet", _relative(root, source), _relative(root, destination))
     return destination
 
 
-def push(root: Path) -> int:
-    """``dvc push`` to the default remote; returns the number of files pushed (0 without a remote)."""
-    with _repo(root) as repo:
-        if not repo.config.get("core", {}).get("remote"):
-            return 0
-        try:
-            return int(repo.push() or 0)
-        except Exception as error:
-            raise VersioningError(f"dvc push failed: {error}") from error
+def push(root: Path) -> bool:
+    """``dvc push`` to the default remote; False (nothing done) when no remote is configured."""
+    if not _dvc(root, "remote", "default").strip():
+        return False
+    _dvc(root, "push", "--quiet")
+    return True

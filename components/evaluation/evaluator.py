@@ -199,6 +199,24 @@ class EvaluationContext:
 
         return self._once(model, split, "generations", compute)
 
+    # -- reuse across candidates (sweeps, benchmarks)
+    def replace_model(self, role: str, loaded: LoadedModel | None) -> None:
+        """Let ``loaded`` play ``role`` from now on, forgetting everything computed from the old one.
+
+        The other models' outputs stay cached, so many candidates can be evaluated against
+        the same target and oracle without running those again. Every cached metric is
+        dropped (forget quality and privleak compare two models); metrics are cheap to read
+        off the cached outputs again. Encodings are dropped when the tokenizer changes.
+        """
+        if role not in self.models:
+            raise KeyError(f"no model role '{role}' in this context (have: {', '.join(self.models)})")
+        old = self.models[role]
+        if old is not None and (loaded is None or loaded.tokenizer is not old.tokenizer):
+            self._encodings.clear()
+        self.models[role] = loaded
+        self._evidence = {key: value for key, value in self._evidence.items() if key[0] != role}
+        self._metrics.clear()
+
     # -- plumbing
     def _once(self, model: str, split: str, kind: str, compute) -> list:
         key = (model, split, kind)
