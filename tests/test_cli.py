@@ -1,0 +1,94 @@
+"""The `blur` command line: hand in requests, process them, read status and reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cli_repo(tmp_path_factory, prefect_server, migrated_mlflow_db):
+    """A flow repository where a request was added and processed through the CLI."""
+    repo = make_flow_repo(tmp_path_factory.mktemp("cli") / "repo", mlflow_db=migrated_mlflow_db)
+    outside = repo.parent / "incoming"
+    outside.mkdir()
+    (outside / "good.json").write_text(request_json("cli-good", [tiny_subjects()[2]]))
+    (outside / "bad.json").write_text(request_json("cli bad", ["Nobody"]))
+    results = {
+        "add_good": runner.invoke(app, ["request", "add", str(outside / "good.json"), "--root", str(repo)]),
+        "add_bad": runner.invoke(app, ["request", "add", str(outside / "bad.json"), "--root", str(repo)]),
+        "status_before": runner.invoke(app, ["status", "--root", str(repo)]),
+    }
+    results["process"] = runner.invoke(app, ["process", "--root", str(repo)])
+    results["process_again"] = runner.invoke(app, ["process", "--root", str(repo)])
+    results["status_after"] = runner.invoke(app, ["status", "--root", str(repo)])
+    results["report"] = runner.invoke(app, ["report", "--root", str(repo)])
+    return repo, outside, results
+
+
+def test_request_add_puts_a_valid_request_into_the_inbox(cli_repo):
+    repo, outside, results = cli_repo
+    assert results["add_good"].exit_code == 0, results["add_good"].output
+    assert "Accepted" in results["add_good"].output
+    assert (outside / "good.json").exists(), "the original file is left where it was"
+
+
+def test_request_add_refuses_an_invalid_request_with_the_reason(cli_repo):
+    repo, outside, results = cli_repo
+    assert results["add_bad"].exit_code == 1
+    assert "request_id" in results["add_bad"].output and "letters, digits" in results["add_bad"].output
+    assert (outside / "bad.json").exists()
+    assert not (repo / "data" / "requests" / "inbox" / "bad.json").exists()
+
+
+def test_status_lists_pending_requests(cli_repo):
+    output = cli_repo[2]["status_before"].output
+    assert "pending" in output and "cli-good.json" in output
+    assert "No champion yet" in output
+
+
+def test_process_runs_the_flow_and_promotes(cli_repo):
+    repo, _, results = cli_repo
+    assert results["process"].exit_code == 0, results["process"].output
+    assert "cli-good" in results["process"].output and "passed" in results["process"].output
+    assert (repo / "data" / "requests" / "processed" / "cli-good.result.json").exists()
+
+
+def test_process_twice_processes_nothing_new(cli_repo):
+    output = cli_repo[2]["process_again"].output
+    assert cli_repo[2]["process_again"].exit_code == 0
+    assert "Batch (none)" in output
+
+
+def test_status_shows_the_champion(cli_repo):
+    output = cli_repo[2]["status_after"].output
+    assert "Champion: blur-demo version 1" in output
+    assert "processed" in output and "cli-good" in output
+
+
+def test_report_shows_the_latest_run(cli_repo):
+    result = cli_repo[2]["report"]
+    assert result.exit_code == 0, result.output
+    assert "cli-good" in result.output
+
+
+def test_request_retry_moves_a_failed_request_back(tmp_path):
+    from components.data.inbox import Inbox
+    from components.paths import Paths
+
+    inbox = Inbox(Paths(tmp_path))
+    (inbox.failed / "r-1.json").write_text(request_json("r-1", ["x"]))
+    (inbox.failed / "r-1.reason.txt").write_text("failed: gate")
+    result = runner.invoke(app, ["request", "retry", "r-1", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "requests" / "inbox" / "r-1.json").exists()
+    assert runner.invoke(app, ["request", "retry", "r-1", "--root", str(tmp_path)]).exit_code == 1
