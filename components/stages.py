@@ -225,19 +225,22 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     from components.unlearning import run_unlearning
 
     started = time.perf_counter()
+    rank, device = _init_distributed()
     splits = load_splits(paths)
-    loaded = load_model_dir(start or paths.target)
+    loaded = load_model_dir(start or paths.target, device=device)
     if loaded is None:
         raise FileNotFoundError(f"no starting model at {start or paths.target}")
-    if paths.unlearned.exists():
+    if rank == 0 and paths.unlearned.exists():
         shutil.rmtree(paths.unlearned)
     log_path = paths.reports / "unlearn_log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result = run_unlearning(
         loaded.model, loaded.tokenizer, splits["forget"], splits["retain"], config.unlearn,
         max_length=config.model.max_length, seed=config.seed,
-        checkpoint_dir=paths.checkpoints, log_path=log_path, show_progress=show_progress,
+        checkpoint_dir=paths.checkpoints, log_path=log_path, show_progress=show_progress and rank == 0,
     )
+    if rank != 0:
+        return result.summary()
     save_model(result.model, loaded.tokenizer, paths.unlearned)
     _write_steps_csv(result.diagnostics, paths.reports / "plots" / "unlearn_steps.csv")
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
@@ -247,6 +250,20 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
                                   "seconds": round(time.perf_counter() - started, 1)}
     _write_json(paths.reports / "unlearn.json", summary)
     return summary
+
+
+def _init_distributed() -> tuple[int, str]:
+    """Join the process group when launched by ``torchrun`` (one process per device)."""
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device != "cpu":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if device != "cpu" else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), device
 
 
 def _write_steps_csv(diagnostics: list[dict], path: Path) -> Path:
@@ -464,6 +481,8 @@ def unlearn_command(params: Path = Path("params.yaml"), root: Path = Path(".")) 
     """Unlearn the forget set from models/target into models/unlearned."""
     config, paths = _setup(params, root)
     summary = unlearn(config, paths)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     typer.echo(f"unlearned in {summary['steps']} steps: forget loss {summary['first_forget_loss']:.3f} -> "
                f"{summary['final_forget_loss']:.3f}, retain loss {summary['first_retain_loss']:.3f} -> "
                f"{summary['final_retain_loss']:.3f}")
