@@ -168,6 +168,12 @@ class FlowConfig(_Section):
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: float = Field(default=10.0, ge=0)
     lock_timeout_seconds: float = Field(default=3600.0, ge=0)
+    # The Prefect global concurrency limit (one slot) every run of this pipeline holds.
+    # Pipelines with their own inbox and registered model may use their own name.
+    concurrency_limit: str = Field(default="blur-inbox", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+    # The slot is leased and renewed while a run holds it; a run killed without releasing it
+    # blocks the next one until the lease expires (the Prefect server allows 60 s to 1 day).
+    lease_seconds: float = Field(default=300.0, ge=60, le=86400)
     cron: str = "0 2 * * *"
     runs_dir: str = "runs"
 
@@ -176,6 +182,7 @@ class Config(_Section):
     """The whole of params.yaml."""
 
     seed: int = 0
+    threads: int | None = Field(default=None, ge=1)
     world: WorldConfig = WorldConfig()
     request: str = "data/requests/demo-request.json"
     model: ModelConfig = ModelConfig()

@@ -446,9 +446,19 @@ def link_base_models(config: Config, repo: Paths, paths: Paths, *, start: str | 
 cli = typer.Typer(add_completion=False, help="Run one pipeline stage (what dvc.yaml calls).")
 
 
+def apply_threads(config: Config) -> None:
+    """Use ``threads`` CPU threads for torch in this process (``null`` keeps torch's default)."""
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+
+
 def _setup(params: Path, root: Path) -> tuple[Config, Paths]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return load_config(params), Paths(root)
+    config = load_config(params)
+    apply_threads(config)
+    return config, Paths(root)
 
 
 @cli.command("prepare")

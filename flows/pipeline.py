@@ -22,8 +22,6 @@ from components.data.records import content_hash
 from components.data.requests import RequestError
 from components.paths import Paths
 
-CONCURRENCY_LIMIT = "blur-inbox"
-
 
 # --------------------------------------------------------------------------- tasks
 
@@ -43,9 +41,27 @@ def target_model(config: Config, repo: Paths) -> Path:
 
 
 @task(name="check-request", cache_policy=NO_CACHE)
-def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[str, list[str]]) -> dict:
-    """Resolve one request against the world and validate it on its own."""
-    return stages.check_request(config, repo, pending.request, earlier=earlier)
+def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[str, list[str]],
+                  batch: dict[str, list[str]]) -> dict:
+    """Resolve one request against the world and validate it, after the requests accepted
+    before it in this batch (``batch``: their forget ids by request id).
+
+    A request that fails is rejected here: its reasons may quote it (an unknown subject's
+    name), so they go only to the reason file beside it in ``rejected/``, never into a
+    Prefect state, log or result. Returns ids and counts only.
+    """
+    request_id = pending.request.request_id
+    try:
+        resolution = stages.check_request(config, repo, pending.request, earlier={**earlier, **batch})
+    except RequestError as error:
+        reasons = list(error.reasons)
+        if batch:
+            reasons.append(f"checked together with the request(s) accepted before it in this batch: "
+                           f"{', '.join(batch)}")
+        Inbox(repo).reject(pending.path, RequestError(reasons, source=error.source))
+        return {"request_id": request_id, "accepted": False, "n_reasons": len(reasons)}
+    return {"request_id": request_id, "accepted": True,
+            "forget_ids": [record.record_id for record in resolution.forget]}
 
 
 @task(name="find-champion", cache_policy=NO_CACHE)
@@ -151,12 +167,15 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     config = load_config(repo.root / params)
     if overrides:
         config = config.with_overrides(overrides)
+    stages.apply_threads(config)
     retry = {"retries": config.flow.retries, "retry_delay_seconds": config.flow.retry_delay_seconds}
     inbox = Inbox(repo)
     summary: dict[str, Any] = {"batch_id": None, "processed": [], "rejected": [], "failed": []}
 
-    _ensure_concurrency_limit(CONCURRENCY_LIMIT)
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=config.flow.lock_timeout_seconds), \
+    limit = config.flow.concurrency_limit
+    _ensure_concurrency_limit(limit)
+    with concurrency(limit, occupy=1, timeout_seconds=config.flow.lock_timeout_seconds,
+                     lease_duration=config.flow.lease_seconds), \
             inbox.lock(timeout=config.flow.lock_timeout_seconds):
         valid, invalid = inbox.take()
         if not valid and not invalid:
@@ -171,14 +190,16 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         target_model(config, repo)
         earlier = inbox.earlier()
         accepted: list[Pending] = []
+        accepted_forget: dict[str, list[str]] = {}  # forget ids of the requests accepted so far
         for pending in valid:
-            try:
-                check_request(config, repo, pending, earlier)
+            verdict = check_request(config, repo, pending, earlier, accepted_forget)
+            if verdict["accepted"]:
                 accepted.append(pending)
-            except RequestError as error:
-                inbox.reject(pending.path, error)
+                accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
+            else:
                 summary["rejected"].append(pending.path.name)
-                logger.warning("rejected %s: %d problem(s)", pending.request.request_id, len(error.reasons))
+                logger.warning("rejected %s: %d problem(s), see rejected/", verdict["request_id"],
+                               verdict["n_reasons"])
         if not accepted:
             _publish(summary, None, None)
             return summary
