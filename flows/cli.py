@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.markdown import Markdown
 from rich.table import Table
 
@@ -39,7 +40,7 @@ def _load(root: Path, params: str):
     try:
         return load_config(root / params), Paths(root.resolve())
     except ConfigError as error:
-        err.print(f"[red]{error}[/red]")
+        err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2)
 
 
@@ -59,8 +60,8 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
         stages.check_request(config, paths, request, earlier=inbox.earlier())
         destination = inbox.add(file)
     except RequestError as error:
-        err.print(f"[red]Refused:[/red] {error}")
-        err.print(f"The file {file} was left unchanged.")
+        err.print(f"[red]Refused:[/red] {escape(str(error))}")  # the request's own text is not markup
+        err.print(f"The file {escape(str(file))} was left unchanged.")
         raise typer.Exit(1)
     console.print(f"[green]Accepted[/green] request [bold]{request.request_id}[/bold] -> {destination}")
 
@@ -74,7 +75,7 @@ def request_retry(request_id: str, root: Path = ROOT) -> None:
     try:
         destination = Inbox(Paths(root.resolve())).retry(request_id)
     except FileNotFoundError as error:
-        err.print(f"[red]{error}[/red]")
+        err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} is pending again: {destination}")
 

@@ -8,6 +8,7 @@ calls the same stage functions as ``dvc.yaml``; only the orchestration lives her
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,26 @@ def _ensure_concurrency_limit(name: str) -> None:
                 pass
 
 
+def _server_slot(config: Config):
+    """The pipeline's slot of the Prefect global concurrency limit, held for the whole batch.
+
+    Only with a Prefect server (``PREFECT_API_URL``): there the limit can be shared by
+    several machines, and a slot whose holder was killed is reclaimed when its lease
+    (``flow.lease_seconds``) expires. Prefect's embedded ephemeral API never reclaims one
+    (it runs no lease reaper, and its leases die with the process), so there a killed run
+    would block every later run for good; the inbox file lock alone serialises the runs
+    on one machine.
+    """
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return nullcontext()
+    _ensure_concurrency_limit(config.flow.concurrency_limit)
+    return concurrency(config.flow.concurrency_limit, occupy=1, timeout_seconds=config.flow.lock_timeout_seconds,
+                       lease_duration=config.flow.lease_seconds)
+
+
 def _batch_id(request_ids: list[str], start: str | None) -> str:
     """Stable for the same requests and starting model, so a crashed batch resumes."""
     return "batch-" + content_hash({"requests": sorted(request_ids), "start": start}, length=12)
@@ -159,9 +180,11 @@ def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
 @flow(name="process-deletion-requests")
 def process_requests(root: str = ".", params: str = "params.yaml",
                      overrides: dict[str, Any] | None = None) -> dict:
-    """Process the pending requests of ``<root>/data/requests/inbox`` as one batch."""
-    from prefect.concurrency.sync import concurrency
+    """Process the pending requests of ``<root>/data/requests/inbox`` as one batch.
 
+    One run at a time per inbox: the inbox file lock (released by the operating system
+    if the process dies), then the Prefect concurrency slot (see :func:`_server_slot`).
+    """
     logger = get_run_logger()
     repo = Paths(Path(root).resolve())
     config = load_config(repo.root / params)
@@ -172,11 +195,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     inbox = Inbox(repo)
     summary: dict[str, Any] = {"batch_id": None, "processed": [], "rejected": [], "failed": []}
 
-    limit = config.flow.concurrency_limit
-    _ensure_concurrency_limit(limit)
-    with concurrency(limit, occupy=1, timeout_seconds=config.flow.lock_timeout_seconds,
-                     lease_duration=config.flow.lease_seconds), \
-            inbox.lock(timeout=config.flow.lock_timeout_seconds):
+    with inbox.lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config):
         valid, invalid = inbox.take()
         if not valid and not invalid:
             logger.info("inbox is empty: nothing to process")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from components.data.requests import DeletionRequest, RequestError, read_request
+from components.data.requests import REQUEST_ID_PATTERN, DeletionRequest, RequestError, read_request
 from components.paths import Paths
 
 RESULT_SUFFIX = ".result.json"
@@ -180,10 +180,14 @@ class Inbox:
         """Move a failed request back to the inbox."""
         from components.data import versioning
 
+        if not REQUEST_ID_PATTERN.match(request_id):  # '../processed/x' must not reach another folder
+            raise FileNotFoundError(f"no failed request with id '{request_id}': request ids are letters, "
+                                    "digits, '-' or '_'")
         source = self.failed / f"{request_id}.json"
         if not source.exists():
             raise FileNotFoundError(f"no failed request with id '{request_id}' in {self.failed}")
         destination = versioning.move(self.paths.root, source, self.paths.inbox / source.name)
         reason = self.failed / f"{request_id}{REASON_SUFFIX}"
-        reason.rename(_free_name(self.failed, f"{request_id}.retried.txt"))
+        if reason.exists():
+            reason.rename(_free_name(self.failed, f"{request_id}.retried.txt"))
         return destination

@@ -194,6 +194,11 @@ def read_request(path: str | Path) -> DeletionRequest:
     except json.JSONDecodeError as error:
         raise RequestError([f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"],
                            source=source) from None
+    except RecursionError:  # raised by the parser itself, not a crash: the file is refused like any other
+        raise RequestError(["invalid JSON: nested too deeply; a request is one flat JSON object"],
+                           source=source) from None
+    except ValueError as error:  # e.g. an integer too long to convert
+        raise RequestError([f"invalid JSON: {str(error).split(':')[0]}"], source=source) from None
     return parse_request(data, source=source)
 
 

@@ -1,0 +1,142 @@
+"""After full runs with deletion requests, the text those requests erase appears nowhere in
+what the pipeline keeps about its runs: the MLflow database and artifact store, the Prefect
+database and logs (of every flow run so far in this session), the console log, and the
+reports. Request ids and hashes only.
+
+The runs searched: `blur process` on a fresh repository (the production path, with a
+misspelt request rejected in the same run) and the two concurrent `blur process` runs.
+Every file is searched as bytes for each string in UTF-8 and UTF-16 (and as JSON and HTML
+would escape it), inside gzip and zip files, and every value of every table of every
+SQLite database (also what is still in its write-ahead log).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import io
+import json
+import shutil
+import sqlite3
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from reliability_runs import batch_dir, concurrent_run, forgotten_subject, misspelt_request, reference_run
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _encodings(text: str) -> set[bytes]:
+    forms = {text, json.dumps(text)[1:-1], html.escape(text), html.escape(text, quote=False)}
+    return {form.encode(codec) for form in forms for codec in ("utf-8", "utf-16-le", "utf-16-be")}
+
+
+def _sqlite_values(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tempfile.TemporaryDirectory() as folder:
+        for part in path.parent.glob(path.name + "*"):  # the database, its -wal and -shm
+            shutil.copy(part, Path(folder) / part.name)
+        connection = sqlite3.connect(Path(folder) / path.name)
+        connection.text_factory = bytes
+        try:
+            tables = [row[0].decode() for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                for row in connection.execute(f'SELECT * FROM "{table}"'):
+                    for value in row:
+                        if isinstance(value, bytes):
+                            yield f"{path} (table {table})", value
+        finally:
+            connection.close()
+
+
+def _contents(path: Path) -> Iterator[tuple[str, bytes]]:
+    data = path.read_bytes()
+    yield str(path), data
+    if data[:2] == b"\x1f\x8b":
+        yield f"{path} (gunzipped)", gzip.decompress(data)
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in archive.namelist():
+                yield f"{path}!{name}", archive.read(name)
+    if data[:16] == b"SQLite format 3\x00":
+        yield from _sqlite_values(path)
+
+
+def find(texts: set[str], roots: list[Path]) -> list[tuple[str, str]]:
+    """(where, text) for every text found under the roots."""
+    patterns = {text: _encodings(text) for text in texts}
+    found = []
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            for where, blob in _contents(file):
+                found += [(where, text) for text, forms in patterns.items() if any(f in blob for f in forms)]
+    return found
+
+
+# --------------------------------------------------------------------------- what is searched, for what
+
+
+def _prefect_database() -> Path:
+    import prefect.settings
+
+    url = str(prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+    assert url.startswith("sqlite"), url
+    return Path(url.split(":///", 1)[1])
+
+
+def _stores(repo: Path, logs: list[Path]) -> list[Path]:
+    """Where one repository's runs are recorded (the Prefect database is shared)."""
+    roots = [repo / "mlflow.db", repo / "mlartifacts", repo / ".prefect", repo / "reports", *logs,
+             *(batch / "reports" for batch in sorted((repo / "runs").glob("batch-*")))]
+    return [root for root in roots if root.exists()]
+
+
+def _erased_texts(repo: Path) -> set[str]:
+    """Every question and answer (paraphrased and perturbed too) of the batch's forget set,
+    the name of the author erased as a whole, and the misspelt name of the rejected request."""
+    texts = {forgotten_subject(), *misspelt_request()["subjects"]}
+    for line in (batch_dir(repo) / "data" / "prepared" / "forget.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        texts |= {record["question"], record["answer"], record["paraphrased_answer"], *record["perturbed_answers"]}
+    return texts
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, prefect_server, migrated_mlflow_db):
+    single = reference_run(tmp_path_factory, migrated_mlflow_db)
+    pair = concurrent_run(tmp_path_factory, migrated_mlflow_db)
+    texts = _erased_texts(single["repo"])
+    prefect_db = _prefect_database()
+    roots = (_stores(single["repo"], [single["log"]]) + _stores(pair["repo"], pair["logs"])
+             + sorted(prefect_db.parent.glob(prefect_db.name + "*")))
+    return {"repo": single["repo"], "texts": texts, "roots": roots, "prefect_db": prefect_db,
+            "found": find(texts, roots)}
+
+
+def test_the_search_covers_every_store_and_many_erased_strings(searched):
+    names = {root.name for root in searched["roots"]}
+    assert {"mlflow.db", "mlartifacts", "reports", "blur-process.log", searched["prefect_db"].name} <= names
+    assert len(searched["texts"]) >= 40
+
+
+def test_the_search_finds_the_erased_text_where_it_legitimately_is(searched):
+    """The forget set the batch was built from, and the rejected request with its reason."""
+    prepared = batch_dir(searched["repo"]) / "data" / "prepared" / "forget.jsonl"
+    rejected = searched["repo"] / "data" / "requests" / "rejected"
+    assert {text for _, text in find(searched["texts"], [prepared, rejected])} == searched["texts"]
+
+
+def test_the_stores_record_request_ids_and_hashes(searched):
+    where = {Path(place.split(" (")[0]).name for place, _ in find({"req-alpha", "req-beta"}, searched["roots"])}
+    assert {"mlflow.db", searched["prefect_db"].name, "requests.json", "run_report.md"} <= where
+
+
+def test_no_erased_text_in_mlflow_prefect_logs_or_reports(searched):
+    assert searched["found"] == []
