@@ -111,6 +111,25 @@ def test_flat_metrics_are_ready_for_mlflow_without_nulls(evaluation):
     assert "forget_verbmem" not in flat and all(isinstance(v, float) for v in flat.values())
 
 
+def test_replacing_a_model_reuses_the_others_outputs_and_matches_a_fresh_evaluation(setup, evaluation):
+    from components.evaluation.evaluator import REPORTED
+
+    s = setup
+    splits = {"forget": s.forget, "retain": s.retain, "holdout": s.holdout}
+    ctx = EvaluationContext({"target": loaded(s.target, s.tokenizer, "target"),
+                             "oracle": loaded(s.oracle, s.tokenizer, "oracle"), "unlearned": None},
+                            splits, s.config.eval, max_length=s.config.model.max_length)
+    oracle_outputs = ctx.targets("oracle", "forget")
+    assert ctx.metric("forget_quality", "unlearned", "forget")["value"] is None
+    ctx.replace_model("unlearned", loaded(copy.deepcopy(s.oracle), s.tokenizer, "candidate"))
+    values = {key: ctx.metric(name, "unlearned", split)["value"] for key, name, split in REPORTED}
+    assert ctx.targets("oracle", "forget") is oracle_outputs  # the oracle was not run again
+    expected = evaluation.metrics["unlearned"]  # the same model (a copy of the oracle), evaluated afresh
+    utility = values.pop("model_utility")  # the fixture also counts an extra utility set; here only retain
+    assert values == {key: expected[key] for key in values}
+    assert utility == pytest.approx(hmean([values["retain_prob"], values["retain_rouge"], values["retain_truth_ratio"]]))
+
+
 def test_metrics_needing_an_absent_model_are_null(target_only):
     target = target_only.metrics["target"]
     assert target["forget_quality"] is None and target["privleak"] is None

@@ -1,0 +1,301 @@
+"""What every benchmark shares: the process set-up, a trained world, unlearning with snapshots,
+and evaluating many candidates against one target and oracle.
+
+Nothing here re-implements the pipeline: the demo world is prepared and its target and
+oracle trained by :func:`components.stages.prepare` and :func:`components.stages.finetune`
+(cached under ``benchmarks/.cache/``), unlearning is :func:`components.unlearning.run_unlearning`
+and evaluation is the pipeline's :class:`components.evaluation.EvaluationContext`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from components.config import Config, EvalConfig, UnlearnConfig
+from components.data.records import Record, content_hash
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+CACHE = BENCH_DIR / ".cache"
+DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def init_process(threads: int = 1) -> int:
+    """One torch thread (the machine is shared; oversubscription made runs ~5x slower), offline HF."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    torch.set_num_threads(threads)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    return torch.get_num_threads()
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, threads, versions, load at the start."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def log(message: str) -> None:
+    """Human output goes to stderr (stdout is kept for machine-readable results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- a trained world
+
+
+@dataclass
+class Bench:
+    """A world split for one deletion request, with its trained target and oracle."""
+
+    config: Config
+    forget: list[Record]
+    retain: list[Record]
+    holdout: list[Record]
+    target: Any  # components.modeling.io.LoadedModel
+    oracle: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.config.model.max_length
+
+
+def demo_bench(config: Config, request: Path = DEMO_REQUEST, cache_root: Path = CACHE) -> Bench:
+    """The pipeline's demo world, target and oracle for ``request``, trained once and cached.
+
+    Training is :func:`components.stages.prepare` + :func:`components.stages.finetune`
+    in a folder under ``cache_root`` named by a hash of everything that decides the result
+    (world, model and fine-tuning config, seed, the request, library versions).
+    """
+    from components import stages
+    from components.paths import Paths
+
+    key = content_hash({
+        "world": config.world.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
+        "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
+        "request": Path(request).read_text(encoding="utf-8"), "torch": torch.__version__,
+    })
+    paths = Paths(Path(cache_root) / f"demo-{key}")
+    done = paths.root / "trained.json"
+    started = time.perf_counter()
+    if not done.exists():
+        log(f"training the demo target and oracle once (cached in {paths.root}) ...")
+        stages.prepare(config, paths, request_paths=[Path(request)])
+        summary = stages.finetune(config, paths, show_progress=False)
+        write_json(done, summary)
+    summary = json.loads(done.read_text(encoding="utf-8"))
+    splits = stages.load_splits(paths)
+    target, oracle = _load(paths.target), _load(paths.oracle)
+    return Bench(config, splits["forget"], splits["retain"], splits["holdout"], target, oracle,
+                 info={"cache": str(paths.root), "finetune": summary,
+                       "setup_seconds": round(time.perf_counter() - started, 1)})
+
+
+def trained_bench(config: Config, forget: Sequence[Record], retain: Sequence[Record], holdout: Sequence[Record],
+                  cache_root: Path = CACHE, *, name: str = "world") -> Bench:
+    """Train a target on ``forget + retain`` and an oracle on ``retain`` alone, once, and cache them.
+
+    The pipeline's own recipe: :func:`components.stages._train_tokenizer` on every record
+    (holdout included, as the demo does), :func:`components.stages.train_model` for the
+    target (until ``finetune.target_prob`` or ``finetune.max_epochs``) and for the oracle
+    (the target's epoch count). The folder is named by a hash of the records and config.
+    """
+    from components import stages
+    from components.data.records import records_digest
+
+    forget, retain, holdout = list(forget), list(retain), list(holdout)
+    key = content_hash({
+        "forget": records_digest(forget), "retain": records_digest(retain), "holdout": records_digest(holdout),
+        "model": config.model.model_dump(mode="json"), "finetune": config.finetune.model_dump(mode="json"),
+        "seed": config.seed, "torch": torch.__version__,
+    })
+    root = Path(cache_root) / f"{name}-{key}"
+    done = root / "trained.json"
+    started = time.perf_counter()
+    if not done.exists():
+        log(f"training the {name} target and oracle once (cached in {root}) ...")
+        tokenizer = stages._train_tokenizer(config, forget + retain + holdout)
+        target = stages.train_model(config, forget + retain, tokenizer, root / "target", label="target",
+                                    show_progress=False)
+        oracle = stages.train_model(config, retain, tokenizer, root / "oracle", epochs=target["epochs"],
+                                    label="oracle", show_progress=False)
+        write_json(done, {"target": target, "oracle": oracle, "seconds": round(time.perf_counter() - started, 1)})
+    summary = json.loads(done.read_text(encoding="utf-8"))
+    return Bench(config, forget, retain, holdout, _load(root / "target"), _load(root / "oracle"),
+                 info={"cache": str(root), "finetune": summary,
+                       "setup_seconds": round(time.perf_counter() - started, 1)})
+
+
+def _load(directory: Path):
+    from components.modeling.io import load_model_dir
+
+    return load_model_dir(directory)
+
+
+def fresh_copy(bench: Bench) -> torch.nn.Module:
+    """A trainable copy of the target (unlearning trains in place)."""
+    return copy.deepcopy(bench.target.model)
+
+
+# --------------------------------------------------------------------------- unlearning
+
+
+@dataclass
+class UnlearnRun:
+    """One unlearning run: the weights after each requested step count, and the step log."""
+
+    snapshots: dict[int, dict[str, torch.Tensor]]
+    diagnostics: list[dict]
+    seconds: float
+    error: str | None = None
+
+
+def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_steps: Sequence[int]) -> UnlearnRun:
+    """Unlearn for ``max(at_steps)`` steps, keeping the weights after each step count in ``at_steps``.
+
+    With a constant learning rate (no warm-up) the weights after ``k`` steps of a longer run
+    are exactly those of a run of ``k`` steps (AdamW does not look ahead; the batches of
+    step ``t`` depend on ``(seed, t)`` only), so one run gives every step count of the sweep.
+    A run that diverges (NaN/inf) keeps the snapshots taken before and reports the error.
+    """
+    from components.unlearning import UnlearningDivergedError, run_unlearning
+
+    if method.scheduler != "constant" or method.warmup_steps:
+        raise ValueError("snapshots stand for shorter runs only with a constant learning rate and no warm-up")
+    at = sorted(set(at_steps))
+    model = fresh_copy(bench)
+    method = method.model_copy(update={"steps": at[-1], "epochs": None, "checkpoint_every": 0})
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    diagnostics: list[dict] = []
+
+    def keep(record: dict) -> None:
+        diagnostics.append(record)
+        if record["step"] in at:
+            snapshots[record["step"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    started = time.perf_counter()
+    error = None
+    try:
+        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
+                       seed=seed, show_progress=False, on_step=keep)
+    except UnlearningDivergedError as diverged:
+        error = str(diverged).splitlines()[0]
+    return UnlearnRun(snapshots, diagnostics, time.perf_counter() - started, error)
+
+
+def method_config(config: Config, **overrides: Any) -> UnlearnConfig:
+    """``unlearn`` of ``config`` with some keys replaced, validated (an error names the key)."""
+    return config.with_overrides({f"unlearn.{k}": v for k, v in overrides.items()}).unlearn
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class CandidateEvaluator:
+    """Evaluates unlearned candidates with the pipeline's evaluator, running target and oracle once.
+
+    ``reference()`` gives the target's and the oracle's metrics; calling the evaluator with
+    a model gives that model's metrics (the keys of ``reports/metrics.json``), computed as
+    the ``unlearned`` model of :func:`components.evaluation.evaluate_models` would be.
+    """
+
+    def __init__(self, bench: Bench, config: EvalConfig | None = None):
+        from components.evaluation import EvaluationContext
+
+        self.bench = bench
+        splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
+        models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
+        self.ctx = EvaluationContext(models, splits, config or bench.config.eval, max_length=bench.max_length)
+
+    def metrics(self, role: str) -> dict[str, float | None]:
+        from components.evaluation.evaluator import REPORTED
+
+        return {key: self.ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
+
+    def reference(self) -> dict[str, dict[str, float | None]]:
+        return {role: self.metrics(role) for role in ("target", "oracle")}
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float | None]:
+        from components.modeling.io import LoadedModel
+
+        self.ctx.replace_model("unlearned", LoadedModel(model.eval(), self.bench.tokenizer, "candidate"))
+        try:
+            return self.metrics("unlearned")
+        finally:
+            self.ctx.replace_model("unlearned", None)
+
+
+def load_snapshot(bench: Bench, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = fresh_copy(bench)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def diagnostics_summary(diagnostics: Sequence[dict], upto: int) -> dict[str, float | None]:
+    """Means over steps ``1..upto`` of cos(g_r, g_f), xi and the norm ratio ||g_f|| / ||g_r||."""
+    rows = [d for d in diagnostics if d["step"] <= upto]
+    if not rows:
+        return {"mean_cos": None, "mean_xi": None, "mean_norm_ratio": None, "final_forget_loss": None,
+                "final_retain_loss": None}
+
+    def mean(values: list[float]) -> float:
+        return float(sum(values) / len(values))
+
+    ratios = [(d["forget_norm_sq"] / d["retain_norm_sq"]) ** 0.5 for d in rows if d["retain_norm_sq"] > 0]
+    return {
+        "mean_cos": mean([d["cos"] for d in rows]),
+        "mean_xi": mean([d["xi"] for d in rows]),
+        "mean_norm_ratio": mean(ratios) if ratios else None,
+        "final_forget_loss": rows[-1]["forget_loss"],
+        "final_retain_loss": rows[-1]["retain_loss"],
+    }

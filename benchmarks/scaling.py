@@ -1,0 +1,148 @@
+"""Scaling: how step time and evaluation time grow with the forget set and with the model.
+
+    python -m benchmarks.scaling            # ~5-10 min with 1 thread
+
+Demo-style world: the retain set is fixed (40 authors, 400 QA records), the forget set is
+1, 4 or 16 other authors (10, 40, 160 records), 10 holdout authors. Two short tables:
+
+- forget-set size at the demo model size;
+- model size (demo 0.8M, ~5M, ~20M parameters) at 4 forgotten authors.
+
+Step time: median of interleaved BLUR and weighted-sum steps (as in
+:mod:`benchmarks.step_cost`, NPO + NLL, micro-batch 8). Evaluation time: the pipeline's
+evaluator on one model over forget, retain and holdout (the pipeline evaluates three
+models: target, oracle and unlearned, so about three times this). Weights are untrained,
+so greedy generation always runs to ``eval.max_new_tokens``: evaluation times are upper
+bounds (a trained model stops at its answer's end-of-sequence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+
+from benchmarks.common import RESULTS, init_process, log, machine, write_json
+from benchmarks.pareto import fmt, markdown_table
+from benchmarks.step_cost import DEMO, LLAMA_20M, ModelSize, StepCostConfig, build_workload, time_steps
+
+MID_5M = ModelSize("llama-5M", 256, 704, 6, 4)
+
+
+@dataclass
+class ScalingConfig:
+    forget_authors: tuple[int, ...] = (1, 4, 16)
+    sizes: tuple[ModelSize, ...] = (DEMO, MID_5M, LLAMA_20M)
+    size_table_forget_authors: int = 4
+    retain_authors: int = 40
+    holdout_authors: int = 10
+    rounds: int = 5
+    eval_repeats: int = 2  # evaluation time is the fastest repeat (the machine is shared)
+    steps: int = 3
+    threads: int = 1
+    out_dir: Path = RESULTS
+    stem: str = "scaling"
+
+
+def world(config: ScalingConfig):
+    """``(forget_by_authors, retain, holdout, tokenizer)``: forget sets nest (1 author is in 4 is in 16)."""
+    from components.config import Config
+    from components.data.demo_world import generate_world
+    from components.stages import _train_tokenizer
+
+    most = max(config.forget_authors)
+    records, holdout = generate_world(0, most + config.retain_authors, config.holdout_authors)
+    subjects = list(dict.fromkeys(r.subject for r in records))
+    retain = [r for r in records if r.subject in set(subjects[most:])]
+    forget = {k: [r for r in records if r.subject in set(subjects[:k])] for k in config.forget_authors}
+    return forget, retain, holdout, _train_tokenizer(Config(), records + holdout)
+
+
+def measure(size: ModelSize, forget, retain, holdout, tokenizer, config: ScalingConfig) -> dict[str, Any]:
+    from components.config import EvalConfig
+    from components.evaluation import evaluate_models
+    from components.modeling.io import LoadedModel
+
+    step_config = StepCostConfig(rounds=config.rounds, steps=config.steps)
+    work = build_workload(size, step_config, records=(forget, retain), tokenizer=tokenizer)
+    times = time_steps(work, step_config, ("blur", "weighted_sum"))
+    step = {m: statistics.median([t for r in rounds for t in r]) for m, rounds in times.items()}
+    work.reset()  # back to the initial weights
+    model = work.model.eval()
+    walls, cpus = [], []
+    for _ in range(config.eval_repeats):
+        started, cpu = time.perf_counter(), time.process_time()
+        evaluate_models({"unlearned": LoadedModel(model, tokenizer, size.name)}, forget=forget, retain=retain,
+                        holdout=holdout, config=EvalConfig(), max_length=step_config.max_length, show_progress=False)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
+    seconds, cpu = min(walls), min(cpus)  # the least disturbed repeat
+    row = {"model": size.name, "n_params": sum(p.numel() for p in work.params), "forget_records": len(forget),
+           "retain_records": len(retain), "holdout_records": len(holdout),
+           "blur_step_ms": 1000 * step["blur"], "weighted_step_ms": 1000 * step["weighted_sum"],
+           "eval_seconds_one_model": seconds, "eval_cpu_seconds_one_model": cpu, "eval_seconds_repeats": walls}
+    log(f"  {size.name} forget {len(forget)}: blur {row['blur_step_ms']:.0f} ms/step, weighted "
+        f"{row['weighted_step_ms']:.0f} ms/step, evaluation {seconds:.1f} s ({cpu:.1f} s CPU)")
+    return row
+
+
+def run(config: ScalingConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    init_process(config.threads)
+    forget, retain, holdout, tokenizer = world(config)
+    log("warm-up (discarded: the first measurement in a process pays one-off costs) ...")
+    measure(config.sizes[0], forget[config.forget_authors[0]], retain, holdout, tokenizer, config)
+    log("forget-set size at the demo model size ...")
+    by_forget = [measure(config.sizes[0], forget[k], retain, holdout, tokenizer, config) for k in config.forget_authors]
+    log("model size at a fixed forget set ...")
+    fixed = forget[config.size_table_forget_authors]
+    by_size = [next(r for r in by_forget if r["forget_records"] == len(fixed))] + [
+        measure(size, fixed, retain, holdout, tokenizer, config) for size in config.sizes[1:]]
+    return {"benchmark": "scaling", "by_forget_size": by_forget, "by_model_size": by_size,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "machine": machine(), "gpu": "none lent to this session: CPU figures only",
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    headers = ["model", "parameters", "forget records", "BLUR ms/step", "weighted-sum ms/step",
+               "evaluation s (one model)", "evaluation CPU s"]
+
+    def rows(items):
+        return [[r["model"], f"{r['n_params'] / 1e6:.1f}M", r["forget_records"], fmt(r["blur_step_ms"], 0),
+                 fmt(r["weighted_step_ms"], 0), fmt(r["eval_seconds_one_model"], 1),
+                 fmt(r["eval_cpu_seconds_one_model"], 1)] for r in items]
+
+    return "\n".join([
+        "# Scaling: step time and evaluation time", "",
+        f"Generated by `python -m benchmarks.scaling` on {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch "
+        f"thread(s), CPU only, torch {m['torch']}; wall time {result['wall_seconds'] / 60:.1f} min. Retain set fixed "
+        f"at {result['by_forget_size'][0]['retain_records']} records, {result['by_forget_size'][0]['holdout_records']} "
+        "holdout records; untrained weights, so evaluation times are upper bounds (generation always runs to the "
+        "token bound). The pipeline evaluates three models (target, oracle, unlearned). The machine is shared "
+        "with other jobs: wall times move with their load; the CPU seconds of the (single-threaded) process "
+        "move less. Step times are medians of interleaved steps; evaluation times the fastest of "
+        f"{result['config']['eval_repeats']} repeats. Repeated measurements here differed by up to ~25 %.", "",
+        "## Forget-set size (demo model)", "", markdown_table(headers, rows(result["by_forget_size"])), "",
+        "## Model size (forget set of 4 authors)", "", markdown_table(headers, rows(result["by_model_size"])), "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    config = ScalingConfig(out_dir=args.out)
+    result = run(config)
+    write_json(config.out_dir / f"{config.stem}.json", result)
+    (config.out_dir / f"{config.stem}.md").write_text(markdown(result), encoding="utf-8")
+    log(f"wrote {config.out_dir / config.stem}.{{json,md}} in {result['wall_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
