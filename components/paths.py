@@ -12,10 +12,16 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Paths:
+    """``root`` holds a run's outputs; ``config_root`` is where relative paths in params.yaml
+    (world files, the request, local models) are found: the repository, also for a batch
+    folder of the flow. It defaults to ``root``."""
+
     root: Path = Path(".")
+    config_root: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "config_root", Path(self.config_root or self.root))
 
     @property
     def prepared(self) -> Path:

@@ -51,8 +51,8 @@ def prepare(
     unlearned together as one batch. ``earlier`` maps the ids of requests processed before to the record ids they erased;
     those records leave the retain set and are written out for the "still forgotten" checks.
     """
-    world = load_world(config.world, config.seed, paths.root)
-    requests = [read_request(path) for path in (request_paths or [paths.root / config.request])]
+    world = load_world(config.world, config.seed, paths.config_root)
+    requests = [read_request(path) for path in (request_paths or [paths.config_root / config.request])]
     earlier = dict(earlier or {})
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
     resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
@@ -72,7 +72,7 @@ def prepare(
     if requests_dir.exists():
         shutil.rmtree(requests_dir)
     requests_dir.mkdir(parents=True)
-    for request_path, request in zip(request_paths or [paths.root / config.request], requests):
+    for request_path, request in zip(request_paths or [paths.config_root / config.request], requests):
         shutil.copyfile(request_path, requests_dir / f"{request.request_id}.json")
     summary = resolution.summary() | {
         "n_world": len(world.records),
@@ -165,8 +165,8 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
 
     started = time.perf_counter()
     if config.model.base:
-        oracle = resolve_local(config.model.oracle, paths.root) if config.model.oracle else None
-        write_model_ref(paths.target, resolve_local(config.model.base, paths.root))
+        oracle = resolve_local(config.model.oracle, paths.config_root) if config.model.oracle else None
+        write_model_ref(paths.target, resolve_local(config.model.base, paths.config_root))
         write_model_ref(paths.oracle, oracle)
         summary = {"target": {"source": config.model.base}, "oracle": {"source": config.model.oracle}}
     else:
@@ -294,7 +294,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     models = {"target": load_model_dir(paths.target), "oracle": load_model_dir(paths.oracle),
               "unlearned": load_model_dir(paths.unlearned)}
     utility_sets = {
-        Path(path).stem: load_records(resolve_local(path, paths.root)) for path in config.eval.utility_sets
+        Path(path).stem: load_records(resolve_local(path, paths.config_root)) for path in config.eval.utility_sets
     }
     result = evaluate_models(
         models, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
@@ -338,7 +338,7 @@ def register(
     decision = register_candidate(
         config, metrics=metrics, diagnostics=diagnostics, summary=_read_json(paths.resolution),
         dvc_hashes=dvc_hashes, model_dir=paths.unlearned, reports_dir=paths.reports,
-        store=tracking_store(tracking_root or paths.root), retry=RetryPolicy(attempts=retry_attempts),
+        store=tracking_store(tracking_root or paths.config_root), retry=RetryPolicy(attempts=retry_attempts),
         tags=tags,
     )
     return decision.to_dict()

@@ -200,11 +200,13 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if not valid and not invalid:
             logger.info("inbox is empty: nothing to process")
             return summary
-        hashes = track_requests.with_options(**retry)(repo.root, [p.path for p in valid] + [p for p, _ in invalid])
+        # Unreadable files move first (a plain rename), so one `dvc add` versions the whole batch.
+        rejected = []
         for path, error in invalid:
-            inbox.reject(path, error)
+            rejected.append(inbox.reject(path, error))
             summary["rejected"].append(path.name)
             logger.warning("rejected %s: %d problem(s), see rejected/", path.name, len(error.reasons))
+        hashes = track_requests.with_options(**retry)(repo.root, [p.path for p in valid] + rejected)
 
         target_model(config, repo)
         earlier = inbox.earlier()
@@ -228,7 +230,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         request_ids = [p.request.request_id for p in accepted]
         batch = _batch_id(request_ids, champion["version"] if champion else None)
         summary["batch_id"] = batch
-        paths = Paths(repo.root / config.flow.runs_dir / batch)
+        paths = Paths(repo.root / config.flow.runs_dir / batch, config_root=repo.root)
         logger.info("batch %s: %d request(s) from %s", batch, len(accepted),
                     f"champion v{champion['version']}" if champion else "the target model")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_repo import make_flow_repo, run, write_params, FLOW_PARAMS
+from pipeline_repo import FLOW_PARAMS, make_flow_repo, request_json, run, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +19,18 @@ def _dvc(repo: Path, *args: str):
     return run([sys.executable, "-m", "dvc", *args], repo)
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+# A user's own world: a TOFU-format JSONL file without subjects (8 rows per subject).
+FILE_WORLD = {**FLOW_PARAMS, "world.source": "file", "world.path": "data/world/world.jsonl",
+              "world.holdout_path": "data/world/holdout.jsonl", "world.rows_per_subject": 8}
+
+
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory, migrated_mlflow_db):
-    repo = make_flow_repo(tmp_path_factory.mktemp("dvc") / "repo", mlflow_db=migrated_mlflow_db)
+    repo = make_flow_repo(tmp_path_factory.mktemp("dvc") / "repo", FILE_WORLD, mlflow_db=migrated_mlflow_db)
+    shutil.copy(FIXTURES / "tofu_world.jsonl", repo / "data" / "world" / "world.jsonl")
+    shutil.copy(FIXTURES / "tofu_holdout.jsonl", repo / "data" / "world" / "holdout.jsonl")
+    (repo / "data" / "requests" / "tiny-request.json").write_text(request_json("tiny-0001", ["subject-0003"]))
     first = _dvc(repo, "repro")
     return {"repo": repo, "log": first.stdout}
 
@@ -40,6 +49,19 @@ def test_dvc_repro_runs_every_stage_and_promotes(repro):
     gate = json.loads((repo / "reports" / "gate.json").read_text())
     assert gate["passed"] and gate["alias"] == "champion"
     assert str(_champion(repo)) == str(gate["version"])
+
+
+def test_file_world_target_memorises_to_the_default_target_probability(repro):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    repo = repro["repo"]
+    summary = json.loads((repo / "reports" / "finetune.json").read_text())
+    assert summary["target"]["stop_reason"] == "target_prob"
+    assert summary["target"]["mean_answer_prob"] >= 0.85
+    assert summary["oracle"]["epochs"] == summary["target"]["epochs"]
+    assert summary["oracle"]["n_records"] == 40
+    AutoModelForCausalLM.from_pretrained(repo / "models" / "oracle")
+    AutoTokenizer.from_pretrained(repo / "models" / "target")
 
 
 def test_second_repro_with_nothing_changed_runs_nothing(repro):
@@ -69,14 +91,14 @@ def test_push_and_pull_work_offline(repro):
 def test_impossible_threshold_records_a_failed_gate_and_keeps_the_alias(repro):
     repo = repro["repo"]
     before = _champion(repo)
-    write_params(repo, {**FLOW_PARAMS, "gate.min_utility_ratio": 100.0})
+    write_params(repo, {**FILE_WORLD, "gate.min_utility_ratio": 100.0})
     result = _dvc(repo, "repro")
     assert "Running stage 'register'" in result.stdout and "Running stage 'unlearn'" not in result.stdout
     gate = json.loads((repo / "reports" / "gate.json").read_text())
     assert gate["passed"] is False
     assert any(c["metric"] == "utility_ratio" and c["passed"] is False for c in gate["checks"])
     assert _champion(repo) == before
-    write_params(repo, FLOW_PARAMS)
+    write_params(repo, FILE_WORLD)
 
 
 def test_flow_and_dvc_repro_give_the_same_metrics(repro, prefect_server):

@@ -12,7 +12,7 @@ import pytest
 from components.config import load_config
 from components.paths import Paths
 from components.stages import prepare
-from pipeline_repo import make_pipeline_repo, run, write_params
+from pipeline_repo import write_params
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -48,30 +48,3 @@ def test_prepare_splits_are_identical_across_shapes(tmp_path):
         digests.add(json.dumps(prepare(load_config(repo / "params.yaml"), Paths(repo)).summary()
                                ))
     assert len(digests) == 1
-
-
-@pytest.mark.slow
-def test_dvc_repro_prepare_finetune_on_a_file_world(tmp_path):
-    repo = make_pipeline_repo(tmp_path / "repo")
-    shutil.copy(FIXTURES / "tofu_world.jsonl", repo / "data" / "world" / "world.jsonl")
-    shutil.copy(FIXTURES / "tofu_holdout.jsonl", repo / "data" / "world" / "holdout.jsonl")
-    (repo / "data" / "requests" / "req.json").write_text(json.dumps(
-        {"request_id": "req-1", "received_at": "2026-11-28T10:00:00Z", "subjects": ["subject-0003"]}))
-    write_params(repo, {
-        "world.source": "file", "world.path": "data/world/world.jsonl",
-        "world.holdout_path": "data/world/holdout.jsonl", "world.rows_per_subject": 8,
-        "request": "data/requests/req.json",
-    })
-    result = run([sys.executable, "-m", "dvc", "repro", "prepare", "finetune"], repo)
-    print(result.stdout[-400:])
-    summary = json.loads((repo / "reports" / "finetune.json").read_text())
-    assert summary["target"]["stop_reason"] == "target_prob"
-    assert summary["target"]["mean_answer_prob"] >= 0.85
-    assert summary["oracle"]["epochs"] == summary["target"]["epochs"]
-    assert summary["oracle"]["n_records"] == 40
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    AutoModelForCausalLM.from_pretrained(repo / "models" / "oracle")
-    AutoTokenizer.from_pretrained(repo / "models" / "target")
-    again = run([sys.executable, "-m", "dvc", "repro", "prepare", "finetune"], repo)
-    assert "didn't change, skipping" in again.stdout
