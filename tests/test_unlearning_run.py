@@ -27,12 +27,8 @@ FAST = dict(steps=4, lr=1e-3, batch_size=8, checkpoint_every=0)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and far faster than on two when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread."""
 
 
 def unlearn(setup, config: UnlearnConfig, **kwargs):
