@@ -2,6 +2,7 @@
 
     python -m benchmarks.muse_news                      # ~15-20 min with 1 thread
     python -m benchmarks.muse_news --smoke --out /tmp/m # a minimal run, to check that it runs
+    python -m benchmarks.muse_news --data DIR           # the data elsewhere than ../shared/data/muse_news
 
 The subset (see :func:`muse_subset`): forget articles from ``raw/forget.json`` (those a
 ``knowmem/forget_qa.json`` question can be traced to, by its answer appearing in exactly one
@@ -73,7 +74,11 @@ class MuseConfig:
 
 
 def _read(data: Path, name: str) -> list:
-    return json.loads((data / name).read_text(encoding="utf-8"))
+    path = data / name
+    if not path.is_file():
+        raise SystemExit(f"MUSE-News file {path} not found: pass --data DIR, a folder laid out like "
+                         "muse_bench's data/bbc (raw/, knowmem/, privleak/)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def chunks(text: str, words: int, limit: int) -> list[str]:
@@ -291,6 +296,7 @@ def _as_quality_config(config: MuseConfig):
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--data", type=Path, default=MUSE_DATA, help="MUSE-News folder (muse_bench's data/bbc layout)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report of an earlier run's JSON")
@@ -301,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for path in write_report(results, analyse(results, config), config):
             log(f"  wrote {path}")
         return
-    config = MuseConfig(sweeps=SMOKE_SWEEPS if args.smoke else DEFAULT_SWEEPS, out_dir=args.out,
+    config = MuseConfig(data=args.data, sweeps=SMOKE_SWEEPS if args.smoke else DEFAULT_SWEEPS, out_dir=args.out,
                         stem="muse_news_smoke" if args.smoke else "muse_news", mlflow=not args.no_mlflow)
     results, _, files = run(config)
     log(f"done in {results['wall_seconds'] / 60:.1f} min")

@@ -9,6 +9,7 @@ BLUR's one extra gradient buffer; frontiers and matched comparisons pick the rig
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,11 +98,11 @@ def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_
 
 
 def test_muse_subset_is_disjoint_and_carries_text_and_questions():
-    from benchmarks.muse_news import MUSE_DATA, MuseConfig, muse_subset
+    from benchmarks.muse_news import MuseConfig, muse_subset
 
-    if not MUSE_DATA.exists():
-        pytest.skip("MUSE-News data not present")
-    forget, retain, holdout = muse_subset(MuseConfig(n_forget_articles=3, n_retain_articles=3, n_holdout_articles=3))
+    sample = Path(__file__).parent / "fixtures" / "muse_news"
+    forget, retain, holdout = muse_subset(MuseConfig(data=sample, n_forget_articles=3, n_retain_articles=3,
+                                                     n_holdout_articles=3))
     ids = [{r.record_id for r in split} for split in (forget, retain, holdout)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert {r.kind for r in forget} == {"text", "qa"} and {r.kind for r in holdout} == {"text", "qa"}

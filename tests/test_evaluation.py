@@ -17,7 +17,7 @@ from components.evaluation.inference import greedy_generate, prompt_ids
 from components.modeling.encoding import encode_record
 from components.modeling.io import LoadedModel
 
-MUSE = Path("/work/shared/data/muse_news")
+MUSE = Path(__file__).parent / "fixtures" / "muse_news"  # a sample of MUSE-News, see its README
 PROMISED_KEYS = {
     "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality", "retain_prob", "retain_rouge",
     "retain_truth_ratio", "model_utility", "mia_auc", "privleak", "extraction_strength",

@@ -10,7 +10,7 @@ import pytest
 from components.data import DataError, QARecord, TextRecord, load_records, save_records
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MUSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "muse_news"
+MUSE = FIXTURES / "muse_news"  # a sample of MUSE-News, see its README
 
 
 @pytest.mark.parametrize("name", ["tofu_world.json", "tofu_world.jsonl", "tofu_world_hf.json"])
