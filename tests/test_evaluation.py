@@ -106,9 +106,12 @@ def test_earlier_requests_are_checked_per_request_id(evaluation):
 
 
 def test_flat_metrics_are_ready_for_mlflow_without_nulls(evaluation):
-    flat = evaluation.flat_metrics("target")
-    assert flat["earlier.req-2024-01.forget_prob"] == evaluation.metrics["target"]["earlier"]["req-2024-01"]["forget_prob"]
-    assert "forget_verbmem" not in flat and all(isinstance(v, float) for v in flat.values())
+    from components.registry.tracking import evaluation_metrics
+
+    flat = evaluation_metrics(evaluation.metrics)
+    earlier = evaluation.metrics["target"]["earlier"]["req-2024-01"]
+    assert flat["target.earlier.req-2024-01.forget_prob"] == earlier["forget_prob"]
+    assert "target.forget_verbmem" not in flat and all(isinstance(v, float) for v in flat.values())
 
 
 def test_replacing_a_model_reuses_the_others_outputs_and_matches_a_fresh_evaluation(setup, evaluation):

@@ -98,20 +98,6 @@ class EvaluationResult:
     seconds: float
     models_evaluated: list[str] = field(default_factory=list)
 
-    def flat_metrics(self, role: str) -> dict[str, float]:
-        """One model's numbers as flat ``key -> float`` (earlier ones as ``earlier.<id>.<key>``),
-        without the nulls: ready for ``mlflow.log_metrics``."""
-        flat: dict[str, float] = {}
-        for key, value in self.metrics[role].items():
-            if key == "earlier":
-                for request_id, values in value.items():
-                    for sub, number in values.items():
-                        if number is not None:
-                            flat[f"earlier.{safe_name(request_id)}.{sub}"] = number
-            elif value is not None:
-                flat[key] = value
-        return flat
-
 
 class EvaluationContext:
     """Lazily runs the models and caches every metric: the ``MetricContext`` metrics see."""

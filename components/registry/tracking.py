@@ -206,20 +206,27 @@ def _param_value(value: Any) -> str:
     return str(value)
 
 
-def flatten_config(config: "Config | Mapping[str, Any]") -> dict[str, str]:
-    """``{"unlearn.lr": "0.001", ...}``: every config value as an MLflow param."""
-    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
-    flat: dict[str, str] = {}
+def _flatten(tree: Mapping[str, Any], leaf: Callable[[Any], Any]) -> dict[str, Any]:
+    """Leaves of nested mappings keyed by their dotted path, as ``leaf`` maps them (None: left out)."""
+    flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[_key(prefix)] = _param_value(node)[:6000]
+            return
+        value = leaf(node)
+        if value is not None:
+            flat[_key(prefix)] = value
 
-    walk("", data)
+    walk("", tree)
     return flat
+
+
+def flatten_config(config: "Config | Mapping[str, Any]") -> dict[str, str]:
+    """``{"unlearn.lr": "0.001", ...}``: every config value as an MLflow param."""
+    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+    return _flatten(data, lambda value: _param_value(value)[:6000])
 
 
 def _number(value: Any) -> float | None:
@@ -233,19 +240,7 @@ def _number(value: Any) -> float | None:
 def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Numeric leaves of the metrics mapping, keyed by path: ``unlearned.forget_prob``,
     ``unlearned.earlier.<request>.forget_prob``. Nulls, lists and text are left out."""
-    flat: dict[str, float] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-            return
-        number = _number(node)
-        if number is not None:
-            flat[_key(prefix)] = number
-
-    walk("", metrics)
-    return flat
+    return _flatten(metrics, _number)
 
 
 def diagnostic_series(diagnostics: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
