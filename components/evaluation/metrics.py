@@ -130,34 +130,31 @@ def extraction_strength(ctx: MetricContext, model: str, split: str) -> MetricRes
     return result([formulas.extraction_strength(e.hits) for e in ctx.targets(model, split)])
 
 
+def _generation_scores(ctx: MetricContext, model: str, split: str, kind: type,
+                       score: Callable[[str, str], float]) -> MetricResult:
+    """``score(reference, generated)`` for each record of type ``kind`` (None for the others)."""
+    return result([
+        score(g.reference, g.text) if g is not None and isinstance(r, kind) else None
+        for r, g in zip(ctx.records(split), ctx.generations(model, split))
+    ])
+
+
 @register_metric("rouge")
 def rouge(ctx: MetricContext, model: str, split: str) -> MetricResult:
     """TOFU: ROUGE-L recall of the greedy answer to each question."""
-    gens = ctx.generations(model, split)
-    return result([
-        formulas.rouge_l_recall(g.reference, g.text) if g is not None and isinstance(r, QARecord) else None
-        for r, g in zip(ctx.records(split), gens)
-    ])
+    return _generation_scores(ctx, model, split, QARecord, formulas.rouge_l_recall)
 
 
 @register_metric("knowmem")
 def knowmem(ctx: MetricContext, model: str, split: str) -> MetricResult:
     """MUSE KnowMem: ROUGE-L F1 of the greedy answer to each question."""
-    gens = ctx.generations(model, split)
-    return result([
-        formulas.rouge_l_f1(g.reference, g.text) if g is not None and isinstance(r, QARecord) else None
-        for r, g in zip(ctx.records(split), gens)
-    ])
+    return _generation_scores(ctx, model, split, QARecord, formulas.rouge_l_f1)
 
 
 @register_metric("verbmem")
 def verbmem(ctx: MetricContext, model: str, split: str) -> MetricResult:
     """MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each text's prefix."""
-    gens = ctx.generations(model, split)
-    return result([
-        formulas.rouge_l_f1(g.reference, g.text) if g is not None and isinstance(r, TextRecord) else None
-        for r, g in zip(ctx.records(split), gens)
-    ])
+    return _generation_scores(ctx, model, split, TextRecord, formulas.rouge_l_f1)
 
 
 @register_metric("truth_ratio")

@@ -15,14 +15,20 @@ BAR_PAIRS = (("forget_prob", "retain_prob"), ("forget_rouge", "retain_rouge"),
              ("forget_truth_ratio", "retain_truth_ratio"))
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _series(diagnostics: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     steps, values = [], []
     for index, row in enumerate(diagnostics):
-        value = row.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        steps.append(float(row.get("step", index)))
-        values.append(float(value))
+        value = _finite(row.get(key))
+        if value is not None:
+            steps.append(float(row.get("step", index)))
+            values.append(value)
     return steps, values
 
 
@@ -95,10 +101,7 @@ def xi_curve(diagnostics: Sequence[Mapping[str, Any]]):
 
 def _value(metrics: Mapping[str, Any], model: str, key: str) -> float | None:
     section = metrics.get(model) or {}
-    value = section.get(key) if isinstance(section, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return _finite(section.get(key) if isinstance(section, Mapping) else None)
 
 
 def forget_retain_bars(metrics: Mapping[str, Any]):
