@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 class LiveBytes(TorchDispatchMode):
@@ -63,12 +64,6 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def _tensors(tree: Any):
-    if isinstance(tree, torch.Tensor):
-        yield tree
-    elif isinstance(tree, (list, tuple)):
-        for item in tree:
-            yield from _tensors(item)
-    elif isinstance(tree, dict):
-        for item in tree.values():
-            yield from _tensors(item)
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors among the leaves of an operator's (nested) arguments or outputs."""
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]

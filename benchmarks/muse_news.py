@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.common import CACHE, REPO, RESULTS, init_process, log, trained_bench, write_json
-from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, pareto_figure
+from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, mean_std, pareto_figure
 from benchmarks.quality import BALANCE_NAME, CONFIG_KEYS, COARSE, DIAGNOSTICS, Sweep, run_sweep
 from components.data.records import QARecord, Record, TextRecord
 
@@ -208,8 +208,9 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConf
         lines += [f"### {loss}", "", markdown_table(
             ["verbmem <=", "fraction", "BLUR retain knowmem", "BLUR config", "weighted-sum retain knowmem",
              "weighted-sum config"],
-            [[fmt(r["level"]), fmt(r["fraction"], 2), _y(r["blur"]), _config(r["blur"]), _y(r["weighted_sum"]),
-              _config(r["weighted_sum"])] for r in block["levels"]]), ""]
+            [[fmt(r["level"]), fmt(r["fraction"], 2), mean_std(r["blur"], "retain_knowmem"), _config(r["blur"]),
+              mean_std(r["weighted_sum"], "retain_knowmem"), _config(r["weighted_sum"])]
+             for r in block["levels"]]), ""]
         strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in block["all_levels"])
         lines += [f"Over all {len(block['all_levels'])} verbmem levels either method reaches, BLUR's best retain "
                   f"knowmem is at least the weighted sum's at {strict}.", ""]
@@ -224,8 +225,8 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConf
         ["loss", "combiner", "balance", "lr", "steps", "seeds", "forget verbmem", "forget knowmem", "retain knowmem",
          "privleak", "forget prob", "retain prob", "cos", "xi"],
         [[c["forget_loss"], c["combiner"], fmt(c["balance"], 2), f"{c['lr']:g}", c["steps"], c["seeds"],
-          _pm(c, "forget_verbmem"), _pm(c, "forget_knowmem"), _pm(c, "retain_knowmem"), fmt(c["privleak"], 1),
-          fmt(c["forget_prob"]), fmt(c["retain_prob"]), fmt(c["mean_cos"], 2), fmt(c["mean_xi"], 3)]
+          mean_std(c, "forget_verbmem"), mean_std(c, "forget_knowmem"), mean_std(c, "retain_knowmem"),
+          fmt(c["privleak"], 1), fmt(c["forget_prob"]), fmt(c["retain_prob"]), fmt(c["mean_cos"], 2), fmt(c["mean_xi"], 3)]
          for c in sorted(analysis["configurations"],
                          key=lambda c: (c["forget_loss"], c["combiner"], c["lr"], c["balance"], c["steps"]))])]
     if results["skipped"]:
@@ -236,19 +237,11 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConf
     return "\n".join(lines) + "\n"
 
 
-def _y(row: dict | None) -> str:
-    return "–" if not row else f"{fmt(row['retain_knowmem'])} ± {fmt(row.get('retain_knowmem_std'))}"
-
-
 def _config(row: dict | None) -> str:
     if not row:
         return "never reached"
     return (f"{BALANCE_NAME[row['combiner']]}={row['balance']:g}, {row['steps']} steps "
             f"(verbmem {fmt(row['forget_verbmem'])}, privleak {fmt(row['privleak'], 1)})")
-
-
-def _pm(row: dict, key: str) -> str:
-    return "–" if row[key] is None else f"{fmt(row[key])} ± {fmt(row[f'{key}_std'])}"
 
 
 # --------------------------------------------------------------------------- entry point

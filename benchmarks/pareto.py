@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 COMBINER_STYLE = {"blur": ("tab:blue", "o", "BLUR"), "weighted_sum": ("tab:orange", "s", "weighted sum")}
 
@@ -161,6 +161,13 @@ def fmt(value: Any, digits: int = 3) -> str:
             return f"{value:.1e}"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def mean_std(row: Mapping[str, Any] | None, key: str) -> str:
+    """``"mean ± std"`` of ``key`` over the seeds of a configuration row; "–" when there is none."""
+    if not row or row.get(key) is None:
+        return "–"
+    return f"{fmt(row[key])} ± {fmt(row.get(f'{key}_std'))}"
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

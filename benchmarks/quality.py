@@ -41,7 +41,7 @@ from benchmarks.common import (
     unlearn_with_snapshots,
     write_json,
 )
-from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, pareto_figure
+from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, mean_std, pareto_figure
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
                  "forget_truth_ratio", "retain_truth_ratio", "mia_auc", "privleak", "extraction_strength")
@@ -348,8 +348,9 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityC
     for loss, block in analysis["matched"].items():
         lines += [f"### {loss}", "", markdown_table(
             ["forget quality >=", "BLUR utility", "BLUR config", "weighted-sum utility", "weighted-sum config"],
-            [[fmt(row["level"]), _mu(row["blur"]), _config(row["blur"]), _mu(row["weighted_sum"]),
-              _config(row["weighted_sum"])] for row in block["levels"]]), ""]
+            [[fmt(row["level"]), mean_std(row["blur"], "model_utility"), _config(row["blur"]),
+              mean_std(row["weighted_sum"], "model_utility"), _config(row["weighted_sum"])]
+             for row in block["levels"]]), ""]
         wins = sum(r["ours_wins"] for r in block["all_levels"])
         strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in block["all_levels"])
         lines += [f"Over all {len(block['all_levels'])} forget-quality levels either method reaches, BLUR is at "
@@ -373,7 +374,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityC
         ["loss", "combiner", "balance", "lr", "steps", "seeds", "forget quality", "model utility", "forget prob",
          "retain prob", "cos", "xi", "‖g_f‖/‖g_r‖"],
         [[c["forget_loss"], c["combiner"], fmt(c["balance"], 2), f"{c['lr']:g}", c["steps"], c["seeds"],
-          _pm(c, "forget_quality"), _pm(c, "model_utility"), fmt(c["forget_prob"]), fmt(c["retain_prob"]),
+          mean_std(c, "forget_quality"), mean_std(c, "model_utility"), fmt(c["forget_prob"]), fmt(c["retain_prob"]),
           fmt(c["mean_cos"], 2), fmt(c["mean_xi"], 3), fmt(c["mean_norm_ratio"], 1)] for c in rows]))
     if results["skipped"]:
         lines += ["", f"## Skipped for the time budget ({len(results['skipped'])} runs)", "",
@@ -391,21 +392,11 @@ def _describe(row: dict | None) -> str:
             f"{row['steps']} steps: forget quality {fmt(row['forget_quality'])}, utility {fmt(row['model_utility'])}")
 
 
-def _mu(row: dict | None) -> str:
-    return "–" if not row else f"{fmt(row['model_utility'])} ± {fmt(row['model_utility_std'])}"
-
-
 def _config(row: dict | None) -> str:
     if not row:
         return "never reached"
     return (f"{BALANCE_NAME[row['combiner']]}={row['balance']:g}, lr {row['lr']:g}, {row['steps']} steps "
             f"(fq {fmt(row['forget_quality'])})")
-
-
-def _pm(row: dict, key: str) -> str:
-    if row[key] is None:
-        return "–"
-    return f"{fmt(row[key])} ± {fmt(row[f'{key}_std'])}"
 
 
 def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig, files: list[Path]) -> str:
