@@ -92,6 +92,10 @@ class Paths:
     def rejected(self) -> Path:
         return self.requests / "rejected"
 
+    @property
+    def failed(self) -> Path:
+        return self.requests / "failed"
+
 
 def resolve_local(path: str, root: Path) -> str:
     """Resolve a relative path against the pipeline root; hub names pass through unchanged."""

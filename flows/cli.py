@@ -58,7 +58,7 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     try:
         request = inbox.check(file)
         stages.check_request(config, paths, request, earlier=inbox.earlier())
-        destination = inbox.add(file)
+        destination = inbox.add(file, request)
     except RequestError as error:
         err.print(f"[red]Refused:[/red] {escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")

@@ -51,8 +51,8 @@ class Inbox:
 
     def __init__(self, paths: Paths):
         self.paths = paths
-        self.failed = paths.requests / "failed"
-        for folder in (paths.inbox, paths.processed, paths.rejected, self.failed):
+        self.failed = paths.failed
+        for folder in (paths.inbox, paths.processed, paths.rejected, paths.failed):
             folder.mkdir(parents=True, exist_ok=True)
 
     def lock(self, timeout: float = -1) -> FileLock:
@@ -75,32 +75,32 @@ class Inbox:
         """Record ids erased by every processed request, by request id."""
         return {result["request_id"]: result["forget_ids"] for result in self.processed_results()}
 
+    @staticmethod
+    def _with_reason(folder: Path) -> list[str]:
+        """Names (without the suffix) of the reason files in ``folder``."""
+        return sorted(p.name[: -len(REASON_SUFFIX)] for p in folder.glob(f"*{REASON_SUFFIX}") if p.is_file())
+
     def known_ids(self) -> set[str]:
-        """Request ids already processed, failed or waiting (duplicates are rejected)."""
-        ids = {result["request_id"] for result in self.processed_results()}
-        ids |= {p.name[: -len(REASON_SUFFIX)] for p in self.failed.glob(f"*{REASON_SUFFIX}")}
-        return ids
+        """Request ids already processed or failed (a new request with one is a duplicate)."""
+        return {result["request_id"] for result in self.processed_results()} | set(self._with_reason(self.failed))
 
     def status(self) -> dict[str, list[str]]:
-        def names(folder: Path, suffix: str = ".json") -> list[str]:
-            return sorted(p.name for p in folder.iterdir()
-                          if p.is_file() and p.name.endswith(suffix) and not p.name.endswith(RESULT_SUFFIX))
-
         return {
             "pending": [p.name for p in self.files()],
             "processed": [r["request_id"] for r in self.processed_results()],
-            "rejected": [n[: -len(REASON_SUFFIX)] for n in names(self.paths.rejected, REASON_SUFFIX)],
-            "failed": [n[: -len(REASON_SUFFIX)] for n in names(self.failed, REASON_SUFFIX)],
+            "rejected": self._with_reason(self.paths.rejected),
+            "failed": self._with_reason(self.failed),
         }
 
     # ------------------------------------------------------------------ intake
 
-    def check(self, path: Path) -> DeletionRequest:
-        """Parse a request file and refuse ids seen before; raises :class:`RequestError`."""
+    def check(self, path: Path, known: set[str] | None = None) -> DeletionRequest:
+        """Parse a request file and refuse ids seen before (``known``: :meth:`known_ids`, if
+        already read); raises :class:`RequestError`."""
         if path.suffix != ".json":
             raise RequestError([f"request files must be .json files, got '{path.name}'"], source=path.name)
         request = read_request(path)
-        if request.request_id in self.known_ids():
+        if request.request_id in (self.known_ids() if known is None else known):
             raise RequestError(
                 [f"duplicate request_id '{request.request_id}': a request with this id was already "
                  "processed or failed; give the new request its own id"],
@@ -108,13 +108,14 @@ class Inbox:
             )
         return request
 
-    def add(self, path: Path) -> Path:
+    def add(self, path: Path, request: DeletionRequest | None = None) -> Path:
         """Validate a request file and copy it into the inbox as ``<request_id>.json``.
 
+        ``request``: what :meth:`check` already returned for ``path``, if it was called.
         The original file is left where it was. A duplicate id, also among pending
         requests, is refused.
         """
-        request = self.check(path)
+        request = request or self.check(path)
         pending_ids = {self._peek_id(p) for p in self.files()}
         if request.request_id in pending_ids:
             raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
@@ -135,9 +136,10 @@ class Inbox:
         valid: list[Pending] = []
         invalid: list[tuple[Path, RequestError]] = []
         seen: set[str] = set()
+        known = self.known_ids()
         for path in self.files():
             try:
-                request = self.check(path)
+                request = self.check(path, known)
                 if request.request_id in seen:
                     raise RequestError(
                         [f"duplicate request_id '{request.request_id}': another file in this batch has it"],
