@@ -52,17 +52,20 @@ def batched(items: list, size: int):
         yield items[start : start + size]
 
 
+def scored_batches(model, encoded: list, pad_token_id: int, batch_size: int, device: torch.device):
+    """:func:`token_scores` of consecutive batches of ``encoded``, collated onto ``device``."""
+    from components.modeling.encoding import collate
+
+    for chunk in batched(encoded, batch_size):
+        yield token_scores(model, {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()})
+
+
 @torch.no_grad()
 def mean_token_nll(model, encoded: list, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
     """Mean target-token NLL of each encoded example (a 1-D float tensor)."""
-    from components.modeling.encoding import collate
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for chunk in batched(encoded, batch_size):
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-        out.append(token_scores(model, batch).mean_nll.cpu())
+    out = [scores.mean_nll.cpu() for scores in scored_batches(model, encoded, pad_token_id, batch_size, device)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

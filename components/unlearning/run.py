@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from components.config import LoRAConfig, UnlearnConfig
 from components.data.records import QARecord, Record
 from components.modeling.encoding import Encoded, collate, encode_record
-from components.modeling.scoring import batched, token_scores
+from components.modeling.scoring import scored_batches
 from components.unlearning.checkpoint import (
     fingerprint,
     load_checkpoint,
@@ -316,12 +316,8 @@ def sequence_logps(model: torch.nn.Module, examples: Sequence[Encoded], pad_toke
                    batch_size: int = 32) -> torch.Tensor:
     """Summed target-token log-probability of each example under ``model``, on the host."""
     device = next(model.parameters()).device
-    scorer = LossModel(model)
-    out = []
-    for chunk in batched(list(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-        out.append(token_scores(scorer, batch).sum_logp)
-    return torch.cat(out).cpu()
+    batches = scored_batches(LossModel(model), list(examples), pad_token_id, batch_size, device)
+    return torch.cat([scores.sum_logp for scores in batches]).cpu()
 
 
 def rmu_target(model: torch.nn.Module, config: UnlearnConfig, seed: int) -> torch.Tensor:
