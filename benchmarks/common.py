@@ -163,9 +163,7 @@ def trained_bench(config: Config, forget: Sequence[Record], retain: Sequence[Rec
     started = time.perf_counter()
     if not done.exists():
         log(f"training the {name} target and oracle once (cached in {root}) ...")
-        tokenizer = stages._train_tokenizer(config, forget + retain + holdout)
-        target = stages.train_model(config, forget + retain, tokenizer, root / "target", label="target",
-                                    show_progress=False)
+        target, tokenizer = stages.train_target(config, forget + retain, holdout, root / "target", show_progress=False)
         oracle = stages.train_model(config, retain, tokenizer, root / "oracle", epochs=target["epochs"],
                                     label="oracle", show_progress=False)
         write_json(done, {"target": target, "oracle": oracle, "seconds": round(time.perf_counter() - started, 1)})

@@ -51,8 +51,9 @@ def prepare(
     unlearned together as one batch. ``earlier`` maps the ids of requests processed before to the record ids they erased;
     those records leave the retain set and are written out for the "still forgotten" checks.
     """
+    request_paths = list(request_paths or [paths.config_root / config.request])
     world = load_world(config.world, config.seed, paths.config_root)
-    requests = [read_request(path) for path in (request_paths or [paths.config_root / config.request])]
+    requests = [read_request(path) for path in request_paths]
     earlier = dict(earlier or {})
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
     resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
@@ -72,7 +73,7 @@ def prepare(
     if requests_dir.exists():
         shutil.rmtree(requests_dir)
     requests_dir.mkdir(parents=True)
-    for request_path, request in zip(request_paths or [paths.config_root / config.request], requests):
+    for request_path, request in zip(request_paths, requests):
         shutil.copyfile(request_path, requests_dir / f"{request.request_id}.json")
     summary = resolution.summary() | {
         "n_world": len(world.records),
@@ -148,6 +149,14 @@ def train_model(
     return summary
 
 
+def train_target(config: Config, records: Sequence[Record], holdout: Sequence[Record], out_dir: Path, *,
+                 show_progress: bool = True):
+    """The demo target: a tokenizer trained on ``records`` and ``holdout``, and a tiny model
+    trained on ``records`` to ``finetune.target_prob``. Returns ``(summary, tokenizer)``."""
+    tokenizer = _train_tokenizer(config, list(records) + list(holdout))
+    return train_model(config, records, tokenizer, out_dir, label="target", show_progress=show_progress), tokenizer
+
+
 def train_oracle(config: Config, paths: Paths, *, epochs: int, show_progress: bool = True) -> dict:
     """Retrain the reference model on the current retain set (demo world only)."""
     splits = load_splits(paths)
@@ -171,9 +180,8 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         summary = {"target": {"source": config.model.base}, "oracle": {"source": config.model.oracle}}
     else:
         splits = load_splits(paths)
-        tokenizer = _train_tokenizer(config, splits["world"] + splits["holdout"])
-        target = train_model(config, splits["world"], tokenizer, paths.target, label="target",
-                             show_progress=show_progress)
+        target, tokenizer = train_target(config, splits["world"], splits["holdout"], paths.target,
+                                         show_progress=show_progress)
         oracle = train_model(config, splits["retain"], tokenizer, paths.oracle, epochs=target["epochs"],
                              label="oracle", show_progress=show_progress)
         summary = {"target": target, "oracle": oracle}
@@ -321,7 +329,6 @@ def register(
     tracking_root: Path | None = None,
     tags: Mapping[str, str] | None = None,
     dvc_hashes: Mapping[str, str] | None = None,
-    retry_attempts: int = 1,
 ) -> dict:
     """Log the run to MLflow, apply the gate, and promote the candidate only if it passes.
 
@@ -338,7 +345,7 @@ def register(
     decision = register_candidate(
         config, metrics=metrics, diagnostics=diagnostics, summary=_read_json(paths.resolution),
         dvc_hashes=dvc_hashes, model_dir=paths.unlearned, reports_dir=paths.reports,
-        store=tracking_store(tracking_root or paths.config_root), retry=RetryPolicy(attempts=retry_attempts),
+        store=tracking_store(tracking_root or paths.config_root), retry=RetryPolicy(),
         tags=tags,
     )
     return decision.to_dict()
@@ -416,8 +423,7 @@ def ensure_target(config: Config, repo: Paths, *, show_progress: bool = True) ->
     if (repo.target / "config.json").exists():
         return repo.target
     world = load_world(config.world, config.seed, repo.root)
-    tokenizer = _train_tokenizer(config, world.records + world.holdout)
-    train_model(config, world.records, tokenizer, repo.target, label="target", show_progress=show_progress)
+    train_target(config, world.records, world.holdout, repo.target, show_progress=show_progress)
     return repo.target
 
 
