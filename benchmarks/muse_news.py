@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.common import CACHE, REPO, RESULTS, init_process, log, trained_bench, write_json
-from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, mean_std, pareto_figure
+from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
+                              matched_comparison, mean_std, pareto_figure)
 from benchmarks.quality import BALANCE_NAME, CONFIG_KEYS, COARSE, DIAGNOSTICS, Sweep, run_sweep
 from components.data.records import QARecord, Record, TextRecord
 
@@ -146,11 +147,10 @@ def analyse(results: dict[str, Any], config: MuseConfig) -> dict[str, Any]:
             "levels": [{"level": level, "fraction": f,
                         "blur": _pick(blur, level, compare), "weighted_sum": _pick(ws, level, compare)}
                        for f, level in zip(config.verbmem_levels, levels)],
-            "all_levels": [{k: r[k] for k in ("level", "ours_y", "theirs_y", "margin", "ours_wins")} for r in all_levels],
+            "all_levels": comparison_rows(all_levels),
             # retain knowmem saturates at 1.0 on this subset; retain probability is a steadier utility
-            "by_retain_prob": [{k: r[k] for k in ("level", "ours_y", "theirs_y", "margin", "ours_wins")}
-                               for r in matched_comparison(blur, ws, x="forget_verbmem", y="retain_prob",
-                                                           maximize_x=False)],
+            "by_retain_prob": comparison_rows(matched_comparison(blur, ws, x="forget_verbmem", y="retain_prob",
+                                                                 maximize_x=False)),
         }
     return {"configurations": configs, "matched": matched}
 
@@ -211,11 +211,11 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConf
             [[fmt(r["level"]), fmt(r["fraction"], 2), mean_std(r["blur"], "retain_knowmem"), _config(r["blur"]),
               mean_std(r["weighted_sum"], "retain_knowmem"), _config(r["weighted_sum"])]
              for r in block["levels"]]), ""]
-        strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in block["all_levels"])
+        strict = sum(at_least_strictly(r) for r in block["all_levels"])
         lines += [f"Over all {len(block['all_levels'])} verbmem levels either method reaches, BLUR's best retain "
                   f"knowmem is at least the weighted sum's at {strict}.", ""]
         by_prob = block["by_retain_prob"]
-        strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in by_prob)
+        strict = sum(at_least_strictly(r) for r in by_prob)
         shown = [r for r in by_prob if r["level"] in {x["level"] for x in block["all_levels"]}]
         lines += [f"With retain probability as the utility instead: BLUR at least as good at {strict} of "
                   f"{len(by_prob)} verbmem levels. " + "; ".join(

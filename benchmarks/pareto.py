@@ -86,6 +86,16 @@ def matched_comparison(ours: Sequence[dict], theirs: Sequence[dict], *, x: str =
     return rows
 
 
+def at_least_strictly(row: Mapping[str, Any]) -> bool:
+    """A :func:`matched_comparison` row where ours reaches the level and is not below theirs (no tolerance)."""
+    return row["ours_y"] is not None and (row["margin"] is None or row["margin"] >= 0)
+
+
+def comparison_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """:func:`matched_comparison` rows without the two winning configurations (for the results JSON)."""
+    return [{k: r[k] for k in ("level", "ours_y", "theirs_y", "margin", "ours_wins")} for r in rows]
+
+
 # --------------------------------------------------------------------------- plots
 
 

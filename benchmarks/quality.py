@@ -41,7 +41,8 @@ from benchmarks.common import (
     unlearn_with_snapshots,
     write_json,
 )
-from benchmarks.pareto import configurations, fmt, markdown_table, matched_comparison, mean_std, pareto_figure
+from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
+                              matched_comparison, mean_std, pareto_figure)
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
                  "forget_truth_ratio", "retain_truth_ratio", "mia_auc", "privleak", "extraction_strength")
@@ -228,12 +229,10 @@ def analyse(results: dict[str, Any], config: QualityConfig) -> dict[str, Any]:
         matched[loss] = {
             "levels": [{"level": level, "blur": _best(blur, level), "weighted_sum": _best(ws, level)}
                        for level in config.fq_levels],
-            "all_levels": [{k: r[k] for k in ("level", "ours_y", "theirs_y", "margin", "ours_wins")}
-                           for r in matched_comparison(blur, ws, tolerance=config.tie_tolerance)],
+            "all_levels": comparison_rows(matched_comparison(blur, ws, tolerance=config.tie_tolerance)),
             # the same on a steadier axis: forget-answer probability (lower is more forgotten)
-            "by_forget_prob": [{k: r[k] for k in ("level", "ours_y", "theirs_y", "margin", "ours_wins")}
-                               for r in matched_comparison(blur, ws, x="forget_prob", maximize_x=False,
-                                                           tolerance=config.tie_tolerance)],
+            "by_forget_prob": comparison_rows(matched_comparison(blur, ws, x="forget_prob", maximize_x=False,
+                                                                 tolerance=config.tie_tolerance)),
         }
     head = [c for c in configs if c["forget_loss"] == config.headline_loss and c["combiner"] == "blur"]
     meeting = [c for c in head if (c["forget_quality"] or 0) >= config.target_fq
@@ -242,7 +241,7 @@ def analyse(results: dict[str, Any], config: QualityConfig) -> dict[str, Any]:
                   and c["forget_prob"] <= config.max_forget_prob_ratio * target["forget_prob"]]
     comparison = matched.get(config.headline_loss, {}).get("all_levels", [])
     losses_at = [r for r in comparison if not r["ours_wins"]]
-    strict_losses = [r for r in comparison if r["ours_y"] is None or (r["margin"] is not None and r["margin"] < 0)]
+    strict_losses = [r for r in comparison if not at_least_strictly(r)]
     seed_std = [c["model_utility_std"] for c in configs if c["forget_loss"] == config.headline_loss
                 and c.get("model_utility_std") is not None and c["seeds"] > 1]
     targets = {
@@ -352,12 +351,12 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityC
               mean_std(row["weighted_sum"], "model_utility"), _config(row["weighted_sum"])]
              for row in block["levels"]]), ""]
         wins = sum(r["ours_wins"] for r in block["all_levels"])
-        strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in block["all_levels"])
+        strict = sum(at_least_strictly(r) for r in block["all_levels"])
         lines += [f"Over all {len(block['all_levels'])} forget-quality levels either method reaches, BLUR is at "
                   f"least as good at {strict} strictly and at {wins} within {config.tie_tolerance}.", ""]
         by_prob = block["by_forget_prob"]
         wins = sum(r["ours_wins"] for r in by_prob)
-        strict = sum(r["ours_y"] is not None and (r["margin"] is None or r["margin"] >= 0) for r in by_prob)
+        strict = sum(at_least_strictly(r) for r in by_prob)
         reached = [r for r in by_prob if r["margin"] is not None]
         worst = min(reached, key=lambda r: r["margin"]) if reached else None
         lines += [f"Matched on forget probability instead (forget prob <= level, {len(by_prob)} levels): BLUR at "
