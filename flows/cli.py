@@ -74,7 +74,7 @@ def request_retry(request_id: str, root: Path = ROOT) -> None:
 
     try:
         destination = Inbox(Paths(root.resolve())).retry(request_id)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, FileExistsError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} is pending again: {destination}")

@@ -92,3 +92,34 @@ def test_request_retry_moves_a_failed_request_back(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "requests" / "inbox" / "r-1.json").exists()
     assert runner.invoke(app, ["request", "retry", "r-1", "--root", str(tmp_path)]).exit_code == 1
+
+
+def test_request_add_never_replaces_a_waiting_file(tmp_path):
+    """What `blur request add` does after its checks: an unreadable file with the same name is kept."""
+    from components.data.inbox import Inbox
+    from components.data.requests import RequestError
+    from components.paths import Paths
+
+    inbox = Inbox(Paths(tmp_path))
+    waiting = tmp_path / "data" / "requests" / "inbox" / "r-9.json"
+    waiting.write_text("{not json, but waiting for the next batch to reject it")
+    new = tmp_path / "r-9.json"
+    new.write_text(request_json("r-9", ["x"]))
+    with pytest.raises(RequestError, match="already has a file r-9.json"):
+        inbox.add(new)
+    assert waiting.read_text() == "{not json, but waiting for the next batch to reject it"
+    assert new.exists()
+
+
+def test_request_retry_never_replaces_a_waiting_file(tmp_path):
+    from components.data.inbox import Inbox
+    from components.paths import Paths
+
+    inbox = Inbox(Paths(tmp_path))
+    (inbox.failed / "r-2.json").write_text(request_json("r-2", ["x"]))
+    waiting = tmp_path / "data" / "requests" / "inbox" / "r-2.json"
+    waiting.write_text("{a newer file with the same name")
+    result = runner.invoke(app, ["request", "retry", "r-2", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "already has a file r-2.json" in result.output
+    assert waiting.read_text() == "{a newer file with the same name"
+    assert (inbox.failed / "r-2.json").exists()

@@ -121,7 +121,12 @@ class Inbox:
             raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
                                source=path.name)
         destination = self.paths.inbox / f"{request.request_id}.json"
-        shutil.copyfile(path, destination)
+        try:  # exclusive create: never replace a waiting file, even an unreadable one or one just added
+            with path.open("rb") as source, destination.open("xb") as copy:
+                shutil.copyfileobj(source, copy)
+        except FileExistsError:
+            raise RequestError([f"the inbox already has a file {destination.name}: wait until it is processed, "
+                                "or give the new request its own id"], source=path.name) from None
         return destination
 
     @staticmethod
@@ -188,7 +193,11 @@ class Inbox:
         source = self.failed / f"{request_id}.json"
         if not source.exists():
             raise FileNotFoundError(f"no failed request with id '{request_id}' in {self.failed}")
-        destination = versioning.move(self.paths.root, source, self.paths.inbox / source.name)
+        waiting = self.paths.inbox / source.name
+        if waiting.exists() or Path(f"{waiting}.dvc").exists():
+            raise FileExistsError(f"the inbox already has a file {source.name}: wait until it is processed, "
+                                  f"then retry '{request_id}'")
+        destination = versioning.move(self.paths.root, source, waiting)
         reason = self.failed / f"{request_id}{REASON_SUFFIX}"
         if reason.exists():
             reason.rename(_free_name(self.failed, f"{request_id}.retried.txt"))
