@@ -20,15 +20,8 @@ from components.data.loaders import load_records, save_records
 from components.data.records import Record
 from components.data.requests import Resolution, read_request, resolve_requests
 from components.data.world import load_world
+from components.jsonfiles import write_json
 from components.paths import Paths, resolve_local
-
-
-def _write_json(path: Path, data: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _read_json(path: Path) -> dict:
@@ -80,7 +73,7 @@ def prepare(
         "n_holdout": len(world.holdout),
         "earlier_requests": sorted(earlier),
     }
-    _write_json(paths.resolution, summary)
+    write_json(paths.resolution, summary)
     return resolution
 
 
@@ -145,7 +138,7 @@ def train_model(
     )
     save_model(model, tokenizer, out_dir)
     summary = result.to_dict() | {"n_records": len(records)}
-    _write_json(out_dir / "training.json", summary)
+    write_json(out_dir / "training.json", summary)
     return summary
 
 
@@ -186,7 +179,7 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
                              label="oracle", show_progress=show_progress)
         summary = {"target": target, "oracle": oracle}
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(paths.reports / "finetune.json", summary)
+    write_json(paths.reports / "finetune.json", summary)
     return summary
 
 
@@ -256,7 +249,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
                                                        "gamma", "alpha", "lr")}
     summary = result.summary() | {"method": method, "start_model": str(loaded.source),
                                   "seconds": round(time.perf_counter() - started, 1)}
-    _write_json(paths.reports / "unlearn.json", summary)
+    write_json(paths.reports / "unlearn.json", summary)
     return summary
 
 

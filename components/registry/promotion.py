@@ -29,11 +29,11 @@ so the next unlearning starts from the model that serves.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
+from components.jsonfiles import write_json
 from components.registry.gate import GateDecision, evaluate_gate
 from components.registry.plots import save_plots
 from components.registry.report import gate_lines, metric_table, render_report
@@ -127,13 +127,6 @@ def version_description(safe: Mapping[str, Any], metrics: Mapping[str, Any], dec
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _numeric_rows(diagnostics: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for row in diagnostics:
@@ -202,8 +195,8 @@ def register_candidate(
         )
         run_id = run.info.run_id
         stage = "logging params and tags"
-        params = flatten_config(config) | request_params(safe)
-        log_params_and_tags(client, run_id, params, request_tags(safe) | dict(tags or {}))
+        per_request = request_params(safe)
+        log_params_and_tags(client, run_id, flatten_config(config) | per_request, request_tags(safe) | dict(tags or {}))
         stage = "logging the unlearning diagnostics"
         log_metric_values(client, run_id, diagnostic_series(diagnostics))
         log_text(client, run_id, _numeric_rows(diagnostics), "diagnostics/unlearn_log.jsonl")
@@ -216,7 +209,7 @@ def register_candidate(
         gate_word = "passed" if decision.passed else "failed"
         model_id = log_model(client, store, run_id=run_id, experiment_id=experiment, model_dir=model_dir,
                              tags={"gate": gate_word, "requests": ",".join(ids)[:5000]},
-                             params=request_params(safe))
+                             params=per_request)
         stage = "logging the evaluation metrics"
         values = [(key, value, 0) for key, value in evaluation_metrics(metrics).items()]
         values.append(("gate.passed", float(decision.passed), 0))
@@ -266,7 +259,7 @@ def register_candidate(
             f"Nothing was promoted: {where}{made}. Run the step again once the cause is fixed."
         ) from error
 
-    _write_json(reports_dir / GATE_FILE, decision.to_dict())
+    write_json(reports_dir / GATE_FILE, decision.to_dict())
     (reports_dir / REPORT_FILE).write_text(report, encoding="utf-8")
     return decision
 

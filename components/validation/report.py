@@ -9,11 +9,11 @@ report; the validate stage raises it to stop the run before unlearning.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from components.jsonfiles import write_json
 
 MAX_LISTED = 200  # rows / ids kept per failure in the JSON report
 SHOWN_ROWS = 10  # rows quoted in reason()
@@ -35,19 +35,9 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"reason": self.reason()}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ValidationReport":
-        known = {name for name in cls.__dataclass_fields__}
-        return cls(**{key: value for key, value in data.items() if key in known})
-
     def write_json(self, path: str | Path) -> Path:
         """Write the report atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     def reason(self) -> str:
         """One line per problem: what, where (rows, ids) and what to do."""
