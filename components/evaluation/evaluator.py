@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,7 +96,6 @@ class EvaluationResult:
     metrics: dict[str, dict[str, Any]]
     per_item: dict[str, dict[str, list[dict[str, Any]]]]
     seconds: float
-    models_evaluated: list[str] = field(default_factory=list)
 
 
 class EvaluationContext:
@@ -356,7 +355,6 @@ def evaluate_models(
         metrics=metrics,
         per_item=per_item,
         seconds=time.perf_counter() - start,
-        models_evaluated=[role for role in MODEL_ROLES if roles[role] is not None],
     )
 
 
