@@ -26,7 +26,6 @@ _UNTRUNCATED = 1 << 30
 class Frame:
     """A table: column name -> values, one value per row (rows numbered from 1)."""
 
-    name: str
     columns: dict[str, list[Any]]
 
     def __len__(self) -> int:
@@ -95,17 +94,17 @@ def _token_lengths(record: Record, tokenizer) -> tuple[int, int | None]:
     return main, longest
 
 
-def _to_frame(name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> Frame:
-    return Frame(name, {column: [row[column] for row in rows] for column in columns})
+def _to_frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> Frame:
+    return Frame({column: [row[column] for row in rows] for column in columns})
 
 
-def records_frame(name: str, records: Sequence[Record], columns: Sequence[str]) -> Frame:
+def records_frame(records: Sequence[Record], columns: Sequence[str]) -> Frame:
     """The world: schema facts about each record."""
-    return _to_frame(name, [_schema_row(record) for record in records], columns)
+    return _to_frame([_schema_row(record) for record in records], columns)
 
 
 def split_frame(
-    name: str, records: Sequence[Record], columns: Sequence[str], *, tokenizer, world_ids: set[str]
+    records: Sequence[Record], columns: Sequence[str], *, tokenizer, world_ids: set[str]
 ) -> Frame:
     """A forget, retain or holdout set: schema facts, token lengths, membership of the world."""
     rows = []
@@ -115,16 +114,16 @@ def split_frame(
         row["n_tokens"], row["n_tokens_alternatives"] = lengths
         row["in_world"] = row["record_id"] in world_ids
         rows.append(row)
-    return _to_frame(name, rows, columns)
+    return _to_frame(rows, columns)
 
 
-def disjoint_frame(name: str, forget: Sequence[Record], retain_ids: set[str], columns: Sequence[str]) -> Frame:
+def disjoint_frame(forget: Sequence[Record], retain_ids: set[str], columns: Sequence[str]) -> Frame:
     """One row per forget record: is it also in the retain set?"""
     rows = [{"record_id": r.record_id, "in_retain": r.record_id in retain_ids} for r in forget]
-    return _to_frame(name, rows, columns)
+    return _to_frame(rows, columns)
 
 
-def request_frame(name: str, requests: Sequence[DeletionRequest], columns: Sequence[str]) -> Frame:
+def request_frame(requests: Sequence[DeletionRequest], columns: Sequence[str]) -> Frame:
     """One row per request: its id, when it was received, how many things it names."""
     rows = []
     for request in requests:
@@ -138,7 +137,7 @@ def request_frame(name: str, requests: Sequence[DeletionRequest], columns: Seque
             "n_records": len(records),
             "n_items": len(subjects) + len(records),
         })
-    return _to_frame(name, rows, columns)
+    return _to_frame(rows, columns)
 
 
 def _spec_hash(spec: dict[str, str]) -> str:
@@ -147,7 +146,6 @@ def _spec_hash(spec: dict[str, str]) -> str:
 
 
 def coverage_frame(
-    name: str,
     requests: Sequence[DeletionRequest],
     world: Sequence[Record],
     forget_ids: set[str],
@@ -182,7 +180,7 @@ def coverage_frame(
                 "n_in_forget": len(ids & forget_ids),
                 "unambiguous": len(ids) <= 1,
             })
-    return _to_frame(name, rows, columns)
+    return _to_frame(rows, columns)
 
 
 def ids_of(records: Iterable[Record]) -> set[str]:

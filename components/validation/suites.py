@@ -63,11 +63,10 @@ class Check:
 
 @dataclass(frozen=True)
 class Suite:
-    """An expectation suite over one frame; ``id_column`` names the rows in reports."""
+    """An expectation suite over the frame of the same name; ``id_column`` names the rows in reports."""
 
     name: str
     label: str  # how a person calls the data: "forget set", "world", ...
-    frame: str
     id_column: str | None
     checks: tuple[Check, ...]
     label_column: str | None = None  # an extra column that names rows (e.g. "subjects[0]")
@@ -213,7 +212,6 @@ def world_suite() -> Suite:
     return Suite(
         name="world",
         label="world",
-        frame="world",
         id_column="record_id",
         checks=(
             _columns(RECORD_COLUMNS),
@@ -229,7 +227,6 @@ def request_suite() -> Suite:
     return Suite(
         name="request",
         label="request",
-        frame="request",
         id_column="request_id",
         checks=(
             _columns(REQUEST_COLUMNS),
@@ -274,7 +271,6 @@ def coverage_suite() -> Suite:
     return Suite(
         name="request_coverage",
         label="request coverage",
-        frame="request_coverage",
         id_column="item_hash",
         label_column="item",
         checks=(
@@ -330,7 +326,6 @@ def split_suite(split: str, max_length: int) -> Suite:
     return Suite(
         name=split,
         label=what,
-        frame=split,
         id_column="record_id",
         params={"max_length": max_length},
         checks=(
@@ -347,7 +342,6 @@ def disjoint_suite() -> Suite:
     return Suite(
         name="forget_retain_disjoint",
         label="forget and retain sets",
-        frame="forget_retain_disjoint",
         id_column="record_id",
         checks=(
             _columns(DISJOINT_COLUMNS),
@@ -370,7 +364,6 @@ def holdout_suite(max_length: int) -> Suite:
     return Suite(
         name="holdout",
         label="holdout set",
-        frame="holdout",
         id_column="record_id",
         params={"max_length": max_length},
         checks=(

@@ -57,21 +57,19 @@ def validate_request_data(
     started = time.perf_counter()
     requests = [request] if isinstance(request, DeletionRequest) else list(request)
     world_ids, forget_ids, retain_ids = fr.ids_of(world), fr.ids_of(forget), fr.ids_of(retain)
-    frames = {
-        "world": fr.records_frame("world", world, RECORD_COLUMNS),
-        "request": fr.request_frame("request", requests, REQUEST_COLUMNS),
-        "request_coverage": fr.coverage_frame("request_coverage", requests, world, forget_ids, COVERAGE_COLUMNS),
-        "forget": fr.split_frame("forget", forget, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
-        "retain": fr.split_frame("retain", retain, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
-        "forget_retain_disjoint": fr.disjoint_frame("forget_retain_disjoint", forget, retain_ids,
-                                                    DISJOINT_COLUMNS),
+    frames = {  # by the name of the suite that checks the frame
+        "world": fr.records_frame(world, RECORD_COLUMNS),
+        "request": fr.request_frame(requests, REQUEST_COLUMNS),
+        "request_coverage": fr.coverage_frame(requests, world, forget_ids, COVERAGE_COLUMNS),
+        "forget": fr.split_frame(forget, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+        "retain": fr.split_frame(retain, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+        "forget_retain_disjoint": fr.disjoint_frame(forget, retain_ids, DISJOINT_COLUMNS),
     }
     if holdout is not None:
-        frames["holdout"] = fr.split_frame("holdout", holdout, SPLIT_COLUMNS, tokenizer=tokenizer,
-                                           world_ids=world_ids)
+        frames["holdout"] = fr.split_frame(holdout, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids)
     suites = all_suites(max_length, with_holdout=holdout is not None)
     docs_dir = Path(docs_dir) if docs_dir is not None else None
-    outcomes = run_suites([(suite, frames[suite.frame]) for suite in suites], docs_dir,
+    outcomes = run_suites([(suite, frames[suite.name]) for suite in suites], docs_dir,
                           run_name=_run_name(requests))
 
     failures = []
