@@ -60,9 +60,15 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """Which model, and how it is loaded and prompted (one resolution for every stage)."""
+
     base: str | None = None
     oracle: str | None = None
     max_length: int = Field(default=128, ge=8)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = the checkpoint's own
+    device: Literal["auto", "cpu", "cuda"] = "auto"                    # auto = cuda when available
+    prompt: Literal["chat", "plain"] = "chat"    # chat: the tokenizer's chat template when it has one
+    gradient_checkpointing: bool = False
     tokenizer: TokenizerConfig = TokenizerConfig()
     tiny: TinyModelConfig = TinyModelConfig()
 
