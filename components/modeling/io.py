@@ -71,11 +71,14 @@ def resolve_model_source(directory: str | Path) -> str | None:
     """The real location of the model a pipeline folder stands for (None: no model)."""
     import json
 
-    directory = Path(directory)
-    ref = directory / MODEL_REF_FILE
-    if ref.exists():
-        return json.loads(ref.read_text())["source"]
-    return str(directory)
+    seen: set[str] = set()
+    source: str | None = str(directory)
+    while source is not None and (Path(source) / MODEL_REF_FILE).exists():  # a reference may name another
+        if source in seen:
+            raise ModelLoadError(f"model references form a loop at '{source}'")
+        seen.add(source)
+        source = json.loads((Path(source) / MODEL_REF_FILE).read_text())["source"]
+    return source
 
 
 def load_model_dir(directory: str | Path, *, device: str = "cpu") -> LoadedModel | None:
