@@ -144,13 +144,13 @@ def trained_bench(config: Config, forget: Sequence[Record], retain: Sequence[Rec
                   cache_root: Path = CACHE, *, name: str = "world") -> Bench:
     """Train a target on ``forget + retain`` and an oracle on ``retain`` alone, once, and cache them.
 
-    The pipeline's own recipe: :func:`components.stages._train_tokenizer` on every record
-    (holdout included, as the demo does), :func:`components.stages.train_model` for the
+    The pipeline's own recipe (:mod:`components.modeling.demo`): the demo tokenizer on every record
+    (holdout included, as the demo does), :func:`~components.modeling.demo.train_model` for the
     target (until ``finetune.target_prob`` or ``finetune.max_epochs``) and for the oracle
     (the target's epoch count). The folder is named by a hash of the records and config.
     """
-    from components import stages
     from components.data.records import records_digest
+    from components.modeling.demo import train_model, train_target
 
     forget, retain, holdout = list(forget), list(retain), list(holdout)
     key = content_hash({
@@ -163,9 +163,9 @@ def trained_bench(config: Config, forget: Sequence[Record], retain: Sequence[Rec
     started = time.perf_counter()
     if not done.exists():
         log(f"training the {name} target and oracle once (cached in {root}) ...")
-        target, tokenizer = stages.train_target(config, forget + retain, holdout, root / "target", show_progress=False)
-        oracle = stages.train_model(config, retain, tokenizer, root / "oracle", epochs=target["epochs"],
-                                    label="oracle", show_progress=False)
+        target, tokenizer = train_target(config, forget + retain, holdout, root / "target", show_progress=False)
+        oracle = train_model(config, retain, tokenizer, root / "oracle", epochs=target["epochs"],
+                             label="oracle", show_progress=False)
         write_json(done, {"target": target, "oracle": oracle, "seconds": round(time.perf_counter() - started, 1)})
     summary = json.loads(done.read_text(encoding="utf-8"))
     return Bench(config, forget, retain, holdout, _load(root / "target"), _load(root / "oracle"),

@@ -52,7 +52,7 @@ def world(config: ScalingConfig):
     """``(forget_by_authors, retain, holdout, tokenizer)``: forget sets nest (1 author is in 4 is in 16)."""
     from components.config import Config
     from components.data.demo_world import generate_world
-    from components.stages import _train_tokenizer
+    from components.modeling.demo import train_demo_tokenizer as _train_tokenizer
 
     most = max(config.forget_authors)
     records, holdout = generate_world(0, most + config.retain_authors, config.holdout_authors)

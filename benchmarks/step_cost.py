@@ -115,7 +115,7 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
         records = (world[:40], world[40:])
     forget, retain = records
     if tokenizer is None:
-        from components.stages import _train_tokenizer
+        from components.modeling.demo import train_demo_tokenizer as _train_tokenizer
 
         tokenizer = _train_tokenizer(base, forget + retain)
     sizes = TinyModelConfig(hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,

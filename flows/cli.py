@@ -49,15 +49,15 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
                 root: Path = ROOT, params: str = PARAMS) -> None:
     """Validate a request and put a copy into the inbox; refuse it with the reason if invalid."""
     _environment(root)
-    from components import stages
     from components.data.inbox import Inbox
     from components.data.requests import RequestError
+    from flows.batch import check_request
 
     config, paths = _load(root, params)
     inbox = Inbox(paths)
     try:
         request = inbox.check(file)
-        stages.check_request(config, paths, request, earlier=inbox.earlier())
+        check_request(config, paths, request, earlier=inbox.earlier())
         destination = inbox.add(file, request)
     except RequestError as error:
         err.print(f"[red]Refused:[/red] {escape(str(error))}")  # the request's own text is not markup
@@ -116,8 +116,8 @@ def serve(cron: Optional[str] = typer.Option(None, help="Cron schedule; default 
 def status(root: Path = ROOT, params: str = PARAMS) -> None:
     """Pending, processed, rejected and failed requests, and the current champion."""
     _environment(root)
-    from components import stages
     from components.data.inbox import Inbox
+    from flows.batch import current_champion
 
     config, paths = _load(root, params)
     state = Inbox(paths).status()
@@ -129,7 +129,7 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
         table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
     console.print(table)
     try:
-        champion = stages.current_champion(config, paths, download=False)
+        champion = current_champion(config, paths, download=False)
     except Exception as error:  # the registry may be unreachable; status still shows the inbox
         err.print(f"[yellow]registry unavailable: {error}[/yellow]")
         return
@@ -145,10 +145,10 @@ def report(run: Optional[str] = typer.Argument(None, help="MLflow run id; defaul
            root: Path = ROOT, params: str = PARAMS) -> None:
     """Show the report of a pipeline run (what was forgotten, metrics, gate decision)."""
     _environment(root)
-    from components import stages
+    from flows.batch import run_report
 
     config, paths = _load(root, params)
-    text = stages.run_report(config, paths, run)
+    text = run_report(config, paths, run)
     if text is None:
         err.print("[red]no such run (or no runs yet)[/red]")
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ calls the same stage functions as ``dvc.yaml``; only the orchestration lives her
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,35 @@ from prefect.cache_policies import NO_CACHE
 
 from components import stages
 from components.config import Config, load_config
+from components.data import versioning
 from components.data.inbox import Inbox, Pending
 from components.data.records import content_hash
 from components.data.requests import RequestError
 from components.paths import Paths
+from components.runtime import apply_threads
+from flows import batch as batch_steps
 
 
-# --------------------------------------------------------------------------- tasks
+def _task(function, name: str):
+    return task(function, name=name, cache_policy=NO_CACHE)
 
 
-@task(name="track-requests", cache_policy=NO_CACHE)
-def track_requests(root: Path, files: list[Path]) -> dict[str, str]:
-    """DVC-track every request file of the batch; returns the DVC hash by file name."""
-    from components.data import versioning
+# Tasks: the stage functions themselves, as Prefect tasks (retries are added where the flow
+# talks to DVC or MLflow).
+track_requests = _task(versioning.track, "track-requests")
+target_model = _task(batch_steps.ensure_target, "target-model")
+find_champion = _task(batch_steps.current_champion, "find-champion")
+batch_models = _task(batch_steps.link_batch_models, "batch-models")
+validate_batch = _task(stages.validate, "validate")
+unlearn_batch = _task(stages.unlearn, "unlearn")
+evaluate_batch = _task(stages.evaluate, "evaluate")
+register_batch = _task(stages.register, "register")
 
-    return versioning.track(root, files) if files else {}
 
-
-@task(name="target-model", cache_policy=NO_CACHE)
-def target_model(config: Config, repo: Paths) -> Path:
-    """The production base model (the demo target is trained once if missing)."""
-    return stages.ensure_target(config, repo, show_progress=False)
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_batch(config: Config, paths: Paths, files: list[Path], earlier: dict[str, list[str]]) -> dict:
+    """The batch's splits; only the summary (ids and counts) becomes the task's result, no record text."""
+    return stages.prepare(config, paths, request_paths=files, earlier=earlier).summary()
 
 
 @task(name="check-request", cache_policy=NO_CACHE)
@@ -53,7 +62,7 @@ def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[s
     """
     request_id = pending.request.request_id
     try:
-        resolution = stages.check_request(config, repo, pending.request, earlier={**earlier, **batch})
+        resolution = batch_steps.check_request(config, repo, pending.request, earlier={**earlier, **batch})
     except RequestError as error:
         reasons = list(error.reasons)
         if batch:
@@ -65,44 +74,147 @@ def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[s
             "forget_ids": [record.record_id for record in resolution.forget]}
 
 
-@task(name="find-champion", cache_policy=NO_CACHE)
-def find_champion(config: Config, repo: Paths) -> dict | None:
-    return stages.current_champion(config, repo)
+# --------------------------------------------------------------------------- the batch's state
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, files: list[Path], earlier: dict[str, list[str]]) -> dict:
-    return stages.prepare(config, paths, request_paths=files, earlier=earlier).summary()
+@dataclass
+class Batch:
+    """What one run knows about its batch; the summary it returns is built from it."""
+
+    repo: Paths
+    config: Config
+    hashes: dict[str, str] = field(default_factory=dict)
+    accepted: list[Pending] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=lambda: {
+        "batch_id": None, "processed": [], "rejected": [], "failed": []})
+
+    @property
+    def retry(self) -> dict[str, float]:
+        return {"retries": self.config.flow.retries, "retry_delay_seconds": self.config.flow.retry_delay_seconds}
 
 
-@task(name="base-models", cache_policy=NO_CACHE)
-def base_models(config: Config, repo: Paths, paths: Paths, start: str | None) -> dict:
-    """Point the batch at the target and its starting model; retrain the oracle if needed."""
-    return stages.link_base_models(config, repo, paths, start=start, show_progress=False)
+def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
+    """Take the inbox: move unreadable files to rejected/, DVC-track the whole batch."""
+    logger = get_run_logger()
+    valid, invalid = inbox.take()
+    rejected = []
+    for path, error in invalid:  # a plain rename first, so one `dvc add` versions the whole batch
+        rejected.append(inbox.reject(path, error))
+        batch.summary["rejected"].append(path.name)
+        logger.warning("rejected %s: %d problem(s), see rejected/", path.name, len(error.reasons))
+    files = [p.path for p in valid] + rejected
+    batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
+    return valid
 
 
-@task(name="validate", cache_policy=NO_CACHE)
-def validate_batch(config: Config, paths: Paths) -> dict:
-    return stages.validate(config, paths)
+def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
+    """Validate each request on its own, after those accepted before it; reject the bad ones."""
+    logger = get_run_logger()
+    target_model(batch.config, batch.repo, show_progress=False)
+    earlier = inbox.earlier()
+    accepted_forget: dict[str, list[str]] = {}
+    for pending in valid:
+        verdict = check_request(batch.config, batch.repo, pending, earlier, accepted_forget)
+        if verdict["accepted"]:
+            batch.accepted.append(pending)
+            accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
+        else:
+            batch.summary["rejected"].append(pending.path.name)
+            logger.warning("rejected %s: %d problem(s), see rejected/", verdict["request_id"], verdict["n_reasons"])
 
 
-@task(name="unlearn", cache_policy=NO_CACHE)
-def unlearn_batch(config: Config, paths: Paths) -> dict:
-    return stages.unlearn(config, paths, start=paths.models / "start", show_progress=False)
+def _batch_id(request_ids: list[str], start: str | None) -> str:
+    """Stable for the same requests and starting model, so a crashed batch resumes."""
+    return "batch-" + content_hash({"requests": sorted(request_ids), "start": start}, length=12)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_batch(config: Config, paths: Paths) -> dict:
-    return stages.evaluate(config, paths, show_progress=False)
+def _open_batch(batch: Batch) -> tuple[Paths, str | None]:
+    """The batch's id and folder, from the accepted requests and the current champion."""
+    champion = find_champion.with_options(**batch.retry)(batch.config, batch.repo)
+    start = champion["model_dir"] if champion else None
+    batch_id = _batch_id([p.request.request_id for p in batch.accepted], champion["version"] if champion else None)
+    batch.summary["batch_id"] = batch_id
+    get_run_logger().info("batch %s: %d request(s) from %s", batch_id, len(batch.accepted),
+                          f"champion v{champion['version']}" if champion else "the target model")
+    return Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root), start
 
 
-@task(name="register", cache_policy=NO_CACHE)
-def register_batch(config: Config, paths: Paths, repo_root: Path, tags: dict[str, str],
-                   dvc_hashes: dict[str, str]) -> dict:
-    return stages.register(config, paths, tracking_root=repo_root, tags=tags, dvc_hashes=dvc_hashes)
+def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
+    """Validate the batch and unlearn it; on any error every request of it goes to failed/."""
+    try:
+        validate_batch(batch.config, paths)
+        unlearn_batch(batch.config, paths, start=paths.models / "start", show_progress=False)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        for pending in batch.accepted:
+            inbox.fail(pending, reason)
+            batch.summary["failed"].append(pending.request.request_id)
+        _publish(batch.summary, None, None)
+        raise
 
 
-# --------------------------------------------------------------------------- helpers
+def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[str]]) -> None:
+    """Processed (with ids, hashes and the model version) when the gate passed, else failed."""
+    for pending in batch.accepted:
+        request_id = pending.request.request_id
+        if gate["passed"]:
+            inbox.complete(pending, {
+                "batch_id": batch.summary["batch_id"],
+                "forget_ids": forget_ids[request_id],
+                "dvc_md5": batch.hashes.get(pending.path.name),
+                "model_name": gate["model_name"],
+                "model_version": gate["version"],
+                "run_id": gate.get("run_id"),
+            })
+            batch.summary["processed"].append(request_id)
+        else:
+            reasons = "; ".join(gate.get("reasons", [])) or "the promotion gate did not pass"
+            inbox.fail(pending, f"gate failed: {reasons}")
+            batch.summary["failed"].append(request_id)
+    batch.summary["gate"] = {"passed": gate["passed"], "version": gate.get("version")}
+
+
+def _push(repo: Paths) -> None:
+    try:
+        versioning.push(repo.root)
+    except Exception as error:  # the batch is done; a push can be repeated with `dvc push`
+        get_run_logger().warning("dvc push failed (%s); run `dvc push` later", error)
+
+
+def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
+    """Prefect artifacts: ids, counts, metrics and the gate decision (never record text)."""
+    lines = [
+        f"# Deletion batch `{summary['batch_id']}`",
+        "",
+        f"- processed: {', '.join(summary['processed']) or 'none'}",
+        f"- rejected: {', '.join(summary['rejected']) or 'none'}",
+        f"- failed: {', '.join(summary['failed']) or 'none'}",
+        f"- records forgotten: {summary.get('n_forget', 0)}",
+    ]
+    if gate is not None:
+        lines += _gate_lines(gate)
+    create_markdown_artifact(markdown="\n".join(lines), key="deletion-batch",
+                             description="Deletion requests processed by this run")
+    if metrics:
+        keys = ["forget_prob", "forget_rouge", "forget_quality", "retain_prob", "model_utility",
+                "mia_auc", "privleak", "extraction_strength"]
+        rows = [{"model": name, **{k: values.get(k) for k in keys}}
+                for name, values in metrics.items() if isinstance(values, dict)]
+        create_table_artifact(table=rows, key="deletion-metrics", description="Evaluation metrics")
+
+
+def _gate_lines(gate: dict) -> list[str]:
+    lines = ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", "",
+             "| metric | op | threshold | value | passed |", "|---|---|---|---|---|"]
+    lines += [f"| {c['metric']} | {c['op']} | {c['threshold']} | {c['value']} | {c['passed']} |"
+              for c in gate["checks"]]
+    if gate.get("version"):
+        lines.append(f"\nRegistered `{gate['model_name']}` version {gate['version']}"
+                     + (f" as `{gate['alias']}`" if gate["passed"] else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- locking
 
 
 def _ensure_concurrency_limit(name: str) -> None:
@@ -141,39 +253,6 @@ def _server_slot(config: Config):
                        lease_duration=config.flow.lease_seconds)
 
 
-def _batch_id(request_ids: list[str], start: str | None) -> str:
-    """Stable for the same requests and starting model, so a crashed batch resumes."""
-    return "batch-" + content_hash({"requests": sorted(request_ids), "start": start}, length=12)
-
-
-def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
-    """Prefect artifacts: ids, counts, metrics and the gate decision (never record text)."""
-    lines = [
-        f"# Deletion batch `{summary['batch_id']}`",
-        "",
-        f"- processed: {', '.join(summary['processed']) or 'none'}",
-        f"- rejected: {', '.join(summary['rejected']) or 'none'}",
-        f"- failed: {', '.join(summary['failed']) or 'none'}",
-        f"- records forgotten: {summary.get('n_forget', 0)}",
-    ]
-    if gate is not None:
-        lines += ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", "",
-                  "| metric | op | threshold | value | passed |", "|---|---|---|---|---|"]
-        lines += [f"| {c['metric']} | {c['op']} | {c['threshold']} | {c['value']} | {c['passed']} |"
-                  for c in gate["checks"]]
-        if gate.get("version"):
-            lines.append(f"\nRegistered `{gate['model_name']}` version {gate['version']}"
-                         + (f" as `{gate['alias']}`" if gate["passed"] else ""))
-    create_markdown_artifact(markdown="\n".join(lines), key="deletion-batch",
-                             description="Deletion requests processed by this run")
-    if metrics:
-        keys = ["forget_prob", "forget_rouge", "forget_quality", "retain_prob", "model_utility",
-                "mia_auc", "privleak", "extraction_strength"]
-        rows = [{"model": name, **{k: values.get(k) for k in keys}}
-                for name, values in metrics.items() if isinstance(values, dict)]
-        create_table_artifact(table=rows, key="deletion-metrics", description="Evaluation metrics")
-
-
 # --------------------------------------------------------------------------- flow
 
 
@@ -185,94 +264,31 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     One run at a time per inbox: the inbox file lock (released by the operating system
     if the process dies), then the Prefect concurrency slot (see :func:`_server_slot`).
     """
-    logger = get_run_logger()
     repo = Paths(Path(root).resolve())
     config = load_config(repo.root / params)
-    if overrides:
-        config = config.with_overrides(overrides)
-    stages.apply_threads(config)
-    retry = {"retries": config.flow.retries, "retry_delay_seconds": config.flow.retry_delay_seconds}
-    inbox = Inbox(repo)
-    summary: dict[str, Any] = {"batch_id": None, "processed": [], "rejected": [], "failed": []}
-
+    config = config.with_overrides(overrides) if overrides else config
+    apply_threads(config)
+    batch, inbox = Batch(repo, config), Inbox(repo)
     with inbox.lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config):
-        valid, invalid = inbox.take()
-        if not valid and not invalid:
-            logger.info("inbox is empty: nothing to process")
-            return summary
-        # Unreadable files move first (a plain rename), so one `dvc add` versions the whole batch.
-        rejected = []
-        for path, error in invalid:
-            rejected.append(inbox.reject(path, error))
-            summary["rejected"].append(path.name)
-            logger.warning("rejected %s: %d problem(s), see rejected/", path.name, len(error.reasons))
-        hashes = track_requests.with_options(**retry)(repo.root, [p.path for p in valid] + rejected)
-
-        target_model(config, repo)
-        earlier = inbox.earlier()
-        accepted: list[Pending] = []
-        accepted_forget: dict[str, list[str]] = {}  # forget ids of the requests accepted so far
-        for pending in valid:
-            verdict = check_request(config, repo, pending, earlier, accepted_forget)
-            if verdict["accepted"]:
-                accepted.append(pending)
-                accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
-            else:
-                summary["rejected"].append(pending.path.name)
-                logger.warning("rejected %s: %d problem(s), see rejected/", verdict["request_id"],
-                               verdict["n_reasons"])
-        if not accepted:
-            _publish(summary, None, None)
-            return summary
-
-        champion = find_champion.with_options(**retry)(config, repo)
-        start = champion["model_dir"] if champion else None
-        request_ids = [p.request.request_id for p in accepted]
-        batch = _batch_id(request_ids, champion["version"] if champion else None)
-        summary["batch_id"] = batch
-        paths = Paths(repo.root / config.flow.runs_dir / batch, config_root=repo.root)
-        logger.info("batch %s: %d request(s) from %s", batch, len(accepted),
-                    f"champion v{champion['version']}" if champion else "the target model")
-
-        resolution = prepare_batch(config, paths, [p.path for p in accepted], earlier)
-        summary["n_forget"] = resolution["n_forget"]
-        base_models(config, repo, paths, start)
-        try:
-            validate_batch(config, paths)
-            unlearn_batch(config, paths)
-        except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
-            for pending in accepted:
-                inbox.fail(pending, reason)
-                summary["failed"].append(pending.request.request_id)
-            _publish(summary, None, None)
-            raise
-        metrics = evaluate_batch(config, paths)
-        dvc_hashes = {p.request.request_id: hashes.get(p.path.name, "") for p in accepted}
-        gate = register_batch.with_options(**retry)(config, paths, repo.root, {"batch_id": batch}, dvc_hashes)
-
-        for pending in accepted:
-            request_id = pending.request.request_id
-            if gate["passed"]:
-                inbox.complete(pending, {
-                    "batch_id": batch,
-                    "forget_ids": resolution["forget_ids_by_request"][request_id],
-                    "dvc_md5": hashes.get(pending.path.name),
-                    "model_name": gate["model_name"],
-                    "model_version": gate["version"],
-                    "run_id": gate.get("run_id"),
-                })
-                summary["processed"].append(request_id)
-            else:
-                reasons = "; ".join(gate.get("reasons", [])) or "the promotion gate did not pass"
-                inbox.fail(pending, f"gate failed: {reasons}")
-                summary["failed"].append(request_id)
-        summary["gate"] = {"passed": gate["passed"], "version": gate.get("version")}
-        _publish(summary, gate, metrics)
-        try:
-            from components.data import versioning
-
-            versioning.push(repo.root)
-        except Exception as error:  # the batch is done; a push can be repeated with `dvc push`
-            logger.warning("dvc push failed (%s); run `dvc push` later", error)
-    return summary
+        valid = _take(batch, inbox)
+        if not valid and not batch.summary["rejected"]:
+            get_run_logger().info("inbox is empty: nothing to process")
+            return batch.summary
+        _check_each(batch, inbox, valid)
+        if not batch.accepted:
+            _publish(batch.summary, None, None)
+            return batch.summary
+        paths, start = _open_batch(batch)
+        resolution = prepare_batch(config, paths, [p.path for p in batch.accepted], inbox.earlier())
+        batch.summary["n_forget"] = resolution["n_forget"]
+        batch_models(config, repo, paths, start=start, show_progress=False)
+        _unlearn(batch, inbox, paths)
+        metrics = evaluate_batch(config, paths, show_progress=False)
+        dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
+        gate = register_batch.with_options(**batch.retry)(
+            config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
+            dvc_hashes=dvc_hashes)
+        _settle(batch, inbox, gate, resolution["forget_ids_by_request"])
+        _publish(batch.summary, gate, metrics)
+        _push(repo)
+    return batch.summary

@@ -1,0 +1,62 @@
+"""The embedded demo models: a byte-level BPE tokenizer and a tiny Llama trained from scratch.
+
+The demo target is trained on the whole world until ``finetune.target_prob``; its oracle is the
+same recipe on the retain set for the target's epoch count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from components.config import Config
+from components.data.records import QARecord, Record
+from components.jsonfiles import write_json
+
+
+def train_demo_tokenizer(config: Config, records: Sequence[Record]):
+    """A tokenizer trained on every question, answer (alternatives included) and text."""
+    from components.modeling.encoding import answer_texts
+    from components.modeling.tokenizer import train_tokenizer
+
+    texts: list[str] = []
+    for record in records:
+        if isinstance(record, QARecord):
+            texts.append(record.question)
+            texts.extend(answer_texts(record))
+        else:
+            texts.append(record.text)
+    return train_tokenizer(texts, vocab_size=config.model.tokenizer.vocab_size)
+
+
+def train_model(config: Config, records: Sequence[Record], tokenizer, out_dir: Path, *,
+                epochs: int | None = None, label: str, show_progress: bool = True) -> dict:
+    """Train a fresh tiny model on ``records`` and save it; returns the fine-tuning summary."""
+    from components.modeling.finetune import finetune as run_finetune
+    from components.modeling.io import save_model
+    from components.modeling.tiny_model import build_tiny_model
+
+    model = build_tiny_model(config.model.tiny, tokenizer, config.model.max_length, config.seed)
+    result = run_finetune(
+        model, tokenizer, records, config.finetune, max_length=config.model.max_length,
+        seed=config.seed, epochs=epochs, show_progress=show_progress, label=label,
+    )
+    save_model(model, tokenizer, out_dir)
+    summary = result.to_dict() | {"n_records": len(records)}
+    write_json(out_dir / "training.json", summary)
+    return summary
+
+
+def train_target(config: Config, records: Sequence[Record], holdout: Sequence[Record], out_dir: Path, *,
+                 show_progress: bool = True) -> tuple[dict, object]:
+    """The demo target: a tokenizer trained on ``records`` and ``holdout``, and a tiny model
+    trained on ``records`` to ``finetune.target_prob``. Returns ``(summary, tokenizer)``."""
+    tokenizer = train_demo_tokenizer(config, list(records) + list(holdout))
+    return train_model(config, records, tokenizer, out_dir, label="target", show_progress=show_progress), tokenizer
+
+
+def trained_epochs(target_dir: Path) -> int:
+    """How many epochs the demo target at ``target_dir`` was trained (its oracle gets as many)."""
+    import json
+
+    return json.loads((Path(target_dir) / "training.json").read_text(encoding="utf-8"))["epochs"]

@@ -1,0 +1,19 @@
+"""One module per pipeline stage: config and paths in, files out.
+
+``dvc.yaml`` runs them through ``python -m components.stages NAME`` (see ``__main__``); the
+Prefect flow calls the same functions. Nothing here imports Prefect.
+
+    prepare ──► finetune ──► validate ──► unlearn ──► evaluate ──► register
+"""
+
+from components.stages.evaluate import evaluate
+from components.stages.finetune import finetune, train_oracle
+from components.stages.prepare import load_earlier, load_prepared_requests, load_splits, prepare
+from components.stages.register import register
+from components.stages.unlearn import unlearn
+from components.stages.validate import validate
+
+__all__ = [
+    "evaluate", "finetune", "load_earlier", "load_prepared_requests", "load_splits", "prepare",
+    "register", "train_oracle", "unlearn", "validate",
+]

@@ -1,0 +1,92 @@
+"""Stage ``prepare``: resolve the deletion request(s) against the world and write the splits."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from components.config import Config
+from components.data.loaders import load_records, save_records
+from components.data.records import Record
+from components.data.requests import DeletionRequest, Resolution, read_request, resolve_requests
+from components.data.world import load_world
+from components.jsonfiles import write_json
+from components.paths import Paths
+
+
+def prepare(
+    config: Config,
+    paths: Paths,
+    *,
+    request_paths: Sequence[str | Path] | None = None,
+    earlier: Mapping[str, Sequence[str]] | None = None,
+) -> Resolution:
+    """Load the world, resolve the deletion request(s), write the splits under data/prepared/.
+
+    ``request_paths`` defaults to the ``request`` in params.yaml; several requests are
+    unlearned together as one batch. ``earlier`` maps the ids of requests processed before to
+    the record ids they erased; those records leave the retain set and are written out for the
+    "still forgotten" checks.
+    """
+    request_paths = list(request_paths or [paths.config_root / config.request])
+    world = load_world(config.world, config.seed, paths.config_root)
+    requests = [read_request(path) for path in request_paths]
+    earlier = dict(earlier or {})
+    forgotten = {record_id for ids in earlier.values() for record_id in ids}
+    resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
+
+    save_records(world.records, paths.world)
+    save_records(world.holdout, paths.holdout)
+    save_records(resolution.forget, paths.forget)
+    save_records(resolution.retain, paths.retain)
+    _write_earlier(paths, world.records, earlier)
+    _copy_requests(paths, request_paths, requests)
+    summary = resolution.summary() | {
+        "n_world": len(world.records),
+        "n_holdout": len(world.holdout),
+        "earlier_requests": sorted(earlier),
+    }
+    write_json(paths.resolution, summary)
+    return resolution
+
+
+def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str, Sequence[str]]) -> None:
+    """One JSONL per earlier request with the records it erased (for "still forgotten")."""
+    if paths.earlier.exists():
+        for old in paths.earlier.glob("*.jsonl"):
+            old.unlink()
+    paths.earlier.mkdir(parents=True, exist_ok=True)
+    by_id = {record.record_id: record for record in records}
+    for request_id, ids in earlier.items():
+        save_records([by_id[i] for i in ids if i in by_id], paths.earlier / f"{request_id}.jsonl")
+
+
+def _copy_requests(paths: Paths, request_paths: Sequence[str | Path], requests: Sequence[DeletionRequest]) -> None:
+    requests_dir = paths.prepared / "requests"
+    if requests_dir.exists():
+        shutil.rmtree(requests_dir)
+    requests_dir.mkdir(parents=True)
+    for request_path, request in zip(request_paths, requests):
+        shutil.copyfile(request_path, requests_dir / f"{request.request_id}.json")
+
+
+def load_splits(paths: Paths) -> dict[str, list[Record]]:
+    """Read back what :func:`prepare` wrote (an empty file is an empty split)."""
+    def read(path: Path) -> list[Record]:
+        return load_records(path) if path.stat().st_size else []
+
+    return {name: read(getattr(paths, name)) for name in ("world", "holdout", "forget", "retain")}
+
+
+def load_prepared_requests(paths: Paths) -> list[DeletionRequest]:
+    """The deletion requests of the prepared batch, parsed again."""
+    return [read_request(p) for p in sorted((paths.prepared / "requests").glob("*.json"))]
+
+
+def load_earlier(paths: Paths) -> dict[str, list[Record]]:
+    """Forget sets of earlier requests, by request id."""
+    if not paths.earlier.exists():
+        return {}
+    return {file.stem: load_records(file) for file in sorted(paths.earlier.glob("*.jsonl"))
+            if file.stat().st_size}

@@ -1,0 +1,78 @@
+"""Stage ``unlearn``: BLUR (or a baseline) from the starting model into models/unlearned."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+
+from components.config import Config
+from components.jsonfiles import write_json
+from components.paths import Paths
+from components.stages.prepare import load_splits
+
+STEP_COLUMNS = ["step", "forget_loss", "retain_loss", "inner", "forget_norm_sq", "retain_norm_sq",
+                "cos", "xi", "grad_norm", "lr"]
+
+
+def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_progress: bool = True) -> dict:
+    """Unlearn the forget set from ``start`` (default models/target) into models/unlearned.
+
+    Checkpoints go to checkpoints/unlearn/ and are resumed after a crash; on NaN/inf the
+    run stops with :class:`UnlearningDivergedError` and no model is written.
+    """
+    from components.modeling.io import load_model_dir, save_model
+    from components.unlearning import run_unlearning
+
+    started = time.perf_counter()
+    rank, device = _init_distributed()
+    splits = load_splits(paths)
+    loaded = load_model_dir(start or paths.target, device=device)
+    if loaded is None:
+        raise FileNotFoundError(f"no starting model at {start or paths.target}")
+    if rank == 0 and paths.unlearned.exists():
+        shutil.rmtree(paths.unlearned)
+    log_path = paths.reports / "unlearn_log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result = run_unlearning(
+        loaded.model, loaded.tokenizer, splits["forget"], splits["retain"], config.unlearn,
+        max_length=config.model.max_length, seed=config.seed,
+        checkpoint_dir=paths.checkpoints, log_path=log_path, show_progress=show_progress and rank == 0,
+    )
+    if rank != 0:
+        return result.summary()
+    save_model(result.model, loaded.tokenizer, paths.unlearned)
+    write_steps_csv(result.diagnostics, paths.reports / "plots" / "unlearn_steps.csv")
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    method = {k: getattr(config.unlearn, k) for k in ("combiner", "lower", "forget_loss", "retain_loss",
+                                                       "gamma", "alpha", "lr")}
+    summary = result.summary() | {"method": method, "start_model": str(loaded.source),
+                                  "seconds": round(time.perf_counter() - started, 1)}
+    write_json(paths.reports / "unlearn.json", summary)
+    return summary
+
+
+def _init_distributed() -> tuple[int, str]:
+    """Join the process group when launched by ``torchrun`` (one process per device)."""
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device != "cpu":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if device != "cpu" else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), device
+
+
+def write_steps_csv(diagnostics: list[dict], path: Path) -> Path:
+    """Per-step diagnostics as the CSV ``dvc plots`` draws."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=STEP_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(diagnostics)
+    return path

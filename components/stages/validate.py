@@ -1,0 +1,36 @@
+"""Stage ``validate``: Great Expectations suites over the request(s) and the splits."""
+
+from __future__ import annotations
+
+from components.config import Config
+from components.paths import Paths
+from components.stages.prepare import load_prepared_requests, load_splits
+
+
+def tokenizer_for(paths: Paths):
+    """The tokenizer of the model ``paths.target`` stands for."""
+    from transformers import AutoTokenizer
+
+    from components.modeling.io import resolve_model_source
+
+    return AutoTokenizer.from_pretrained(resolve_model_source(paths.target))
+
+
+def validate(config: Config, paths: Paths) -> dict:
+    """Great Expectations suites over the request(s), world, forget and retain sets.
+
+    Writes reports/validation.json and Data Docs under reports/data_docs/; raises
+    :class:`components.validation.ValidationFailed` (nothing downstream runs) on failure.
+    """
+    from components.validation import validate_request_data
+
+    splits = load_splits(paths)
+    report = validate_request_data(
+        world=splits["world"], holdout=splits["holdout"] or None,
+        forget=splits["forget"], retain=splits["retain"],
+        request=load_prepared_requests(paths), tokenizer=tokenizer_for(paths),
+        max_length=config.model.max_length,
+        docs_dir=paths.reports / "data_docs", report_path=paths.reports / "validation.json",
+    )
+    report.raise_if_failed()
+    return report.to_dict()

@@ -1,0 +1,108 @@
+"""What the flow and the ``blur`` CLI need beyond the stages: one request's check, the production
+target, a batch folder's models, and the registry's view (champion, reports). No Prefect here:
+``flows/pipeline.py`` wraps these in tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from components.config import Config
+from components.data.requests import DeletionRequest, RequestError, Resolution, resolve_request
+from components.data.world import load_world
+from components.modeling.demo import train_target, trained_epochs
+from components.modeling.io import write_model_ref
+from components.modeling.resolve import link_user_models, model_plan, target_source
+from components.paths import Paths
+from components.stages import train_oracle
+
+
+def check_request(config: Config, repo: Paths, request: DeletionRequest, *,
+                  earlier: Mapping[str, Sequence[str]] | None = None) -> Resolution:
+    """Resolve one request against the world and run the validation suites on it alone.
+
+    Raises :class:`RequestError` with every reason (also for failed expectations). The
+    token-length checks need the target's tokenizer; before a demo target exists they wait
+    for the batch validation.
+    """
+    from components.validation import validate_request_data
+
+    world = load_world(config.world, config.seed, repo.root)
+    forgotten = {record_id for ids in (earlier or {}).values() for record_id in ids}
+    resolution = resolve_request(request, world.records, already_forgotten=forgotten)
+    target = target_source(model_plan(config, repo.root), repo)
+    if target is None:
+        return resolution
+    from transformers import AutoTokenizer
+
+    report = validate_request_data(
+        world=world.records, forget=resolution.forget, retain=resolution.retain, request=request,
+        tokenizer=AutoTokenizer.from_pretrained(target), max_length=config.model.max_length,
+    )
+    if not report.passed:
+        raise RequestError([report.reason()], source=request.request_id)
+    return resolution
+
+
+def ensure_target(config: Config, repo: Paths, *, show_progress: bool = True) -> str:
+    """The production target's location: ``model.base``, or the demo target (trained if missing)."""
+    plan = model_plan(config, repo.root)
+    found = target_source(plan, repo)
+    if found is not None:
+        return found
+    world = load_world(config.world, config.seed, repo.root)
+    train_target(config, world.records, world.holdout, repo.target, show_progress=show_progress)
+    return str(repo.target.resolve())
+
+
+def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str | None,
+                      show_progress: bool = True) -> dict:
+    """Point a batch folder at the target and its starting model, and provide its oracle.
+
+    The oracle must never have seen any forgotten record: on the demo world it is retrained
+    on the batch's retain set (the target's recipe and epoch count); for a user's own model
+    it is ``model.oracle`` or absent.
+    """
+    plan = model_plan(config, repo.root)
+    target = ensure_target(config, repo, show_progress=show_progress)
+    write_model_ref(paths.models / "start", str(Path(start).resolve()) if start else target)
+    if not plan.is_demo:
+        link_user_models(plan, paths)
+        return {"oracle": plan.oracle}
+    write_model_ref(paths.target, target)
+    from transformers import AutoTokenizer
+
+    oracle = train_oracle(config, paths, AutoTokenizer.from_pretrained(target),
+                          epochs=trained_epochs(repo.target), show_progress=show_progress)
+    return {"oracle": oracle}
+
+
+def current_champion(config: Config, repo: Paths, *, download: bool = True) -> dict | None:
+    """The model the serving alias points to (downloaded under models/champion), or None."""
+    from components.registry import champion, tracking_store
+
+    found = champion(config.registry.model_name, config.registry.alias, store=tracking_store(repo.root),
+                     dst=repo.models / "champion" if download else None, download=download)
+    if found is None:
+        return None
+    return {"version": found.version, "run_id": found.run_id,
+            "model_dir": str(found.model_dir) if found.model_dir else None}
+
+
+def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | None:
+    """The markdown report of an MLflow run (the latest run of the experiment by default)."""
+    from components.registry import connect, tracking_store
+    from components.registry.tracking import experiment_id
+
+    store = tracking_store(repo.root)
+    client = connect(store)
+    if run_id is None:
+        experiment = experiment_id(client, store, config.registry.experiment)
+        runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            return None
+        run_id = runs[0].info.run_id
+    try:
+        return Path(client.download_artifacts(run_id, "run_report.md")).read_text(encoding="utf-8")
+    except Exception:
+        return None
