@@ -157,9 +157,14 @@ class GateConfig(_Section):
     max_forget_prob_ratio: float | None = Field(default=None, ge=0)
     min_utility_ratio: float | None = Field(default=None, ge=0)
     max_abs_privleak: float | None = Field(default=None, ge=0)
-    # A configured check whose metric is null (e.g. no oracle model) is skipped and recorded;
-    # with fail_on_missing it fails the gate instead.
-    fail_on_missing: bool = False
+    # Earlier requests must stay forgotten: worst unlearned/target forget probability among them.
+    max_earlier_forget_prob_ratio: float | None = Field(default=0.5, ge=0)
+    # Oracle-free: the forget set against the holdout (records never trained on).
+    min_forget_holdout_ks_p: float | None = Field(default=None, ge=0, le=1)
+    max_forget_holdout_auc_gap: float | None = Field(default=None, ge=0, le=0.5)  # |AUC - 0.5|
+    # Fail closed: a configured check whose metric is null, NaN or absent fails the gate.
+    # false records it as skipped instead; a null threshold is not checked at all.
+    fail_on_missing: bool = True
 
 
 class RegistryConfig(_Section):

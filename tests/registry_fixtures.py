@@ -78,7 +78,8 @@ def sample_metrics(*, forget_quality=0.4, forget_prob=0.1, target_forget_prob=0.
 
     return {
         "target": model(forget_prob=target_forget_prob, model_utility=target_model_utility,
-                        forget_quality=0.01 if oracle else None, privleak=60.0 if oracle else None),
+                        forget_quality=0.01 if oracle else None, privleak=60.0 if oracle else None,
+                        earlier={"req-earlier": {"forget_prob": 0.75, "forget_rouge": 0.8}}),
         "oracle": model(forget_prob=0.05, forget_quality=1.0, privleak=0.0) if oracle else
         {key: None for key in model()},
         "unlearned": model(forget_prob=forget_prob, forget_quality=forget_quality if oracle else None,
@@ -119,7 +120,11 @@ def registry_config(**gate) -> Config:
 
 # --------------------------------------------------------------------------- gate property helpers
 
-GATE_SETTINGS = ("min_forget_quality", "max_forget_prob_ratio", "min_utility_ratio", "max_abs_privleak")
+GATE_SETTINGS = ("min_forget_quality", "max_forget_prob_ratio", "min_utility_ratio", "max_abs_privleak",
+                 "max_earlier_forget_prob_ratio", "min_forget_holdout_ks_p", "max_forget_holdout_auc_gap")
+# Largest threshold each setting accepts (GateConfig's bounds) and the range drawn for it.
+THRESHOLD_RANGE = {"min_forget_quality": (0, 1), "max_abs_privleak": (0, 100), "min_forget_holdout_ks_p": (0, 1),
+                   "max_forget_holdout_auc_gap": (0, 0.5)}
 
 
 def _draw_value(rng: random.Random, low: float, high: float):
@@ -133,26 +138,38 @@ def _draw_value(rng: random.Random, low: float, high: float):
     return rng.uniform(low, high)
 
 
+def _draw_earlier(rng: random.Random) -> tuple[dict, dict] | None:
+    """Earlier-request sections of the unlearned and target models (None: the section is absent)."""
+    count = rng.choice([None, 0, 1, 2, 3])
+    if count is None:
+        return None
+    ids = [f"req-e{i}" for i in range(count)]
+    return ({rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids},
+            {rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids})
+
+
 def draw_gate_case(rng: random.Random) -> tuple[dict, dict]:
-    """Random metrics and thresholds, with some thresholds exactly on the value."""
+    """Random metrics and thresholds (every setting of GateConfig, fail_on_missing included),
+    with some thresholds exactly on the value."""
     unlearned = {"forget_quality": _draw_value(rng, 0, 1), "forget_prob": _draw_value(rng, 0, 1),
-                 "model_utility": _draw_value(rng, 0, 1), "privleak": _draw_value(rng, -100, 100)}
+                 "model_utility": _draw_value(rng, 0, 1), "privleak": _draw_value(rng, -100, 100),
+                 "forget_holdout_ks_p": _draw_value(rng, 0, 1), "forget_holdout_auc": _draw_value(rng, 0, 1)}
     target = {"forget_prob": _draw_value(rng, 0, 1), "model_utility": _draw_value(rng, 0, 1)}
+    earlier = _draw_earlier(rng)
+    if earlier is not None:
+        unlearned["earlier"], target["earlier"] = earlier
     metrics = {"target": target, "oracle": {}, "unlearned": unlearned}
-    thresholds = {}
+    thresholds: dict = {"fail_on_missing": rng.random() < 0.5}
     for setting in GATE_SETTINGS:
+        low, high = THRESHOLD_RANGE.get(setting, (0, 2))
         roll = rng.random()
+        value = expected_gate_value(metrics, setting)
         if roll < 0.3:
             thresholds[setting] = None
-        elif roll < 0.4:  # exactly at the value: an inclusive bound passes
-            value = expected_gate_value(metrics, setting)
-            thresholds[setting] = value if value is not None and 0 <= value < math.inf else rng.uniform(0, 1)
-        elif setting == "max_abs_privleak":
-            thresholds[setting] = rng.uniform(0, 100)
-        elif setting == "min_forget_quality":
-            thresholds[setting] = rng.uniform(0, 1)
+        elif roll < 0.4 and isinstance(value, float) and low <= value <= high:  # an inclusive bound passes
+            thresholds[setting] = value
         else:
-            thresholds[setting] = rng.uniform(0, 2)
+            thresholds[setting] = rng.uniform(low, high)
     return metrics, thresholds
 
 
@@ -160,27 +177,50 @@ def _usable(value) -> bool:
     return value is not None and not math.isnan(value)
 
 
-def expected_gate_value(metrics: dict, setting: str) -> float | None:
-    """The quantity each setting bounds, written out independently of the gate module."""
+def _ratio(u, t):
+    if not (_usable(u) and _usable(t)):
+        return None
+    if t == 0:
+        return None if u == 0 else math.inf
+    return u / t
+
+
+NOTHING_TO_CHECK = "nothing to check"
+
+
+def expected_gate_value(metrics: dict, setting: str):
+    """The quantity each setting bounds, written out independently of the gate module
+    (None: it cannot be computed; NOTHING_TO_CHECK: no earlier requests)."""
     u, t = metrics["unlearned"], metrics["target"]
-    if setting == "min_forget_quality":
-        return u["forget_quality"] if _usable(u["forget_quality"]) else None
+    plain = {"min_forget_quality": "forget_quality", "min_forget_holdout_ks_p": "forget_holdout_ks_p"}
+    if setting in plain:
+        return u[plain[setting]] if _usable(u[plain[setting]]) else None
     if setting == "max_abs_privleak":
         return abs(u["privleak"]) if _usable(u["privleak"]) else None
+    if setting == "max_forget_holdout_auc_gap":
+        return abs(u["forget_holdout_auc"] - 0.5) if _usable(u["forget_holdout_auc"]) else None
+    if setting == "max_earlier_forget_prob_ratio":
+        if "earlier" not in u:
+            return None
+        if not u["earlier"]:
+            return NOTHING_TO_CHECK
+        ratios = [_ratio(u["earlier"][rid]["forget_prob"], t["earlier"][rid]["forget_prob"]) for rid in u["earlier"]]
+        return None if None in ratios else max(ratios)
     key = "forget_prob" if setting == "max_forget_prob_ratio" else "model_utility"
-    if not (_usable(u[key]) and _usable(t[key])):
-        return None
-    if t[key] == 0:
-        return None if u[key] == 0 else math.inf
-    return u[key] / t[key]
+    return _ratio(u[key], t[key])
 
 
 def expected_gate_pass(metrics: dict, thresholds: dict) -> bool:
-    for setting, threshold in thresholds.items():
+    for setting in GATE_SETTINGS:
+        threshold = thresholds.get(setting)
         if threshold is None:
             continue
         value = expected_gate_value(metrics, setting)
+        if value == NOTHING_TO_CHECK:
+            continue
         if value is None:
+            if thresholds.get("fail_on_missing", True):
+                return False  # fails closed
             continue  # skipped: recorded, does not fail the gate
         ok = value >= threshold if setting.startswith("min_") else value <= threshold
         if not ok:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
-from components.config import GateConfig
+from components.config import GateConfig, load_config
 from components.registry.gate import evaluate_gate
-from registry_fixtures import draw_gate_case, expected_gate_pass, sample_metrics
+from registry_fixtures import GATE_SETTINGS, draw_gate_case, expected_gate_pass, sample_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def only(**settings) -> GateConfig:
+    """A gate with just these settings: every other threshold null (not checked)."""
+    return GateConfig(**({setting: None for setting in GATE_SETTINGS} | settings))
 
 
 def metrics_with(unlearned: dict, target: dict | None = None) -> dict:
@@ -30,7 +38,7 @@ THRESHOLD_CASES = [
 @pytest.mark.parametrize("setting, threshold, passing, failing", THRESHOLD_CASES,
                          ids=[case[0] for case in THRESHOLD_CASES])
 def test_each_threshold_passes_at_its_bound_and_fails_beyond_it(setting, threshold, passing, failing):
-    gate = GateConfig(**{setting: threshold})
+    gate = only(**{setting: threshold})
     good = evaluate_gate(metrics_with(passing), gate)
     bad = evaluate_gate(metrics_with(failing), gate)
     assert good.passed and [c.passed for c in good.checks] == [True]
@@ -39,8 +47,8 @@ def test_each_threshold_passes_at_its_bound_and_fails_beyond_it(setting, thresho
 
 
 def test_check_values_are_the_documented_quantities():
-    gate = GateConfig(min_forget_quality=0.0, max_forget_prob_ratio=1.0, min_utility_ratio=0.0,
-                      max_abs_privleak=100.0)
+    gate = only(min_forget_quality=0.0, max_forget_prob_ratio=1.0, min_utility_ratio=0.0,
+                max_abs_privleak=100.0)
     metrics = metrics_with({"forget_quality": 0.3, "forget_prob": 0.2, "model_utility": 0.4, "privleak": -12.5},
                            {"forget_prob": 0.8, "model_utility": 0.5})
     values = {c.metric: (c.op, c.value) for c in evaluate_gate(metrics, gate).checks}
@@ -49,21 +57,21 @@ def test_check_values_are_the_documented_quantities():
 
 
 def test_null_thresholds_are_not_checked():
-    decision = evaluate_gate(sample_metrics(forget_quality=0.0, forget_prob=0.8), GateConfig())
+    decision = evaluate_gate(sample_metrics(forget_quality=0.0, forget_prob=0.8), only())
     assert decision.passed
     assert decision.checks == ()
     assert "no gate thresholds are configured" in decision.notes[0]  # said out loud in gate.json
 
 
 def test_only_configured_thresholds_become_checks():
-    decision = evaluate_gate(sample_metrics(), GateConfig(max_abs_privleak=50.0))
+    decision = evaluate_gate(sample_metrics(), only(max_abs_privleak=50.0))
     assert [c.setting for c in decision.checks] == ["gate.max_abs_privleak"]
 
 
-def test_null_metric_is_skipped_and_recorded_without_failing_the_gate():
+def test_with_fail_on_missing_false_a_null_metric_is_skipped_and_recorded_without_failing_the_gate():
     metrics = sample_metrics(oracle=False)  # no oracle: forget_quality and privleak are null
-    decision = evaluate_gate(metrics, GateConfig(min_forget_quality=0.05, max_abs_privleak=10.0,
-                                                 max_forget_prob_ratio=0.5))
+    decision = evaluate_gate(metrics, only(min_forget_quality=0.05, max_abs_privleak=10.0,
+                                           max_forget_prob_ratio=0.5, fail_on_missing=False))
     assert decision.passed
     skipped = {c.metric: c for c in decision.skipped}
     assert set(skipped) == {"forget_quality", "abs_privleak"}
@@ -72,44 +80,61 @@ def test_null_metric_is_skipped_and_recorded_without_failing_the_gate():
     assert decision.to_dict()["skipped"][0]["setting"] == "gate.min_forget_quality"
 
 
-def test_nan_metric_is_skipped_like_null():
-    decision = evaluate_gate(metrics_with({"forget_quality": math.nan}), GateConfig(min_forget_quality=0.05))
+def test_with_fail_on_missing_false_a_nan_metric_is_skipped_like_null():
+    decision = evaluate_gate(metrics_with({"forget_quality": math.nan}),
+                             only(min_forget_quality=0.05, fail_on_missing=False))
     assert decision.passed and decision.checks[0].passed is None
 
 
 def test_skipped_checks_do_not_rescue_a_failing_one():
     metrics = metrics_with({"forget_quality": None, "forget_prob": 0.79})
-    decision = evaluate_gate(metrics, GateConfig(min_forget_quality=0.05, max_forget_prob_ratio=0.5))
+    decision = evaluate_gate(metrics, only(min_forget_quality=0.05, max_forget_prob_ratio=0.5, fail_on_missing=False))
     assert not decision.passed
     assert [c.passed for c in decision.checks] == [None, False]
 
 
-def test_fail_on_missing_turns_a_skipped_check_into_a_failure():
-    gate = GateConfig(min_forget_quality=0.05, fail_on_missing=True)
-    decision = evaluate_gate(metrics_with({"forget_quality": None}), gate)
+@pytest.mark.parametrize("value", [None, math.nan, "absent"])
+def test_the_gate_fails_closed_by_default_on_a_null_nan_or_absent_metric(value):
+    unlearned = {"forget_prob": 0.1} if value == "absent" else {"forget_prob": 0.1, "forget_quality": value}
+    decision = evaluate_gate(metrics_with(unlearned), only(min_forget_quality=0.05, max_forget_prob_ratio=0.5))
     assert not decision.passed
-    assert decision.checks[0].passed is False
-    assert "fail_on_missing" in decision.reasons[0]
+    assert [c.passed for c in decision.checks] == [False, True]
+    assert "forget_quality cannot be computed" in decision.reasons[0]
+    assert "set gate.min_forget_quality: null" in decision.reasons[0]  # how to skip it on purpose
 
 
-def test_ratio_over_a_zero_target_is_skipped_when_both_are_zero_and_infinite_otherwise():
-    gate = GateConfig(max_forget_prob_ratio=0.5)
+def test_a_candidate_whose_metrics_are_all_nan_fails_the_shipped_params():
+    config = load_config(ROOT / "params.yaml")
+    nan_model = {key: math.nan for key in ("forget_prob", "forget_quality", "model_utility", "privleak")}
+    metrics = {"target": dict(nan_model, earlier={}), "oracle": dict(nan_model), "unlearned": dict(nan_model, earlier={})}
+    decision = evaluate_gate(metrics, config.gate)
+    assert not decision.passed
+    assert {c.metric for c in decision.checks if c.passed is False} >= {"forget_quality", "forget_prob_ratio",
+                                                                           "utility_ratio"}
+    assert not evaluate_gate({"target": {}, "unlearned": {}}, config.gate).passed  # nothing measured at all
+
+
+def test_ratio_over_a_zero_target_is_undefined_when_both_are_zero_and_infinite_otherwise():
+    gate = only(max_forget_prob_ratio=0.5)
     both_zero = evaluate_gate(metrics_with({"forget_prob": 0.0}, {"forget_prob": 0.0}), gate)
     grew = evaluate_gate(metrics_with({"forget_prob": 0.1}, {"forget_prob": 0.0}), gate)
-    assert both_zero.passed and both_zero.checks[0].passed is None
+    assert not both_zero.passed and both_zero.checks[0].value is None  # undefined: fails closed
+    skipping = evaluate_gate(metrics_with({"forget_prob": 0.0}, {"forget_prob": 0.0}),
+                             only(max_forget_prob_ratio=0.5, fail_on_missing=False))
+    assert skipping.passed and skipping.checks[0].passed is None
     assert not grew.passed and grew.checks[0].value == math.inf
     assert grew.to_dict()["checks"][0]["value"] == "inf"  # JSON has no infinity
 
 
 def test_privleak_is_checked_in_absolute_value():
-    gate = GateConfig(max_abs_privleak=20.0)
+    gate = only(max_abs_privleak=20.0)
     assert not evaluate_gate(metrics_with({"privleak": -35.0}), gate).passed
     assert evaluate_gate(metrics_with({"privleak": -15.0}), gate).passed
 
 
 def test_gate_fails_when_any_one_evaluated_check_fails():
-    gate = GateConfig(min_forget_quality=0.05, max_forget_prob_ratio=0.5, min_utility_ratio=0.9,
-                      max_abs_privleak=20.0)
+    gate = only(min_forget_quality=0.05, max_forget_prob_ratio=0.5, min_utility_ratio=0.9,
+                max_abs_privleak=20.0)
     metrics = sample_metrics(forget_quality=0.5, forget_prob=0.1, model_utility=0.3, privleak=1.0)
     decision = evaluate_gate(metrics, gate)
     assert not decision.passed
@@ -117,12 +142,12 @@ def test_gate_fails_when_any_one_evaluated_check_fails():
 
 
 def test_failure_reason_names_the_metric_value_threshold_and_setting():
-    decision = evaluate_gate(metrics_with({"forget_quality": 0.012}), GateConfig(min_forget_quality=0.05))
+    decision = evaluate_gate(metrics_with({"forget_quality": 0.012}), only(min_forget_quality=0.05))
     assert decision.reasons == ["forget_quality 0.012 < 0.05 (gate.min_forget_quality)"]
 
 
 def test_decision_dict_has_the_gate_json_shape():
-    decision = evaluate_gate(sample_metrics(), GateConfig(min_forget_quality=0.05, max_abs_privleak=1.0))
+    decision = evaluate_gate(sample_metrics(), only(min_forget_quality=0.05, max_abs_privleak=1.0))
     data = json.loads(json.dumps(decision.to_dict(), allow_nan=False))
     assert {"passed", "checks", "model_name", "version", "alias", "reasons", "skipped"} <= set(data)
     assert isinstance(data["passed"], bool)
@@ -136,6 +161,82 @@ def test_a_non_numeric_metric_is_an_input_error():
         evaluate_gate(metrics_with({"forget_quality": "high"}), GateConfig(min_forget_quality=0.05))
 
 
+# --------------------------------------------------------------------------- earlier requests stay forgotten (issue 13)
+
+
+def with_earlier(unlearned: dict, target: dict) -> dict:
+    """Metrics whose earlier-request sections hold these forget probabilities, by request id."""
+    return {"target": {"forget_prob": 0.8, "earlier": {rid: {"forget_prob": p} for rid, p in target.items()}},
+            "oracle": {}, "unlearned": {"forget_prob": 0.1,
+                                        "earlier": {rid: {"forget_prob": p} for rid, p in unlearned.items()}}}
+
+
+def test_the_default_gate_fails_a_candidate_that_remembers_an_earlier_request_again():
+    metrics = with_earlier({"req-a": 0.05, "req-b": 0.6}, {"req-a": 0.8, "req-b": 0.8})
+    decision = evaluate_gate(metrics, GateConfig())  # on by default
+    assert not decision.passed
+    [check] = decision.checks
+    assert (check.metric, check.op, check.value) == ("earlier_forget_prob_ratio", "<=", pytest.approx(0.75))
+    assert decision.reasons == ["earlier_forget_prob_ratio 0.75 > 0.5 (gate.max_earlier_forget_prob_ratio); "
+                                "worst: earlier request req-b"]
+    assert evaluate_gate(with_earlier({"req-a": 0.05, "req-b": 0.4}, {"req-a": 0.8, "req-b": 0.8}),
+                         GateConfig()).passed
+
+
+def test_with_no_earlier_requests_there_is_nothing_to_recheck_and_the_check_passes():
+    decision = evaluate_gate(with_earlier({}, {}), only(max_earlier_forget_prob_ratio=0.5))
+    assert decision.passed and decision.checks[0].passed is True and decision.checks[0].value is None
+    assert "no earlier requests" in decision.checks[0].reason
+
+
+@pytest.mark.parametrize("case", ["no earlier section", "unlearned value NaN", "target value missing"])
+def test_an_earlier_request_that_cannot_be_measured_fails_closed(case):
+    metrics = with_earlier({"req-a": 0.05}, {"req-a": 0.8})
+    if case == "no earlier section":
+        del metrics["unlearned"]["earlier"]
+    elif case == "unlearned value NaN":
+        metrics["unlearned"]["earlier"]["req-a"]["forget_prob"] = math.nan
+    else:
+        del metrics["target"]["earlier"]["req-a"]
+    decision = evaluate_gate(metrics, only(max_earlier_forget_prob_ratio=0.5))
+    assert not decision.passed and decision.checks[0].value is None
+    assert "cannot be computed" in decision.reasons[0]
+
+
+# --------------------------------------------------------------------------- no oracle: forget vs holdout (issue 11)
+
+
+def test_forget_holdout_ks_p_is_a_lower_bound():
+    gate = only(min_forget_holdout_ks_p=0.05)
+    assert evaluate_gate(metrics_with({"forget_holdout_ks_p": 0.05}), gate).passed
+    failed = evaluate_gate(metrics_with({"forget_holdout_ks_p": 0.01}), gate)
+    assert failed.reasons == ["forget_holdout_ks_p 0.01 < 0.05 (gate.min_forget_holdout_ks_p)"]
+
+
+@pytest.mark.parametrize("auc, passed", [(0.5, True), (0.6, True), (0.4, True), (0.61, False), (0.39, False),
+                                         (0.95, False), (0.02, False)])
+def test_forget_holdout_auc_gap_fails_under_and_over_forgetting_alike(auc, passed):
+    decision = evaluate_gate(metrics_with({"forget_holdout_auc": auc}), only(max_forget_holdout_auc_gap=0.1))
+    assert decision.passed is passed
+    assert decision.checks[0].value == pytest.approx(abs(auc - 0.5))
+    if not passed:
+        side = "not forgotten" if auc > 0.5 else "over-forgotten"
+        assert side in decision.reasons[0] and "gate.max_forget_holdout_auc_gap" in decision.reasons[0]
+
+
+def test_oracle_free_checks_need_their_metrics_like_every_other_check():
+    gate = only(min_forget_holdout_ks_p=0.05, max_forget_holdout_auc_gap=0.1)
+    decision = evaluate_gate(metrics_with({"forget_prob": 0.1}), gate)
+    assert [c.passed for c in decision.checks] == [False, False]
+
+
+def test_oracle_free_gate_settings_are_bounded():
+    with pytest.raises(ValueError):
+        GateConfig(max_forget_holdout_auc_gap=0.6)  # |AUC - 0.5| is at most 0.5
+    with pytest.raises(ValueError):
+        GateConfig(min_forget_holdout_ks_p=1.5)
+
+
 # --------------------------------------------------------------------------- property (issue 7 item 4)
 
 def test_gate_passes_iff_every_configured_check_passes_over_random_draws():
@@ -146,6 +247,6 @@ def test_gate_passes_iff_every_configured_check_passes_over_random_draws():
         decision = evaluate_gate(metrics, GateConfig(**thresholds))
         expected = expected_gate_pass(metrics, thresholds)
         assert decision.passed == expected, (metrics, thresholds, decision)
-        assert len(decision.checks) == sum(v is not None for v in thresholds.values())
+        assert len(decision.checks) == sum(thresholds[s] is not None for s in GATE_SETTINGS)
         outcomes.add(expected)
     assert outcomes == {True, False}

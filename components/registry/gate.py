@@ -4,26 +4,34 @@
 mapping: ``{"target": {...}, "oracle": {...}, "unlearned": {...}}``) and the
 :class:`~components.config.GateConfig`. Each non-null threshold is one check:
 
-=============================  ========================================  ====
-setting                        value                                      op
-=============================  ========================================  ====
-``gate.min_forget_quality``    unlearned forget_quality                   >=
-``gate.max_forget_prob_ratio`` unlearned forget_prob / target forget_prob  <=
-``gate.min_utility_ratio``     unlearned model_utility / target's         >=
-``gate.max_abs_privleak``      abs(unlearned privleak)                    <=
-=============================  ========================================  ====
+======================================  ===================================================  ====
+setting                                 value                                                op
+======================================  ===================================================  ====
+``gate.min_forget_quality``             unlearned forget_quality (needs an oracle)           >=
+``gate.max_forget_prob_ratio``          unlearned forget_prob / target forget_prob           <=
+``gate.min_utility_ratio``              unlearned model_utility / target's                   >=
+``gate.max_abs_privleak``               abs(unlearned privleak) (needs an oracle)            <=
+``gate.max_earlier_forget_prob_ratio``  worst earlier request: unlearned / target forget_prob <=
+``gate.min_forget_holdout_ks_p``        unlearned forget_holdout_ks_p (no oracle needed)     >=
+``gate.max_forget_holdout_auc_gap``     abs(unlearned forget_holdout_auc - 0.5)              <=
+======================================  ===================================================  ====
 
-A configured check whose value cannot be computed (a null or NaN metric, e.g. forget
-quality without an oracle model; a ratio over a zero target value) is *skipped*: recorded
-with ``passed=None`` and the reason, and it does not fail the gate unless
-``gate.fail_on_missing`` is true. The gate passes iff every evaluated check passes.
+The earlier-request check re-reads ``metrics[model]["earlier"][request_id]["forget_prob"]``:
+what was forgotten before must stay forgotten. With no earlier requests there is nothing
+to re-check and it passes (said in its reason). The forget-vs-holdout AUC gap fails both
+ways: near 1 the forget set is still familiar, near 0 it is over-forgotten and stands out.
+
+The gate fails closed: a configured check whose value cannot be computed (a null, NaN or
+absent metric; a ratio over a zero target value) fails it, with the reason. To skip a
+check, set its threshold to null; ``gate.fail_on_missing: false`` instead records such
+checks as skipped (``passed=None``). The gate passes iff no check failed.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from components.config import GateConfig
 
@@ -45,7 +53,7 @@ class GateCheck:
     value: float | None
     passed: bool | None  # None: skipped, the value could not be computed
     setting: str
-    reason: str | None = None  # why it failed or was skipped
+    reason: str | None = None  # why it failed or was skipped (or, if it passed, a note)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +98,10 @@ class GateDecision:
         """A copy with registry fields filled in (``version``, ``alias``, ``run_id`` ...)."""
         return replace(self, **changes)
 
+    def with_check(self, check: GateCheck) -> "GateDecision":
+        """A copy with one more check (e.g. the registry's own), ``passed`` updated."""
+        return replace(self, checks=self.checks + (check,), passed=self.passed and check.passed is not False)
+
     def to_dict(self) -> dict[str, Any]:
         """The ``reports/gate.json`` content."""
         return {
@@ -106,103 +118,148 @@ class GateDecision:
         }
 
 
-def _number(metrics: Mapping[str, Any], model: str, key: str) -> float | None:
-    """A metric as a float, None when null/NaN/absent; a non-number is an input error."""
-    section = metrics.get(model)
-    if section is None:
-        return None
-    if not isinstance(section, Mapping):
-        raise ValueError(f"metrics['{model}'] must be a mapping of metric names to numbers")
-    value = section.get(key)
+class Measured(NamedTuple):
+    """What one check measured: ``value``, or why it is missing; ``note`` says more (which
+    request was worst); ``nothing_to_check`` marks a check with nothing to measure (passes)."""
+
+    value: float | None
+    missing: str | None = None
+    note: str | None = None
+    nothing_to_check: bool = False
+
+
+def _as_number(value: Any, where: str) -> float | None:
+    """``value`` as a float, None when null or NaN; a non-number is an input error."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"metrics['{model}']['{key}'] must be a number or null, got {type(value).__name__}")
+        raise ValueError(f"{where} must be a number or null, got {type(value).__name__}")
     value = float(value)
     return None if math.isnan(value) else value
 
 
-def _ratio(metrics: Mapping[str, Any], key: str) -> tuple[float | None, str | None]:
-    """unlearned[key] / target[key]; (None, why) when it is undefined."""
-    numerator = _number(metrics, "unlearned", key)
-    denominator = _number(metrics, "target", key)
+def _section(metrics: Mapping[str, Any], model: str) -> Mapping[str, Any] | None:
+    section = metrics.get(model)
+    if section is not None and not isinstance(section, Mapping):
+        raise ValueError(f"metrics['{model}'] must be a mapping of metric names to numbers")
+    return section
+
+
+def _number(metrics: Mapping[str, Any], model: str, key: str) -> float | None:
+    """A metric as a float, None when null/NaN/absent."""
+    section = _section(metrics, model)
+    return None if section is None else _as_number(section.get(key), f"metrics['{model}']['{key}']")
+
+
+def _divide(numerator: float | None, denominator: float | None, what: str) -> Measured:
+    """numerator / denominator, or why it is undefined (``what`` names the two values)."""
     if numerator is None:
-        return None, f"unlearned {key} is null"
+        return Measured(None, f"unlearned {what} is null or missing")
     if denominator is None:
-        return None, f"target {key} is null"
+        return Measured(None, f"target {what} is null or missing")
     if denominator == 0:
         if numerator == 0:
-            return None, f"unlearned and target {key} are both 0 (ratio undefined)"
-        return math.copysign(math.inf, numerator), None
-    return numerator / denominator, None
+            return Measured(None, f"unlearned and target {what} are both 0 (ratio undefined)")
+        return Measured(math.copysign(math.inf, numerator))
+    return Measured(numerator / denominator)
 
 
-def _forget_quality(metrics):
-    value = _number(metrics, "unlearned", "forget_quality")
-    return value, None if value is not None else "unlearned forget_quality is null (no oracle model?)"
+def _ratio(key: str) -> Callable[[Mapping[str, Any]], Measured]:
+    return lambda metrics: _divide(_number(metrics, "unlearned", key), _number(metrics, "target", key), key)
 
 
-def _forget_prob_ratio(metrics):
-    return _ratio(metrics, "forget_prob")
+def _unlearned(key: str, why: str = "", transform: Callable[[float], float] = lambda v: v):
+    def measure(metrics: Mapping[str, Any]) -> Measured:
+        value = _number(metrics, "unlearned", key)
+        return Measured(transform(value)) if value is not None else Measured(None, f"unlearned {key} is null{why}")
+    return measure
 
 
-def _utility_ratio(metrics):
-    return _ratio(metrics, "model_utility")
+def _earlier_forget_prob_ratio(metrics: Mapping[str, Any]) -> Measured:
+    """The largest unlearned/target forget probability over the earlier requests."""
+    sections = {model: (_section(metrics, model) or {}).get("earlier") for model in ("unlearned", "target")}
+    if sections["unlearned"] is None:
+        return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
+    if not sections["unlearned"]:
+        return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
+    worst: Measured | None = None
+    for request_id, values in sorted(sections["unlearned"].items()):
+        target = (sections["target"] or {}).get(request_id) or {}
+        where = f"metrics['{{}}']['earlier']['{request_id}']['forget_prob']"
+        measured = _divide(_as_number((values or {}).get("forget_prob"), where.format("unlearned")),
+                           _as_number(target.get("forget_prob"), where.format("target")),
+                           f"forget_prob of earlier request {request_id}")
+        if measured.value is None:
+            return measured
+        if worst is None or measured.value > worst.value:
+            worst = measured._replace(note=f"worst: earlier request {request_id}")
+    return worst
 
 
-def _abs_privleak(metrics):
-    value = _number(metrics, "unlearned", "privleak")
-    return (abs(value), None) if value is not None else (None, "unlearned privleak is null (no oracle model?)")
+def _auc_side(metrics: Mapping[str, Any]) -> str:
+    auc = _number(metrics, "unlearned", "forget_holdout_auc")
+    if auc is None or auc == 0.5:
+        return ""
+    return ("the forget set is still more familiar than the holdout: not forgotten" if auc > 0.5 else
+            "the forget set is less familiar than the holdout: over-forgotten, it stands out")
 
 
-# setting name in GateConfig -> (metric name in gate.json, operator, value function)
-CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], tuple[float | None, str | None]]]] = {
-    "min_forget_quality": ("forget_quality", ">=", _forget_quality),
-    "max_forget_prob_ratio": ("forget_prob_ratio", "<=", _forget_prob_ratio),
-    "min_utility_ratio": ("utility_ratio", ">=", _utility_ratio),
-    "max_abs_privleak": ("abs_privleak", "<=", _abs_privleak),
+def _auc_gap(metrics: Mapping[str, Any]) -> Measured:
+    measured = _unlearned("forget_holdout_auc")(metrics)
+    if measured.value is None:
+        return measured
+    return Measured(abs(measured.value - 0.5), note=f"AUC {measured.value:.4g}: {_auc_side(metrics)}")
+
+
+# setting name in GateConfig -> (metric name in gate.json, operator, what it measures)
+CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Measured]]] = {
+    "min_forget_quality": ("forget_quality", ">=", _unlearned("forget_quality", " (no oracle model?)")),
+    "max_forget_prob_ratio": ("forget_prob_ratio", "<=", _ratio("forget_prob")),
+    "min_utility_ratio": ("utility_ratio", ">=", _ratio("model_utility")),
+    "max_abs_privleak": ("abs_privleak", "<=", _unlearned("privleak", " (no oracle model?)", abs)),
+    "max_earlier_forget_prob_ratio": ("earlier_forget_prob_ratio", "<=", _earlier_forget_prob_ratio),
+    "min_forget_holdout_ks_p": ("forget_holdout_ks_p", ">=", _unlearned("forget_holdout_ks_p")),
+    "max_forget_holdout_auc_gap": ("forget_holdout_auc_gap", "<=", _auc_gap),
 }
-
-
-def _compare(value: float, op: str, threshold: float) -> bool:
-    return value >= threshold if op == ">=" else value <= threshold
 
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _check(setting: str, threshold: float, metrics: Mapping[str, Any], fail_on_missing: bool) -> GateCheck:
+    """One configured threshold against the metrics."""
+    metric, op, measure = CHECKS[setting]
+    where = f"gate.{setting}"
+    measured = measure(metrics)
+    if measured.nothing_to_check:
+        return GateCheck(metric, op, threshold, None, True, where, f"{metric}: {measured.note} ({where})")
+    if measured.value is None:
+        if not fail_on_missing:
+            reason = f"{metric} skipped: {measured.missing} ({where}; gate.fail_on_missing is false)"
+            return GateCheck(metric, op, threshold, None, None, where, reason)
+        reason = (f"{metric} cannot be computed: {measured.missing} ({where}). The gate fails closed: "
+                  f"set {where}: null to skip this check on purpose")
+        return GateCheck(metric, op, threshold, None, False, where, reason)
+    passed = measured.value >= threshold if op == ">=" else measured.value <= threshold
+    reason = measured.note
+    if not passed:
+        failed_op = "<" if op == ">=" else ">"
+        reason = f"{metric} {_fmt(measured.value)} {failed_op} {_fmt(threshold)} ({where})"
+        reason += f"; {measured.note}" if measured.note else ""
+    return GateCheck(metric, op, threshold, measured.value, passed, where, reason)
+
+
 def evaluate_gate(metrics: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     """Check every configured threshold; see the module docstring for the rules."""
     if not isinstance(metrics, Mapping):
         raise ValueError("metrics must be a mapping such as {'target': {...}, 'unlearned': {...}}")
-    fail_on_missing = gate.fail_on_missing
-    checks: list[GateCheck] = []
-    for setting, (metric, op, compute) in CHECKS.items():
-        threshold = getattr(gate, setting)
-        if threshold is None:
-            continue
-        threshold = float(threshold)
-        value, why_missing = compute(metrics)
-        where = f"gate.{setting}"
-        if value is None:
-            if fail_on_missing:
-                reason = f"{metric} cannot be computed: {why_missing} ({where}; gate.fail_on_missing is true)"
-                checks.append(GateCheck(metric, op, threshold, None, False, where, reason))
-            else:
-                reason = f"{metric} skipped: {why_missing} ({where})"
-                checks.append(GateCheck(metric, op, threshold, None, None, where, reason))
-            continue
-        passed = _compare(value, op, threshold)
-        reason = None
-        if not passed:
-            failed_op = "<" if op == ">=" else ">"
-            reason = f"{metric} {_fmt(value)} {failed_op} {_fmt(threshold)} ({where})"
-        checks.append(GateCheck(metric, op, threshold, value, passed, where, reason))
-    passed = all(check.passed is not False for check in checks)
+    checks = [_check(setting, float(getattr(gate, setting)), metrics, gate.fail_on_missing)
+              for setting in CHECKS if getattr(gate, setting) is not None]
     notes = []
     if not checks:
         notes.append("no gate thresholds are configured (every gate.* is null): the candidate passes unchecked")
     elif all(check.passed is None for check in checks):
         notes.append("every configured check was skipped (its metric is null): nothing was actually checked")
-    return GateDecision(passed=passed, checks=tuple(checks), notes=tuple(notes))
+    return GateDecision(passed=all(check.passed is not False for check in checks), checks=tuple(checks),
+                        notes=tuple(notes))
