@@ -82,6 +82,7 @@ def test_erasing_the_whole_world_is_refused():
         ({"request_id": "../etc"}, "request_id"),
         ({"request_id": "a b"}, "request_id"),
         ({"request_id": 5}, "request_id"),
+        ({"request_id": "req-1\n"}, "request_id"),
         ({"received_at": "yesterday"}, "ISO 8601"),
         ({"subjects": "Ada"}, "'subjects' must be a list"),
         ({"subjects": [""]}, "subjects[0]"),
@@ -148,3 +149,45 @@ def test_batch_errors_name_the_request():
                             "subjects": ["Nobody"]})
     with pytest.raises(RequestError, match="req-2: unknown subject"):
         resolve_requests([first, second], WORLD)
+
+
+def test_request_id_pattern_is_a_full_match_also_for_callers_using_match():
+    from components.data.requests import REQUEST_ID_PATTERN, is_request_id
+
+    assert not is_request_id("req-1\n") and REQUEST_ID_PATTERN.match("req-1\n") is None
+    assert is_request_id("req-1") and not is_request_id("r" * 129) and not is_request_id(None)
+
+
+def test_did_you_mean_never_names_a_subject_already_erased():
+    erased = [r.record_id for r in WORLD if r.subject == SUBJECTS[2]]
+    typo = SUBJECTS[2][:-1] + "x"
+    with pytest.raises(RequestError) as before_erasure:
+        resolve_request(_request(subjects=[typo]), WORLD)
+    assert repr(SUBJECTS[2]) in str(before_erasure.value)
+    with pytest.raises(RequestError) as after_erasure:
+        resolve_request(_request(subjects=[typo]), WORLD, already_forgotten=erased)
+    assert SUBJECTS[2] not in str(after_erasure.value)
+    assert f"unknown subject '{typo}'" in str(after_erasure.value)
+
+
+def test_two_requests_of_a_batch_with_one_id_are_refused():
+    first, second = _request(subjects=[SUBJECTS[0]]), _request(subjects=[SUBJECTS[1]])
+    with pytest.raises(RequestError, match="duplicate request_id 'req-1'"):
+        resolve_requests([first, second], WORLD)
+
+
+def test_the_resolver_checks_its_own_invariants():
+    from dataclasses import replace
+
+    from components.data.requests import _check_invariants
+
+    resolution = resolve_request(_request(subjects=[SUBJECTS[0]]), WORLD)
+    _check_invariants(resolution, set())
+    overlapping = replace(resolution, retain=resolution.retain + resolution.forget[:1])
+    with pytest.raises(AssertionError, match="forget and retain sets overlap"):
+        _check_invariants(overlapping, set())
+    with pytest.raises(AssertionError, match="earlier erased record is in the retain set"):
+        _check_invariants(resolution, {resolution.retain[0].record_id})
+    missing = replace(resolution, forget=resolution.forget[1:])
+    with pytest.raises(AssertionError, match="requested record is missing from the forget set"):
+        _check_invariants(missing, set())

@@ -18,10 +18,17 @@ from typing import Any, Iterable, Sequence
 
 from components.data.records import QARecord, Record, TextRecord, content_hash, records_digest
 
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# \A and \Z, not ^ and $: '$' also matches before a final newline, and "req-1\n" would pass
+# (then fail as a file name and an MLflow tag key). Anchored so that .match is a full match too.
+REQUEST_ID_PATTERN = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 MAX_REQUEST_BYTES = 1_000_000
 ALLOWED_KEYS = {"request_id", "received_at", "subjects", "records", "reason"}
 RECORD_KEYS = {"question", "answer", "text", "record_id", "subject"}
+
+
+def is_request_id(value: Any) -> bool:
+    """True for a well-formed request id: 1 to 128 letters, digits, '-' or '_', nothing else."""
+    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
 
 
 class RequestError(ValueError):
@@ -126,7 +133,7 @@ def parse_request(data: Any, *, source: str | None = None) -> DeletionRequest:
     request_id = data.get("request_id")
     if request_id is None:
         reasons.append("missing 'request_id'")
-    elif not isinstance(request_id, str) or not REQUEST_ID_PATTERN.match(request_id):
+    elif not is_request_id(request_id):
         reasons.append(
             "'request_id' must be 1 to 128 letters, digits, '-' or '_' (no spaces, dots or slashes)"
         )
@@ -222,13 +229,15 @@ def _describe_spec(index: int, spec: dict[str, str]) -> str:
     return f"records[{index}] (content hash {content_hash(spec)})"
 
 
-def _select(request: DeletionRequest, world: Sequence[Record],
-            by_subject: dict[str, list[Record]]) -> tuple[dict[str, Record], list[str]]:
+def _select(request: DeletionRequest, world: Sequence[Record], by_subject: dict[str, list[Record]],
+            suggestable: Sequence[str]) -> tuple[dict[str, Record], list[str]]:
+    """The records one request names, and a reason for each subject or spec that names none
+    (or, for a spec, more than one). ``suggestable``: the subjects a "did you mean" may name."""
     reasons: list[str] = []
     chosen: dict[str, Record] = {}
     for subject in request.subjects:
         if subject not in by_subject:
-            close = difflib.get_close_matches(subject, list(by_subject), n=3)
+            close = difflib.get_close_matches(subject, suggestable, n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             reasons.append(f"unknown subject '{subject}': no record in the world is about it{hint}")
             continue
@@ -247,6 +256,37 @@ def _select(request: DeletionRequest, world: Sequence[Record],
     return chosen, reasons
 
 
+def _still_known(by_subject: dict[str, list[Record]], forgotten: set[str]) -> list[str]:
+    """Subjects with a record not yet erased: the only names a suggestion may give, so that a
+    misspelt request never reveals whom earlier requests erased."""
+    return [subject for subject, records in by_subject.items()
+            if any(record.record_id not in forgotten for record in records)]
+
+
+def _duplicate_ids(requests: Sequence[DeletionRequest]) -> list[str]:
+    ids = [request.request_id for request in requests]
+    return [f"duplicate request_id '{i}': every request of a batch needs its own id"
+            for i in dict.fromkeys(i for i in ids if ids.count(i) > 1)]
+
+
+def _check_invariants(resolution: Resolution, forgotten: set[str]) -> None:
+    """What the resolver guarantees by construction; a failure here is a bug, not bad data.
+
+    The forget and retain sets are disjoint, nothing erased before is retained, and every
+    record a request named is in the forget set.
+    """
+    forget_ids = {record.record_id for record in resolution.forget}
+    retain_ids = {record.record_id for record in resolution.retain}
+    named = {record_id for ids in resolution.forget_ids_by_request.values() for record_id in ids}
+    broken = [what for what, ok in (
+        ("forget and retain sets overlap", not forget_ids & retain_ids),
+        ("an earlier erased record is in the retain set", not forgotten & retain_ids),
+        ("a requested record is missing from the forget set", named == forget_ids),
+    ) if not ok]
+    if broken:
+        raise AssertionError(f"resolve_requests broke its invariants ({'; '.join(broken)}); report this as a bug")
+
+
 def resolve_requests(
     requests: Sequence[DeletionRequest],
     world: Sequence[Record],
@@ -257,26 +297,27 @@ def resolve_requests(
 
     ``already_forgotten`` holds record ids erased by earlier requests: they leave the
     retain set for good. Unknown subjects, records not in the world, a record spec that
-    matches several records, and a batch that would leave nothing to retain are errors.
+    matches several records, two requests with one id, and a batch that would leave nothing
+    to retain are errors. The result's invariants are checked before it is returned.
     """
     if not requests:
         raise RequestError(["no requests to resolve"])
+    forgotten = set(already_forgotten)
     by_subject: dict[str, list[Record]] = {}
     for record in world:
         by_subject.setdefault(record.subject, []).append(record)
-    reasons: list[str] = []
+    suggestable = _still_known(by_subject, forgotten)
+    reasons = _duplicate_ids(requests)
     chosen: dict[str, Record] = {}
     by_request: dict[str, list[str]] = {}
     for request in requests:
-        picked, problems = _select(request, world, by_subject)
+        picked, problems = _select(request, world, by_subject, suggestable)
         prefix = f"{request.request_id}: " if len(requests) > 1 else ""
         reasons.extend(prefix + problem for problem in problems)
         chosen.update(picked)
         by_request[request.request_id] = [r.record_id for r in world if r.record_id in picked]
 
-    forgotten = set(already_forgotten)
-    forget_ids = set(chosen)
-    retain = [r for r in world if r.record_id not in forget_ids and r.record_id not in forgotten]
+    retain = [r for r in world if r.record_id not in chosen and r.record_id not in forgotten]
     if not reasons and not retain:
         reasons.append(
             "the request would erase the whole world, leaving nothing to retain; "
@@ -285,15 +326,17 @@ def resolve_requests(
     if reasons:
         source = requests[0].request_id if len(requests) == 1 else None
         raise RequestError(reasons, source=source)
-    forget = [r for r in world if r.record_id in forget_ids]
-    return Resolution(
+    forget = [r for r in world if r.record_id in chosen]
+    resolution = Resolution(
         requests=tuple(requests),
         forget=forget,
         retain=retain,
         forget_ids_by_request=by_request,
-        previously_forgotten=len(forget_ids & forgotten),
+        previously_forgotten=len(set(chosen) & forgotten),
         subjects=tuple(dict.fromkeys(r.subject for r in forget)),
     )
+    _check_invariants(resolution, forgotten)
+    return resolution
 
 
 def resolve_request(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from components.data.records import QARecord, Record, TextRecord, content_hash
-from components.data.requests import DeletionRequest, _matches
+from components.data.requests import DeletionRequest
 
 # Long enough that encode_record never truncates: we want the length before truncation.
 _UNTRUNCATED = 1 << 30
@@ -117,69 +117,10 @@ def split_frame(
     return _to_frame(rows, columns)
 
 
-def disjoint_frame(forget: Sequence[Record], retain_ids: set[str], columns: Sequence[str]) -> Frame:
-    """One row per forget record: is it also in the retain set?"""
-    rows = [{"record_id": r.record_id, "in_retain": r.record_id in retain_ids} for r in forget]
-    return _to_frame(rows, columns)
-
-
 def request_frame(requests: Sequence[DeletionRequest], columns: Sequence[str]) -> Frame:
-    """One row per request: its id, when it was received, how many things it names."""
-    rows = []
-    for request in requests:
-        received = getattr(request, "received_at", None)
-        subjects = tuple(getattr(request, "subjects", ()) or ())
-        records = tuple(getattr(request, "records", ()) or ())
-        rows.append({
-            "request_id": request.request_id if isinstance(request.request_id, str) else None,
-            "received_at": received.isoformat() if received is not None else None,
-            "n_subjects": len(subjects),
-            "n_records": len(records),
-            "n_items": len(subjects) + len(records),
-        })
-    return _to_frame(rows, columns)
-
-
-def _spec_hash(spec: dict[str, str]) -> str:
-    """The same name for a record spec as RequestError reasons use."""
-    return spec["record_id"] if "record_id" in spec else content_hash(spec)
-
-
-def coverage_frame(
-    requests: Sequence[DeletionRequest],
-    world: Sequence[Record],
-    forget_ids: set[str],
-    columns: Sequence[str],
-) -> Frame:
-    """One row per requested subject or record: found in the world, and wholly in the forget set?"""
-    world = [record for record in world if isinstance(record, (QARecord, TextRecord))]
-    by_subject: dict[str, set[str]] = {}
-    for record in world:
-        by_subject.setdefault(record.subject, set()).add(record.record_id)
-    rows = []
-    for request in requests:
-        for index, subject in enumerate(request.subjects):
-            ids = by_subject.get(subject, set())
-            rows.append({
-                "request_id": request.request_id,
-                "item": f"{request.request_id} subjects[{index}]",
-                "item_kind": "subject",
-                "item_hash": subject_hash(subject),
-                "n_in_world": len(ids),
-                "n_in_forget": len(ids & forget_ids),
-                "unambiguous": True,
-            })
-        for index, spec in enumerate(request.records):
-            ids = {record.record_id for record in world if _matches(record, spec)}
-            rows.append({
-                "request_id": request.request_id,
-                "item": f"{request.request_id} records[{index}]",
-                "item_kind": "record",
-                "item_hash": _spec_hash(spec),
-                "n_in_world": len(ids),
-                "n_in_forget": len(ids & forget_ids),
-                "unambiguous": len(ids) <= 1,
-            })
+    """One row per request: its id and how many subjects and records it names."""
+    rows = [{"request_id": request.request_id, "n_subjects": len(request.subjects),
+             "n_records": len(request.records)} for request in requests]
     return _to_frame(rows, columns)
 
 

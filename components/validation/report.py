@@ -71,9 +71,6 @@ def describe_failure(failure: dict[str, Any]) -> str:
         shown = ", ".join(str(row) for row in rows[:SHOWN_ROWS])
         more = failure.get("unexpected_count", len(rows)) - min(len(rows), SHOWN_ROWS)
         where.append(f"{'row' if len(rows) == 1 else 'rows'} {shown}{f' and {more} more' if more > 0 else ''}")
-    items = failure.get("items") or []
-    if items:
-        where.append(", ".join(items[:SHOWN_IDS]) + (", ..." if len(items) > SHOWN_IDS else ""))
     ids = [str(i) for i in dict.fromkeys(failure.get("ids") or []) if i is not None]
     if ids:
         noun = failure.get("id_name", "id")

@@ -1,5 +1,11 @@
 """The expectation suites, as data: what each suite expects, and what to tell a person when it fails.
 
+Only what can fail is checked here: the world and holdout files a user supplies (schema,
+duplicates, holdout records inside the world), empty sets, the batch of requests as handed
+in, and token lengths against the model. What the resolver guarantees by construction
+(disjoint forget and retain sets, every requested record in the forget set, well-formed ids)
+is checked where the data is built, in :func:`components.data.requests.resolve_requests`.
+
 A :class:`Check` names a Great Expectations expectation class and its arguments; the GX
 objects are only built when a validation runs (GX is slow to import). Every check also
 carries the words for its failure: ``problem`` (what is wrong, with ``{count}`` and the
@@ -13,9 +19,6 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.data.requests import REQUEST_ID_PATTERN
-
-RECORD_ID_PATTERN = r"^[0-9a-f]{16}$"
 RECORD_KINDS = ["qa", "text"]
 
 # Columns of the frames (see components/validation/frames.py).
@@ -23,9 +26,7 @@ RECORD_COLUMNS = [
     "record_id", "subject_hash", "kind", "fields_are_strings", "min_field_chars", "subject_chars",
 ]
 SPLIT_COLUMNS = RECORD_COLUMNS + ["n_tokens", "n_tokens_alternatives", "in_world"]
-REQUEST_COLUMNS = ["request_id", "received_at", "n_subjects", "n_records", "n_items"]
-COVERAGE_COLUMNS = ["request_id", "item", "item_kind", "item_hash", "n_in_world", "n_in_forget", "unambiguous"]
-DISJOINT_COLUMNS = ["record_id", "in_retain"]
+REQUEST_COLUMNS = ["request_id", "n_subjects", "n_records"]
 
 
 class _PluralFormatter(string.Formatter):
@@ -69,19 +70,7 @@ class Suite:
     label: str  # how a person calls the data: "forget set", "world", ...
     id_column: str | None
     checks: tuple[Check, ...]
-    label_column: str | None = None  # an extra column that names rows (e.g. "subjects[0]")
     params: dict[str, Any] = field(default_factory=dict)
-
-
-def _columns(columns: list[str]) -> Check:
-    return Check(
-        key="columns",
-        expectation="ExpectTableColumnsToMatchSet",
-        kwargs={"column_set": list(columns), "exact_match": True},
-        description="The frame has exactly the expected columns.",
-        problem="the validation frame has columns {observed}",
-        fix=INTERNAL_FIX,
-    )
 
 
 def _non_empty(what: str, fix: str) -> Check:
@@ -107,19 +96,8 @@ def _unique(fix: str) -> Check:
 
 
 def _record_schema(what: str) -> tuple[Check, ...]:
-    """Schema and types: a content-hash id, a known kind, non-empty string fields, a subject."""
+    """Schema and types: a known kind, non-empty string fields, a subject."""
     return (
-        Check(
-            key="record_id_format",
-            expectation="ExpectColumnValuesToMatchRegex",
-            kwargs={"column": "record_id", "regex": RECORD_ID_PATTERN},
-            description="record_id is a 16-hex-digit content hash.",
-            problem=(
-                "{count:record id is not a 16-hex-digit content hash"
-                "|record ids are not 16-hex-digit content hashes}"
-            ),
-            fix="build records with components.data (QARecord / TextRecord), whose id is a content hash",
-        ),
         Check(
             key="kind",
             expectation="ExpectColumnValuesToBeInSet",
@@ -191,19 +169,13 @@ def _lengths(what: str, max_length: int) -> tuple[Check, ...]:
     )
 
 
-def _in_world(what: str, expected: bool, fix: str) -> Check:
-    if expected:
-        description = f"Every record of the {what} is in the world."
-        problem = "{count:record is|records are} not in the world"
-    else:
-        description = f"No record of the {what} is in the world (it must never have been trained on)."
-        problem = "{count:record is|records are} also in the world, so the model was trained on them"
+def _not_in_world(what: str, fix: str) -> Check:
     return Check(
         key="in_world",
         expectation="ExpectColumnValuesToBeInSet",
-        kwargs={"column": "in_world", "value_set": [expected]},
-        description=description,
-        problem=problem,
+        kwargs={"column": "in_world", "value_set": [False]},
+        description=f"No record of the {what} is in the world (it must never have been trained on).",
+        problem="{count:record is|records are} also in the world, so the model was trained on them",
         fix=fix,
     )
 
@@ -214,7 +186,6 @@ def world_suite() -> Suite:
         label="world",
         id_column="record_id",
         checks=(
-            _columns(RECORD_COLUMNS),
             _non_empty("world", "check world.source and world.path in params.yaml"),
             *_record_schema("world"),
             _unique("remove the duplicate rows from the world file; a duplicated record "
@@ -224,21 +195,13 @@ def world_suite() -> Suite:
 
 
 def request_suite() -> Suite:
+    """The batch of requests as handed in (each file was parsed strictly on the way in)."""
     return Suite(
         name="request",
         label="request",
         id_column="request_id",
         checks=(
-            _columns(REQUEST_COLUMNS),
             _non_empty("batch of requests", "give at least one deletion request"),
-            Check(
-                key="request_id_format",
-                expectation="ExpectColumnValuesToMatchRegex",
-                kwargs={"column": "request_id", "regex": REQUEST_ID_PATTERN.pattern},
-                description="request_id is 1 to 128 letters, digits, '-' or '_'.",
-                problem="{count:request id is|request ids are} not 1 to 128 letters, digits, '-' or '_'",
-                fix="rename the request (no spaces, dots or slashes)",
-            ),
             Check(
                 key="request_id_unique",
                 expectation="ExpectColumnValuesToBeUnique",
@@ -247,75 +210,12 @@ def request_suite() -> Suite:
                 problem="{count:request shares|requests share} a request_id with another request of the batch",
                 fix="give each request its own request_id",
             ),
-            Check(
-                key="received_at",
-                expectation="ExpectColumnValuesToNotBeNull",
-                kwargs={"column": "received_at"},
-                description="Every request says when it was received.",
-                problem="{count:request has|requests have} no received_at",
-                fix="add 'received_at' as an ISO 8601 time such as 2026-11-28T09:30:00Z",
-            ),
-            Check(
-                key="something_to_erase",
-                expectation="ExpectColumnValuesToBeBetween",
-                kwargs={"column": "n_items", "min_value": 1},
-                description="Every request names at least one subject or record.",
-                problem="{count:request names|requests name} nothing to erase",
-                fix="give at least one entry in 'subjects' or 'records'",
-            ),
-        ),
-    )
-
-
-def coverage_suite() -> Suite:
-    return Suite(
-        name="request_coverage",
-        label="request coverage",
-        id_column="item_hash",
-        label_column="item",
-        checks=(
-            _columns(COVERAGE_COLUMNS),
-            Check(
-                key="found",
-                expectation="ExpectColumnValuesToBeBetween",
-                kwargs={"column": "n_in_world", "min_value": 1},
-                description="Every requested subject and record is in the world.",
-                problem=(
-                    "{count:requested subject or record is|requested subjects or records are} "
-                    "not in the world"
-                ),
-                fix=(
-                    "check the subject's spelling, or the record's question/answer/record_id, "
-                    "against the world; hashes are content_hash of the subject name or of the record spec"
-                ),
-            ),
-            Check(
-                key="unambiguous",
-                expectation="ExpectColumnValuesToBeInSet",
-                kwargs={"column": "unambiguous", "value_set": [True]},
-                description="Every requested record matches exactly one record of the world.",
-                problem=(
-                    "{count:requested record matches|requested records match} "
-                    "more than one record of the world"
-                ),
-                fix="add 'answer' or 'subject' to them, or name the record by 'record_id'",
-            ),
-            Check(
-                key="covered",
-                expectation="ExpectColumnPairValuesToBeEqual",
-                kwargs={"column_A": "n_in_world", "column_B": "n_in_forget"},
-                description="The forget set holds every world record that a request names.",
-                problem=(
-                    "{count:requested subject or record is|requested subjects or records are} "
-                    "not wholly in the forget set"
-                ),
-                fix="resolve the request again (stage prepare): the forget set must hold every record it names",
-            ),
         ),
     )
 
 
 def split_suite(split: str, max_length: int) -> Suite:
+    """The forget or retain set: not empty, each record once, each fits the model."""
     if split == "forget":
         what, empty_fix = "forget set", "the request resolved to nothing; check its subjects and records"
     else:
@@ -329,33 +229,10 @@ def split_suite(split: str, max_length: int) -> Suite:
         id_column="record_id",
         params={"max_length": max_length},
         checks=(
-            _columns(SPLIT_COLUMNS),
             _non_empty(what, empty_fix),
-            _unique("resolve the request again (stage prepare): each record must be listed once"),
-            _in_world(what, True, "resolve the request again (stage prepare) against the current world"),
+            _unique("remove the duplicate rows from the world file (a record the world lists twice "
+                    "is listed twice here)"),
             *_lengths(what, max_length),
-        ),
-    )
-
-
-def disjoint_suite() -> Suite:
-    return Suite(
-        name="forget_retain_disjoint",
-        label="forget and retain sets",
-        id_column="record_id",
-        checks=(
-            _columns(DISJOINT_COLUMNS),
-            Check(
-                key="disjoint",
-                expectation="ExpectColumnValuesToBeInSet",
-                kwargs={"column": "in_retain", "value_set": [False]},
-                description="No record of the forget set is in the retain set.",
-                problem="{count:record of the forget set is|records of the forget set are} also in the retain set",
-                fix=(
-                    "resolve the request again (stage prepare): a record to forget must never be "
-                    "trained on as retain data"
-                ),
-            ),
         ),
     )
 
@@ -367,11 +244,10 @@ def holdout_suite(max_length: int) -> Suite:
         id_column="record_id",
         params={"max_length": max_length},
         checks=(
-            _columns(SPLIT_COLUMNS),
             *_record_schema("holdout"),
             _unique("remove the duplicate rows from the holdout file"),
-            _in_world(
-                "holdout set", False,
+            _not_in_world(
+                "holdout set",
                 "remove them from the holdout file: membership inference needs records the model never saw",
             ),
             *_lengths("holdout set", max_length),
@@ -381,14 +257,7 @@ def holdout_suite(max_length: int) -> Suite:
 
 def all_suites(max_length: int, *, with_holdout: bool) -> list[Suite]:
     """The suites in the order they run and are reported."""
-    suites = [
-        world_suite(),
-        request_suite(),
-        coverage_suite(),
-        split_suite("forget", max_length),
-        split_suite("retain", max_length),
-        disjoint_suite(),
-    ]
+    suites = [world_suite(), request_suite(), split_suite("forget", max_length), split_suite("retain", max_length)]
     if with_holdout:
         suites.append(holdout_suite(max_length))
     return suites

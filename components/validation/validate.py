@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from components.data.records import Record, content_hash
-from components.data.requests import REQUEST_ID_PATTERN, DeletionRequest
+from components.data.requests import DeletionRequest, is_request_id
 from components.validation import frames as fr
 from components.validation.report import MAX_LISTED, ValidationReport
 from components.validation.suites import (
-    COVERAGE_COLUMNS,
-    DISJOINT_COLUMNS,
     INTERNAL_FIX,
     RECORD_COLUMNS,
     REQUEST_COLUMNS,
@@ -29,7 +27,7 @@ from components.validation.suites import (
     all_suites,
 )
 
-ID_NAMES = {"record_id": "id", "request_id": "request id", "item_hash": "hash"}
+ID_NAMES = {"record_id": "id", "request_id": "request id"}
 
 
 def validate_request_data(
@@ -44,7 +42,7 @@ def validate_request_data(
     docs_dir: str | Path | None = None,
     report_path: str | Path | None = None,
 ) -> ValidationReport:
-    """Run the world, request, coverage, forget, retain, disjointness (and holdout) suites.
+    """Run the world, request, forget, retain (and holdout) suites.
 
     ``request`` is one request or the batch resolved together. ``tokenizer`` and
     ``max_length`` are the model's: lengths are counted on the encoded training example
@@ -56,42 +54,16 @@ def validate_request_data(
 
     started = time.perf_counter()
     requests = [request] if isinstance(request, DeletionRequest) else list(request)
-    world_ids, forget_ids, retain_ids = fr.ids_of(world), fr.ids_of(forget), fr.ids_of(retain)
-    frames = {  # by the name of the suite that checks the frame
-        "world": fr.records_frame(world, RECORD_COLUMNS),
-        "request": fr.request_frame(requests, REQUEST_COLUMNS),
-        "request_coverage": fr.coverage_frame(requests, world, forget_ids, COVERAGE_COLUMNS),
-        "forget": fr.split_frame(forget, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
-        "retain": fr.split_frame(retain, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
-        "forget_retain_disjoint": fr.disjoint_frame(forget, retain_ids, DISJOINT_COLUMNS),
-    }
-    if holdout is not None:
-        frames["holdout"] = fr.split_frame(holdout, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids)
+    frames = _frames(world, forget, retain, requests, holdout, tokenizer)
     suites = all_suites(max_length, with_holdout=holdout is not None)
     docs_dir = Path(docs_dir) if docs_dir is not None else None
     outcomes = run_suites([(suite, frames[suite.name]) for suite in suites], docs_dir,
                           run_name=_run_name(requests))
-
-    failures = []
-    for outcome in outcomes:
-        checks = {check.key: check for check in outcome.suite.checks}
-        order = {key: index for index, key in enumerate(checks)}
-        failed = sorted((r for r in outcome.checks if not r.success), key=lambda r: order.get(r.key, len(order)))
-        failures.extend(_failure(outcome.suite, outcome.frame, checks.get(r.key), r) for r in failed)
+    failures = [failure for outcome in outcomes for failure in _failures(outcome)]
     report = ValidationReport(
         passed=not failures,
         failures=failures,
-        suites=[
-            {
-                "name": o.suite.name,
-                "label": o.suite.label,
-                "success": o.success,
-                "evaluated": len(o.checks),
-                "failed": sum(not c.success for c in o.checks),
-                "rows": len(o.frame),
-            }
-            for o in outcomes
-        ],
+        suites=[_suite_summary(outcome) for outcome in outcomes],
         request_ids=[str(r.request_id) for r in requests],
         max_length=max_length,
         counts={
@@ -110,10 +82,44 @@ def validate_request_data(
     return report
 
 
+def _frames(world: Sequence[Record], forget: Sequence[Record], retain: Sequence[Record],
+            requests: Sequence[DeletionRequest], holdout: Sequence[Record] | None, tokenizer) -> dict[str, fr.Frame]:
+    """The text-free frame of each suite, by the suite's name."""
+    world_ids = fr.ids_of(world)
+    frames = {
+        "world": fr.records_frame(world, RECORD_COLUMNS),
+        "request": fr.request_frame(requests, REQUEST_COLUMNS),
+        "forget": fr.split_frame(forget, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+        "retain": fr.split_frame(retain, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids),
+    }
+    if holdout is not None:
+        frames["holdout"] = fr.split_frame(holdout, SPLIT_COLUMNS, tokenizer=tokenizer, world_ids=world_ids)
+    return frames
+
+
+def _failures(outcome) -> list[dict[str, Any]]:
+    """The failed checks of one suite, in the suite's order."""
+    checks = {check.key: check for check in outcome.suite.checks}
+    order = {key: index for index, key in enumerate(checks)}
+    failed = sorted((r for r in outcome.checks if not r.success), key=lambda r: order.get(r.key, len(order)))
+    return [_failure(outcome.suite, outcome.frame, checks.get(r.key), r) for r in failed]
+
+
+def _suite_summary(outcome) -> dict[str, Any]:
+    return {
+        "name": outcome.suite.name,
+        "label": outcome.suite.label,
+        "success": outcome.success,
+        "evaluated": len(outcome.checks),
+        "failed": sum(not c.success for c in outcome.checks),
+        "rows": len(outcome.frame),
+    }
+
+
 def _run_name(requests: Sequence[DeletionRequest]) -> str:
     """The request ids when they are safe as a folder name, else a hash of them."""
     ids = [r.request_id for r in requests]
-    if ids and len(ids) <= 5 and all(isinstance(i, str) and REQUEST_ID_PATTERN.match(i) for i in ids):
+    if ids and len(ids) <= 5 and all(is_request_id(i) for i in ids):
         return "+".join(ids)
     return "requests-" + content_hash([str(i) for i in ids])
 
@@ -159,8 +165,6 @@ def _failure(suite: Suite, frame: fr.Frame, check: Check | None, outcome) -> dic
     }
     failure["ids"] = [frame.value(suite.id_column, row) for row in rows[:MAX_LISTED]] if suite.id_column else []
     failure["id_name"] = ID_NAMES.get(suite.id_column, suite.id_column)
-    if suite.label_column and rows:
-        failure["items"] = [frame.value(suite.label_column, row) for row in rows[:MAX_LISTED]]
     failure["observed"] = observed
     if outcome.error or check is None:
         failure["message"] = f"check '{outcome.key}' could not be evaluated: {outcome.error or 'unknown check'}"
