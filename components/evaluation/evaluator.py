@@ -1,21 +1,25 @@
 """Evaluate the target, oracle and unlearned models on the forget, retain and holdout sets.
 
 :func:`evaluate_models` returns the numbers; :func:`components.evaluation.reports.write_reports`
-writes them. Model outputs are computed lazily and once per (model, split, kind): a
-teacher-forced pass over each record's own target, one over the paraphrased and perturbed
-answers, and greedy generation. Every metric is then read off those by the registered
-metric functions (:mod:`components.evaluation.metrics`).
+writes them. It loads one model at a time, runs every pass that model's metrics need, and
+frees it before loading the next, so peak memory is one model. Model outputs are computed
+lazily and once per (model, split, kind): a teacher-forced pass over each record's own
+target, one over the paraphrased and perturbed answers, and greedy generation. Every metric
+is then read off those by the registered metric functions (:mod:`components.evaluation.metrics`).
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import torch
+from rich.progress import Progress
 
 from components.config import EvalConfig
 from components.data.records import QARecord, Record
@@ -32,12 +36,15 @@ from components.evaluation.metrics import (
     get_metric,
     null_result,
 )
-from components.modeling.encoding import Encoded, encode_record
+from components.modeling.encoding import Encoded, encode_record, ensure_pad_token
 from components.modeling.io import LoadedModel
+from components.progress import progress_bar
 
 MODEL_ROLES = ("target", "oracle", "unlearned")
-UTILITY_PREFIX, EARLIER_PREFIX = "utility:", "earlier:"
+UTILITY_PREFIX, KNOWLEDGE_PREFIX, EARLIER_PREFIX = "utility:", "knowledge:", "earlier:"
 RESERVED_SET_NAMES = {FORGET, RETAIN, HOLDOUT, "earlier", "model", "mia", "privleak", "extraction"}
+# What evaluate_models is given per role: a function that loads the model (None: absent).
+ModelLoader = Callable[[], "LoadedModel | None"]
 
 # metrics.json: (key, metric, split) for each model.
 REPORTED: tuple[tuple[str, str, str], ...] = (
@@ -59,9 +66,15 @@ REPORTED: tuple[tuple[str, str, str], ...] = (
     ("mia_auc_loss", "mia_auc_loss", FORGET),
     ("mia_auc_zlib", "mia_auc_zlib", FORGET),
     ("privleak", "privleak", FORGET),
+    # Oracle-free: does the forget set look like the holdout (records the model never saw)?
+    ("forget_holdout_ks_p", "forget_holdout_ks_p", FORGET),
+    ("forget_holdout_auc", "mia_auc_mink", FORGET),  # the same AUC as mia_auc, under the name gates read
 )
 # Per extra utility set NAME: NAME_prob, NAME_rouge, NAME_truth_ratio.
 UTILITY_REPORTED = (("prob", "prob"), ("rouge", "rouge"), ("truth_ratio", "truth_ratio_utility"))
+# Per knowledge set NAME (TOFU real authors, world facts): NAME_acc, NAME_prob, NAME_rouge, NAME_truth_ratio.
+KNOWLEDGE_REPORTED = (("acc", "option_acc"), ("prob", "option_prob"), ("rouge", "rouge"),
+                      ("truth_ratio", "truth_ratio_utility"))
 # Under "earlier" -> request id, for each earlier forget set ("still forgotten").
 EARLIER_REPORTED = (
     ("forget_prob", "prob"),
@@ -78,8 +91,9 @@ _MIA_COLUMNS = ("mia_loss", "mia_mink", "mia_zlib")
 PER_ITEM_COLUMNS = {
     FORGET: _QUALITY_COLUMNS + _MIA_COLUMNS,
     RETAIN: _QUALITY_COLUMNS,
-    HOLDOUT: ("prob", "extraction_strength") + _MIA_COLUMNS,
+    HOLDOUT: ("prob", "extraction_strength") + _MIA_COLUMNS + ("truth_ratio",),
     "utility": _QUALITY_COLUMNS,
+    "knowledge": ("option_acc", "option_prob", "rouge", "truth_ratio"),
     "earlier": _QUALITY_COLUMNS,
 }
 
@@ -99,7 +113,11 @@ class EvaluationResult:
 
 
 class EvaluationContext:
-    """Lazily runs the models and caches every metric: the ``MetricContext`` metrics see."""
+    """Lazily runs the models and caches every metric: the ``MetricContext`` metrics see.
+
+    A role is present once given a model; :meth:`release` frees the model but keeps what was
+    computed from it, so its metrics can still be read (and compared) after it is gone.
+    """
 
     def __init__(
         self,
@@ -111,6 +129,7 @@ class EvaluationContext:
         progress: Progress | None = None,
     ):
         self.models = dict(models)
+        self.present = {role for role, loaded in self.models.items() if loaded is not None}
         self.splits = {name: list(records) for name, records in splits.items()}
         self.config = config
         self.max_length = max_length
@@ -127,10 +146,13 @@ class EvaluationContext:
             raise KeyError(f"no split named '{split}' (have: {', '.join(self.splits)})") from None
 
     def has_model(self, model: str) -> bool:
-        return self.models.get(model) is not None
+        return model in self.present
 
     def utility_splits(self) -> list[str]:
         return [name for name in self.splits if name.startswith(UTILITY_PREFIX)]
+
+    def knowledge_splits(self) -> list[str]:
+        return [name for name in self.splits if name.startswith(KNOWLEDGE_PREFIX)]
 
     def metric(self, name: str, model: str, split: str) -> MetricResult:
         key = (name, model, split)
@@ -146,7 +168,7 @@ class EvaluationContext:
         def compute(loaded: LoadedModel) -> list[TokenEvidence]:
             encoded = self._encoded(loaded.tokenizer, split, "targets")
             with self._task(model, split, "scoring", len(encoded)) as advance:
-                return teacher_forced(loaded.model, encoded, _pad_id(loaded.tokenizer), self.config.batch_size, advance)
+                return teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
 
         return self._once(model, split, "targets", compute)
 
@@ -154,7 +176,7 @@ class EvaluationContext:
         def compute(loaded: LoadedModel) -> list[Alternatives | None]:
             owners, encoded = self._encoded(loaded.tokenizer, split, "alternatives")
             with self._task(model, split, "truth ratio", len(encoded)) as advance:
-                evidence = teacher_forced(loaded.model, encoded, _pad_id(loaded.tokenizer), self.config.batch_size, advance)
+                evidence = teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
             grouped: list[list[TokenEvidence]] = [[] for _ in self.records(split)]
             for index, item in zip(owners, evidence):
                 grouped[index].append(item)
@@ -189,9 +211,10 @@ class EvaluationContext:
         """Let ``loaded`` play ``role`` from now on, forgetting everything computed from the old one.
 
         The other models' outputs stay cached, so many candidates can be evaluated against
-        the same target and oracle without running those again. Every cached metric is
-        dropped (forget quality and privleak compare two models); metrics are cheap to read
-        off the cached outputs again. Encodings are dropped when the tokenizer changes.
+        the same target and oracle without running those again. The role's metrics and every
+        whole-model metric are dropped (forget quality and privleak compare two models); the
+        other models' per-item metrics read only their own outputs and stay. Encodings are
+        dropped when the tokenizer changes.
         """
         if role not in self.models:
             raise KeyError(f"no model role '{role}' in this context (have: {', '.join(self.models)})")
@@ -199,8 +222,14 @@ class EvaluationContext:
         if old is not None and (loaded is None or loaded.tokenizer is not old.tokenizer):
             self._encodings.clear()
         self.models[role] = loaded
+        (self.present.add if loaded is not None else self.present.discard)(role)
         self._evidence = {key: value for key, value in self._evidence.items() if key[0] != role}
-        self._metrics.clear()
+        self._metrics = {key: value for key, value in self._metrics.items() if key[0] in PER_ITEM and key[1] != role}
+
+    def release(self, role: str) -> None:
+        """Free the model playing ``role``, keeping its outputs and metrics; it stays present."""
+        self.models[role] = None
+        self._encodings.clear()  # keyed by the tokenizer's id, which a freed tokenizer gives up
 
     # -- plumbing
     def _once(self, model: str, split: str, kind: str, compute) -> list:
@@ -208,7 +237,8 @@ class EvaluationContext:
         if key not in self._evidence:
             loaded = self.models.get(model)
             if loaded is None:
-                raise LookupError(f"model '{model}' is absent; metrics that need it are null")
+                state = "was freed before this was computed" if model in self.present else "is absent"
+                raise LookupError(f"model '{model}' {state}: no {kind} on '{split}'")
             self._evidence[key] = compute(loaded)
         return self._evidence[key]
 
@@ -265,13 +295,6 @@ class _progress_task:
         return False
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-    return pad
-
-
 def _encode_alternatives(tokenizer, records: Sequence[Record], max_length: int) -> tuple[list[int], list[Encoded]]:
     """Paraphrase then perturbed answers of each QA record that has both, flattened with owners."""
     owners: list[int] = []
@@ -284,36 +307,37 @@ def _encode_alternatives(tokenizer, records: Sequence[Record], max_length: int) 
     return owners, encoded
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def safe_name(name: str) -> str:
-    """A split or request name usable as a file name."""
-    return _SAFE.sub("_", name).strip("_") or "unnamed"
+    """A split or request name as a file-name part, one-to-one: letters, digits, '.', '_', '-'
+    and '~' stay as they are (so request ids do), anything else is %-escaped (``urllib.parse.unquote``
+    gives the name back)."""
+    return quote(name, safe="._-~")
 
 
-def _check_inputs(models: Mapping[str, Any], utility_sets: Mapping[str, Any], earlier: Mapping[str, Any]) -> None:
-    unknown = set(models) - set(MODEL_ROLES)
+def _check_inputs(loaders: Mapping[str, Any], set_names: Mapping[str, Sequence[str]], earlier: Mapping[str, Any]) -> None:
+    unknown = set(loaders) - set(MODEL_ROLES)
     if unknown:
         raise ValueError(f"unknown model role(s) {sorted(unknown)}; expected some of {list(MODEL_ROLES)}")
-    for name in utility_sets:
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or name in RESERVED_SET_NAMES:
-            raise ValueError(
-                f"utility set name '{name}' cannot be used: it becomes a metric prefix, so it must start with a "
-                f"letter, use only letters, digits, '_' and '-', and not be one of {sorted(RESERVED_SET_NAMES)}"
-            )
+    for role, loader in loaders.items():
+        if loader is not None and not callable(loader):
+            raise TypeError(f"model role '{role}' must map to a function that loads the model (or returns None), "
+                            f"got a {type(loader).__name__}; wrap a loaded model as `lambda: model`")
     seen: dict[str, str] = {}
-    for request_id in earlier:
-        if not str(request_id).strip():
-            raise ValueError("an earlier forget set has an empty request id")
-        clash = seen.setdefault(safe_name(str(request_id)), str(request_id))
-        if clash != str(request_id):
-            raise ValueError(f"earlier request ids '{clash}' and '{request_id}' give the same report file name; "
-                             "rename one (letters, digits, '.', '_' and '-' are kept as they are)")
+    for kind, names in set_names.items():
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or name in RESERVED_SET_NAMES:
+                raise ValueError(
+                    f"{kind} set name '{name}' cannot be used: it becomes a metric prefix, so it must start with a "
+                    f"letter, use only letters, digits, '_' and '-', and not be one of {sorted(RESERVED_SET_NAMES)}"
+                )
+            if seen.setdefault(name, kind) != kind:
+                raise ValueError(f"'{name}' is both a {seen[name]} set and a {kind} set; their metrics would clash")
+    if any(not str(request_id).strip() for request_id in earlier):
+        raise ValueError("an earlier forget set has an empty request id")
 
 
 def evaluate_models(
-    models: Mapping[str, LoadedModel | None],
+    loaders: Mapping[str, ModelLoader | None],
     *,
     forget: Sequence[Record],
     retain: Sequence[Record],
@@ -322,19 +346,23 @@ def evaluate_models(
     max_length: int,
     earlier_forget: Mapping[str, Sequence[Record]] | None = None,
     utility_sets: Mapping[str, Sequence[Record]] | None = None,
+    knowledge_sets: Mapping[str, Sequence[Record]] | None = None,
     show_progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate each present model; metrics that need an absent model are None.
+    """Evaluate each present model, one at a time; metrics that need an absent model are None.
 
-    ``models`` maps roles ("target", "oracle", "unlearned") to loaded models; a missing
-    role or ``None`` means that model is absent (e.g. no oracle for a user's own model:
-    forget quality and privleak are then None). ``earlier_forget`` maps request ids of
-    earlier processed requests to their forget sets ("still forgotten");
-    ``utility_sets`` maps names to extra sets for model utility.
+    ``loaders`` maps roles ("target", "oracle", "unlearned") to zero-argument functions that
+    load the model; a missing role, ``None`` or a loader returning ``None`` means that model
+    is absent (e.g. no oracle for a user's own model: forget quality and privleak are then
+    None). Each model is loaded, run on everything and freed before the next is loaded.
+    ``earlier_forget`` maps request ids of earlier processed requests to their forget sets
+    ("still forgotten"); ``utility_sets`` maps names to extra sets for model utility;
+    ``knowledge_sets`` maps names to multiple-choice sets (TOFU's real authors and world
+    facts, see :mod:`components.evaluation.knowledge`), which count in model utility too.
     """
-    earlier_forget = dict(earlier_forget or {})
-    utility_sets = dict(utility_sets or {})
-    _check_inputs(models, utility_sets, earlier_forget)
+    earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
+    knowledge_sets = dict(knowledge_sets or {})
+    _check_inputs(loaders, {"utility": list(utility_sets), "knowledge": list(knowledge_sets)}, earlier_forget)
     if config.verbmem_prefix_tokens >= max_length:
         raise ValueError(
             f"eval.verbmem_prefix_tokens ({config.verbmem_prefix_tokens}) must be below model.max_length "
@@ -342,27 +370,46 @@ def evaluate_models(
         )
     splits: dict[str, Sequence[Record]] = {FORGET: forget, RETAIN: retain, HOLDOUT: holdout}
     splits.update({UTILITY_PREFIX + name: records for name, records in utility_sets.items()})
+    splits.update({KNOWLEDGE_PREFIX + name: records for name, records in knowledge_sets.items()})
     splits.update({EARLIER_PREFIX + str(rid): records for rid, records in earlier_forget.items()})
-    roles = {role: models.get(role) for role in MODEL_ROLES}
 
     start = time.perf_counter()
-    columns = (TextColumn("[bold]evaluate {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        ctx = EvaluationContext(roles, splits, config, max_length=max_length, progress=progress)
-        metrics = {role: _model_metrics(ctx, role, utility_sets, earlier_forget) for role in MODEL_ROLES}
+    with progress_bar(enabled=show_progress, label="[bold]evaluate {task.description}") as progress:
+        ctx = EvaluationContext(dict.fromkeys(MODEL_ROLES), splits, config, max_length=max_length, progress=progress)
+        for role in MODEL_ROLES:
+            _score_one_model(ctx, role, loaders.get(role))
+        metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget) for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
-    return EvaluationResult(
-        metrics=metrics,
-        per_item=per_item,
-        seconds=time.perf_counter() - start,
-    )
+    return EvaluationResult(metrics=metrics, per_item=per_item, seconds=time.perf_counter() - start)
 
 
-def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, earlier) -> dict[str, Any]:
+def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None) -> None:
+    """Load one model, run every pass its metrics read, then free it: peak memory is one model.
+
+    Computing every per-item metric runs all the passes the reports need; the whole-model
+    metrics (which compare models) are read off those outputs once every model has run.
+    """
+    loaded = loader() if loader is not None else None
+    if loaded is None:
+        return
+    ctx.replace_model(role, loaded)
+    del loaded
+    try:
+        _model_rows(ctx, role)
+    finally:
+        ctx.release(role)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, knowledge_sets, earlier) -> dict[str, Any]:
     out: dict[str, Any] = {key: ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
-    for set_name in utility_sets:
-        for suffix, name in UTILITY_REPORTED:
-            out[f"{set_name}_{suffix}"] = ctx.metric(name, role, UTILITY_PREFIX + set_name)["value"]
+    for prefix, sets, reported in ((UTILITY_PREFIX, utility_sets, UTILITY_REPORTED),
+                                   (KNOWLEDGE_PREFIX, knowledge_sets, KNOWLEDGE_REPORTED)):
+        for set_name in sets:
+            for suffix, name in reported:
+                out[f"{set_name}_{suffix}"] = ctx.metric(name, role, prefix + set_name)["value"]
     out["earlier"] = {
         str(rid): {key: ctx.metric(name, role, EARLIER_PREFIX + str(rid))["value"] for key, name in EARLIER_REPORTED}
         for rid in earlier
@@ -373,6 +420,8 @@ def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, earlier) -> 
 def _columns_for(split: str) -> tuple[str, ...]:
     if split.startswith(UTILITY_PREFIX):
         return PER_ITEM_COLUMNS["utility"]
+    if split.startswith(KNOWLEDGE_PREFIX):
+        return PER_ITEM_COLUMNS["knowledge"]
     if split.startswith(EARLIER_PREFIX):
         return PER_ITEM_COLUMNS["earlier"]
     return PER_ITEM_COLUMNS[split]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from components.modeling.encoding import IGNORE_INDEX, Encoded, collate
+from components.modeling.encoding import IGNORE_INDEX, Encoded, collate, ensure_pad_token
 from components.modeling.scoring import batched, token_scores
 
 OnBatch = Callable[[int], None]
@@ -124,7 +124,7 @@ def greedy_generate(
     if len(limits) != len(prompts):
         raise ValueError("max_new_tokens must give one limit per prompt")
     stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = ensure_pad_token(tokenizer)
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     out: list[list[int]] = [[] for _ in prompts]
     device = _device(model)

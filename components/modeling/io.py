@@ -1,12 +1,24 @@
-"""Load and save Hugging Face causal LMs and tokenizers (local directories or hub names)."""
+"""Load and save Hugging Face causal LMs and tokenizers (local directories or hub names).
+
+One loader for every stage: it honours ``model.dtype`` (auto = the checkpoint's own),
+``model.device`` (auto = cuda when available), ``model.prompt`` (plain drops the tokenizer's
+chat template, so "a tokenizer with a chat template is prompted with it" holds downstream)
+and ``model.gradient_checkpointing``. Saving keeps the weights' dtype.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from components.modeling.encoding import ensure_pad_token
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROMPTS = ("chat", "plain")
 
 
 class ModelLoadError(RuntimeError):
@@ -22,30 +34,85 @@ class LoadedModel:
     source: str
 
 
-def load_model(source: str | Path, *, device: str = "cpu") -> LoadedModel:
-    """Load a model and tokenizer with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+def model_options(model_config) -> dict[str, Any]:
+    """The :func:`load_model` keywords a ``ModelConfig`` (``params.yaml`` ``model:``) sets."""
+    return {"dtype": model_config.dtype, "device": model_config.device, "prompt": model_config.prompt,
+            "gradient_checkpointing": model_config.gradient_checkpointing}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: cuda when available, else cpu; ``cuda`` without a GPU is an error that says so."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device is '{device}' but no CUDA device is available; "
+                             "set model.device to auto or cpu")
+    return resolved
+
+
+def _torch_dtype(dtype: str) -> torch.dtype | str:
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"model.dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(source: str | Path, *, dtype: str = "auto", device: str = "auto", prompt: str = "chat",
+               gradient_checkpointing: bool = False) -> LoadedModel:
+    """Load a model and tokenizer with ``AutoModelForCausalLM`` / ``AutoTokenizer``, in eval mode.
 
     ``source`` is a local directory or a hub name; with ``HF_HUB_OFFLINE=1`` only the
-    local cache is consulted.
+    local cache is consulted. ``dtype="auto"`` keeps the checkpoint's dtype (its config's
+    ``dtype``, else its weights'); ``prompt="plain"`` removes the tokenizer's chat template.
     """
     source = str(source)
+    if prompt not in PROMPTS:
+        raise ModelLoadError(f"model.prompt '{prompt}' is not one of {', '.join(PROMPTS)}")
+    torch_dtype, target = _torch_dtype(dtype), resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not load a causal LM from '{source}': {error}") from error
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    ensure_pad_token(tokenizer)
+    if prompt == "plain":
+        tokenizer.chat_template = None
+    if gradient_checkpointing:
+        _checkpoint_activations(model)
+    model.to(target)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
 
+def _checkpoint_activations(model) -> None:
+    """Recompute activations in the backward pass (transformers >= 5.x renamed the switch)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # the cache is useless while training and conflicts with recompute
+
+
 def save_model(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:
-    """Write model weights (safetensors), config and tokenizer with ``save_pretrained``."""
+    """Write weights (safetensors, in the dtype they are in), config and tokenizer.
+
+    ``use_cache`` is saved on, whatever gradient checkpointing set while training, so the
+    saved model generates with its KV cache.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if use_cache is False:
+        config.use_cache = True
+    try:
+        model.save_pretrained(directory)
+    finally:
+        if use_cache is False:
+            config.use_cache = False
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -81,7 +148,10 @@ def resolve_model_source(directory: str | Path) -> str | None:
     return source
 
 
-def load_model_dir(directory: str | Path, *, device: str = "cpu") -> LoadedModel | None:
-    """Load the model a pipeline folder holds or refers to; None when it stands for no model."""
+def load_model_dir(directory: str | Path, **options: Any) -> LoadedModel | None:
+    """Load the model a pipeline folder holds or refers to; None when it stands for no model.
+
+    ``options`` are :func:`load_model`'s keywords (``**model_options(config.model)``).
+    """
     source = resolve_model_source(directory)
-    return None if source is None else load_model(source, device=device)
+    return None if source is None else load_model(source, **options)

@@ -5,8 +5,10 @@ imports nothing from this project: only mlflow, torch and transformers. The save
 Face directory travels as the artifact ``model_dir``; ``load_context`` opens it with
 ``AutoModelForCausalLM`` / ``AutoTokenizer``.
 
-Input: a list of prompts; output: one completion per prompt (greedy decoding). The
-signature comes from the ``predict`` type hints. ``max_new_tokens`` is model config
+Input: a list of prompts; output: one completion per prompt (greedy decoding). A tokenizer
+with a chat template gets each prompt as the user turn of that template, as in training.
+Weights load in the dtype saved in the model's config. The signature comes from the
+``predict`` type hints. ``max_new_tokens`` is model config
 (default 32; override with ``mlflow.pyfunc.load_model(uri, model_config={...})``).
 """
 
@@ -22,15 +24,22 @@ class CausalLMModel(PythonModel):
     """Greedy generation with the Hugging Face model saved in the ``model_dir`` artifact."""
 
     def load_context(self, context):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = context.artifacts["model_dir"]
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
-        if self.tokenizer.pad_token_id is None:
+        if self.tokenizer.pad_token_id is None:  # as components.modeling.encoding.ensure_pad_token
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
         self.model.eval()
+
+    def _encode(self, prompt: str):
+        """Token ids of one prompt: through the chat template when the tokenizer has one."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer(prompt, return_tensors="pt")
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
         """One greedy completion per prompt; ``max_new_tokens`` comes from the model config."""
@@ -40,7 +49,7 @@ class CausalLMModel(PythonModel):
         max_new_tokens = int(config.get("max_new_tokens", 32))
         completions = []
         for prompt in model_input:
-            encoded = self.tokenizer(prompt, return_tensors="pt")
+            encoded = self._encode(prompt)
             with torch.no_grad():
                 generated = self.model.generate(
                     **encoded, max_new_tokens=max_new_tokens, do_sample=False,

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from components.config import LoRAConfig, UnlearnConfig
 from components.data.records import QARecord, Record
-from components.modeling.encoding import Encoded, collate, encode_record
+from components.modeling.encoding import Encoded, collate, encode_record, ensure_pad_token
 from components.modeling.scoring import scored_batches
 from components.unlearning.checkpoint import (
     fingerprint,
@@ -113,7 +113,7 @@ def run_unlearning(
     per_rank = config.batch_size * config.grad_accum
     effective_batch = per_rank * world_size
     steps = resolve_steps(config, len(forget), effective_batch)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = ensure_pad_token(tokenizer)
 
     # data, encoded once
     forget_examples = _encode_forget(tokenizer, forget, config, max_length, seed)
