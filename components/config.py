@@ -8,7 +8,7 @@ values are rejected with an error that names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,7 +64,9 @@ class ModelConfig(_Section):
 
     base: str | None = None
     oracle: str | None = None
-    max_length: int = Field(default=128, ge=8)
+    pretrained: str | None = None  # demo target/oracle are fine-tuned from this checkpoint (null: tiny, from scratch)
+    max_length: Annotated[int, Field(ge=8)] | Literal["auto"] = 128  # auto: the longest record, capped
+    max_length_cap: int = Field(default=512, ge=8)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = the checkpoint's own
     device: Literal["auto", "cpu", "cuda"] = "auto"                    # auto = cuda when available
     prompt: Literal["chat", "plain"] = "chat"    # chat: the tokenizer's chat template when it has one
@@ -171,6 +173,9 @@ class RegistryConfig(_Section):
     model_name: str = "blur-demo"
     alias: str = "champion"
     experiment: str = "blur-unlearning"
+    # What happens to older model versions once a new champion has erased a request:
+    # delete their weights and versions, archive (tag, drop aliases, keep weights) or keep.
+    retention: Literal["delete", "archive", "keep"] = "delete"
 
 
 class FlowConfig(_Section):

@@ -49,6 +49,16 @@ class Paths:
         return self.prepared / "earlier"
 
     @property
+    def tokenizer(self) -> Path:
+        """The demo tokenizer, trained in ``prepare`` so every data check runs before training."""
+        return self.prepared / "tokenizer"
+
+    @property
+    def settings(self) -> Path:
+        """Settings derived from the data (``model.max_length: auto``)."""
+        return self.prepared / "settings.json"
+
+    @property
     def resolution(self) -> Path:
         return self.prepared / "resolution.json"
 

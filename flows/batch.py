@@ -10,9 +10,10 @@ from typing import Mapping, Sequence
 from components.config import Config
 from components.data.requests import DeletionRequest, RequestError, Resolution, resolve_request
 from components.data.world import load_world
-from components.modeling.demo import train_target, trained_epochs
+from components.modeling.demo import train_demo_tokenizer, train_target, trained_epochs
 from components.modeling.io import write_model_ref
-from components.modeling.resolve import link_user_models, model_plan, target_source
+from components.modeling.resolve import (link_user_models, load_tokenizer, model_plan, target_source,
+                                         with_local_paths, with_max_length)
 from components.paths import Paths
 from components.stages import train_oracle
 
@@ -27,17 +28,18 @@ def check_request(config: Config, repo: Paths, request: DeletionRequest, *,
     """
     from components.validation import validate_request_data
 
+    config = with_local_paths(config, repo.root)
     world = load_world(config.world, config.seed, repo.root)
     forgotten = {record_id for ids in (earlier or {}).values() for record_id in ids}
     resolution = resolve_request(request, world.records, already_forgotten=forgotten)
     target = target_source(model_plan(config, repo.root), repo)
     if target is None:
         return resolution
-    from transformers import AutoTokenizer
-
+    tokenizer = load_tokenizer(target, config.model)
+    config = with_max_length(config, tokenizer, list(world.records) + list(world.holdout))
     report = validate_request_data(
         world=world.records, forget=resolution.forget, retain=resolution.retain, request=request,
-        tokenizer=AutoTokenizer.from_pretrained(target), max_length=config.model.max_length,
+        tokenizer=tokenizer, max_length=config.model.max_length,
     )
     if not report.passed:
         raise RequestError([report.reason()], source=request.request_id)
@@ -46,12 +48,15 @@ def check_request(config: Config, repo: Paths, request: DeletionRequest, *,
 
 def ensure_target(config: Config, repo: Paths, *, show_progress: bool = True) -> str:
     """The production target's location: ``model.base``, or the demo target (trained if missing)."""
-    plan = model_plan(config, repo.root)
-    found = target_source(plan, repo)
+    config = with_local_paths(config, repo.root)
+    found = target_source(model_plan(config, repo.root), repo)
     if found is not None:
         return found
     world = load_world(config.world, config.seed, repo.root)
-    train_target(config, world.records, world.holdout, repo.target, show_progress=show_progress)
+    tokenizer = train_demo_tokenizer(config, list(world.records) + list(world.holdout))
+    config = with_max_length(config, tokenizer, list(world.records) + list(world.holdout))
+    train_target(config, world.records, world.holdout, repo.target, tokenizer=tokenizer,
+                 show_progress=show_progress)
     return str(repo.target.resolve())
 
 
@@ -70,9 +75,7 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
         link_user_models(plan, paths)
         return {"oracle": plan.oracle}
     write_model_ref(paths.target, target)
-    from transformers import AutoTokenizer
-
-    oracle = train_oracle(config, paths, AutoTokenizer.from_pretrained(target),
+    oracle = train_oracle(config, paths, load_tokenizer(target, config.model),
                           epochs=trained_epochs(repo.target), show_progress=show_progress)
     return {"oracle": oracle}
 

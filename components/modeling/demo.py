@@ -1,7 +1,8 @@
-"""The embedded demo models: a byte-level BPE tokenizer and a tiny Llama trained from scratch.
+"""The embedded demo models: the target trained on the world, the oracle on the retain set.
 
-The demo target is trained on the whole world until ``finetune.target_prob``; its oracle is the
-same recipe on the retain set for the target's epoch count.
+By default a byte-level BPE tokenizer and a tiny Llama trained from scratch; with
+``model.pretrained`` the same recipe fine-tunes that pretrained model (its own tokenizer and
+chat template). The target trains until ``finetune.target_prob``; the oracle gets its epoch count.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from components.jsonfiles import write_json
 
 
 def train_demo_tokenizer(config: Config, records: Sequence[Record]):
-    """A tokenizer trained on every question, answer (alternatives included) and text."""
+    """The demo's tokenizer: ``model.pretrained``'s own, else one trained on every question,
+    answer (alternatives included) and text."""
+    if config.model.pretrained:
+        from components.modeling.resolve import load_tokenizer
+
+        return load_tokenizer(config.model.pretrained, config.model)
     from components.modeling.encoding import answer_texts
     from components.modeling.tokenizer import train_tokenizer
 
@@ -34,9 +40,8 @@ def train_model(config: Config, records: Sequence[Record], tokenizer, out_dir: P
     """Train a fresh tiny model on ``records`` and save it; returns the fine-tuning summary."""
     from components.modeling.finetune import finetune as run_finetune
     from components.modeling.io import save_model
-    from components.modeling.tiny_model import build_tiny_model
 
-    model = build_tiny_model(config.model.tiny, tokenizer, config.model.max_length, config.seed)
+    model = _initial_model(config, tokenizer)
     result = run_finetune(
         model, tokenizer, records, config.finetune, max_length=config.model.max_length,
         seed=config.seed, epochs=epochs, show_progress=show_progress, label=label,
@@ -47,11 +52,24 @@ def train_model(config: Config, records: Sequence[Record], tokenizer, out_dir: P
     return summary
 
 
+def _initial_model(config: Config, tokenizer):
+    """The model fine-tuning starts from: ``model.pretrained`` (in ``model.dtype``), else a seeded tiny Llama."""
+    if config.model.pretrained:
+        from components.modeling.io import load_model, model_options
+
+        model = load_model(config.model.pretrained, **model_options(config.model)).model
+        model.train()
+        return model
+    from components.modeling.tiny_model import build_tiny_model
+
+    return build_tiny_model(config.model.tiny, tokenizer, config.model.max_length, config.seed)
+
+
 def train_target(config: Config, records: Sequence[Record], holdout: Sequence[Record], out_dir: Path, *,
-                 show_progress: bool = True) -> tuple[dict, object]:
-    """The demo target: a tokenizer trained on ``records`` and ``holdout``, and a tiny model
-    trained on ``records`` to ``finetune.target_prob``. Returns ``(summary, tokenizer)``."""
-    tokenizer = train_demo_tokenizer(config, list(records) + list(holdout))
+                 tokenizer=None, show_progress: bool = True) -> tuple[dict, object]:
+    """The demo target: a tokenizer trained on ``records`` and ``holdout`` (unless given), and a
+    tiny model trained on ``records`` to ``finetune.target_prob``. Returns ``(summary, tokenizer)``."""
+    tokenizer = tokenizer or train_demo_tokenizer(config, list(records) + list(holdout))
     return train_model(config, records, tokenizer, out_dir, label="target", show_progress=show_progress), tokenizer
 
 

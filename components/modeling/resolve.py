@@ -31,6 +31,14 @@ class ModelPlan:
         return self.target is None
 
 
+def with_local_paths(config: Config, config_root: Path) -> Config:
+    """``config`` with ``model.base`` / ``oracle`` / ``pretrained`` resolved against the pipeline root."""
+    keys = ("base", "oracle", "pretrained")
+    found = {f"model.{key}": resolve_local(getattr(config.model, key), config_root)
+             for key in keys if getattr(config.model, key)}
+    return config.with_overrides(found) if found else config
+
+
 def model_plan(config: Config, config_root: Path) -> ModelPlan:
     """Resolve ``model.base`` / ``model.oracle`` against the pipeline root (hub names pass through)."""
     if not config.model.base:
@@ -53,3 +61,40 @@ def target_source(plan: ModelPlan, repo: Paths) -> str | None:
     if plan.target is not None:
         return plan.target
     return str(repo.target.resolve()) if (repo.target / "config.json").exists() else None
+
+
+def longest_example(tokenizer, records) -> int:
+    """Tokens of the longest training/evaluation example the records make (alternative answers included)."""
+    from components.data.records import QARecord
+    from components.modeling.encoding import encode_record
+
+    longest = 0
+    for record in records:
+        answers: list[str | None] = [None]
+        if isinstance(record, QARecord):
+            answers += [a for a in (record.paraphrased_answer, *record.perturbed_answers) if a]
+        for answer in answers:
+            longest = max(longest, len(encode_record(tokenizer, record, 1 << 30, answer=answer).input_ids))
+    return longest
+
+
+def with_max_length(config: Config, tokenizer, records) -> Config:
+    """``config`` with ``model.max_length: auto`` replaced by the longest example, capped at
+    ``model.max_length_cap`` (records longer than the cap are then refused by validation)."""
+    if config.model.max_length != "auto":
+        return config
+    length = min(max(longest_example(tokenizer, records), 8), config.model.max_length_cap)
+    return config.with_overrides({"model.max_length": length})
+
+
+def load_tokenizer(source: str | Path, model_config):
+    """A model's tokenizer as every stage sees it (``model.prompt: plain`` drops its chat template)."""
+    from transformers import AutoTokenizer
+
+    from components.modeling.encoding import ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    ensure_pad_token(tokenizer)
+    if model_config.prompt == "plain":
+        tokenizer.chat_template = None
+    return tokenizer

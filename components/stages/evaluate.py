@@ -7,7 +7,7 @@ from pathlib import Path
 from components.config import Config
 from components.data.loaders import load_records
 from components.paths import Paths, resolve_local
-from components.stages.prepare import load_earlier, load_splits
+from components.stages.prepare import load_earlier, load_splits, resolved_config
 
 
 def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dict:
@@ -18,6 +18,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     from components.evaluation import evaluate_models, write_reports
     from components.modeling.io import load_model_dir
 
+    config = resolved_config(config, paths)
     splits = load_splits(paths)
     models = {"target": load_model_dir(paths.target), "oracle": load_model_dir(paths.oracle),
               "unlearned": load_model_dir(paths.unlearned)}

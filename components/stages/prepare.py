@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,6 +30,9 @@ def prepare(
     the record ids they erased; those records leave the retain set and are written out for the
     "still forgotten" checks.
     """
+    from components.modeling.resolve import with_local_paths
+
+    config = with_local_paths(config, paths.config_root)
     request_paths = list(request_paths or [paths.config_root / config.request])
     world = load_world(config.world, config.seed, paths.config_root)
     requests = [read_request(path) for path in request_paths]
@@ -36,6 +40,7 @@ def prepare(
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
     resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
 
+    derived = _prepare_model_inputs(config, paths, list(world.records) + list(world.holdout))
     save_records(world.records, paths.world)
     save_records(world.holdout, paths.holdout)
     save_records(resolution.forget, paths.forget)
@@ -46,9 +51,44 @@ def prepare(
         "n_world": len(world.records),
         "n_holdout": len(world.holdout),
         "earlier_requests": sorted(earlier),
+        "max_length": derived.model.max_length,
     }
     write_json(paths.resolution, summary)
     return resolution
+
+
+def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record]) -> Config:
+    """Everything the data checks need before any training: the demo tokenizer (trained here,
+    saved under data/prepared/tokenizer) and ``model.max_length`` when it is ``auto``."""
+    from components.modeling.resolve import load_tokenizer, model_plan, with_max_length
+
+    plan = model_plan(config, paths.config_root)
+    if paths.tokenizer.exists():
+        shutil.rmtree(paths.tokenizer)
+    if plan.is_demo:
+        from components.modeling.demo import train_demo_tokenizer
+
+        tokenizer = train_demo_tokenizer(config, records)
+        tokenizer.save_pretrained(paths.tokenizer)
+    elif config.model.max_length == "auto":
+        tokenizer = load_tokenizer(plan.target, config.model)
+    else:
+        tokenizer = None
+    derived = with_max_length(config, tokenizer, records)
+    write_json(paths.settings, {"max_length": derived.model.max_length})
+    return derived
+
+
+def resolved_config(config: Config, paths: Paths) -> Config:
+    """``config`` with local model paths resolved against the pipeline root and the settings
+    ``prepare`` derived from the data (``model.max_length: auto``)."""
+    from components.modeling.resolve import with_local_paths
+
+    config = with_local_paths(config, paths.config_root)
+    if config.model.max_length != "auto":
+        return config
+    settings = json.loads(paths.settings.read_text(encoding="utf-8"))
+    return config.with_overrides({"model.max_length": settings["max_length"]})
 
 
 def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str, Sequence[str]]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from components.config import Config
 from components.jsonfiles import write_json
 from components.paths import Paths
-from components.stages.prepare import load_splits
+from components.stages.prepare import load_splits, resolved_config
 
 STEP_COLUMNS = ["step", "forget_loss", "retain_loss", "inner", "forget_norm_sq", "retain_norm_sq",
                 "cos", "xi", "grad_norm", "lr"]
@@ -23,13 +23,14 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     Checkpoints go to checkpoints/unlearn/ and are resumed after a crash; on NaN/inf the
     run stops with :class:`UnlearningDivergedError` and no model is written.
     """
-    from components.modeling.io import load_model_dir, save_model
+    from components.modeling.io import load_model_dir, model_options, save_model
     from components.unlearning import run_unlearning
 
     started = time.perf_counter()
+    config = resolved_config(config, paths)
     rank, device = _init_distributed()
     splits = load_splits(paths)
-    loaded = load_model_dir(start or paths.target, device=device)
+    loaded = load_model_dir(start or paths.target, **model_options(config.model) | {"device": device})
     if loaded is None:
         raise FileNotFoundError(f"no starting model at {start or paths.target}")
     if rank == 0 and paths.unlearned.exists():

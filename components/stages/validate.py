@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from components.config import Config
 from components.paths import Paths
-from components.stages.prepare import load_prepared_requests, load_splits
+from components.stages.prepare import load_prepared_requests, load_splits, resolved_config
 
 
-def tokenizer_for(paths: Paths):
-    """The tokenizer of the model ``paths.target`` stands for."""
-    from transformers import AutoTokenizer
+def tokenizer_for(config: Config, paths: Paths):
+    """The tokenizer the model will see: the user's model's, or the demo tokenizer ``prepare`` trained."""
+    from components.modeling.resolve import load_tokenizer, model_plan
 
-    from components.modeling.io import resolve_model_source
-
-    return AutoTokenizer.from_pretrained(resolve_model_source(paths.target))
+    plan = model_plan(config, paths.config_root)
+    return load_tokenizer(paths.tokenizer if plan.is_demo else plan.target, config.model)
 
 
 def validate(config: Config, paths: Paths) -> dict:
@@ -24,11 +23,12 @@ def validate(config: Config, paths: Paths) -> dict:
     """
     from components.validation import validate_request_data
 
+    config = resolved_config(config, paths)
     splits = load_splits(paths)
     report = validate_request_data(
         world=splits["world"], holdout=splits["holdout"] or None,
         forget=splits["forget"], retain=splits["retain"],
-        request=load_prepared_requests(paths), tokenizer=tokenizer_for(paths),
+        request=load_prepared_requests(paths), tokenizer=tokenizer_for(config, paths),
         max_length=config.model.max_length,
         docs_dir=paths.reports / "data_docs", report_path=paths.reports / "validation.json",
     )
