@@ -221,7 +221,7 @@ def _ensure_concurrency_limit(name: str) -> None:
     """Create the flow's global concurrency limit (1 slot) on the Prefect server if missing."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
@@ -229,7 +229,7 @@ def _ensure_concurrency_limit(name: str) -> None:
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except Exception:  # another process created it first
+            except ObjectAlreadyExists:  # another run created it first; any other error stops this run
                 pass
 
 
@@ -250,7 +250,7 @@ def _server_slot(config: Config):
         return nullcontext()
     _ensure_concurrency_limit(config.flow.concurrency_limit)
     return concurrency(config.flow.concurrency_limit, occupy=1, timeout_seconds=config.flow.lock_timeout_seconds,
-                       lease_duration=config.flow.lease_seconds)
+                       lease_duration=config.flow.lease_seconds, strict=True)  # a missing limit is an error
 
 
 # --------------------------------------------------------------------------- flow
