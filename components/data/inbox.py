@@ -1,41 +1,96 @@
-"""The request inbox: pending, processed, rejected and failed requests as folders of files.
+"""The request inbox: pending, processed, rejected, failed and cancelled requests as folders of files.
 
 A request file is never deleted: it moves from ``inbox/`` to ``processed/`` (with a result
-file), ``rejected/`` (invalid; with a reason file) or ``failed/`` (valid, but unlearning
-failed or did not pass the gate; with a reason file, retriable). One lock file serialises
-every process that changes the inbox, so each request is processed exactly once.
+file), ``rejected/`` (invalid; with a reason file), ``failed/`` (valid, but unlearning
+failed or did not pass the gate; with a reason file, retriable) or ``cancelled/``. One lock
+file serialises every process that changes the inbox, so each request is processed exactly
+once.
+
+Settling a request is crash-safe: the file is DVC-tracked first (in a DVC repository), the
+move is written to a journal, the note (result or reason) is written atomically, then the
+file moves and the journal goes. A request whose note exists counts as settled even while
+its file still waits in the inbox (it is hidden there), and the next change of the inbox
+finishes the move. So at every moment a request is either pending or settled, never
+neither, and :meth:`Inbox.earlier` never loses a processed request.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from components.data.requests import REQUEST_ID_PATTERN, DeletionRequest, RequestError, read_request
+from components.data import versioning
+from components.data.records import content_hash
+from components.data.requests import DeletionRequest, RequestError, is_request_id, read_request
+from components.jsonfiles import write_json
 from components.paths import Paths
 
 RESULT_SUFFIX = ".result.json"
 REASON_SUFFIX = ".reason.txt"
+NOTE_SUFFIXES = (RESULT_SUFFIX, REASON_SUFFIX)
+USER_LOCK_SECONDS = 60.0  # how long `blur request add/cancel/retry` wait for a running batch
+_COUNTER = re.compile(r"\.\d+$")  # the ".1" that _free_name adds to a taken name
+
+
+class InboxError(RuntimeError):
+    """The inbox is busy, or holds something a person must look at (said in the message)."""
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``name`` with a counter if taken: rejected files never overwrite."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    counter = 1
-    while candidate.exists() or Path(str(candidate) + ".dvc").exists():
-        candidate = folder / f"{stem}.{counter}{suffix}"
+def _exists(path: Path) -> bool:
+    """Also true for a symbolic link, dangling or not."""
+    return os.path.lexists(path)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, never replacing an existing file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)  # atomic, and fails if ``path`` exists
+    finally:
+        tmp.unlink()
+
+
+def _id_note(destination: Path, suffix: str) -> Path:
+    """processed/ and failed/ hold ``<request_id>.json``: the note is ``<request_id><suffix>``
+    (ids have no dots, so names and notes map one-to-one)."""
+    return destination.with_name(destination.name.removesuffix(".json") + suffix)
+
+
+def _name_note(destination: Path, suffix: str) -> Path:
+    """rejected/ and cancelled/ keep any file name: the note is the full name plus the suffix."""
+    return destination.with_name(destination.name + suffix)
+
+
+def _free_name(folder: Path, name: str, note_of: Callable[[Path, str], Path], suffix: str) -> Path:
+    """``folder/name``, or ``name`` with a counter if the name, its DVC pointer or its note is
+    taken. A name ending like a note gets ``.file`` added, so no file can pass for a note."""
+    if name.endswith((*NOTE_SUFFIXES, ".dvc")):
+        name += ".file"
+    stem, ext = Path(name).stem, Path(name).suffix
+    candidate, counter = folder / name, 1
+    while any(_exists(p) for p in (candidate, Path(f"{candidate}.dvc"), note_of(candidate, suffix))):
+        candidate = folder / f"{stem}.{counter}{ext}"
         counter += 1
     return candidate
+
+
+def _id_of_note(name: str, suffix: str) -> str:
+    """The request id a note in processed/ or failed/ is named after."""
+    return _COUNTER.sub("", name.removesuffix(suffix))
 
 
 @dataclass(frozen=True)
@@ -46,50 +101,113 @@ class Pending:
     request: DeletionRequest
 
 
+def label(path: Path) -> str:
+    """How an inbox file may be named in logs, results and artifacts: its request id when the
+    file holds a well-formed one, else a hash of its name. File names (``jane-doe.json``)
+    can name a person; request ids are what the pipeline records everywhere."""
+    try:
+        if not path.is_symlink() and path.stat().st_size <= 1_000_000:
+            request_id = json.loads(path.read_bytes()).get("request_id")
+            if is_request_id(request_id):
+                return request_id
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pass
+    return "file-" + content_hash(path.name, length=12)
+
+
 class Inbox:
     """The folders under ``data/requests/`` and the moves between them."""
 
     def __init__(self, paths: Paths):
         self.paths = paths
         self.failed = paths.failed
-        for folder in (paths.inbox, paths.processed, paths.rejected, paths.failed):
+        self.cancelled = paths.requests / "cancelled"
+        self.journal = paths.requests / ".settling.json"
+        for folder in (paths.inbox, paths.processed, paths.rejected, paths.failed, self.cancelled):
             folder.mkdir(parents=True, exist_ok=True)
 
     def lock(self, timeout: float = -1) -> FileLock:
         """The inbox lock; hold it while taking and finishing a batch."""
         return FileLock(str(self.paths.requests / ".inbox.lock"), timeout=timeout)
 
+    def _locked(self, timeout: float):
+        """The lock for a person's command: a clear error instead of waiting for ever."""
+        lock = self.lock(timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise InboxError(f"the inbox is busy (a batch is being processed; waited {timeout:g} s): "
+                             "try again when it ends") from None
+        return lock
+
     # ------------------------------------------------------------------ listing
 
     def files(self) -> list[Path]:
-        """Request files waiting in the inbox, oldest name first (DVC files excluded)."""
+        """Request files waiting in the inbox, oldest name first. DVC files, hidden files and a
+        file whose settling was interrupted after its note was written are not waiting."""
+        settled = self._interrupted_source()
         return sorted(
             p for p in self.paths.inbox.iterdir()
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".dvc")
+            if (p.is_symlink() or p.is_file()) and not p.name.startswith(".")
+            and not p.name.endswith(".dvc") and p != settled
         )
 
+    def _results(self) -> Iterator[tuple[Path, dict | None]]:
+        for path in sorted(self.paths.processed.glob(f"*{RESULT_SUFFIX}")):
+            try:
+                result = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                result = None
+            ok = isinstance(result, dict) and "request_id" in result and "forget_ids" in result
+            yield path, result if ok else None
+
     def processed_results(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.paths.processed.glob(f"*{RESULT_SUFFIX}"))]
+        """The readable result files (see :meth:`unreadable` for the others)."""
+        return [result for _, result in self._results() if result is not None]
+
+    def unreadable(self) -> list[str]:
+        """Result files that cannot be read (truncated, edited): a person must restore them."""
+        return [path.name for path, result in self._results() if result is None]
 
     def earlier(self) -> dict[str, list[str]]:
-        """Record ids erased by every processed request, by request id."""
+        """Record ids erased by every processed request, by request id.
+
+        Fails closed: with an unreadable result the erased records are unknown, and a retain
+        set built without them could train on erased data again.
+        """
+        broken = self.unreadable()
+        if broken:
+            raise InboxError(f"unreadable result file(s) in {self.paths.processed}: {', '.join(broken)}; "
+                             "restore them (git or `dvc checkout`) before processing more requests")
         return {result["request_id"]: result["forget_ids"] for result in self.processed_results()}
+
+    def _processed_ids(self) -> set[str]:
+        return ({r["request_id"] for r in self.processed_results()}
+                | {_id_of_note(name, RESULT_SUFFIX) for name in self.unreadable()})
+
+    def _failed_ids(self) -> set[str]:
+        """Failed requests: a reason file or a request file in failed/ (a retry renames the
+        reason before it moves the file, so a crash between the two leaves it failed)."""
+        reasons = {_id_of_note(p.name, REASON_SUFFIX) for p in self.failed.glob(f"*{REASON_SUFFIX}")}
+        return reasons | {_COUNTER.sub("", p.stem) for p in self.failed.glob("*.json")}
 
     @staticmethod
     def _with_reason(folder: Path) -> list[str]:
-        """Names (without the suffix) of the reason files in ``folder``."""
+        """File names (without the suffix) of the reason files in ``folder``."""
         return sorted(p.name[: -len(REASON_SUFFIX)] for p in folder.glob(f"*{REASON_SUFFIX}") if p.is_file())
 
     def known_ids(self) -> set[str]:
         """Request ids already processed or failed (a new request with one is a duplicate)."""
-        return {result["request_id"] for result in self.processed_results()} | set(self._with_reason(self.failed))
+        return self._processed_ids() | self._failed_ids()
 
     def status(self) -> dict[str, list[str]]:
         return {
             "pending": [p.name for p in self.files()],
-            "processed": [r["request_id"] for r in self.processed_results()],
+            "processed": sorted(self._processed_ids()),
             "rejected": self._with_reason(self.paths.rejected),
-            "failed": self._with_reason(self.failed),
+            "failed": sorted(self._failed_ids()),
+            "cancelled": self._with_reason(self.cancelled),
+            "unreadable": self.unreadable(),
         }
 
     # ------------------------------------------------------------------ intake
@@ -108,97 +226,192 @@ class Inbox:
             )
         return request
 
-    def add(self, path: Path, request: DeletionRequest | None = None) -> Path:
+    def add(self, path: Path, request: DeletionRequest | None = None, *,
+            timeout: float = USER_LOCK_SECONDS) -> Path:
         """Validate a request file and copy it into the inbox as ``<request_id>.json``.
 
         ``request``: what :meth:`check` already returned for ``path``, if it was called.
-        The original file is left where it was. A duplicate id, also among pending
-        requests, is refused.
+        The original file is left where it was. Under the inbox lock, a duplicate id (also
+        among pending requests) is refused, and the copy appears whole or not at all.
         """
         request = request or self.check(path)
-        pending_ids = {self._peek_id(p) for p in self.files()}
-        if request.request_id in pending_ids:
-            raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
-                               source=path.name)
-        destination = self.paths.inbox / f"{request.request_id}.json"
-        try:  # exclusive create: never replace a waiting file, even an unreadable one or one just added
-            with path.open("rb") as source, destination.open("xb") as copy:
-                shutil.copyfileobj(source, copy)
-        except FileExistsError:
-            raise RequestError([f"the inbox already has a file {destination.name}: wait until it is processed, "
-                                "or give the new request its own id"], source=path.name) from None
+        with self._locked(timeout):
+            self._finish_interrupted()
+            if request.request_id in self.known_ids() | {self._peek_id(p) for p in self.files()}:
+                raise RequestError([f"duplicate request_id '{request.request_id}': already processed, "
+                                    "failed or waiting in the inbox"], source=path.name)
+            destination = self.paths.inbox / f"{request.request_id}.json"
+            tmp = self.paths.inbox / f".add-{uuid.uuid4().hex}.tmp"  # hidden: never taken half-written
+            try:
+                with path.open("rb") as source, tmp.open("xb") as copy:
+                    shutil.copyfileobj(source, copy)
+                os.link(tmp, destination)  # atomic; never replaces a waiting file
+            except FileExistsError:
+                raise RequestError([f"the inbox already has a file {destination.name}: wait until it is "
+                                    "processed, or give the new request its own id"], source=path.name) from None
+            finally:
+                tmp.unlink(missing_ok=True)
         return destination
 
     @staticmethod
     def _peek_id(path: Path) -> str | None:
+        if path.is_symlink():
+            return None
         try:
             return read_request(path).request_id
         except RequestError:
             return None
 
-    def take(self) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
-        """Split the inbox into valid pending requests and invalid ones (with their errors)."""
-        valid: list[Pending] = []
-        invalid: list[tuple[Path, RequestError]] = []
-        seen: set[str] = set()
+    def _check_waiting(self, path: Path, known: set[str]) -> DeletionRequest:
+        if path.is_symlink():  # never read through a link: it could point anywhere
+            raise RequestError(["the file is a symbolic link, and links in the inbox are not followed; "
+                                "put the request file itself into the inbox (blur request add)"], source=path.name)
+        return self.check(path, known)
+
+    def take(self, limit: int | None = None) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
+        """Split the inbox into valid pending requests and invalid ones (with their errors).
+
+        Finishes a settle a crash interrupted first. The valid requests come oldest first
+        (``received_at``, then file name); with ``limit``, at most that many are taken and
+        the rest stay pending for the next batch. Of two files with one request id, the
+        older is taken and the newer is invalid.
+        """
+        self._finish_interrupted()
         known = self.known_ids()
+        parsed: list[Pending] = []
+        invalid: list[tuple[Path, RequestError]] = []
         for path in self.files():
             try:
-                request = self.check(path, known)
-                if request.request_id in seen:
-                    raise RequestError(
-                        [f"duplicate request_id '{request.request_id}': another file in this batch has it"],
-                        source=path.name,
-                    )
-                seen.add(request.request_id)
-                valid.append(Pending(path, request))
+                parsed.append(Pending(path, self._check_waiting(path, known)))
             except RequestError as error:
                 invalid.append((path, error))
-        return valid, invalid
+        valid: list[Pending] = []
+        for pending in sorted(parsed, key=_age):
+            if any(p.request.request_id == pending.request.request_id for p in valid):
+                invalid.append((pending.path, RequestError(
+                    [f"duplicate request_id '{pending.request.request_id}': another file in this batch has it"],
+                    source=pending.path.name)))
+            else:
+                valid.append(pending)
+        return (valid if limit is None else valid[:limit]), invalid
 
     # ------------------------------------------------------------------ outcomes
 
-    def _settle(self, path: Path, folder: Path, note_suffix: str, note: str, name: str | None = None) -> Path:
-        from components.data import versioning
+    def _settle(self, path: Path, folder: Path, note: tuple[Callable[[Path, str], Path], str, str],
+                name: str | None = None) -> Path:
+        """Move ``path`` into ``folder`` with its note, crash-safely (see the module docstring).
 
-        destination = _free_name(folder, name or path.name)
+        ``note``: how the note is named, its suffix and its text.
+        """
+        note_of, suffix, text = note
+        if versioning.is_repo(self.paths.root) and not path.is_symlink():
+            versioning.track(self.paths.root, [path])  # a tracking failure leaves the request pending
+        destination = _free_name(folder, name or path.name, note_of, suffix)
+        note_path = note_of(destination, suffix)
+        write_json(self.journal, {"source": self._relative(path), "destination": self._relative(destination),
+                                  "note": self._relative(note_path)})
+        _write_new(note_path, text)  # from here on the request counts as settled
         versioning.move(self.paths.root, path, destination)
-        Path(str(destination.with_suffix("")) + note_suffix).write_text(note, encoding="utf-8")
+        self.journal.unlink()
         return destination
 
+    def _relative(self, path: Path) -> str:
+        return str(path.relative_to(self.paths.requests))
+
+    def _read_journal(self) -> dict[str, Path] | None:
+        try:
+            entry = json.loads(self.journal.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return {key: self.paths.requests / entry[key] for key in ("source", "destination", "note")}
+
+    def _interrupted_source(self) -> Path | None:
+        """The inbox file of an interrupted settle whose note was written (it counts as settled)."""
+        entry = self._read_journal()
+        return entry["source"] if entry and _exists(entry["note"]) else None
+
+    def _finish_interrupted(self) -> None:
+        """Finish a settle a crash interrupted: move the file if its note was written (else
+        the request simply stays pending), then drop the journal. Call under the lock."""
+        entry = self._read_journal()
+        if entry is None:
+            return
+        if _exists(entry["note"]) and _exists(entry["source"]):
+            versioning.move(self.paths.root, entry["source"], entry["destination"])
+        self.journal.unlink()
+
     def reject(self, path: Path, error: RequestError) -> Path:
-        """Move an invalid request to ``rejected/`` with a reason file beside it."""
-        note = f"rejected at {_now()}\n" + "\n".join(f"- {reason}" for reason in error.reasons) + "\n"
-        return self._settle(path, self.paths.rejected, REASON_SUFFIX, note)
+        """Move an invalid request to ``rejected/`` with a reason file beside it
+        (``<file name>.reason.txt``)."""
+        text = (f"rejected at {_now()} (logged as {label(path)})\n"
+                + "\n".join(f"- {reason}" for reason in error.reasons) + "\n")
+        return self._settle(path, self.paths.rejected, (_name_note, REASON_SUFFIX, text))
 
     def fail(self, pending: Pending, reason: str) -> Path:
         """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
-        note = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
-        return self._settle(pending.path, self.failed, REASON_SUFFIX, note,
+        text = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
+        return self._settle(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
                             name=f"{pending.request.request_id}.json")
 
     def complete(self, pending: Pending, result: dict) -> Path:
         """Move a request to ``processed/`` with its result (ids, counts, hashes; no text)."""
         result = {"request_id": pending.request.request_id, "processed_at": _now(), **result}
-        return self._settle(pending.path, self.paths.processed, RESULT_SUFFIX,
-                            json.dumps(result, indent=2) + "\n", name=f"{pending.request.request_id}.json")
+        return self._settle(pending.path, self.paths.processed,
+                            (_id_note, RESULT_SUFFIX, json.dumps(result, indent=2) + "\n"),
+                            name=f"{pending.request.request_id}.json")
 
-    def retry(self, request_id: str) -> Path:
+    # ------------------------------------------------------------------ a person's commands
+
+    def cancel(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
+        """Withdraw a pending request: its file (and DVC pointer) move to ``cancelled/``."""
+        with self._locked(timeout):
+            self._finish_interrupted()
+            matches = [p for p in self.files() if self._peek_id(p) == request_id] if is_request_id(request_id) else []
+            if not matches:
+                raise FileNotFoundError(f"no pending request with id '{request_id}' in {self.paths.inbox} "
+                                        "(see `blur status`)")
+            text = f"cancelled at {_now()}\n"
+            for path in matches[1:]:
+                self._settle(path, self.cancelled, (_name_note, REASON_SUFFIX, text))
+            return self._settle(matches[0], self.cancelled, (_name_note, REASON_SUFFIX, text))
+
+    def retry(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
         """Move a failed request back to the inbox."""
-        from components.data import versioning
+        with self._locked(timeout):
+            self._finish_interrupted()
+            return self._retry(request_id)
 
-        if not REQUEST_ID_PATTERN.match(request_id):  # '../processed/x' must not reach another folder
+    def retry_all(self, *, timeout: float = USER_LOCK_SECONDS) -> tuple[dict[str, Path], dict[str, str]]:
+        """Move every failed request back to the inbox: (moved by id, refused by id with the reason)."""
+        moved: dict[str, Path] = {}
+        refused: dict[str, str] = {}
+        with self._locked(timeout):
+            self._finish_interrupted()
+            for request_id in sorted(self._failed_ids()):
+                try:
+                    moved[request_id] = self._retry(request_id)
+                except (FileNotFoundError, FileExistsError) as error:
+                    refused[request_id] = str(error)
+        return moved, refused
+
+    def _retry(self, request_id: str) -> Path:
+        if not is_request_id(request_id):  # '../processed/x' must not reach another folder
             raise FileNotFoundError(f"no failed request with id '{request_id}': request ids are letters, "
                                     "digits, '-' or '_'")
         source = self.failed / f"{request_id}.json"
         if not source.exists():
             raise FileNotFoundError(f"no failed request with id '{request_id}' in {self.failed}")
         waiting = self.paths.inbox / source.name
-        if waiting.exists() or Path(f"{waiting}.dvc").exists():
+        if _exists(waiting) or _exists(Path(f"{waiting}.dvc")):
             raise FileExistsError(f"the inbox already has a file {source.name}: wait until it is processed, "
                                   f"then retry '{request_id}'")
-        destination = versioning.move(self.paths.root, source, waiting)
         reason = self.failed / f"{request_id}{REASON_SUFFIX}"
-        if reason.exists():
-            reason.rename(_free_name(self.failed, f"{request_id}.retried.txt"))
-        return destination
+        if reason.exists():  # first: a crash before the move leaves the request failed, not both
+            reason.rename(_free_name(self.failed, f"{request_id}.retried.txt", _name_note, REASON_SUFFIX))
+        return versioning.move(self.paths.root, source, waiting)
+
+
+def _age(pending: Pending) -> tuple[datetime, str]:
+    """Sort key, oldest first; a time without a zone is taken as UTC."""
+    when = pending.request.received_at
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)), pending.path.name

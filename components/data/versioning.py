@@ -19,8 +19,13 @@ class VersioningError(RuntimeError):
     """DVC could not track, move or push a request file."""
 
 
+def is_repo(root: Path) -> bool:
+    """Whether ``root`` is a DVC repository (request files there must be tracked)."""
+    return (Path(root) / ".dvc").is_dir()
+
+
 def _dvc(root: Path, *args: str) -> str:
-    if not (root / ".dvc").is_dir():
+    if not is_repo(root):
         raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
@@ -46,9 +51,12 @@ def tracked_hash(path: Path) -> str | None:
     return outs[0].get("md5") if outs else None
 
 
-def track(root: Path, files: list[Path]) -> dict[str, str]:
-    """``dvc add`` each file (once) and return its DVC hash by file name."""
-    untracked = [f for f in files if tracked_hash(f) is None]
+def track(root: Path, files: list[Path]) -> dict[str, str | None]:
+    """``dvc add`` each file (once) and return its DVC hash by file name.
+
+    A symbolic link is never added (DVC would store what it points to): its hash is None.
+    """
+    untracked = [f for f in files if not f.is_symlink() and tracked_hash(f) is None]
     if untracked:
         _dvc(root, "add", "--quiet", *(_relative(root, f) for f in untracked))
     return {f.name: tracked_hash(f) for f in files}
