@@ -107,7 +107,8 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
     from components.modeling.encoding import encode_record
     from components.modeling.tiny_model import build_tiny_model
     from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-    from components.unlearning.run import BatchStream, LossModel, sequence_logps
+    from components.unlearning.batches import BatchStream
+    from components.unlearning.modules import LossModel, sequence_logps
 
     base = Config()
     if records is None:
@@ -150,11 +151,13 @@ def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, co
                start: int, stop: int, log_step: Callable[[dict], None] | None = None) -> None:
     """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``."""
     from components.unlearning import train_bilevel
+    from components.unlearning.loop import StepHooks, StepRule
 
     if method in ("blur", "weighted_sum"):
+        rule = StepRule(combiner=method, gamma=config.gamma if method == "blur" else 1.0, alpha=config.alpha,
+                        max_grad_norm=config.max_grad_norm)
         train_bilevel(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
-                      combiner=method, gamma=config.gamma if method == "blur" else 1.0, alpha=config.alpha,
-                      max_grad_norm=config.max_grad_norm, log=log_step)
+                      rule=rule, hooks=StepHooks(log=log_step))
     elif method == "naive_blur":
         naive_blur_train(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
                          gamma=config.gamma, max_grad_norm=config.max_grad_norm, log=log_step)

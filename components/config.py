@@ -192,6 +192,8 @@ class FlowConfig(_Section):
     lease_seconds: float = Field(default=300.0, ge=60, le=86400)
     cron: str = "0 2 * * *"
     runs_dir: str = "runs"
+    # At most this many valid requests per batch, oldest first; the rest wait for the next run.
+    max_batch_requests: int = Field(default=50, ge=1)
 
 
 class Config(_Section):

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from components.config import UnlearnConfig
 from components.data.records import record_from_dict
 from components.modeling.io import load_model
-from components.unlearning import run_unlearning
+from components.unlearning import RunOutputs, run_unlearning
 
 
 def main(model_dir: str, records_json: str, configs_json: str, out_dir: str) -> None:
@@ -32,7 +32,7 @@ def main(model_dir: str, records_json: str, configs_json: str, out_dir: str) -> 
     for name, config in spec["configs"].items():
         loaded = load_model(model_dir)
         result = run_unlearning(loaded.model, loaded.tokenizer, forget, retain, UnlearnConfig.model_validate(config),
-                                max_length=spec["max_length"], seed=spec["seed"], show_progress=False)
+                                max_length=spec["max_length"], seed=spec["seed"], outputs=RunOutputs(show_progress=False))
         if dist.get_rank() == 0:
             torch.save(result.model.state_dict(), Path(out_dir) / f"{name}.pt")
             (Path(out_dir) / f"{name}.json").write_text(json.dumps(result.diagnostics))

@@ -13,7 +13,7 @@ import torch
 
 from components.config import UnlearnConfig
 from components.modeling.io import load_model, save_model
-from components.unlearning import run_unlearning
+from components.unlearning import RunOutputs, run_unlearning
 
 WORKER = Path(__file__).with_name("distributed_unlearning_worker.py")
 MAX_LENGTH, SEED = 64, 0
@@ -53,7 +53,7 @@ def test_two_ranks_give_the_weights_of_one_rank_on_the_concatenated_batch(two_ra
     loaded = load_model(two_rank_run / "model")
     one_rank = run_unlearning(loaded.model, loaded.tokenizer, *_records(two_rank_run),
                               UnlearnConfig(**CONFIGS[name], batch_size=8, grad_accum=1),
-                              max_length=MAX_LENGTH, seed=SEED, show_progress=False)
+                              max_length=MAX_LENGTH, seed=SEED, outputs=RunOutputs(show_progress=False))
     two_ranks = torch.load(two_rank_run / f"{name}.pt")
     expected = one_rank.model.state_dict()
     assert two_ranks.keys() == expected.keys()

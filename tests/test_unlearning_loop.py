@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from components.unlearning import UnlearningDivergedError, train_bilevel
+from components.unlearning.loop import StepHooks, StepRule
 
 PREFERRED_ON_SOLUTION_SET = (1.5, -0.5)
 WEIGHTED_SUM_MINIMUM = (5 / 3, -1 / 3)
@@ -39,7 +40,7 @@ def solve(combiner: str, lower: str = "forget", steps: int = 400) -> tuple[float
     x, y, on_line, near_two_zero = toy()
     forget, retain = (on_line, near_two_zero) if lower == "forget" else (near_two_zero, on_line)
     optimizer = torch.optim.SGD([x, y], lr=0.1)
-    train_bilevel([x, y], forget, retain, optimizer, steps=steps, combiner=combiner, lower=lower)
+    train_bilevel([x, y], forget, retain, optimizer, steps=steps, rule=StepRule(combiner=combiner, lower=lower))
     return float(x.detach()), float(y.detach())
 
 
@@ -63,7 +64,7 @@ def test_retain_as_lower_level_gives_retain_priority():
 def test_loop_diagnostics_report_both_losses_and_the_combination():
     x, y, on_line, near_two_zero = toy(start=(1.0, 2.0))
     optimizer = torch.optim.SGD([x, y], lr=0.1)
-    first = train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=1, gamma=2.0)[0]
+    first = train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=1, rule=StepRule(gamma=2.0))[0]
     # at (1, 2): g_f = (2, 2), g_r = (-1, 2), f = 2, g = 2.5
     assert first["step"] == 1
     assert first["forget_loss"] == pytest.approx(2.0) and first["retain_loss"] == pytest.approx(2.5)
@@ -78,7 +79,7 @@ def test_loop_diagnostics_report_both_losses_and_the_combination():
 def test_clipping_applies_to_the_combined_direction():
     x, y, on_line, near_two_zero = toy(start=(1.0, 2.0))
     optimizer = torch.optim.SGD([x, y], lr=1.0)
-    train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=1, max_grad_norm=0.5)
+    train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=1, rule=StepRule(max_grad_norm=0.5))
     moved = math.hypot(float(x.detach()) - 1.0, float(y.detach()) - 2.0)
     assert moved == pytest.approx(0.5, rel=1e-5)
 
@@ -92,7 +93,7 @@ def test_non_finite_loss_stops_before_the_weights_change():
     optimizer = torch.optim.SGD([x, y], lr=0.1)
     seen = []
     with pytest.raises(UnlearningDivergedError, match="step 3: retain_loss=nan"):
-        train_bilevel([x, y], on_line, poisoned, optimizer, steps=5, log=seen.append)
+        train_bilevel([x, y], on_line, poisoned, optimizer, steps=5, hooks=StepHooks(log=seen.append))
     assert [record["step"] for record in seen] == [1, 2]
     assert torch.isfinite(x).all() and torch.isfinite(y).all()
 
@@ -117,8 +118,8 @@ def test_loop_synchronises_with_the_host_once_per_step(combiner):
     x, y, on_line, near_two_zero = toy(start=(1.0, 2.0))
     optimizer = torch.optim.SGD([x, y], lr=0.1)  # AdamW would add reads of its CPU step counters
     with HostSyncCounter() as counter:
-        train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=7, combiner=combiner,
-                      grad_accum=2, max_grad_norm=1.0)
+        train_bilevel([x, y], on_line, near_two_zero, optimizer, steps=7,
+                      rule=StepRule(combiner=combiner, grad_accum=2, max_grad_norm=1.0))
     assert counter.count == 7
 
 
@@ -165,7 +166,7 @@ def test_blur_keeps_one_extra_gradient_buffer_and_no_per_step_temporaries():
     def loop_bytes(steps: int) -> int:
         optimizer = torch.optim.SGD(params, lr=1e-3)
         with AllocationCounter() as counter:
-            train_bilevel(params, forget, retain, optimizer, steps=steps, max_grad_norm=1.0)
+            train_bilevel(params, forget, retain, optimizer, steps=steps, rule=StepRule(max_grad_norm=1.0))
         return counter.bytes - steps * losses_alone.bytes
 
     one_step, five_steps = loop_bytes(1), loop_bytes(5)

@@ -18,6 +18,7 @@ from components.modeling.io import save_model
 from components.unlearning import (
     FORGET_LOSSES,
     RETAIN_LOSSES,
+    RunOutputs,
     StaleCheckpointWarning,
     UnlearningDivergedError,
     run_unlearning,
@@ -34,7 +35,8 @@ def _one_thread(one_thread):
 def unlearn(setup, config: UnlearnConfig, **kwargs):
     model = copy.deepcopy(setup.target)
     return run_unlearning(model, setup.tokenizer, setup.forget, setup.retain, config,
-                          max_length=setup.config.model.max_length, seed=0, show_progress=False, **kwargs)
+                          max_length=setup.config.model.max_length, seed=0,
+                          outputs=RunOutputs(show_progress=False, **kwargs))
 
 
 def forget_answer_prob(setup, model) -> float:
@@ -139,8 +141,9 @@ def test_nan_in_the_forward_pass_stops_the_run_and_no_model_is_written(tiny_setu
     def unlearn_and_save():
         result = run_unlearning(model, tiny_setup.tokenizer, tiny_setup.forget, tiny_setup.retain,
                                 UnlearnConfig(**{**FAST, "checkpoint_every": 1}),
-                                max_length=tiny_setup.config.model.max_length, seed=0, show_progress=False,
-                                checkpoint_dir=tmp_path / "ckpt", on_step=lambda record: poison.update(on=True))
+                                max_length=tiny_setup.config.model.max_length, seed=0,
+                                outputs=RunOutputs(show_progress=False, checkpoint_dir=tmp_path / "ckpt",
+                                                   on_step=lambda record: poison.update(on=True)))
         save_model(result.model, tiny_setup.tokenizer, output_dir)
 
     with pytest.raises(UnlearningDivergedError, match="diverged at step 2: forget_loss=nan"):

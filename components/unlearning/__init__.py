@@ -9,12 +9,13 @@ from components.unlearning.checkpoint import StaleCheckpointWarning
 from components.unlearning.combine import COMBINERS, blur_combine
 from components.unlearning.loop import UnlearningDivergedError, train_bilevel
 from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-from components.unlearning.run import UnlearnResult, run_unlearning
+from components.unlearning.run import RunOutputs, UnlearnResult, run_unlearning
 
 __all__ = [
     "COMBINERS",
     "FORGET_LOSSES",
     "RETAIN_LOSSES",
+    "RunOutputs",
     "LossContext",
     "StaleCheckpointWarning",
     "UnlearnResult",

@@ -3,11 +3,12 @@
 One function, :func:`train_bilevel`, with the steps of an optimizer step in order:
 
 1. **lower level**: for each micro-batch, its loss and gradients, accumulated in ``.grad``
-   (and all-reduced across ranks on the last micro-batch); then copied into the one extra
-   gradient buffer (``stash``);
+   (and reduced across ranks on the last micro-batch: all-reduced by DDP, reduce-scattered
+   into shards by FSDP); then copied into the one extra gradient buffer (``stash``);
 2. **upper level**: the same, accumulated into the zeroed ``.grad``;
 3. **combine** in place: ``.grad <- c_upper * .grad + c_lower * stash`` with the
-   coefficients of the combiner, computed on the device from the inner product and norms;
+   coefficients of the combiner, computed on the device from the inner product and norms
+   (under FSDP summed over the ranks' shards in one all-reduce, see :class:`Ranks`);
 4. **clip** the combined direction ``d`` (not its parts) to ``max_grad_norm``;
 5. **check**: every scalar of the step (losses, inner product, norms, ``xi``, norm of ``d``,
    a finite flag) goes to the host in one transfer - the step's only synchronisation - and a
@@ -15,16 +16,20 @@ One function, :func:`train_bilevel`, with the steps of an optimizer step in orde
 6. **step** the optimizer and the learning-rate schedule;
 7. **log** the step's diagnostics and **checkpoint** every ``checkpoint_every`` steps.
 
+The knobs come in three small objects: :class:`StepRule` (the method), :class:`Ranks` (the
+processes) and :class:`StepHooks` (logging and checkpoints).
+
 The loop knows nothing about language models: a level is a callable ``loss(step, micro)``
 that fetches its own micro-batch and returns this rank's share of the level's loss for the
-step, scaled so that summing over micro-batches and averaging over ranks (what DDP does to
-gradients) gives the mean over the whole effective batch.
+step, scaled so that summing over micro-batches and averaging over ranks (what DDP and FSDP
+do to gradients) gives the mean over the whole effective batch.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Literal, Sequence
 
 import torch
@@ -39,6 +44,59 @@ class UnlearningDivergedError(RuntimeError):
     """A loss or gradient became NaN or infinite; the run stopped and produced no model."""
 
 
+@dataclass(frozen=True)
+class StepRule:
+    """What one optimizer step does with the two levels' gradients (``unlearn.*`` knobs).
+
+    With ``seed`` the global RNG (dropout) is reseeded from ``(seed, step)`` at every step,
+    so a resumed run draws the same numbers as an uninterrupted one without carrying RNG state.
+    """
+
+    combiner: str = "blur"
+    lower: Literal["forget", "retain"] = "forget"
+    gamma: float = 1.0
+    alpha: float = 1.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """How the processes of a run share each step (the defaults: one process).
+
+    ``no_sync`` suspends the gradient reduction on all but the last micro-batch of a level
+    (DDP's ``no_sync``, FSDP's ``set_requires_gradient_sync(False)``); ``all_reduce`` sums a
+    tensor over ranks in place. ``sharded`` (FSDP): each rank holds a shard of every gradient
+    (``DTensor``), so the step's scalars - inner product, both squared norms and the losses -
+    are computed on the local shards and summed over ranks in one all-reduce, and the norm of
+    the combined direction follows from them. Unsharded (DDP): gradients are replicated, the
+    scalars are already global and only the logged losses are averaged.
+    """
+
+    world_size: int = 1
+    no_sync: Callable[[], ContextManager] = nullcontext
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    sharded: bool = False
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """Called after each step: ``log(record)``, and ``checkpoint(step)`` every ``checkpoint_every`` steps."""
+
+    log: Callable[[dict], None] | None = None
+    checkpoint: Callable[[int], None] | None = None
+    checkpoint_every: int = 0
+
+    def after_step(self, record: dict, steps: int) -> None:
+        if self.log is not None:
+            self.log(record)
+        step = record["step"]
+        if self.checkpoint is not None and self.checkpoint_every and (step % self.checkpoint_every == 0
+                                                                       or step == steps):
+            self.checkpoint(step)
+
+
 def train_bilevel(
     params: Sequence[torch.Tensor],
     forget_loss: LossFn,
@@ -48,68 +106,45 @@ def train_bilevel(
     *,
     steps: int,
     start_step: int = 0,
-    combiner: str = "blur",
-    lower: Literal["forget", "retain"] = "forget",
-    gamma: float = 1.0,
-    alpha: float = 1.0,
-    grad_accum: int = 1,
-    max_grad_norm: float | None = None,
-    seed: int | None = None,
-    no_sync: Callable[[], ContextManager] = nullcontext,
-    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    world_size: int = 1,
-    log: Callable[[dict], None] | None = None,
-    checkpoint: Callable[[int], None] | None = None,
-    checkpoint_every: int = 0,
+    rule: StepRule = StepRule(),
+    ranks: Ranks = Ranks(),
+    hooks: StepHooks = StepHooks(),
 ) -> list[dict]:
     """Run optimizer steps ``start_step + 1 .. steps`` and return their diagnostics.
 
-    ``params`` are the trainable tensors the combiner sees (all of them together);
-    ``no_sync`` is DDP's ``no_sync`` (gradients are all-reduced on the last micro-batch of
-    each level only); ``sum_over_ranks`` all-reduces the logged losses. With ``seed`` the
-    global RNG (dropout) is reseeded from ``(seed, step)`` at every step, so a resumed run
-    draws the same numbers as an uninterrupted one without carrying RNG state.
+    ``params`` are the trainable tensors the combiner sees (all of them together); ``rule``
+    says how a step combines, clips and accumulates; ``ranks`` how processes share it;
+    ``hooks`` what happens after it.
     """
-    if combiner not in COMBINERS:
-        raise ValueError(f"unknown combiner '{combiner}'; choose one of {sorted(COMBINERS)}")
-    if lower not in ("forget", "retain"):
-        raise ValueError(f"lower must be 'forget' or 'retain', not '{lower}'")
+    if rule.combiner not in COMBINERS:
+        raise ValueError(f"unknown combiner '{rule.combiner}'; choose one of {sorted(COMBINERS)}")
+    if rule.lower not in ("forget", "retain"):
+        raise ValueError(f"lower must be 'forget' or 'retain', not '{rule.lower}'")
     params = list(params)
     for p in params:  # gradients live for the whole run and are zeroed in place, never set to None
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    stash = [torch.empty_like(p) for p in params]  # the one extra gradient buffer
-    lower_loss, upper_loss = (forget_loss, retain_loss) if lower == "forget" else (retain_loss, forget_loss)
-    coefficients = COMBINERS[combiner]
+    stash = [torch.empty_like(g) for g in _grads(params, ranks)]  # the one extra gradient buffer
+    lower_loss, upper_loss = (forget_loss, retain_loss) if rule.lower == "forget" else (retain_loss, forget_loss)
     history: list[dict] = []
 
     for step in range(start_step, steps):
-        if seed is not None:
-            torch.manual_seed(_step_seed(seed, step))
+        if rule.seed is not None:
+            torch.manual_seed(_step_seed(rule.seed, step))
 
         # 1-2. losses and gradients of the lower level (kept in the stash), then the upper level
-        lower_value = _accumulate(params, lower_loss, step, grad_accum, no_sync)
-        torch._foreach_copy_(stash, _grads(params))
-        upper_value = _accumulate(params, upper_loss, step, grad_accum, no_sync)
-        grads = _grads(params)
+        lower_value = _accumulate(params, lower_loss, step, rule.grad_accum, ranks)
+        torch._foreach_copy_(stash, _grads(params, ranks))
+        upper_value = _accumulate(params, upper_loss, step, rule.grad_accum, ranks)
+        grads = _grads(params, ranks)
 
-        # 3. combine in place: .grad <- c_upper * g_upper + c_lower * g_lower
-        inner, lower_sq, upper_sq = dot_and_norms(stash, grads)
-        c_upper, c_lower = coefficients(inner, lower_sq, lower=lower, gamma=gamma, alpha=alpha)
-        combine_(grads, stash, c_upper, c_lower)
-
-        # 4. clip the combined direction
-        grad_norm = squared_norm(grads).sqrt()
-        if max_grad_norm is not None:
-            torch._foreach_mul_(grads, (max_grad_norm / (grad_norm + CLIP_EPS)).clamp(max=1.0))
+        # 3-4. combine in place (.grad <- c_upper * g_upper + c_lower * g_lower) and clip
+        losses = torch.stack([lower_value, upper_value])
+        scalars = _combine_and_clip(grads, stash, losses, rule, ranks)
 
         # 5. the step's one host synchronisation, and the guard against divergence
-        losses = torch.stack([lower_value, upper_value])
-        if sum_over_ranks is not None:
-            losses = sum_over_ranks(losses) / world_size
-        scalars = torch.cat([losses, torch.stack([inner, lower_sq, upper_sq, c_lower, grad_norm])])
         values = torch.cat([scalars, torch.isfinite(scalars).all().float()[None]]).tolist()
-        record = _record(step + 1, values, lower, optimizer.param_groups[0]["lr"])
+        record = _record(step + 1, values, rule.lower, optimizer.param_groups[0]["lr"])
         if not values[-1]:
             raise UnlearningDivergedError(_diverged_message(record))
 
@@ -120,28 +155,54 @@ def train_bilevel(
 
         # 7. log and checkpoint
         history.append(record)
-        if log is not None:
-            log(record)
-        if checkpoint is not None and checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            checkpoint(step + 1)
+        hooks.after_step(record, steps)
     return history
 
 
+def _combine_and_clip(grads: list[torch.Tensor], stash: list[torch.Tensor], losses: torch.Tensor,
+                      rule: StepRule, ranks: Ranks) -> torch.Tensor:
+    """Steps 3-4 in place on ``grads``; the step's scalars ``[losses, inner, norms, xi, ||d||]``."""
+    inner, lower_sq, upper_sq = dot_and_norms(stash, grads)
+    if ranks.sharded:  # local shards: one all-reduce sums the three scalars and the losses
+        summed = ranks.all_reduce(torch.cat([torch.stack([inner, lower_sq, upper_sq]), losses.float()]))
+        inner, lower_sq, upper_sq = summed[0], summed[1], summed[2]
+        losses = summed[3:] / ranks.world_size
+    elif ranks.all_reduce is not None:  # replicated gradients: only the losses differ by rank
+        losses = ranks.all_reduce(losses) / ranks.world_size
+    c_upper, c_lower = COMBINERS[rule.combiner](inner, lower_sq, lower=rule.lower, gamma=rule.gamma,
+                                                alpha=rule.alpha)
+    combine_(grads, stash, c_upper, c_lower)
+    if ranks.sharded:  # ||d||^2 from the global scalars: no second reduction
+        grad_norm = (c_upper**2 * upper_sq + 2 * c_upper * c_lower * inner
+                     + c_lower.square() * lower_sq).clamp(min=0).sqrt()
+    else:
+        grad_norm = squared_norm(grads).sqrt()
+    if rule.max_grad_norm is not None:
+        torch._foreach_mul_(grads, (rule.max_grad_norm / (grad_norm + CLIP_EPS)).clamp(max=1.0))
+    return torch.cat([losses, torch.stack([inner, lower_sq, upper_sq, c_lower, grad_norm])])
+
+
 def _accumulate(params: list[torch.Tensor], loss_fn: LossFn, step: int, grad_accum: int,
-                no_sync: Callable[[], ContextManager]) -> torch.Tensor:
+                ranks: Ranks) -> torch.Tensor:
     """Zero ``.grad``, then backpropagate ``grad_accum`` micro-batches into it; their summed loss."""
-    torch._foreach_zero_(_grads(params))
+    torch._foreach_zero_(_grads(params, ranks))
     total = None
     for micro in range(grad_accum):
-        with no_sync() if micro < grad_accum - 1 else nullcontext():
+        with ranks.no_sync() if micro < grad_accum - 1 else nullcontext():
             loss = loss_fn(step, micro)
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total.float()
 
 
-def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.grad for p in params]  # fetched each time: DDP may re-point .grad at its buckets
+def _grads(params: list[torch.Tensor], ranks: Ranks) -> list[torch.Tensor]:
+    """The gradients as plain tensors: this rank's shards under FSDP (in-place edits reach ``.grad``).
+
+    Fetched each time: DDP may re-point ``.grad`` at its buckets.
+    """
+    if ranks.sharded:
+        return [p.grad.to_local() for p in params]
+    return [p.grad for p in params]
 
 
 def _record(step: int, values: list[float], lower: str, lr: float) -> dict:

@@ -1,40 +1,43 @@
-"""Unlearn a Hugging Face causal LM: data, losses, LoRA, DDP and checkpoints around the loop.
+"""Unlearn a Hugging Face causal LM: the steps around the loop, in the order they run.
 
-:func:`run_unlearning` prepares everything :func:`components.unlearning.loop.train_bilevel`
-needs and nothing more:
+:func:`run_unlearning` reads as its four steps:
 
-- the forget and retain records, encoded once in the one prompt format, and a deterministic
-  stream of micro-batches per level: the global batch of step ``t`` is a function of
-  ``(seed, t)`` only, and rank ``r`` takes its share of it, so 1 rank x 8, 1 rank x 2 x 4
-  micro-batches and 2 ranks x 4 all see the same examples;
-- what the losses need from the frozen starting model, computed before any update: NPO's
-  reference log-probabilities (once), a frozen copy for the KL retain loss (with LoRA, the
-  base model with adapters disabled instead), RMU's random target;
-- LoRA adapters (``unlearn.lora.enabled``), merged back before returning;
-- ``DistributedDataParallel`` when launched with ``torchrun`` (``torch.distributed``
-  initialised by the caller), gradients all-reduced before the combination;
-- checkpoints every ``unlearn.checkpoint_every`` steps and resume, a JSON-lines log and a
-  progress bar.
+1. :func:`prepare_data` - the forget and retain records encoded once in the one prompt
+   format, the number of steps, and what the losses need from the frozen starting model
+   (NPO's reference log-probabilities, RMU's random target) before anything changes;
+2. :func:`build_engine` - the model and its wrappers: the KL reference (a frozen copy, or
+   the base model with LoRA adapters disabled), LoRA adapters (``unlearn.lora``), the loss
+   model, DDP or FSDP2 across ``torchrun`` ranks (``unlearn.distributed``; the process group
+   is joined by the caller, see :mod:`components.unlearning.distributed`), the optimizer and
+   schedule, and the state of a matching checkpoint to resume from;
+3. :func:`train` - :func:`components.unlearning.loop.train_bilevel` over deterministic
+   micro-batch streams (:mod:`components.unlearning.batches`), with a JSON-lines log, a
+   progress bar and checkpoints every ``unlearn.checkpoint_every`` steps;
+4. :func:`finish` - adapters merged back, the weights returned as a plain model in the
+   dtype they came in.
+
+``unlearn.precision``: ``weights`` trains in the loaded dtype (bf16 weights give bf16
+gradients; losses, BLUR's inner product and norms are fp32 whatever the dtype);
+``autocast-bf16`` keeps fp32 master weights and runs the forward passes under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from components.config import LoRAConfig, UnlearnConfig
-from components.data.records import QARecord, Record
-from components.modeling.encoding import Encoded, collate, encode_record, ensure_pad_token
-from components.modeling.scoring import scored_batches
+from components.config import UnlearnConfig
+from components.data.records import Record
+from components.modeling.encoding import Encoded, encode_record
+from components.progress import progress_bar
+from components.unlearning import distributed
+from components.unlearning.batches import BatchStream, check_inputs, encode_forget
 from components.unlearning.checkpoint import (
     fingerprint,
     load_checkpoint,
@@ -42,8 +45,17 @@ from components.unlearning.checkpoint import (
     token_digest,
     weights_digest,
 )
+from components.unlearning.loop import Ranks, StepHooks, StepRule, train_bilevel
 from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-from components.unlearning.loop import train_bilevel
+from components.unlearning.modules import (
+    LossModel,
+    add_lora,
+    decoder_layer,
+    reference_logits,
+    rmu_target,
+    sequence_logps,
+)
+from components.unlearning.optim import make_optimizer, make_scheduler, resolve_steps
 
 
 @dataclass
@@ -55,7 +67,7 @@ class UnlearnResult:
     ``inner`` (``<g_f, g_r>``), ``forget_norm_sq``, ``retain_norm_sq``, ``cos``, ``xi`` (the
     coefficient on the lower level's gradient: BLUR's ``gamma - inner / ||g_lower||^2``, or
     the weight of the lower level under ``weighted_sum``), ``grad_norm`` (``||d||`` before
-    clipping) and ``lr``.
+    clipping) and ``lr``. Under FSDP only rank 0's ``model`` holds the whole weights.
     """
 
     model: torch.nn.Module
@@ -77,6 +89,22 @@ class UnlearnResult:
         }
 
 
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run reports and what it calls: checkpoints, the JSON-lines log, progress, a step callback.
+
+    With ``checkpoint_dir`` a matching checkpoint there is resumed (a stale one is ignored
+    with a warning; see :mod:`components.unlearning.checkpoint`). ``log_path`` gets one JSON
+    line per step (rank 0). ``on_step`` is called on every rank with each step's diagnostics
+    after it is logged and before it is checkpointed (an exception there stops the run).
+    """
+
+    checkpoint_dir: Path | None = None
+    log_path: Path | None = None
+    show_progress: bool = True
+    on_step: Callable[[dict], None] | None = None
+
+
 def run_unlearning(
     model: torch.nn.Module,
     tokenizer,
@@ -86,369 +114,254 @@ def run_unlearning(
     *,
     max_length: int,
     seed: int,
-    checkpoint_dir: Path | None = None,
-    log_path: Path | None = None,
-    show_progress: bool = True,
-    on_step: Callable[[dict], None] | None = None,
+    outputs: RunOutputs = RunOutputs(),
 ) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` while keeping ``retain``; the model is trained in place.
 
     ``unlearn.batch_size`` is the micro-batch per rank; a step uses
-    ``batch_size * grad_accum * world_size`` forget and as many retain examples. With
-    ``checkpoint_dir`` a matching checkpoint there is resumed (a stale one is ignored with a
-    warning; see :mod:`components.unlearning.checkpoint`). ``log_path`` gets one JSON line
-    per step (rank 0). ``on_step`` is called on every rank with each step's diagnostics after
-    it is logged and before it is checkpointed (an exception there stops the run).
+    ``batch_size * grad_accum * world_size`` forget and as many retain examples.
 
     Raises :class:`UnlearningDivergedError` on a NaN/inf loss or gradient, before the
     weights change: the caller must then write no model. With LoRA the adapters are merged
-    into the weights before returning, so ``.model`` is a plain model (the object passed in).
+    into the weights before returning, so ``.model`` is a plain model.
     """
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    log_path = Path(log_path) if log_path is not None else None
     forget, retain = list(forget), list(retain)
-    _check_inputs(forget, retain, config)
-    rank, world_size = _rank_and_world()
-    device = next(model.parameters()).device
-    per_rank = config.batch_size * config.grad_accum
-    effective_batch = per_rank * world_size
-    steps = resolve_steps(config, len(forget), effective_batch)
-    pad = ensure_pad_token(tokenizer)
+    check_inputs(forget, retain, config)
+    data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed)
+    engine = build_engine(model, data, config, outputs.checkpoint_dir)
+    train(engine, data, config, outputs)
+    return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=data.steps,
+                         resumed_from=engine.resumed_from, fingerprint=data.fingerprint)
 
-    # data, encoded once
-    forget_examples = _encode_forget(tokenizer, forget, config, max_length, seed)
-    retain_examples = [encode_record(tokenizer, record, max_length) for record in retain]
 
-    # what the losses need from the starting model, before any adapter or update
+# ---- 1. prepare the data ----
+
+@dataclass
+class UnlearnData:
+    """The encoded examples, the step count and what the losses need from the starting model."""
+
+    forget: list[Encoded]
+    retain: list[Encoded]
+    pad_token_id: int
+    seed: int
+    rank: int
+    world_size: int
+    steps: int
+    context: LossContext
+    forget_extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain: list[Record],
+                 config: UnlearnConfig, *, max_length: int, seed: int) -> UnlearnData:
+    """Encode both sets once and compute, from the untouched model, NPO's and RMU's references."""
+    rank, world_size = distributed.rank_and_world()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    effective_batch = config.batch_size * config.grad_accum * world_size
+    data = UnlearnData(
+        forget=encode_forget(tokenizer, forget, config, max_length, seed),
+        retain=[encode_record(tokenizer, record, max_length) for record in retain],
+        pad_token_id=pad, seed=seed, rank=rank, world_size=world_size,
+        steps=resolve_steps(config, len(forget), effective_batch), context=LossContext(config),
+    )
     model.eval()
-    context = LossContext(config)
-    forget_extra: dict[str, torch.Tensor] = {}
     if config.forget_loss == "npo":
-        forget_extra["ref_logp"] = sequence_logps(model, forget_examples, pad)
+        data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
     if config.forget_loss == "rmu":
-        context.rmu_target = rmu_target(model, config, seed)
-    run_fingerprint = fingerprint({
+        data.context.rmu_target = rmu_target(model, config, seed)
+    data.fingerprint = fingerprint({
         "config": config.model_dump(exclude={"checkpoint_every"}),
-        "steps": steps,
+        "steps": data.steps,
         "effective_batch": effective_batch,
         "seed": seed,
-        "forget": token_digest(forget_examples),
-        "retain": token_digest(retain_examples),
+        "forget": token_digest(data.forget),
+        "retain": token_digest(data.retain),
         "model": weights_digest(model),
     })
+    return data
+
+
+# ---- 2. build the model and its wrappers ----
+
+@dataclass
+class Engine:
+    """The model being trained, the module the losses call, the optimizer and where the run stands."""
+
+    model: torch.nn.Module
+    module: torch.nn.Module
+    ranks: Ranks
+    named: list[tuple[str, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    restore: dict = field(default_factory=dict)  # what finish() gives back: trainable flags, dtype, plain copy
+    diagnostics: list[dict] = field(default_factory=list)
+    start_step: int = 0
+    resumed_from: int | None = None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for _, p in self.named]
+
+
+def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfig,
+                 checkpoint_dir: Path | None) -> Engine:
+    """Reference for KL, LoRA, precision, DDP/FSDP, optimizer and schedule; resumed if a checkpoint matches."""
+    device = next(model.parameters()).device
+    restore = _master_weights(model, config)
+    restore["trainable"] = {name: p.requires_grad for name, p in model.named_parameters()}
     frozen = None
     if config.retain_loss == "kl" and not config.lora.enabled:
         frozen = copy.deepcopy(model).requires_grad_(False).eval()
-
-    trainable_before = {name: p.requires_grad for name, p in model.named_parameters()}
     if config.lora.enabled:
         model = add_lora(model, config.lora)
     if config.retain_loss == "kl":
-        context.reference_logits = _reference_logits(model, frozen)
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    optimizer = make_optimizer(params, config)
-    scheduler = make_scheduler(optimizer, config, steps)
-
-    # resume
-    diagnostics: list[dict] = []
-    start_step, resumed_from = 0, None
-    state = load_checkpoint(checkpoint_dir, run_fingerprint, device)
-    if state is not None:
-        with torch.no_grad():
-            for name, p in named:
-                p.copy_(state["weights"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        diagnostics = list(state["diagnostics"])
-        start_step = resumed_from = state["step"]
-
-    # the model as the losses call it, wrapped for DDP across ranks
+        data.context.reference_logits = reference_logits(model, frozen)
+    if config.distributed == "fsdp" and data.world_size > 1:
+        _check_fsdp(config)
+        if data.rank == 0:  # the plain model finish() fills with the gathered weights
+            restore["plain"] = copy.deepcopy(model).cpu()
     capture = decoder_layer(model, config.rmu.layer) if config.forget_loss == "rmu" else None
-    loss_model = LossModel(model, capture)
-    module: torch.nn.Module = loss_model
-    if world_size > 1:
-        module = torch.nn.parallel.DistributedDataParallel(
-            loss_model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-            gradient_as_bucket_view=True,
-            find_unused_parameters=config.forget_loss == "rmu",  # RMU's loss stops at one layer
-        )
+    module, ranks = distributed.wrap(LossModel(model, capture), config, device, data.world_size)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = make_optimizer([p for _, p in named], config)
+    engine = Engine(model, module, ranks, named, optimizer, make_scheduler(optimizer, config, data.steps),
+                    device, restore)
+    _resume(engine, load_checkpoint(checkpoint_dir, data.fingerprint, torch.device("cpu")
+                                    if ranks.sharded else device))
+    return engine
 
-    batch_args = dict(seed=seed, micro_batch=config.batch_size, grad_accum=config.grad_accum,
-                      rank=rank, world_size=world_size, pad_token_id=pad, device=device)
-    forget_batches = BatchStream(forget_examples, stream=0, extra=forget_extra, **batch_args)
-    retain_batches = BatchStream(retain_examples, stream=1, **batch_args)
-    forget_fn, retain_fn = FORGET_LOSSES[config.forget_loss], RETAIN_LOSSES[config.retain_loss]
 
-    def forget_loss(step: int, micro: int) -> torch.Tensor:
-        return forget_fn(module, forget_batches(step, micro), context).sum() / per_rank
+def _master_weights(model: torch.nn.Module, config: UnlearnConfig) -> dict:
+    """Under ``autocast-bf16``, fp32 master weights (the original dtype is restored at the end)."""
+    dtype = next(model.parameters()).dtype
+    if config.precision == "autocast-bf16" and dtype != torch.float32:
+        model.float()
+        return {"dtype": dtype}
+    return {}
 
-    def retain_loss(step: int, micro: int) -> torch.Tensor:
-        return retain_fn(module, retain_batches(step, micro), context).sum() / per_rank
 
-    main = rank == 0
+def _check_fsdp(config: UnlearnConfig) -> None:
+    if config.lora.enabled:
+        raise ValueError("unlearn.distributed 'fsdp' with unlearn.lora.enabled is not supported: LoRA adapters "
+                         "are small enough to replicate - use unlearn.distributed: ddp with LoRA")
+
+
+def _resume(engine: Engine, state: dict | None) -> None:
+    if state is None:
+        return
+    names = [name for name, _ in engine.named]
+    distributed.load_full_state(engine.params, [state["weights"][name] for name in names], engine.optimizer,
+                                state["optimizer"])
+    engine.scheduler.load_state_dict(state["scheduler"])
+    engine.diagnostics = list(state["diagnostics"])
+    engine.start_step = engine.resumed_from = state["step"]
+
+
+# ---- 3. train ----
+
+def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: RunOutputs) -> None:
+    """The loop over the two levels' batch streams, with log, progress bar and checkpoints."""
+    forget_loss, retain_loss = _level_losses(engine, data, config)
+    main = data.rank == 0
+    log_path = Path(outputs.log_path) if outputs.log_path is not None else None
     if main and log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("".join(json.dumps(entry) + "\n" for entry in diagnostics), encoding="utf-8")
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not (show_progress and main)) as progress, _forked_rng(device):
-        task = progress.add_task(f"unlearn ({config.combiner})", total=steps, completed=start_step, status="")
+        log_path.write_text("".join(json.dumps(entry) + "\n" for entry in engine.diagnostics), encoding="utf-8")
+    with progress_bar(enabled=outputs.show_progress and main, status=True) as progress, _forked_rng(engine.device):
+        task = progress.add_task(f"unlearn ({config.combiner})", total=data.steps, completed=engine.start_step,
+                                 status="")
 
         def log(record: dict) -> None:
-            diagnostics.append(record)
+            engine.diagnostics.append(record)
             if main and log_path is not None:
                 with log_path.open("a", encoding="utf-8") as stream:
                     stream.write(json.dumps(record) + "\n")
             progress.update(task, advance=1, status=f"forget {record['forget_loss']:.3f}  "
                                                     f"retain {record['retain_loss']:.3f}  xi {record['xi']:.2f}")
-            if on_step is not None:
-                on_step(record)
+            if outputs.on_step is not None:
+                outputs.on_step(record)
 
-        def checkpoint(step: int) -> None:
-            if main and checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, {
-                    "fingerprint": run_fingerprint,
-                    "step": step,
-                    "weights": {name: p.detach() for name, p in named},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "diagnostics": diagnostics,
-                })
-
-        model.train()
+        checkpoint_dir = Path(outputs.checkpoint_dir) if outputs.checkpoint_dir is not None else None
+        hooks = StepHooks(log=log, checkpoint=lambda step: _checkpoint(engine, data, checkpoint_dir, step),
+                          checkpoint_every=config.checkpoint_every if checkpoint_dir is not None else 0)
+        rule = StepRule(combiner=config.combiner, lower=config.lower, gamma=config.gamma, alpha=config.alpha,
+                        grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm, seed=data.seed)
+        engine.model.train()
         try:
-            train_bilevel(
-                params, forget_loss, retain_loss, optimizer, scheduler,
-                steps=steps, start_step=start_step, combiner=config.combiner, lower=config.lower,
-                gamma=config.gamma, alpha=config.alpha, grad_accum=config.grad_accum,
-                max_grad_norm=config.max_grad_norm, seed=seed,
-                no_sync=getattr(module, "no_sync", nullcontext),
-                sum_over_ranks=_sum_over_ranks if world_size > 1 else None, world_size=world_size,
-                log=log, checkpoint=checkpoint, checkpoint_every=config.checkpoint_every,
-            )
+            train_bilevel(engine.params, forget_loss, retain_loss, engine.optimizer, engine.scheduler,
+                          steps=data.steps, start_step=engine.start_step, rule=rule, ranks=engine.ranks, hooks=hooks)
         finally:
-            model.eval()
-            for p in params:
+            engine.model.eval()
+            for p in engine.params:
                 p.grad = None
 
+
+def _level_losses(engine: Engine, data: UnlearnData, config: UnlearnConfig):
+    """``loss(step, micro)`` of each level: this rank's micro-batch, its share of the step's mean loss."""
+    per_rank = config.batch_size * config.grad_accum
+    stream = dict(seed=data.seed, micro_batch=config.batch_size, grad_accum=config.grad_accum, rank=data.rank,
+                  world_size=data.world_size, pad_token_id=data.pad_token_id, device=engine.device)
+    forget_batches = BatchStream(data.forget, stream=0, extra=data.forget_extra, **stream)
+    retain_batches = BatchStream(data.retain, stream=1, **stream)
+    forget_fn, retain_fn = FORGET_LOSSES[config.forget_loss], RETAIN_LOSSES[config.retain_loss]
+    module, context = engine.module, data.context
+
+    def precision():
+        if config.precision == "autocast-bf16":
+            return torch.autocast(engine.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def forget_loss(step: int, micro: int) -> torch.Tensor:
+        with precision():
+            return forget_fn(module, forget_batches(step, micro), context).sum() / per_rank
+
+    def retain_loss(step: int, micro: int) -> torch.Tensor:
+        with precision():
+            return retain_fn(module, retain_batches(step, micro), context).sum() / per_rank
+
+    return forget_loss, retain_loss
+
+
+def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step: int) -> None:
+    """Rank 0 writes the whole state; under FSDP every rank first takes part in gathering it."""
+    if directory is None:
+        return
+    if not engine.ranks.sharded and data.rank != 0:
+        return
+    weights = {name: distributed.full(p.detach()) for name, p in engine.named}
+    optimizer = distributed.full_optimizer_state(engine.optimizer)
+    if data.rank == 0:
+        save_checkpoint(directory, {
+            "fingerprint": data.fingerprint,
+            "step": step,
+            "weights": weights,
+            "optimizer": optimizer,
+            "scheduler": engine.scheduler.state_dict(),
+            "diagnostics": engine.diagnostics,
+        })
+
+
+# ---- 4. save: the plain model back ----
+
+def finish(engine: Engine, config: UnlearnConfig) -> torch.nn.Module:
+    """The trained weights as a plain model: adapters merged, gathered from shards, original dtype."""
+    model = engine.model
+    if engine.ranks.sharded:
+        plain = engine.restore.get("plain")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                value = distributed.full(p.detach())
+                if plain is not None:
+                    plain.get_parameter(name).copy_(value)
+        model = plain if plain is not None else model
     if config.lora.enabled:
         model = model.merge_and_unload()
-        for name, p in model.named_parameters():  # peft froze the base weights; give them back as they were
-            p.requires_grad_(trainable_before.get(name, True))
-    return UnlearnResult(model=model, diagnostics=diagnostics, steps=steps, resumed_from=resumed_from,
-                         fingerprint=run_fingerprint)
-
-
-# ---- the model as the losses see it ----
-
-class LossModel(torch.nn.Module):
-    """What the losses call and what DDP wraps: the causal LM without a KV cache.
-
-    ``forward(input_ids, attention_mask)`` returns the LM's output (``.logits``);
-    with ``capture=True`` it returns ``{"activations": ...}``, the output of ``layer``, and
-    stops the forward pass there (RMU needs nothing above it, and DDP then sees exactly the
-    parameters the loss used).
-    """
-
-    def __init__(self, model: torch.nn.Module, layer: torch.nn.Module | None = None):
-        super().__init__()
-        self.model = model
-        self._layer = (layer,)  # a tuple, so the layer is not registered twice
-
-    def forward(self, input_ids, attention_mask, capture: bool = False):
-        if not capture:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        layer = self._layer[0]
-        if layer is None:
-            raise ValueError("this LossModel was built without a layer to capture")
-        handle = layer.register_forward_hook(_stop_forward)
-        try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _Captured as captured:
-            return {"activations": captured.output}
-        finally:
-            handle.remove()
-        raise RuntimeError("the RMU layer was not reached in the forward pass")
-
-
-class _Captured(Exception):
-    def __init__(self, output: torch.Tensor):
-        super().__init__("captured")
-        self.output = output
-
-
-def _stop_forward(module, inputs, output):
-    raise _Captured(output[0] if isinstance(output, tuple) else output)
-
-
-def decoder_layer(model: torch.nn.Module, index: int) -> torch.nn.Module:
-    """The ``index``-th decoder block (``...layers.N``, ``...h.N`` or ``...blocks.N``)."""
-    pattern = re.compile(rf"(?:^|\.)(?:layers|h|blocks)\.{index}$")
-    matches = [module for name, module in model.named_modules() if pattern.search(name)]
-    if len(matches) != 1:
-        count = sum(1 for name, _ in model.named_modules() if re.search(r"(?:^|\.)(?:layers|h|blocks)\.\d+$", name))
-        raise ValueError(
-            f"unlearn.rmu.layer={index}: expected one decoder layer with that index, found {len(matches)} "
-            f"(the model has {count} numbered layers; indices start at 0)"
-        )
-    return matches[0]
-
-
-def _reference_logits(model: torch.nn.Module, frozen: torch.nn.Module | None):
-    """Logits of the frozen starting model: the copy, or the LoRA model with adapters disabled."""
-    def reference(batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            if frozen is not None:
-                return frozen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).logits
-            with model.disable_adapter():
-                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).logits
-    return reference
-
-
-@torch.no_grad()
-def sequence_logps(model: torch.nn.Module, examples: Sequence[Encoded], pad_token_id: int,
-                   batch_size: int = 32) -> torch.Tensor:
-    """Summed target-token log-probability of each example under ``model``, on the host."""
-    device = next(model.parameters()).device
-    batches = scored_batches(LossModel(model), list(examples), pad_token_id, batch_size, device)
-    return torch.cat([scores.sum_logp for scores in batches]).cpu()
-
-
-def rmu_target(model: torch.nn.Module, config: UnlearnConfig, seed: int) -> torch.Tensor:
-    """``c * u``: ``u`` uniform on [0, 1)^d, normalised; seeded, so every rank draws the same."""
-    width = getattr(model.config, "hidden_size", None)
-    if width is None:
-        raise ValueError("RMU needs model.config.hidden_size to size its random target")
-    generator = torch.Generator().manual_seed(seed)
-    u = torch.rand(width, generator=generator, dtype=torch.float64)
-    return (u / u.norm() * config.rmu.steering_coeff).float().to(next(model.parameters()).device)
-
-
-def add_lora(model: torch.nn.Module, lora: LoRAConfig) -> torch.nn.Module:
-    """Wrap ``model`` with peft LoRA adapters; only the adapters stay trainable."""
-    from peft import LoraConfig, get_peft_model
-
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as error:
-        raise ValueError(f"unlearn.lora.target_modules={list(lora.target_modules)}: {error}") from error
-
-
-# ---- optimisation ----
-
-def make_optimizer(params: list[torch.Tensor], config: UnlearnConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: UnlearnConfig, steps: int):
-    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``steps``."""
-    warmup = config.warmup_steps
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_steps(config: UnlearnConfig, n_forget: int, effective_batch: int) -> int:
-    """``unlearn.steps``, or enough steps for ``unlearn.epochs`` passes over the forget set."""
-    if config.epochs is None:
-        return config.steps
-    return max(1, math.ceil(config.epochs * n_forget / effective_batch))
-
-
-# ---- data ----
-
-class BatchStream:
-    """The micro-batches of one level; the global batch of a step depends only on ``(seed, step)``.
-
-    The examples are visited in epochs, each a seeded permutation; step ``t`` takes positions
-    ``t*E .. (t+1)*E - 1`` of that endless sequence (``E`` = effective batch). Rank ``r``'s
-    micro-batch ``m`` is the ``(r * grad_accum + m)``-th slice of ``micro_batch`` examples.
-    """
-
-    def __init__(self, examples: Sequence[Encoded], *, seed: int, stream: int, micro_batch: int,
-                 grad_accum: int, rank: int, world_size: int, pad_token_id: int, device: torch.device,
-                 extra: dict[str, torch.Tensor] | None = None):
-        self.examples, self.seed, self.stream = list(examples), seed, stream
-        self.micro_batch, self.grad_accum, self.rank = micro_batch, grad_accum, rank
-        self.effective = micro_batch * grad_accum * world_size
-        self.pad, self.device, self.extra = pad_token_id, device, extra or {}
-        self._epoch: tuple[int, list[int]] | None = None
-        self._step: tuple[int, list[int]] | None = None
-
-    def global_indices(self, step: int) -> list[int]:
-        if self._step is None or self._step[0] != step:
-            n = len(self.examples)
-            positions = range(step * self.effective, (step + 1) * self.effective)
-            self._step = (step, [self._permutation(p // n)[p % n] for p in positions])
-        return self._step[1]
-
-    def __call__(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        start = (self.rank * self.grad_accum + micro) * self.micro_batch
-        indices = self.global_indices(step)[start : start + self.micro_batch]
-        batch = collate([self.examples[i] for i in indices], self.pad)
-        for key, values in self.extra.items():  # per-example values, kept on the host
-            batch[key] = values[torch.tensor(indices)]
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _permutation(self, epoch: int) -> list[int]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            key = ((self.seed * 1_000_003 + self.stream) * 1_000_003 + epoch) % (2**63)
-            generator = torch.Generator().manual_seed(key)
-            self._epoch = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
-        return self._epoch[1]
-
-
-def _encode_forget(tokenizer, forget: list[Record], config: UnlearnConfig, max_length: int,
-                   seed: int) -> list[Encoded]:
-    if config.forget_loss != "idk":
-        return [encode_record(tokenizer, record, max_length) for record in forget]
-    answers = config.idk.answers
-    choice = torch.randint(len(answers), (len(forget),), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [encode_record(tokenizer, record, max_length, answer=answers[c]) for record, c in zip(forget, choice)]
-
-
-def _check_inputs(forget: list[Record], retain: list[Record], config: UnlearnConfig) -> None:
-    if not forget:
-        raise ValueError("the forget set is empty: nothing to unlearn")
-    if not retain:
-        raise ValueError("the retain set is empty: unlearning needs retain data to preserve utility")
-    if config.forget_loss == "idk":
-        if not config.idk.answers:
-            raise ValueError("unlearn.idk.answers is empty: the idk loss needs refusal answers")
-        if not all(isinstance(record, QARecord) for record in forget):
-            raise ValueError("unlearn.forget_loss 'idk' needs question/answer records; the forget set has "
-                             "documents - choose ga, npo, simnpo or rmu")
-
-
-# ---- ranks ----
-
-def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    torch.distributed.all_reduce(tensor)
-    return tensor
+    for name, p in model.named_parameters():  # peft froze the base weights; give them back as they were
+        p.requires_grad_(engine.restore["trainable"].get(name, True))
+    if "dtype" in engine.restore:
+        model.to(engine.restore["dtype"])
+    return model
 
 
 def _forked_rng(device: torch.device):
