@@ -205,7 +205,7 @@ def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_st
     step ``t`` depend on ``(seed, t)`` only), so one run gives every step count of the sweep.
     A run that diverges (NaN/inf) keeps the snapshots taken before and reports the error.
     """
-    from components.unlearning import UnlearningDivergedError, run_unlearning
+    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
 
     if method.scheduler != "constant" or method.warmup_steps:
         raise ValueError("snapshots stand for shorter runs only with a constant learning rate and no warm-up")
@@ -225,7 +225,7 @@ def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_st
     error = None
     try:
         run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=seed, show_progress=False, on_step=keep)
+                       seed=seed, outputs=RunOutputs(show_progress=False, on_step=keep))
     except UnlearningDivergedError as diverged:
         error = str(diverged).splitlines()[0]
     return UnlearnRun(snapshots, diagnostics, time.perf_counter() - started, error)

@@ -137,6 +137,11 @@ class UnlearnConfig(_Section):
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     checkpoint_every: int = Field(default=10, ge=0)
+    # weights: train in the loaded dtype (losses and BLUR's scalars in fp32 regardless);
+    # autocast-bf16: fp32 master weights, forward passes under bf16 autocast
+    precision: Literal["weights", "autocast-bf16"] = "weights"
+    # under torchrun: ddp (replicated gradients) | fsdp (FSDP2 shards; BLUR's scalars summed over shards)
+    distributed: Literal["ddp", "fsdp"] = "ddp"
     npo: NPOConfig = NPOConfig()
     simnpo: SimNPOConfig = SimNPOConfig()
     rmu: RMUConfig = RMUConfig()
