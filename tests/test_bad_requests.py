@@ -121,11 +121,6 @@ def _requests_kept(folder: Path) -> list[bytes]:
     return sorted(p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.endswith(notes))
 
 
-def test_the_catalogue_has_at_least_twenty_distinct_bad_requests():
-    assert len(CATALOGUE) >= 20
-    assert len({case.name for case in CATALOGUE}) == len(CATALOGUE)
-
-
 # --------------------------------------------------------------------------- through the flow
 
 
@@ -156,7 +151,7 @@ def test_flow_rejects_every_bad_request_and_processes_none(flow_run):
 def test_flow_keeps_each_bad_request_in_rejected_with_a_clear_reason(flow_run, case):
     rejected = flow_run["repo"] / "data" / "requests" / "rejected"
     assert (rejected / case.name).read_bytes() == case.content
-    reason = (rejected / (Path(case.name).stem + ".reason.txt")).read_text()
+    reason = (rejected / (case.name + ".reason.txt")).read_text()
     assert case.reason in reason, reason
 
 
@@ -284,7 +279,7 @@ def test_flow_rejects_a_record_spec_that_matches_several_records(shared_question
     rejected = shared_question_repo / "data" / "requests" / "rejected"
     assert summary["rejected"] == [MATCHES_MANY.name]
     assert (rejected / MATCHES_MANY.name).read_bytes() == MATCHES_MANY.content
-    assert "matches 3 records" in (rejected / "first-book.reason.txt").read_text()
+    assert "matches 3 records" in (rejected / "first-book.json.reason.txt").read_text()
 
 
 # --------------------------------------------------------------------------- fine alone, not together
@@ -314,5 +309,5 @@ def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batc
     together = check_request.fn(config, paths, second, earlier, {"req-first": accepted["forget_ids"]})
 
     assert alone["accepted"] and accepted["accepted"] and not together["accepted"]
-    reason = (repo / "data" / "requests" / "rejected" / "second.reason.txt").read_text()
+    reason = (repo / "data" / "requests" / "rejected" / "second.json.reason.txt").read_text()
     assert "would erase the whole world" in reason and "accepted before it in this batch: req-first" in reason

@@ -1,4 +1,6 @@
-"""The prepare and finetune stages, through their functions and through real `dvc repro`."""
+"""The prepare stage reads each TOFU file shape (JSON, JSONL, Hugging Face export) to the same splits.
+
+(finetune and `dvc repro` are tested in test_dvc_pipeline.py.)"""
 
 from __future__ import annotations
 
