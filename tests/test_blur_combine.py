@@ -99,3 +99,45 @@ def test_in_place_combination_of_the_loop_matches_blur_combine():
     combine_(grads, stash, c_upper, c_lower)
     for d, e in zip(grads, expected):
         torch.testing.assert_close(d, e, rtol=1e-6, atol=1e-6)
+
+
+# Direction tolerance per gradient dtype: the direction is stored in the gradients' dtype
+# (about 2^-8 relative for bf16, 2^-11 for fp16); the scalars are accumulated in fp32 (fp64).
+DTYPE_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+SCALAR_DTYPE = {torch.float64: torch.float64, torch.float32: torch.float32, torch.bfloat16: torch.float32,
+                torch.float16: torch.float32}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCE), ids=str)
+def test_blur_combine_takes_every_float_dtype_and_matches_the_flattened_reference(dtype):
+    forget = [g.to(dtype) for g in random_grads(6)]
+    retain = [g.to(dtype) for g in random_grads(7, scale=0.5)]
+    g_f, g_r = flat(forget), flat(retain)  # the same (rounded) inputs, in fp64
+    xi = 0.7 - g_r.dot(g_f) / g_f.dot(g_f)
+    direction, stats = blur_combine(forget, retain, gamma=0.7)
+    assert all(d.dtype == dtype for d in direction)
+    tolerance = DTYPE_TOLERANCE[dtype]
+    torch.testing.assert_close(flat(direction), g_r + xi * g_f, rtol=tolerance, atol=tolerance)
+    # the scalars are accumulated in fp32 at least: they match fp64 to fp32 rounding, far
+    # below what a bf16/fp16 accumulation would give
+    scalar_tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert stats["inner"] == pytest.approx(float(g_r.dot(g_f)), rel=scalar_tolerance)
+    assert stats["forget_norm_sq"] == pytest.approx(float(g_f.dot(g_f)), rel=scalar_tolerance)
+    assert stats["retain_norm_sq"] == pytest.approx(float(g_r.dot(g_r)), rel=scalar_tolerance)
+    assert stats["xi"] == pytest.approx(float(xi), rel=scalar_tolerance)
+
+
+@pytest.mark.parametrize("dtype", list(SCALAR_DTYPE), ids=str)
+def test_inner_product_and_norms_are_accumulated_in_fp32_or_fp64(dtype):
+    forget = [g.to(dtype) for g in random_grads(8)]
+    retain = [g.to(dtype) for g in random_grads(9)]
+    assert dot_and_norms(forget, retain).dtype == SCALAR_DTYPE[dtype]
+
+
+def test_a_long_bf16_gradient_keeps_an_fp32_accurate_norm():
+    # 2^16 entries of 1 + 2^-7: a bf16 running sum stalls at 256 and bf16 rounds 66564 to 66560 at best;
+    # an fp32 sum is within 1e-4
+    g = torch.full((1 << 16,), 1.0 + 2**-7, dtype=torch.bfloat16)
+    expected = (1 << 16) * (1.0 + 2**-7) ** 2
+    inner, norm_sq, _ = dot_and_norms([g], [g]).tolist()
+    assert inner == pytest.approx(expected, rel=1e-4) and norm_sq == pytest.approx(expected, rel=1e-4)

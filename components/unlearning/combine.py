@@ -33,27 +33,36 @@ import torch
 Lower = Literal["forget", "retain"]
 
 
+def accumulation_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """fp64 if any tensor is fp64, else fp32: scalars are never summed in bf16 or fp16."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def dot_and_norms(lower: Sequence[torch.Tensor], upper: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[<g_l, g_u>, ||g_l||^2, ||g_u||^2]`` over all tensors together, as one fp32 tensor.
+    """``[<g_l, g_u>, ||g_l||^2, ||g_u||^2]`` over all tensors together, as one fp32 (fp64) tensor.
 
     Per-tensor kernels whose 0-d results stay on the device; no host synchronisation and no
     temporary of a gradient's size (low-precision gradients are up-cast one tensor at a time).
+    Accumulated in fp32, or fp64 when the gradients are fp64.
     """
-    inner = torch.stack([_dot(a, b) for a, b in zip(lower, upper, strict=True)]).sum()
-    return torch.stack([inner, squared_norm(lower), squared_norm(upper)])
+    lower, upper = list(lower), list(upper)
+    dtype = accumulation_dtype(lower + upper)
+    inner = torch.stack([_dot(a, b, dtype) for a, b in zip(lower, upper, strict=True)]).sum()
+    return torch.stack([inner, squared_norm(lower, dtype), squared_norm(upper, dtype)])
 
 
-def squared_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_i ||t_i||^2`` in fp32, on the device."""
-    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+def squared_norm(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``sum_i ||t_i||^2`` in fp32 (fp64 for fp64 tensors), on the device."""
+    tensors = list(tensors)
+    norms = torch._foreach_norm(tensors, 2, dtype=dtype or accumulation_dtype(tensors))
     return torch.stack(norms).square().sum()
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     a, b = a.reshape(-1), b.reshape(-1)
-    if a.dtype not in (torch.float32, torch.float64):
-        a, b = a.float(), b.float()
-    return torch.dot(a, b).float()
+    if a.dtype != dtype or b.dtype != dtype:
+        a, b = a.to(dtype), b.to(dtype)
+    return torch.dot(a, b)
 
 
 def blur_xi(inner: torch.Tensor, lower_norm_sq: torch.Tensor, gamma: float) -> torch.Tensor:
