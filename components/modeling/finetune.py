@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from components.config import FinetuneConfig
 from components.data.records import Record
-from components.modeling.encoding import Encoded, collate, encode_record
+from components.modeling.encoding import Encoded, collate, encode_record, ensure_pad_token
 from components.modeling.scoring import mean_token_nll, token_scores
+from components.progress import progress_bar
 
 
 @dataclass
@@ -62,7 +62,7 @@ def finetune(
     if not records:
         raise ValueError("cannot fine-tune on an empty set of records")
     encoded = [encode_record(tokenizer, record, max_length) for record in records]
-    pad = tokenizer.pad_token_id
+    pad = ensure_pad_token(tokenizer)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -70,9 +70,7 @@ def finetune(
     history: list[dict] = []
     prob, reason = math.nan, "max_epochs" if epochs is None else "fixed_epochs"
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+    with progress_bar(enabled=show_progress, status=True) as progress:
         task = progress.add_task(label, total=limit, status="")
         epoch = 0
         for epoch in range(1, limit + 1):
