@@ -51,7 +51,7 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
                 root: Path = ROOT, params: str = PARAMS) -> None:
     """Validate a request and put a copy into the inbox; refuse it with the reason if invalid."""
     _environment(root)
-    from components.data.inbox import Inbox
+    from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
     from flows.batch import check_request
 
@@ -60,26 +60,55 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     try:
         request = inbox.check(file)
         check_request(config, paths, request, earlier=inbox.earlier())
-        destination = inbox.add(file, request)
-    except RequestError as error:
-        err.print(f"[red]Refused:[/red] {escape(str(error))}")  # the request's own text is not markup
+        destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
+    except (RequestError, InboxError) as error:
+        refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
+        err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
         raise typer.Exit(1)
     console.print(f"[green]Accepted[/green] request [bold]{request.request_id}[/bold] -> {destination}")
 
 
 @request_app.command("retry")
-def request_retry(request_id: str, root: Path = ROOT) -> None:
-    """Move a failed request back to the inbox (after fixing params, say)."""
-    from components.data.inbox import Inbox
+def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a failed request."),
+                  all_failed: bool = typer.Option(False, "--all", help="Retry every failed request."),
+                  root: Path = ROOT) -> None:
+    """Move a failed request (or, with --all, every one) back to the inbox (after fixing params, say)."""
+    from components.data.inbox import Inbox, InboxError
+    from components.paths import Paths
+
+    if (request_id is not None) == all_failed:
+        err.print("[red]give a REQUEST_ID or --all (one of them)[/red]")
+        raise typer.Exit(2)
+    inbox = Inbox(Paths(root.resolve()))
+    try:
+        moved, refused = inbox.retry_all() if all_failed else ({request_id: inbox.retry(request_id)}, {})
+    except (FileNotFoundError, FileExistsError, InboxError) as error:
+        err.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1)
+    for retried, destination in moved.items():
+        console.print(f"Request {retried} is pending again: {destination}")
+    for kept, reason in refused.items():
+        err.print(f"[red]{kept} not retried: {escape(reason)}[/red]")
+    if all_failed and not moved and not refused:
+        console.print("No failed requests.")
+    if refused:
+        raise typer.Exit(1)
+
+
+@request_app.command("cancel")
+def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
+                   root: Path = ROOT) -> None:
+    """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/."""
+    from components.data.inbox import Inbox, InboxError
     from components.paths import Paths
 
     try:
-        destination = Inbox(Paths(root.resolve())).retry(request_id)
-    except (FileNotFoundError, FileExistsError) as error:
+        destination = Inbox(Paths(root.resolve())).cancel(request_id)
+    except (FileNotFoundError, InboxError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
-    console.print(f"Request {request_id} is pending again: {destination}")
+    console.print(f"Request {request_id} cancelled: {destination}")
 
 
 @model_app.command("fetch")

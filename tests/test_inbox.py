@@ -268,3 +268,35 @@ def test_a_rejected_file_is_dvc_tracked_before_it_moves(dvc_inbox, monkeypatch):
     moved = dvc_inbox.reject(path, RequestError(["invalid JSON"]))
     assert versioning.tracked_hash(moved) == hashlib.md5(b"{not json").hexdigest()
     assert not Path(f"{path}.dvc").exists() and not path.exists()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def blur(*args: str, root: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, [*args, "--root", str(root)])
+
+
+def test_blur_request_cancel_withdraws_a_pending_request(inbox):
+    put(inbox, "jane-doe.json", request_bytes("req-c"))
+    result = blur("request", "cancel", "req-c", root=inbox.paths.root)
+    assert result.exit_code == 0, result.output
+    assert inbox.files() == [] and (inbox.cancelled / "jane-doe.json").exists()
+    again = blur("request", "cancel", "req-c", root=inbox.paths.root)
+    assert again.exit_code == 1 and "no pending request with id 'req-c'" in again.output
+
+
+def test_blur_request_retry_all_moves_every_failed_request_back(inbox):
+    for request_id in ("req-a", "req-b"):
+        put(inbox, f"{request_id}.json", request_bytes(request_id))
+    for pending in inbox.take()[0]:
+        inbox.fail(pending, "gate failed")
+    result = blur("request", "retry", "--all", root=inbox.paths.root)
+    assert result.exit_code == 0, result.output
+    assert "req-a is pending again" in result.output and "req-b is pending again" in result.output
+    assert inbox.status()["pending"] == ["req-a.json", "req-b.json"] and inbox.status()["failed"] == []
+    assert blur("request", "retry", root=inbox.paths.root).exit_code == 2
