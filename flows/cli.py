@@ -174,9 +174,12 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     table.add_column("state")
     table.add_column("count", justify="right")
     table.add_column("requests")
-    for key in ("pending", "processed", "rejected", "failed"):
+    for key in ("pending", "processed", "rejected", "failed", "cancelled"):
         table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
     console.print(table)
+    if state["unreadable"]:
+        err.print(f"[red]Unreadable result files in {paths.processed}: {escape(', '.join(state['unreadable']))}; "
+                  "restore them (git or `dvc checkout`): no batch runs until then.[/red]")
     try:
         champion = current_champion(config, paths, download=False)
     except Exception as error:  # the registry may be unreachable; status still shows the inbox
