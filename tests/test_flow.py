@@ -48,7 +48,7 @@ def test_bad_request_is_rejected_with_a_reason_and_kept(two_batches):
     rejected = two_batches["repo"] / "data" / "requests" / "rejected"
     assert two_batches["first"]["rejected"] == ["bad.json"]
     assert json.loads((rejected / "bad.json").read_text())["request_id"] == "req-bad"
-    assert "unknown subject 'Nobody Anybody'" in (rejected / "bad.reason.txt").read_text()
+    assert "unknown subject 'Nobody Anybody'" in (rejected / "bad.json.reason.txt").read_text()
 
 
 def test_second_request_starts_from_the_first_champion(two_batches):
