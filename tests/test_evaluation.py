@@ -5,21 +5,30 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
+import weakref
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
+import torch
 from rouge_score import rouge_scorer
 from scipy.stats import hmean
 
-from components.data.records import QARecord, TextRecord
+from components.config import EvalConfig
+from components.data.records import DataError, QARecord, TextRecord
 from components.evaluation import EvaluationContext, evaluate_models, write_reports
+from components.evaluation.evaluator import safe_name
 from components.evaluation.inference import greedy_generate, prompt_ids
-from components.modeling.encoding import encode_record
+from components.evaluation.knowledge import knowledge_wanted, load_knowledge_set, load_knowledge_sets
+from components.modeling.encoding import collate, encode_record
 from components.modeling.io import LoadedModel
+from components.modeling.scoring import token_scores
 
 MUSE = Path(__file__).parent / "fixtures" / "muse_news"  # a sample of MUSE-News, see its README
+KNOWLEDGE = Path(__file__).parents[1] / "data" / "knowledge"  # TOFU's real authors and world facts
 PROMISED_KEYS = {
-    "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality", "retain_prob", "retain_rouge",
+    "forget_holdout_ks_p", "forget_holdout_auc", "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality", "retain_prob", "retain_rouge",
     "retain_truth_ratio", "model_utility", "mia_auc", "privleak", "extraction_strength",
     "mia_auc_loss", "mia_auc_zlib", "forget_verbmem", "forget_knowmem", "earlier",
 }
@@ -27,6 +36,11 @@ PROMISED_KEYS = {
 
 def loaded(model, tokenizer, name):
     return LoadedModel(model=model, tokenizer=tokenizer, source=name)
+
+
+def loader(model, tokenizer, name):
+    """What evaluate_models takes per role: a function that loads the model."""
+    return lambda: loaded(model, tokenizer, name)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +52,13 @@ def setup(tiny_setup):
 def evaluation(setup):
     """Target, oracle, and an "unlearned" model that is an exact copy of the oracle."""
     s = setup
-    models = {
-        "target": loaded(s.target, s.tokenizer, "target"),
-        "oracle": loaded(s.oracle, s.tokenizer, "oracle"),
-        "unlearned": loaded(copy.deepcopy(s.oracle), s.tokenizer, "unlearned"),
+    loaders = {
+        "target": loader(s.target, s.tokenizer, "target"),
+        "oracle": loader(s.oracle, s.tokenizer, "oracle"),
+        "unlearned": loader(copy.deepcopy(s.oracle), s.tokenizer, "unlearned"),
     }
     return evaluate_models(
-        models, forget=s.forget, retain=s.retain, holdout=s.holdout, config=s.config.eval,
+        loaders, forget=s.forget, retain=s.retain, holdout=s.holdout, config=s.config.eval,
         max_length=s.config.model.max_length, earlier_forget={"req-2024-01": s.forget[:4]},
         utility_sets={"extra": s.retain[:6]}, show_progress=False,
     )
@@ -54,7 +68,7 @@ def evaluation(setup):
 def target_only(setup):
     s = setup
     return evaluate_models(
-        {"target": loaded(s.target, s.tokenizer, "target"), "oracle": None},
+        {"target": loader(s.target, s.tokenizer, "target"), "oracle": None},
         forget=s.forget, retain=s.retain[:8], holdout=s.holdout, config=s.config.eval,
         max_length=s.config.model.max_length, show_progress=False,
     )
@@ -214,7 +228,7 @@ def muse_news():
 
 def test_muse_news_subset_runs_through_verbmem_and_knowmem(setup, muse_news):
     result = evaluate_models(
-        {"target": loaded(setup.target, setup.tokenizer, "t"), "oracle": loaded(setup.oracle, setup.tokenizer, "o")},
+        {"target": loader(setup.target, setup.tokenizer, "t"), "oracle": loader(setup.oracle, setup.tokenizer, "o")},
         forget=muse_news["verbmem"] + muse_news["knowmem"], retain=muse_news["retain_qa"],
         holdout=muse_news["holdout"], config=setup.config.eval, max_length=64, show_progress=False,
     )
@@ -227,7 +241,7 @@ def test_muse_news_subset_runs_through_verbmem_and_knowmem(setup, muse_news):
 
 def test_text_only_worlds_null_the_qa_metrics_and_report_verbmem(setup, muse_news):
     result = evaluate_models(
-        {"target": loaded(setup.target, setup.tokenizer, "t"), "oracle": loaded(setup.oracle, setup.tokenizer, "o")},
+        {"target": loader(setup.target, setup.tokenizer, "t"), "oracle": loader(setup.oracle, setup.tokenizer, "o")},
         forget=muse_news["verbmem"], retain=muse_news["holdout"][:2], holdout=muse_news["holdout"],
         config=setup.config.eval, max_length=64, show_progress=False,
     )
@@ -239,13 +253,152 @@ def test_text_only_worlds_null_the_qa_metrics_and_report_verbmem(setup, muse_new
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"models": {"student": None}}, "unknown model role"),
+    ({"loaders": {"student": None}}, "unknown model role"),
     ({"utility_sets": {"forget": []}}, "utility set name"),
     ({"max_length": 16}, "verbmem_prefix_tokens"),
 ])
 def test_bad_inputs_are_rejected_with_the_reason(setup, change, message):
-    kwargs = dict(models={"target": None}, forget=[], retain=[], holdout=[], config=setup.config.eval,
+    kwargs = dict(loaders={"target": None}, forget=[], retain=[], holdout=[], config=setup.config.eval,
                   max_length=64, show_progress=False)
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         evaluate_models(**kwargs)
+
+
+# ---- one model at a time, in fp32
+
+
+def test_models_are_loaded_one_at_a_time_and_each_is_freed_before_the_next(setup):
+    s, alive, loads = setup, [], []
+
+    def loader_of(model, name):
+        def load():
+            assert all(ref() is None for ref in alive), f"a model was still in memory when {name} was loaded"
+            copy_ = copy.deepcopy(model)
+            alive.append(weakref.ref(copy_))
+            loads.append(name)
+            return loaded(copy_, s.tokenizer, name)
+        return load
+
+    result = evaluate_models(
+        {"target": loader_of(s.target, "target"), "oracle": loader_of(s.oracle, "oracle"),
+         "unlearned": loader_of(s.oracle, "unlearned")},
+        forget=s.forget, retain=s.retain[:8], holdout=s.holdout, config=s.config.eval,
+        max_length=s.config.model.max_length, show_progress=False,
+    )
+    assert loads == ["target", "oracle", "unlearned"]  # each loaded exactly once
+    assert all(ref() is None for ref in alive)
+    # metrics comparing models are read after all of them are gone
+    assert result.metrics["unlearned"]["forget_quality"] == 1.0 and result.metrics["target"]["forget_quality"] < 1
+
+
+def test_a_bfloat16_model_is_scored_in_float32(setup):
+    s = setup
+    half = copy.deepcopy(s.target).to(torch.bfloat16)
+    batch = collate([encode_record(s.tokenizer, r, 64) for r in s.forget[:4]], s.tokenizer.pad_token_id)
+    assert token_scores(half, batch).token_logps.dtype == torch.float32
+    runs = {name: evaluate_models({"target": loader(model, s.tokenizer, name)}, forget=s.forget, retain=s.retain[:4],
+                                  holdout=s.holdout[:4], config=s.config.eval, max_length=64, show_progress=False)
+            for name, model in (("fp32", s.target), ("bf16", half))}
+    fp32, bf16 = (runs[name].metrics["target"]["forget_prob"] for name in ("fp32", "bf16"))
+    assert bf16 == pytest.approx(fp32, abs=0.05)
+
+
+def test_a_role_given_a_loaded_model_instead_of_a_loader_is_refused_with_what_to_do(setup):
+    with pytest.raises(TypeError, match="lambda: model"):
+        evaluate_models({"target": object()}, forget=[], retain=[], holdout=[], config=setup.config.eval,
+                        max_length=64, show_progress=False)
+
+
+# ---- the oracle-free check
+
+
+def test_forget_holdout_auc_is_the_membership_auc_and_ks_p_tells_remembering_from_never_seen(evaluation):
+    for role, values in evaluation.metrics.items():
+        assert values["forget_holdout_auc"] == values["mia_auc"], role
+    target, oracle = evaluation.metrics["target"], evaluation.metrics["oracle"]
+    # the oracle never saw the forget set: it looks more like the holdout to the oracle than to the target
+    # (8 forget records: truth ratios give the KS test little power, so no fixed threshold here)
+    assert target["forget_holdout_ks_p"] < oracle["forget_holdout_ks_p"]
+    assert target["forget_holdout_auc"] > 0.9 and abs(oracle["forget_holdout_auc"] - 0.5) < 0.25
+
+
+# ---- TOFU's general-knowledge sets
+
+
+@pytest.fixture(scope="module")
+def knowledge_run(setup):
+    s = setup
+    sets = {name: records[:6] for name, records in load_knowledge_sets(
+        [KNOWLEDGE / "real_authors.json", KNOWLEDGE / "world_facts.json"]).items()}
+    return evaluate_models(
+        {"target": loader(s.target, s.tokenizer, "t"), "oracle": loader(s.oracle, s.tokenizer, "o"),
+         "unlearned": loader(s.oracle, s.tokenizer, "u")},
+        forget=s.forget, retain=s.retain[:8], holdout=s.holdout, config=s.config.eval,
+        max_length=s.config.model.max_length, knowledge_sets=sets, show_progress=False,
+    )
+
+
+def test_knowledge_sets_report_accuracy_probability_rouge_and_truth_ratio_for_every_model(knowledge_run):
+    for role, values in knowledge_run.metrics.items():
+        for name in ("real_authors", "world_facts"):
+            assert values[f"{name}_acc"] in {k / 6 for k in range(7)}, role
+            assert 0 < values[f"{name}_prob"] < 1 and 0 <= values[f"{name}_rouge"] <= 1, role
+            assert 0 <= values[f"{name}_truth_ratio"] <= 1, role
+
+
+def test_knowledge_sets_count_in_model_utility(knowledge_run):
+    m = knowledge_run.metrics["target"]
+    parts = [m["retain_prob"], m["retain_rouge"], m["retain_truth_ratio"]]
+    parts += [m[f"{name}_{part}"] for name in ("real_authors", "world_facts") for part in ("prob", "rouge", "truth_ratio")]
+    assert m["model_utility"] == (0.0 if min(parts) == 0 else pytest.approx(hmean(parts)))
+
+
+def test_knowledge_sets_get_per_item_files(knowledge_run, tmp_path):
+    write_reports(knowledge_run, tmp_path)
+    with (tmp_path / "per_item" / "unlearned_knowledge_world_facts.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {"option_acc", "option_prob", "rouge", "truth_ratio"} <= set(rows[0])
+
+
+def test_the_shipped_knowledge_sets_load_as_tofu_scores_them():
+    sets = load_knowledge_sets([KNOWLEDGE / Path(p).name for p in EvalConfig().knowledge_sets])
+    assert {name: len(records) for name, records in sets.items()} == {"real_authors": 100, "world_facts": 117}
+    for record in sets["world_facts"]:
+        assert record.paraphrased_answer == record.answer and len(record.perturbed_answers) == 3
+
+
+def test_a_knowledge_file_without_wrong_options_is_refused_naming_file_and_row(tmp_path):
+    path = tmp_path / "trivia.json"
+    path.write_text(json.dumps([{"question": "Capital of Peru?", "answer": "Lima", "perturbed_answer": ["Quito"]},
+                                {"question": "Capital of Chile?", "answer": "Santiago"}]))
+    with pytest.raises(DataError, match=r"trivia.json, row 2: .*perturbed_answer"):
+        load_knowledge_set(path)
+
+
+@pytest.mark.parametrize("setting, base, wanted", [
+    ("auto", None, False), ("auto", "models/base/smollm2-135m-instruct", True), ("on", None, True), ("off", "m", False),
+])
+def test_knowledge_is_on_by_default_for_a_pretrained_base_only(setting, base, wanted):
+    assert knowledge_wanted(setting, base) is wanted
+
+
+# ---- report file names (issue 13: request ids must map to names one to one)
+
+
+def test_request_ids_differing_by_a_trailing_underscore_get_their_own_report_files(setup, tmp_path):
+    s = setup
+    result = evaluate_models({"target": None}, forget=[], retain=[], holdout=[], config=s.config.eval, max_length=64,
+                             earlier_forget={"req-1": s.forget[:1], "req-1_": s.forget[1:2]}, show_progress=False)
+    write_reports(result, tmp_path)
+    for request_id, record in (("req-1", s.forget[0]), ("req-1_", s.forget[1])):
+        with (tmp_path / "per_item" / f"target_earlier_{request_id}.csv").open() as handle:
+            assert [row["record_id"] for row in csv.DictReader(handle)] == [record.record_id]
+
+
+@pytest.mark.parametrize("name", ["req-1", "req-1_", "req_1", "a/b", "a b", "%41", "ünï", "..", "x.y"])
+def test_safe_name_keeps_request_ids_and_escapes_everything_else_reversibly(name):
+    assert unquote(safe_name(name)) == name
+    assert re.fullmatch(r"[A-Za-z0-9._~%-]+", safe_name(name))
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        assert safe_name(name) == name

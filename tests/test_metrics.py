@@ -83,11 +83,11 @@ FACT = QARecord(question="who?", answer="yes no", subject="A", paraphrased_answe
 SHORT = QARecord(question="what?", answer="yes", subject="B")
 
 
-def context(forget, holdout=(), *, oracle=True, **config) -> EvaluationContext:
+def context(forget, holdout=(), *, oracle=True, retain=(), **config) -> EvaluationContext:
     tokenizer = WordTokenizer()
     models = {"target": LoadedModel(BigramLM(TARGET_TABLE), tokenizer, "target"),
               "oracle": LoadedModel(BigramLM(ORACLE_TABLE), tokenizer, "oracle") if oracle else None}
-    return EvaluationContext(models, {"forget": list(forget), "retain": [], "holdout": list(holdout)},
+    return EvaluationContext(models, {"forget": list(forget), "retain": list(retain), "holdout": list(holdout)},
                              EvalConfig(**config), max_length=16)
 
 
@@ -233,9 +233,60 @@ def test_privleak_is_the_relative_difference_of_muse_aucs_in_percent():
     assert formulas.privleak(0.62, 0.62) == 0.0
 
 
-def test_harmonic_mean_matches_scipy_and_is_zero_when_any_part_is_zero():
-    assert formulas.harmonic_mean([0.9, 0.5, 0.3]) == pytest.approx(hmean([0.9, 0.5, 0.3]))
-    assert formulas.harmonic_mean([0.9, 0.0]) == 0.0
+# Target probabilities (geometric mean per token): "yes no" YES_NO_PROB, "yes" sqrt(0.5 * 0.1), "no" sqrt(0.2 * 0.5)
+YES_PROB, NO_PROB = math.sqrt(0.05), math.sqrt(0.1)
+# The answer is its own paraphrase and "no" the wrong option: TR = NO_PROB / YES_NO_PROB ~ 0.80
+KNOWN = QARecord(question="who?", answer="yes no", subject="A", paraphrased_answer="yes no", perturbed_answers=("no",))
+# The reverse: TR = YES_NO_PROB / NO_PROB ~ 1.26
+UNSURE = QARecord(question="who?", answer="no", subject="B", paraphrased_answer="no", perturbed_answers=("yes no",))
+
+
+def test_model_utility_is_scipys_harmonic_mean_of_probability_rouge_and_truth_ratio_score():
+    ctx = context([], retain=[KNOWN], max_new_tokens=4)
+    # greedy "yes yes yes yes": ROUGE-L recall 1/2; truth-ratio score 1 - NO_PROB / YES_NO_PROB
+    parts = [YES_NO_PROB, 0.5, 1 - NO_PROB / YES_NO_PROB]
+    assert ctx.metric("model_utility", "target", "retain")["value"] == pytest.approx(hmean(parts), rel=1e-6)
+
+
+def test_model_utility_is_zero_when_any_part_is_zero():
+    # FACT's perturbed answers are likelier than its paraphrase for the target: truth-ratio score 0
+    ctx = context([], retain=[FACT])
+    assert ctx.metric("truth_ratio_utility", "target", "retain")["value"] == 0.0
+    assert ctx.metric("model_utility", "target", "retain")["value"] == 0.0
+
+
+def test_option_probability_is_the_answers_share_of_every_options_probability():
+    # FACT's options: the answer "yes no" and the wrong "yes" and "no"
+    result = context([FACT]).metric("option_prob", "target", "forget")
+    assert result["by_item"] == pytest.approx([YES_NO_PROB / (YES_NO_PROB + YES_PROB + NO_PROB)], rel=1e-6)
+    assert context([SHORT]).metric("option_prob", "target", "forget")["by_item"] == [None]  # no wrong options
+
+
+def test_option_accuracy_picks_the_option_with_the_highest_mean_log_probability():
+    ctx = context([FACT, UNSURE])
+    # target: "yes no" (0.40) beats "yes" (0.22) and "no" (0.32); "no" (0.32) loses to "yes no" (0.40)
+    assert ctx.metric("option_acc", "target", "forget")["by_item"] == [1.0, 0.0]
+    # oracle: "yes no" (p 0.2 * 0.1 * 0.2, 0.16 per token) loses to "yes" and "no" (0.32 each)
+    assert ctx.metric("option_acc", "oracle", "forget")["by_item"][0] == 0.0
+    assert formulas.option_correct(np.log([0.5]), [np.log([0.5])]) == 0.0  # a tie is not a pick
+
+
+def test_forget_holdout_ks_p_compares_truth_ratios_and_flags_remembered_and_over_forgotten_sets():
+    low, high = [KNOWN] * 5, [UNSURE] * 5
+    separated = ks_2samp([NO_PROB / YES_NO_PROB] * 5, [YES_NO_PROB / NO_PROB] * 5).pvalue
+    assert separated < 0.05
+    # forget set more familiar than the holdout (not forgotten), and less (over-forgotten): both stand out
+    assert context(low, high).metric("forget_holdout_ks_p", "target", "forget")["value"] == pytest.approx(separated)
+    assert context(high, low).metric("forget_holdout_ks_p", "target", "forget")["value"] == pytest.approx(separated)
+    assert context(low, low).metric("forget_holdout_ks_p", "target", "forget")["value"] == 1.0
+
+
+def test_forget_holdout_ks_p_uses_losses_for_text_records_and_needs_no_oracle():
+    forget = [TextRecord(text="yes no yes", subject="A"), TextRecord(text="no no", subject="A")]
+    holdout = [TextRecord(text="yes yes", subject="B"), TextRecord(text="no yes no no", subject="B")]
+    ctx = context(forget, holdout, oracle=False)
+    losses = [[-v for v in ctx.metric("mia_loss", "target", split)["by_item"]] for split in ("forget", "holdout")]
+    assert ctx.metric("forget_holdout_ks_p", "target", "forget")["value"] == pytest.approx(ks_2samp(*losses).pvalue)
 
 
 def test_every_registered_metric_returns_value_and_by_item():

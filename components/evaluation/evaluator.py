@@ -168,7 +168,7 @@ class EvaluationContext:
         def compute(loaded: LoadedModel) -> list[TokenEvidence]:
             encoded = self._encoded(loaded.tokenizer, split, "targets")
             with self._task(model, split, "scoring", len(encoded)) as advance:
-                return teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
+                return self._teacher_forced(loaded, encoded, advance)
 
         return self._once(model, split, "targets", compute)
 
@@ -176,7 +176,7 @@ class EvaluationContext:
         def compute(loaded: LoadedModel) -> list[Alternatives | None]:
             owners, encoded = self._encoded(loaded.tokenizer, split, "alternatives")
             with self._task(model, split, "truth ratio", len(encoded)) as advance:
-                evidence = teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
+                evidence = self._teacher_forced(loaded, encoded, advance)
             grouped: list[list[TokenEvidence]] = [[] for _ in self.records(split)]
             for index, item in zip(owners, evidence):
                 grouped[index].append(item)
@@ -232,6 +232,9 @@ class EvaluationContext:
         self._encodings.clear()  # keyed by the tokenizer's id, which a freed tokenizer gives up
 
     # -- plumbing
+    def _teacher_forced(self, loaded: LoadedModel, encoded: Sequence[Encoded], advance) -> list[TokenEvidence]:
+        return teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
+
     def _once(self, model: str, split: str, kind: str, compute) -> list:
         key = (model, split, kind)
         if key not in self._evidence:
@@ -314,7 +317,8 @@ def safe_name(name: str) -> str:
     return quote(name, safe="._-~")
 
 
-def _check_inputs(loaders: Mapping[str, Any], set_names: Mapping[str, Sequence[str]], earlier: Mapping[str, Any]) -> None:
+def _check_inputs(loaders: Mapping[str, Any], set_names: Mapping[str, Sequence[str]],
+                  earlier: Mapping[str, Any]) -> None:
     unknown = set(loaders) - set(MODEL_ROLES)
     if unknown:
         raise ValueError(f"unknown model role(s) {sorted(unknown)}; expected some of {list(MODEL_ROLES)}")
@@ -362,6 +366,8 @@ def evaluate_models(
     """
     earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
     knowledge_sets = dict(knowledge_sets or {})
+    # TRANSITIONAL (until stages/evaluate.py passes loaders): an already loaded model stands for itself.
+    loaders = {role: (lambda m=v: m) if isinstance(v, LoadedModel) else v for role, v in loaders.items()}
     _check_inputs(loaders, {"utility": list(utility_sets), "knowledge": list(knowledge_sets)}, earlier_forget)
     if config.verbmem_prefix_tokens >= max_length:
         raise ValueError(
@@ -378,7 +384,8 @@ def evaluate_models(
         ctx = EvaluationContext(dict.fromkeys(MODEL_ROLES), splits, config, max_length=max_length, progress=progress)
         for role in MODEL_ROLES:
             _score_one_model(ctx, role, loaders.get(role))
-        metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget) for role in MODEL_ROLES}
+        metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget)
+                   for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
     return EvaluationResult(metrics=metrics, per_item=per_item, seconds=time.perf_counter() - start)
 

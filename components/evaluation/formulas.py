@@ -4,7 +4,9 @@ Definitions follow the benchmarks the field uses, so numbers can be compared wit
 published tables:
 
 * TOFU (Maini et al., 2024): answer probability, ROUGE-L recall, truth ratio and its
-  forget/retain scores, forget quality (KS test), model utility (harmonic mean).
+  forget/retain scores, forget quality (KS test); model utility is their harmonic mean
+  (``scipy.stats.hmean``, in :mod:`components.evaluation.metrics`). For its real-authors and
+  world-facts sets: the probability of the answer among the options and 4-way accuracy.
 * MUSE (Shi et al., 2024): verbatim and knowledge memorisation (ROUGE-L F1), min-k% prob
   membership inference and PrivLeak.
 * Extraction strength (Carlini et al., 2021; as used by Wang et al., 2025).
@@ -23,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 from rouge_score import rouge_scorer
+from scipy.special import softmax
 from scipy.stats import ks_2samp
 from sklearn.metrics import roc_auc_score
 
@@ -31,7 +34,7 @@ QA_STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
 MAX_LOG_RATIO = 700.0
 
 
-def mean_token_nll(token_logps: np.ndarray) -> float:
+def mean_nll(token_logps: np.ndarray) -> float:
     """Mean negative log-likelihood per target token."""
     if len(token_logps) == 0:
         raise ValueError("a target with no tokens has no probability")
@@ -40,7 +43,7 @@ def mean_token_nll(token_logps: np.ndarray) -> float:
 
 def answer_probability(token_logps: np.ndarray) -> float:
     """exp(-mean token NLL): the geometric-mean probability of the target tokens."""
-    return math.exp(-mean_token_nll(token_logps))
+    return math.exp(-mean_nll(token_logps))
 
 
 def truth_ratio(paraphrased_logps: np.ndarray, perturbed_logps: Sequence[np.ndarray]) -> float:
@@ -51,11 +54,29 @@ def truth_ratio(paraphrased_logps: np.ndarray, perturbed_logps: Sequence[np.ndar
     """
     if not perturbed_logps:
         raise ValueError("a truth ratio needs at least one perturbed answer")
-    perturbed_nll = float(np.mean([mean_token_nll(lp) for lp in perturbed_logps]))
-    log_ratio = mean_token_nll(paraphrased_logps) - perturbed_nll
+    perturbed_nll = float(np.mean([mean_nll(lp) for lp in perturbed_logps]))
+    log_ratio = mean_nll(paraphrased_logps) - perturbed_nll
     # A collapsed model (e.g. after runaway gradient ascent) can put the log-ratio past what
     # a float holds; clamp so the ratio stays finite (its scores are then 0 or 1 anyway).
     return math.exp(min(max(log_ratio, -MAX_LOG_RATIO), MAX_LOG_RATIO))
+
+
+def option_probability(answer_logps: np.ndarray, wrong_logps: Sequence[np.ndarray]) -> float:
+    """TOFU's probability on multiple-choice sets: the answer's mean-token probability over the sum
+    of every option's (the answer's and the wrong ones'), computed in log space so none underflows."""
+    if not wrong_logps:
+        raise ValueError("an option probability needs at least one wrong option")
+    scores = -np.array([mean_nll(answer_logps), *(mean_nll(lp) for lp in wrong_logps)])
+    return float(softmax(scores)[0])
+
+
+def option_correct(answer_logps: np.ndarray, wrong_logps: Sequence[np.ndarray]) -> float:
+    """1.0 when the answer's mean token log-probability is above every wrong option's, else 0.0
+    (a tie counts as wrong): multiple-choice accuracy without generating."""
+    if not wrong_logps:
+        raise ValueError("a multiple-choice answer needs at least one wrong option")
+    answer = mean_nll(answer_logps)
+    return float(all(answer < mean_nll(lp) for lp in wrong_logps))
 
 
 def forget_truth_ratio_score(ratio: float) -> float:
@@ -96,12 +117,12 @@ def min_k_score(token_logps: np.ndarray, k: float) -> float:
 
 def loss_score(token_logps: np.ndarray) -> float:
     """LOSS attack: minus the mean token NLL. Higher means more likely a member."""
-    return -mean_token_nll(token_logps)
+    return -mean_nll(token_logps)
 
 
 def zlib_score(token_logps: np.ndarray, text: str) -> float:
     """zlib attack: minus the mean token NLL over the zlib-compressed length of the text in bytes."""
-    return -mean_token_nll(token_logps) / len(zlib.compress(text.encode("utf-8")))
+    return -mean_nll(token_logps) / len(zlib.compress(text.encode("utf-8")))
 
 
 @lru_cache(maxsize=4)
@@ -150,13 +171,3 @@ def privleak(auc_model: float, auc_oracle: float) -> float:
         return math.nan
     return (muse_model - muse_oracle) / muse_oracle * 100.0
 
-
-def harmonic_mean(values: Sequence[float]) -> float:
-    """Harmonic mean; 0 when any value is 0 (as scipy.stats.hmean)."""
-    if not values:
-        raise ValueError("harmonic mean of nothing")
-    if any(v < 0 for v in values):
-        raise ValueError("harmonic mean needs non-negative values")
-    if any(v == 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)

@@ -9,7 +9,9 @@ or is empty for metrics of a whole model (forget quality, AUCs, privleak, utilit
 A metric that needs another asks the context for it by name (``ctx.metric("truth_ratio",
 ...)``); the context computes each (metric, model, split) once. Model outputs come from
 the context too (``ctx.targets``, ``ctx.alternatives``, ``ctx.generations``), computed
-lazily, so a metric only costs the inference it needs.
+lazily, so a metric only costs the inference it needs. A per-item metric reads only its own
+model's outputs; only whole-model metrics compare models (the evaluator runs one model at a
+time and relies on this).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from scipy.stats import hmean
 
 from components.data.records import QARecord, Record, TextRecord
 from components.evaluation import formulas
@@ -57,6 +60,8 @@ class MetricContext(Protocol):
     def has_model(self, model: str) -> bool: ...
 
     def utility_splits(self) -> list[str]: ...
+
+    def knowledge_splits(self) -> list[str]: ...
 
     def metric(self, name: str, model: str, split: str) -> MetricResult: ...
 
@@ -181,6 +186,27 @@ def truth_ratio_utility(ctx: MetricContext, model: str, split: str) -> MetricRes
     return result([None if r is None else formulas.utility_truth_ratio_score(r) for r in ratios])
 
 
+def _options(ctx: MetricContext, model: str, split: str,
+             score: Callable[[np.ndarray, Sequence[np.ndarray]], float]) -> MetricResult:
+    """``score(answer logps, wrong-option logps)`` per QA record with perturbed answers."""
+    return result([
+        score(t.logps, [p.logps for p in a.perturbed]) if a is not None and a.perturbed else None
+        for t, a in zip(ctx.targets(model, split), ctx.alternatives(model, split))
+    ])
+
+
+@register_metric("option_prob")
+def option_prob(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """TOFU (real authors, world facts): the answer's probability among the options."""
+    return _options(ctx, model, split, formulas.option_probability)
+
+
+@register_metric("option_acc")
+def option_acc(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Multiple-choice accuracy: 1 when the answer has the highest mean token log-probability."""
+    return _options(ctx, model, split, formulas.option_correct)
+
+
 def _target_text(record: Record) -> str:
     return record.text if isinstance(record, TextRecord) else record.answer
 
@@ -218,6 +244,23 @@ def forget_quality(ctx: MetricContext, model: str, split: str) -> MetricResult:
     if not ours or not oracle:
         return scalar(None)
     return scalar(formulas.ks_p_value(ours, oracle))
+
+
+@register_metric("forget_holdout_ks_p", per_item=False)
+def forget_holdout_ks_p(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Oracle-free forgetting check: KS p-value between a forget set and the holdout.
+
+    Compares per-item truth ratios when both sides have some, else per-item losses (text
+    records; ``mia_loss`` is minus the loss, which leaves the KS test unchanged). High means
+    the erased records look like records the model never saw; low means they stand out,
+    either still remembered or over-forgotten.
+    """
+    for name in ("truth_ratio", "mia_loss"):
+        ours = _present(ctx.metric(name, model, split)["by_item"])
+        holdout = _present(ctx.metric(name, model, HOLDOUT)["by_item"])
+        if ours and holdout:
+            return scalar(formulas.ks_p_value(ours, holdout))
+    return scalar(None)
 
 
 def _auc(ctx: MetricContext, model: str, split: str, score: str) -> MetricResult:
@@ -259,16 +302,23 @@ def privleak(ctx: MetricContext, model: str, split: str) -> MetricResult:
 
 
 UTILITY_COMPONENTS = ("prob", "rouge", "truth_ratio_utility")
+# TOFU's real-authors and world-facts sets count the answer's probability among the options.
+KNOWLEDGE_COMPONENTS = ("option_prob", "rouge", "truth_ratio_utility")
 
 
 @register_metric("model_utility", per_item=False)
 def model_utility(ctx: MetricContext, model: str, split: str) -> MetricResult:
-    """Harmonic mean of probability, ROUGE and truth-ratio score on ``split`` and every utility set.
+    """TOFU model utility: harmonic mean of probability, ROUGE and truth-ratio score on ``split``,
+    every utility set and every knowledge set.
 
     Components a set cannot give (no QA records, no perturbed answers) are left out; with
-    none at all the utility is None.
+    none at all the utility is None. Any component at 0 makes it 0 and any NaN makes it
+    None, stated here rather than left to ``hmean``'s edge cases.
     """
-    values = []
-    for name in [split, *ctx.utility_splits()]:
-        values.extend(_present([ctx.metric(c, model, name)["value"] for c in UTILITY_COMPONENTS]))
-    return scalar(formulas.harmonic_mean(values) if values else None)
+    parts = [(name, UTILITY_COMPONENTS) for name in [split, *ctx.utility_splits()]]
+    parts += [(name, KNOWLEDGE_COMPONENTS) for name in ctx.knowledge_splits()]
+    values = [v for name, components in parts
+              for v in _present([ctx.metric(c, model, name)["value"] for c in components])]
+    if not values or any(math.isnan(v) for v in values):
+        return scalar(None)
+    return scalar(0.0 if min(values) == 0 else float(hmean(values)))

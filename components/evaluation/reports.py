@@ -5,8 +5,9 @@
 * ``per_item/<role>_<split>.csv``: one flat row per record (``record_id``, ``kind`` and
   per-item values; empty cells where a value does not apply), the files ``dvc plots``
   reads. Splits: ``forget``, ``retain``, ``holdout``, ``utility_<name>``,
-  ``earlier_<request id>``. Absent models get the same files with empty values, so the
-  set of outputs does not depend on which models were there.
+  ``knowledge_<name>``, ``earlier_<request id>`` (names as :func:`safe_name` writes them).
+  Absent models get the same files with empty values, so the set of outputs does not
+  depend on which models were there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from components.evaluation.evaluator import EARLIER_PREFIX, UTILITY_PREFIX, EvaluationResult, safe_name
+from components.evaluation.evaluator import (
+    EARLIER_PREFIX,
+    KNOWLEDGE_PREFIX,
+    UTILITY_PREFIX,
+    EvaluationResult,
+    safe_name,
+)
 
 PER_ITEM_DIR = "per_item"
 METRICS_FILE = "metrics.json"
@@ -33,7 +40,7 @@ def _clean(value: Any) -> Any:
 
 def split_file_stem(split: str) -> str:
     """The file-name part for a split (``utility:wiki`` -> ``utility_wiki``)."""
-    for prefix, word in ((UTILITY_PREFIX, "utility"), (EARLIER_PREFIX, "earlier")):
+    for prefix, word in ((UTILITY_PREFIX, "utility"), (KNOWLEDGE_PREFIX, "knowledge"), (EARLIER_PREFIX, "earlier")):
         if split.startswith(prefix):
             return f"{word}_{safe_name(split[len(prefix):])}"
     return safe_name(split)
