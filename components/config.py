@@ -155,8 +155,8 @@ class EvalConfig(_Section):
     mink_k: float = Field(default=0.4, gt=0, le=1)
     verbmem_prefix_tokens: int = Field(default=32, ge=1)
     utility_sets: tuple[str, ...] = ()
-    # TOFU's general-knowledge sets, in model utility. auto: on when model.base is set (a pretrained
-    # model); the demo model trained from scratch knows none of it.
+    # TOFU's general-knowledge sets, in model utility. auto: on for a pretrained model (model.base or
+    # model.pretrained set); the tiny demo model trained from scratch knows none of it.
     knowledge: Literal["auto", "on", "off"] = "auto"
     knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
 

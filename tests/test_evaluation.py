@@ -15,7 +15,7 @@ import torch
 from rouge_score import rouge_scorer
 from scipy.stats import hmean
 
-from components.config import EvalConfig
+from components.config import EvalConfig, ModelConfig
 from components.data.records import DataError, QARecord, TextRecord
 from components.evaluation import EvaluationContext, evaluate_models, write_reports
 from components.evaluation.evaluator import safe_name
@@ -376,11 +376,15 @@ def test_a_knowledge_file_without_wrong_options_is_refused_naming_file_and_row(t
         load_knowledge_set(path)
 
 
-@pytest.mark.parametrize("setting, base, wanted", [
-    ("auto", None, False), ("auto", "models/base/smollm2-135m-instruct", True), ("on", None, True), ("off", "m", False),
+SMOLLM2 = "models/base/smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("setting, model, wanted", [
+    ("auto", {}, False), ("auto", {"base": SMOLLM2}, True), ("auto", {"pretrained": SMOLLM2}, True),
+    ("on", {}, True), ("off", {"base": SMOLLM2}, False),
 ])
-def test_knowledge_is_on_by_default_for_a_pretrained_base_only(setting, base, wanted):
-    assert knowledge_wanted(setting, base) is wanted
+def test_knowledge_is_on_by_default_for_a_pretrained_model_only(setting, model, wanted):
+    assert knowledge_wanted(setting, ModelConfig(**model)) is wanted
 
 
 # ---- report file names (issue 13: request ids must map to names one to one)

@@ -7,14 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Sequence
 
+from components.config import ModelConfig
 from components.data.loaders import load_records
 from components.data.records import DataError, QARecord
 
 
-def knowledge_wanted(setting: Literal["auto", "on", "off"], base: str | None) -> bool:
-    """``auto``: on for a pretrained base model (``model.base`` set), off for the demo model
-    trained from scratch, which knows none of it (and whose metrics then stay as they were)."""
-    return setting == "on" or (setting == "auto" and base is not None)
+def knowledge_wanted(setting: Literal["auto", "on", "off"], model: ModelConfig) -> bool:
+    """``auto``: on for a pretrained model (``model.base``, or ``model.pretrained`` that the demo
+    target is fine-tuned from), off for the tiny demo model trained from scratch, which knows
+    none of it (and whose metrics then stay as they were)."""
+    return setting == "on" or (setting == "auto" and bool(model.base or model.pretrained))
 
 
 def load_knowledge_set(path: str | Path) -> list[QARecord]:
