@@ -237,9 +237,12 @@ class Inbox:
         request = request or self.check(path)
         with self._locked(timeout):
             self._finish_interrupted()
-            if request.request_id in self.known_ids() | {self._peek_id(p) for p in self.files()}:
-                raise RequestError([f"duplicate request_id '{request.request_id}': already processed, "
-                                    "failed or waiting in the inbox"], source=path.name)
+            if request.request_id in self.known_ids():  # processed or failed since the check
+                raise RequestError([f"duplicate request_id '{request.request_id}': a request with this id was "
+                                    "already processed or failed; give the new request its own id"], source=path.name)
+            if request.request_id in {self._peek_id(p) for p in self.files()}:
+                raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
+                                   source=path.name)
             destination = self.paths.inbox / f"{request.request_id}.json"
             tmp = self.paths.inbox / f".add-{uuid.uuid4().hex}.tmp"  # hidden: never taken half-written
             try:
