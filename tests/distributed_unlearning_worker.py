@@ -1,15 +1,20 @@
-"""Launched by tests/test_distributed_unlearning.py under torchrun: one rank of an unlearning run.
+"""Launched by tests/test_distributed_unlearning.py under torchrun: one rank of unlearning runs.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
         tests/distributed_unlearning_worker.py MODEL_DIR RECORDS_JSON CONFIGS_JSON OUT_DIR
 
-For each named config, unlearns the model in MODEL_DIR with gloo/DDP; rank 0 writes
-OUT_DIR/NAME.pt (the final weights) and OUT_DIR/NAME.json (the diagnostics).
+For each named run in CONFIGS_JSON (``{"runs": {NAME: {"config": ..., "checkpoint_dir": ...,
+"kill_at_step": ...}}}``) unlearns the model in MODEL_DIR with gloo (DDP or FSDP, as the config
+says); rank 0 writes OUT_DIR/NAME.pt (the final weights) and OUT_DIR/NAME.json (the
+diagnostics). With ``kill_at_step`` rank 0 kills itself with SIGKILL when that step has been
+logged (before its checkpoint), as a crash would.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,22 +25,34 @@ from components.config import UnlearnConfig
 from components.data.records import record_from_dict
 from components.modeling.io import load_model
 from components.unlearning import RunOutputs, run_unlearning
+from components.unlearning.distributed import init_distributed
 
 
 def main(model_dir: str, records_json: str, configs_json: str, out_dir: str) -> None:
-    dist.init_process_group("gloo")
+    init_distributed()
     torch.set_num_threads(1)
     records = json.loads(Path(records_json).read_text())
     forget = [record_from_dict(r) for r in records["forget"]]
     retain = [record_from_dict(r) for r in records["retain"]]
     spec = json.loads(Path(configs_json).read_text())
-    for name, config in spec["configs"].items():
+    rank = dist.get_rank()
+    for name, run in spec["runs"].items():
         loaded = load_model(model_dir)
-        result = run_unlearning(loaded.model, loaded.tokenizer, forget, retain, UnlearnConfig.model_validate(config),
-                                max_length=spec["max_length"], seed=spec["seed"], outputs=RunOutputs(show_progress=False))
-        if dist.get_rank() == 0:
+        kill_at = run.get("kill_at_step")
+
+        def crash(record: dict, kill_at=kill_at) -> None:
+            if rank == 0 and record["step"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        outputs = RunOutputs(show_progress=False, checkpoint_dir=run.get("checkpoint_dir"),
+                             on_step=crash if kill_at else None)
+        result = run_unlearning(loaded.model, loaded.tokenizer, forget, retain,
+                                UnlearnConfig.model_validate(run["config"]), max_length=spec["max_length"],
+                                seed=spec["seed"], outputs=outputs)
+        if rank == 0:
             torch.save(result.model.state_dict(), Path(out_dir) / f"{name}.pt")
-            (Path(out_dir) / f"{name}.json").write_text(json.dumps(result.diagnostics))
+            (Path(out_dir) / f"{name}.json").write_text(json.dumps(
+                {"diagnostics": result.diagnostics, "resumed_from": result.resumed_from}))
     dist.destroy_process_group()
 
 

@@ -227,8 +227,8 @@ def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfi
     optimizer = make_optimizer([p for _, p in named], config)
     engine = Engine(model, module, ranks, named, optimizer, make_scheduler(optimizer, config, data.steps),
                     device, restore)
-    _resume(engine, load_checkpoint(checkpoint_dir, data.fingerprint, torch.device("cpu")
-                                    if ranks.sharded else device))
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    _resume(engine, load_checkpoint(directory, data.fingerprint, torch.device("cpu") if ranks.sharded else device))
     return engine
 
 
