@@ -300,3 +300,21 @@ def test_blur_request_retry_all_moves_every_failed_request_back(inbox):
     assert "req-a is pending again" in result.output and "req-b is pending again" in result.output
     assert inbox.status()["pending"] == ["req-a.json", "req-b.json"] and inbox.status()["failed"] == []
     assert blur("request", "retry", root=inbox.paths.root).exit_code == 2
+
+
+def test_a_crash_inside_dvc_move_is_repaired_by_the_next_take(dvc_inbox, monkeypatch):
+    """`dvc move` moves the file, then writes the new pointer, then removes the old one."""
+    put(dvc_inbox, "r.json", request_bytes("req-d"))
+    (pending,), _ = dvc_inbox.take()
+    with monkeypatch.context() as patch:
+        def file_moved_only(root, source, destination):
+            source.rename(destination)  # the old pointer stays, no new one
+            raise Crash("dvc move")
+        patch.setattr(versioning, "move", file_moved_only)
+        with pytest.raises(Crash):
+            dvc_inbox.complete(pending, {"forget_ids": ["abc"]})
+    assert dvc_inbox.earlier() == {"req-d": ["abc"]} and dvc_inbox.files() == []
+    assert dvc_inbox.take() == ([], [])
+    moved = dvc_inbox.paths.processed / "req-d.json"
+    assert versioning.tracked_hash(moved) == hashlib.md5(request_bytes("req-d")).hexdigest()
+    assert not (dvc_inbox.paths.inbox / "r.json.dvc").exists() and not dvc_inbox.journal.exists()

@@ -339,8 +339,14 @@ class Inbox:
         entry = self._read_journal()
         if entry is None:
             return
-        if _exists(entry["note"]) and _exists(entry["source"]):
-            versioning.move(self.paths.root, entry["source"], entry["destination"])
+        source, destination = entry["source"], entry["destination"]
+        if _exists(entry["note"]) and _exists(source):
+            versioning.move(self.paths.root, source, destination)
+        stale = Path(f"{source}.dvc")
+        if not _exists(source) and stale.exists() and _exists(destination):  # died inside `dvc move`
+            if versioning.tracked_hash(destination) is None:
+                versioning.track(self.paths.root, [destination])  # the bytes are in the cache already
+            stale.unlink()
         self.journal.unlink()
 
     def reject(self, path: Path, error: RequestError) -> Path:
