@@ -16,19 +16,24 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     Earlier processed requests (data/prepared/earlier/) are evaluated too: still forgotten.
     """
     from components.evaluation import evaluate_models, write_reports
-    from components.modeling.io import load_model_dir
+    from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
+    from components.modeling.io import load_model_dir, model_options
 
     config = resolved_config(config, paths)
     splits = load_splits(paths)
-    models = {"target": load_model_dir(paths.target), "oracle": load_model_dir(paths.oracle),
-              "unlearned": load_model_dir(paths.unlearned)}
+    options = model_options(config.model)
+    loaders = {role: (lambda folder=folder: load_model_dir(folder, **options))
+               for role, folder in (("target", paths.target), ("oracle", paths.oracle),
+                                    ("unlearned", paths.unlearned))}
+    local = [resolve_local(path, paths.config_root) for path in config.eval.knowledge_sets]
+    knowledge_sets = load_knowledge_sets(local) if knowledge_wanted(config.eval.knowledge, config.model) else {}
     utility_sets = {
         Path(path).stem: load_records(resolve_local(path, paths.config_root)) for path in config.eval.utility_sets
     }
     result = evaluate_models(
-        models, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
+        loaders, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
         config=config.eval, max_length=config.model.max_length, earlier_forget=load_earlier(paths),
-        utility_sets=utility_sets, show_progress=show_progress,
+        utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
     )
     write_reports(result, paths.reports)
     return result.metrics
