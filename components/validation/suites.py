@@ -4,7 +4,7 @@ Only what can fail is checked here: the world and holdout files a user supplies 
 duplicates, holdout records inside the world), empty sets, the batch of requests as handed
 in, and token lengths against the model. What the resolver guarantees by construction
 (disjoint forget and retain sets, every requested record in the forget set, well-formed ids)
-is checked where the data is built, in :func:`components.data.requests.resolve_requests`.
+is checked where the data is built, in :mod:`components.data.requests` (parse and resolve).
 
 A :class:`Check` names a Great Expectations expectation class and its arguments; the GX
 objects are only built when a validation runs (GX is slow to import). Every check also
