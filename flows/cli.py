@@ -184,12 +184,40 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
         champion = current_champion(config, paths, download=False)
     except Exception as error:  # the registry may be unreachable; status still shows the inbox
         err.print(f"[yellow]registry unavailable: {error}[/yellow]")
+        _show_erased_data_holders(config, paths, registry=False)
         return
     if champion:
         console.print(f"Champion: [bold]{config.registry.model_name}[/bold] version {champion['version']} "
                       f"(alias '{config.registry.alias}', run {champion['run_id']})")
     else:
         console.print(f"No champion yet for '{config.registry.model_name}': the next batch starts from the target.")
+    _show_erased_data_holders(config, paths, registry=True)
+
+
+def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
+    """What still holds data of processed requests (older versions, batch folders), and
+    processed requests without a certificate."""
+    from components.data.inbox import Inbox
+    from components.registry import connect, tracking_store
+    from components.registry.certificates import missing_certificates
+    from components.registry.retention import erased_data_holders
+
+    processed = Inbox(paths).processed_results()
+    client = connect(tracking_store(paths.root)) if registry and processed else None
+    holders = erased_data_holders(client, config.registry.model_name, processed=processed,
+                                  runs_root=paths.root / config.flow.runs_dir)
+    if holders:
+        table = Table(title=f"Still holding erased data (registry.retention: {config.registry.retention})")
+        for column in ("kind", "what", "why"):
+            table.add_column(column)
+        for holder in holders:
+            table.add_row(holder.kind, escape(holder.what), holder.why)
+        console.print(table)
+    elif processed:
+        console.print("Erased data: no older model version or batch folder holds it.")
+    uncertified = missing_certificates(paths.root, [r["request_id"] for r in processed])
+    if uncertified:
+        err.print(f"[yellow]Processed without a deletion certificate: {', '.join(uncertified)}[/yellow]")
 
 
 @app.command("report")
@@ -205,6 +233,38 @@ def report(run: Optional[str] = typer.Argument(None, help="MLflow run id; defaul
         err.print("[red]no such run (or no runs yet)[/red]")
         raise typer.Exit(1)
     console.print(Markdown(text))
+
+
+@app.command("certificate")
+def certificate(request_id: Optional[str] = typer.Argument(None, help="Request id whose certificate to show."),
+                verify: bool = typer.Option(False, "--verify", help="Check the whole certificate chain."),
+                root: Path = ROOT) -> None:
+    """Show the deletion certificate of a processed request, or check the certificate chain."""
+    from components.registry.certificates import (
+        CertificateError, certificates_dir, chain_head, load_certificate, render_markdown, verify_chain,
+    )
+
+    if verify:
+        problems = verify_chain(root)
+        for problem in problems:
+            err.print(f"[red]{escape(problem)}[/red]")
+        if problems:
+            err.print(f"[red]The certificate chain in {certificates_dir(root)} is broken[/red] "
+                      f"({len(problems)} problem(s)); compare with the certificate.* tags in MLflow.")
+            raise typer.Exit(1)
+        head = chain_head(root)
+        console.print(f"[green]Chain intact:[/green] {head['sequence']} certificate(s), "
+                      f"head {head['certificate_hash'][:16]}")
+        return
+    if request_id is None:
+        err.print("[red]give a REQUEST_ID, or --verify to check the chain[/red]")
+        raise typer.Exit(2)
+    try:
+        found = load_certificate(root, request_id)
+    except (FileNotFoundError, CertificateError) as error:
+        err.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1)
+    console.print(Markdown(render_markdown(found)))
 
 
 def main() -> None:  # pragma: no cover

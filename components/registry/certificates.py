@@ -1,0 +1,469 @@
+"""Deletion certificates: one per processed request, hash-chained, free of erased text.
+
+A certificate says what was asked (the sha256 of the request file's bytes), what was
+erased (how many records and the digest of their ids; the DVC md5 of the batch's forget
+set), which model version forgot it (the sha256 of its weights), the measurements that
+show it, the gate's decision, the times, and which older versions holding the data were
+purged. It holds ids, hashes, counts, numbers and times only: every field is checked
+against an allow-list when it is issued, and a field that does not look like what it
+should be is refused (the error names the field, never its value).
+
+Certificates live in ``<root>/data/certificates/<request_id>.json`` with a Markdown
+rendering beside it (``<request_id>.md``). Each holds its place in the chain
+(``sequence``), the previous certificate's hash (``previous_hash``) and its own hash
+(``certificate_hash``: sha256 of its canonical JSON without that field); the chain head
+(``chain.head.json``: the last sequence and hash) closes the chain, so
+:func:`verify_chain` finds an edited, deleted, reordered or appended-by-hand certificate.
+Someone who rewrites every later certificate and the head can rebuild a consistent local
+chain; the hash logged on the MLflow model version and its run
+(:func:`log_certificate_to_mlflow`) is the copy outside this folder to compare with.
+Issue certificates while holding the inbox lock: the chain is appended one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from components.jsonfiles import write_json
+from components.registry.retention import RETENTION_POLICIES
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+FORMAT = "blur-deletion-certificate/1"
+CERTIFICATES_DIR = Path("data") / "certificates"
+HEAD_FILE = "chain.head.json"  # request ids have no dots, so no certificate can take this name
+GENESIS_HASH = "0" * 64
+ROLES = ("target", "oracle", "unlearned")
+# The metrics that show forgetting (and that the model still works), as metrics.json names them.
+CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
+                     "forget_holdout_auc", "mia_auc", "privleak", "model_utility")
+MLFLOW_ARTIFACT_DIR = "certificates"
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+HEX_ID = re.compile(r"[0-9a-f]{8,64}")
+BATCH_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+VERSION = re.compile(r"[0-9]{1,12}")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+GATE_WORD = re.compile(r"[A-Za-z0-9_.<>=]{1,100}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9_. /:-]{1,250}")
+
+
+class CertificateError(ValueError):
+    """A certificate could not be issued or read; the message names the field or file."""
+
+
+@dataclass(frozen=True)
+class ErasureEvidence:
+    """What one processed request leaves on record (ids, hashes, numbers, times; no text).
+
+    ``metrics`` is the batch's ``reports/metrics.json`` (measured on the batch's forget
+    set, which holds this request's records) and ``gate`` its ``reports/gate.json``.
+    ``forget_ids`` are the record ids this request erased (content hashes); only their
+    count and digest go into the certificate.
+    """
+
+    request_id: str
+    request_sha256: str
+    forget_ids: Sequence[str]
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    metrics: Mapping[str, Any]
+    gate: Mapping[str, Any]
+    received_at: str | None = None
+    erased_at: str | None = None
+    request_dvc_md5: str | None = None
+    forget_dvc_md5: str | None = None
+    batch_id: str | None = None
+    run_id: str | None = None
+    retention: str = "delete"
+    versions_superseded: Sequence[str] = field(default_factory=tuple)
+    versions_purged: Sequence[str] = field(default_factory=tuple)
+    local_copies_removed: Sequence[str] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------- hashes
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (the request content hash)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_md5(path: str | Path) -> str:
+    """md5 of a file's bytes: what DVC records for a file it tracks."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """One sha256 over every ``*.safetensors`` file of a model directory, sorted by path.
+
+    Each file contributes its path relative to the directory, a NUL, its size and its
+    bytes, so renaming or splitting shards changes the hash too.
+    """
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.rglob("*.safetensors") if p.is_file())
+    if not files:
+        raise CertificateError(f"{model_dir} holds no *.safetensors files: save the model with "
+                               "safetensors (save_pretrained does by default) before issuing its certificate")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(model_dir).as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def ids_digest(record_ids: Iterable[str]) -> str:
+    """The digest of a set of record ids (order-independent; what ``records_digest`` computes)."""
+    blob = json.dumps(sorted(record_ids), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def canonical_json(data: Any) -> str:
+    """The one serialisation a certificate hash is taken over (sorted keys, no spaces)."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def certificate_hash(certificate: Mapping[str, Any]) -> str:
+    """sha256 of the certificate's canonical JSON without its own ``certificate_hash``."""
+    body = {key: value for key, value in certificate.items() if key != "certificate_hash"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- the allow-list
+
+
+def _checked(value: Any, pattern: re.Pattern, name: str, *, optional: bool = False) -> str | None:
+    """``value`` as a string if it matches ``pattern`` in full; the error names ``name`` only."""
+    if value is None or value == "":
+        if optional:
+            return None
+        raise CertificateError(f"certificate field '{name}' is missing")
+    text = str(value)
+    if not pattern.fullmatch(text):
+        raise CertificateError(f"certificate field '{name}' does not look like {_KINDS.get(pattern, 'an id')}; "
+                               "certificates hold ids, hashes and numbers only")
+    return text
+
+
+_KINDS = {REQUEST_ID: "a request id", SHA256: "a sha256 hex digest", MD5: "a DVC md5", HEX_ID: "a hex hash",
+          VERSION: "a model version number", RUN_ID: "an MLflow run id", BATCH_ID: "a batch id",
+          NAME_PART: "a relative path", GATE_WORD: "a gate metric or setting name", MODEL_NAME: "a model name"}
+
+
+def _time(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise CertificateError(f"certificate field '{name}' is not an ISO 8601 time") from None
+    return moment.isoformat()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _path(value: Any, name: str) -> str:
+    parts = Path(str(value)).parts
+    if not parts or any(part in ("..", "/") for part in parts):
+        raise CertificateError(f"certificate field '{name}' must be a path relative to the pipeline root")
+    return "/".join(_checked(part, NAME_PART, name) for part in parts)
+
+
+def certified_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The :data:`CERTIFIED_METRICS` of each model in ``metrics.json``, numbers only (absent ones left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in CERTIFIED_METRICS:
+        values = {}
+        for role in ROLES:
+            section = metrics.get(role)
+            value = _number(section.get(key)) if isinstance(section, Mapping) else None
+            if value is not None:
+                values[role] = value
+        if values:
+            out[key] = values
+    return out
+
+
+def certified_gate(gate: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate's verdict and its checks (names, operators, thresholds, values); no free text."""
+    checks = []
+    for check in gate.get("checks") or []:
+        checks.append({
+            "metric": _checked(check.get("metric"), GATE_WORD, "gate.checks.metric"),
+            "op": _checked(check.get("op"), GATE_WORD, "gate.checks.op"),
+            "setting": _checked(check.get("setting"), GATE_WORD, "gate.checks.setting", optional=True),
+            "threshold": _number(check.get("threshold")),
+            "value": _number(check.get("value")),
+            "passed": check.get("passed") if isinstance(check.get("passed"), bool) else None,
+        })
+    if not isinstance(gate.get("passed"), bool):
+        raise CertificateError("certificate field 'gate.passed' must be true or false")
+    return {"passed": gate["passed"], "checks": checks}
+
+
+# --------------------------------------------------------------------------- building one
+
+
+def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
+    """The certificate's content from ``evidence``, every field through the allow-list."""
+    e = evidence
+    if e.retention not in RETENTION_POLICIES:
+        raise CertificateError(f"certificate field 'retention' must be one of {list(RETENTION_POLICIES)}")
+    forget_ids = [_checked(record_id, HEX_ID, "forget_ids") for record_id in e.forget_ids]
+    metrics = certified_metrics(e.metrics)
+    return {
+        "format": FORMAT,
+        "request": {"request_id": _checked(e.request_id, REQUEST_ID, "request_id"),
+                    "content_sha256": _checked(e.request_sha256, SHA256, "request_sha256"),
+                    "dvc_md5": _checked(e.request_dvc_md5, MD5, "request_dvc_md5", optional=True)},
+        "forget_set": {"n_records": len(forget_ids), "ids_digest": ids_digest(forget_ids),
+                       "batch_id": _checked(e.batch_id, BATCH_ID, "batch_id", optional=True),
+                       "batch_dvc_md5": _checked(e.forget_dvc_md5, MD5, "forget_dvc_md5", optional=True)},
+        "model": {"name": _checked(e.model_name, MODEL_NAME, "model_name"),
+                  "version": _checked(e.model_version, VERSION, "model_version"),
+                  "run_id": _checked(e.run_id, RUN_ID, "run_id", optional=True),
+                  "weights_sha256": _checked(e.weights_sha256, SHA256, "weights_sha256")},
+        "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
+                     "oracle": "forget_quality" in metrics, "metrics": metrics},
+        "gate": certified_gate(e.gate),
+        "retention": {"policy": e.retention,
+                      "versions_superseded": [_checked(v, VERSION, "versions_superseded") for v in e.versions_superseded],
+                      "versions_purged": [_checked(v, VERSION, "versions_purged") for v in e.versions_purged],
+                      "local_copies_removed": [_path(p, "local_copies_removed") for p in e.local_copies_removed]},
+        "times": {"received_at": _time(e.received_at, "received_at"), "erased_at": _time(e.erased_at, "erased_at"),
+                  "issued_at": issued_at},
+    }
+
+
+def render_markdown(certificate: Mapping[str, Any]) -> str:
+    """The human-readable rendering of a certificate (what ``blur certificate ID`` prints)."""
+    c = certificate
+    request, forget, model, retention = c["request"], c["forget_set"], c["model"], c["retention"]
+    lines = [
+        f"# Deletion certificate: {request['request_id']}", "",
+        f"Certificate {c['sequence']} of the chain; hash `{c['certificate_hash']}`, "
+        f"previous `{c['previous_hash']}`.", "",
+        "## What was asked and erased", "",
+        f"- request file sha256: `{request['content_sha256']}`" + (f" (DVC md5 `{request['dvc_md5']}`)"
+                                                                  if request["dvc_md5"] else ""),
+        f"- records erased: {forget['n_records']} (ids digest `{forget['ids_digest']}`)",
+        f"- batch: {forget['batch_id'] or '-'}; forget set DVC md5 `{forget['batch_dvc_md5'] or '-'}`",
+        "", "## Which model forgot it", "",
+        f"- `{model['name']}` version {model['version']} (run `{model['run_id'] or '-'}`)",
+        f"- weights sha256: `{model['weights_sha256']}`",
+        "", f"## Measurements ({c['evidence']['measured_on']})", "",
+        "| metric | " + " | ".join(ROLES) + " |", "|---|" + "---|" * len(ROLES),
+    ]
+    for key, values in c["evidence"]["metrics"].items():
+        lines.append(f"| {key} | " + " | ".join(_cell(values.get(role)) for role in ROLES) + " |")
+    if not c["evidence"]["oracle"]:
+        lines.append("\nNo oracle model: forget quality was not measured.")
+    gate = c["gate"]
+    lines += ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", ""]
+    lines += [f"- {k['metric']} {k['op']} {_cell(k['threshold'])}: value {_cell(k['value'])}, "
+              f"{'passed' if k['passed'] else 'skipped' if k['passed'] is None else 'failed'}" for k in gate["checks"]]
+    lines += ["", f"## Older copies (retention: {retention['policy']})", "",
+              f"- versions superseded: {', '.join(retention['versions_superseded']) or 'none'}",
+              f"- versions purged: {', '.join(retention['versions_purged']) or 'none'}",
+              f"- local copies removed: {', '.join(retention['local_copies_removed']) or 'none'}",
+              "", "## Times", ""]
+    lines += [f"- {key.replace('_', ' ')}: {value or '-'}" for key, value in c["times"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+def certificates_dir(root: str | Path) -> Path:
+    """The folder of the certificates of the pipeline at ``root``."""
+    return Path(root) / CERTIFICATES_DIR
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CertificateError(f"{path} cannot be read as JSON ({type(error).__name__}); "
+                               "restore it from the DVC/git history or the MLflow run's certificates/ folder") from None
+
+
+def chain_head(root: str | Path) -> dict[str, Any]:
+    """``{"sequence": n, "certificate_hash": h, "request_id": id}``; sequence 0 and the genesis hash when empty."""
+    path = certificates_dir(root) / HEAD_FILE
+    if not path.exists():
+        return {"sequence": 0, "certificate_hash": GENESIS_HASH, "request_id": None}
+    return _read(path)
+
+
+def load_certificate(root: str | Path, request_id: str) -> dict[str, Any]:
+    """The certificate of ``request_id``; :class:`FileNotFoundError` when there is none."""
+    _checked(request_id, REQUEST_ID, "request_id")
+    path = certificates_dir(root) / f"{request_id}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no certificate for request '{request_id}' in {path.parent}: "
+                                "certificates are issued when a request's batch is promoted")
+    return _read(path)
+
+
+def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datetime | None = None) -> Path:
+    """Append the certificate of one processed request to the chain; returns its JSON path.
+
+    Writes ``<request_id>.json``, then ``<request_id>.md``, then the chain head, each
+    atomically. Idempotent: a request that already has a certificate keeps it (one per
+    request; a retried flow gets the same path back), and a certificate written just
+    before a crash, with the head not yet moved, is completed rather than written again.
+    """
+    folder = certificates_dir(root)
+    path = folder / f"{_checked(evidence.request_id, REQUEST_ID, 'request_id')}.json"
+    head = chain_head(root)
+    if path.exists():
+        existing = _read(path)
+        if existing.get("sequence") == head["sequence"] + 1 and existing.get("previous_hash") == head["certificate_hash"]:
+            _write_rendering_and_head(folder, existing)
+        return path
+    issued_at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    certificate = {**_body(evidence, issued_at), "sequence": head["sequence"] + 1,
+                   "previous_hash": head["certificate_hash"]}
+    certificate["certificate_hash"] = certificate_hash(certificate)
+    write_json(path, certificate)
+    _write_rendering_and_head(folder, certificate)
+    return path
+
+
+def _write_rendering_and_head(folder: Path, certificate: Mapping[str, Any]) -> None:
+    request_id = certificate["request"]["request_id"]
+    markdown = folder / f"{request_id}.md"
+    tmp = markdown.with_suffix(".md.tmp")
+    tmp.write_text(render_markdown(certificate), encoding="utf-8")
+    tmp.replace(markdown)
+    write_json(folder / HEAD_FILE, {"sequence": certificate["sequence"], "request_id": request_id,
+                                    "certificate_hash": certificate["certificate_hash"]})
+
+
+def missing_certificates(root: str | Path, request_ids: Iterable[str]) -> list[str]:
+    """The request ids among ``request_ids`` that have no certificate file."""
+    folder = certificates_dir(root)
+    return [rid for rid in request_ids if not (folder / f"{rid}.json").exists()]
+
+
+def verify_chain(root: str | Path) -> list[str]:
+    """Every problem with the certificate chain at ``root``; an empty list when it is intact.
+
+    Finds an edited certificate (its hash no longer matches its content, or its Markdown
+    no longer matches it), a deleted one (a gap in the sequence, or the head names a
+    later one), a reordered or renamed one (a previous hash that is not its
+    predecessor's; a file named for another request) and a missing or stale head.
+    """
+    folder = certificates_dir(root)
+    files = sorted(p for p in folder.glob("*.json") if p.name != HEAD_FILE) if folder.is_dir() else []
+    problems: list[str] = []
+    chain: list[tuple[Path, dict]] = []
+    for path in files:
+        try:
+            chain.append((path, _read(path)))
+        except CertificateError as error:
+            problems.append(str(error))
+    chain.sort(key=lambda item: item[1].get("sequence") if isinstance(item[1].get("sequence"), int) else -1)
+    previous = GENESIS_HASH
+    for expected, (path, certificate) in enumerate(chain, start=1):
+        problems += _certificate_problems(path, certificate, expected, previous)
+        previous = certificate.get("certificate_hash")
+    problems += _head_problems(folder, chain, previous)
+    return problems
+
+
+def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: int, previous: str) -> list[str]:
+    problems = []
+    name = path.name
+    if certificate.get("sequence") != expected:
+        problems.append(f"{name}: sequence {certificate.get('sequence')} where {expected} was expected "
+                        "(a certificate before it was deleted, or the sequence was edited)")
+    try:
+        actual = certificate_hash(certificate)
+    except ValueError:
+        actual = None
+    if actual != certificate.get("certificate_hash"):
+        problems.append(f"{name}: its content does not match its certificate_hash (it was edited)")
+    if certificate.get("previous_hash") != previous:
+        problems.append(f"{name}: previous_hash is not the hash of certificate {expected - 1} "
+                        "(the chain was reordered, or an earlier certificate was edited or deleted)")
+    request_id = (certificate.get("request") or {}).get("request_id")
+    if path.stem != request_id:
+        problems.append(f"{name}: holds the certificate of request '{request_id}' (renamed file)")
+    markdown = path.with_suffix(".md")
+    if actual is not None and actual == certificate.get("certificate_hash"):
+        if not markdown.exists() or markdown.read_text(encoding="utf-8") != render_markdown(certificate):
+            problems.append(f"{markdown.name}: missing or does not match {name} (edited rendering)")
+    return problems
+
+
+def _head_problems(folder: Path, chain: Sequence[tuple[Path, dict]], last_hash: str) -> list[str]:
+    head_path = folder / HEAD_FILE
+    if not chain and not head_path.exists():
+        return []
+    if not head_path.exists():
+        return [f"{HEAD_FILE} is missing: the chain's end cannot be checked (was it deleted?)"]
+    try:
+        head = _read(head_path)
+    except CertificateError as error:
+        return [str(error)]
+    if head.get("sequence") != len(chain) or head.get("certificate_hash") != last_hash:
+        return [f"{HEAD_FILE} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
+                f"ends at certificate {len(chain)}: the last certificate(s) were deleted or added by hand"]
+    return []
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def log_certificate_to_mlflow(client: "MlflowClient", model_name: str, version: str, cert_path: str | Path) -> str:
+    """Attach a certificate to the model version that forgot the request; returns its hash.
+
+    The JSON and its Markdown go to the version's run under ``certificates/``; the hash
+    becomes the tag ``certificate.<request_id>`` on the model version and on the run (the
+    run keeps it if a later erasure deletes the version under ``registry.retention: delete``).
+    """
+    cert_path = Path(cert_path)
+    certificate = _read(cert_path)
+    request_id = certificate["request"]["request_id"]
+    if str(certificate["model"]["version"]) != str(version) or certificate["model"]["name"] != model_name:
+        raise CertificateError(f"{cert_path.name} certifies {certificate['model']['name']} version "
+                               f"{certificate['model']['version']}, not {model_name} version {version}")
+    run_id = client.get_model_version(model_name, str(version)).run_id
+    digest = certificate["certificate_hash"]
+    for path in (cert_path, cert_path.with_suffix(".md")):
+        if path.exists():
+            client.log_artifact(run_id, str(path), MLFLOW_ARTIFACT_DIR)
+    client.set_model_version_tag(model_name, str(version), f"certificate.{request_id}", digest)
+    client.set_tag(run_id, f"certificate.{request_id}", digest)
+    return digest
