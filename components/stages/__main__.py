@@ -7,8 +7,10 @@ and exit non-zero; a traceback means a bug.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,7 @@ import typer
 
 from components import stages
 from components.config import Config, ConfigError, load_config
+from components.jsonfiles import write_json
 from components.paths import Paths
 from components.runtime import apply_threads, offline_by_default
 
@@ -34,15 +37,34 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def _stage(function: Callable) -> Callable:
-    """Print a known error's message (no traceback) and exit 1."""
+    """Print a known error's message (no traceback) and exit 1; record the stage's time and
+    peak memory in reports/resources.json."""
+    name = function.__name__.removesuffix("_command")
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        started = time.perf_counter()
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except _known_errors() as error:
-            typer.echo(f"{function.__name__.removesuffix('_command')} failed: {error}", err=True)
+            typer.echo(f"{name} failed: {error}", err=True)
             raise typer.Exit(1)
+        _record_resources(Path(kwargs.get("root", ".")), name, time.perf_counter() - started)
+        return result
     return wrapper
+
+
+def _record_resources(root: Path, stage: str, seconds: float) -> None:
+    """Wall time and peak resident memory of this stage's process (rank 0 only)."""
+    import resource
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = Paths(root).reports / "resources.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    record[stage] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
+    write_json(path, record)
 
 
 def _setup(params: Path, root: Path) -> tuple[Config, Paths]:
