@@ -318,3 +318,10 @@ def test_a_crash_inside_dvc_move_is_repaired_by_the_next_take(dvc_inbox, monkeyp
     moved = dvc_inbox.paths.processed / "req-d.json"
     assert versioning.tracked_hash(moved) == hashlib.md5(request_bytes("req-d")).hexdigest()
     assert not (dvc_inbox.paths.inbox / "r.json.dvc").exists() and not dvc_inbox.journal.exists()
+
+
+def test_a_pending_request_prints_as_its_id_only(inbox):
+    put(inbox, "jane-doe.json", request_bytes("req-p", subject="Jane Doe"))
+    (pending,), _ = inbox.take()
+    shown = repr(pending) + str(pending)
+    assert "req-p" in shown and "jane" not in shown.lower()

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -95,10 +95,15 @@ def _id_of_note(name: str, suffix: str) -> str:
 
 @dataclass(frozen=True)
 class Pending:
-    """A request file in the inbox that parsed and is not a duplicate."""
+    """A request file in the inbox that parsed and is not a duplicate. Its repr names the
+    request id only: file names (``jane-doe.json``) stay out of logs and task parameters."""
 
-    path: Path
+    path: Path = field(repr=False)
     request: DeletionRequest
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
 
 
 def label(path: Path) -> str:

@@ -43,13 +43,14 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class DeletionRequest:
-    """A validated request: who asked, when, and what to erase."""
+    """A validated request: who asked, when, and what to erase. Its repr shows the id and
+    time only, so a log or error message that prints a request never prints whom it names."""
 
     request_id: str
     received_at: datetime
-    subjects: tuple[str, ...] = ()
-    records: tuple[dict[str, str], ...] = ()
-    reason: str | None = None
+    subjects: tuple[str, ...] = field(default=(), repr=False)
+    records: tuple[dict[str, str], ...] = field(default=(), repr=False)
+    reason: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
         """A content hash of the request (ids and hashes go to logs, never its text)."""
