@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -159,6 +159,12 @@ class EvalConfig(_Section):
     # model.pretrained set); the tiny demo model trained from scratch knows none of it.
     knowledge: Literal["auto", "on", "off"] = "auto"
     knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
+
+    @field_validator("knowledge", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` as true/false: take them as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class GateConfig(_Section):
