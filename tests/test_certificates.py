@@ -120,6 +120,12 @@ def test_text_in_an_id_or_hash_field_is_refused_without_repeating_it(tmp_path, f
     assert not certificates_dir(tmp_path).exists() or not list(certificates_dir(tmp_path).iterdir())
 
 
+def test_no_certificate_for_a_candidate_that_failed_its_gate(tmp_path):
+    with pytest.raises(CertificateError, match="gate.passed"):
+        issue_certificate(tmp_path, evidence(gate=gate_dict(passed=False)))
+    assert chain_head(tmp_path)["sequence"] == 0
+
+
 def test_weights_hash_covers_every_safetensors_file_and_changes_with_one_byte(tiny_model_dir, tmp_path):
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
     assert weights_sha256(copy) == weights_sha256(tiny_model_dir)

@@ -222,9 +222,10 @@ def certified_gate(gate: Mapping[str, Any]) -> dict[str, Any]:
             "value": _number(check.get("value")),
             "passed": check.get("passed") if isinstance(check.get("passed"), bool) else None,
         })
-    if not isinstance(gate.get("passed"), bool):
-        raise CertificateError("certificate field 'gate.passed' must be true or false")
-    return {"passed": gate["passed"], "checks": checks}
+    if gate.get("passed") is not True:
+        raise CertificateError("certificate field 'gate.passed' is not true: a candidate that did not pass its "
+                               "gate was not promoted, so nothing was erased and no certificate is issued")
+    return {"passed": True, "checks": checks}
 
 
 # --------------------------------------------------------------------------- building one
@@ -390,9 +391,14 @@ def verify_chain(root: str | Path) -> list[str]:
     chain: list[tuple[Path, dict]] = []
     for path in files:
         try:
-            chain.append((path, _read(path)))
+            certificate = _read(path)
         except CertificateError as error:
             problems.append(str(error))
+            continue
+        if isinstance(certificate, dict):
+            chain.append((path, certificate))
+        else:
+            problems.append(f"{path.name}: not a certificate (a JSON {type(certificate).__name__})")
     chain.sort(key=lambda item: item[1].get("sequence") if isinstance(item[1].get("sequence"), int) else -1)
     previous = GENESIS_HASH
     for expected, (path, certificate) in enumerate(chain, start=1):
