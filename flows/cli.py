@@ -203,9 +203,14 @@ def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
     from components.registry.retention import erased_data_holders
 
     processed = Inbox(paths).processed_results()
-    client = connect(tracking_store(paths.root)) if registry and processed else None
-    holders = erased_data_holders(client, config.registry.model_name, processed=processed,
-                                  runs_root=paths.root / config.flow.runs_dir)
+    try:
+        client = connect(tracking_store(paths.root)) if registry and processed else None
+        holders = erased_data_holders(client, config.registry.model_name, processed=processed,
+                                      runs_root=paths.root / config.flow.runs_dir)
+    except Exception as error:  # the registry part failed; the local folders are still worth showing
+        err.print(f"[yellow]older model versions not checked: {escape(str(error))}[/yellow]")
+        holders = erased_data_holders(None, config.registry.model_name, processed=processed,
+                                      runs_root=paths.root / config.flow.runs_dir)
     if holders:
         table = Table(title=f"Still holding erased data (registry.retention: {config.registry.retention})")
         for column in ("kind", "what", "why"):
