@@ -255,3 +255,51 @@ def test_cli_prints_a_certificate_and_verifies_the_chain(tmp_path):
     assert broken.exit_code == 1
     missing = runner.invoke(app, ["certificate", "req-2", "--root", str(tmp_path)])
     assert missing.exit_code == 1
+
+
+def test_the_erasure_record_in_flow_order_purges_certifies_and_leaves_nothing_behind(
+        mlflow_store, tiny_model_dir, tmp_path):
+    """register -> settle -> purge older versions -> hashes -> certificates (+ MLflow) -> purge local copies."""
+    from components.registry.certificates import file_md5, file_sha256
+    from components.registry.retention import (
+        erased_data_holders, local_copies, purge_local_copies, purge_superseded_versions,
+    )
+
+    client = mlflow_store.client()
+    root = tmp_path / "repo"
+    processed = []
+    for number, request_id in enumerate(("req-1", "req-2"), start=1):
+        batch = root / "runs" / f"batch-{number:012d}"
+        shutil.copytree(tiny_model_dir, batch / "models" / "unlearned")
+        (batch / "data" / "prepared").mkdir(parents=True)
+        (batch / "data" / "prepared" / "forget.jsonl").write_text(f'{{"question": "q{number}", "answer": "a"}}\n')
+        request_file = root / "data" / "requests" / "processed" / f"{request_id}.json"
+        request_file.parent.mkdir(parents=True, exist_ok=True)
+        request_file.write_text(json.dumps({"request_id": request_id, "subjects": ["Someone"]}))
+        gate = register_candidate(
+            registry_config(max_forget_prob_ratio=0.5), metrics=sample_metrics(), diagnostics=sample_diagnostics(),
+            summary=sample_summary(request_id), dvc_hashes={}, model_dir=batch / "models" / "unlearned",
+            reports_dir=batch / "reports", store=mlflow_store).to_dict()
+        processed.append({"request_id": request_id, "batch_id": batch.name, "model_version": gate["version"],
+                          "processed_at": datetime.now(timezone.utc).isoformat()})
+
+        purge = purge_superseded_versions(client, gate["model_name"], gate["version"], "delete")
+        weights = weights_sha256(batch / "models" / "unlearned")
+        forget_md5 = file_md5(batch / "data" / "prepared" / "forget.jsonl")
+        path = issue_certificate(root, ErasureEvidence(
+            request_id=request_id, request_sha256=file_sha256(request_file), forget_ids=["0123456789abcdef"],
+            model_name=gate["model_name"], model_version=gate["version"], weights_sha256=weights,
+            metrics=sample_metrics(), gate=gate, run_id=gate["run_id"], batch_id=batch.name,
+            forget_dvc_md5=forget_md5, erased_at=datetime.now(timezone.utc).isoformat(),
+            retention=purge.policy, versions_superseded=purge.superseded, versions_purged=purge.purged))
+        log_certificate_to_mlflow(client, gate["model_name"], gate["version"], path)
+        purge_local_copies(root, local_copies(root))
+
+    second = load_certificate(root, "req-2")
+    assert second["retention"]["versions_purged"] == ["1"] and second["model"]["version"] == "2"
+    assert verify_chain(root) == [] and chain_head(root)["sequence"] == 2
+    assert erased_data_holders(client, "blur-test", processed=processed, runs_root=root / "runs") == []
+    assert [str(v.version) for v in client.search_model_versions("name='blur-test'")] == ["2"]
+    # the first certificate's hash survives its version's deletion, on the run
+    first = load_certificate(root, "req-1")
+    assert client.get_run(first["model"]["run_id"]).data.tags["certificate.req-1"] == first["certificate_hash"]
