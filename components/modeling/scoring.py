@@ -14,7 +14,9 @@ from components.modeling.encoding import IGNORE_INDEX
 class TokenScores:
     """Per-token log-probabilities of the labelled tokens of a batch.
 
-    ``token_logps`` is (batch, seq-1) with zeros where ``mask`` is False.
+    ``token_logps`` is (batch, seq-1) with zeros where ``mask`` is False, always in fp32 (the
+    logits are cast before ``log_softmax``, so bf16/fp16 weights lose no precision in losses
+    and metrics); ``logits`` stay in the weights' dtype.
     """
 
     token_logps: torch.Tensor
