@@ -64,6 +64,7 @@ def make_pipeline_repo(repo: Path, overrides: dict | None = None) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "data" / "world", repo / "data" / "world")
+    shutil.copytree(ROOT / "data" / "knowledge", repo / "data" / "knowledge")
     shutil.copytree(ROOT / "data" / "requests", repo / "data" / "requests",
                     ignore=shutil.ignore_patterns("inbox", "processed", "rejected"))
     write_params(repo, overrides or {})
