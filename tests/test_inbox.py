@@ -325,3 +325,4 @@ def test_a_pending_request_prints_as_its_id_only(inbox):
     (pending,), _ = inbox.take()
     shown = repr(pending) + str(pending)
     assert "req-p" in shown and "jane" not in shown.lower()
+

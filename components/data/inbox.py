@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,7 +136,8 @@ class Inbox:
         """The inbox lock; hold it while taking and finishing a batch."""
         return FileLock(str(self.paths.requests / ".inbox.lock"), timeout=timeout)
 
-    def _locked(self, timeout: float):
+    @contextmanager
+    def _locked(self, timeout: float) -> Iterator[None]:
         """The lock for a person's command: a clear error instead of waiting for ever."""
         lock = self.lock(timeout)
         try:
@@ -143,7 +145,10 @@ class Inbox:
         except Timeout:
             raise InboxError(f"the inbox is busy (a batch is being processed; waited {timeout:g} s): "
                              "try again when it ends") from None
-        return lock
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ listing
 
