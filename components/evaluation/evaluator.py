@@ -222,7 +222,10 @@ class EvaluationContext:
         if old is not None and (loaded is None or loaded.tokenizer is not old.tokenizer):
             self._encodings.clear()
         self.models[role] = loaded
-        (self.present.add if loaded is not None else self.present.discard)(role)
+        if loaded is None:
+            self.present.discard(role)
+        else:
+            self.present.add(role)
         self._evidence = {key: value for key, value in self._evidence.items() if key[0] != role}
         self._metrics = {key: value for key, value in self._metrics.items() if key[0] in PER_ITEM and key[1] != role}
 
