@@ -94,6 +94,11 @@ def _id_of_note(name: str, suffix: str) -> str:
     return _COUNTER.sub("", name.removesuffix(suffix))
 
 
+def _seen_before(request: DeletionRequest, path: Path) -> RequestError:
+    return RequestError([f"duplicate request_id '{request.request_id}': a request with this id was already "
+                         "processed or failed; give the new request its own id"], source=path.name)
+
+
 @dataclass(frozen=True)
 class Pending:
     """A request file in the inbox that parsed and is not a duplicate. Its repr names the
@@ -229,11 +234,7 @@ class Inbox:
             raise RequestError([f"request files must be .json files, got '{path.name}'"], source=path.name)
         request = read_request(path)
         if request.request_id in (self.known_ids() if known is None else known):
-            raise RequestError(
-                [f"duplicate request_id '{request.request_id}': a request with this id was already "
-                 "processed or failed; give the new request its own id"],
-                source=path.name,
-            )
+            raise _seen_before(request, path)
         return request
 
     def add(self, path: Path, request: DeletionRequest | None = None, *,
@@ -248,8 +249,7 @@ class Inbox:
         with self._locked(timeout):
             self._finish_interrupted()
             if request.request_id in self.known_ids():  # processed or failed since the check
-                raise RequestError([f"duplicate request_id '{request.request_id}': a request with this id was "
-                                    "already processed or failed; give the new request its own id"], source=path.name)
+                raise _seen_before(request, path)
             if request.request_id in {self._peek_id(p) for p in self.files()}:
                 raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
                                    source=path.name)
