@@ -4,6 +4,7 @@ target, a batch folder's models, and the registry's view (champion, reports). No
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -109,3 +110,57 @@ def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | 
         return Path(client.download_artifacts(run_id, "run_report.md")).read_text(encoding="utf-8")
     except Exception:
         return None
+
+
+@dataclass(frozen=True)
+class ErasedRequest:
+    """One request of a passed batch, as its certificate needs it (hashes and ids, no text)."""
+
+    request_id: str
+    request_sha256: str
+    request_dvc_md5: str | None
+    received_at: str | None
+    forget_ids: list[str]
+
+
+def record_erasure(config: Config, repo: Paths, paths: Paths, *, gate: dict, metrics: dict,
+                   requests: Sequence[ErasedRequest], batch_id: str) -> dict:
+    """Once the new champion serves: purge the older versions that still hold the erased
+    records (``registry.retention``), then issue and log one hash-chained certificate per request.
+
+    Idempotent, so a retried or resumed run finishes what a crashed one started. Returns the
+    purged versions and certificate hashes by request id.
+    """
+    from datetime import datetime, timezone
+
+    from components.registry import connect, tracking_store
+    from components.registry.certificates import (ErasureEvidence, file_md5, issue_certificate,
+                                                  log_certificate_to_mlflow, weights_sha256)
+    from components.registry.retention import purge_superseded_versions
+
+    client = connect(tracking_store(repo.root))
+    purge = purge_superseded_versions(client, gate["model_name"], gate["version"], config.registry.retention)
+    weights, forget_md5 = weights_sha256(paths.unlearned), file_md5(paths.forget)
+    erased_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    issued = {}
+    for request in requests:
+        evidence = ErasureEvidence(
+            request_id=request.request_id, request_sha256=request.request_sha256, forget_ids=request.forget_ids,
+            model_name=gate["model_name"], model_version=str(gate["version"]), weights_sha256=weights,
+            metrics=metrics, gate=gate, received_at=request.received_at, erased_at=erased_at,
+            request_dvc_md5=request.request_dvc_md5, forget_dvc_md5=forget_md5, batch_id=batch_id,
+            run_id=gate.get("run_id"), retention=purge.policy, versions_superseded=purge.superseded,
+            versions_purged=purge.purged)
+        path = issue_certificate(repo.root, evidence)
+        issued[request.request_id] = log_certificate_to_mlflow(client, gate["model_name"], str(gate["version"]), path)
+    return {"versions_purged": list(purge.purged), "certificates": issued}
+
+
+def purge_batch_copies(config: Config, repo: Paths) -> list[str]:
+    """Remove the batch work folders and the downloaded champion (copies of erased text and of
+    models that held it) unless ``registry.retention`` is ``keep``."""
+    from components.registry.retention import local_copies, purge_local_copies
+
+    if config.registry.retention == "keep":
+        return []
+    return purge_local_copies(repo.root, local_copies(repo.root, config.flow.runs_dir))

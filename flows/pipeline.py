@@ -42,6 +42,8 @@ validate_batch = _task(stages.validate, "validate")
 unlearn_batch = _task(stages.unlearn, "unlearn")
 evaluate_batch = _task(stages.evaluate, "evaluate")
 register_batch = _task(stages.register, "register")
+record_erasure = _task(batch_steps.record_erasure, "record-erasure")
+purge_batch_copies = _task(batch_steps.purge_batch_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -151,6 +153,16 @@ def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
             batch.summary["failed"].append(pending.request.request_id)
         _publish(batch.summary, None, None)
         raise
+
+
+def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[batch_steps.ErasedRequest]:
+    """What each accepted request's certificate needs, read before the files move."""
+    from components.registry.certificates import file_sha256
+
+    return [batch_steps.ErasedRequest(
+        request_id=p.request.request_id, request_sha256=file_sha256(p.path),
+        request_dvc_md5=batch.hashes.get(p.path.name), received_at=p.request.received_at.isoformat(),
+        forget_ids=forget_ids[p.request.request_id]) for p in batch.accepted]
 
 
 def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[str]]) -> None:
@@ -288,7 +300,13 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         gate = register_batch.with_options(**batch.retry)(
             config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
             dvc_hashes=dvc_hashes)
+        if gate["passed"]:  # certificates before settling: a crash in between leaves the requests pending
+            erased = _erased(batch, resolution["forget_ids_by_request"])
+            record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
+                                                       requests=erased, batch_id=batch.summary["batch_id"])
         _settle(batch, inbox, gate, resolution["forget_ids_by_request"])
+        if gate["passed"]:
+            purge_batch_copies(config, repo)
         _publish(batch.summary, gate, metrics)
         _push(repo)
     return batch.summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,11 +23,12 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     run stops with :class:`UnlearningDivergedError` and no model is written.
     """
     from components.modeling.io import load_model_dir, model_options, save_model
-    from components.unlearning import run_unlearning
+    from components.unlearning import RunOutputs, run_unlearning
+    from components.unlearning.distributed import init_distributed
 
     started = time.perf_counter()
     config = resolved_config(config, paths)
-    rank, device = _init_distributed()
+    rank, device = init_distributed()
     splits = load_splits(paths)
     loaded = load_model_dir(start or paths.target, **model_options(config.model) | {"device": device})
     if loaded is None:
@@ -40,7 +40,8 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     result = run_unlearning(
         loaded.model, loaded.tokenizer, splits["forget"], splits["retain"], config.unlearn,
         max_length=config.model.max_length, seed=config.seed,
-        checkpoint_dir=paths.checkpoints, log_path=log_path, show_progress=show_progress and rank == 0,
+        outputs=RunOutputs(checkpoint_dir=paths.checkpoints, log_path=log_path,
+                           show_progress=show_progress and rank == 0),
     )
     if rank != 0:
         return result.summary()
@@ -53,20 +54,6 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
                                   "seconds": round(time.perf_counter() - started, 1)}
     write_json(paths.reports / "unlearn.json", summary)
     return summary
-
-
-def _init_distributed() -> tuple[int, str]:
-    """Join the process group when launched by ``torchrun`` (one process per device)."""
-    import torch
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device != "cpu":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if device != "cpu" else "gloo")
-    return (dist.get_rank() if dist.is_initialized() else 0), device
 
 
 def write_steps_csv(diagnostics: list[dict], path: Path) -> Path:
