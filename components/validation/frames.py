@@ -1,10 +1,11 @@
-"""Text-free tables of the data to validate: ids, hashes, kinds, counts and flags.
+"""Text-free tables of the data to validate: ids, hashes, counts and flags.
 
 The text of a forget set is personal data, and Great Expectations writes the values it
 finds wrong into its results and Data Docs. So the suites never see a question, an answer,
 a document or a subject name: every record becomes a row of its ``record_id`` (a content
-hash), the hash of its subject, its kind, character and token counts, and booleans. Rows
-are numbered from 1, like the lines of the JSONL files the prepare stage writes.
+hash), the hash of its subject, its kind, its token counts and whether the world holds it.
+Rows are numbered from 1, like the lines of the JSONL files the prepare stage writes. (The
+loaders have already refused a record with a missing, empty or non-string field.)
 
 Plain Python (column lists); :mod:`components.validation.gx_run` turns them into pandas
 DataFrames when a validation runs.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from components.data.records import QARecord, Record, TextRecord, content_hash
+from components.data.records import QARecord, Record, content_hash
 from components.data.requests import DeletionRequest
 
 # Long enough that encode_record never truncates: we want the length before truncation.
@@ -35,45 +36,13 @@ class Frame:
         return self.columns[column][row - 1]
 
 
-def subject_hash(subject: Any) -> str | None:
-    """How a subject is named in reports: a hash of the name, never the name."""
-    return content_hash(subject) if isinstance(subject, str) else None
-
-
-def _text_fields(record: Any) -> list[Any]:
-    if isinstance(record, QARecord):
-        return [record.question, record.answer]
-    if isinstance(record, TextRecord):
-        return [record.text]
-    return []
-
-
-def _kind(record: Any) -> str:
-    return record.kind if isinstance(record, (QARecord, TextRecord)) else type(record).__name__
-
-
-def _alternative_answers(record: QARecord) -> list[Any]:
+def _alternative_answers(record: QARecord) -> list[str]:
     answers = [record.paraphrased_answer] if record.paraphrased_answer is not None else []
     return answers + list(record.perturbed_answers or ())
 
 
-def _schema_row(record: Any) -> dict[str, Any]:
-    fields = _text_fields(record)
-    subject = getattr(record, "subject", None)
-    alternatives = _alternative_answers(record) if isinstance(record, QARecord) else []
-    strings = bool(fields) and all(isinstance(v, str) for v in [*fields, subject, *alternatives])
-    try:
-        record_id = record.record_id
-    except Exception:  # a record whose content cannot be hashed is reported by its kind column
-        record_id = None
-    return {
-        "record_id": record_id,
-        "subject_hash": subject_hash(subject),
-        "kind": _kind(record),
-        "fields_are_strings": strings,
-        "min_field_chars": min((len(v.strip()) if isinstance(v, str) else 0 for v in fields), default=0),
-        "subject_chars": len(subject.strip()) if isinstance(subject, str) else 0,
-    }
+def _record_row(record: Record) -> dict[str, Any]:
+    return {"record_id": record.record_id, "subject_hash": content_hash(record.subject), "kind": record.kind}
 
 
 def _token_lengths(record: Record, tokenizer) -> tuple[int, int | None]:
@@ -99,19 +68,18 @@ def _to_frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> Frame:
 
 
 def records_frame(records: Sequence[Record], columns: Sequence[str]) -> Frame:
-    """The world: schema facts about each record."""
-    return _to_frame([_schema_row(record) for record in records], columns)
+    """The world: each record's id, subject hash and kind."""
+    return _to_frame([_record_row(record) for record in records], columns)
 
 
 def split_frame(
     records: Sequence[Record], columns: Sequence[str], *, tokenizer, world_ids: set[str]
 ) -> Frame:
-    """A forget, retain or holdout set: schema facts, token lengths, membership of the world."""
+    """A forget, retain or holdout set: ids, token lengths, membership of the world."""
     rows = []
     for record in records:
-        row = _schema_row(record)
-        lengths = _token_lengths(record, tokenizer) if row["fields_are_strings"] else (None, None)
-        row["n_tokens"], row["n_tokens_alternatives"] = lengths
+        row = _record_row(record)
+        row["n_tokens"], row["n_tokens_alternatives"] = _token_lengths(record, tokenizer)
         row["in_world"] = row["record_id"] in world_ids
         rows.append(row)
     return _to_frame(rows, columns)

@@ -1,10 +1,11 @@
 """The expectation suites, as data: what each suite expects, and what to tell a person when it fails.
 
-Only what can fail is checked here: the world and holdout files a user supplies (schema,
-duplicates, holdout records inside the world), empty sets, the batch of requests as handed
-in, and token lengths against the model. What the resolver guarantees by construction
-(disjoint forget and retain sets, every requested record in the forget set, well-formed ids)
-is checked where the data is built, in :mod:`components.data.requests` (parse and resolve).
+Only what can fail is checked here: the world and holdout files a user supplies (duplicate
+rows, holdout records inside the world), empty sets, the batch of requests as handed in,
+and token lengths against the model. What holds by construction is checked where the data
+is built: field types and empty fields by the loaders (components.data.loaders), well-formed
+ids by the request parser, disjoint forget and retain sets and every requested record in
+the forget set by the resolver (components.data.requests).
 
 A :class:`Check` names a Great Expectations expectation class and its arguments; the GX
 objects are only built when a validation runs (GX is slow to import). Every check also
@@ -19,12 +20,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-RECORD_KINDS = ["qa", "text"]
-
 # Columns of the frames (see components/validation/frames.py).
-RECORD_COLUMNS = [
-    "record_id", "subject_hash", "kind", "fields_are_strings", "min_field_chars", "subject_chars",
-]
+RECORD_COLUMNS = ["record_id", "subject_hash", "kind"]
 SPLIT_COLUMNS = RECORD_COLUMNS + ["n_tokens", "n_tokens_alternatives", "in_world"]
 REQUEST_COLUMNS = ["request_id", "n_subjects", "n_records"]
 
@@ -95,44 +92,6 @@ def _unique(fix: str) -> Check:
     )
 
 
-def _record_schema(what: str) -> tuple[Check, ...]:
-    """Schema and types: a known kind, non-empty string fields, a subject."""
-    return (
-        Check(
-            key="kind",
-            expectation="ExpectColumnValuesToBeInSet",
-            kwargs={"column": "kind", "value_set": list(RECORD_KINDS)},
-            description="Every record is a question/answer record or a text record.",
-            problem="{count:row is|rows are} neither a question/answer nor a text record",
-            fix=f"load the {what} with components.data.loaders.load_records",
-        ),
-        Check(
-            key="fields_are_strings",
-            expectation="ExpectColumnValuesToBeInSet",
-            kwargs={"column": "fields_are_strings", "value_set": [True]},
-            description="question, answer, text and subject are strings.",
-            problem="{count:record has|records have} a question, answer, text or subject that is not a string",
-            fix=f"fix those rows of the {what} file: every field must be a string",
-        ),
-        Check(
-            key="fields_not_empty",
-            expectation="ExpectColumnValuesToBeBetween",
-            kwargs={"column": "min_field_chars", "min_value": 1},
-            description="No record has an empty question, answer or text.",
-            problem="{count:record has|records have} an empty question, answer or text",
-            fix=f"fill in or remove those rows of the {what} file",
-        ),
-        Check(
-            key="subject_not_empty",
-            expectation="ExpectColumnValuesToBeBetween",
-            kwargs={"column": "subject_chars", "min_value": 1},
-            description="Every record names its subject.",
-            problem="{count:record has|records have} an empty subject",
-            fix=f"give those rows of the {what} file a subject (or set world.rows_per_subject)",
-        ),
-    )
-
-
 def _lengths(what: str, max_length: int) -> tuple[Check, ...]:
     return (
         Check(
@@ -187,7 +146,6 @@ def world_suite() -> Suite:
         id_column="record_id",
         checks=(
             _non_empty("world", "check world.source and world.path in params.yaml"),
-            *_record_schema("world"),
             _unique("remove the duplicate rows from the world file; a duplicated record "
                     "cannot be told apart from its copy when it has to be forgotten"),
         ),
@@ -244,7 +202,6 @@ def holdout_suite(max_length: int) -> Suite:
         id_column="record_id",
         params={"max_length": max_length},
         checks=(
-            *_record_schema("holdout"),
             _unique("remove the duplicate rows from the holdout file"),
             _not_in_world(
                 "holdout set",
