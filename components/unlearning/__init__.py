@@ -3,6 +3,11 @@
 A method is three names from ``params.yaml``, looked up in three tables:
 ``unlearn.forget_loss`` in :data:`FORGET_LOSSES`, ``unlearn.retain_loss`` in
 :data:`RETAIN_LOSSES` and ``unlearn.combiner`` in :data:`COMBINERS`.
+
+``run`` (:func:`run_unlearning`: prepare data, build the model and its wrappers, train,
+finish) sits over ``loop`` (:func:`train_bilevel`), ``combine``, ``losses``, ``batches``
+(deterministic micro-batches), ``modules`` (the loss model, LoRA, the frozen references),
+``optim``, ``checkpoint`` and ``distributed`` (torchrun, DDP, FSDP2).
 """
 
 from components.unlearning.checkpoint import StaleCheckpointWarning

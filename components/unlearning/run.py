@@ -67,7 +67,7 @@ class UnlearnResult:
     ``inner`` (``<g_f, g_r>``), ``forget_norm_sq``, ``retain_norm_sq``, ``cos``, ``xi`` (the
     coefficient on the lower level's gradient: BLUR's ``gamma - inner / ||g_lower||^2``, or
     the weight of the lower level under ``weighted_sum``), ``grad_norm`` (``||d||`` before
-    clipping) and ``lr``. Under FSDP only rank 0's ``model`` holds the whole weights.
+    clipping) and ``lr``. Under FSDP only rank 0's ``model`` holds the whole weights (on the CPU).
     """
 
     model: torch.nn.Module
@@ -127,8 +127,9 @@ def run_unlearning(
     """
     forget, retain = list(forget), list(retain)
     check_inputs(forget, retain, config)
+    restore = master_weights(model, config)
     data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed)
-    engine = build_engine(model, data, config, outputs.checkpoint_dir)
+    engine = build_engine(model, data, config, outputs.checkpoint_dir, restore)
     train(engine, data, config, outputs)
     return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=data.steps,
                          resumed_from=engine.resumed_from, fingerprint=data.fingerprint)
@@ -166,7 +167,8 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
     )
     model.eval()
     if config.forget_loss == "npo":
-        data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
+        with precision_context(config, next(model.parameters()).device):
+            data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
     if config.forget_loss == "rmu":
         data.context.rmu_target = rmu_target(model, config, seed)
     data.fingerprint = fingerprint({
@@ -205,10 +207,12 @@ class Engine:
 
 
 def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfig,
-                 checkpoint_dir: Path | None) -> Engine:
-    """Reference for KL, LoRA, precision, DDP/FSDP, optimizer and schedule; resumed if a checkpoint matches."""
+                 checkpoint_dir: Path | None, restore: dict) -> Engine:
+    """Reference for KL, LoRA, DDP/FSDP, optimizer and schedule; resumed if a checkpoint matches.
+
+    ``restore`` collects what :func:`finish` gives back (trainable flags, dtype, the plain model).
+    """
     device = next(model.parameters()).device
-    restore = _master_weights(model, config)
     restore["trainable"] = {name: p.requires_grad for name, p in model.named_parameters()}
     frozen = None
     if config.retain_loss == "kl" and not config.lora.enabled:
@@ -232,8 +236,8 @@ def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfi
     return engine
 
 
-def _master_weights(model: torch.nn.Module, config: UnlearnConfig) -> dict:
-    """Under ``autocast-bf16``, fp32 master weights (the original dtype is restored at the end)."""
+def master_weights(model: torch.nn.Module, config: UnlearnConfig) -> dict:
+    """Under ``autocast-bf16``, fp32 master weights in place; ``{"dtype": ...}`` to restore at the end."""
     dtype = next(model.parameters()).dtype
     if config.precision == "autocast-bf16" and dtype != torch.float32:
         model.float()
@@ -307,20 +311,22 @@ def _level_losses(engine: Engine, data: UnlearnData, config: UnlearnConfig):
     forget_fn, retain_fn = FORGET_LOSSES[config.forget_loss], RETAIN_LOSSES[config.retain_loss]
     module, context = engine.module, data.context
 
-    def precision():
-        if config.precision == "autocast-bf16":
-            return torch.autocast(engine.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def forget_loss(step: int, micro: int) -> torch.Tensor:
-        with precision():
+        with precision_context(config, engine.device):
             return forget_fn(module, forget_batches(step, micro), context).sum() / per_rank
 
     def retain_loss(step: int, micro: int) -> torch.Tensor:
-        with precision():
+        with precision_context(config, engine.device):
             return retain_fn(module, retain_batches(step, micro), context).sum() / per_rank
 
     return forget_loss, retain_loss
+
+
+def precision_context(config: UnlearnConfig, device: torch.device):
+    """bf16 autocast under ``unlearn.precision: autocast-bf16``; nothing under ``weights``."""
+    if config.precision == "autocast-bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step: int) -> None:

@@ -1,0 +1,1 @@
+"""The GPU step-cost run: ``benchmarks/gpu/run.sh`` (see :mod:`benchmarks.gpu.bench`)."""

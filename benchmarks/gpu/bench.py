@@ -1,0 +1,327 @@
+"""Step time, peak memory and host synchronisations per step: BLUR, weighted sum, naive BLUR.
+
+    python -m benchmarks.gpu.bench                 # CUDA: SmolLM2-135M (if present) and a 1B-shaped Llama, bf16
+    python -m benchmarks.gpu.bench --cpu-smoke     # tiny shapes on the CPU, seconds (the test suite runs this)
+    python -m benchmarks.gpu.bench --cpu-precision # CPU: fp32 vs bf16 weights vs autocast-bf16, ~20M Llama
+
+Each model is measured with the engine's loop (:func:`components.unlearning.train_bilevel`,
+``blur`` and ``weighted_sum``) and the naive BLUR of :mod:`benchmarks.naive_blur`, on the same
+fixed random token batches (NPO forget loss, NLL retain loss, AdamW, clipping at 1.0). Per
+method: one warm-up step, then ``steps`` timed steps (device synchronised around each),
+peak allocated CUDA memory over the timed steps (``torch.cuda.max_memory_allocated``; null
+on the CPU) and the host synchronisations of one further step, counted as tensor-to-Python
+conversions (``.item()``, ``.tolist()``, ``bool(t)``, ...) seen by a ``TorchFunctionMode``:
+``host_syncs_per_step`` is that count minus what the model's forward/backward and AdamW do
+anyway (``model_and_optimizer_host_syncs_per_step``, measured alone), i.e. the method's own.
+Weights are random: step cost does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from benchmarks.common import REPO, RESULTS, log, write_json
+from benchmarks.naive_blur import naive_blur_train
+
+METHODS = ("blur", "weighted_sum", "naive_blur")
+SMOLLM2 = REPO / "models" / "base" / "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Llama configuration (the 1B one is Llama-3.2-1B's shape)."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+
+
+LLAMA_1B = Shape("llama-1b-random", 2048, 8192, 16, 32, 8, 128256)
+LLAMA_20M = Shape("llama-20m-random", 512, 1408, 6, 8, 8, 4096)
+TINY = Shape("llama-tiny-random", 32, 64, 2, 2, 2, 300)
+
+
+@dataclass
+class Plan:
+    """What one invocation measures."""
+
+    device: str
+    models: list[tuple[str, Shape | Path]]
+    precisions: tuple[str, ...] = ("bf16",)  # fp32 | bf16 (weights) | autocast-bf16 (fp32 master weights)
+    methods: tuple[str, ...] = METHODS
+    batch_size: int = 8
+    seq_len: int = 512
+    steps: int = 5
+    budget_seconds: float = 420.0
+    out: Path = RESULTS / "gpu.json"
+    notes: list[str] = field(default_factory=list)
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """Counts tensor-to-Python conversions: the calls that make the host wait for the device.
+
+    On a GPU only conversions of device tensors count (reading a CPU tensor, such as AdamW's
+    step counter, does not wait for the device); on the CPU every conversion counts.
+    """
+
+    SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        self.count = 0
+        self.cpu_only = torch.device(device).type == "cpu"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if self.cpu_only or any(t.device.type != "cpu" for t in tensors):
+                self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def baseline_syncs(params: list[torch.Tensor], losses, device: str) -> int:
+    """Host syncs of what every method does anyway: both levels' forward and backward, an AdamW step."""
+    optimizer = torch.optim.AdamW(params, lr=0.0)
+    for loss in losses:  # warm-up: AdamW's state exists from here on
+        loss(0, 0).backward()
+    optimizer.step()
+    with HostSyncCounter(device) as counter:
+        for loss in losses:
+            loss(0, 0).backward()
+        optimizer.step()
+    for p in params:
+        p.grad = None
+    return counter.count
+
+
+# --------------------------------------------------------------------------- models and losses
+
+
+def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.Module:
+    """A random Llama of ``source``'s shape, or the model directory, in the precision's weight dtype."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    dtype = torch.float32 if precision in ("fp32", "autocast-bf16") else torch.bfloat16
+    if isinstance(source, Path):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    else:
+        config = LlamaConfig(hidden_size=source.hidden_size, intermediate_size=source.intermediate_size,
+                             num_hidden_layers=source.num_layers, num_attention_heads=source.num_heads,
+                             num_key_value_heads=source.num_kv_heads, vocab_size=source.vocab_size,
+                             max_position_embeddings=4096, tie_word_embeddings=True)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
+    return model.to(device).train()
+
+
+def level_losses(model: torch.nn.Module, plan: Plan, precision: str):
+    """NPO on one fixed forget batch, NLL on one fixed retain batch (random tokens, answers = 2nd half)."""
+    from components.config import UnlearnConfig
+    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
+    from components.unlearning.modules import LossModel
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+
+    def batch() -> dict[str, torch.Tensor]:
+        ids = torch.randint(vocab, (plan.batch_size, plan.seq_len), generator=generator)
+        labels = ids.clone()
+        labels[:, : plan.seq_len // 2] = -100
+        return {"input_ids": ids.to(plan.device), "attention_mask": torch.ones_like(ids).to(plan.device),
+                "labels": labels.to(plan.device)}
+
+    forget, retain = batch(), batch()
+    loss_model, context = LossModel(model), LossContext(UnlearnConfig())
+    autocast = (lambda: torch.autocast(torch.device(plan.device).type, dtype=torch.bfloat16)) \
+        if precision == "autocast-bf16" else nullcontext
+    with torch.no_grad(), autocast():
+        from components.modeling.scoring import token_scores
+
+        forget["ref_logp"] = token_scores(loss_model, forget).sum_logp.float()
+
+    def forget_loss(step: int, micro: int) -> torch.Tensor:
+        with autocast():
+            return FORGET_LOSSES["npo"](loss_model, forget, context).mean()
+
+    def retain_loss(step: int, micro: int) -> torch.Tensor:
+        with autocast():
+            return RETAIN_LOSSES["nll"](loss_model, retain, context).mean()
+
+    return forget_loss, retain_loss
+
+
+def run_steps(method: str, params: list[torch.Tensor], losses, optimizer, start: int, stop: int,
+              log_step: Callable[[dict], None] | None = None) -> None:
+    """Optimizer steps ``start + 1 .. stop`` of ``method``."""
+    from components.unlearning import train_bilevel
+    from components.unlearning.loop import StepHooks, StepRule
+
+    forget_loss, retain_loss = losses
+    if method == "naive_blur":
+        naive_blur_train(params, forget_loss, retain_loss, optimizer, steps=stop, start_step=start, gamma=0.1,
+                         max_grad_norm=1.0, log=log_step)
+        return
+    rule = StepRule(combiner=method, gamma=0.1 if method == "blur" else 1.0, max_grad_norm=1.0)
+    train_bilevel(params, forget_loss, retain_loss, optimizer, steps=stop, start_step=start, rule=rule,
+                  hooks=StepHooks(log=log_step))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_method(method: str, model: torch.nn.Module, losses, plan: Plan) -> dict:
+    """Warm-up step, ``plan.steps`` timed steps (peak memory over them), one step with syncs counted."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    cuda = torch.device(plan.device).type == "cuda"
+    run_steps(method, params, losses, optimizer, 0, 1)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    stamps: list[float] = []
+
+    def stamp(record: dict) -> None:
+        _synchronize(plan.device)
+        stamps.append(time.perf_counter())
+
+    _synchronize(plan.device)
+    stamps.append(time.perf_counter())
+    run_steps(method, params, losses, optimizer, 1, 1 + plan.steps, log_step=stamp)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    with HostSyncCounter(plan.device) as counter:
+        run_steps(method, params, losses, optimizer, 1 + plan.steps, 2 + plan.steps)
+    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    del optimizer
+    for p in params:
+        p.grad = None
+    return {"step_seconds_median": statistics.median(times), "step_seconds": times,
+            "peak_memory_bytes": peak, "host_syncs_per_step_total": counter.count}
+
+
+def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -> dict:
+    """Every method of ``plan`` on one model in one precision."""
+    model = build_model(source, precision, plan.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = {"model": name, "precision": precision, "n_params": sum(p.numel() for p in params),
+              "param_bytes": sum(p.numel() * p.element_size() for p in params),
+              "batch_size": plan.batch_size, "seq_len": plan.seq_len, "methods": {}}
+    losses = level_losses(model, plan, precision)
+    result["model_and_optimizer_host_syncs_per_step"] = baseline = baseline_syncs(params, losses, plan.device)
+    for method in plan.methods:
+        measured = result["methods"][method] = measure_method(method, model, losses, plan)
+        measured["host_syncs_per_step"] = measured["host_syncs_per_step_total"] - baseline
+        log(f"  {name} {precision} {method}: {measured['step_seconds_median'] * 1e3:.1f} ms/step, "
+            f"{measured['host_syncs_per_step']} host syncs/step beyond the model's and AdamW's own {baseline}")
+    methods = result["methods"]
+    if "blur" in methods and "weighted_sum" in methods:
+        result["blur_over_weighted_time"] = methods["blur"]["step_seconds_median"] / \
+            methods["weighted_sum"]["step_seconds_median"]
+        if methods["blur"]["peak_memory_bytes"] is not None:
+            result["blur_extra_memory_over_param_bytes"] = (
+                methods["blur"]["peak_memory_bytes"] - methods["weighted_sum"]["peak_memory_bytes"]) / \
+                result["param_bytes"]
+    del model, losses
+    if torch.device(plan.device).type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def run(plan: Plan) -> dict:
+    """Measure every model x precision of ``plan`` within its time budget; the JSON document."""
+    started = time.perf_counter()
+    runs, skipped = [], list(plan.notes)
+    for name, source in plan.models:
+        for precision in plan.precisions:
+            if time.perf_counter() - started > plan.budget_seconds:
+                skipped.append(f"{name} {precision}: time budget of {plan.budget_seconds:.0f} s spent")
+                continue
+            log(f"{name} ({precision}) on {plan.device} ...")
+            runs.append(measure_model(name, source, precision, plan))
+    return {"benchmark": "gpu_step_cost", "device": _device_name(plan.device), "runs": runs, "skipped": skipped,
+            "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if k != "models"},
+            "models": [name for name, _ in plan.models], "torch": torch.__version__,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)"
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def gpu_plan(args: argparse.Namespace) -> Plan:
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu: no CUDA device here. Run it on a GPU machine, or pass --cpu-smoke "
+                         "(tiny shapes, checks the machinery) or --cpu-precision (CPU figures).")
+    models: list[tuple[str, Shape | Path]] = []
+    notes = []
+    if SMOLLM2.is_dir():
+        models.append(("smollm2-135m", SMOLLM2))
+    else:
+        notes.append(f"smollm2-135m: {SMOLLM2.relative_to(REPO)} not found (blur model fetch smollm2); skipped")
+    models.append((LLAMA_1B.name, LLAMA_1B))
+    return Plan(device="cuda", models=models, steps=args.steps or 5, budget_seconds=args.budget or 360.0,
+                out=args.out or RESULTS / "gpu.json", notes=notes)
+
+
+def cpu_smoke_plan(args: argparse.Namespace) -> Plan:
+    return Plan(device="cpu", models=[(TINY.name, TINY)], batch_size=2, seq_len=16, steps=args.steps or 1,
+                budget_seconds=args.budget or 60.0, out=args.out or RESULTS / "gpu_smoke.json",
+                notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
+
+
+def cpu_precision_plan(args: argparse.Namespace) -> Plan:
+    return Plan(device="cpu", models=[(LLAMA_20M.name, LLAMA_20M)], precisions=("fp32", "bf16", "autocast-bf16"),
+                methods=("blur", "weighted_sum"), batch_size=8, seq_len=128, steps=args.steps or 3,
+                budget_seconds=args.budget or 600.0, out=args.out or RESULTS / "precision_cpu.json")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (seconds)")
+    mode.add_argument("--cpu-precision", action="store_true", help="fp32 / bf16 / autocast-bf16 step cost on CPU")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the JSON result")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per method")
+    parser.add_argument("--budget", type=float, default=None, help="seconds after which no new model is started")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    plan = cpu_smoke_plan(args) if args.cpu_smoke else cpu_precision_plan(args) if args.cpu_precision \
+        else gpu_plan(args)
+    result = run(plan)
+    write_json(plan.out, result)
+    log(f"wrote {plan.out} in {result['wall_seconds']:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
