@@ -6,8 +6,8 @@
 For each named run in CONFIGS_JSON (``{"runs": {NAME: {"config": ..., "checkpoint_dir": ...,
 "kill_at_step": ...}}}``) unlearns the model in MODEL_DIR with gloo (DDP or FSDP, as the config
 says); rank 0 writes OUT_DIR/NAME.pt (the final weights) and OUT_DIR/NAME.json (the
-diagnostics). With ``kill_at_step`` rank 0 kills itself with SIGKILL when that step has been
-logged (before its checkpoint), as a crash would.
+diagnostics and the sizes of the loop's own all-reduces). With ``kill_at_step`` rank 0 kills
+itself with SIGKILL when that step has been logged (before its checkpoint), as a crash would.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from components.config import UnlearnConfig
 from components.data.records import record_from_dict
 from components.modeling.io import load_model
 from components.unlearning import RunOutputs, run_unlearning
+from components.unlearning import distributed
 from components.unlearning.distributed import init_distributed
 
 
@@ -36,7 +37,15 @@ def main(model_dir: str, records_json: str, configs_json: str, out_dir: str) -> 
     retain = [record_from_dict(r) for r in records["retain"]]
     spec = json.loads(Path(configs_json).read_text())
     rank = dist.get_rank()
+    reduce = distributed.sum_over_ranks
     for name, run in spec["runs"].items():
+        all_reduces = []
+
+        def counted(tensor: torch.Tensor) -> torch.Tensor:  # the loop's own collectives (not DDP's or FSDP's)
+            all_reduces.append(tensor.numel())
+            return reduce(tensor)
+
+        distributed.sum_over_ranks = counted
         loaded = load_model(model_dir)
         kill_at = run.get("kill_at_step")
 
@@ -52,7 +61,8 @@ def main(model_dir: str, records_json: str, configs_json: str, out_dir: str) -> 
         if rank == 0:
             torch.save(result.model.state_dict(), Path(out_dir) / f"{name}.pt")
             (Path(out_dir) / f"{name}.json").write_text(json.dumps(
-                {"diagnostics": result.diagnostics, "resumed_from": result.resumed_from}))
+                {"diagnostics": result.diagnostics, "resumed_from": result.resumed_from,
+                 "all_reduces": all_reduces}))
     dist.destroy_process_group()
 
 
