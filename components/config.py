@@ -148,6 +148,13 @@ class UnlearnConfig(_Section):
     idk: IDKConfig = IDKConfig()
     lora: LoRAConfig = LoRAConfig()
 
+    @model_validator(mode="after")
+    def _fsdp_without_lora(self) -> "UnlearnConfig":
+        if self.distributed == "fsdp" and self.lora.enabled:
+            raise ValueError("unlearn.distributed 'fsdp' cannot be combined with unlearn.lora.enabled: LoRA "
+                             "adapters are small enough to replicate - use unlearn.distributed: ddp with LoRA")
+        return self
+
 
 class EvalConfig(_Section):
     batch_size: int = Field(default=64, ge=1)

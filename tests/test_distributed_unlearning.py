@@ -114,3 +114,10 @@ def _records(root: Path):
 
     records = json.loads((root / "records.json").read_text())
     return [record_from_dict(r) for r in records["forget"]], [record_from_dict(r) for r in records["retain"]]
+
+
+def test_fsdp_with_lora_is_refused_naming_both_keys():
+    from components.config import LoRAConfig
+
+    with pytest.raises(ValueError, match="unlearn.distributed 'fsdp' cannot be combined with unlearn.lora.enabled"):
+        UnlearnConfig(distributed="fsdp", lora=LoRAConfig(enabled=True))

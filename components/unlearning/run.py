@@ -221,10 +221,8 @@ def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfi
         model = add_lora(model, config.lora)
     if config.retain_loss == "kl":
         data.context.reference_logits = reference_logits(model, frozen)
-    if config.distributed == "fsdp" and data.world_size > 1:
-        _check_fsdp(config)
-        if data.rank == 0:  # the plain model finish() fills with the gathered weights
-            restore["plain"] = copy.deepcopy(model).cpu()
+    if config.distributed == "fsdp" and data.world_size > 1 and data.rank == 0:
+        restore["plain"] = copy.deepcopy(model).cpu()  # the plain model finish() fills with the gathered weights
     capture = decoder_layer(model, config.rmu.layer) if config.forget_loss == "rmu" else None
     module, ranks = distributed.wrap(LossModel(model, capture), config, device, data.world_size)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -243,12 +241,6 @@ def master_weights(model: torch.nn.Module, config: UnlearnConfig) -> dict:
         model.float()
         return {"dtype": dtype}
     return {}
-
-
-def _check_fsdp(config: UnlearnConfig) -> None:
-    if config.lora.enabled:
-        raise ValueError("unlearn.distributed 'fsdp' with unlearn.lora.enabled is not supported: LoRA adapters "
-                         "are small enough to replicate - use unlearn.distributed: ddp with LoRA")
 
 
 def _resume(engine: Engine, state: dict | None) -> None:
