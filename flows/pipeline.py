@@ -47,9 +47,9 @@ purge_batch_copies = _task(batch_steps.purge_batch_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, files: list[Path], earlier: dict[str, list[str]]) -> dict:
+def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]]) -> dict:
     """The batch's splits; only the summary (ids and counts) becomes the task's result, no record text."""
-    return stages.prepare(config, paths, request_paths=files, earlier=earlier).summary()
+    return stages.prepare(config, paths, request_data=data, earlier=earlier).summary()
 
 
 @task(name="check-request", cache_policy=NO_CACHE)
@@ -86,6 +86,7 @@ class Batch:
     repo: Paths
     config: Config
     hashes: dict[str, str] = field(default_factory=dict)
+    data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
@@ -106,7 +107,26 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
         logger.warning("rejected %s: %d problem(s), see rejected/", path.name, len(error.reasons))
     files = [p.path for p in valid] + rejected
     batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
-    return valid
+    return _pin(batch, inbox, valid)
+
+
+def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
+    """Read each request file once, after DVC hashed it: the bytes versioned are the bytes
+    resolved and unlearned (a file changed in between is rejected)."""
+    import hashlib
+
+    pinned = []
+    for pending in valid:
+        data = pending.path.read_bytes()
+        if hashlib.md5(data).hexdigest() != batch.hashes.get(pending.path.name):
+            inbox.reject(pending.path, RequestError(
+                ["the file changed while it was being versioned; hand it in again"], source=pending.path.name))
+            batch.summary["rejected"].append(pending.request.request_id)
+            continue
+        request = stages.parse_request_bytes(data)
+        batch.data[request.request_id] = data
+        pinned.append(Pending(pending.path, request))
+    return pinned
 
 
 def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
@@ -291,7 +311,8 @@ def process_requests(root: str = ".", params: str = "params.yaml",
             _publish(batch.summary, None, None)
             return batch.summary
         paths, start = _open_batch(batch)
-        resolution = prepare_batch(config, paths, [p.path for p in batch.accepted], inbox.earlier())
+        resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
+                                   inbox.earlier())
         batch.summary["n_forget"] = resolution["n_forget"]
         batch_models(config, repo, paths, start=start, show_progress=False)
         _unlearn(batch, inbox, paths)

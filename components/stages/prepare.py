@@ -21,21 +21,28 @@ def prepare(
     paths: Paths,
     *,
     request_paths: Sequence[str | Path] | None = None,
+    request_data: Sequence[bytes] | None = None,
     earlier: Mapping[str, Sequence[str]] | None = None,
 ) -> Resolution:
     """Load the world, resolve the deletion request(s), write the splits under data/prepared/.
 
     ``request_paths`` defaults to the ``request`` in params.yaml; several requests are
-    unlearned together as one batch. ``earlier`` maps the ids of requests processed before to
+    unlearned together as one batch. ``request_data``: the requests' bytes as already read and
+    hashed by the caller (the flow), used instead of reading the files again, so exactly the
+    bytes that were versioned are unlearned. ``earlier`` maps the ids of requests processed before to
     the record ids they erased; those records leave the retain set and are written out for the
     "still forgotten" checks.
     """
     from components.modeling.resolve import with_local_paths
 
     config = with_local_paths(config, paths.config_root)
-    request_paths = list(request_paths or [paths.config_root / config.request])
+    if request_data is None:
+        request_paths = list(request_paths or [paths.config_root / config.request])
+        request_data = [Path(path).read_bytes() for path in request_paths]
+        requests = [read_request(path) for path in request_paths]
+    else:
+        requests = [parse_request_bytes(data) for data in request_data]
     world = load_world(config.world, config.seed, paths.config_root)
-    requests = [read_request(path) for path in request_paths]
     earlier = dict(earlier or {})
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
     resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
@@ -46,7 +53,7 @@ def prepare(
     save_records(resolution.forget, paths.forget)
     save_records(resolution.retain, paths.retain)
     _write_earlier(paths, world.records, earlier)
-    _copy_requests(paths, request_paths, requests)
+    _copy_requests(paths, request_data, requests)
     summary = resolution.summary() | {
         "n_world": len(world.records),
         "n_holdout": len(world.holdout),
@@ -102,13 +109,23 @@ def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str
         save_records([by_id[i] for i in ids if i in by_id], paths.earlier / f"{request_id}.jsonl")
 
 
-def _copy_requests(paths: Paths, request_paths: Sequence[str | Path], requests: Sequence[DeletionRequest]) -> None:
+def _copy_requests(paths: Paths, request_data: Sequence[bytes], requests: Sequence[DeletionRequest]) -> None:
     requests_dir = paths.prepared / "requests"
     if requests_dir.exists():
         shutil.rmtree(requests_dir)
     requests_dir.mkdir(parents=True)
-    for request_path, request in zip(request_paths, requests):
-        shutil.copyfile(request_path, requests_dir / f"{request.request_id}.json")
+    for data, request in zip(request_data, requests):
+        (requests_dir / f"{request.request_id}.json").write_bytes(data)
+
+
+def parse_request_bytes(data: bytes) -> DeletionRequest:
+    """A request from the bytes of its file (what :func:`read_request` checks after reading)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # one parser for files and bytes: read_request's checks
+        path = Path(folder) / "request.json"
+        path.write_bytes(data)
+        return read_request(path)
 
 
 def load_splits(paths: Paths) -> dict[str, list[Record]]:
