@@ -164,3 +164,40 @@ def purge_batch_copies(config: Config, repo: Paths) -> list[str]:
     if config.registry.retention == "keep":
         return []
     return purge_local_copies(repo.root, local_copies(repo.root, config.flow.runs_dir))
+
+
+PUSH_PENDING = "push-pending.json"
+
+
+def push_or_record(repo: Paths) -> str | None:
+    """``dvc push``; on failure record it in ``data/requests/push-pending.json`` (shown by ``blur
+    status``, retried by the next run) and return the error; on success clear any record."""
+    from datetime import datetime, timezone
+
+    from components.data import versioning
+    from components.jsonfiles import write_json
+
+    marker = repo.requests / PUSH_PENDING
+    try:
+        versioning.push(repo.root)
+    except Exception as error:  # the batch is done and versioned locally; only the remote copy lags
+        since = _read_marker(marker).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(marker, {"since": since, "error": f"{type(error).__name__}: {error}"[:2000]})
+        return str(error)
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def pending_push(repo: Paths) -> dict | None:
+    """The recorded failed ``dvc push`` (``since``, ``error``), or None when the remote is up to date."""
+    marker = repo.requests / PUSH_PENDING
+    return _read_marker(marker) if marker.exists() else None
+
+
+def _read_marker(marker: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

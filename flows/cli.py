@@ -166,7 +166,7 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     """Pending, processed, rejected and failed requests, and the current champion."""
     _environment(root)
     from components.data.inbox import Inbox
-    from flows.batch import current_champion
+    from flows.batch import current_champion, pending_push
 
     config, paths = _load(root, params)
     state = Inbox(paths).status()
@@ -180,6 +180,10 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     if state["unreadable"]:
         err.print(f"[red]Unreadable result files in {paths.processed}: {escape(', '.join(state['unreadable']))}; "
                   "restore them (git or `dvc checkout`): no batch runs until then.[/red]")
+    push = pending_push(paths)
+    if push:
+        err.print(f"[yellow]dvc push pending since {push.get('since')}: {escape(str(push.get('error')))}; "
+                  "the next run retries it (or run `dvc push`).[/yellow]")
     try:
         champion = current_champion(config, paths, download=False)
     except Exception as error:  # the registry may be unreachable; status still shows the inbox

@@ -207,10 +207,11 @@ def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[s
 
 
 def _push(repo: Paths) -> None:
-    try:
-        versioning.push(repo.root)
-    except Exception as error:  # the batch is done; a push can be repeated with `dvc push`
-        get_run_logger().warning("dvc push failed (%s); run `dvc push` later", error)
+    """Push the versioned requests; a failure is recorded, shown by ``blur status`` and retried next run."""
+    error = batch_steps.push_or_record(repo)
+    if error:
+        get_run_logger().warning("dvc push failed (%s); recorded in data/requests/%s, retried by the next run "
+                                 "(or run `dvc push`)", error, batch_steps.PUSH_PENDING)
 
 
 def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
@@ -302,6 +303,8 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     apply_threads(config)
     batch, inbox = Batch(repo, config), Inbox(repo)
     with inbox.lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config):
+        if batch_steps.pending_push(repo):
+            _push(repo)  # a previous run's failed push first
         valid = _take(batch, inbox)
         if not valid and not batch.summary["rejected"]:
             get_run_logger().info("inbox is empty: nothing to process")
