@@ -6,8 +6,9 @@
 
 Each model is measured with the engine's loop (:func:`components.unlearning.train_bilevel`,
 ``blur`` and ``weighted_sum``) and the naive BLUR of :mod:`benchmarks.naive_blur`, on the same
-fixed random token batches (NPO forget loss, NLL retain loss, AdamW, clipping at 1.0). Per
-method: one warm-up step, then ``steps`` timed steps (device synchronised around each),
+fixed random token batches (NPO forget loss, NLL retain loss, AdamW, clipping at 1.0), in two
+rounds (the methods in one order, then the reverse). Per method and round: one warm-up step,
+then ``steps`` timed steps (device synchronised around each; the median over both rounds),
 peak allocated CUDA memory over the timed steps (``torch.cuda.max_memory_allocated``; null
 on the CPU) and the host synchronisations of one further step, counted as tensor-to-Python
 conversions (``.item()``, ``.tolist()``, ``bool(t)``, ...) seen by a ``TorchFunctionMode``:
@@ -221,6 +222,11 @@ def measure_method(method: str, model: torch.nn.Module, losses, plan: Plan) -> d
             "peak_memory_bytes": peak, "host_syncs_per_step_total": counter.count}
 
 
+def measure_round(order: Sequence[str], model: torch.nn.Module, losses, plan: Plan) -> dict[str, dict]:
+    """Every method once, in ``order`` (two rounds in opposite orders cancel warm-up and drift)."""
+    return {method: measure_method(method, model, losses, plan) for method in order}
+
+
 def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -> dict:
     """Every method of ``plan`` on one model in one precision."""
     model = build_model(source, precision, plan.device)
@@ -230,11 +236,17 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
               "batch_size": plan.batch_size, "seq_len": plan.seq_len, "methods": {}}
     losses = level_losses(model, plan, precision)
     result["model_and_optimizer_host_syncs_per_step"] = baseline = baseline_syncs(params, losses, plan.device)
+    rounds = [measure_round(order, model, losses, plan) for order in (plan.methods, plan.methods[::-1])]
     for method in plan.methods:
-        measured = result["methods"][method] = measure_method(method, model, losses, plan)
-        measured["host_syncs_per_step"] = measured["host_syncs_per_step_total"] - baseline
-        log(f"  {name} {precision} {method}: {measured['step_seconds_median'] * 1e3:.1f} ms/step, "
-            f"{measured['host_syncs_per_step']} host syncs/step beyond the model's and AdamW's own {baseline}")
+        times = [t for measured in rounds for t in measured[method]["step_seconds"]]
+        peaks = [measured[method]["peak_memory_bytes"] for measured in rounds]
+        syncs = rounds[0][method]["host_syncs_per_step_total"]
+        result["methods"][method] = {
+            "step_seconds_median": statistics.median(times), "step_seconds": times,
+            "peak_memory_bytes": None if None in peaks else max(peaks),
+            "host_syncs_per_step": syncs - baseline, "host_syncs_per_step_total": syncs}
+        log(f"  {name} {precision} {method}: {statistics.median(times) * 1e3:.1f} ms/step, "
+            f"{syncs - baseline} host syncs/step beyond the model's and AdamW's own {baseline}")
     methods = result["methods"]
     if "blur" in methods and "weighted_sum" in methods:
         result["blur_over_weighted_time"] = methods["blur"]["step_seconds_median"] / \

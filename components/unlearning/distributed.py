@@ -9,11 +9,13 @@ model is then wrapped by ``unlearn.distributed``:
   root; gradients are reduce-scattered into ``DTensor`` shards, BLUR's scalars are summed
   over the shards of all ranks in one all-reduce (see :class:`components.unlearning.loop.Ranks`).
 
-Checkpoints under FSDP hold *full* tensors: each sharded weight and optimizer state is
-gathered (``DTensor.full_tensor``, one tensor at a time) and written by rank 0 in the same
-one-file format as a single-process run; on resume every rank reads the file and keeps its
-own shard (``distribute_tensor`` without communication). The file must therefore be on a
-file system all ranks see. The same gathering gives rank 0 the plain model at the end.
+Checkpoints under FSDP hold *full* tensors (a choice over ``torch.distributed.checkpoint``'s
+sharded files: one format for every run, readable without the process group): each sharded
+weight and optimizer state is gathered (``DTensor.full_tensor``, one tensor at a time, kept
+on rank 0's host) and written by rank 0 in the one-file format of a single-process run; on
+resume every rank reads the file and keeps its own shard (``distribute_tensor`` without
+communication), so the file must be on a file system all ranks see. The same gathering
+gives rank 0 the plain model at the end. Rank 0 needs host memory for the whole model.
 """
 
 from __future__ import annotations
@@ -98,15 +100,20 @@ def is_sharded(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: gathered from all ranks if it is a shard (a collective), else itself."""
-    return tensor.full_tensor() if is_sharded(tensor) else tensor
+def full(tensor: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """The whole tensor: itself if it is not a shard; else gathered from all ranks (a collective)
+    and, where ``keep`` (rank 0), copied to the host - elsewhere dropped at once (``None``), so no
+    rank holds more than one whole tensor at a time on the device."""
+    if not is_sharded(tensor):
+        return tensor
+    whole = tensor.full_tensor()
+    return whole.cpu() if keep else None
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """``optimizer.state_dict()`` with every sharded state tensor gathered (a collective)."""
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict:
+    """``optimizer.state_dict()`` with every sharded state tensor gathered (a collective); see :func:`full`."""
     state = optimizer.state_dict()
-    state["state"] = {index: {key: full(value) if isinstance(value, torch.Tensor) else value
+    state["state"] = {index: {key: full(value, keep) if isinstance(value, torch.Tensor) else value
                               for key, value in entry.items()}
                       for index, entry in state["state"].items()}
     return state

@@ -327,8 +327,9 @@ def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step:
         return
     if not engine.ranks.sharded and data.rank != 0:
         return
-    weights = {name: distributed.full(p.detach()) for name, p in engine.named}
-    optimizer = distributed.full_optimizer_state(engine.optimizer)
+    keep = data.rank == 0
+    weights = {name: distributed.full(p.detach(), keep) for name, p in engine.named}
+    optimizer = distributed.full_optimizer_state(engine.optimizer, keep)
     if data.rank == 0:
         save_checkpoint(directory, {
             "fingerprint": data.fingerprint,
@@ -349,7 +350,7 @@ def finish(engine: Engine, config: UnlearnConfig) -> torch.nn.Module:
         plain = engine.restore.get("plain")
         with torch.no_grad():
             for name, p in model.named_parameters():
-                value = distributed.full(p.detach())
+                value = distributed.full(p.detach(), keep=plain is not None)
                 if plain is not None:
                     plain.get_parameter(name).copy_(value)
         model = plain if plain is not None else model
