@@ -7,6 +7,7 @@ chat template). The target trains until ``finetune.target_prob``; the oracle get
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +18,12 @@ from components.jsonfiles import write_json
 
 def train_demo_tokenizer(config: Config, records: Sequence[Record]):
     """The demo's tokenizer: ``model.pretrained``'s own, else one trained on every question,
-    answer (alternatives included) and text."""
+    answer (alternatives included) and text with the subjects' names taken out.
+
+    The tokenizer ships with every model version and is never unlearned, so it must not
+    spell anyone's name: without names in its training text no merge learns one, and a name
+    is written with pieces every text uses (byte-level BPE still encodes it exactly).
+    """
     if config.model.pretrained:
         from components.modeling.resolve import load_tokenizer
 
@@ -32,7 +38,23 @@ def train_demo_tokenizer(config: Config, records: Sequence[Record]):
             texts.extend(answer_texts(record))
         else:
             texts.append(record.text)
-    return train_tokenizer(texts, vocab_size=config.model.tokenizer.vocab_size)
+    return train_tokenizer(without_names(texts, [record.subject for record in records]),
+                           vocab_size=config.model.tokenizer.vocab_size)
+
+
+def name_parts(subjects: Sequence[str]) -> list[str]:
+    """The words of the subjects' names (``Gideon Nakamura`` -> ``Gideon``, ``Nakamura``)."""
+    return sorted({part for subject in subjects for part in re.findall(r"[^\W\d_]{2,}", subject)})
+
+
+def without_names(texts: Sequence[str], subjects: Sequence[str]) -> list[str]:
+    """``texts`` with every word of every subject's name removed (as whole words, any case)."""
+    parts = name_parts(subjects)
+    if not parts:
+        return list(texts)
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(parts, key=len, reverse=True))) + r")\b",
+                         re.IGNORECASE)
+    return [pattern.sub("", text) for text in texts]
 
 
 def train_model(config: Config, records: Sequence[Record], tokenizer, out_dir: Path, *,
