@@ -8,7 +8,7 @@ tokens (the answer, or a document's text), except where the defining paper sums 
 
 ``model`` is called as ``model(input_ids=..., attention_mask=...)`` and returns an output
 with ``.logits``; with ``capture=True`` it returns ``{"activations": ...}``, the output of
-the decoder layer chosen for RMU (see :class:`components.unlearning.run.LossModel`).
+the decoder layer chosen for RMU (see :class:`components.unlearning.modules.LossModel`).
 
 Notation: ``x`` a prompt, ``y`` its target of ``|y|`` tokens, ``pi`` the model being
 unlearned, ``pi_ref`` the starting model (frozen), ``NLL(y|x) = -log pi(y|x) / |y|``.
