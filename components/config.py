@@ -142,6 +142,8 @@ class UnlearnConfig(_Section):
     precision: Literal["weights", "autocast-bf16"] = "weights"
     # under torchrun: ddp (replicated gradients) | fsdp (FSDP2 shards; BLUR's scalars summed over shards)
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    # processes for the unlearning stage; 1 = in the flow's own process, N > 1: the flow launches torchrun
+    nproc: int = Field(default=1, ge=1)
     npo: NPOConfig = NPOConfig()
     simnpo: SimNPOConfig = SimNPOConfig()
     rmu: RMUConfig = RMUConfig()

@@ -26,6 +26,7 @@ from components.data.requests import RequestError
 from components.paths import Paths
 from components.runtime import apply_threads
 from flows import batch as batch_steps
+from flows import launch
 
 
 def _task(function, name: str):
@@ -39,7 +40,7 @@ target_model = _task(batch_steps.ensure_target, "target-model")
 find_champion = _task(batch_steps.current_champion, "find-champion")
 batch_models = _task(batch_steps.link_batch_models, "batch-models")
 validate_batch = _task(stages.validate, "validate")
-unlearn_batch = _task(stages.unlearn, "unlearn")
+unlearn_batch = _task(launch.unlearn, "unlearn")  # torchrun when unlearn.nproc > 1
 evaluate_batch = _task(stages.evaluate, "evaluate")
 register_batch = _task(stages.register, "register")
 record_erasure = _task(batch_steps.record_erasure, "record-erasure")

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import typer
 
@@ -117,10 +117,18 @@ def validate_command(params: Path = PARAMS, root: Path = ROOT) -> None:
 
 @cli.command("unlearn")
 @_stage
-def unlearn_command(params: Path = PARAMS, root: Path = ROOT) -> None:
-    """Unlearn the forget set from models/target into models/unlearned."""
+def unlearn_command(
+    params: Path = PARAMS, root: Path = ROOT,
+    config_root: Optional[Path] = typer.Option(
+        None, help="Where relative paths in the configuration are found (default: --root); "
+                   "the flow passes the repository for its batch folders."),
+    start: Optional[Path] = typer.Option(None, "--start-model", help="Starting model (default: <root>/models/target)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Unlearn the forget set from models/target (or --start-model) into models/unlearned."""
     config, paths = _setup(params, root)
-    summary = stages.unlearn(config, paths)
+    paths = Paths(paths.root, config_root=config_root)
+    summary = stages.unlearn(config, paths, start=start, show_progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     typer.echo(f"unlearned in {summary['steps']} steps: forget loss {summary['first_forget_loss']:.3f} -> "

@@ -1,0 +1,88 @@
+"""The flow's unlearning task launches torchrun when ``unlearn.nproc`` > 1 (2 gloo ranks on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.config import Config, load_config
+from components.paths import Paths
+from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+
+
+def test_effective_params_keep_the_flows_overrides(tmp_path):
+    from flows.launch import torchrun_command, write_effective_params
+
+    config = Config().with_overrides({"unlearn.nproc": 3, "unlearn.steps": 7, "model.max_length": "auto"})
+    paths = Paths(tmp_path / "runs" / "batch-x", config_root=tmp_path)
+    written = write_effective_params(config, paths)
+    assert written.parent == paths.root and load_config(written) == config
+    command = torchrun_command(written, paths, nproc=3, start=paths.models / "start")
+    assert command[command.index("--nproc_per_node") + 1] == "3"
+    assert command[command.index("--config-root") + 1] == str(tmp_path.resolve())
+    assert command[command.index("--start-model") + 1] == str((paths.models / "start").resolve())
+
+
+@pytest.mark.slow
+def test_a_failing_launch_raises_with_the_stage_error(tmp_path):
+    from flows.launch import LaunchError, unlearn_with_torchrun
+
+    config = Config().with_overrides({"unlearn.nproc": 2})
+    lines: list[str] = []
+    with pytest.raises(LaunchError) as raised:  # an empty batch folder: no prepared splits
+        unlearn_with_torchrun(config, Paths(tmp_path / "batch", config_root=tmp_path), log=lines.append)
+    message = str(raised.value)
+    assert "exited with status" in message and "unlearn failed:" in message and "data/prepared" in message
+    assert "ChildFailedError" not in message  # the children's errors, not the launcher's traceback
+    assert lines and "launching 2 processes" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def two_rank_batch(tmp_path_factory, prefect_server, migrated_mlflow_db):
+    """One request through the whole flow with ``unlearn.nproc: 2`` given as a flow override."""
+    from flows.pipeline import process_requests
+
+    repo = make_flow_repo(tmp_path_factory.mktemp("torchrun") / "repo", mlflow_db=migrated_mlflow_db,
+                          overrides={"registry.retention": "keep", "threads": 1})
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "good.json").write_text(request_json("req-two-ranks", [tiny_subjects()[2]]))
+    state = process_requests(root=str(repo), overrides={"unlearn.nproc": 2}, return_state=True)
+    return {"repo": repo, "summary": state.result(), "flow_run_id": state.state_details.flow_run_id}
+
+
+@pytest.mark.slow
+def test_two_processes_unlearn_and_a_champion_is_registered(two_rank_batch):
+    from components.registry import connect, tracking_store
+
+    summary, repo = two_rank_batch["summary"], two_rank_batch["repo"]
+    assert summary["processed"] == ["req-two-ranks"] and summary["gate"]["passed"]
+    batch = repo / "runs" / summary["batch_id"]
+    assert load_config(batch / "unlearn-params.yaml").unlearn.nproc == 2
+    unlearned = json.loads((batch / "reports" / "unlearn.json").read_text())
+    assert unlearned["steps"] == 12 and unlearned["final_forget_loss"] != unlearned["first_forget_loss"]
+    client = connect(tracking_store(repo))
+    assert str(client.get_model_version_by_alias("blur-demo", "champion").version) == "1"
+
+
+@pytest.mark.slow
+def test_the_ranks_output_goes_to_the_prefect_log_without_record_text(two_rank_batch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from components.data.loaders import load_records
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[two_rank_batch["flow_run_id"]])))
+    messages = [log.message for log in logs]
+    assert any("launching 2 processes (ddp) with torchrun" in m for m in messages)
+    streamed = [m for m in messages if m.startswith("unlearn: unlearned in 12 steps")]
+    assert len(streamed) == 1  # rank 0 alone prints the stage's summary
+    batch = two_rank_batch["repo"] / "runs" / two_rank_batch["summary"]["batch_id"]
+    forget = load_records(batch / "data" / "prepared" / "forget.jsonl")
+    assert forget
+    for record in forget:
+        assert not any(record.answer in m or record.question in m for m in messages)
