@@ -264,15 +264,15 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
 def run(plan: Plan) -> dict:
     """Measure every model x precision of ``plan`` within its time budget; the JSON document."""
     started = time.perf_counter()
-    runs, skipped = [], list(plan.notes)
+    runs, notes = [], list(plan.notes)
     for name, source in plan.models:
         for precision in plan.precisions:
             if time.perf_counter() - started > plan.budget_seconds:
-                skipped.append(f"{name} {precision}: time budget of {plan.budget_seconds:.0f} s spent")
+                notes.append(f"{name} {precision}: time budget of {plan.budget_seconds:.0f} s spent")
                 continue
             log(f"{name} ({precision}) on {plan.device} ...")
             runs.append(measure_model(name, source, precision, plan))
-    return {"benchmark": "gpu_step_cost", "device": _device_name(plan.device), "runs": runs, "skipped": skipped,
+    return {"benchmark": "gpu_step_cost", "device": _device_name(plan.device), "runs": runs, "notes": notes,
             "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if k != "models"},
             "models": [name for name, _ in plan.models], "torch": torch.__version__,
             "wall_seconds": round(time.perf_counter() - started, 1)}
