@@ -29,3 +29,15 @@ def test_gpu_script_runs_in_cpu_smoke_mode_and_writes_its_figures(tmp_path):
     assert run["methods"]["blur"]["host_syncs_per_step"] == 1
     assert run["methods"]["weighted_sum"]["host_syncs_per_step"] == 1
     assert run["methods"]["naive_blur"]["host_syncs_per_step"] > 10  # two .item() per parameter tensor
+
+
+def test_gpu_script_without_a_gpu_says_how_to_run_it_here(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the real run would start")
+    done = subprocess.run([str(RUN_SH), "--out", str(tmp_path / "gpu.json")], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no CUDA device here" in done.stderr and "--cpu-smoke" in done.stderr
+    assert not (tmp_path / "gpu.json").exists()
