@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _under(parent: str | None, *parts: str) -> property:
+    """A path property: ``parts`` below ``root`` (``parent`` None) or below another property."""
+    return property(lambda self: (self.root if parent is None else getattr(self, parent)).joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class Paths:
     """``root`` holds a run's outputs; ``config_root`` is where relative paths in params.yaml
@@ -23,88 +28,29 @@ class Paths:
         object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "config_root", Path(self.config_root or self.root))
 
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def world(self) -> Path:
-        return self.prepared / "world.jsonl"
-
-    @property
-    def holdout(self) -> Path:
-        return self.prepared / "holdout.jsonl"
-
-    @property
-    def forget(self) -> Path:
-        return self.prepared / "forget.jsonl"
-
-    @property
-    def retain(self) -> Path:
-        return self.prepared / "retain.jsonl"
-
-    @property
-    def earlier(self) -> Path:
-        """Forget sets of earlier processed requests, one JSONL per request id."""
-        return self.prepared / "earlier"
-
-    @property
-    def tokenizer(self) -> Path:
-        """The demo tokenizer, trained in ``prepare`` so every data check runs before training."""
-        return self.prepared / "tokenizer"
-
-    @property
-    def settings(self) -> Path:
-        """Settings derived from the data (``model.max_length: auto``)."""
-        return self.prepared / "settings.json"
-
-    @property
-    def resolution(self) -> Path:
-        return self.prepared / "resolution.json"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def target(self) -> Path:
-        return self.models / "target"
-
-    @property
-    def oracle(self) -> Path:
-        return self.models / "oracle"
-
-    @property
-    def unlearned(self) -> Path:
-        return self.models / "unlearned"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints" / "unlearn"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    @property
-    def requests(self) -> Path:
-        return self.root / "data" / "requests"
-
-    @property
-    def inbox(self) -> Path:
-        return self.requests / "inbox"
-
-    @property
-    def processed(self) -> Path:
-        return self.requests / "processed"
-
-    @property
-    def rejected(self) -> Path:
-        return self.requests / "rejected"
-
-    @property
-    def failed(self) -> Path:
-        return self.requests / "failed"
+    # prepare's outputs: the splits, ids and hashes, and what the data checks need before training
+    prepared = _under(None, "data", "prepared")
+    world = _under("prepared", "world.jsonl")
+    holdout = _under("prepared", "holdout.jsonl")
+    forget = _under("prepared", "forget.jsonl")
+    retain = _under("prepared", "retain.jsonl")
+    earlier = _under("prepared", "earlier")            # forget sets of earlier requests, one JSONL each
+    tokenizer = _under("prepared", "tokenizer")        # the demo tokenizer (trained in prepare)
+    settings = _under("prepared", "settings.json")     # derived from the data (model.max_length: auto)
+    resolution = _under("prepared", "resolution.json")
+    # models and reports
+    models = _under(None, "models")
+    target = _under("models", "target")
+    oracle = _under("models", "oracle")
+    unlearned = _under("models", "unlearned")
+    checkpoints = _under(None, "checkpoints", "unlearn")
+    reports = _under(None, "reports")
+    # the request folders of the production flow
+    requests = _under(None, "data", "requests")
+    inbox = _under("requests", "inbox")
+    processed = _under("requests", "processed")
+    rejected = _under("requests", "rejected")
+    failed = _under("requests", "failed")
 
 
 def resolve_local(path: str, root: Path) -> str:

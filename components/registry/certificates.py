@@ -98,20 +98,14 @@ class ErasureEvidence:
 
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes (the request content hash)."""
-    digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def file_md5(path: str | Path) -> str:
     """md5 of a file's bytes: what DVC records for a file it tracks."""
-    digest = hashlib.md5()
     with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def weights_sha256(model_dir: str | Path) -> str:
