@@ -91,12 +91,27 @@ def _stream(command: list[str], *, cwd: Path, env: dict[str, str],
         reader = threading.Thread(target=lambda: tail.extend(line.rstrip() for line in process.stderr),
                                   daemon=True)
         reader.start()
-        for line in process.stdout:
-            if line.strip():
-                log(line.rstrip())
-        returncode = process.wait()
+        try:
+            for line in process.stdout:
+                if line.strip():
+                    log(line.rstrip())
+            returncode = process.wait()
+        except BaseException:  # the flow run is cancelled or fails here: torchrun stops its processes
+            _terminate(process)
+            reader.join(timeout=5)
+            raise
         reader.join()
     return returncode, list(tail)
+
+
+def _terminate(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """SIGTERM (torchrun passes it on to its processes), SIGKILL after ``grace_seconds``."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _children_errors(lines: list[str]) -> list[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,25 @@ def test_a_failing_launch_raises_with_the_stage_error(tmp_path):
     assert "exited with status" in message and "unlearn failed:" in message and "data/prepared" in message
     assert "ChildFailedError" not in message  # the children's errors, not the launcher's traceback
     assert lines and "launching 2 processes" in lines[0]
+
+
+def test_a_stopped_launch_stops_its_processes(tmp_path):
+    """Cancelling the task (an exception while streaming) terminates the launched process."""
+    from flows.launch import _stream
+
+    pid_file = tmp_path / "pid"
+    script = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "print('step 1', flush=True); time.sleep(120)")
+
+    def cancel(line: str) -> None:
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _stream([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ), log=cancel)
+    assert time.monotonic() - started < 60
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
 
 
 @pytest.fixture(scope="module")
