@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.markdown import Markdown
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Erase people's data from a language model with BLUR, with proof.")
 request_app = typer.Typer(no_args_is_help=True, help="Hand in and manage deletion requests.")
 app.add_typer(request_app, name="request")
