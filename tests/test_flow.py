@@ -54,8 +54,9 @@ def test_bad_request_is_rejected_with_a_reason_and_kept(two_batches):
 def test_second_request_starts_from_the_first_champion(two_batches):
     repo = two_batches["repo"]
     batch = repo / "runs" / two_batches["second"]["batch_id"]
-    start = json.loads((batch / "models" / "start" / "model-ref.json").read_text())["source"]
+    start = json.loads((batch / "reports" / "unlearn.json").read_text())["start_model"]
     assert Path(start).is_relative_to(repo / "models" / "champion")
+    assert not (batch / "models").exists() and not (batch / "data").exists()  # purged once it served
     client = _client(repo)
     assert str(client.get_model_version_by_alias("blur-demo", "champion").version) == "2"
 

@@ -145,9 +145,11 @@ def make_batch(root: Path, name: str) -> Path:
     return folder
 
 
-def test_purge_local_copies_removes_batch_folders_and_the_old_champion(tmp_path):
+def test_purge_local_copies_removes_batch_data_and_the_old_champion_and_keeps_reports(tmp_path):
     make_batch(tmp_path, "batch-aaa")
     make_batch(tmp_path, "batch-bbb")
+    (tmp_path / "runs" / "batch-aaa" / "reports").mkdir()
+    (tmp_path / "runs" / "batch-aaa" / "reports" / "metrics.json").write_text("{}")
     (tmp_path / "models" / "champion").mkdir(parents=True)
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
@@ -155,8 +157,10 @@ def test_purge_local_copies_removes_batch_folders_and_the_old_champion(tmp_path)
 
     removed = purge_local_copies(tmp_path, local_copies(tmp_path))
 
-    assert removed == ["runs/batch-aaa", "runs/batch-bbb", "runs/link", "models/champion"]
-    assert list((tmp_path / "runs").iterdir()) == [] and outside.is_dir()
+    assert removed == ["runs/batch-aaa/data", "runs/batch-aaa/checkpoints", "runs/batch-bbb/data",
+                       "runs/batch-bbb/checkpoints", "runs/link", "models/champion"]
+    assert [p.name for p in (tmp_path / "runs").rglob("*") if p.is_file()] == ["metrics.json"]
+    assert outside.is_dir()
     assert purge_local_copies(tmp_path, local_copies(tmp_path)) == []
 
 

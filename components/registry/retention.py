@@ -232,17 +232,22 @@ def purge_local_copies(root: str | Path, paths: Iterable[str | Path]) -> list[st
     return removed
 
 
+HOLDING_PARTS = ("data", "models", "checkpoints")  # of a batch folder; its reports/ hold ids and numbers only
+
+
 def local_copies(root: str | Path, runs_dir: str = "runs") -> list[Path]:
-    """What the flow should remove after a promoted batch: every batch folder under ``runs_dir``
-    (prepared forget sets, checkpoints, unlearned weights; all made from models now
-    superseded) and the downloaded previous champion (``models/champion``).
+    """What the flow should remove after a promoted batch: the data, models and checkpoints of
+    every batch folder under ``runs_dir`` (prepared forget sets, unlearned weights; all made
+    from models now superseded; the ``reports/`` stay) and the downloaded previous champion
+    (``models/champion``).
 
     Call it while holding the inbox lock, so no other batch is working in ``runs_dir``.
     """
     root = Path(root)
     runs = root / runs_dir
     folders = sorted(p for p in runs.iterdir() if p.is_dir() or p.is_symlink()) if runs.is_dir() else []
-    return folders + [root / "models" / "champion"]
+    parts = [[folder] if folder.is_symlink() else [folder / part for part in HOLDING_PARTS] for folder in folders]
+    return [path for paths in parts for path in paths] + [root / "models" / "champion"]
 
 
 # --------------------------------------------------------------------------- what still holds erased data
@@ -271,6 +276,8 @@ def stale_run_folders(runs_root: str | Path, processed: Sequence[Mapping[str, An
     latest = max(times) if times else None
     stale = []
     for folder in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+        if not any((folder / part).exists() for part in HOLDING_PARTS):
+            continue  # only its reports are left
         marker = folder / "data" / "prepared" / "resolution.json"
         prepared_at = (marker if marker.exists() else folder).stat().st_mtime
         if folder.name in batches or (latest is not None and prepared_at < latest):
