@@ -48,14 +48,14 @@ def write_effective_params(config: Config, paths: Paths) -> Path:
     return path
 
 
-def torchrun_command(params: Path, paths: Paths, *, nproc: int, start: Path | None = None) -> list[str]:
-    """``python -m torch.distributed.run ... -m components.stages unlearn`` for one machine."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-               "--nproc_per_node", str(nproc), "-m", "components.stages", "unlearn",
-               "--params", str(Path(params).resolve()), "--root", str(paths.root.resolve()),
-               "--config-root", str(paths.config_root.resolve()), "--no-progress"]
-    # no option may abbreviate one of torchrun's (its parser reads them all): --start-model, not --start
-    return command + (["--start-model", str(Path(start).resolve())] if start is not None else [])
+def torchrun_command(params: Path, paths: Paths, *, nproc: int) -> list[str]:
+    """``python -m torch.distributed.run ... -m components.stages unlearn`` for one machine.
+
+    No option after the stage may abbreviate one of torchrun's: its parser reads them all."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc_per_node", str(nproc), "-m", "components.stages", "unlearn",
+            "--params", str(Path(params).resolve()), "--root", str(paths.root.resolve()),
+            "--config-root", str(paths.config_root.resolve())]
 
 
 def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = None,
@@ -66,8 +66,8 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
     the exit status and the last lines of their standard error.
     """
     _check_devices(config.unlearn.nproc)
-    command = torchrun_command(write_effective_params(config, paths), paths,
-                               nproc=config.unlearn.nproc, start=start)
+    _point_start(paths, start)
+    command = torchrun_command(write_effective_params(config, paths), paths, nproc=config.unlearn.nproc)
     summary_path = paths.reports / "unlearn.json"
     summary_path.unlink(missing_ok=True)  # only this run's summary counts
     log(f"launching {config.unlearn.nproc} processes ({config.unlearn.distributed}) with torchrun")
@@ -80,6 +80,14 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
     if not summary_path.exists():
         raise LaunchError(f"torchrun finished but wrote no summary at {summary_path}; see the log above")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _point_start(paths: Paths, start: Path | None) -> None:
+    """The stage command starts from ``<root>/models/start`` where there is one: make it ``start``."""
+    from components.modeling.io import write_model_ref
+
+    if start is not None and Path(start).resolve() != (paths.models / "start").resolve():
+        write_model_ref(paths.models / "start", str(Path(start).resolve()))
 
 
 def _stream(command: list[str], *, cwd: Path, env: dict[str, str],

@@ -22,10 +22,9 @@ def test_effective_params_keep_the_flows_overrides(tmp_path):
     paths = Paths(tmp_path / "runs" / "batch-x", config_root=tmp_path)
     written = write_effective_params(config, paths)
     assert written.parent == paths.root and load_config(written) == config
-    command = torchrun_command(written, paths, nproc=3, start=paths.models / "start")
+    command = torchrun_command(written, paths, nproc=3)
     assert command[command.index("--nproc_per_node") + 1] == "3"
     assert command[command.index("--config-root") + 1] == str(tmp_path.resolve())
-    assert command[command.index("--start-model") + 1] == str((paths.models / "start").resolve())
 
 
 @pytest.mark.slow
@@ -37,7 +36,7 @@ def test_a_failing_launch_raises_with_the_stage_error(tmp_path):
     with pytest.raises(LaunchError) as raised:  # an empty batch folder: no prepared splits
         unlearn_with_torchrun(config, Paths(tmp_path / "batch", config_root=tmp_path), log=lines.append)
     message = str(raised.value)
-    assert "exited with status" in message and "unlearn failed:" in message and "data/prepared" in message
+    assert "exited with status" in message and "unlearn failed" in message and "data/prepared" in message
     assert "ChildFailedError" not in message  # the children's errors, not the launcher's traceback
     assert lines and "launching 2 processes" in lines[0]
 
@@ -63,30 +62,43 @@ def test_a_stopped_launch_stops_its_processes(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_rank_batch(tmp_path_factory, prefect_server, migrated_mlflow_db):
-    """One request through the whole flow with ``unlearn.nproc: 2`` given as a flow override."""
+    """Two requests, one batch each, through the whole flow with ``unlearn.nproc: 2`` given as a
+    flow override: the first starts from the target, the second from the first's champion."""
     from flows.pipeline import process_requests
 
     repo = make_flow_repo(tmp_path_factory.mktemp("torchrun") / "repo", mlflow_db=migrated_mlflow_db,
                           overrides={"registry.retention": "keep", "threads": 1})
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
-    (inbox / "good.json").write_text(request_json("req-two-ranks", [tiny_subjects()[2]]))
-    state = process_requests(root=str(repo), overrides={"unlearn.nproc": 2}, return_state=True)
-    return {"repo": repo, "summary": state.result(), "flow_run_id": state.state_details.flow_run_id}
+    runs = {}
+    for request_id, subject in (("req-two-ranks", tiny_subjects()[2]), ("req-from-champion", tiny_subjects()[4])):
+        (inbox / f"{request_id}.json").write_text(request_json(request_id, [subject]))
+        state = process_requests(root=str(repo), overrides={"unlearn.nproc": 2}, return_state=True)
+        runs[request_id] = {"summary": state.result(), "flow_run_id": state.state_details.flow_run_id}
+    first = runs["req-two-ranks"]
+    return {"repo": repo, **first, "second": runs["req-from-champion"]["summary"]}
 
 
 @pytest.mark.slow
 def test_two_processes_unlearn_and_a_champion_is_registered(two_rank_batch):
-    from components.registry import connect, tracking_store
-
     summary, repo = two_rank_batch["summary"], two_rank_batch["repo"]
-    assert summary["processed"] == ["req-two-ranks"] and summary["gate"]["passed"]
+    assert summary["processed"] == ["req-two-ranks"] and summary["gate"] == {"passed": True, "version": "1"}
     batch = repo / "runs" / summary["batch_id"]
     assert load_config(batch / "unlearn-params.yaml").unlearn.nproc == 2
     unlearned = json.loads((batch / "reports" / "unlearn.json").read_text())
     assert unlearned["steps"] == 12 and unlearned["final_forget_loss"] != unlearned["first_forget_loss"]
+
+
+@pytest.mark.slow
+def test_the_next_batch_starts_from_the_champion_under_torchrun_too(two_rank_batch):
+    from components.registry import connect, tracking_store
+
+    summary, repo = two_rank_batch["second"], two_rank_batch["repo"]
+    assert summary["processed"] == ["req-from-champion"] and summary["gate"]["passed"]
+    unlearned = json.loads((repo / "runs" / summary["batch_id"] / "reports" / "unlearn.json").read_text())
+    assert Path(unlearned["start_model"]).is_relative_to(repo / "models" / "champion")
     client = connect(tracking_store(repo))
-    assert str(client.get_model_version_by_alias("blur-demo", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("blur-demo", "champion").version) == "2"
 
 
 @pytest.mark.slow

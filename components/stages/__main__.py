@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import typer
 
@@ -25,6 +25,8 @@ cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Run one pipeline stage (what dvc.yaml calls).")
 PARAMS = typer.Option(Path("params.yaml"), help="Configuration file.")
 ROOT = typer.Option(Path("."), help="Pipeline folder.")
+CONFIG_ROOT = typer.Option(None, help="Where relative paths in the configuration are found (default: the pipeline "
+                                      "folder); the flow's batch folders use the repository.")
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -46,11 +48,18 @@ def _record_resources(root: Path, stage: str, seconds: float) -> None:
     write_json(path, record)
 
 
-def _setup(params: Path, root: Path) -> tuple[Config, Paths]:
+def _setup(params: Path, root: Path, config_root: Path | None = None) -> tuple[Config, Paths]:
     offline_by_default()
     config = load_config(params)
     apply_threads(config)
-    return config, Paths(root)
+    return config, Paths(root, config_root=config_root)
+
+
+def _unlearn(config: Config, paths: Paths) -> dict:
+    """From ``models/start`` where the folder has one (a flow batch folder: the model the batch
+    starts from, the current champion), else from ``models/target``."""
+    start = paths.models / "start"
+    return stages.unlearn(config, paths, start=start if start.exists() else None)
 
 
 # What each stage prints when it is done (one line or a few; None prints nothing).
@@ -97,7 +106,8 @@ STAGES: dict[str, tuple[Callable, Callable, str]] = {
     "validate": (stages.validate, _validated,
                  "Validate the request and the splits with Great Expectations (before any training)."),
     "finetune": (stages.finetune, _finetuned, "Train (or point at) the target and oracle models."),
-    "unlearn": (stages.unlearn, _unlearned, "Unlearn the forget set from models/target into models/unlearned."),
+    "unlearn": (_unlearn, _unlearned, "Unlearn the forget set from models/target (models/start where the folder "
+                                      "has one) into models/unlearned."),
     "evaluate": (stages.evaluate, _evaluated, "Evaluate target, oracle and unlearned models into reports/metrics.json."),
     "register": (stages.register, _registered, "Log to MLflow, apply the gate, move the serving alias only if it passes."),
 }
@@ -106,10 +116,10 @@ STAGES: dict[str, tuple[Callable, Callable, str]] = {
 def _command(name: str, run: Callable, describe: Callable) -> Callable:
     """The command of one stage: run it, print its summary; a known error prints its message
     (no traceback) and exits 1; time and peak memory go to reports/resources.json."""
-    def command(params: Path = PARAMS, root: Path = ROOT) -> None:
+    def command(params: Path = PARAMS, root: Path = ROOT, config_root: Optional[Path] = CONFIG_ROOT) -> None:
         started = time.perf_counter()
         try:
-            config, paths = _setup(params, root)
+            config, paths = _setup(params, root, config_root)
             result = run(config, paths)
         except _known_errors() as error:
             typer.echo(f"{name} failed; nothing after it runs:\n{error}", err=True)
