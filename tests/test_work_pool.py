@@ -3,7 +3,7 @@
 Everything is real and on loopback: `prefect server start` on 127.0.0.1 (a free port, a
 temporary PREFECT_HOME), `prefect work-pool create`, `prefect deploy` from the repository's
 prefect.yaml, `prefect deployment run`, and `prefect worker start --run-once` running the
-flow on a tiny flow repository. The server and the worker run in their own process groups,
+flow on a tiny flow repository (unlearning on 2 gloo ranks under torchrun). The server and the worker run in their own process groups,
 which are killed at the end whatever happens.
 """
 
@@ -107,7 +107,7 @@ def worker_run(prefect_api, tmp_path_factory, migrated_mlflow_db):
     """Deploy from prefect.yaml, trigger a run, and let a run-once worker take it."""
     api, env = prefect_api
     repo = make_flow_repo(tmp_path_factory.mktemp("pool") / "repo", mlflow_db=migrated_mlflow_db,
-                          overrides={"flow.cron": CRON, "threads": 1})
+                          overrides={"flow.cron": CRON, "threads": 1, "unlearn.nproc": 2})
     shutil.copy(ROOT / "prefect.yaml", repo / "prefect.yaml")
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
@@ -160,6 +160,7 @@ def test_the_worker_claimed_the_run_and_it_completed(worker_run):
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log[-4000:]}"
     assert run.work_pool_name == POOL and run.infrastructure_pid  # set when the worker submitted it
     assert worker_run["flow_run_id"] in log  # the worker's own record of taking it
+    assert "launching 2 processes (ddp) with torchrun" in log and "unlearn: unlearned in 12 steps" in log
     print(f"deploy {worker_run['deploy_seconds']:.0f} s, trigger + worker run {worker_run['run_seconds']:.0f} s")
 
 
