@@ -47,7 +47,8 @@ def test_flow_unlearns_the_users_model_not_a_leftover_demo_model(tmp_path, user_
 
     assert summary["processed"] == ["req-user"] and summary["gate"]["passed"], summary
     assert _champion_version(repo) == "1"
-    assert not (repo / "runs" / summary["batch_id"]).exists()  # work copies purged (registry.retention: delete)
+    batch = repo / "runs" / summary["batch_id"]  # work copies purged (registry.retention: delete), reports kept
+    assert not (batch / "models").exists() and (batch / "reports" / "metrics.json").exists()
     from components.config import load_config
     from components.paths import Paths
     from flows.batch import current_champion
