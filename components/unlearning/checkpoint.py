@@ -81,7 +81,7 @@ def load_checkpoint(directory: Path | None, expected_fingerprint: str, device: t
         return None
     path = directory / CHECKPOINT_NAME
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only, no code
     except Exception as error:  # a truncated or foreign file: never resume from it
         warnings.warn(f"could not read checkpoint {path} ({error}); starting fresh", StaleCheckpointWarning,
                       stacklevel=3)
