@@ -65,22 +65,21 @@ def prepare(
 
 
 def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record]) -> Config:
-    """Everything the data checks need before any training: the demo tokenizer (trained here,
-    saved under data/prepared/tokenizer) and ``model.max_length`` when it is ``auto``."""
+    """Everything the data checks need before any training: the tokenizer the model will use
+    (the demo's trained here, or the user's model's), saved under data/prepared/tokenizer, and
+    ``model.max_length`` when it is ``auto``."""
     from components.modeling.resolve import load_tokenizer, model_plan, with_max_length
 
     plan = model_plan(config, paths.config_root)
-    if paths.tokenizer.exists():
-        shutil.rmtree(paths.tokenizer)
     if plan.is_demo:
         from components.modeling.demo import train_demo_tokenizer
 
         tokenizer = train_demo_tokenizer(config, records)
-        tokenizer.save_pretrained(paths.tokenizer)
-    elif config.model.max_length == "auto":
-        tokenizer = load_tokenizer(plan.target, config.model)
     else:
-        tokenizer = None
+        tokenizer = load_tokenizer(plan.target, config.model)
+    if paths.tokenizer.exists():
+        shutil.rmtree(paths.tokenizer)
+    tokenizer.save_pretrained(paths.tokenizer)
     derived = with_max_length(config, tokenizer, records)
     write_json(paths.settings, {"max_length": derived.model.max_length})
     return derived

@@ -8,11 +8,10 @@ from components.stages.prepare import load_prepared_requests, load_splits, resol
 
 
 def tokenizer_for(config: Config, paths: Paths):
-    """The tokenizer the model will see: the user's model's, or the demo tokenizer ``prepare`` trained."""
-    from components.modeling.resolve import load_tokenizer, model_plan
+    """The tokenizer the model will see, as ``prepare`` saved it (the demo's, or the user's model's)."""
+    from components.modeling.resolve import load_tokenizer
 
-    plan = model_plan(config, paths.config_root)
-    return load_tokenizer(paths.tokenizer if plan.is_demo else plan.target, config.model)
+    return load_tokenizer(paths.tokenizer, config.model)
 
 
 def validate(config: Config, paths: Paths) -> dict:
