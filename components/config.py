@@ -117,6 +117,22 @@ class LoRAConfig(_Section):
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
 
+class StopConfig(_Section):
+    """``unlearn.stop``: end the run once the forget set looks like the holdout (no oracle needed).
+
+    ``none``: run ``unlearn.steps``. ``holdout``: every ``every`` steps score ``probe`` records of
+    the forget set and of the holdout (mean answer NLL each) and stop when they are alike (KS
+    p-value >= ``min_ks_p``, or the forget mean has reached the holdout's); ``max_steps`` caps
+    the run (default ``unlearn.steps``). See :mod:`components.unlearning.stopping`.
+    """
+
+    rule: Literal["none", "holdout"] = "none"
+    every: int = Field(default=5, ge=1)
+    probe: int = Field(default=32, ge=2)
+    min_ks_p: float = Field(default=0.5, gt=0, le=1)
+    max_steps: int | None = Field(default=None, ge=1)
+
+
 class UnlearnConfig(_Section):
     """The method (three names) and the optimisation knobs of the unlearning loop."""
 
@@ -149,6 +165,7 @@ class UnlearnConfig(_Section):
     rmu: RMUConfig = RMUConfig()
     idk: IDKConfig = IDKConfig()
     lora: LoRAConfig = LoRAConfig()
+    stop: StopConfig = StopConfig()
 
     @model_validator(mode="after")
     def _fsdp_without_lora(self) -> "UnlearnConfig":

@@ -42,6 +42,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
         max_length=config.model.max_length, seed=config.seed,
         outputs=RunOutputs(checkpoint_dir=paths.checkpoints, log_path=log_path,
                            show_progress=show_progress and rank == 0),
+        holdout=splits["holdout"],
     )
     if rank != 0:
         return result.summary()

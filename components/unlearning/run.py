@@ -56,6 +56,7 @@ from components.unlearning.modules import (
     sequence_logps,
 )
 from components.unlearning.optim import make_optimizer, make_scheduler, resolve_steps
+from components.unlearning.stopping import HoldoutStopper, StopUnlearning, build_stopper, step_cap
 
 
 @dataclass
@@ -75,6 +76,7 @@ class UnlearnResult:
     steps: int
     resumed_from: int | None = None
     fingerprint: str = ""
+    stop: dict | None = None  # unlearn.stop: where and why the run stopped, the probe's curve
 
     def summary(self) -> dict:
         last = self.diagnostics[-1] if self.diagnostics else {}
@@ -86,7 +88,7 @@ class UnlearnResult:
             "final_forget_loss": last.get("forget_loss"),
             "first_retain_loss": first.get("retain_loss"),
             "final_retain_loss": last.get("retain_loss"),
-        }
+        } | ({"stop": self.stop} if self.stop is not None else {})
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def run_unlearning(
     max_length: int,
     seed: int,
     outputs: RunOutputs = RunOutputs(),
+    holdout: Sequence[Record] = (),
 ) -> UnlearnResult:
     """Unlearn ``forget`` from ``model`` while keeping ``retain``; the model is trained in place.
 
@@ -123,16 +126,20 @@ def run_unlearning(
 
     Raises :class:`UnlearningDivergedError` on a NaN/inf loss or gradient, before the
     weights change: the caller must then write no model. With LoRA the adapters are merged
-    into the weights before returning, so ``.model`` is a plain model.
+    into the weights before returning, so ``.model`` is a plain model. ``holdout`` (records the
+    model never saw) is the probe of ``unlearn.stop.rule: holdout``, which may end the run early.
     """
     forget, retain = list(forget), list(retain)
     check_inputs(forget, retain, config)
     restore = master_weights(model, config)
     data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed)
     engine = build_engine(model, data, config, outputs.checkpoint_dir, restore)
-    train(engine, data, config, outputs)
-    return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=data.steps,
-                         resumed_from=engine.resumed_from, fingerprint=data.fingerprint)
+    stopper = build_stopper(engine.model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed)
+    train(engine, data, config, outputs, stopper)
+    steps = stopper.stopped_at if stopper is not None and stopper.stopped_at is not None else data.steps
+    return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=steps,
+                         resumed_from=engine.resumed_from, fingerprint=data.fingerprint,
+                         stop=stopper.summary() if stopper is not None else None)
 
 
 # ---- 1. prepare the data ----
@@ -163,7 +170,7 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
         forget=encode_forget(tokenizer, forget, config, max_length, seed),
         retain=[encode_record(tokenizer, record, max_length) for record in retain],
         pad_token_id=pad, seed=seed, rank=rank, world_size=world_size,
-        steps=resolve_steps(config, len(forget), effective_batch), context=LossContext(config),
+        steps=step_cap(config, resolve_steps(config, len(forget), effective_batch)), context=LossContext(config),
     )
     model.eval()
     if config.forget_loss == "npo":
@@ -256,8 +263,10 @@ def _resume(engine: Engine, state: dict | None) -> None:
 
 # ---- 3. train ----
 
-def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: RunOutputs) -> None:
-    """The loop over the two levels' batch streams, with log, progress bar and checkpoints."""
+def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: RunOutputs,
+          stopper: HoldoutStopper | None = None) -> None:
+    """The loop over the two levels' batch streams, with log, progress bar and checkpoints;
+    ``stopper`` adds its probe to the step log and ends the loop when its rule is met."""
     forget_loss, retain_loss = _level_losses(engine, data, config)
     main = data.rank == 0
     log_path = Path(outputs.log_path) if outputs.log_path is not None else None
@@ -269,6 +278,8 @@ def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: Run
                                  status="")
 
         def log(record: dict) -> None:
+            if stopper is not None:
+                record.update(stopper.check(record["step"]))
             engine.diagnostics.append(record)
             if main and log_path is not None:
                 with log_path.open("a", encoding="utf-8") as stream:
@@ -277,6 +288,8 @@ def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: Run
                                                     f"retain {record['retain_loss']:.3f}  xi {record['xi']:.2f}")
             if outputs.on_step is not None:
                 outputs.on_step(record)
+            if stopper is not None and stopper.stopped_at == record["step"]:
+                raise StopUnlearning(record["step"], stopper.reason or "")
 
         checkpoint_dir = Path(outputs.checkpoint_dir) if outputs.checkpoint_dir is not None else None
         hooks = StepHooks(log=log, checkpoint=lambda step: _checkpoint(engine, data, checkpoint_dir, step),
@@ -287,6 +300,8 @@ def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: Run
         try:
             train_bilevel(engine.params, forget_loss, retain_loss, engine.optimizer, engine.scheduler,
                           steps=data.steps, start_step=engine.start_step, rule=rule, ranks=engine.ranks, hooks=hooks)
+        except StopUnlearning:
+            pass  # the rule was met: the weights after this step are the result
         finally:
             engine.model.eval()
             for p in engine.params:
