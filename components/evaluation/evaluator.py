@@ -369,8 +369,6 @@ def evaluate_models(
     """
     earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
     knowledge_sets = dict(knowledge_sets or {})
-    # TRANSITIONAL (until stages/evaluate.py passes loaders): an already loaded model stands for itself.
-    loaders = {role: (lambda m=v: m) if isinstance(v, LoadedModel) else v for role, v in loaders.items()}
     _check_inputs(loaders, {"utility": list(utility_sets), "knowledge": list(knowledge_sets)}, earlier_forget)
     if config.verbmem_prefix_tokens >= max_length:
         raise ValueError(
