@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from components import stages
 from components.config import Config, load_config
 from components.data import versioning
-from components.data.inbox import Inbox, Pending
+from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
 from components.data.requests import RequestError
 from components.paths import Paths
@@ -98,16 +98,18 @@ class Batch:
 
 
 def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
-    """Take the inbox: move unreadable files to rejected/, DVC-track the whole batch."""
+    """Take the inbox (at most ``flow.max_batch_requests`` valid requests, oldest first): one
+    `dvc add` tracks every file of it, then the unreadable ones move to rejected/. Logs and the
+    summary name a file by its request id or a hash (:func:`label`), never by its file name."""
     logger = get_run_logger()
-    valid, invalid = inbox.take()
-    rejected = []
-    for path, error in invalid:  # a plain rename first, so one `dvc add` versions the whole batch
-        rejected.append(inbox.reject(path, error))
-        batch.summary["rejected"].append(path.name)
-        logger.warning("rejected %s: %d problem(s), see rejected/", path.name, len(error.reasons))
-    files = [p.path for p in valid] + rejected
+    valid, invalid = inbox.take(limit=batch.config.flow.max_batch_requests)
+    files = [p.path for p in valid] + [path for path, _ in invalid]
     batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
+    for path, error in invalid:  # tracked first: a failed `dvc add` leaves every file in the inbox
+        name = label(path)
+        inbox.reject(path, error)
+        batch.summary["rejected"].append(name)
+        logger.warning("rejected %s: %d problem(s), see rejected/", name, len(error.reasons))
     return _pin(batch, inbox, valid)
 
 
@@ -142,7 +144,7 @@ def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
             batch.accepted.append(pending)
             accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
         else:
-            batch.summary["rejected"].append(pending.path.name)
+            batch.summary["rejected"].append(verdict["request_id"])
             logger.warning("rejected %s: %d problem(s), see rejected/", verdict["request_id"], verdict["n_reasons"])
 
 

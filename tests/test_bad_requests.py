@@ -19,6 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from components.data.inbox import label
 from pipeline_repo import make_pipeline_repo, tiny_subjects
 from reliability_runs import concurrent_run, copy_repo, forgotten_subject, registry, world_records
 
@@ -134,7 +135,8 @@ def flow_run(tmp_path_factory, prefect_server, migrated_mlflow_db):
     requests = repo / "data" / "requests"
     for case in CATALOGUE:
         (requests / "inbox" / case.name).write_bytes(case.content)
-    before = {"files": _files(requests), "kept": _requests_kept(requests), "registry": registry(repo)}
+    before = {"files": _files(requests), "kept": _requests_kept(requests), "registry": registry(repo),
+              "labels": sorted(label(requests / "inbox" / case.name) for case in CATALOGUE)}
     summary = process_requests(root=str(repo))
     after = {"files": _files(requests), "kept": _requests_kept(requests), "registry": registry(repo)}
     return {"repo": repo, "summary": summary, "before": before, "after": after}
@@ -142,7 +144,8 @@ def flow_run(tmp_path_factory, prefect_server, migrated_mlflow_db):
 
 def test_flow_rejects_every_bad_request_and_processes_none(flow_run):
     summary = flow_run["summary"]
-    assert sorted(summary["rejected"]) == sorted(case.name for case in CATALOGUE)
+    assert sorted(summary["rejected"]) == flow_run["before"]["labels"], "named by request id or hash"
+    assert not {case.name for case in CATALOGUE} & set(summary["rejected"]), "never by file name"
     assert summary["processed"] == [] and summary["failed"] == [] and summary["batch_id"] is None
     assert not list((flow_run["repo"] / "data" / "requests" / "inbox").glob("*.json"))
 
@@ -277,7 +280,7 @@ def test_flow_rejects_a_record_spec_that_matches_several_records(shared_question
     (inbox / MATCHES_MANY.name).write_bytes(MATCHES_MANY.content)
     summary = process_requests(root=str(shared_question_repo))
     rejected = shared_question_repo / "data" / "requests" / "rejected"
-    assert summary["rejected"] == [MATCHES_MANY.name]
+    assert summary["rejected"] == ["first-book"]
     assert (rejected / MATCHES_MANY.name).read_bytes() == MATCHES_MANY.content
     assert "matches 3 records" in (rejected / "first-book.json.reason.txt").read_text()
 

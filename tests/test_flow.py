@@ -46,7 +46,7 @@ def test_good_request_is_processed_with_its_result(two_batches):
 
 def test_bad_request_is_rejected_with_a_reason_and_kept(two_batches):
     rejected = two_batches["repo"] / "data" / "requests" / "rejected"
-    assert two_batches["first"]["rejected"] == ["bad.json"]
+    assert two_batches["first"]["rejected"] == ["req-bad"]  # its request id, never its file name
     assert json.loads((rejected / "bad.json").read_text())["request_id"] == "req-bad"
     assert "unknown subject 'Nobody Anybody'" in (rejected / "bad.json.reason.txt").read_text()
 

@@ -140,3 +140,37 @@ def test_the_stores_record_request_ids_and_hashes(searched):
 
 def test_no_erased_text_in_mlflow_prefect_logs_or_reports(searched):
     assert searched["found"] == []
+
+
+# --------------------------------------------------------------------------- inbox file names
+
+
+@pytest.fixture(scope="module")
+def named_inbox_run(tmp_path_factory, prefect_server, tiny_model_dir):
+    """Inbox files named after people, all refused (one unreadable, one a link, one naming a
+    subject nobody has), through one flow run."""
+    from flows.pipeline import process_requests
+    from pipeline_repo import make_pipeline_repo
+
+    repo = make_pipeline_repo(tmp_path_factory.mktemp("names") / "repo", {
+        "model.base": str(tiny_model_dir), "flow.retries": 0, "flow.concurrency_limit": "blur-test-names"})
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "jane-doe-unreadable.json").write_bytes(b'{"request_id": "req-jane", ')
+    (inbox / "mary-major-unknown.json").write_text(json.dumps(
+        {"request_id": "req-mary", "received_at": "2026-11-28T09:00:00Z", "subjects": ["Nobody Known"]}))
+    (inbox / "john-roe-link.json").symlink_to(repo / "params.yaml")
+    summary = process_requests(root=str(repo))
+    return {"repo": repo, "summary": summary}
+
+
+def test_inbox_file_names_never_reach_prefect(named_inbox_run):
+    summary = named_inbox_run["summary"]
+    assert len(summary["rejected"]) == 3 and "req-mary" in summary["rejected"]
+    names = {"jane-doe-unreadable", "mary-major-unknown", "john-roe-link"}
+    assert not [name for name in names if name in json.dumps(summary)]
+    prefect_db = _prefect_database()
+    assert find(names, sorted(prefect_db.parent.glob(prefect_db.name + "*"))) == []
+    rejected = named_inbox_run["repo"] / "data" / "requests" / "rejected"
+    assert {p.name for p in rejected.glob("*.reason.txt")} == {f"{name}.json.reason.txt" for name in names}
+    assert (rejected / "john-roe-link.json").is_symlink()
