@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.data.demo_world import generate_world
-from components.registry import register_candidate
+from components.registry import Candidate, register_candidate
 from components.registry.certificates import (
     HEAD_FILE,
     CertificateError,
@@ -222,9 +222,9 @@ def test_missing_certificates_lists_processed_requests_without_one(tmp_path):
 
 def test_certificate_is_attached_to_its_model_version_and_run(mlflow_store, tiny_model_dir, tmp_path):
     decision = register_candidate(
-        registry_config(max_forget_prob_ratio=0.5), metrics=sample_metrics(), diagnostics=sample_diagnostics(),
-        summary=sample_summary("req-1"), dvc_hashes={}, model_dir=tiny_model_dir, reports_dir=tmp_path / "reports",
-        store=mlflow_store)
+        registry_config(max_forget_prob_ratio=0.5),
+        Candidate(sample_metrics(), sample_diagnostics(), sample_summary("req-1"), {}, tiny_model_dir),
+        tmp_path / "reports", store=mlflow_store, processed_requests={})
     path = issue_certificate(tmp_path, evidence("req-1", model_version=decision.version, run_id=decision.run_id,
                                                 weights_sha256=weights_sha256(tiny_model_dir)))
     client = mlflow_store.client()
@@ -277,9 +277,10 @@ def test_the_erasure_record_in_flow_order_purges_certifies_and_leaves_nothing_be
         request_file.parent.mkdir(parents=True, exist_ok=True)
         request_file.write_text(json.dumps({"request_id": request_id, "subjects": ["Someone"]}))
         gate = register_candidate(
-            registry_config(max_forget_prob_ratio=0.5), metrics=sample_metrics(), diagnostics=sample_diagnostics(),
-            summary=sample_summary(request_id), dvc_hashes={}, model_dir=batch / "models" / "unlearned",
-            reports_dir=batch / "reports", store=mlflow_store).to_dict()
+            registry_config(max_forget_prob_ratio=0.5),
+            Candidate(sample_metrics(), sample_diagnostics(), sample_summary(request_id), {},
+                      batch / "models" / "unlearned"),
+            batch / "reports", store=mlflow_store, processed_requests={}).to_dict()
         processed.append({"request_id": request_id, "batch_id": batch.name, "model_version": gate["version"],
                           "processed_at": datetime.now(timezone.utc).isoformat()})
 

@@ -10,8 +10,8 @@ import pytest
 
 from components.config import GateConfig
 from components.registry import (
+    Candidate,
     RegistryError,
-    RetryPolicy,
     TrackingStore,
     TrackingUnavailableError,
     champion,
@@ -38,11 +38,11 @@ MD5 = "0123456789abcdef0123456789abcdef"
 
 
 def register(store, model_dir, reports_dir, *, metrics=None, summary=None, dvc_hashes=None, tags=None):
-    return register_candidate(
-        registry_config(**PASSING_GATE), metrics=metrics or sample_metrics(), diagnostics=sample_diagnostics(),
-        summary=summary or sample_summary(), dvc_hashes=dvc_hashes if dvc_hashes is not None else {"req-0001": MD5},
-        model_dir=model_dir, reports_dir=reports_dir, store=store, tags=tags,
-    )
+    """A reproduction with no processed requests yet (so it may serve) unless ``tags`` name a batch."""
+    candidate = Candidate(metrics or sample_metrics(), sample_diagnostics(), summary or sample_summary(),
+                          dvc_hashes if dvc_hashes is not None else {"req-0001": MD5}, model_dir)
+    return register_candidate(registry_config(**PASSING_GATE), candidate, reports_dir, store=store, tags=tags,
+                              processed_requests={})
 
 
 def failing_metrics():
@@ -101,7 +101,8 @@ def test_gate_json_has_the_documented_shape(mlflow_store, tiny_model_dir, tmp_pa
     assert {"passed", "checks", "model_name", "version", "alias"} <= set(data)
     assert data["passed"] is passing and data["model_name"] == MODEL
     assert (data["version"], data["alias"]) == (("1", "champion") if passing else (None, None))
-    assert [c["metric"] for c in data["checks"]] == ["forget_quality", "forget_prob_ratio"]
+    assert [c["metric"] for c in data["checks"]] == ["forget_quality", "forget_prob_ratio",
+                                                     "earlier_forget_prob_ratio", "uncovered_processed_requests"]
     for check in data["checks"]:
         assert set(check) >= {"metric", "op", "threshold", "value", "passed"}
 
@@ -142,9 +143,8 @@ def test_diagnostics_are_logged_in_batches_not_one_call_per_value(mlflow_store, 
                                                                  original(self, run_id, metrics=metrics, **kw))[1])
     monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **kw: singles.append(a))
     config = registry_config(**PASSING_GATE)
-    register_candidate(config, metrics=sample_metrics(), diagnostics=sample_diagnostics(250),
-                       summary=sample_summary(), dvc_hashes={}, model_dir=tiny_model_dir,
-                       reports_dir=tmp_path / "reports", store=mlflow_store)
+    candidate = Candidate(sample_metrics(), sample_diagnostics(250), sample_summary(), {}, tiny_model_dir)
+    register_candidate(config, candidate, tmp_path / "reports", store=mlflow_store, processed_requests={})
     assert singles == []
     assert [n for n in batches if n] [:3] == [1000, 1000, 250]  # 250 steps x 9 values
 
@@ -286,25 +286,6 @@ def test_unreachable_store_raises_a_clear_error_and_writes_nothing(tiny_model_di
     assert not (reports / "gate.json").exists()
 
 
-def test_retry_policy_sets_how_many_times_the_store_is_tried(tmp_path, fast_failing_http):
-    uri = f"http://127.0.0.1:{_closed_port()}"
-    with pytest.raises(TrackingUnavailableError, match=r"after 3 attempt\(s\)"):
-        champion(MODEL, store=TrackingStore(uri, uri), retry=RetryPolicy(attempts=3, wait_s=0.0))
-
-
-def test_retry_policy_waits_longer_each_time_and_returns_the_first_success():
-    calls, waits = [], []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionError("store is restarting")
-        return "ok"
-
-    assert RetryPolicy(attempts=4, wait_s=1.0, backoff=2.0).call(flaky, sleep=waits.append) == "ok"
-    assert waits == [1.0, 2.0]
-
-
 def test_failure_while_moving_the_alias_leaves_it_on_the_previous_version(mlflow_store, tiny_model_dir,
                                                                            tmp_path, monkeypatch):
     from mlflow import MlflowClient
@@ -356,10 +337,9 @@ def test_alias_moves_iff_every_configured_check_passes_on_a_real_registry(mlflow
         before = champion_version(client, MODEL, "champion")
         config = registry_config(**thresholds)
         assert evaluate_gate(metrics, GateConfig(**thresholds)).passed == expected
-        decision = register_candidate(config, metrics=metrics, diagnostics=sample_diagnostics(3),
-                                      summary=sample_summary(f"req-{index}"), dvc_hashes={},
-                                      model_dir=tiny_model_dir, reports_dir=tmp_path / f"r{index}",
-                                      store=mlflow_store)
+        candidate = Candidate(metrics, sample_diagnostics(3), sample_summary(f"req-{index}"), {}, tiny_model_dir)
+        decision = register_candidate(config, candidate, tmp_path / f"r{index}", store=mlflow_store,
+                                      processed_requests={})
         after = champion_version(client, MODEL, "champion")
         if expected:
             assert after == decision.version != before

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.registry import champion, register_candidate
+from components.registry import Candidate, champion, register_candidate
 from components.registry.retention import (
     PURGED_TAG,
     SUPERSEDED_TAG,
@@ -36,9 +36,8 @@ GATE = {"max_forget_prob_ratio": 0.5}
 def register(store, model_dir, reports_dir, request_id, *, passing=True):
     metrics = sample_metrics() if passing else sample_metrics(forget_prob=0.79)  # ratio 0.99 > 0.5
     return register_candidate(
-        registry_config(**GATE), metrics=metrics, diagnostics=sample_diagnostics(3),
-        summary=sample_summary(request_id), dvc_hashes={}, model_dir=model_dir, reports_dir=reports_dir,
-        store=store)
+        registry_config(**GATE), Candidate(metrics, sample_diagnostics(3), sample_summary(request_id), {}, model_dir),
+        reports_dir, store=store, processed_requests={})
 
 
 @pytest.fixture

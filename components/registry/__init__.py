@@ -1,17 +1,25 @@
 """MLflow tracking, the promotion gate and the model registry (the ``register`` stage).
 
 - :mod:`.gate`: :func:`evaluate_gate`, a pure function of the metrics and the thresholds.
+- :mod:`.coverage`: the registry's own check that a candidate forgot every processed request.
 - :mod:`.tracking`: where the store is (:func:`tracking_store`), reaching it, logging a run.
-- :mod:`.promotion`: :func:`register_candidate` (the whole step) and :func:`champion`.
+- :mod:`.promotion`: :func:`register_candidate` (the whole step, resumable per batch) and
+  :func:`champion`.
 
 MLflow is imported only when a function that needs it runs.
 """
 
 from components.registry.gate import GateCheck, GateDecision, evaluate_gate
-from components.registry.promotion import Champion, champion, champion_version, register_candidate
+from components.registry.promotion import (
+    AliasMovedError,
+    Candidate,
+    Champion,
+    champion,
+    champion_version,
+    register_candidate,
+)
 from components.registry.tracking import (
     RegistryError,
-    RetryPolicy,
     TrackingStore,
     TrackingUnavailableError,
     connect,
@@ -19,11 +27,12 @@ from components.registry.tracking import (
 )
 
 __all__ = [
+    "AliasMovedError",
+    "Candidate",
     "Champion",
     "GateCheck",
     "GateDecision",
     "RegistryError",
-    "RetryPolicy",
     "TrackingStore",
     "TrackingUnavailableError",
     "champion",

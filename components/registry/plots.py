@@ -45,6 +45,28 @@ def _no_data(axes, message: str) -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="grey")
 
 
+def _two_scales(axes, diagnostics: Sequence[Mapping[str, Any]], left: tuple, missing: str, right: tuple):
+    """Series ``left`` on ``axes`` and ``right`` on a twin axis sharing the steps, each given
+    as (key, label, y label, line style); returns the twin axis (None when ``right`` is absent)."""
+    key, label, ylabel, style = left
+    steps, values = _series(diagnostics, key)
+    if values:
+        axes.plot(steps, values, label=label, **style)
+        axes.set_ylabel(ylabel)
+        axes.legend(loc="upper left")
+    else:
+        _no_data(axes, missing)
+    key, label, ylabel, style = right
+    steps, values = _series(diagnostics, key)
+    if not values:
+        return None
+    twin = axes.twinx()
+    twin.plot(steps, values, label=label, **style)
+    twin.set_ylabel(ylabel)
+    twin.legend(loc="upper right")
+    return twin
+
+
 def training_curves(diagnostics: Sequence[Mapping[str, Any]]):
     """Forget and retain loss per step (top), gradient norm and learning rate (bottom)."""
     figure = _figure(7.0, 5.5)
@@ -59,19 +81,9 @@ def training_curves(diagnostics: Sequence[Mapping[str, Any]]):
         _no_data(losses, "no loss values logged")
     losses.set_ylabel("loss")
     losses.set_title("Unlearning: losses per step")
-    steps, values = _series(diagnostics, "grad_norm")
-    if values:
-        norms.plot(steps, values, color="tab:purple", label="grad norm (of the step direction)")
-        norms.set_ylabel("grad norm")
-        norms.legend(loc="upper left")
-    else:
-        _no_data(norms, "no gradient norms logged")
-    steps, values = _series(diagnostics, "lr")
-    if values:
-        rate = norms.twinx()
-        rate.plot(steps, values, color="tab:grey", linestyle="--", label="learning rate")
-        rate.set_ylabel("lr")
-        rate.legend(loc="upper right")
+    _two_scales(norms, diagnostics, ("grad_norm", "grad norm (of the step direction)", "grad norm",
+                                      {"color": "tab:purple"}), "no gradient norms logged",
+                ("lr", "learning rate", "lr", {"color": "tab:grey", "linestyle": "--"}))
     norms.set_xlabel("step")
     return figure
 
@@ -80,20 +92,11 @@ def xi_curve(diagnostics: Sequence[Mapping[str, Any]]):
     """BLUR's coefficient xi on the forget gradient, and cos(g_r, g_f), per step."""
     figure = _figure()
     axes = figure.subplots()
-    steps, values = _series(diagnostics, "xi")
-    if values:
-        axes.plot(steps, values, color="tab:red", label="xi")
-        axes.set_ylabel("xi (coefficient of g_f)")
-        axes.legend(loc="upper left")
-    else:
-        _no_data(axes, "xi not logged (weighted-sum combiner?)")
-    steps, values = _series(diagnostics, "cos")
-    if values:
-        cosine = axes.twinx()
-        cosine.plot(steps, values, color="tab:blue", alpha=0.6, label="cos(g_r, g_f)")
+    cosine = _two_scales(axes, diagnostics, ("xi", "xi", "xi (coefficient of g_f)", {"color": "tab:red"}),
+                         "xi not logged (weighted-sum combiner?)",
+                         ("cos", "cos(g_r, g_f)", "cosine", {"color": "tab:blue", "alpha": 0.6}))
+    if cosine is not None:
         cosine.set_ylim(-1.05, 1.05)
-        cosine.set_ylabel("cosine")
-        cosine.legend(loc="upper right")
     axes.set_xlabel("step")
     axes.set_title("BLUR: xi over steps")
     return figure

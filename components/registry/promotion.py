@@ -1,26 +1,36 @@
 """The register step: gate the candidate, record it in MLflow, promote it only if it passed.
 
-:func:`register_candidate` is the whole step. In order:
+:func:`register_candidate` is the whole step, one function per part, in order:
 
-1. the gate is evaluated (pure, before anything is written); a stale ``gate.json`` is removed;
-2. the store is reached (with the caller's :class:`RetryPolicy`), else
-   :class:`TrackingUnavailableError` and nothing is written;
-3. one MLflow run: params (config, counts, digests), request ids and hashes as tags,
-   per-step diagnostics, evaluation metrics, plots, the model (pyfunc LoggedModel);
-4. passing: a new version of ``registry.model_name`` with the metrics in its description;
-5. the report and ``gate.json`` are attached to the run, its ``gate`` tag set, the run ended;
-6. passing: the serving alias is moved to the new version — the last write to the store;
+1. **gate** (:func:`gate_decision`): the gate, and the registry's own check that a
+   reproduction forgot every processed request (:mod:`.coverage`); pure, before anything
+   is written; a stale ``gate.json`` is removed;
+2. **run** (:func:`_open_run`): the store is reached (else :class:`TrackingUnavailableError`
+   and nothing is written); the batch's run is found, or one is created, tagged with the
+   batch id and the version the alias points to now;
+3. **record**: params (config, counts, digests), request ids and hashes as tags, per-step
+   diagnostics, ``requests.json``; **plots**; **model** (pyfunc LoggedModel); **metrics**;
+4. **version**, passing only: a version of ``registry.model_name``;
+5. **report**: the report and ``gate.json`` attached to the run, its ``gate`` tag set, the run ended;
+6. **alias**, passing only: compare and set. The alias is re-read; if it no longer points
+   where it did when the run was opened, another run promoted meanwhile and this one is
+   refused (:class:`AliasMovedError`); else it moves to the new version: the last write;
 7. ``reports/gate.json`` and ``reports/run_report.md`` are written.
 
-A failing candidate is recorded (run tag ``gate=failed``, the reasons as the
-``gate.reasons`` tag and in the report, its LoggedModel tagged ``gate=failed``) but is
-**not registered**: the registry holds only versions that passed their gate, so nothing
-that reads the registry (``latest`` version, a UI list, a deploy script) can pick up a
-model that failed. A reviewer who overrides the gate can still register the logged model
-by hand from the run. Any error after step 2 marks the run FAILED and raises
-:class:`RegistryError` saying where it stopped (:class:`TrackingUnavailableError`, its
-subclass, when the store stopped answering: worth retrying); since the alias moves last, an error never
-leaves the alias on an unfinished candidate.
+A failing candidate is recorded (run tag ``gate=failed``, the reasons as ``gate.reasons``
+and in the report, its LoggedModel tagged ``gate=failed``) but **not registered**: the
+registry holds only versions that passed their gate, so nothing that reads it can pick up
+a model that failed. A reviewer who overrides the gate can register the logged model by
+hand. Any error marks the run FAILED and raises a :class:`RegistryError` naming the part
+that failed (:class:`TrackingUnavailableError` when the store stopped answering); since the
+alias moves last, an error never leaves the alias on an unfinished candidate.
+
+**Idempotent per batch.** With a ``batch_id`` the run is tagged with it and every finished
+part is listed in its ``register.done`` tag. A retry finds that run and finishes what the
+earlier attempt left: the same run, at most one model version (found by its run id even if
+the crash came right after creating it), the alias moved once. MLflow has no atomic
+compare-and-set; the re-read narrows the window to one round trip, and the flow's inbox
+lock serialises its own runs.
 
 :func:`champion` finds the version the alias points to and downloads its model directory,
 so the next unlearning starts from the model that serves.
@@ -29,27 +39,30 @@ so the next unlearning starts from the model that serves.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
 
 from components.jsonfiles import write_json
+from components.registry.coverage import coverage_check
 from components.registry.gate import GateDecision, evaluate_gate
 from components.registry.plots import save_plots
 from components.registry.report import gate_lines, metric_table, render_report
 from components.registry.safe import safe_request_summary
 from components.registry.tracking import (
     RegistryError,
-    RetryPolicy,
     TrackingStore,
     TrackingUnavailableError,
-    first_line,
     check_model_dir,
     connect,
     diagnostic_series,
     download_model_dir,
     evaluation_metrics,
     experiment_id,
+    first_line,
     flatten_config,
     is_unavailable,
     log_metric_values,
@@ -63,6 +76,7 @@ from components.registry.tracking import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from components.config import Config
 
@@ -71,6 +85,17 @@ REPORT_FILE = "run_report.md"
 PLOTS_DIR = "plots"
 MAX_DESCRIPTION = 5000
 MAX_REGISTRY_TAG = 5000
+BATCH_TAG = "batch_id"
+DONE_TAG = "register.done"            # the parts finished so far, comma-separated
+BEFORE_TAG = "register.champion_before"  # the alias's version when the run was opened
+MODEL_TAG = "register.model_id"
+VERSION_TAG = "registered_version"
+NO_VERSION = "none"
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class AliasMovedError(RegistryError):
+    """The alias moved after this run read it: promoting now would overwrite another run's champion."""
 
 
 class Champion(NamedTuple):
@@ -80,6 +105,21 @@ class Champion(NamedTuple):
     version: str
     run_id: str | None
     model_dir: Path | None
+
+
+class Candidate(NamedTuple):
+    """What the register step records: the measurements and the model they measured.
+
+    ``metrics`` is ``reports/metrics.json``; ``diagnostics`` the per-step records of the
+    unlearning loop; ``summary`` a ``Resolution.summary()`` dict (or ``resolution.json``);
+    ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved model.
+    """
+
+    metrics: Mapping[str, Any]
+    diagnostics: Sequence[Mapping[str, Any]]
+    summary: Mapping[str, Any] | None
+    dvc_hashes: Mapping[str, str] | None
+    model_dir: str | Path
 
 
 def champion_version(client: "MlflowClient", model_name: str, alias: str) -> str | None:
@@ -96,27 +136,6 @@ def champion_version(client: "MlflowClient", model_name: str, alias: str) -> str
     return str(version) if version is not None else None
 
 
-def _ensure_registered_model(client: "MlflowClient", model_name: str, alias: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(model_name)
-        return
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-    try:
-        client.create_registered_model(
-            model_name,
-            description=("Language models unlearned by the BLUR deletion-request pipeline. "
-                         f"Only candidates that passed the gate are registered; alias '{alias}' "
-                         "marks the one that serves."),
-        )
-    except MlflowException as error:  # registered concurrently
-        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
-
-
 def version_description(safe: Mapping[str, Any], metrics: Mapping[str, Any], decision: GateDecision) -> str:
     """Markdown for the model version: requests, metrics (target vs unlearned), gate checks."""
     requests = ", ".join(r["request_id"] for r in safe.get("requests") or []) or "(none given)"
@@ -127,140 +146,319 @@ def version_description(safe: Mapping[str, Any], metrics: Mapping[str, Any], dec
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
 
 
-def _numeric_rows(diagnostics: Sequence[Mapping[str, Any]]) -> str:
-    rows = []
-    for row in diagnostics:
-        rows.append({k: v for k, v in row.items()
-                     if v is None or isinstance(v, (int, float))})
-    return "".join(json.dumps(row) + "\n" for row in rows)
+def gate_decision(config: "Config", candidate: Candidate, *, reproduction: bool,
+                  processed_requests: Mapping[str, Collection[str]] | None) -> GateDecision:
+    """The gate's thresholds, plus the registry's coverage check (see :mod:`.coverage`)."""
+    decision = evaluate_gate(candidate.metrics, config.gate)
+    check = coverage_check(candidate.summary, processed_requests, reproduction=reproduction)
+    return decision if check is None else decision.with_check(check)
 
 
-def _mark_failed(client: "MlflowClient", run_id: str | None, stage: str) -> None:
-    if run_id is None:
+# --------------------------------------------------------------------------- one registration
+
+
+@dataclass
+class _Registration:
+    """What one register step knows and has done so far; filled in part by part."""
+
+    config: "Config"
+    candidate: Candidate
+    decision: GateDecision
+    store: TrackingStore
+    client: "MlflowClient"
+    batch_id: str | None
+    tags: dict[str, str]
+    safe: dict[str, Any] = field(default_factory=dict)
+    experiment: str | None = None
+    run_id: str | None = None
+    previous: str | None = None  # the alias's version when the run was opened
+    model_id: str | None = None
+    version: str | None = None
+    done: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.registry.model_name
+
+    @property
+    def alias(self) -> str:
+        return self.config.registry.alias
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [r["request_id"] for r in self.safe["requests"]]
+
+
+def _doing(reg: _Registration, part: str) -> str:
+    """What ``part`` does, for error messages."""
+    if part == "alias":
+        return f"moving alias '{reg.alias}' to version {reg.version}"
+    return {"run": "opening the run", "record": "logging params, tags and diagnostics",
+            "plots": "logging the plots", "model": "logging the model",
+            "metrics": "logging the evaluation metrics", "version": "registering the model version",
+            "report": "logging the report"}[part]
+
+
+def _mark_failed(reg: _Registration, part: str) -> None:
+    if reg.run_id is None:
         return
     try:
-        client.set_tag(run_id, "register.failed_at", stage)
-        client.set_terminated(run_id, "FAILED")
+        reg.client.set_tag(reg.run_id, "register.failed_at", part)
+        reg.client.set_terminated(reg.run_id, "FAILED")
     except Exception:
         pass  # the store is what failed; the raised error says so
 
 
+@contextmanager
+def _part(reg: _Registration, part: str) -> Iterator[None]:
+    """Run one part: on error mark the run FAILED and raise an error that names the part."""
+    try:
+        yield
+    except AliasMovedError:
+        _mark_failed(reg, part)
+        raise
+    except Exception as error:
+        _mark_failed(reg, part)
+        where = f"the alias '{reg.alias}' still points to " + (
+            f"version {reg.previous}" if reg.previous else "no version")
+        made = f"; version {reg.version} was registered but not promoted" if reg.version else ""
+        kind = TrackingUnavailableError if is_unavailable(error) else RegistryError
+        raise kind(
+            f"register step failed while {_doing(reg, part)} (store {reg.store.display_uri}"
+            f"{', run ' + reg.run_id if reg.run_id else ''}): {type(error).__name__}: {first_line(error, 500)}. "
+            f"Nothing was promoted: {where}{made}. Run the step again once the cause is fixed"
+            f"{' (it resumes this run)' if reg.batch_id else ''}."
+        ) from error
+
+
+def _batch_run(reg: _Registration) -> "Run | None":
+    """The run an earlier attempt opened for this batch (the latest), unless that one already
+    recorded a different verdict: a batch retried after its gate failed (new thresholds, say)
+    gets a run of its own."""
+    runs = reg.client.search_runs([reg.experiment], filter_string=f"tags.{BATCH_TAG} = '{reg.batch_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or runs[0].data.tags.get("gate", "pending") not in ("pending", _gate_word(reg)):
+        return None
+    return runs[0]
+
+
+def _resume(reg: _Registration, run: "Run") -> None:
+    """Take up an earlier attempt's run: what it finished, the alias it read, its model and version."""
+    tags = run.data.tags
+    reg.run_id = run.info.run_id
+    reg.done = [part for part in tags.get(DONE_TAG, "").split(",") if part]
+    before = tags.get(BEFORE_TAG)
+    reg.previous = (champion_version(reg.client, reg.name, reg.alias) if before is None
+                    else None if before == NO_VERSION else before)
+    reg.model_id = tags.get(MODEL_TAG)
+    reg.version = tags.get(VERSION_TAG)
+    if run.info.status != "FINISHED":
+        reg.client.update_run(reg.run_id, status="RUNNING")
+
+
+def _open_run(reg: _Registration) -> None:
+    """Find the batch's run (a retry) or create one, recording the alias's version as read now."""
+    reg.experiment = experiment_id(reg.client, reg.store, reg.config.registry.experiment)
+    found = _batch_run(reg) if reg.batch_id else None
+    if found is not None:
+        _resume(reg, found)
+        return
+    reg.previous = champion_version(reg.client, reg.name, reg.alias)
+    tags = {"gate": "pending", "pipeline": "blur-unlearning", BEFORE_TAG: reg.previous or NO_VERSION}
+    if reg.batch_id:
+        tags[BATCH_TAG] = reg.batch_id
+    run_name = ("unlearn " + ", ".join(reg.request_ids))[:200] if reg.request_ids else None
+    reg.run_id = reg.client.create_run(reg.experiment, run_name=run_name, tags=tags).info.run_id
+
+
+def _numeric_rows(diagnostics: Sequence[Mapping[str, Any]]) -> str:
+    rows = [{k: v for k, v in row.items() if v is None or isinstance(v, (int, float))} for row in diagnostics]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _log_record(reg: _Registration) -> None:
+    """Params, request tags, the per-step diagnostics and the safe request summary."""
+    params = flatten_config(reg.config) | request_params(reg.safe)
+    log_params_and_tags(reg.client, reg.run_id, params, request_tags(reg.safe) | reg.tags)
+    diagnostics = reg.candidate.diagnostics
+    log_metric_values(reg.client, reg.run_id, diagnostic_series(diagnostics))
+    log_text(reg.client, reg.run_id, _numeric_rows(diagnostics), "diagnostics/unlearn_log.jsonl")
+    log_text(reg.client, reg.run_id, json.dumps(reg.safe, indent=2), "requests.json")
+
+
+def _log_plots(reg: _Registration, reports_dir: Path) -> None:
+    plots_dir = reports_dir / PLOTS_DIR
+    save_plots(reg.candidate.diagnostics, reg.candidate.metrics, plots_dir)
+    reg.client.log_artifacts(reg.run_id, str(plots_dir), PLOTS_DIR)
+
+
+def _gate_word(reg: _Registration) -> str:
+    return "passed" if reg.decision.passed else "failed"
+
+
+def _log_model(reg: _Registration) -> None:
+    reg.model_id = log_model(
+        reg.client, reg.store, run_id=reg.run_id, experiment_id=reg.experiment, model_dir=reg.candidate.model_dir,
+        tags={"gate": _gate_word(reg), "requests": ",".join(reg.request_ids)[:MAX_REGISTRY_TAG]},
+        params=request_params(reg.safe))
+    reg.client.set_tag(reg.run_id, MODEL_TAG, reg.model_id)
+
+
+def _log_metrics(reg: _Registration) -> None:
+    values = [(key, value, 0) for key, value in evaluation_metrics(reg.candidate.metrics).items()]
+    values.append(("gate.passed", float(reg.decision.passed), 0))
+    log_metric_values(reg.client, reg.run_id, values, model_id=reg.model_id)
+
+
+def _ensure_registered_model(reg: _Registration) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        reg.client.get_registered_model(reg.name)
+        return
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        reg.client.create_registered_model(
+            reg.name,
+            description=("Language models unlearned by the BLUR deletion-request pipeline. "
+                         f"Only candidates that passed the gate are registered; alias '{reg.alias}' "
+                         "marks the one that serves."),
+        )
+    except MlflowException as error:  # registered concurrently
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _register_version(reg: _Registration) -> None:
+    """A new version of the registered model, or the one an earlier attempt of this run created."""
+    _ensure_registered_model(reg)
+    earlier = [v for v in reg.client.search_model_versions(f"run_id = '{reg.run_id}'") if v.name == reg.name]
+    if earlier:
+        reg.version = str(min(int(v.version) for v in earlier))
+    else:
+        # The LoggedModel's own artifact location as the source: a "models:/<id>" source
+        # makes the SQL registry look the model up through the process-wide tracking URI.
+        source = reg.client.get_logged_model(reg.model_id).artifact_location
+        decision = reg.decision.completed(model_name=reg.name, run_id=reg.run_id, champion_version=reg.previous)
+        created = reg.client.create_model_version(
+            reg.name, source=source, run_id=reg.run_id, model_id=reg.model_id,
+            description=version_description(reg.safe, reg.candidate.metrics, decision),
+            tags={"gate": "passed", "requests": ",".join(reg.request_ids)[:MAX_REGISTRY_TAG],
+                  "forget_digest": reg.safe["digests"].get("forget_digest", "")},
+        )
+        reg.version = str(created.version)
+    reg.client.set_tag(reg.run_id, VERSION_TAG, reg.version)
+
+
+def _completed(reg: _Registration) -> GateDecision:
+    """The decision with what happened in the registry: run, version, alias, champion after."""
+    decision = reg.decision.completed(model_name=reg.name, run_id=reg.run_id, champion_version=reg.previous)
+    if reg.version is not None:
+        decision = decision.completed(version=reg.version, alias=reg.alias, champion_version=reg.version)
+    return decision
+
+
+def _log_report(reg: _Registration, report: str) -> None:
+    """The report and gate.json as artifacts, the outcome as tags; the run ends FINISHED."""
+    decision = _completed(reg)
+    log_text(reg.client, reg.run_id, report, REPORT_FILE)
+    log_text(reg.client, reg.run_id, json.dumps(decision.to_dict(), indent=2), GATE_FILE)
+    outcome = {"gate": _gate_word(reg)}
+    if decision.reasons:
+        outcome["gate.reasons"] = "; ".join(decision.reasons)
+    if decision.skipped:
+        outcome["gate.skipped"] = "; ".join(c.reason or c.metric for c in decision.skipped)
+    log_params_and_tags(reg.client, reg.run_id, {}, outcome)
+    reg.client.set_terminated(reg.run_id, "FINISHED")
+
+
+def _move_alias(reg: _Registration) -> None:
+    """Compare and set: move the alias only if it still points where it did when the run opened."""
+    current = champion_version(reg.client, reg.name, reg.alias)
+    if current not in (reg.version, reg.previous):
+        raise AliasMovedError(
+            f"alias '{reg.alias}' of '{reg.name}' moved from {_named(reg.previous)} to {_named(current)} after run "
+            f"{reg.run_id} read it (another run promoted meanwhile). Refused: version {reg.version} is registered "
+            f"but not promoted, and '{reg.alias}' stays on {_named(current)}. This candidate did not start from "
+            "that model: process the requests again (the flow starts from the current champion)."
+        )
+    if current != reg.version:  # else an earlier attempt of this run moved it
+        reg.client.set_registered_model_alias(reg.name, reg.alias, reg.version)
+    reg.client.set_terminated(reg.run_id, "FINISHED")  # again, if an earlier attempt failed here
+
+
+def _named(version: str | None) -> str:
+    return f"version {version}" if version else "no version"
+
+
+def _report(reg: _Registration) -> str:
+    return render_report(reg.safe, reg.candidate.metrics, _completed(reg), run_id=reg.run_id)
+
+
+def _parts(reg: _Registration, reports_dir: Path) -> list[tuple[str, Callable[[], None]]]:
+    """The parts after opening the run, in order; the version and the alias only for a pass."""
+    parts = [("record", lambda: _log_record(reg)), ("plots", lambda: _log_plots(reg, reports_dir)),
+             ("model", lambda: _log_model(reg)), ("metrics", lambda: _log_metrics(reg))]
+    if reg.decision.passed:
+        parts.append(("version", lambda: _register_version(reg)))
+    parts.append(("report", lambda: _log_report(reg, _report(reg))))
+    if reg.decision.passed:
+        parts.append(("alias", lambda: _move_alias(reg)))
+    return parts
+
+
+def _batch_id(batch_id: str | None, tags: Mapping[str, str]) -> str | None:
+    """``batch_id``, or the ``batch_id`` tag; checked, since it goes into a search filter."""
+    batch_id = batch_id or tags.get(BATCH_TAG)
+    if tags.get(BATCH_TAG, batch_id) != batch_id:
+        raise ValueError(f"batch_id '{batch_id}' and the batch_id tag '{tags[BATCH_TAG]}' differ")
+    if batch_id is not None and not BATCH_ID.match(batch_id):
+        raise ValueError(f"batch_id {batch_id!r} must be letters, digits and . _ - (at most 128)")
+    return batch_id
+
+
 def register_candidate(
     config: "Config",
-    *,
-    metrics: Mapping[str, Any],
-    diagnostics: Sequence[Mapping[str, Any]],
-    summary: Mapping[str, Any] | None,
-    dvc_hashes: Mapping[str, str] | None,
-    model_dir: str | Path,
+    candidate: Candidate,
     reports_dir: str | Path,
+    *,
     store: TrackingStore | None = None,
-    retry: RetryPolicy | None = None,
-    run_name: str | None = None,
+    batch_id: str | None = None,
+    processed_requests: Mapping[str, Collection[str]] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """Gate, record and (if it passed) promote one unlearned model; see the module docstring.
 
-    ``metrics`` is ``reports/metrics.json``; ``diagnostics`` the per-step records of the
-    unlearning loop; ``summary`` a ``Resolution.summary()`` dict (or ``resolution.json``);
-    ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved
-    unlearned model. ``store`` defaults to :func:`tracking_store` of the current folder.
-    ``tags`` are extra run tags (a batch id, a flow run id), written as given: ids and
-    hashes only. Returns the completed decision (also written to ``<reports_dir>/gate.json``).
+    ``batch_id``: the flow's batch (also read from ``tags["batch_id"]``); None makes this a
+    reproduction, which may serve only if it forgot every request in ``processed_requests``
+    (request id -> the record ids it erased: ``Inbox.earlier()``; None fails closed). ``store``
+    defaults to :func:`tracking_store` of the current folder; ``tags`` are extra run tags (ids
+    and hashes only). Returns the completed decision (also in ``<reports_dir>/gate.json``).
     """
     reports_dir = Path(reports_dir)
     for stale in (reports_dir / GATE_FILE, reports_dir / REPORT_FILE):
         stale.unlink(missing_ok=True)  # a failed step must not leave an earlier verdict behind
-    decision = evaluate_gate(metrics, config.gate)
-    model_dir = check_model_dir(model_dir)
-    safe = safe_request_summary(summary, dvc_hashes)
+    tags = dict(tags or {})
+    batch_id = _batch_id(batch_id, tags)
+    decision = gate_decision(config, candidate, reproduction=batch_id is None, processed_requests=processed_requests)
+    candidate = candidate._replace(model_dir=check_model_dir(candidate.model_dir))
     store = store or tracking_store()
-    name, alias = config.registry.model_name, config.registry.alias
-
-    client = connect(store, retry)
-    run_id: str | None = None
-    version: str | None = None
-    previous: str | None = None
-    stage = "reading the registry"
-    try:
-        previous = champion_version(client, name, alias)
-        experiment = experiment_id(client, store, config.registry.experiment)
-        stage = "starting the run"
-        ids = [r["request_id"] for r in safe["requests"]]
-        if run_name is None and ids:
-            run_name = ("unlearn " + ", ".join(ids))[:200]
-        run = client.create_run(
-            experiment, run_name=run_name,
-            tags={"gate": "pending", "pipeline": "blur-unlearning"},
-        )
-        run_id = run.info.run_id
-        stage = "logging params and tags"
-        per_request = request_params(safe)
-        log_params_and_tags(client, run_id, flatten_config(config) | per_request, request_tags(safe) | dict(tags or {}))
-        stage = "logging the unlearning diagnostics"
-        log_metric_values(client, run_id, diagnostic_series(diagnostics))
-        log_text(client, run_id, _numeric_rows(diagnostics), "diagnostics/unlearn_log.jsonl")
-        log_text(client, run_id, json.dumps(safe, indent=2), "requests.json")
-        stage = "logging the plots"
-        plots_dir = reports_dir / PLOTS_DIR
-        save_plots(diagnostics, metrics, plots_dir)
-        client.log_artifacts(run_id, str(plots_dir), PLOTS_DIR)
-        stage = "logging the model"
-        gate_word = "passed" if decision.passed else "failed"
-        model_id = log_model(client, store, run_id=run_id, experiment_id=experiment, model_dir=model_dir,
-                             tags={"gate": gate_word, "requests": ",".join(ids)[:5000]},
-                             params=per_request)
-        stage = "logging the evaluation metrics"
-        values = [(key, value, 0) for key, value in evaluation_metrics(metrics).items()]
-        values.append(("gate.passed", float(decision.passed), 0))
-        log_metric_values(client, run_id, values, model_id=model_id)
-
-        decision = decision.completed(model_name=name, run_id=run_id, champion_version=previous)
-        if decision.passed:
-            stage = "registering the model version"
-            _ensure_registered_model(client, name, alias)
-            # The LoggedModel's own artifact location as the source: a "models:/<id>" source
-            # makes the SQL registry look the model up through the process-wide tracking URI.
-            source = client.get_logged_model(model_id).artifact_location
-            created = client.create_model_version(
-                name, source=source, run_id=run_id, model_id=model_id,
-                description=version_description(safe, metrics, decision),
-                tags={"gate": "passed", "requests": ",".join(ids)[:MAX_REGISTRY_TAG],
-                      "forget_digest": safe["digests"].get("forget_digest", "")},
-            )
-            version = str(created.version)
-            decision = decision.completed(version=version, alias=alias, champion_version=version)
-
-        stage = "logging the report"
-        report = render_report(safe, metrics, decision, run_id=run_id)
-        log_text(client, run_id, report, REPORT_FILE)
-        log_text(client, run_id, json.dumps(decision.to_dict(), indent=2), GATE_FILE)
-        outcome = {"gate": gate_word}
-        if decision.reasons:
-            outcome["gate.reasons"] = "; ".join(decision.reasons)
-        if decision.skipped:
-            outcome["gate.skipped"] = "; ".join(c.reason or c.metric for c in decision.skipped)
-        if version is not None:
-            outcome["registered_version"] = version
-        log_params_and_tags(client, run_id, {}, outcome)
-        client.set_terminated(run_id, "FINISHED")
-
-        if decision.passed:
-            stage = f"moving alias '{alias}' to version {version}"
-            client.set_registered_model_alias(name, alias, version)
-    except Exception as error:
-        _mark_failed(client, run_id, stage)
-        where = f"the alias '{alias}' still points to " + (f"version {previous}" if previous else "no version")
-        made = f"; version {version} was registered but not promoted" if version else ""
-        kind = TrackingUnavailableError if is_unavailable(error) else RegistryError
-        raise kind(
-            f"register step failed while {stage} (store {store.display_uri}"
-            f"{', run ' + run_id if run_id else ''}): {type(error).__name__}: {first_line(error, 500)}. "
-            f"Nothing was promoted: {where}{made}. Run the step again once the cause is fixed."
-        ) from error
-
+    reg = _Registration(config, candidate, decision, store, connect(store), batch_id, tags,
+                        safe=safe_request_summary(candidate.summary, candidate.dvc_hashes))
+    with _part(reg, "run"):
+        _open_run(reg)
+    for part, action in _parts(reg, reports_dir):
+        if part in reg.done:
+            continue
+        with _part(reg, part):
+            action()
+            reg.done.append(part)
+            reg.client.set_tag(reg.run_id, DONE_TAG, ",".join(reg.done))
+    decision = _completed(reg)
     write_json(reports_dir / GATE_FILE, decision.to_dict())
-    (reports_dir / REPORT_FILE).write_text(report, encoding="utf-8")
+    (reports_dir / REPORT_FILE).write_text(_report(reg), encoding="utf-8")
     return decision
 
 
@@ -270,7 +468,6 @@ def champion(
     *,
     store: TrackingStore | None = None,
     dst: str | Path | None = None,
-    retry: RetryPolicy | None = None,
     download: bool = True,
 ) -> Champion | None:
     """The model ``alias`` points to, downloaded; None when there is no such model or alias.
@@ -281,8 +478,7 @@ def champion(
     ``download=False`` only the version and run are looked up (``model_dir`` is None).
     """
     store = store or tracking_store()
-    retry = retry or RetryPolicy()
-    client = connect(store, retry)
+    client = connect(store)
     version = champion_version(client, model_name, alias)
     if version is None:
         return None
@@ -293,7 +489,7 @@ def champion(
     uri = f"models:/{model_name}/{version}"  # the version, not the alias: it may move meanwhile
     try:
         location = client.get_model_version_download_uri(model_name, version)
-        model_dir = retry.call(lambda: download_model_dir(store, location, dst))
+        model_dir = download_model_dir(store, location, dst)
     except RegistryError:
         raise
     except Exception as error:

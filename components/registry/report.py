@@ -87,6 +87,9 @@ def gate_lines(decision: GateDecision, *, outcome: bool = True) -> list[str]:
         lines += ["", "Reasons:"] + [f"- {reason}" for reason in decision.reasons]
     if decision.skipped:
         lines += ["", "Skipped checks:"] + [f"- {check.reason}" for check in decision.skipped]
+    notes = [check.reason for check in decision.checks if check.passed and check.reason]
+    if notes:
+        lines += ["", "About the checks that passed:"] + [f"- {note}" for note in notes]
     if not outcome:
         return lines
     lines.append("")

@@ -1,4 +1,4 @@
-"""MLflow tracking: where the store is, connecting with retries, and logging one pipeline run.
+"""MLflow tracking: where the store is, connecting to it, and logging one pipeline run.
 
 The embedded default is a SQLite file ``<root>/mlflow.db`` with artifacts in
 ``<root>/mlartifacts``; ``MLFLOW_TRACKING_URI`` (and ``MLFLOW_REGISTRY_URI``) point the
@@ -26,15 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from components.config import Config
-
-T = TypeVar("T")
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -99,50 +97,20 @@ def tracking_store(root: str | Path = ".") -> TrackingStore:
     return TrackingStore.sqlite(root / DB_FILE, root / ARTIFACT_DIR)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often to try reaching the store: ``attempts`` tries, waits growing by ``backoff``.
+def connect(store: TrackingStore) -> "MlflowClient":
+    """A client for ``store``, after checking that the store answers (once: the flow's task
+    retries the whole step).
 
-    The Prefect task retries the whole step on top of this; the default here is one try.
+    Raises :class:`TrackingUnavailableError` (naming the store and the cause) when it does
+    not; nothing has been written then.
     """
-
-    attempts: int = 1
-    wait_s: float = 2.0
-    backoff: float = 2.0
-    max_wait_s: float = 60.0
-
-    def __post_init__(self):
-        if self.attempts < 1:
-            raise ValueError("RetryPolicy.attempts must be at least 1")
-
-    def call(self, fn: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
-        """``fn()``, retried on any exception; the last exception propagates."""
-        wait = self.wait_s
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except Exception:
-                if attempt == self.attempts:
-                    raise
-                sleep(min(wait, self.max_wait_s))
-                wait *= self.backoff
-        raise AssertionError("unreachable")
-
-
-def connect(store: TrackingStore, retry: RetryPolicy | None = None) -> "MlflowClient":
-    """A client for ``store``, after checking that the store answers.
-
-    Raises :class:`TrackingUnavailableError` (naming the store, the attempts and the cause)
-    when it does not; nothing has been written then.
-    """
-    retry = retry or RetryPolicy()
     try:
         client = store.client()
-        retry.call(lambda: client.search_experiments(max_results=1))
+        client.search_experiments(max_results=1)
     except Exception as error:
         raise TrackingUnavailableError(
-            f"MLflow tracking store {store.display_uri} is unreachable after {retry.attempts} "
-            f"attempt(s): {type(error).__name__}: {first_line(error)}. Nothing was logged or "
+            f"MLflow tracking store {store.display_uri} is unreachable: "
+            f"{type(error).__name__}: {first_line(error)}. Nothing was logged or "
             "registered and no alias moved. Check MLFLOW_TRACKING_URI (start the tracking server, "
             "or fix the path of the SQLite file) and run the step again."
         ) from error
@@ -280,21 +248,18 @@ def request_tags(safe: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def log_params_and_tags(client: "MlflowClient", run_id: str, params: Mapping[str, str],
                         tags: Mapping[str, str]) -> None:
     """Batched: MLflow takes at most 100 params/tags per call."""
     from mlflow.entities import Param, RunTag
 
+    from components.modeling.scoring import batched
+
     entities = [Param(k, v) for k, v in params.items()]
-    for chunk in _chunks(entities, 100):
+    for chunk in batched(entities, 100):
         client.log_batch(run_id, params=chunk, synchronous=True)
     entities = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
-    for chunk in _chunks(entities, 100):
+    for chunk in batched(entities, 100):
         client.log_batch(run_id, tags=chunk, synchronous=True)
 
 
@@ -303,9 +268,11 @@ def log_metric_values(client: "MlflowClient", run_id: str, values: Sequence[tupl
     """(key, value, step) triples in batches of 1000 (MLflow's per-call limit)."""
     from mlflow.entities import Metric
 
+    from components.modeling.scoring import batched
+
     now = int(time.time() * 1000)
     entities = [Metric(key, value, now, step, model_id=model_id) for key, value, step in values]
-    for chunk in _chunks(entities, 1000):
+    for chunk in batched(entities, 1000):
         client.log_batch(run_id, metrics=chunk, synchronous=True)
 
 

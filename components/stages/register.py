@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 from components.config import Config
 from components.paths import Paths
@@ -22,13 +22,18 @@ def register(
     tracking_root: Path | None = None,
     tags: Mapping[str, str] | None = None,
     dvc_hashes: Mapping[str, str] | None = None,
+    processed_requests: Mapping[str, Collection[str]] | None = None,
 ) -> dict:
     """Log the run to MLflow, apply the gate, and promote the candidate only if it passes.
 
     Writes reports/gate.json and reports/run_report.md. The MLflow store is the one of
-    ``tracking_root`` (default: the pipeline root), or ``MLFLOW_TRACKING_URI``.
+    ``tracking_root`` (default: the pipeline root), or ``MLFLOW_TRACKING_URI``. A ``batch_id``
+    tag makes a retry resume the batch's run; without one this is a reproduction (``dvc
+    repro``), promoted only if it forgot every request in ``processed_requests`` (request id ->
+    erased record ids; default: those the inbox of ``paths.config_root`` has processed).
     """
-    from components.registry import RetryPolicy, register_candidate, tracking_store
+    from components.data.inbox import Inbox
+    from components.registry import Candidate, register_candidate, tracking_store
 
     metrics = _read_json(paths.reports / "metrics.json")
     log = paths.reports / "unlearn_log.jsonl"
@@ -36,10 +41,11 @@ def register(
     if dvc_hashes is None:  # DVC's md5 of a file is the md5 of its bytes
         dvc_hashes = {p.stem: hashlib.md5(p.read_bytes()).hexdigest()
                       for p in sorted((paths.prepared / "requests").glob("*.json"))}
+    if processed_requests is None and not (tags or {}).get("batch_id"):
+        processed_requests = Inbox(Paths(paths.config_root)).earlier()
+    candidate = Candidate(metrics, diagnostics, _read_json(paths.resolution), dvc_hashes, paths.unlearned)
     decision = register_candidate(
-        config, metrics=metrics, diagnostics=diagnostics, summary=_read_json(paths.resolution),
-        dvc_hashes=dvc_hashes, model_dir=paths.unlearned, reports_dir=paths.reports,
-        store=tracking_store(tracking_root or paths.config_root), retry=RetryPolicy(),
-        tags=tags,
+        config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
+        processed_requests=processed_requests, tags=tags,
     )
     return decision.to_dict()

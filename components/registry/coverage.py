@@ -1,0 +1,64 @@
+"""The registry's own check: a candidate may serve only if it forgot every processed request.
+
+The flow unlearns each batch from the model that serves, with every earlier request's
+records out of the retain set, and the gate re-measures those requests; a reproduction
+(``dvc repro``: register called without a batch id) starts from the target model and
+unlearns only the request in ``params.yaml``. If requests were processed since, promoting
+it would put their records back into the served model. :func:`coverage_check` turns that
+into a gate check that fails unless every processed request's records are in the
+candidate's forget set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection, Mapping
+
+from components.registry.gate import GateCheck
+
+METRIC = "uncovered_processed_requests"
+SETTING = "registry.processed_requests"  # not a params.yaml key: the registry's own check
+MAX_NAMED = 20
+
+
+def uncovered_requests(summary: Mapping[str, Any] | None, processed: Mapping[str, Collection[str]],
+                       *, reproduction: bool) -> list[str]:
+    """Ids of processed requests the candidate did not forget, sorted.
+
+    ``summary`` is the candidate's ``Resolution.summary()``; ``processed`` maps every
+    processed request id to the record ids it erased (``Inbox.earlier()``). A request is
+    covered when all its records are in the candidate's forget set; in a batch of the flow
+    also when the batch resolved it (``request_ids``) or re-checked it (``earlier_requests``).
+    """
+    summary = summary or {}
+    forgotten = set(summary.get("forget_ids") or [])
+    resolved = set() if reproduction else set(summary.get("request_ids") or []) | set(
+        summary.get("earlier_requests") or [])
+    return sorted(request_id for request_id, record_ids in processed.items()
+                  if request_id not in resolved and not set(record_ids) <= forgotten)
+
+
+def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Collection[str]] | None,
+                   *, reproduction: bool) -> GateCheck | None:
+    """The check, or None when there is nothing to decide (a flow batch given no ``processed``).
+
+    A reproduction given no ``processed`` fails closed: it cannot show that it covers them.
+    """
+    if processed is None:
+        if not reproduction:
+            return None
+        reason = ("a reproduction (register without a batch id) may move the serving alias only when it "
+                  "forgets every processed request, and the processed requests were not given: nothing promoted. "
+                  "Pass them (the inbox's processed requests, Inbox.earlier()) or process requests with the flow")
+        return GateCheck(METRIC, "<=", 0.0, None, False, SETTING, reason)
+    missing = uncovered_requests(summary, processed, reproduction=reproduction)
+    if not missing:
+        return GateCheck(METRIC, "<=", 0.0, 0.0, True, SETTING, None)
+    named = ", ".join(missing[:MAX_NAMED]) + (f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else "")
+    if reproduction:
+        where, fix = "this reproduction", ("process new requests with the flow (it starts from the champion), "
+                                           "or include them in the reproduction's request")
+    else:
+        where, fix = "this batch", "resolve the batch with every processed request as an earlier request"
+    reason = (f"{len(missing)} processed request(s) not forgotten by {where}: {named}. A model that never "
+              f"forgot them must not serve: {fix}")
+    return GateCheck(METRIC, "<=", 0.0, float(len(missing)), False, SETTING, reason)
