@@ -1,0 +1,643 @@
+"""Efficacy on a pretrained LLM: BLUR against the weighted sum on SmolLM2-135M-Instruct fine-tuned on
+fictitious authors (the pipeline's ``pretrained/params.yaml`` profile), with the oracle-free stop.
+
+    python -m benchmarks.pretrained                     # the CPU grid (one thread, background; see README)
+    python -m benchmarks.pretrained --grid gpu          # the wider grid of benchmarks/gpu/pretrained.sh
+    python -m benchmarks.pretrained --smoke --out DIR   # a tiny Llama trained in seconds (the test runs this)
+    python -m benchmarks.pretrained --report-only       # rebuild the report from the cached runs
+
+The target and oracle are the pretrained pipeline's (``stages.prepare`` + ``stages.finetune`` of the
+profile; trained once into ``--root``, or reused from there). Each unlearning run is the pipeline's
+:func:`~components.unlearning.run_unlearning` with a step callback that, without touching the
+training, (1) scores the ``unlearn.stop: holdout`` probe every ``--probe-every`` steps with the
+pipeline's own :class:`~components.unlearning.stopping.HoldoutStopper` and notes the step at which
+that rule would have stopped (a stopped run *is* the fixed run of that many steps, see
+``tests/test_stop_at_holdout.py``), and (2) evaluates the model in place at each requested step
+count and at that stop step. Evaluation is the pipeline's :class:`EvaluationContext` with the
+knowledge sets; because one full evaluation of SmolLM2 takes minutes on this CPU, intermediate
+step counts get the *light* tier (every metric that needs no generation: forget probability, truth
+ratios, forget quality, membership AUC, privleak, the forget-vs-holdout KS, world-facts accuracy)
+and the last step count and the stop step the *full* tier (every reported metric, model utility
+included). Each finished run is cached (``--root``/runs), so a later session resumes; the report is
+rewritten after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from benchmarks.common import (
+    CACHE,
+    REPO,
+    RESULTS,
+    Bench,
+    CandidateEvaluator,
+    diagnostics_summary,
+    fresh_copy,
+    init_process,
+    log,
+    machine,
+    method_config,
+    write_json,
+)
+from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
+                              matched_comparison, mean_std, pareto_figure)
+from components.data.records import Record, content_hash
+
+PROFILE = REPO / "pretrained" / "params.yaml"
+DEFAULT_ROOT = CACHE / "pretrained"
+BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
+# the light tier: every reported metric that needs no generation (what intermediate snapshots get)
+LIGHT = ("forget_prob", "forget_truth_ratio", "forget_quality", "retain_prob", "holdout_prob", "mia_auc",
+         "privleak", "forget_holdout_ks_p", "forget_holdout_auc", "world_facts_acc", "world_facts_prob")
+POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "forget_rouge",
+                 "retain_rouge", "forget_truth_ratio", "retain_truth_ratio", "mia_auc", "privleak",
+                 "forget_holdout_ks_p", "forget_holdout_auc", "world_facts_acc", "world_facts_prob",
+                 "real_authors_acc", "real_authors_prob")
+DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio", "min_cos", "last_cos", "last_norm_ratio")
+CONFIG_KEYS = ("forget_loss", "combiner", "balance", "lr", "steps", "kind")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unlearning run: light evaluation at ``light_steps``, full at ``full_steps``."""
+
+    forget_loss: str
+    combiner: str
+    balance: float
+    lr: float
+    seed: int
+    light_steps: tuple[int, ...]
+    full_steps: tuple[int, ...]
+
+    @property
+    def steps(self) -> int:
+        return max((*self.light_steps, *self.full_steps))
+
+    def overrides(self) -> dict[str, Any]:
+        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
+        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr, "steps": self.steps,
+                  "epochs": None, "checkpoint_every": 0, "scheduler": "constant", "warmup_steps": 0}
+        if self.combiner == "blur":
+            return method | {"gamma": self.balance}
+        return method | {"gamma": 1.0, "alpha": self.balance}
+
+    @property
+    def name(self) -> str:
+        return (f"{self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} "
+                f"lr={self.lr:g} seed={self.seed}")
+
+
+def grid(losses: dict[str, tuple[tuple[float, ...], tuple[float, ...]]], *, lr: float, seeds: Sequence[int],
+         light: tuple[int, ...], full: tuple[int, ...]) -> tuple[Job, ...]:
+    """Seed-major, and within a seed the two combiners interleaved from the first balance on, so a
+    budget cut drops the last pairs and repeats, never one side of a pair."""
+    jobs = []
+    for seed in seeds:
+        for loss, (gammas, alphas) in losses.items():
+            for gamma, alpha in zip(gammas, alphas):
+                jobs += [Job(loss, "blur", gamma, lr, seed, light, full),
+                         Job(loss, "weighted_sum", alpha, lr, seed, light, full)]
+    return tuple(jobs)
+
+
+# BLUR's gamma against the weighted sum's alpha (forget weight 1, so its effective forget weight is
+# ~1/alpha under AdamW): from the demo's lesson, gamma ~0.3-0.5 x the forget weight a weighted sum needs.
+# Pairs in priority order: the profile's gamma 0.1 first.
+GRIDS = {
+    "cpu": grid({"npo": ((0.1, 0.03), (10.0, 3.0)), "ga": ((0.1,), (10.0,))},
+                lr=2e-5, seeds=(0,), light=(3, 6), full=(12,)),
+    "gpu": grid({"npo": ((0.01, 0.03, 0.1, 0.3, 1.0), (1.0, 3.0, 10.0, 30.0, 100.0)),
+                 "ga": ((0.01, 0.1, 1.0), (1.0, 10.0, 100.0)),
+                 "simnpo": ((0.01, 0.1, 1.0), (1.0, 10.0, 100.0))},
+                lr=2e-5, seeds=(0, 1, 2), light=(5,), full=(10, 20, 40)),
+    "smoke": grid({"npo": ((0.1,), (10.0,))}, lr=1e-3, seeds=(0,), light=(1,), full=(2,)),
+}
+
+
+@dataclass
+class PretrainedConfig:
+    """What the benchmark runs and where it writes."""
+
+    jobs: tuple[Job, ...] = GRIDS["cpu"]
+    params: Path = PROFILE
+    root: Path = DEFAULT_ROOT  # the pipeline folder: data/prepared, models/{target,oracle}; runs/ the run cache
+    overrides: dict[str, Any] = field(default_factory=dict)
+    budget_minutes: float = 75.0
+    eval_retain: int | None = 24  # retain records evaluated (a fixed sample; unlearning uses all of them)
+    knowledge_limit: dict[str, int] = field(default_factory=lambda: {"real_authors": 40})  # per set; absent = all
+    probe_every: int = 2
+    stop_tier: str = "light"  # the tier the stop step's model gets (full: with model utility; minutes more)
+    probe_size: int = 32
+    min_ks_p: float = 0.5
+    fq_levels: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75)
+    target_fq: float = 0.5
+    target_utility_ratio: float = 0.95
+    world_facts_points: float = 0.02
+    tie_tolerance: float = 0.005
+    out_dir: Path = RESULTS
+    stem: str = "pretrained"
+    mlflow: bool = True
+    threads: int = 1
+
+
+# --------------------------------------------------------------------------- the models
+
+
+def pretrained_bench(config: PretrainedConfig):
+    """The profile's target and oracle (trained by the pipeline's own stages once, then reused)."""
+    from components import stages
+    from components.config import load_config
+    from components.modeling.io import load_model_dir, model_options
+    from components.paths import Paths
+    from components.stages.prepare import resolved_config
+
+    pipeline = load_config(config.params).with_overrides(config.overrides)
+    paths = Paths(Path(config.root), config_root=Path(config.params).parent)
+    started = time.perf_counter()
+    if not (paths.target / "config.json").exists() or not (paths.oracle / "config.json").exists():
+        log(f"training the pretrained target and oracle once (into {paths.root}) ...")
+        stages.prepare(pipeline, paths, request_paths=[Path(config.params).parent / pipeline.request])
+        stages.finetune(pipeline, paths, show_progress=False)
+    pipeline = resolved_config(pipeline, paths)
+    splits = stages.load_splits(paths)
+    options = model_options(pipeline.model)
+    target, oracle = load_model_dir(paths.target, **options), load_model_dir(paths.oracle, **options)
+    trained = {role: _read_json(getattr(paths, role) / "training.json") for role in ("target", "oracle")}
+    return Bench(pipeline, splits["forget"], splits["retain"], splits["holdout"], target, oracle,
+                 info={"root": str(paths.root), "training": trained, "base": pipeline.model.pretrained,
+                       "max_length": pipeline.model.max_length, "dtype": str(next(target.model.parameters()).dtype),
+                       "setup_seconds": round(time.perf_counter() - started, 1)})
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def knowledge_sets(bench: Bench, limits: dict[str, int], seed: int = 0) -> dict[str, list[Record]]:
+    """The profile's knowledge sets, each cut to a fixed sample of ``limits[name]`` records where given."""
+    from components.evaluation.knowledge import load_knowledge_sets
+    from components.paths import resolve_local
+
+    root = Path(bench.info.get("config_root", PROFILE.parent))
+    sets = load_knowledge_sets([resolve_local(p, root) for p in bench.config.eval.knowledge_sets])
+    return {name: _sample(records, limits.get(name), seed) for name, records in sets.items()}
+
+
+def _sample(records: Sequence[Record], n: int | None, seed: int) -> list[Record]:
+    records = list(records)
+    return records if n is None or n >= len(records) else random.Random(seed).sample(records, n)
+
+
+class PretrainedEvaluator(CandidateEvaluator):
+    """The pipeline's evaluator with the knowledge sets, in a light tier (no generation) and a full one."""
+
+    def __init__(self, bench: Bench, knowledge: dict[str, list[Record]], eval_retain: int | None):
+        from components.evaluation import EvaluationContext
+        from components.evaluation.evaluator import KNOWLEDGE_PREFIX
+
+        self.bench, self.knowledge, self.keys = bench, list(knowledge), None
+        splits = {"forget": bench.forget, "retain": _sample(bench.retain, eval_retain, 0), "holdout": bench.holdout}
+        splits |= {KNOWLEDGE_PREFIX + name: records for name, records in knowledge.items()}
+        self.sizes = {name: len(records) for name, records in splits.items()}
+        models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
+        self.ctx = EvaluationContext(models, splits, bench.config.eval, max_length=bench.max_length)
+
+    def metrics(self, role: str) -> dict[str, float | None]:
+        from components.evaluation.evaluator import KNOWLEDGE_PREFIX, KNOWLEDGE_REPORTED, REPORTED
+
+        rows = list(REPORTED) + [(f"{name}_{suffix}", metric, KNOWLEDGE_PREFIX + name)
+                                 for name in self.knowledge for suffix, metric in KNOWLEDGE_REPORTED]
+        return {key: self.ctx.metric(metric, role, split)["value"] for key, metric, split in rows
+                if self.keys is None or key in self.keys}
+
+    def evaluate(self, model: torch.nn.Module, tier: str) -> dict[str, float | None]:
+        """Score ``model`` in place (eval mode, then back to train mode)."""
+        was_training = model.training
+        self.keys = LIGHT if tier == "light" else None
+        try:
+            return self(model)
+        finally:
+            self.keys = None
+            model.train(was_training)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_job(bench: Bench, evaluator: PretrainedEvaluator, job: Job, config: PretrainedConfig) -> dict:
+    """Unlearn, observing the holdout rule and evaluating in place; the run's points and logs."""
+    from components.config import StopConfig
+    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
+    from components.unlearning.stopping import build_stopper
+
+    method = method_config(bench.config, **job.overrides())
+    model = fresh_copy(bench)
+    stop = StopConfig(rule="holdout", every=config.probe_every, probe=config.probe_size, min_ks_p=config.min_ks_p)
+    stopper = build_stopper(model, bench.tokenizer, bench.forget, bench.holdout, method.model_copy(update={"stop": stop}),
+                            max_length=bench.max_length, seed=job.seed)
+    diagnostics: list[dict] = []
+    points: list[dict] = []
+    eval_seconds = 0.0
+
+    def on_step(record: dict) -> None:
+        nonlocal eval_seconds
+        diagnostics.append(record)
+        step = record["step"]
+        record.update(stopper.check(step))
+        kinds = [k for k, hit in (("fixed", step in (*job.light_steps, *job.full_steps)),
+                                  ("stop", stopper.stopped_at == step)) if hit]
+        if not kinds:
+            return
+        tier = "full" if step in job.full_steps or ("stop" in kinds and config.stop_tier == "full") else "light"
+        started = time.perf_counter()
+        metrics = evaluator.evaluate(model, tier)
+        eval_seconds += time.perf_counter() - started
+        for kind in kinds:
+            points.append(_point(job, kind, step, tier, metrics, diagnostics, stopper))
+        log(f"    {job.name} step {step} [{tier}{', stop' if 'stop' in kinds else ''}] "
+            f"fq {fmt(metrics.get('forget_quality'))} fprob {fmt(metrics.get('forget_prob'))} "
+            f"mu {fmt(metrics.get('model_utility'))} wf {fmt(metrics.get('world_facts_acc'))} "
+            f"({time.perf_counter() - started:.0f}s)")
+
+    started = time.perf_counter()
+    error = None
+    try:
+        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
+                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
+    except UnlearningDivergedError as diverged:
+        error = str(diverged).splitlines()[0]
+    seconds = time.perf_counter() - started
+    return {"name": job.name, "params": asdict(job), "points": points, "diagnostics": diagnostics,
+            "stop": stopper.summary() | {"curve": stopper.readings}, "error": error,
+            "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1),
+            "train_seconds_per_step": round((seconds - eval_seconds) / max(1, len(diagnostics)), 2)}
+
+
+def _point(job: Job, kind: str, step: int, tier: str, metrics: dict, diagnostics: list[dict], stopper) -> dict:
+    rows = [d for d in diagnostics if d["step"] <= step]
+    cos = [d["cos"] for d in rows]
+    last = rows[-1]
+    ratio = (last["forget_norm_sq"] / last["retain_norm_sq"]) ** 0.5 if last["retain_norm_sq"] > 0 else None
+    probe = stopper.readings[-1] if stopper.readings else {}
+    return (asdict(job) | {"kind": kind, "steps": step, "tier": tier}
+            | {k: metrics.get(k) for k in POINT_METRICS} | diagnostics_summary(diagnostics, step)
+            | {"min_cos": min(cos), "last_cos": cos[-1], "last_norm_ratio": ratio,
+               "probe_ks_p": probe.get("probe_ks_p"), "stop_reason": stopper.reason if kind == "stop" else None})
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str, Any]:
+    """Every job (cached ones read back), the report rewritten after each; the raw results."""
+    started = time.perf_counter()
+    bench = bench or pretrained_bench(config)
+    knowledge = knowledge_sets(bench, config.knowledge_limit)
+    evaluator = PretrainedEvaluator(bench, knowledge, config.eval_retain)
+    cache = Path(config.root) / "runs"
+    key_base = _key_base(bench, config)
+    results = {"benchmark": "pretrained", "config": _jsonable(asdict(config)), "machine": machine(),
+               "setup": bench.info, "world": {"forget": len(bench.forget), "retain": len(bench.retain),
+                                               "holdout": len(bench.holdout)},
+               "eval_sizes": evaluator.sizes, "runs": [], "skipped": [], "cached": []}
+    ref_path = cache / f"reference-{content_hash(key_base)}.json"
+    if ref_path.exists():
+        results["reference"] = _read_json(ref_path)
+        evaluator.reference()  # the candidates' forget quality and privleak read the oracle's outputs
+    else:
+        ref_started = time.perf_counter()
+        results["reference"] = evaluator.reference()
+        results["reference_seconds"] = round(time.perf_counter() - ref_started, 1)
+        write_json(ref_path, results["reference"])
+    _write_partial(results, config, started)
+    durations: list[float] = []
+    for index, job in enumerate(config.jobs, 1):
+        path = cache / f"run-{content_hash(key_base | {'job': asdict(job)})}.json"
+        if path.exists():
+            results["runs"].append(_read_json(path))
+            results["cached"].append(job.name)
+            continue
+        estimate = max(durations) if durations else 0.0
+        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
+            results["skipped"].append(job.name)
+            continue
+        log(f"[{index}/{len(config.jobs)}] {job.name} ...")
+        run = run_job(bench, evaluator, job, config)
+        durations.append(run["seconds"])
+        write_json(path, run)
+        results["runs"].append(run)
+        log(f"[{index}/{len(config.jobs)}] {job.name}: {run['seconds']:.0f}s ({run['train_seconds_per_step']}s/step, "
+            f"eval {run['eval_seconds']:.0f}s); stop {run['stop']['stopped_at']} ({run['stop']['reason'][:40]})"
+            + (f" [{run['error']}]" if run["error"] else ""))
+        _write_partial(results, config, started)
+    results["sweep_seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def _key_base(bench: Bench, config: PretrainedConfig) -> dict:
+    """What decides a run's numbers besides the job: the models, the data, the evaluation, the probe."""
+    return {"root": str(Path(config.root).resolve()), "training": bench.info.get("training"),
+            "params": Path(config.params).read_text(encoding="utf-8"), "overrides": config.overrides,
+            "eval_retain": config.eval_retain, "knowledge_limit": config.knowledge_limit,
+            "probe": [config.probe_every, config.probe_size, config.min_ks_p], "torch": torch.__version__}
+
+
+def _write_partial(results: dict, config: PretrainedConfig, started: float) -> None:
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["partial"] = True
+    try:
+        write_report(results, analyse(results, config), config)
+    except Exception as error:  # a report of a partial sweep must never end the sweep
+        log(f"    (partial report failed: {error!r})")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def analyse(results: dict[str, Any], config: PretrainedConfig) -> dict[str, Any]:
+    """Configurations (means over seeds), the matched comparison per forget loss, stop vs fixed, targets."""
+    points = [p for run in results["runs"] for p in run["points"]]
+    configs = configurations(points, CONFIG_KEYS, POINT_METRICS + DIAGNOSTICS)
+    fixed = [c for c in configs if c["kind"] == "fixed"]
+    full = [c for c in fixed if c["model_utility"] is not None]
+    target = results["reference"]["target"]
+    matched = {}
+    for loss in dict.fromkeys(c["forget_loss"] for c in configs):
+        blur = [c for c in full if c["forget_loss"] == loss and c["combiner"] == "blur"]
+        ws = [c for c in full if c["forget_loss"] == loss and c["combiner"] == "weighted_sum"]
+        light_b = [c for c in fixed if c["forget_loss"] == loss and c["combiner"] == "blur"]
+        light_w = [c for c in fixed if c["forget_loss"] == loss and c["combiner"] == "weighted_sum"]
+        matched[loss] = {
+            "fq_vs_utility": comparison_rows(matched_comparison(blur, ws, tolerance=config.tie_tolerance)),
+            # every evaluated step count (light tier too): forget probability against world-facts accuracy
+            "forget_prob_vs_world_facts": comparison_rows(matched_comparison(
+                light_b, light_w, x="forget_prob", y="world_facts_acc", maximize_x=False, tolerance=0.0)),
+            "fq_vs_world_facts": comparison_rows(matched_comparison(
+                light_b, light_w, x="forget_quality", y="world_facts_acc", tolerance=0.0)),
+        }
+    return {"configurations": configs, "matched": matched, "targets": _targets(configs, matched, target, config),
+            "stop_vs_fixed": _stop_vs_fixed(results)}
+
+
+def _targets(configs: list[dict], matched: dict, target: dict, config: PretrainedConfig) -> dict:
+    utility_bar = config.target_utility_ratio * (target.get("model_utility") or 0)
+    wf = target.get("world_facts_acc")
+    blur = [c for c in configs if c["forget_loss"] == "npo" and c["combiner"] == "blur"
+            and c["model_utility"] is not None]
+    meeting = [c for c in blur if (c["forget_quality"] or 0) >= config.target_fq
+               and c["model_utility"] >= utility_bar
+               and (wf is None or (c["world_facts_acc"] is not None and c["world_facts_acc"] >= wf - config.world_facts_points))]
+    rows = matched.get("npo", {}).get("fq_vs_utility", [])
+    return {
+        "utility_bar": utility_bar, "world_facts_bar": None if wf is None else wf - config.world_facts_points,
+        "blur_npo_meets_fq_utility_world_facts": bool(meeting),
+        "best_meeting": max(meeting, key=lambda c: c["model_utility"]) if meeting else None,
+        "best_blur_fq": max(blur, key=lambda c: c["forget_quality"] or 0) if blur else None,
+        "levels_compared": len(rows),
+        "blur_at_least_weighted_within_tolerance": bool(rows) and all(r["ours_wins"] for r in rows),
+        "levels_blur_strictly_below": sum(not at_least_strictly(r) for r in rows),
+    }
+
+
+def _stop_vs_fixed(results: dict) -> list[dict]:
+    """Per run: the model the holdout rule would have stopped at, next to the fixed-step models."""
+    out = []
+    for run in results["runs"]:
+        stops = [p for p in run["points"] if p["kind"] == "stop"]
+        fixed = sorted((p for p in run["points"] if p["kind"] == "fixed"), key=lambda p: p["steps"])
+        out.append({"name": run["name"], "stopped_at": run["stop"]["stopped_at"], "reason": run["stop"]["reason"],
+                    "stop": stops[0] if stops else None, "fixed": fixed, "curve": run["stop"]["curve"]})
+    return out
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def write_report(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig) -> list[Path]:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = analysis["configurations"]
+    fixed = [c for c in configs if c["kind"] == "fixed"]
+    reference = results["reference"]
+    losses = list(dict.fromkeys(c["forget_loss"] for c in configs)) or ["npo"]
+    full = [(loss, [c for c in fixed if c["forget_loss"] == loss and c["model_utility"] is not None]) for loss in losses]
+    every = [(loss, [c for c in fixed if c["forget_loss"] == loss]) for loss in losses]
+    mu = reference["target"].get("model_utility")
+    wf = reference["target"].get("world_facts_acc")
+    files = [
+        pareto_figure(full, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
+                      xlabel="forget quality (KS p-value, log)", ylabel="model utility (incl. knowledge sets)",
+                      log_x=True, references=reference,
+                      guides={"x": config.target_fq, "y": config.target_utility_ratio * mu if mu else None},
+                      title="SmolLM2-135M: forget quality vs model utility (full evaluations)"),
+        pareto_figure(every, x="forget_prob", y="world_facts_acc", path=out / f"{config.stem}_forget_prob_vs_world_facts.png",
+                      xlabel="forget-answer probability (lower is more forgotten)", ylabel="world-facts accuracy",
+                      maximize_x=False, references=reference,
+                      guides={"y": wf - config.world_facts_points if wf is not None else None},
+                      title="SmolLM2-135M: forget probability vs world-facts accuracy (every evaluated step count)"),
+    ]
+    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
+    files.append(write_json(out / f"{config.stem}.json", _jsonable(results | {"runs": runs, "analysis": analysis})))
+    path = out / f"{config.stem}.md"
+    path.write_text(markdown(results, analysis, config), encoding="utf-8")
+    files.append(path)
+    return files
+
+
+def markdown(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig) -> str:
+    ref, t, m = results["reference"], analysis["targets"], results["machine"]
+    setup = results["setup"]
+    lines = [
+        f"# BLUR vs weighted sum on a pretrained LLM ({config.stem})", "",
+        ("**Partial: the sweep was still running when this was written.** " if results.get("partial") else "")
+        + f"Generated by `python -m benchmarks.pretrained`. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"{m['torch_threads']} torch thread(s), {m['device']}; torch {m['torch']}, transformers {m['transformers']}. "
+        f"Wall time so far: {results['wall_seconds'] / 60:.1f} min. Model: {setup.get('base')} "
+        f"({setup.get('dtype')}, max_length {setup.get('max_length')}), target/oracle from {setup.get('root')}. "
+        f"World: {results['world']['forget']} forget / {results['world']['retain']} retain / "
+        f"{results['world']['holdout']} holdout records. Evaluated on: "
+        + ", ".join(f"{k} {v}" for k, v in results["eval_sizes"].items()) + ".", "",
+        "`light` rows: every reported metric that needs no generation (no model utility); `full` rows: all. "
+        "`kind` stop: the model at the step where `unlearn.stop: holdout` stops (probe every "
+        f"{config.probe_every} steps, {config.probe_size} records a side, KS p >= {config.min_ks_p} or the "
+        "forget mean NLL at the holdout's).", "",
+        "## Reference models", "",
+        markdown_table(["model", "forget quality", "model utility", "forget prob", "holdout prob", "world facts acc",
+                        "real authors acc", "MIA AUC (forget vs holdout)"],
+                       [[name, r.get("forget_quality"), r.get("model_utility"), r.get("forget_prob"),
+                         r.get("holdout_prob"), r.get("world_facts_acc"), r.get("real_authors_acc"), r.get("mia_auc")]
+                        for name, r in ref.items()]),
+        "", "## Targets", "",
+        f"- BLUR-NPO reaches forget quality >= {config.target_fq} with model utility >= {config.target_utility_ratio} x "
+        f"target's ({fmt(t['utility_bar'])}) and world-facts accuracy >= {fmt(t['world_facts_bar'])}: "
+        f"**{'met' if t['blur_npo_meets_fq_utility_world_facts'] else 'NOT met'}**"
+        + (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
+           (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else "")),
+        f"- At every matched forget quality ({t['levels_compared']} levels, full evaluations), BLUR-NPO's best utility "
+        f">= the weighted sum's within {config.tie_tolerance}: "
+        f"**{'met' if t['blur_at_least_weighted_within_tolerance'] else 'NOT met'}** (strictly below at "
+        f"{t['levels_blur_strictly_below']} levels; one seed on the CPU grid, so no seed spread)", "",
+        "## Matched comparison", "",
+    ]
+    for loss, block in analysis["matched"].items():
+        for key, label in (("fq_vs_utility", "best model utility at forget quality >= level"),
+                           ("fq_vs_world_facts", "best world-facts accuracy at forget quality >= level"),
+                           ("forget_prob_vs_world_facts", "best world-facts accuracy at forget probability <= level")):
+            rows = block[key]
+            if not rows:
+                continue
+            lines += [f"### {loss}: {label}", "", markdown_table(
+                ["level", "BLUR", "weighted sum", "margin", "BLUR at least as good"],
+                [[fmt(r["level"]), r["ours_y"], r["theirs_y"], r["margin"], "yes" if r["ours_wins"] else "no"]
+                 for r in rows]), ""]
+    lines += ["## Stop at the holdout vs fixed steps", "",
+              markdown_table(["run", "stopped at", "reason", "fq (stop)", "utility (stop)", "forget prob (stop)",
+                              "forget-vs-holdout AUC (stop)", "fq at fixed steps", "utility at the last step"],
+                             [[s["name"], s["stopped_at"] if s["stopped_at"] is not None else "– (cap)",
+                               s["reason"].split(":")[0], (s["stop"] or {}).get("forget_quality"),
+                               (s["stop"] or {}).get("model_utility"), (s["stop"] or {}).get("forget_prob"),
+                               (s["stop"] or {}).get("forget_holdout_auc"),
+                               ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"]),
+                               s["fixed"][-1]["model_utility"] if s["fixed"] else None]
+                              for s in analysis["stop_vs_fixed"]]), ""]
+    lines += ["## Every evaluated model", "",
+              "`cos` mean over steps of cos(g_r, g_f) (`min`, `last`: its lowest and last value); `xi` mean coefficient "
+              "on g_f (BLUR: gamma - <g_r, g_f>/||g_f||^2; weighted sum: 1); `ratio` the last ||g_f||/||g_r||.", ""]
+    rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["balance"], c["kind"], c["steps"]))
+    lines.append(markdown_table(
+        ["loss", "combiner", "balance", "steps", "kind", "fq", "utility", "forget prob", "holdout prob", "retain prob",
+         "wf acc", "ra acc", "fh AUC", "privleak", "cos", "min cos", "last cos", "xi", "ratio"],
+        [[c["forget_loss"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["kind"], mean_std(c, "forget_quality"),
+          c["model_utility"], c["forget_prob"], c["holdout_prob"], c["retain_prob"], c["world_facts_acc"],
+          c["real_authors_acc"], c["forget_holdout_auc"], c["privleak"], fmt(c["mean_cos"], 2), fmt(c["min_cos"], 2),
+          fmt(c["last_cos"], 2), fmt(c["mean_xi"], 3), fmt(c["last_norm_ratio"], 1)] for c in rows]))
+    runs = results["runs"]
+    if runs:
+        lines += ["", "## Run times", "", markdown_table(
+            ["run", "seconds", "training s/step", "evaluation s"],
+            [[r["name"], r["seconds"], r["train_seconds_per_step"], r["eval_seconds"]] for r in runs])]
+    if results.get("skipped"):
+        lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "",
+                  *[f"- {name}" for name in results["skipped"]]]
+    errors = [r for r in runs if r.get("error")]
+    if errors:
+        lines += ["", "## Runs that diverged", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
+    return "\n".join(lines) + "\n"
+
+
+def _describe(row: dict | None) -> str:
+    if not row:
+        return "–"
+    return (f"{row['combiner']} {BALANCE_NAME[row['combiner']]}={row['balance']:g}, {row['steps']} steps ({row['kind']}): "
+            f"forget quality {fmt(row['forget_quality'])}, utility {fmt(row['model_utility'])}, "
+            f"world facts {fmt(row['world_facts_acc'])}")
+
+
+def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig, files: list[Path]) -> str:
+    from benchmarks.tracking import benchmark_store, log_benchmark
+
+    children = [{"name": run["name"], "params": run["params"],
+                 "metrics_by_step": {p["steps"]: {f"{p['kind']}.{k}": p[k] for k in POINT_METRICS
+                                                  if isinstance(p.get(k), (int, float))} for p in run["points"]},
+                 "diagnostics": run.get("diagnostics") or []} for run in results["runs"]]
+    t = analysis["targets"]
+    return log_benchmark(
+        benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-pretrained", run_name=config.stem,
+        params={"jobs": [j.name for j in config.jobs], "overrides": config.overrides, "threads": config.threads,
+                "eval_sizes": results["eval_sizes"], **{f"machine.{k}": v for k, v in results["machine"].items()}},
+        metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"]),
+                 "skipped": len(results["skipped"]),
+                 "target_blur_npo_meets": float(t["blur_npo_meets_fq_utility_world_facts"]),
+                 "target_blur_at_least_weighted": float(t["blur_at_least_weighted_within_tolerance"]),
+                 **{f"{role}.{k}": v for role, r in results["reference"].items() for k, v in r.items()
+                    if isinstance(v, (int, float))}},
+        children=children, artifacts=files)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(config: PretrainedConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
+    """Sweep (resuming from the run cache), analyse, write the report; log to MLflow if asked."""
+    started = time.perf_counter()
+    init_process(config.threads)
+    results = run_sweep(config, bench)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["partial"] = False
+    analysis = analyse(results, config)
+    files = write_report(results, analysis, config)
+    if config.mlflow:
+        log_to_mlflow(results, analysis, config, files)
+    return results, analysis, files
+
+
+def smoke_bench(root: Path) -> Bench:
+    """A tiny Llama (the demo recipe, 1 layer) trained in seconds on a tiny demo world."""
+    from benchmarks.common import trained_bench
+    from components.config import Config
+    from components.data.demo_world import generate_world
+
+    tiny = {"model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64, "model.tiny.num_layers": 1,
+            "model.tiny.num_heads": 2, "model.max_length": 64, "model.tokenizer.vocab_size": 300,
+            "finetune.max_epochs": 2, "finetune.check_every": 1, "eval.max_new_tokens": 4,
+            "eval.knowledge_sets": [str(REPO / "data" / "knowledge" / "world_facts.json"),
+                                    str(REPO / "data" / "knowledge" / "real_authors.json")]}
+    world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
+    forget = [r for r in world if r.subject == world[0].subject]
+    retain = [r for r in world if r.subject != world[0].subject]
+    bench = trained_bench(Config().with_overrides(tiny), forget, retain, holdout, root, name="smoke")
+    bench.info |= {"base": "tiny random Llama (smoke)", "max_length": 64, "config_root": str(REPO)}
+    return bench
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny Llama, tiny grid, seconds (= --grid smoke)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="pipeline folder with the target/oracle")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default=None)
+    parser.add_argument("--budget-minutes", type=float, default=75.0)
+    parser.add_argument("--eval-retain", type=int, default=24, help="retain records evaluated (0: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the cached runs only")
+    args = parser.parse_args(argv)
+    grid_name = "smoke" if args.smoke else args.grid
+    config = PretrainedConfig(jobs=GRIDS[grid_name], root=args.root, budget_minutes=args.budget_minutes,
+                              eval_retain=args.eval_retain or None, out_dir=args.out, threads=args.threads,
+                              stem=args.stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}"),
+                              mlflow=not args.no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")
+    bench = None
+    if grid_name == "smoke":
+        config = replace(config, knowledge_limit={"world_facts": 6, "real_authors": 4}, probe_every=1)
+        bench = smoke_bench(Path(args.root) if args.root != DEFAULT_ROOT else Path(args.out) / "smoke-cache")
+        config.root = Path(bench.info["cache"])
+    if args.report_only:
+        config = replace(config, budget_minutes=0.0)
+    results, analysis, files = run(config, bench)
+    log(f"done in {results['wall_seconds'] / 60:.1f} min ({len(results['runs'])} runs, "
+        f"{len(results['skipped'])} cut); files: " + ", ".join(str(p) for p in files))
+
+
+if __name__ == "__main__":
+    main()
