@@ -143,6 +143,7 @@ class UnlearnConfig(_Section):
     gamma: float = Field(default=1.0, gt=0)
     alpha: float = Field(default=1.0, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(default=0.0, ge=0, lt=1)  # sgd only: heavy-ball momentum (0 = plain SGD)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     scheduler: Literal["constant", "cosine"] = "constant"

@@ -10,9 +10,9 @@ from components.config import UnlearnConfig
 
 
 def make_optimizer(params: list[torch.Tensor], config: UnlearnConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``params`` with ``unlearn.lr`` and ``unlearn.weight_decay``."""
+    """AdamW or SGD (with ``unlearn.momentum``) over ``params`` with ``unlearn.lr`` and ``unlearn.weight_decay``."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
