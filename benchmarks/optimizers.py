@@ -1,0 +1,352 @@
+"""Optimizer: does BLUR separate from the weighted sum when the step keeps the direction (SGD) rather
+than rescaling it per coordinate (AdamW)?
+
+    python -m benchmarks.optimizers                    # the demo world (tiny model; minutes here, 1 thread)
+    python -m benchmarks.optimizers --smoke --out DIR  # seconds
+
+BLUR's guarantee is about its *direction*: ``<d, g_f> = gamma ||g_f||^2``, so to first order the
+forget loss falls at rate ``gamma`` whatever the retain gradient wants. The optimizer then turns
+``d`` (clipped) into the actual update ``u = -(theta_after - theta_before) / lr``: plain SGD keeps it
+(``u = d``), momentum mixes in earlier directions, AdamW rescales every coordinate. For each step this
+benchmark measures, from the real run (hooks on the parameters and the optimizer; nothing is
+recomputed): ``g_f`` (the forget gradient, the first gradient accumulated in each step), the clipped
+direction ``d`` (``.grad`` when the optimizer steps) and ``u``, and reports
+
+- ``direction_ratio`` = ``<d, g_f> / (gamma ||g_f||^2)`` (BLUR: the clipping factor, 1 unclipped),
+- ``update_ratio`` = ``<u, g_f> / (gamma ||g_f||^2)`` (what the optimizer kept of the guarantee),
+- ``cos(u, d)`` and ``cos(u, g_f)``,
+
+with ``gamma`` BLUR's gamma, or the weighted sum's forget weight (1). Every unlearned model is scored
+by the pipeline's evaluator; the matched comparison and Pareto plots are as in ``benchmarks.quality``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from benchmarks.common import (CACHE, REPO, RESULTS, Bench, CandidateEvaluator, demo_bench, diagnostics_summary,
+                               fresh_copy, init_process, load_snapshot, log, machine, method_config, write_json)
+from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
+                              matched_comparison, mean_std, pareto_figure)
+
+POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
+                 "privleak", "forget_holdout_auc")
+UPDATE_METRICS = ("direction_ratio", "update_ratio", "cos_u_d", "cos_u_gf")
+DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio") + tuple(f"mean_{k}" for k in UPDATE_METRICS)
+CONFIG_KEYS = ("optimizer", "forget_loss", "combiner", "balance", "lr", "steps")
+BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer setting: ``unlearn.optimizer``, ``unlearn.momentum`` and its learning rate."""
+
+    name: str
+    optimizer: str
+    lr: float
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    optimizer: Optimizer
+    forget_loss: str
+    combiner: str
+    balance: float
+    seed: int
+    eval_steps: tuple[int, ...]
+
+    def overrides(self) -> dict[str, Any]:
+        o = self.optimizer
+        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "optimizer": o.optimizer, "lr": o.lr,
+                  "momentum": o.momentum, "steps": max(self.eval_steps), "epochs": None, "checkpoint_every": 0,
+                  "scheduler": "constant", "warmup_steps": 0}
+        return method | ({"gamma": self.balance} if self.combiner == "blur" else {"gamma": 1.0, "alpha": self.balance})
+
+    @property
+    def name(self) -> str:
+        return f"{self.optimizer.name} {self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} seed={self.seed}"
+
+
+# With clipping at 1 and ||d|| mostly above it, an SGD step moves the weights by lr; AdamW at 1e-3
+# moves each of the 0.79M coordinates by ~1e-3 (a step of norm ~0.9): SGD at lr 1 is the like-for-like.
+OPTIMIZERS = (Optimizer("adamw", "adamw", 1e-3), Optimizer("sgd", "sgd", 1.0),
+              Optimizer("sgd-momentum", "sgd", 0.1, momentum=0.9))
+PAIRS = ((0.003, 300.0), (0.01, 100.0), (0.1, 10.0))  # BLUR gamma against the weighted sum's alpha
+
+
+def grid(optimizers=OPTIMIZERS, pairs=PAIRS, *, loss: str = "npo", seeds=(0, 1), eval_steps=(40, 80)) -> tuple[Job, ...]:
+    return tuple(Job(o, loss, combiner, balance, seed, eval_steps) for seed in seeds for o in optimizers
+                 for gamma, alpha in pairs for combiner, balance in (("blur", gamma), ("weighted_sum", alpha)))
+
+
+GRIDS = {"default": grid(), "smoke": grid(pairs=((0.1, 10.0),), seeds=(0,), eval_steps=(1, 2))}
+
+
+@dataclass
+class OptimizerConfig:
+    jobs: tuple[Job, ...] = GRIDS["default"]
+    params: Path = REPO / "params.yaml"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    budget_minutes: float = 40.0
+    tie_tolerance: float = 0.005
+    out_dir: Path = RESULTS
+    stem: str = "optimizers"
+    mlflow: bool = True
+    threads: int = 1
+
+
+# --------------------------------------------------------------------------- the update, measured
+
+
+class UpdateMeter:
+    """Hooks on the parameters and on the optimizer that measure the actual update of each step.
+
+    A parameter's post-accumulate hook sees its gradient after each backward pass; the first of a
+    step is the forget gradient (the lower level runs first; one micro-batch per level). The
+    optimizer's pre-step hook sees the combined, clipped direction in ``.grad`` and the weights
+    before the step; the post-step hook the weights after it.
+    """
+
+    def __init__(self, model: torch.nn.Module, gamma: float):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.gamma, self.records, self._handles = gamma, [], []
+        self._seen = [0] * len(self.params)
+        self._gf: list[torch.Tensor | None] = [None] * len(self.params)
+        self._before: list[torch.Tensor] = []
+        self._d: list[torch.Tensor] = []
+        for index, p in enumerate(self.params):
+            self._handles.append(p.register_post_accumulate_grad_hook(lambda p, i=index: self._grad(i, p)))
+        self._handles.append(register_optimizer_step_pre_hook(self._pre))
+        self._handles.append(register_optimizer_step_post_hook(self._post))
+
+    def _grad(self, index: int, p: torch.Tensor) -> None:
+        if self._seen[index] % 2 == 0:  # the first backward of the step: the forget level
+            self._gf[index] = p.grad.detach().clone()
+        self._seen[index] += 1
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self._before = [p.detach().clone() for p in self.params]
+        self._d = [p.grad.detach().clone() for p in self.params]
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        lr = optimizer.param_groups[0]["lr"]
+        u = [(b - p.detach()) / lr for b, p in zip(self._before, self.params)]
+        gf = [g if g is not None else torch.zeros_like(p) for g, p in zip(self._gf, self.params)]
+
+        def dot(a, b) -> float:
+            return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+        gf_sq, d_sq, u_sq = dot(gf, gf), dot(self._d, self._d), dot(u, u)
+        rate = self.gamma * gf_sq
+        self.records.append({
+            "direction_ratio": dot(self._d, gf) / rate if rate > 0 else math.nan,
+            "update_ratio": dot(u, gf) / rate if rate > 0 else math.nan,
+            "cos_u_d": dot(u, self._d) / math.sqrt(u_sq * d_sq) if u_sq * d_sq > 0 else math.nan,
+            "cos_u_gf": dot(u, gf) / math.sqrt(u_sq * gf_sq) if u_sq * gf_sq > 0 else math.nan,
+            "update_norm": math.sqrt(u_sq) * lr, "direction_norm": math.sqrt(d_sq),
+        })
+        self._gf = [None] * len(self.params)
+        self._seen = [0] * len(self.params)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_job(bench: Bench, job: Job) -> dict:
+    """Unlearn with the update meter on, keeping the weights at each evaluated step count."""
+    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
+
+    method = method_config(bench.config, **job.overrides())
+    model = fresh_copy(bench)
+    meter = UpdateMeter(model, method.gamma)
+    diagnostics, snapshots = [], {}
+
+    def on_step(record: dict) -> None:
+        record.update(meter.records[-1])
+        diagnostics.append(record)
+        if record["step"] in job.eval_steps:
+            snapshots[record["step"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    started, error = time.perf_counter(), None
+    try:
+        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
+                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
+    except UnlearningDivergedError as diverged:
+        error = str(diverged).splitlines()[0]
+    finally:
+        meter.close()
+    return {"snapshots": snapshots, "diagnostics": diagnostics, "error": error,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    evaluator = CandidateEvaluator(bench)
+    reference = evaluator.reference()
+    points, runs, skipped, durations = [], [], [], []
+    for index, job in enumerate(config.jobs, 1):
+        estimate = max(durations[-6:]) if durations else 0.0
+        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
+            skipped.append(job.name)
+            continue
+        job_started = time.perf_counter()
+        run = run_job(bench, job)
+        by_step = {}
+        for steps, state in sorted(run["snapshots"].items()):
+            metrics = evaluator(load_snapshot(bench, state))
+            rows = [d for d in run["diagnostics"] if d["step"] <= steps]
+            point = {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
+                     "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
+                     "seed": job.seed, "steps": steps}
+            point |= {k: metrics.get(k) for k in POINT_METRICS} | diagnostics_summary(run["diagnostics"], steps)
+            point |= {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS}
+            points.append(point)
+            by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        durations.append(time.perf_counter() - job_started)
+        runs.append({"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
+                     "error": run["error"], "seconds": round(durations[-1], 1)})
+        last = points[-1] if by_step else {}
+        log(f"[{index}/{len(config.jobs)}] {job.name}: {durations[-1]:.0f}s fq {fmt(last.get('forget_quality'))} "
+            f"mu {fmt(last.get('model_utility'))} dir {fmt(last.get('mean_direction_ratio'))} "
+            f"upd {fmt(last.get('mean_update_ratio'))} cos(u,d) {fmt(last.get('mean_cos_u_d'))}"
+            + (f" [{run['error']}]" if run["error"] else ""))
+    return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
+            "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
+            "jobs": [_flat(j) for j in config.jobs], "points": points, "runs": runs, "skipped": skipped,
+            "sweep_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _flat(job: Job) -> dict:
+    return asdict(job) | {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(present) / len(present) if present else None
+
+
+# --------------------------------------------------------------------------- analysis and report
+
+
+def analyse(results: dict[str, Any], config: OptimizerConfig) -> dict[str, Any]:
+    configs = configurations(results["points"], CONFIG_KEYS, POINT_METRICS + DIAGNOSTICS)
+    matched = {}
+    for name in dict.fromkeys(c["optimizer"] for c in configs):
+        blur = [c for c in configs if c["optimizer"] == name and c["combiner"] == "blur"]
+        ws = [c for c in configs if c["optimizer"] == name and c["combiner"] == "weighted_sum"]
+        rows = matched_comparison(blur, ws, tolerance=config.tie_tolerance)
+        by_prob = matched_comparison(blur, ws, x="forget_prob", maximize_x=False, tolerance=config.tie_tolerance)
+        margins = [r["margin"] for r in rows if r["margin"] is not None]
+        matched[name] = {"fq_vs_utility": comparison_rows(rows), "by_forget_prob": comparison_rows(by_prob),
+                         "levels": len(rows), "blur_at_least_within_tolerance": sum(r["ours_wins"] for r in rows),
+                         "blur_at_least_strictly": sum(at_least_strictly(r) for r in rows),
+                         "by_prob_within_tolerance": sum(r["ours_wins"] for r in by_prob), "by_prob_levels": len(by_prob),
+                         "mean_margin": _mean(margins), "min_margin": min(margins) if margins else None,
+                         "max_margin": max(margins) if margins else None}
+    return {"configurations": configs, "matched": matched}
+
+
+def write_report(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> list[Path]:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = analysis["configurations"]
+    panels = [(name, [c for c in configs if c["optimizer"] == name]) for name in dict.fromkeys(c["optimizer"] for c in configs)]
+    files = [pareto_figure(panels, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
+                           xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
+                           references=results["reference"], title="Demo world: BLUR vs weighted sum per optimizer")]
+    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
+    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
+    path = out / f"{config.stem}.md"
+    path.write_text(markdown(results, analysis, config), encoding="utf-8")
+    return files + [path]
+
+
+def markdown(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> str:
+    m = results["machine"]
+    lines = [f"# Optimizer: BLUR vs weighted sum under AdamW, SGD and SGD with momentum ({config.stem})", "",
+             f"Generated by `python -m benchmarks.optimizers`. Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), "
+             f"CPU. Wall time {results['wall_seconds'] / 60:.1f} min. World: {results['world']['forget']} forget / "
+             f"{results['world']['retain']} retain / {results['world']['holdout']} holdout (the demo world and request).",
+             "", "Per step, from the real run: `dir` = <d, g_f>/(gamma ||g_f||^2) of the clipped direction; `upd` = "
+             "<u, g_f>/(gamma ||g_f||^2) of the actual update u = -(Δθ)/lr; cos(u, d); cos(u, g_f). gamma: BLUR's "
+             "gamma, or the weighted sum's forget weight 1. Means over the steps up to the evaluated count.", "",
+             "## Matched comparison (forget quality >= level: best model utility)", "",
+             markdown_table(["optimizer", "levels", "BLUR >= weighted (±tol)", "strictly", "mean margin", "min margin",
+                             "max margin", "by forget prob (±tol)"],
+                            [[name, b["levels"], b["blur_at_least_within_tolerance"], b["blur_at_least_strictly"],
+                              b["mean_margin"], b["min_margin"], b["max_margin"],
+                              f"{b['by_prob_within_tolerance']} of {b['by_prob_levels']}"]
+                             for name, b in analysis["matched"].items()]),
+             "", "## Every configuration", ""]
+    rows = sorted(analysis["configurations"], key=lambda c: (c["optimizer"], c["combiner"], c["balance"], c["steps"]))
+    lines.append(markdown_table(
+        ["optimizer", "combiner", "balance", "steps", "seeds", "forget quality", "model utility", "forget prob",
+         "fh AUC", "cos(g_r,g_f)", "xi", "dir", "upd", "cos(u,d)", "cos(u,g_f)"],
+        [[c["optimizer"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["seeds"], mean_std(c, "forget_quality"),
+          mean_std(c, "model_utility"), c["forget_prob"], c["forget_holdout_auc"], fmt(c["mean_cos"], 3),
+          fmt(c["mean_xi"], 3), fmt(c["mean_direction_ratio"], 3), fmt(c["mean_update_ratio"], 3),
+          fmt(c["mean_cos_u_d"], 3), fmt(c["mean_cos_u_gf"], 3)] for c in rows]))
+    if results["skipped"]:
+        lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "", *[f"- {n}" for n in results["skipped"]]]
+    errors = [r for r in results["runs"] if r["error"]]
+    if errors:
+        lines += ["", "## Runs that diverged", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
+    started = time.perf_counter()
+    init_process(config.threads)
+    if bench is None:
+        from components.config import load_config
+
+        bench = demo_bench(load_config(config.params).with_overrides(config.overrides), cache_root=CACHE)
+    results = run_sweep(bench, config)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    analysis = analyse(results, config)
+    files = write_report(results, analysis, config)
+    if config.mlflow:
+        from benchmarks.tracking import benchmark_store, log_benchmark
+
+        log_benchmark(benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-optimizers", run_name=config.stem,
+                      params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
+                      metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
+                      children=results["runs"], artifacts=files)
+    return results, analysis, files
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default=None)
+    parser.add_argument("--budget-minutes", type=float, default=40.0)
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    config = OptimizerConfig(jobs=GRIDS["smoke" if args.smoke else "default"], budget_minutes=args.budget_minutes,
+                             out_dir=args.out, stem=args.stem or ("optimizers_smoke" if args.smoke else "optimizers"),
+                             mlflow=not args.no_mlflow)
+    bench = None
+    if args.smoke:
+        from benchmarks.pretrained import smoke_bench
+
+        bench = smoke_bench(Path(args.out) / "smoke-cache")
+    results, _, files = run(config, bench)
+    log(f"done in {results['wall_seconds'] / 60:.1f} min; " + ", ".join(str(p) for p in files))
+
+
+if __name__ == "__main__":
+    main()
