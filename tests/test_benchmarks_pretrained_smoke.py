@@ -60,3 +60,23 @@ def test_pretrained_sweep_resumes_from_its_run_cache(bench, tmp_path):
 
     assert again["cached"] == [r["name"] for r in first["runs"]] and not again["skipped"]
     assert [r["points"] for r in again["runs"]] == json.loads(json.dumps([r["points"] for r in first["runs"]]))
+
+
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("adamw", 0.0), ("sgd", 0.9)])
+def test_update_meter_measures_what_the_optimizer_keeps_of_blurs_direction(bench, optimizer, momentum):
+    """benchmarks.optimizers: <d, g_f> = clip x gamma ||g_f||^2 for BLUR's clipped direction (so the
+    meter's g_f is the forget gradient); plain SGD's update is d itself, AdamW's and momentum's are not."""
+    from benchmarks.optimizers import Job, Optimizer, run_job
+
+    job = Job(Optimizer(optimizer, optimizer, 1e-3 if optimizer == "adamw" else 0.1, momentum), "npo", "blur",
+              0.1, 0, (3,))
+    run_ = run_job(bench, job)
+    for record in run_["diagnostics"]:
+        clip = min(1.0, 1.0 / (record["grad_norm"] + 1e-6))
+        assert record["direction_ratio"] == pytest.approx(clip, rel=1e-3)
+        if optimizer == "sgd" and momentum == 0:
+            assert record["update_ratio"] == pytest.approx(record["direction_ratio"], rel=1e-3)
+            assert record["cos_u_d"] == pytest.approx(1.0, abs=1e-4)
+    later = run_["diagnostics"][1:]
+    if optimizer == "adamw" or momentum:
+        assert all(r["cos_u_d"] < 0.999 for r in later)
