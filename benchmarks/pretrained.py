@@ -305,7 +305,8 @@ def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str,
     evaluator = PretrainedEvaluator(bench, knowledge, config.eval_retain)
     cache = Path(config.root) / "runs"
     key_base = _key_base(bench, config)
-    results = {"benchmark": "pretrained", "config": _jsonable(asdict(config)), "machine": machine(),
+    where = machine() | ({"device": f"cuda ({torch.cuda.get_device_name(0)})"} if torch.cuda.is_available() else {})
+    results = {"benchmark": "pretrained", "config": _jsonable(asdict(config)), "machine": where,
                "setup": bench.info, "world": {"forget": len(bench.forget), "retain": len(bench.retain),
                                                "holdout": len(bench.holdout)},
                "eval_sizes": evaluator.sizes, "runs": [], "skipped": [], "cached": []}
@@ -627,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               eval_retain=args.eval_retain or None, out_dir=args.out, threads=args.threads,
                               stem=args.stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}"),
                               mlflow=not args.no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")
+    if grid_name == "gpu":  # evaluation is cheap there: every retain record and both knowledge sets whole
+        config = replace(config, eval_retain=None, knowledge_limit={})
     bench = None
     if grid_name == "smoke":
         config = replace(config, knowledge_limit={"world_facts": 6, "real_authors": 4}, probe_every=1)
