@@ -72,7 +72,17 @@ def test_both_requests_stay_forgotten(two_batches):
 def test_processing_again_processes_nothing_new(two_batches):
     assert two_batches["third"] == {"batch_id": None, "processed": [], "rejected": [], "failed": []}
     versions = _client(two_batches["repo"]).search_model_versions("name='blur-demo'")
-    assert len(versions) == 2
+    assert [v.version for v in versions] == ["2"]  # version 1 held req-second's records: purged (retention: delete)
+
+
+def test_each_processed_request_has_a_certificate_in_one_verified_chain(two_batches):
+    from components.registry.certificates import load_certificate, verify_chain
+
+    repo = two_batches["repo"]
+    assert verify_chain(repo) == []
+    first, second = load_certificate(repo, "req-good"), load_certificate(repo, "req-second")
+    assert second["previous_hash"] == first["certificate_hash"]
+    assert str(second["model"]["version"]) == "2" and "1" in [str(v) for v in second["retention"]["versions_purged"]]
 
 
 def test_results_are_prefect_artifacts(two_batches):
