@@ -262,6 +262,26 @@ def test_the_register_command_of_a_reproduction_reads_the_processed_requests_and
     assert champion(MODEL, store=tracking_store(stage_root), download=False).version == gate["version"]
 
 
+def test_the_register_command_refuses_a_reproduction_that_misses_a_request_the_inbox_processed(stage_root):
+    import json
+
+    from typer.testing import CliRunner
+
+    from components.data.inbox import RESULT_SUFFIX
+    from components.paths import Paths
+    from components.registry import champion, tracking_store
+    from components.stages.__main__ import cli
+
+    processed = Paths(stage_root).processed  # what the flow's settle leaves for a processed request
+    processed.mkdir(parents=True)
+    (processed / f"req-done{RESULT_SUFFIX}").write_text(json.dumps({"request_id": "req-done",
+                                                                     "forget_ids": ["00000000000000aa"]}))
+    result = CliRunner().invoke(cli, ["register", "--params", str(stage_root / "params.yaml"), "--root", str(stage_root)])
+    assert result.exit_code == 0, result.output
+    assert "gate FAILED" in result.output and "req-done" in result.output
+    assert champion(MODEL, store=tracking_store(stage_root), download=False) is None
+
+
 def test_the_register_stage_refuses_a_reproduction_that_misses_a_processed_request(stage_root):
     from components import stages
     from components.paths import Paths

@@ -42,7 +42,8 @@ def register(
         dvc_hashes = {p.stem: hashlib.md5(p.read_bytes()).hexdigest()
                       for p in sorted((paths.prepared / "requests").glob("*.json"))}
     if processed_requests is None and not (tags or {}).get("batch_id"):
-        processed_requests = Inbox(Paths(paths.config_root)).earlier()
+        repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
+        processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
     candidate = Candidate(metrics, diagnostics, _read_json(paths.resolution), dvc_hashes, paths.unlearned)
     decision = register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
