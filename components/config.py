@@ -243,15 +243,15 @@ class Config(_Section):
 
     seed: int = 0
     threads: int | None = Field(default=None, ge=1)
-    world: WorldConfig = WorldConfig()
+    world: WorldConfig = Field(default_factory=WorldConfig)
     request: str = "data/requests/demo-request.json"
-    model: ModelConfig = ModelConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    unlearn: UnlearnConfig = UnlearnConfig()
-    eval: EvalConfig = EvalConfig()
-    gate: GateConfig = GateConfig()
-    registry: RegistryConfig = RegistryConfig()
-    flow: FlowConfig = FlowConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         """Return a copy with dotted keys replaced, e.g. ``{"unlearn.steps": 5}``."""

@@ -65,8 +65,8 @@ class Suite:
 
     name: str
     label: str  # how a person calls the data: "forget set", "world", ...
-    id_column: str | None
     checks: tuple[Check, ...]
+    id_column: str | None = "record_id"
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,39 +92,29 @@ def _unique(fix: str) -> Check:
     )
 
 
+def _length_check(key: str, column: str, max_length: int, subject: str, problem: str, fix: str) -> Check:
+    """Values of ``column`` (token counts) between 1 and ``model.max_length``."""
+    return Check(
+        key=key,
+        expectation="ExpectColumnValuesToBeBetween",
+        kwargs={"column": column, "min_value": 1, "max_value": max_length},
+        description=f"Every record's {subject} fits in model.max_length = {max_length} tokens.",
+        problem=problem,
+        fix=fix,
+    )
+
+
 def _lengths(what: str, max_length: int) -> tuple[Check, ...]:
     return (
-        Check(
-            key="length",
-            expectation="ExpectColumnValuesToBeBetween",
-            kwargs={"column": "n_tokens", "min_value": 1, "max_value": max_length},
-            description=(
-                f"Every record's prompt + answer (as encoded for training) fits in "
-                f"model.max_length = {max_length} tokens."
-            ),
-            problem=(
-                "{count:record is|records are} longer than model.max_length={max_length} tokens "
-                "counting prompt and answer, the longest {worst}"
-            ),
-            fix="raise model.max_length or shorten them; longer examples would be silently truncated",
-        ),
-        Check(
-            key="alternatives_length",
-            expectation="ExpectColumnValuesToBeBetween",
-            kwargs={"column": "n_tokens_alternatives", "min_value": 1, "max_value": max_length},
-            description=(
-                f"Every record's paraphrased and perturbed answers also fit in "
-                f"model.max_length = {max_length} tokens."
-            ),
-            problem=(
-                "{count:record has|records have} a paraphrased or perturbed answer longer than "
-                "model.max_length={max_length} tokens, the longest {worst}"
-            ),
-            fix=(
-                "raise model.max_length or shorten those answers; evaluation would silently "
-                "truncate them"
-            ),
-        ),
+        _length_check("length", "n_tokens", max_length, "prompt + answer (as encoded for training)",
+                      "{count:record is|records are} longer than model.max_length={max_length} tokens "
+                      "counting prompt and answer, the longest {worst}",
+                      "raise model.max_length or shorten them; longer examples would be silently truncated"),
+        _length_check("alternatives_length", "n_tokens_alternatives", max_length,
+                      "paraphrased and perturbed answers also",
+                      "{count:record has|records have} a paraphrased or perturbed answer longer than "
+                      "model.max_length={max_length} tokens, the longest {worst}",
+                      "raise model.max_length or shorten those answers; evaluation would silently truncate them"),
     )
 
 
@@ -140,16 +130,11 @@ def _not_in_world(what: str, fix: str) -> Check:
 
 
 def world_suite() -> Suite:
-    return Suite(
-        name="world",
-        label="world",
-        id_column="record_id",
-        checks=(
-            _non_empty("world", "check world.source and world.path in params.yaml"),
-            _unique("remove the duplicate rows from the world file; a duplicated record "
-                    "cannot be told apart from its copy when it has to be forgotten"),
-        ),
-    )
+    return Suite("world", "world", (
+        _non_empty("world", "check world.source and world.path in params.yaml"),
+        _unique("remove the duplicate rows from the world file; a duplicated record "
+                "cannot be told apart from its copy when it has to be forgotten"),
+    ))
 
 
 def request_suite() -> Suite:
@@ -184,7 +169,6 @@ def split_suite(split: str, max_length: int) -> Suite:
     return Suite(
         name=split,
         label=what,
-        id_column="record_id",
         params={"max_length": max_length},
         checks=(
             _non_empty(what, empty_fix),
@@ -199,7 +183,6 @@ def holdout_suite(max_length: int) -> Suite:
     return Suite(
         name="holdout",
         label="holdout set",
-        id_column="record_id",
         params={"max_length": max_length},
         checks=(
             _unique("remove the duplicate rows from the holdout file"),
