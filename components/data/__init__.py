@@ -1,4 +1,4 @@
-"""Records, loaders, deletion requests and the demo world."""
+"""Records, loaders, deletion requests, the inbox (with DVC versioning) and the demo world."""
 
 from components.data.loaders import load_records, save_records
 from components.data.records import DataError, QARecord, Record, TextRecord

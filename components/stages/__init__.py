@@ -3,7 +3,9 @@
 ``dvc.yaml`` runs them through ``python -m components.stages NAME`` (see ``__main__``); the
 Prefect flow calls the same functions. Nothing here imports Prefect.
 
-    prepare ──► finetune ──► validate ──► unlearn ──► evaluate ──► register
+    prepare ──► validate ──► finetune ──► unlearn ──► evaluate ──► register
+
+Every data check that can fail runs before any training (validate before finetune).
 """
 
 from components.stages.evaluate import evaluate
