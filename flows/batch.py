@@ -201,3 +201,26 @@ def _read_marker(marker: Path) -> dict:
         return json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def promoted_batch(config: Config, repo: Paths, request_ids: Sequence[str]) -> str | None:
+    """The batch id of a previous run whose candidate already serves (the alias moved) and that
+    erased some of ``request_ids``, when that run died before settling them; else None.
+
+    Read from the champion's run (``batch_id`` tag) and version (``requests`` tag), and the batch
+    folder must still hold its reports and resolution (purged only after settling).
+    """
+    from components.registry import connect, tracking_store
+
+    champion = current_champion(config, repo, download=False)
+    if champion is None:
+        return None
+    client = connect(tracking_store(repo.root))
+    batch_id = client.get_run(champion["run_id"]).data.tags.get("batch_id")
+    version = client.get_model_version(config.registry.model_name, str(champion["version"]))
+    erased = set((version.tags.get("requests") or "").split(","))
+    folder = repo.root / config.flow.runs_dir / str(batch_id)
+    if not batch_id or not erased & set(request_ids):
+        return None
+    needed = (folder / "reports" / "gate.json", folder / "reports" / "metrics.json", folder / "data" / "prepared" / "resolution.json")
+    return batch_id if all(path.exists() for path in needed) else None

@@ -23,6 +23,7 @@ from components.data import versioning
 from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
 from components.data.requests import RequestError
+from components.faults import crash_point
 from components.paths import Paths
 from components.runtime import apply_threads
 from flows import batch as batch_steps
@@ -103,8 +104,10 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     summary name a file by its request id or a hash (:func:`label`), never by its file name."""
     logger = get_run_logger()
     valid, invalid = inbox.take(limit=batch.config.flow.max_batch_requests)
+    crash_point("take")
     files = [p.path for p in valid] + [path for path, _ in invalid]
     batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
+    crash_point("track")
     for path, error in invalid:  # tracked first: a failed `dvc add` leaves every file in the inbox
         name = label(path)
         inbox.reject(path, error)
@@ -207,6 +210,47 @@ def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[s
             inbox.fail(pending, f"gate failed: {reasons}")
             batch.summary["failed"].append(request_id)
     batch.summary["gate"] = {"passed": gate["passed"], "version": gate.get("version")}
+
+
+def _promoted(batch: Batch) -> tuple[Paths, dict, dict, dict] | None:
+    """When the champion is a previous run's candidate for some of these requests (it died after
+    moving the alias, before settling): that batch's folder, gate, metrics and forget ids, with
+    ``batch.accepted`` narrowed to its requests (the others wait for the next run)."""
+    ids = [p.request.request_id for p in batch.accepted]
+    batch_id = batch_steps.promoted_batch(batch.config, batch.repo, ids)
+    if batch_id is None:
+        return None
+    paths = Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root)
+    resolution = _read_json(paths.resolution)
+    batch.accepted = [p for p in batch.accepted if p.request.request_id in resolution["forget_ids_by_request"]]
+    batch.summary.update(batch_id=batch_id, n_forget=resolution["n_forget"])
+    get_run_logger().info("batch %s already serves as the champion: settling its %d request(s)", batch_id,
+                          len(batch.accepted))
+    return (paths, _read_json(paths.reports / "gate.json"), _read_json(paths.reports / "metrics.json"),
+            resolution["forget_ids_by_request"])
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: dict, metrics: dict,
+            forget_ids: dict[str, list[str]]) -> None:
+    """Certificates and the purge of superseded versions (gate passed), then settle every request,
+    remove the batch's work copies, publish, push."""
+    config, repo = batch.config, batch.repo
+    if gate["passed"]:  # certificates before settling: a crash in between leaves the requests pending
+        erased = _erased(batch, forget_ids)
+        record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
+                                                   requests=erased, batch_id=batch.summary["batch_id"])
+    _settle(batch, inbox, gate, forget_ids)
+    if gate["passed"]:
+        purge_batch_copies(config, repo)
+    _publish(batch.summary, gate, metrics)
+    crash_point("push")
+    _push(repo)
 
 
 def _push(repo: Paths) -> None:
@@ -316,24 +360,24 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if not batch.accepted:
             _publish(batch.summary, None, None)
             return batch.summary
+        promoted = _promoted(batch)
+        if promoted is not None:  # a previous run's candidate serves: finish it, do not unlearn again
+            _finish(batch, inbox, *promoted)
+            return batch.summary
         paths, start = _open_batch(batch)
         resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
                                    inbox.earlier())
+        crash_point("resolve")
         batch.summary["n_forget"] = resolution["n_forget"]
         batch_models(config, repo, paths, start=start, show_progress=False)
         _unlearn(batch, inbox, paths)
+        crash_point("unlearn")
         metrics = evaluate_batch(config, paths, show_progress=False)
+        crash_point("evaluate")
         dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
         gate = register_batch.with_options(**batch.retry)(
             config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
             dvc_hashes=dvc_hashes)
-        if gate["passed"]:  # certificates before settling: a crash in between leaves the requests pending
-            erased = _erased(batch, resolution["forget_ids_by_request"])
-            record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
-                                                       requests=erased, batch_id=batch.summary["batch_id"])
-        _settle(batch, inbox, gate, resolution["forget_ids_by_request"])
-        if gate["passed"]:
-            purge_batch_copies(config, repo)
-        _publish(batch.summary, gate, metrics)
-        _push(repo)
+        crash_point("alias")
+        _finish(batch, inbox, paths, gate, metrics, resolution["forget_ids_by_request"])
     return batch.summary

@@ -32,6 +32,7 @@ from filelock import FileLock, Timeout
 from components.data import versioning
 from components.data.records import content_hash
 from components.data.requests import DeletionRequest, RequestError, is_request_id, read_request
+from components.faults import crash_point
 from components.jsonfiles import write_json
 from components.paths import Paths
 
@@ -324,6 +325,7 @@ class Inbox:
         write_json(self.journal, {"source": self._relative(path), "destination": self._relative(destination),
                                   "note": self._relative(note_path)})
         _write_new(note_path, text)  # from here on the request counts as settled
+        crash_point("settle")
         versioning.move(self.paths.root, path, destination)
         self.journal.unlink()
         return destination

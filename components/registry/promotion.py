@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
 
+from components.faults import crash_point
 from components.jsonfiles import write_json
 from components.registry.coverage import coverage_check
 from components.registry.gate import GateDecision, evaluate_gate
@@ -350,6 +351,7 @@ def _register_version(reg: _Registration) -> None:
         )
         reg.version = str(created.version)
     reg.client.set_tag(reg.run_id, VERSION_TAG, reg.version)
+    crash_point("register")  # a version exists, the alias has not moved
 
 
 def _completed(reg: _Registration) -> GateDecision:

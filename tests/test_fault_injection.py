@@ -1,0 +1,94 @@
+"""SIGKILL at each named point of the flow, then the next run: the erasure invariants still hold.
+
+One flow repository; at every point a new one-record request arrives and a run is killed there
+(in a forked child: no clean-up, like a crash); the next run picks up what the killed one left.
+A last run without a kill finishes everything. Then: every request ends in exactly one place,
+one model version per batch, the alias points at the newest erasure, every erasure has a
+certificate in one verified chain, and no batch retrained on a record erased before it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from components.faults import POINTS
+from pipeline_repo import make_flow_repo
+
+pytestmark = pytest.mark.slow
+
+
+def _run(repo: Path, point: str | None) -> int:
+    def target() -> None:
+        if point:
+            os.environ["BLUR_KILL_AT"] = point
+        from flows.pipeline import process_requests
+
+        process_requests(root=str(repo))
+
+    child = multiprocessing.get_context("fork").Process(target=target)
+    child.start()
+    child.join(600)
+    return child.exitcode
+
+
+def _request(repo: Path, index: int, record) -> None:
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / f"r{index}.json").write_text(json.dumps({
+        "request_id": f"req-{index}", "received_at": f"2026-12-01T00:00:{index:02d}Z",
+        "records": [{"question": record.question}]}))
+
+
+def _retain_ids(batch: Path) -> set[str]:
+    with (batch / "reports" / "per_item" / "unlearned_retain.csv").open() as handle:
+        return {row["record_id"] for row in csv.DictReader(handle)}
+
+
+def test_sigkill_at_every_point_then_a_rerun_keeps_every_invariant(tmp_path, prefect_server, migrated_mlflow_db):
+    from components.data.demo_world import generate_world
+    from components.registry import connect, tracking_store
+    from components.registry.certificates import load_certificate, verify_chain
+
+    repo = make_flow_repo(tmp_path / "repo", mlflow_db=migrated_mlflow_db)
+    world, _ = generate_world(seed=0, n_subjects=6, n_holdout_subjects=2, facts_per_subject=8)
+    for index, point in enumerate(POINTS):
+        _request(repo, index, world[index * 5])
+        assert _run(repo, point) == -signal.SIGKILL, f"the run did not reach the point '{point}'"
+    assert _run(repo, None) == 0
+
+    requests = repo / "data" / "requests"
+    ids = [f"req-{i}" for i in range(len(POINTS))]
+    results = {json.loads(p.read_text())["request_id"]: json.loads(p.read_text())
+               for p in (requests / "processed").glob("*.result.json")}
+    assert sorted(results) == sorted(ids)
+    elsewhere = [p.name for folder in ("inbox", "rejected", "failed") for p in (requests / folder).glob("*.json")]
+    assert elsewhere == []
+
+    client = connect(tracking_store(repo))
+    runs = client.search_runs([client.get_experiment_by_name("blur-unlearning").experiment_id])
+    by_batch: dict[str, list] = {}
+    for run in runs:
+        if run.data.tags.get("batch_id"):
+            by_batch.setdefault(run.data.tags["batch_id"], []).append(run)
+    assert all(len(found) == 1 for found in by_batch.values()), "a batch made more than one run"
+    versions = {result["batch_id"]: result["model_version"] for result in results.values()}
+    assert len(set(versions.values())) == len(versions), "two batches share a model version"
+    champion = client.get_model_version_by_alias("blur-demo", "champion")
+    assert str(champion.version) == str(max(int(v) for v in versions.values()))
+
+    assert verify_chain(repo) == []
+    assert all(load_certificate(repo, request_id) for request_id in ids)
+
+    order = sorted(versions, key=lambda batch_id: int(versions[batch_id]))
+    erased: set[str] = set()
+    for batch_id in order:
+        assert not (_retain_ids(repo / "runs" / batch_id) & erased), f"batch {batch_id} retrained on erased records"
+        erased |= {record for result in results.values() if result["batch_id"] == batch_id
+                   for record in result["forget_ids"]}
