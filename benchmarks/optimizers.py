@@ -14,7 +14,10 @@ direction ``d`` (``.grad`` when the optimizer steps) and ``u``, and reports
 
 - ``direction_ratio`` = ``<d, g_f> / (gamma ||g_f||^2)`` (BLUR: the clipping factor, 1 unclipped),
 - ``update_ratio`` = ``<u, g_f> / (gamma ||g_f||^2)`` (what the optimizer kept of the guarantee),
-- ``cos(u, d)`` and ``cos(u, g_f)``,
+- ``cos(u, d)``, ``cos(u, g_f)``, ``cos(d, g_f)`` and ``kept`` = ``cos(u, g_f) / cos(d, g_f)``: the forget
+  loss's first-order descent per unit of step length that the update kept of the direction's (1 under
+  plain SGD; ``update_ratio`` itself scales with the optimizer's step length, which under AdamW is
+  ~sqrt(#parameters) x lr whatever ``d``'s norm, so only ``kept`` compares across optimizers),
 
 with ``gamma`` BLUR's gamma, or the weighted sum's forget weight (1). Every unlearned model is scored
 by the pipeline's evaluator; the matched comparison and Pareto plots are as in ``benchmarks.quality``.
@@ -39,7 +42,7 @@ from benchmarks.pareto import (at_least_strictly, comparison_rows, configuration
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
-UPDATE_METRICS = ("direction_ratio", "update_ratio", "cos_u_d", "cos_u_gf")
+UPDATE_METRICS = ("direction_ratio", "update_ratio", "cos_u_d", "cos_u_gf", "cos_d_gf", "kept")
 DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio") + tuple(f"mean_{k}" for k in UPDATE_METRICS)
 CONFIG_KEYS = ("optimizer", "forget_loss", "combiner", "balance", "lr", "steps")
 BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
@@ -152,8 +155,11 @@ class UpdateMeter:
             "update_ratio": dot(u, gf) / rate if rate > 0 else math.nan,
             "cos_u_d": dot(u, self._d) / math.sqrt(u_sq * d_sq) if u_sq * d_sq > 0 else math.nan,
             "cos_u_gf": dot(u, gf) / math.sqrt(u_sq * gf_sq) if u_sq * gf_sq > 0 else math.nan,
+            "cos_d_gf": dot(self._d, gf) / math.sqrt(d_sq * gf_sq) if d_sq * gf_sq > 0 else math.nan,
             "update_norm": math.sqrt(u_sq) * lr, "direction_norm": math.sqrt(d_sq),
         })
+        last = self.records[-1]  # the forget-descent rate per unit step length the update kept of the direction's
+        last["kept"] = last["cos_u_gf"] / last["cos_d_gf"] if last["cos_d_gf"] else math.nan
         self._gf = [None] * len(self.params)
         self._seen = [0] * len(self.params)
 
@@ -221,7 +227,7 @@ def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
         last = points[-1] if by_step else {}
         log(f"[{index}/{len(config.jobs)}] {job.name}: {durations[-1]:.0f}s fq {fmt(last.get('forget_quality'))} "
             f"mu {fmt(last.get('model_utility'))} dir {fmt(last.get('mean_direction_ratio'))} "
-            f"upd {fmt(last.get('mean_update_ratio'))} cos(u,d) {fmt(last.get('mean_cos_u_d'))}"
+            f"upd {fmt(last.get('mean_update_ratio'))} cos(u,d) {fmt(last.get('mean_cos_u_d'))} kept {fmt(last.get('mean_kept'))}"
             + (f" [{run['error']}]" if run["error"] else ""))
     return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
             "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
@@ -294,11 +300,12 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: Optimize
     rows = sorted(analysis["configurations"], key=lambda c: (c["optimizer"], c["combiner"], c["balance"], c["steps"]))
     lines.append(markdown_table(
         ["optimizer", "combiner", "balance", "steps", "seeds", "forget quality", "model utility", "forget prob",
-         "fh AUC", "cos(g_r,g_f)", "xi", "dir", "upd", "cos(u,d)", "cos(u,g_f)"],
+         "fh AUC", "cos(g_r,g_f)", "xi", "dir", "upd", "cos(u,d)", "cos(u,g_f)", "cos(d,g_f)", "kept"],
         [[c["optimizer"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["seeds"], mean_std(c, "forget_quality"),
           mean_std(c, "model_utility"), c["forget_prob"], c["forget_holdout_auc"], fmt(c["mean_cos"], 3),
           fmt(c["mean_xi"], 3), fmt(c["mean_direction_ratio"], 3), fmt(c["mean_update_ratio"], 3),
-          fmt(c["mean_cos_u_d"], 3), fmt(c["mean_cos_u_gf"], 3)] for c in rows]))
+          fmt(c["mean_cos_u_d"], 3), fmt(c["mean_cos_u_gf"], 3), fmt(c["mean_cos_d_gf"], 3),
+          fmt(c["mean_kept"], 3)] for c in rows]))
     if results["skipped"]:
         lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "", *[f"- {n}" for n in results["skipped"]]]
     errors = [r for r in results["runs"] if r["error"]]

@@ -114,12 +114,15 @@ def grid(losses: dict[str, tuple[tuple[float, ...], tuple[float, ...]]], *, lr: 
 # Pairs in priority order: the profile's gamma 0.1 first.
 GRIDS = {
     "cpu": grid({"npo": ((0.1, 0.03), (10.0, 3.0)), "ga": ((0.1,), (10.0,))},
-                lr=2e-5, seeds=(0,), light=(3, 6), full=(12,)),
+                lr=2e-5, seeds=(0,), light=(4,), full=(8,)),
     "gpu": grid({"npo": ((0.01, 0.03, 0.1, 0.3, 1.0), (1.0, 3.0, 10.0, 30.0, 100.0)),
                  "ga": ((0.01, 0.1, 1.0), (1.0, 10.0, 100.0)),
                  "simnpo": ((0.01, 0.1, 1.0), (1.0, 10.0, 100.0))},
                 lr=2e-5, seeds=(0, 1, 2), light=(5,), full=(10, 20, 40)),
     "smoke": grid({"npo": ((0.1,), (10.0,))}, lr=1e-3, seeds=(0,), light=(1,), full=(2,)),
+    # --world demo: the stop rule on the demo world and model (make run's method: BLUR-NPO gamma 0.1, lr 1e-3),
+    # and the gentler balance the quality benchmark found best, against their weighted-sum counterparts
+    "demo": grid({"npo": ((0.1, 0.01), (10.0, 100.0))}, lr=1e-3, seeds=(0, 1, 2), light=(), full=(20, 40, 80)),
 }
 
 
@@ -184,9 +187,11 @@ def _read_json(path: Path) -> Any:
 
 def knowledge_sets(bench: Bench, limits: dict[str, int], seed: int = 0) -> dict[str, list[Record]]:
     """The profile's knowledge sets, each cut to a fixed sample of ``limits[name]`` records where given."""
-    from components.evaluation.knowledge import load_knowledge_sets
+    from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
     from components.paths import resolve_local
 
+    if not knowledge_wanted(bench.config.eval.knowledge, bench.config.model):
+        return {}
     root = Path(bench.info.get("config_root", PROFILE.parent))
     sets = load_knowledge_sets([resolve_local(p, root) for p in bench.config.eval.knowledge_sets])
     return {name: _sample(records, limits.get(name), seed) for name, records in sets.items()}
@@ -449,12 +454,12 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Pret
                       xlabel="forget quality (KS p-value, log)", ylabel="model utility (incl. knowledge sets)",
                       log_x=True, references=reference,
                       guides={"x": config.target_fq, "y": config.target_utility_ratio * mu if mu else None},
-                      title="SmolLM2-135M: forget quality vs model utility (full evaluations)"),
+                      title=f"{results['setup'].get('base')}: forget quality vs model utility (full evaluations)"),
         pareto_figure(every, x="forget_prob", y="world_facts_acc", path=out / f"{config.stem}_forget_prob_vs_world_facts.png",
                       xlabel="forget-answer probability (lower is more forgotten)", ylabel="world-facts accuracy",
                       maximize_x=False, references=reference,
                       guides={"y": wf - config.world_facts_points if wf is not None else None},
-                      title="SmolLM2-135M: forget probability vs world-facts accuracy (every evaluated step count)"),
+                      title=f"{results['setup'].get('base')}: forget probability vs world-facts accuracy (every evaluated step)"),
     ]
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
     files.append(write_json(out / f"{config.stem}.json", _jsonable(results | {"runs": runs, "analysis": analysis})))
@@ -612,7 +617,10 @@ def smoke_bench(root: Path) -> Bench:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", choices=sorted(GRIDS), default="cpu")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default=None, help="default: cpu (demo with --world demo)")
+    parser.add_argument("--world", choices=("pretrained", "demo"), default="pretrained",
+                        help="demo: the demo world and tiny model of params.yaml (the stop rule where the demo's "
+                             "quality benchmark ran)")
     parser.add_argument("--smoke", action="store_true", help="tiny Llama, tiny grid, seconds (= --grid smoke)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="pipeline folder with the target/oracle")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -623,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the cached runs only")
     args = parser.parse_args(argv)
-    grid_name = "smoke" if args.smoke else args.grid
+    grid_name = "smoke" if args.smoke else (args.grid or ("demo" if args.world == "demo" else "cpu"))
     config = PretrainedConfig(jobs=GRIDS[grid_name], root=args.root, budget_minutes=args.budget_minutes,
                               eval_retain=args.eval_retain or None, out_dir=args.out, threads=args.threads,
                               stem=args.stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}"),
@@ -635,6 +643,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = replace(config, knowledge_limit={"world_facts": 6, "real_authors": 4}, probe_every=1)
         bench = smoke_bench(Path(args.root) if args.root != DEFAULT_ROOT else Path(args.out) / "smoke-cache")
         config.root = Path(bench.info["cache"])
+    if args.world == "demo" and not args.smoke:
+        from benchmarks.common import demo_bench
+        from components.config import load_config
+
+        init_process(args.threads)
+        bench = demo_bench(load_config(REPO / "params.yaml"), cache_root=CACHE)
+        bench.info |= {"base": "demo tiny Llama (from scratch)", "max_length": bench.max_length}
+        config = replace(config, root=Path(bench.info["cache"]), probe_every=5, stop_tier="full",
+                         stem=args.stem or "pretrained_demo_stop")
     if args.report_only:
         config = replace(config, budget_minutes=0.0)
     results, analysis, files = run(config, bench)

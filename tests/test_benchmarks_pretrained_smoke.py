@@ -77,6 +77,7 @@ def test_update_meter_measures_what_the_optimizer_keeps_of_blurs_direction(bench
         if optimizer == "sgd" and momentum == 0:
             assert record["update_ratio"] == pytest.approx(record["direction_ratio"], rel=1e-3)
             assert record["cos_u_d"] == pytest.approx(1.0, abs=1e-4)
+            assert record["kept"] == pytest.approx(1.0, abs=1e-3)
     later = run_["diagnostics"][1:]
     if optimizer == "adamw" or momentum:
         assert all(r["cos_u_d"] < 0.999 for r in later)
