@@ -449,18 +449,20 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Pret
     every = [(loss, [c for c in fixed if c["forget_loss"] == loss]) for loss in losses]
     mu = reference["target"].get("model_utility")
     wf = reference["target"].get("world_facts_acc")
+    has_wf = any(r.get("world_facts_acc") is not None for _, rows in every for r in rows)
     files = [
         pareto_figure(full, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
                       xlabel="forget quality (KS p-value, log)", ylabel="model utility (incl. knowledge sets)",
                       log_x=True, references=reference,
                       guides={"x": config.target_fq, "y": config.target_utility_ratio * mu if mu else None},
                       title=f"{results['setup'].get('base')}: forget quality vs model utility (full evaluations)"),
-        pareto_figure(every, x="forget_prob", y="world_facts_acc", path=out / f"{config.stem}_forget_prob_vs_world_facts.png",
+    ]
+    if has_wf:  # a model without the knowledge sets (the demo) has no world-facts axis
+        files.append(pareto_figure(every, x="forget_prob", y="world_facts_acc", path=out / f"{config.stem}_forget_prob_vs_world_facts.png",
                       xlabel="forget-answer probability (lower is more forgotten)", ylabel="world-facts accuracy",
                       maximize_x=False, references=reference,
                       guides={"y": wf - config.world_facts_points if wf is not None else None},
-                      title=f"{results['setup'].get('base')}: forget probability vs world-facts accuracy (every evaluated step)"),
-    ]
+                      title=f"{results['setup'].get('base')}: forget probability vs world-facts accuracy (every evaluated step)"))
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
     files.append(write_json(out / f"{config.stem}.json", _jsonable(results | {"runs": runs, "analysis": analysis})))
     path = out / f"{config.stem}.md"
@@ -604,7 +606,7 @@ def smoke_bench(root: Path) -> Bench:
 
     tiny = {"model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64, "model.tiny.num_layers": 1,
             "model.tiny.num_heads": 2, "model.max_length": 64, "model.tokenizer.vocab_size": 300,
-            "finetune.max_epochs": 2, "finetune.check_every": 1, "eval.max_new_tokens": 4,
+            "finetune.max_epochs": 2, "finetune.check_every": 1, "eval.max_new_tokens": 4, "eval.knowledge": "on",
             "eval.knowledge_sets": [str(REPO / "data" / "knowledge" / "world_facts.json"),
                                     str(REPO / "data" / "knowledge" / "real_authors.json")]}
     world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
