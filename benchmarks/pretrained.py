@@ -318,7 +318,8 @@ def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str,
     ref_path = cache / f"reference-{content_hash(key_base)}.json"
     if ref_path.exists():
         results["reference"] = _read_json(ref_path)
-        evaluator.reference()  # the candidates' forget quality and privleak read the oracle's outputs
+        for metric in ("truth_ratio", "mia_auc_mink"):  # all a candidate reads of another model (forget
+            evaluator.ctx.metric(metric, "oracle", "forget")  # quality, privleak): the oracle's, not all of it
     else:
         ref_started = time.perf_counter()
         results["reference"] = evaluator.reference()
