@@ -101,10 +101,16 @@ def _stores(repo: Path, logs: list[Path]) -> list[Path]:
 def _erased_texts(repo: Path) -> set[str]:
     """Every question and answer (paraphrased and perturbed too) of the batch's forget set,
     the name of the author erased as a whole, and the misspelt name of the rejected request."""
+    from components.config import load_config
+    from components.data.world import load_world
+
     texts = {forgotten_subject(), *misspelt_request()["subjects"]}
-    for line in (batch_dir(repo) / "data" / "prepared" / "forget.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        texts |= {record["question"], record["answer"], record["paraphrased_answer"], *record["perturbed_answers"]}
+    erased = {record_id for result in (repo / "data" / "requests" / "processed").glob("*.result.json")
+              for record_id in json.loads(result.read_text())["forget_ids"]}
+    config = load_config(repo / "params.yaml")
+    for record in load_world(config.world, config.seed, repo).records:
+        if record.record_id in erased:
+            texts |= {record.question, record.answer, record.paraphrased_answer, *record.perturbed_answers}
     return texts
 
 
@@ -127,10 +133,12 @@ def test_the_search_covers_every_store_and_many_erased_strings(searched):
 
 
 def test_the_search_finds_the_erased_text_where_it_legitimately_is(searched):
-    """The forget set the batch was built from, and the rejected request with its reason."""
-    prepared = batch_dir(searched["repo"]) / "data" / "prepared" / "forget.jsonl"
+    """The rejected request with its reason; the batch's prepared forget set was removed once
+    its candidate was promoted (registry.retention: delete)."""
     rejected = searched["repo"] / "data" / "requests" / "rejected"
-    assert {text for _, text in find(searched["texts"], [prepared, rejected])} == searched["texts"]
+    assert set(misspelt_request()["subjects"]) <= {text for _, text in find(searched["texts"], [rejected])}
+    assert not (batch_dir(searched["repo"]) / "data").exists()
+    assert len(searched["texts"]) >= 40
 
 
 def test_the_stores_record_request_ids_and_hashes(searched):
