@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,11 @@ def test_sigkill_at_every_point_then_a_rerun_keeps_every_invariant(tmp_path, pre
     assert verify_chain(repo) == []
     assert all(load_certificate(repo, request_id) for request_id in results)
 
-    for batch in (repo / "runs").iterdir():  # no batch trained on a record an earlier batch erased
-        if not (batch / "reports" / "per_item" / "unlearned_retain.csv").exists():
+    for batch in (repo / "runs").iterdir():  # no batch trained on a record erased by an earlier run
+        retain = batch / "reports" / "per_item" / "unlearned_retain.csv"
+        if not retain.exists():
             continue
-        own = int(versions.get(batch.name, 10**9))
-        erased = {record for result in results.values() if int(result["model_version"]) < own
-                  for record in result["forget_ids"]}
+        started = datetime.fromtimestamp((batch / "reports" / "unlearn_log.jsonl").stat().st_mtime, timezone.utc)
+        erased = {record for result in results.values()
+                  if datetime.fromisoformat(result["processed_at"]) < started for record in result["forget_ids"]}
         assert not (_retain_ids(batch) & erased), f"batch {batch.name} retrained on erased records"
