@@ -130,6 +130,8 @@ class StopConfig(_Section):
     every: int = Field(default=5, ge=1)
     probe: int = Field(default=32, ge=2)
     min_ks_p: float = Field(default=0.5, gt=0, le=1)
+    # ks_or_mean: also stop once the forget mean NLL reaches the holdout's | ks: only on the KS p-value
+    criterion: Literal["ks_or_mean", "ks"] = "ks_or_mean"
     max_steps: int | None = Field(default=None, ge=1)
 
 

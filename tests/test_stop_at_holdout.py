@@ -81,3 +81,14 @@ def test_the_cap_ends_a_run_the_rule_never_stops(tiny_setup):
 def test_holdout_rule_without_holdout_records_says_what_to_do(tiny_setup):
     with pytest.raises(ValueError, match="n_holdout_subjects"):
         unlearn(tiny_setup, holdout_rule(), holdout=[])
+
+
+def test_ks_criterion_ignores_the_mean_crossing(tiny_setup):
+    """criterion ks: a probe whose forget mean passed the holdout's but whose KS p-value is low does not stop."""
+    both = unlearn(tiny_setup, holdout_rule(every=1, min_ks_p=0.999))
+    ks_only = unlearn(tiny_setup, holdout_rule(every=1, min_ks_p=0.999, criterion="ks", max_steps=both.steps + 3))
+
+    assert both.summary()["stop"]["reason"].startswith("mean")
+    assert ks_only.steps > both.steps
+    crossed = [r for r in ks_only.summary()["stop"]["curve"] if r["probe_forget_nll"] >= r["probe_holdout_nll"]]
+    assert crossed and all(r["probe_stop"] == 0.0 for r in crossed if r["probe_ks_p"] < 0.999)
