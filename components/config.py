@@ -238,6 +238,8 @@ class FlowConfig(_Section):
     runs_dir: str = "runs"
     # At most this many valid requests per batch, oldest first; the rest wait for the next run.
     max_batch_requests: int = Field(default=50, ge=1)
+    # a batch that fails this many runs in a row (after validation) sends its requests to failed/
+    max_batch_failures: int = Field(default=3, ge=1)
 
 
 class Config(_Section):

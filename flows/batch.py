@@ -166,6 +166,16 @@ def purge_batch_copies(config: Config, repo: Paths) -> list[str]:
     return purge_local_copies(repo.root, local_copies(repo.root, config.flow.runs_dir))
 
 
+def count_failure(paths: Paths, error: BaseException) -> int:
+    """Record one more failed run of the batch in ``paths`` (``failures.json``); returns the count."""
+    from components.jsonfiles import write_json
+
+    record = _read_marker(paths.root / "failures.json")
+    count = int(record.get("failures", 0)) + 1
+    write_json(paths.root / "failures.json", {"failures": count, "last_error": type(error).__name__})
+    return count
+
+
 PUSH_PENDING = "push-pending.json"
 
 

@@ -8,7 +8,7 @@ calls the same stage functions as ``dvc.yaml``; only the orchestration lives her
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,25 @@ def _open_batch(batch: Batch) -> tuple[Paths, str | None]:
     return Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root), start
 
 
+@contextmanager
+def _failures_counted(batch: Batch, inbox: Inbox, paths: Paths):
+    """A batch that keeps failing must not block the inbox: after ``flow.max_batch_failures``
+    failed runs its requests go to failed/ (retriable) with the last error, and the rest go on."""
+    try:
+        yield
+    except Exception as error:
+        if batch.summary["failed"]:  # already sent to failed/ (validation or unlearning)
+            raise
+        count = batch_steps.count_failure(paths, error)
+        if count >= batch.config.flow.max_batch_failures:
+            reason = f"the batch failed {count} runs in a row; last: {type(error).__name__}: {error}"
+            for pending in batch.accepted:
+                inbox.fail(pending, reason)
+                batch.summary["failed"].append(pending.request.request_id)
+            _publish(batch.summary, None, None)
+        raise
+
+
 def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
     """Validate the batch and unlearn it; on any error every request of it goes to failed/."""
     try:
@@ -210,6 +229,26 @@ def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[s
             inbox.fail(pending, f"gate failed: {reasons}")
             batch.summary["failed"].append(request_id)
     batch.summary["gate"] = {"passed": gate["passed"], "version": gate.get("version")}
+
+
+def _run_batch(batch: Batch, inbox: Inbox, paths: Paths, start: str | None) -> tuple[dict, dict, dict]:
+    """Prepare, provide the models, validate, unlearn, evaluate, register: (resolution, metrics, gate)."""
+    config, repo = batch.config, batch.repo
+    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
+                               inbox.earlier())
+    crash_point("resolve")
+    batch.summary["n_forget"] = resolution["n_forget"]
+    batch_models(config, repo, paths, start=start, show_progress=False)
+    _unlearn(batch, inbox, paths)
+    crash_point("unlearn")
+    metrics = evaluate_batch(config, paths, show_progress=False)
+    crash_point("evaluate")
+    dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
+    gate = register_batch.with_options(**batch.retry)(
+        config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
+        dvc_hashes=dvc_hashes)
+    crash_point("alias")
+    return resolution, metrics, gate
 
 
 def _promoted(batch: Batch) -> tuple[Paths, dict, dict, dict] | None:
@@ -365,19 +404,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
             _finish(batch, inbox, *promoted)
             return batch.summary
         paths, start = _open_batch(batch)
-        resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
-                                   inbox.earlier())
-        crash_point("resolve")
-        batch.summary["n_forget"] = resolution["n_forget"]
-        batch_models(config, repo, paths, start=start, show_progress=False)
-        _unlearn(batch, inbox, paths)
-        crash_point("unlearn")
-        metrics = evaluate_batch(config, paths, show_progress=False)
-        crash_point("evaluate")
-        dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
-        gate = register_batch.with_options(**batch.retry)(
-            config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
-            dvc_hashes=dvc_hashes)
-        crash_point("alias")
+        with _failures_counted(batch, inbox, paths):
+            resolution, metrics, gate = _run_batch(batch, inbox, paths, start)
         _finish(batch, inbox, paths, gate, metrics, resolution["forget_ids_by_request"])
     return batch.summary

@@ -1,0 +1,33 @@
+"""A batch that keeps failing does not block the inbox: after flow.max_batch_failures runs its
+requests go to failed/ with the reason, retriable, and the inbox is free for the next ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_batch_failing_after_unlearning_twice_sends_its_request_to_failed(tmp_path, prefect_server,
+                                                                            migrated_mlflow_db):
+    from flows.pipeline import process_requests
+
+    # evaluation needs a utility set that is not there: every run fails after unlearning
+    repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_failures": 2, "eval.utility_sets": ["missing.json"]},
+                          mlflow_db=migrated_mlflow_db)
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "stuck.json").write_text(request_json("req-stuck", [tiny_subjects()[1]]))
+    failed = repo / "data" / "requests" / "failed"
+
+    with pytest.raises(Exception):
+        process_requests(root=str(repo))
+    assert (inbox / "stuck.json").exists() and not list(failed.glob("*.json"))  # one failure: still pending
+
+    with pytest.raises(Exception):
+        process_requests(root=str(repo))
+    assert not (inbox / "stuck.json").exists()
+    reason = (failed / "req-stuck.reason.txt").read_text()
+    assert "failed 2 runs in a row" in reason and "blur request retry req-stuck" in reason
