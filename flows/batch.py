@@ -213,7 +213,7 @@ def _read_marker(marker: Path) -> dict:
         return {}
 
 
-def promoted_batch(config: Config, repo: Paths, request_ids: Sequence[str]) -> str | None:
+def promoted_batch(config: Config, repo: Paths, champion: dict | None, request_ids: Sequence[str]) -> str | None:
     """The batch id of a previous run whose candidate already serves (the alias moved) and that
     erased some of ``request_ids``, when that run died before settling them; else None.
 
@@ -222,7 +222,6 @@ def promoted_batch(config: Config, repo: Paths, request_ids: Sequence[str]) -> s
     """
     from components.registry import connect, tracking_store
 
-    champion = current_champion(config, repo, download=False)
     if champion is None:
         return None
     client = connect(tracking_store(repo.root))

@@ -156,9 +156,8 @@ def _batch_id(request_ids: list[str], start: str | None) -> str:
     return "batch-" + content_hash({"requests": sorted(request_ids), "start": start}, length=12)
 
 
-def _open_batch(batch: Batch) -> tuple[Paths, str | None]:
+def _open_batch(batch: Batch, champion: dict | None) -> tuple[Paths, str | None]:
     """The batch's id and folder, from the accepted requests and the current champion."""
-    champion = find_champion.with_options(**batch.retry)(batch.config, batch.repo)
     start = champion["model_dir"] if champion else None
     batch_id = _batch_id([p.request.request_id for p in batch.accepted], champion["version"] if champion else None)
     batch.summary["batch_id"] = batch_id
@@ -251,12 +250,12 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths, start: str | None) -> t
     return resolution, metrics, gate
 
 
-def _promoted(batch: Batch) -> tuple[Paths, dict, dict, dict] | None:
+def _promoted(batch: Batch, champion: dict | None) -> tuple[Paths, dict, dict, dict] | None:
     """When the champion is a previous run's candidate for some of these requests (it died after
     moving the alias, before settling): that batch's folder, gate, metrics and forget ids, with
     ``batch.accepted`` narrowed to its requests (the others wait for the next run)."""
     ids = [p.request.request_id for p in batch.accepted]
-    batch_id = batch_steps.promoted_batch(batch.config, batch.repo, ids)
+    batch_id = batch_steps.promoted_batch(batch.config, batch.repo, champion, ids)
     if batch_id is None:
         return None
     paths = Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root)
@@ -399,11 +398,12 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if not batch.accepted:
             _publish(batch.summary, None, None)
             return batch.summary
-        promoted = _promoted(batch)
+        champion = find_champion.with_options(**batch.retry)(config, repo)
+        promoted = _promoted(batch, champion)
         if promoted is not None:  # a previous run's candidate serves: finish it, do not unlearn again
             _finish(batch, inbox, *promoted)
             return batch.summary
-        paths, start = _open_batch(batch)
+        paths, start = _open_batch(batch, champion)
         with _failures_counted(batch, inbox, paths):
             resolution, metrics, gate = _run_batch(batch, inbox, paths, start)
         _finish(batch, inbox, paths, gate, metrics, resolution["forget_ids_by_request"])
