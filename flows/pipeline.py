@@ -177,11 +177,7 @@ def _failures_counted(batch: Batch, inbox: Inbox, paths: Paths):
             raise
         count = batch_steps.count_failure(paths, error)
         if count >= batch.config.flow.max_batch_failures:
-            reason = f"the batch failed {count} runs in a row; last: {type(error).__name__}: {error}"
-            for pending in batch.accepted:
-                inbox.fail(pending, reason)
-                batch.summary["failed"].append(pending.request.request_id)
-            _publish(batch.summary, None, None)
+            _fail_all(batch, inbox, f"the batch failed {count} runs in a row; last: {type(error).__name__}: {error}")
         raise
 
 
@@ -191,12 +187,16 @@ def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
         validate_batch(batch.config, paths)
         unlearn_batch(batch.config, paths, start=paths.models / "start", show_progress=False)
     except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        for pending in batch.accepted:
-            inbox.fail(pending, reason)
-            batch.summary["failed"].append(pending.request.request_id)
-        _publish(batch.summary, None, None)
+        _fail_all(batch, inbox, f"{type(error).__name__}: {error}")
         raise
+
+
+def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
+    """Every request of the batch to failed/ with ``reason`` (retriable); publish the outcome."""
+    for pending in batch.accepted:
+        inbox.fail(pending, reason)
+        batch.summary["failed"].append(pending.request.request_id)
+    _publish(batch.summary, None, None)
 
 
 def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[batch_steps.ErasedRequest]:
