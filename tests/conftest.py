@@ -9,7 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-import pytest
+import prefect  # noqa: F401  Prefect binds its log handlers to sys.stderr on first import: do it now, not
+import pytest   # inside a CliRunner call whose temporary stderr is closed afterwards (later logging would fail)
 import torch
 
 from components.config import Config, FinetuneConfig, TinyModelConfig
