@@ -22,7 +22,7 @@ from components.config import Config, load_config
 from components.data import versioning
 from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
-from components.data.requests import RequestError
+from components.data.requests import RequestError, parse_request_bytes
 from components.faults import crash_point
 from components.paths import Paths
 from components.runtime import apply_threads
@@ -129,7 +129,7 @@ def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
                 ["the file changed while it was being versioned; hand it in again"], source=pending.path.name))
             batch.summary["rejected"].append(pending.request.request_id)
             continue
-        request = stages.parse_request_bytes(data)
+        request = parse_request_bytes(data, source=pending.request.request_id)
         batch.data[request.request_id] = data
         pinned.append(Pending(pending.path, request))
     return pinned

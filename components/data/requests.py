@@ -184,13 +184,23 @@ def read_request(path: str | Path) -> DeletionRequest:
         size = path.stat().st_size
     except FileNotFoundError:
         raise RequestError([f"file not found: {path}"], source=source) from None
+    _check_size(size, source)
+    return parse_request_bytes(path.read_bytes(), source=source)
+
+
+def _check_size(size: int, source: str | None) -> None:
     if size > MAX_REQUEST_BYTES:
         raise RequestError(
             [f"file is {size:,} bytes; requests are limited to {MAX_REQUEST_BYTES:,} bytes "
              "(name subjects instead of listing many records)"],
             source=source,
         )
-    raw = path.read_bytes()
+
+
+def parse_request_bytes(raw: bytes, *, source: str | None = None) -> DeletionRequest:
+    """Validate a request from the bytes of its file (size, encoding, JSON, fields): what
+    :func:`read_request` checks after reading, for bytes a caller already holds."""
+    _check_size(len(raw), source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

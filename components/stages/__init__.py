@@ -10,13 +10,12 @@ Every data check that can fail runs before any training (validate before finetun
 
 from components.stages.evaluate import evaluate
 from components.stages.finetune import finetune, train_oracle
-from components.stages.prepare import (load_earlier, load_prepared_requests, load_splits, parse_request_bytes,
-                                       prepare)
+from components.stages.prepare import load_earlier, load_prepared_requests, load_splits, prepare
 from components.stages.register import register
 from components.stages.unlearn import unlearn
 from components.stages.validate import validate
 
 __all__ = [
-    "evaluate", "finetune", "load_earlier", "load_prepared_requests", "load_splits", "parse_request_bytes", "prepare",
+    "evaluate", "finetune", "load_earlier", "load_prepared_requests", "load_splits", "prepare",
     "register", "train_oracle", "unlearn", "validate",
 ]

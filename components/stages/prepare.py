@@ -10,7 +10,8 @@ from typing import Mapping, Sequence
 from components.config import Config
 from components.data.loaders import load_records, save_records
 from components.data.records import Record
-from components.data.requests import DeletionRequest, Resolution, read_request, resolve_requests
+from components.data.requests import (DeletionRequest, Resolution, parse_request_bytes, read_request,
+                                     resolve_requests)
 from components.data.world import load_world
 from components.jsonfiles import write_json
 from components.paths import Paths
@@ -116,15 +117,6 @@ def _copy_requests(paths: Paths, request_data: Sequence[bytes], requests: Sequen
     for data, request in zip(request_data, requests):
         (requests_dir / f"{request.request_id}.json").write_bytes(data)
 
-
-def parse_request_bytes(data: bytes) -> DeletionRequest:
-    """A request from the bytes of its file (what :func:`read_request` checks after reading)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:  # one parser for files and bytes: read_request's checks
-        path = Path(folder) / "request.json"
-        path.write_bytes(data)
-        return read_request(path)
 
 
 def load_splits(paths: Paths) -> dict[str, list[Record]]:
