@@ -1,4 +1,4 @@
-"""JSON files the stages write: atomically, so a reader (DVC, a crashed run's resume) never sees half a file."""
+"""JSON files the stages write (atomically, so a reader (DVC, a crashed run's resume) never sees half a file) and read."""
 
 from __future__ import annotations
 
@@ -16,3 +16,8 @@ def write_json(path: str | Path, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON content of ``path`` (UTF-8)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

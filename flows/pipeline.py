@@ -24,6 +24,7 @@ from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.faults import crash_point
+from components.jsonfiles import read_json
 from components.paths import Paths
 from components.runtime import apply_threads
 from flows import batch as batch_steps
@@ -259,19 +260,13 @@ def _promoted(batch: Batch, champion: dict | None) -> tuple[Paths, dict, dict, d
     if batch_id is None:
         return None
     paths = Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root)
-    resolution = _read_json(paths.resolution)
+    resolution = read_json(paths.resolution)
     batch.accepted = [p for p in batch.accepted if p.request.request_id in resolution["forget_ids_by_request"]]
     batch.summary.update(batch_id=batch_id, n_forget=resolution["n_forget"])
     get_run_logger().info("batch %s already serves as the champion: settling its %d request(s)", batch_id,
                           len(batch.accepted))
-    return (paths, _read_json(paths.reports / "gate.json"), _read_json(paths.reports / "metrics.json"),
+    return (paths, read_json(paths.reports / "gate.json"), read_json(paths.reports / "metrics.json"),
             resolution["forget_ids_by_request"])
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: dict, metrics: dict,

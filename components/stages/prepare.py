@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -13,7 +12,7 @@ from components.data.records import Record
 from components.data.requests import (DeletionRequest, Resolution, parse_request_bytes, read_request,
                                      resolve_requests)
 from components.data.world import load_world
-from components.jsonfiles import write_json
+from components.jsonfiles import read_json, write_json
 from components.paths import Paths
 
 
@@ -94,7 +93,7 @@ def resolved_config(config: Config, paths: Paths) -> Config:
     config = with_local_paths(config, paths.config_root)
     if config.model.max_length != "auto":
         return config
-    settings = json.loads(paths.settings.read_text(encoding="utf-8"))
+    settings = read_json(paths.settings)
     return config.with_overrides({"model.max_length": settings["max_length"]})
 
 

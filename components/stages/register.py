@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import Collection, Mapping
 
 from components.config import Config
+from components.jsonfiles import read_json
 from components.paths import Paths
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def register(
@@ -35,7 +32,7 @@ def register(
     from components.data.inbox import Inbox
     from components.registry import Candidate, register_candidate, tracking_store
 
-    metrics = _read_json(paths.reports / "metrics.json")
+    metrics = read_json(paths.reports / "metrics.json")
     log = paths.reports / "unlearn_log.jsonl"
     diagnostics = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if dvc_hashes is None:  # DVC's md5 of a file is the md5 of its bytes
@@ -44,7 +41,7 @@ def register(
     if processed_requests is None and not (tags or {}).get("batch_id"):
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
         processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
-    candidate = Candidate(metrics, diagnostics, _read_json(paths.resolution), dvc_hashes, paths.unlearned)
+    candidate = Candidate(metrics, diagnostics, read_json(paths.resolution), dvc_hashes, paths.unlearned)
     decision = register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
         processed_requests=processed_requests, tags=tags,
