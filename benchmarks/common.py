@@ -244,8 +244,11 @@ class CandidateEvaluator:
 
     ``reference()`` gives the target's and the oracle's metrics; calling the evaluator with
     a model gives that model's metrics (the keys of ``reports/metrics.json``), computed as
-    the ``unlearned`` model of :func:`components.evaluation.evaluate_models` would be.
+    the ``unlearned`` model of :func:`components.evaluation.evaluate_models` would be,
+    the relearning attack included (on a copy: the candidate is left as it was).
     """
+
+    keys: tuple[str, ...] | None = None  # report only these keys (None: all)
 
     def __init__(self, bench: Bench, config: EvalConfig | None = None):
         from components.evaluation import EvaluationContext
@@ -253,7 +256,8 @@ class CandidateEvaluator:
         self.bench = bench
         splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
-        self.ctx = EvaluationContext(models, splits, config or bench.config.eval, max_length=bench.max_length)
+        self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config),
+                                     max_length=bench.max_length)
 
     def metrics(self, role: str) -> dict[str, float | None]:
         from components.evaluation.evaluator import REPORTED
@@ -261,6 +265,7 @@ class CandidateEvaluator:
         return {key: self.ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
 
     def reference(self) -> dict[str, dict[str, float | None]]:
+        self._relearn("oracle")
         return {role: self.metrics(role) for role in ("target", "oracle")}
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float | None]:
@@ -268,9 +273,24 @@ class CandidateEvaluator:
 
         self.ctx.replace_model("unlearned", LoadedModel(model.eval(), self.bench.tokenizer, "candidate"))
         try:
+            self._relearn("unlearned")
             return self.metrics("unlearned")
         finally:
             self.ctx.replace_model("unlearned", None)
+
+    def _relearn(self, role: str) -> None:
+        """The relearning attack on ``role`` (a copy), once, when its metrics are wanted."""
+        wanted = self.keys is None or "relearn_forget_prob" in self.keys
+        if (wanted and self.ctx.config.relearn.enabled and len(self.bench.forget) >= 2
+                and self.ctx.relearned(role, "forget") is None):
+            self.ctx.run_relearn(role)
+
+
+def with_relearn_lr(eval_config: EvalConfig, config: Config) -> EvalConfig:
+    """``eval.relearn.lr: null`` means ``finetune.lr``, as the evaluate stage resolves it."""
+    if eval_config.relearn.lr is not None:
+        return eval_config
+    return eval_config.model_copy(update={"relearn": eval_config.relearn.model_copy(update={"lr": config.finetune.lr})})
 
 
 def load_snapshot(bench: Bench, state: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -178,6 +178,18 @@ class UnlearnConfig(_Section):
         return self
 
 
+class RelearnConfig(_Section):
+    """``eval.relearn``: the relearning attack. A copy of the oracle and of the unlearned model is
+    fine-tuned on one half of the forget set and scored on the other half (``relearn_*`` metrics):
+    knowledge that was hidden rather than removed comes back faster than the oracle learns it."""
+
+    enabled: bool = True
+    epochs: int = Field(default=5, ge=1)  # passes over the attacked half
+    lr: float | None = Field(default=None, gt=0)  # null: finetune.lr, the rate that taught the model the data
+    batch_size: int = Field(default=4, ge=1)
+    seed: int = 0  # which records fall in the attacked half
+
+
 class EvalConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
@@ -188,6 +200,7 @@ class EvalConfig(_Section):
     # model.pretrained set); the tiny demo model trained from scratch knows none of it.
     knowledge: Literal["auto", "on", "off"] = "auto"
     knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
+    relearn: RelearnConfig = RelearnConfig()
 
     @field_validator("knowledge", mode="before")
     @classmethod
@@ -208,6 +221,9 @@ class GateConfig(_Section):
     # Oracle-free: the forget set against the holdout (records never trained on).
     min_forget_holdout_ks_p: float | None = Field(default=None, ge=0, le=1)
     max_forget_holdout_auc_gap: float | None = Field(default=None, ge=0, le=0.5)  # |AUC - 0.5|
+    # The relearning attack: unlearned minus oracle answer probability on the held-out half of the
+    # forget set after both were fine-tuned on the other half (eval.relearn).
+    max_relearn_gap: float | None = Field(default=None, ge=0)
     # Fail closed: a configured check whose metric is null, NaN or absent fails the gate.
     # false records it as skipped instead; a null threshold is not checked at all.
     fail_on_missing: bool = True

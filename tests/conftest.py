@@ -63,7 +63,7 @@ def tiny_setup() -> TinySetup:
     oracle = build_tiny_model(TINY_SIZES, tokenizer, MAX_LENGTH, seed=0)
     finetune(oracle, tokenizer, retain, recipe, max_length=MAX_LENGTH, seed=0, epochs=result.epochs,
              show_progress=False)
-    config = Config().with_overrides({"model.max_length": MAX_LENGTH})
+    config = Config().with_overrides({"model.max_length": MAX_LENGTH, "eval.relearn.lr": recipe.lr})
     return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
 
 

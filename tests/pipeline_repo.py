@@ -24,6 +24,9 @@ TINY_PARAMS = {
     "finetune.batch_size": 16,
     "finetune.max_epochs": 80,
     "finetune.check_every": 2,
+    # 8 forget records against 16 holdout ones: privleak swings by tens of points from run to run;
+    # the gate's own tests check it (tests/test_gate.py)
+    "gate.max_abs_privleak": None,
 }
 
 

@@ -121,7 +121,8 @@ def registry_config(**gate) -> Config:
 # --------------------------------------------------------------------------- gate property helpers
 
 GATE_SETTINGS = ("min_forget_quality", "max_forget_prob_ratio", "min_utility_ratio", "max_abs_privleak",
-                 "max_earlier_forget_prob_ratio", "min_forget_holdout_ks_p", "max_forget_holdout_auc_gap")
+                 "max_earlier_forget_prob_ratio", "min_forget_holdout_ks_p", "max_forget_holdout_auc_gap",
+                 "max_relearn_gap")
 # Largest threshold each setting accepts (GateConfig's bounds) and the range drawn for it.
 THRESHOLD_RANGE = {"min_forget_quality": (0, 1), "max_abs_privleak": (0, 100), "min_forget_holdout_ks_p": (0, 1),
                    "max_forget_holdout_auc_gap": (0, 0.5)}
@@ -154,11 +155,13 @@ def draw_gate_case(rng: random.Random) -> tuple[dict, dict]:
     unlearned = {"forget_quality": _draw_value(rng, 0, 1), "forget_prob": _draw_value(rng, 0, 1),
                  "model_utility": _draw_value(rng, 0, 1), "privleak": _draw_value(rng, -100, 100),
                  "forget_holdout_ks_p": _draw_value(rng, 0, 1), "forget_holdout_auc": _draw_value(rng, 0, 1)}
+    unlearned["relearn_forget_prob"] = _draw_value(rng, 0, 1)
     target = {"forget_prob": _draw_value(rng, 0, 1), "model_utility": _draw_value(rng, 0, 1)}
     earlier = _draw_earlier(rng)
     if earlier is not None:
         unlearned["earlier"], target["earlier"] = earlier
-    metrics = {"target": target, "oracle": {}, "unlearned": unlearned}
+    oracle = {} if rng.random() < 0.2 else {"relearn_forget_prob": _draw_value(rng, 0, 1)}
+    metrics = {"target": target, "oracle": oracle, "unlearned": unlearned}
     thresholds: dict = {"fail_on_missing": rng.random() < 0.5}
     for setting in GATE_SETTINGS:
         low, high = THRESHOLD_RANGE.get(setting, (0, 2))
@@ -199,6 +202,9 @@ def expected_gate_value(metrics: dict, setting: str):
         return abs(u["privleak"]) if _usable(u["privleak"]) else None
     if setting == "max_forget_holdout_auc_gap":
         return abs(u["forget_holdout_auc"] - 0.5) if _usable(u["forget_holdout_auc"]) else None
+    if setting == "max_relearn_gap":
+        ours, theirs = u["relearn_forget_prob"], metrics["oracle"].get("relearn_forget_prob")
+        return ours - theirs if _usable(ours) and _usable(theirs) else None
     if setting == "max_earlier_forget_prob_ratio":
         if "earlier" not in u:
             return None

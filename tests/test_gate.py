@@ -237,6 +237,26 @@ def test_oracle_free_gate_settings_are_bounded():
         GateConfig(min_forget_holdout_ks_p=1.5)
 
 
+# --------------------------------------------------------------------------- relearning attack (issue 12)
+
+
+def test_relearn_gap_is_the_unlearned_minus_the_oracle_probability_after_the_attack():
+    gate = only(max_relearn_gap=0.25)  # values exact in binary: the bound itself passes
+    metrics = {"target": {}, "oracle": {"relearn_forget_prob": 0.25}, "unlearned": {"relearn_forget_prob": 0.5}}
+    passed = evaluate_gate(metrics, gate)
+    assert passed.passed and passed.checks[0].value == 0.25
+    metrics["unlearned"]["relearn_forget_prob"] = 0.625
+    failed = evaluate_gate(metrics, gate)
+    assert not failed.passed and failed.reasons[0].startswith("relearn_gap 0.375 > 0.25 (gate.max_relearn_gap)")
+
+
+@pytest.mark.parametrize("oracle, why", [({}, "no oracle model"), ({"relearn_forget_prob": None}, "no oracle model")])
+def test_relearn_gap_without_the_oracles_attack_fails_closed(oracle, why):
+    metrics = {"target": {}, "oracle": oracle, "unlearned": {"relearn_forget_prob": 0.2}}
+    decision = evaluate_gate(metrics, only(max_relearn_gap=0.1))
+    assert not decision.passed and why in decision.reasons[0]
+
+
 # --------------------------------------------------------------------------- property (issue 7 item 4)
 
 def test_gate_passes_iff_every_configured_check_passes_over_random_draws():

@@ -36,6 +36,7 @@ from components.evaluation.metrics import (
     get_metric,
     null_result,
 )
+from components.evaluation.relearn import relearn_attack, relearn_halves
 from components.modeling.encoding import Encoded, encode_record, ensure_pad_token
 from components.modeling.io import LoadedModel
 from components.progress import progress_bar
@@ -69,7 +70,12 @@ REPORTED: tuple[tuple[str, str, str], ...] = (
     # Oracle-free: does the forget set look like the holdout (records the model never saw)?
     ("forget_holdout_ks_p", "forget_holdout_ks_p", FORGET),
     ("forget_holdout_auc", "mia_auc_mink", FORGET),  # the same AUC as mia_auc, under the name gates read
+    # The relearning attack (eval.relearn; oracle and unlearned model only): the held-out half afterwards.
+    ("relearn_forget_prob", "relearn_forget_prob", FORGET),
+    ("relearn_recovery", "relearn_recovery", FORGET),
 )
+# The models the relearning attack is run on: the unlearned one, and the oracle as its baseline.
+RELEARN_ROLES = ("oracle", "unlearned")
 # Per extra utility set NAME: NAME_prob, NAME_rouge, NAME_truth_ratio.
 UTILITY_REPORTED = (("prob", "prob"), ("rouge", "rouge"), ("truth_ratio", "truth_ratio_utility"))
 # Per knowledge set NAME (TOFU real authors, world facts): NAME_acc, NAME_prob, NAME_rouge, NAME_truth_ratio.
@@ -205,6 +211,31 @@ class EvaluationContext:
             return found
 
         return self._once(model, split, "generations", compute)
+
+    def relearned(self, model: str, split: str) -> list[TokenEvidence] | None:
+        """Held-out-half evidence after the relearning attack, or None when ``model`` was not attacked."""
+        return self._evidence.get((model, split, "relearned"))
+
+    def relearn_held_out(self, split: str) -> tuple[int, ...]:
+        halves = relearn_halves(len(self.records(split)), self.config.relearn.seed)
+        return halves.held_out if halves else ()
+
+    def run_relearn(self, model: str, split: str = FORGET, *, in_place: bool = False) -> None:
+        """Run the relearning attack on ``model`` (present and loaded) and keep what it found.
+
+        ``in_place=True`` fine-tunes the loaded model itself: only for a model about to be freed.
+        """
+        loaded = self.models.get(model)
+        if loaded is None:
+            raise LookupError(f"model '{model}' is not loaded: cannot run the relearning attack on it")
+        with self._task(model, split, "relearn", 1) as advance:
+            self._evidence[(model, split, "relearned")] = relearn_attack(
+                loaded.model, loaded.tokenizer, self.records(split), self.config.relearn,
+                max_length=self.max_length, batch_size=self.config.batch_size, in_place=in_place)
+            if advance:
+                advance(1)
+        self._metrics = {key: value for key, value in self._metrics.items()
+                         if not (key[0].startswith("relearn_") and key[1] == model)}
 
     # -- reuse across candidates (sweeps, benchmarks)
     def replace_model(self, role: str, loaded: LoadedModel | None) -> None:
@@ -355,6 +386,7 @@ def evaluate_models(
     utility_sets: Mapping[str, Sequence[Record]] | None = None,
     knowledge_sets: Mapping[str, Sequence[Record]] | None = None,
     show_progress: bool = True,
+    fresh_models: bool = False,
 ) -> EvaluationResult:
     """Evaluate each present model, one at a time; metrics that need an absent model are None.
 
@@ -366,6 +398,9 @@ def evaluate_models(
     ("still forgotten"); ``utility_sets`` maps names to extra sets for model utility;
     ``knowledge_sets`` maps names to multiple-choice sets (TOFU's real authors and world
     facts, see :mod:`components.evaluation.knowledge`), which count in model utility too.
+    ``fresh_models=True`` promises that each loader returns a model nobody else holds (read from
+    disk): the relearning attack then fine-tunes it in place instead of a copy, saving one model's
+    memory.
     """
     earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
     knowledge_sets = dict(knowledge_sets or {})
@@ -384,14 +419,14 @@ def evaluate_models(
     with progress_bar(enabled=show_progress, label="[bold]evaluate {task.description}") as progress:
         ctx = EvaluationContext(dict.fromkeys(MODEL_ROLES), splits, config, max_length=max_length, progress=progress)
         for role in MODEL_ROLES:
-            _score_one_model(ctx, role, loaders.get(role))
+            _score_one_model(ctx, role, loaders.get(role), fresh=fresh_models)
         metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget)
                    for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
     return EvaluationResult(metrics=metrics, per_item=per_item, seconds=time.perf_counter() - start)
 
 
-def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None) -> None:
+def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None, *, fresh: bool) -> None:
     """Load one model, run every pass its metrics read, then free it: peak memory is one model.
 
     Computing every per-item metric runs all the passes the reports need; the whole-model
@@ -404,6 +439,8 @@ def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | No
     del loaded
     try:
         _model_rows(ctx, role)
+        if role in RELEARN_ROLES and ctx.config.relearn.enabled and len(ctx.records(FORGET)) >= 2:
+            ctx.run_relearn(role, in_place=fresh)  # last: in place it changes the weights, freed next
     finally:
         ctx.release(role)
         gc.collect()

@@ -32,6 +32,7 @@ MetricFn = Callable[["MetricContext", str, str], MetricResult]
 
 FORGET, RETAIN, HOLDOUT = "forget", "retain", "holdout"
 ORACLE = "oracle"
+TARGET = "target"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class MetricContext(Protocol):
     def alternatives(self, model: str, split: str) -> list[Alternatives | None]: ...
 
     def generations(self, model: str, split: str) -> list[Generation | None]: ...
+
+    def relearned(self, model: str, split: str) -> "list[TokenEvidence] | None": ...
+
+    def relearn_held_out(self, split: str) -> tuple[int, ...]: ...
 
 
 METRICS: dict[str, MetricFn] = {}
@@ -299,6 +304,37 @@ def privleak(ctx: MetricContext, model: str, split: str) -> MetricResult:
     if ours is None or oracle is None:
         return scalar(None)
     return scalar(formulas.privleak(ours, oracle))
+
+
+@register_metric("relearn_forget_prob", per_item=False)
+def relearn_forget_prob(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Mean answer probability on the held-out half of a forget set after the relearning attack
+    (:mod:`components.evaluation.relearn`); None for a model that was not attacked."""
+    evidence = ctx.relearned(model, split)
+    if not evidence:
+        return scalar(None)
+    return scalar(float(np.mean([formulas.answer_probability(e.logps) for e in evidence])))
+
+
+@register_metric("relearn_recovery", per_item=False)
+def relearn_recovery(ctx: MetricContext, model: str, split: str) -> MetricResult:
+    """Share of the gap to the target that the attack closes on the held-out half:
+    (after - before) / (target - before); 0 nothing came back, 1 the target's level. None without
+    a target, or when the model was already within 0.01 of the target there (nothing to recover)."""
+    after = ctx.metric("relearn_forget_prob", model, split)["value"]
+    if after is None or not ctx.has_model(TARGET):
+        return scalar(None)
+    held_out = ctx.relearn_held_out(split)
+    before = _mean_at(ctx.metric("prob", model, split)["by_item"], held_out)
+    target = _mean_at(ctx.metric("prob", TARGET, split)["by_item"], held_out)
+    if before is None or target is None or target - before < 0.01:
+        return scalar(None)
+    return scalar((after - before) / (target - before))
+
+
+def _mean_at(values: Sequence[float | None], indices: Sequence[int]) -> float | None:
+    chosen = _present([values[i] for i in indices])
+    return float(np.mean(chosen)) if chosen else None
 
 
 UTILITY_COMPONENTS = ("prob", "rouge", "truth_ratio_utility")

@@ -44,7 +44,8 @@ GENESIS_HASH = "0" * 64
 ROLES = ("target", "oracle", "unlearned")
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
 CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
-                     "forget_holdout_auc", "mia_auc", "privleak", "model_utility")
+                     "forget_holdout_auc", "mia_auc", "privleak", "relearn_forget_prob", "relearn_recovery",
+                     "model_utility")
 MLFLOW_ARTIFACT_DIR = "certificates"
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

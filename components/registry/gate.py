@@ -14,6 +14,7 @@ setting                                 value                                   
 ``gate.max_earlier_forget_prob_ratio``  worst earlier request: unlearned / target forget_prob <=
 ``gate.min_forget_holdout_ks_p``        unlearned forget_holdout_ks_p (no oracle needed)     >=
 ``gate.max_forget_holdout_auc_gap``     abs(unlearned forget_holdout_auc - 0.5)              <=
+``gate.max_relearn_gap``                unlearned - oracle relearn_forget_prob               <=
 ======================================  ===================================================  ====
 
 The earlier-request check re-reads ``metrics[model]["earlier"][request_id]["forget_prob"]``:
@@ -211,6 +212,16 @@ def _auc_gap(metrics: Mapping[str, Any]) -> Measured:
     return Measured(abs(measured.value - 0.5), note=f"AUC {measured.value:.4g}: {_auc_side(metrics)}")
 
 
+def _relearn_gap(metrics: Mapping[str, Any]) -> Measured:
+    """How much more of the held-out forget half the relearning attack brings back than the oracle learns."""
+    ours, oracle = (_number(metrics, model, "relearn_forget_prob") for model in ("unlearned", "oracle"))
+    if ours is None:
+        return Measured(None, "unlearned relearn_forget_prob is null (eval.relearn.enabled false?)")
+    if oracle is None:
+        return Measured(None, "oracle relearn_forget_prob is null (no oracle model?)")
+    return Measured(ours - oracle, note=f"after the attack: unlearned {ours:.4g}, oracle {oracle:.4g}")
+
+
 # setting name in GateConfig -> (metric name in gate.json, operator, what it measures)
 CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Measured]]] = {
     "min_forget_quality": ("forget_quality", ">=", _unlearned("forget_quality", " (no oracle model?)")),
@@ -220,6 +231,7 @@ CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Measured]]] = {
     "max_earlier_forget_prob_ratio": ("earlier_forget_prob_ratio", "<=", _earlier_forget_prob_ratio),
     "min_forget_holdout_ks_p": ("forget_holdout_ks_p", ">=", _unlearned("forget_holdout_ks_p")),
     "max_forget_holdout_auc_gap": ("forget_holdout_auc_gap", "<=", _auc_gap),
+    "max_relearn_gap": ("relearn_gap", "<=", _relearn_gap),
 }
 
 

@@ -15,7 +15,7 @@ MODELS = ("target", "oracle", "unlearned")
 METRIC_ORDER = (
     "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality",
     "retain_prob", "retain_rouge", "retain_truth_ratio", "model_utility",
-    "mia_auc", "privleak", "extraction_strength",
+    "mia_auc", "privleak", "extraction_strength", "relearn_forget_prob", "relearn_recovery",
 )
 MAX_LISTED_IDS = 200
 

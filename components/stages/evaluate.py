@@ -34,6 +34,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         loaders, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
         config=config.eval, max_length=config.model.max_length, earlier_forget=load_earlier(paths),
         utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
+        fresh_models=True,  # each loader reads its model from disk
     )
     write_reports(result, paths.reports)
     return result.metrics

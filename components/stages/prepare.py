@@ -86,11 +86,14 @@ def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record
 
 
 def resolved_config(config: Config, paths: Paths) -> Config:
-    """``config`` with local model paths resolved against the pipeline root and the settings
-    ``prepare`` derived from the data (``model.max_length: auto``)."""
+    """``config`` with local model paths resolved against the pipeline root, the settings
+    ``prepare`` derived from the data (``model.max_length: auto``) and the relearning attack's
+    learning rate (``eval.relearn.lr: null`` = ``finetune.lr``)."""
     from components.modeling.resolve import with_local_paths
 
     config = with_local_paths(config, paths.config_root)
+    if config.eval.relearn.lr is None:
+        config = config.with_overrides({"eval.relearn.lr": config.finetune.lr})
     if config.model.max_length != "auto":
         return config
     settings = read_json(paths.settings)
