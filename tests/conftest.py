@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-import prefect  # noqa: F401  Prefect binds its log handlers to sys.stderr on first import: do it now, not
-import pytest   # inside a CliRunner call whose temporary stderr is closed afterwards (later logging would fail)
+import absl.logging  # rouge_score's logger, imported by components.evaluation
+import prefect.main  # noqa: F401  sets up Prefect's logging now (`import prefect` alone is lazy and does not)
+import pytest
 import torch
+
+# Logging is reconfigured during the session (Prefect's setup_logging on the first `from prefect import flow`):
+# logging.config.dictConfig closes every handler ever made, attached or not. absl's handler, made on
+# import and bound to the sys.stderr of that moment (pytest's capture file), closes that stream unless it is the
+# current sys.stderr; inside a CliRunner call it is not, so pytest's own capture file was closed and every later
+# test on that process failed with "I/O operation on closed file" (seen under xdist, or whenever the first such
+# reconfiguration happened inside a CLI test). Bound to sys.__stderr__, absl never closes it. Prefect's console
+# handler is made above, outside any CliRunner call, so it never holds a CliRunner's temporary stream.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 from components.config import Config, FinetuneConfig, TinyModelConfig
 from components.data.demo_world import generate_world
