@@ -91,7 +91,12 @@ def grid(optimizers=OPTIMIZERS, pairs=PAIRS, *, loss: str = "npo", seeds=(0, 1),
                  for gamma, alpha in pairs for combiner, balance in (("blur", gamma), ("weighted_sum", alpha)))
 
 
-GRIDS = {"default": grid(), "smoke": grid(pairs=((0.1, 10.0),), seeds=(0,), eval_steps=(1, 2))}
+# SmolLM2-135M (pretrained/params.yaml): AdamW at the profile's 2e-5 moves each of the 135M coordinates
+# by ~2e-5 (a step of norm ~0.23), so SGD at 0.25 (clipped at 1) is the like-for-like step length.
+PRETRAINED_OPTIMIZERS = (Optimizer("adamw", "adamw", 2e-5), Optimizer("sgd", "sgd", 0.25),
+                         Optimizer("sgd-momentum", "sgd", 0.025, momentum=0.9))
+GRIDS = {"default": grid(), "smoke": grid(pairs=((0.1, 10.0),), seeds=(0,), eval_steps=(1, 2)),
+         "pretrained": grid(PRETRAINED_OPTIMIZERS, pairs=((0.1, 10.0),), seeds=(0,), eval_steps=(4, 8))}
 
 
 @dataclass
@@ -342,11 +347,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stem", default=None)
     parser.add_argument("--budget-minutes", type=float, default=40.0)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--world", choices=("demo", "pretrained"), default="demo",
+                        help="pretrained: SmolLM2's target and oracle of benchmarks.pretrained (cached), a smaller grid")
     args = parser.parse_args(argv)
-    config = OptimizerConfig(jobs=GRIDS["smoke" if args.smoke else "default"], budget_minutes=args.budget_minutes,
-                             out_dir=args.out, stem=args.stem or ("optimizers_smoke" if args.smoke else "optimizers"),
-                             mlflow=not args.no_mlflow)
+    grid_name = "smoke" if args.smoke else ("pretrained" if args.world == "pretrained" else "default")
+    stem = {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
+    config = OptimizerConfig(jobs=GRIDS[grid_name], budget_minutes=args.budget_minutes, out_dir=args.out,
+                             stem=args.stem or stem, mlflow=not args.no_mlflow)
     bench = None
+    if grid_name == "pretrained":
+        from benchmarks.pretrained import PretrainedConfig, pretrained_bench
+
+        init_process(config.threads)
+        bench = pretrained_bench(PretrainedConfig())
     if args.smoke:
         from benchmarks.pretrained import smoke_bench
 

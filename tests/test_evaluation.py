@@ -297,6 +297,22 @@ def test_the_attack_trains_a_copy_and_leaves_the_model_as_it_was(setup):
     assert all(torch.equal(before[k], v) for k, v in s.oracle.state_dict().items())
 
 
+def test_only_a_model_read_from_disk_is_attacked_in_place(setup):
+    """A plain loader may hand over a model the caller still uses: the attack trains a copy. A
+    ``FromDisk`` loader's model belongs to the evaluator, which then saves the copy's memory."""
+    from components.evaluation.evaluator import FromDisk
+
+    s = setup
+    kept, owned = copy.deepcopy(s.oracle), copy.deepcopy(s.oracle)
+    before = {k: v.clone() for k, v in s.oracle.state_dict().items()}
+    for model, wrap in ((kept, lambda f: f), (owned, FromDisk)):
+        evaluate_models({"unlearned": wrap(loader(model, s.tokenizer, "unlearned"))}, forget=s.forget,
+                        retain=s.retain[:4], holdout=s.holdout, config=s.config.eval,
+                        max_length=s.config.model.max_length, show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in kept.state_dict().items())
+    assert not all(torch.equal(before[k], v) for k, v in owned.state_dict().items())
+
+
 def test_knowledge_only_suppressed_comes_back_under_the_attack_faster_than_the_oracle_learns_it(setup):
     """A target pushed down by a few steps of gradient ascent still holds the facts: the attack on
     one half of the forget set brings the other half back, far more than the oracle gains."""

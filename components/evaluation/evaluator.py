@@ -47,6 +47,17 @@ RESERVED_SET_NAMES = {FORGET, RETAIN, HOLDOUT, "earlier", "model", "mia", "privl
 # What evaluate_models is given per role: a function that loads the model (None: absent).
 ModelLoader = Callable[[], "LoadedModel | None"]
 
+
+@dataclass(frozen=True)
+class FromDisk:
+    """A model loader that reads the model from disk on each call, so nobody else holds what it
+    returns: the relearning attack may fine-tune that model in place (one model's memory saved)."""
+
+    load: ModelLoader
+
+    def __call__(self) -> "LoadedModel | None":
+        return self.load()
+
 # metrics.json: (key, metric, split) for each model.
 REPORTED: tuple[tuple[str, str, str], ...] = (
     ("forget_prob", "prob", FORGET),
@@ -386,7 +397,6 @@ def evaluate_models(
     utility_sets: Mapping[str, Sequence[Record]] | None = None,
     knowledge_sets: Mapping[str, Sequence[Record]] | None = None,
     show_progress: bool = True,
-    fresh_models: bool = False,
 ) -> EvaluationResult:
     """Evaluate each present model, one at a time; metrics that need an absent model are None.
 
@@ -398,9 +408,8 @@ def evaluate_models(
     ("still forgotten"); ``utility_sets`` maps names to extra sets for model utility;
     ``knowledge_sets`` maps names to multiple-choice sets (TOFU's real authors and world
     facts, see :mod:`components.evaluation.knowledge`), which count in model utility too.
-    ``fresh_models=True`` promises that each loader returns a model nobody else holds (read from
-    disk): the relearning attack then fine-tunes it in place instead of a copy, saving one model's
-    memory.
+    A loader wrapped in :class:`FromDisk` returns a model nobody else holds: the relearning attack
+    then fine-tunes it in place instead of a copy, saving one model's memory.
     """
     earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
     knowledge_sets = dict(knowledge_sets or {})
@@ -419,7 +428,8 @@ def evaluate_models(
     with progress_bar(enabled=show_progress, label="[bold]evaluate {task.description}") as progress:
         ctx = EvaluationContext(dict.fromkeys(MODEL_ROLES), splits, config, max_length=max_length, progress=progress)
         for role in MODEL_ROLES:
-            _score_one_model(ctx, role, loaders.get(role), fresh=fresh_models)
+            loader = loaders.get(role)
+            _score_one_model(ctx, role, loader, fresh=isinstance(loader, FromDisk))
         metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget)
                    for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}

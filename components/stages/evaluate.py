@@ -16,13 +16,14 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     Earlier processed requests (data/prepared/earlier/) are evaluated too: still forgotten.
     """
     from components.evaluation import evaluate_models, write_reports
+    from components.evaluation.evaluator import FromDisk
     from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
     from components.modeling.io import load_model_dir, model_options
 
     config = resolved_config(config, paths)
     splits = load_splits(paths)
     options = model_options(config.model)
-    loaders = {role: (lambda folder=folder: load_model_dir(folder, **options))
+    loaders = {role: FromDisk(lambda folder=folder: load_model_dir(folder, **options))
                for role, folder in (("target", paths.target), ("oracle", paths.oracle),
                                     ("unlearned", paths.unlearned))}
     local = [resolve_local(path, paths.config_root) for path in config.eval.knowledge_sets]
@@ -34,7 +35,6 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         loaders, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
         config=config.eval, max_length=config.model.max_length, earlier_forget=load_earlier(paths),
         utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
-        fresh_models=True,  # each loader reads its model from disk
     )
     write_reports(result, paths.reports)
     return result.metrics
