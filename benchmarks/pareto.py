@@ -145,7 +145,8 @@ def pareto_figure(panels: Sequence[tuple[str, Sequence[dict]]], *, x: str, y: st
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    if labels:  # nothing to draw (e.g. no forget quality on a text-only world): no legend either
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.12 / rows_n, 1, 0.95 if title else 1))
