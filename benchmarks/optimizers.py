@@ -349,10 +349,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--world", choices=("demo", "pretrained"), default="demo",
                         help="pretrained: SmolLM2's target and oracle of benchmarks.pretrained (cached), a smaller grid")
+    parser.add_argument("--only", default=None, metavar="JOB[,JOB]",
+                        help="run only the grid's jobs whose name starts with one of these (e.g. 'sgd weighted_sum')")
     args = parser.parse_args(argv)
     grid_name = "smoke" if args.smoke else ("pretrained" if args.world == "pretrained" else "default")
     stem = {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
-    config = OptimizerConfig(jobs=GRIDS[grid_name], budget_minutes=args.budget_minutes, out_dir=args.out,
+    jobs = GRIDS[grid_name]
+    if args.only:
+        jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in args.only.split(","))))
+    config = OptimizerConfig(jobs=jobs, budget_minutes=args.budget_minutes, out_dir=args.out,
                              stem=args.stem or stem, mlflow=not args.no_mlflow)
     bench = None
     if grid_name == "pretrained":
