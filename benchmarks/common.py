@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from components.config import Config, EvalConfig, UnlearnConfig
+from components.config import Config, EvalConfig, UnlearnConfig, with_relearn_lr
 from components.data.records import Record, content_hash
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -256,7 +256,7 @@ class CandidateEvaluator:
         self.bench = bench
         splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
-        self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config),
+        self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config.finetune.lr),
                                      max_length=bench.max_length)
 
     def metrics(self, role: str) -> dict[str, float | None]:
@@ -281,16 +281,9 @@ class CandidateEvaluator:
     def _relearn(self, role: str) -> None:
         """The relearning attack on ``role`` (a copy), once, when its metrics are wanted."""
         wanted = self.keys is None or "relearn_forget_prob" in self.keys
-        if (wanted and self.ctx.config.relearn.enabled and len(self.bench.forget) >= 2
-                and self.ctx.relearned(role, "forget") is None):
+        if wanted and self.ctx.attacks(role) and self.ctx.relearned(role, "forget") is None:
             self.ctx.run_relearn(role)
 
-
-def with_relearn_lr(eval_config: EvalConfig, config: Config) -> EvalConfig:
-    """``eval.relearn.lr: null`` means ``finetune.lr``, as the evaluate stage resolves it."""
-    if eval_config.relearn.lr is not None:
-        return eval_config
-    return eval_config.model_copy(update={"relearn": eval_config.relearn.model_copy(update={"lr": config.finetune.lr})})
 
 
 def load_snapshot(bench: Bench, state: dict[str, torch.Tensor]) -> torch.nn.Module:

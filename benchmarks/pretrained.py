@@ -46,11 +46,11 @@ from benchmarks.common import (
     log,
     machine,
     method_config,
-    with_relearn_lr,
     write_json,
 )
 from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
                               matched_comparison, mean_std, pareto_figure)
+from components.config import with_relearn_lr
 from components.data.records import Record, content_hash
 
 PROFILE = REPO / "pretrained" / "params.yaml"
@@ -217,7 +217,7 @@ class PretrainedEvaluator(CandidateEvaluator):
         splits |= {KNOWLEDGE_PREFIX + name: records for name, records in knowledge.items()}
         self.sizes = {name: len(records) for name, records in splits.items()}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
-        self.ctx = EvaluationContext(models, splits, with_relearn_lr(bench.config.eval, bench.config),
+        self.ctx = EvaluationContext(models, splits, with_relearn_lr(bench.config.eval, bench.config.finetune.lr),
                                      max_length=bench.max_length)
 
     def metrics(self, role: str) -> dict[str, float | None]:

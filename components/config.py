@@ -229,6 +229,13 @@ class GateConfig(_Section):
     fail_on_missing: bool = True
 
 
+def with_relearn_lr(eval_config: EvalConfig, finetune_lr: float) -> EvalConfig:
+    """``eval.relearn.lr: null`` means ``finetune_lr``, the rate that taught the model the data."""
+    if eval_config.relearn.lr is not None:
+        return eval_config
+    return eval_config.model_copy(update={"relearn": eval_config.relearn.model_copy(update={"lr": finetune_lr})})
+
+
 class RegistryConfig(_Section):
     model_name: str = "blur-demo"
     alias: str = "champion"

@@ -231,6 +231,11 @@ class EvaluationContext:
         halves = relearn_halves(len(self.records(split)), self.config.relearn.seed)
         return halves.held_out if halves else ()
 
+    def attacks(self, model: str, split: str = FORGET) -> bool:
+        """Whether the relearning attack runs on ``model``: the oracle and the unlearned model, when
+        ``eval.relearn`` is enabled and the split has a record to train on and one to score."""
+        return model in RELEARN_ROLES and self.config.relearn.enabled and len(self.records(split)) >= 2
+
     def run_relearn(self, model: str, split: str = FORGET, *, in_place: bool = False) -> None:
         """Run the relearning attack on ``model`` (present and loaded) and keep what it found.
 
@@ -449,7 +454,7 @@ def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | No
     del loaded
     try:
         _model_rows(ctx, role)
-        if role in RELEARN_ROLES and ctx.config.relearn.enabled and len(ctx.records(FORGET)) >= 2:
+        if ctx.attacks(role):
             ctx.run_relearn(role, in_place=fresh)  # last: in place it changes the weights, freed next
     finally:
         ctx.release(role)

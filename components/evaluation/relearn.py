@@ -60,7 +60,4 @@ def relearn_attack(model: torch.nn.Module, tokenizer, records: Sequence[Record],
     finetune(attacker, tokenizer, [records[i] for i in halves.attacked], recipe, max_length=max_length,
              seed=config.seed, epochs=config.epochs, show_progress=False, label="relearn")
     encoded = [encode_record(tokenizer, records[i], max_length) for i in halves.held_out]
-    evidence = teacher_forced(attacker, encoded, ensure_pad_token(tokenizer), batch_size)
-    if not in_place:
-        del attacker
-    return evidence
+    return teacher_forced(attacker, encoded, ensure_pad_token(tokenizer), batch_size)

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from components.config import Config
+from components.config import Config, with_relearn_lr
 from components.data.loaders import load_records, save_records
 from components.data.records import Record
 from components.data.requests import (DeletionRequest, Resolution, parse_request_bytes, read_request,
@@ -92,8 +92,7 @@ def resolved_config(config: Config, paths: Paths) -> Config:
     from components.modeling.resolve import with_local_paths
 
     config = with_local_paths(config, paths.config_root)
-    if config.eval.relearn.lr is None:
-        config = config.with_overrides({"eval.relearn.lr": config.finetune.lr})
+    config = config.model_copy(update={"eval": with_relearn_lr(config.eval, config.finetune.lr)})
     if config.model.max_length != "auto":
         return config
     settings = read_json(paths.settings)
