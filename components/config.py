@@ -201,6 +201,8 @@ class EvalConfig(_Section):
     knowledge: Literal["auto", "on", "off"] = "auto"
     knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
     relearn: RelearnConfig = RelearnConfig()
+    cache: bool = True  # reuse a model's outputs scored before with the same sets and settings (.cache/eval)
+    measure_floor: bool = True  # time the model's throughput: reports/resources.json gets evaluate's floor
 
     @field_validator("knowledge", mode="before")
     @classmethod

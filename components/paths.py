@@ -45,12 +45,18 @@ class Paths:
     unlearned = _under("models", "unlearned")
     checkpoints = _under(None, "checkpoints", "unlearn")
     reports = _under(None, "reports")
+    resources = _under("reports", "resources.json")    # each stage's time and memory; evaluate's cost
     # the request folders of the production flow
     requests = _under(None, "data", "requests")
     inbox = _under("requests", "inbox")
     processed = _under("requests", "processed")
     rejected = _under("requests", "rejected")
     failed = _under("requests", "failed")
+
+    @property
+    def eval_cache(self) -> Path:
+        """Model outputs of evaluation, shared by every run of this project (DVC- and git-ignored)."""
+        return self.config_root / ".cache" / "eval"  # type: ignore[operator]
 
 
 def resolve_local(path: str, root: Path) -> str:

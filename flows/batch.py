@@ -136,10 +136,12 @@ def record_erasure(config: Config, repo: Paths, paths: Paths, *, gate: dict, met
     from components.registry import connect, tracking_store
     from components.registry.certificates import (ErasureEvidence, file_md5, issue_certificate,
                                                   log_certificate_to_mlflow, weights_sha256)
+    from components.evaluation.cache import EvalCache
     from components.registry.retention import purge_superseded_versions
 
     client = connect(tracking_store(repo.root))
     purge = purge_superseded_versions(client, gate["model_name"], gate["version"], config.registry.retention)
+    EvalCache(repo.eval_cache).purge(purge.eval_fingerprints)  # their scored outputs go with the weights
     weights, forget_md5 = weights_sha256(paths.unlearned), file_md5(paths.forget)
     erased_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     issued = {}

@@ -180,6 +180,11 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     if state["unreadable"]:
         err.print(f"[red]Unreadable result files in {paths.processed}: {escape(', '.join(state['unreadable']))}; "
                   "restore them (git or `dvc checkout`): no batch runs until then.[/red]")
+    from components.evaluation.cache import EvalCache
+
+    models, size = EvalCache(paths.eval_cache).size()
+    console.print(f"Evaluation cache: {models} model(s), {size / 2**20:.1f} MiB in {paths.eval_cache} "
+                  "(purged with the models it scored)")
     push = pending_push(paths)
     if push:
         err.print(f"[yellow]dvc push pending since {push.get('since')}: {escape(str(push.get('error')))}; "

@@ -242,6 +242,7 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths, start: str | None) -> t
     _unlearn(batch, inbox, paths)
     crash_point("unlearn")
     metrics = evaluate_batch(config, paths, show_progress=False)
+    get_run_logger().info("evaluate: %s", stages.evaluate_cost_summary(paths))
     crash_point("evaluate")
     dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
     gate = register_batch.with_options(**batch.retry)(

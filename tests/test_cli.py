@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def test_process_twice_processes_nothing_new(cli_repo):
 def test_status_shows_the_champion(cli_repo):
     output = cli_repo[2]["status_after"].output
     assert "Champion: blur-demo version 1" in output
+    # the batch scored its target, oracle and unlearned model into the project's evaluation cache
+    assert re.search(r"Evaluation cache: [1-9]\d* model\(s\)", output)
     assert "processed" in output and "cli-good" in output
 
 

@@ -114,3 +114,24 @@ def test_flow_and_dvc_repro_give_the_same_metrics(repro, prefect_server):
     by_dvc = json.loads((repo / "reports" / "metrics.json").read_text())
     by_flow = json.loads((repo / "runs" / summary["batch_id"] / "reports" / "metrics.json").read_text())
     assert by_flow == by_dvc
+    # the batch found what `dvc repro` scored in the project's evaluation cache: every model was a hit
+    cost = json.loads((repo / "runs" / summary["batch_id"] / "reports" / "resources.json").read_text())["evaluate"]
+    assert {role: entry["misses"] for role, entry in cost["cache"].items()} == {
+        "target": 0, "oracle": 0, "unlearned": 0}
+
+
+def test_changing_only_an_unlearning_setting_scores_only_the_new_model(repro):
+    repo = repro["repo"]
+    before = json.loads((repo / "reports" / "metrics.json").read_text())
+    write_params(repo, {**FILE_WORLD, "unlearn.lr": 5.0e-4})
+    result = _dvc(repo, "repro")
+    assert "Running stage 'unlearn'" in result.stdout and "Running stage 'evaluate'" in result.stdout
+    assert "target cache hit" in result.stdout and "unlearned cache miss" in result.stdout
+    cost = json.loads((repo / "reports" / "resources.json").read_text())["evaluate"]
+    assert cost["cache"]["target"]["misses"] == 0 and cost["cache"]["oracle"]["misses"] == 0
+    assert cost["cache"]["unlearned"]["hits"] == 0 and cost["cache"]["unlearned"]["misses"] > 0
+    after = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert after["unlearned"] != before["unlearned"]
+    for role in ("target", "oracle"):  # whole-model metrics read the unlearned model only for it
+        assert after[role] == before[role]
+    write_params(repo, FILE_WORLD)

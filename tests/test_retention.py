@@ -212,3 +212,28 @@ def test_status_shows_what_still_holds_erased_data_and_requests_without_a_certif
     shutil.rmtree(tmp_path / "runs" / "batch-done")
     cleaned = CliRunner().invoke(app, ["status", "--root", str(tmp_path)])
     assert "no older model version or batch folder holds it" in cleaned.output
+
+
+def test_delete_names_the_evaluation_cache_entries_of_the_models_it_deleted(mlflow_store, tiny_model_dir, tmp_path):
+    """Each logged model carries its evaluation-cache fingerprint; purging it hands the fingerprint back,
+    so the flow drops its cached outputs with the weights (components.evaluation.cache)."""
+    from components.evaluation.cache import EvalCache
+
+    def with_fp(request_id, fp, passing=True):
+        metrics = sample_metrics() if passing else sample_metrics(forget_prob=0.79)
+        candidate = Candidate(metrics, sample_diagnostics(3), sample_summary(request_id), {}, tiny_model_dir, fp)
+        return register_candidate(registry_config(**GATE), candidate, tmp_path / request_id, store=mlflow_store,
+                                  processed_requests={})
+
+    with_fp("req-1", "a" * 64)
+    with_fp("req-f", "f" * 64, passing=False)
+    with_fp("req-2", "b" * 64)
+    cache = EvalCache(tmp_path / "cache")
+    for fp in ("a" * 64, "f" * 64, "b" * 64):
+        (cache.root / fp).mkdir(parents=True)
+        (cache.root / fp / "targets-x.npz").write_bytes(b"0")
+
+    result = purge_superseded_versions(mlflow_store.client(), MODEL, "2", "delete")
+    assert sorted(result.eval_fingerprints) == ["a" * 64, "f" * 64]
+    assert sorted(cache.purge(result.eval_fingerprints)) == ["a" * 64, "f" * 64]
+    assert [p.name for p in cache.root.iterdir()] == ["b" * 64]  # the new champion's entries stay

@@ -14,10 +14,11 @@ import gc
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -35,7 +36,9 @@ from components.evaluation.metrics import (
     MetricResult,
     get_metric,
     null_result,
+    result,
 )
+from components.evaluation.cache import EvalCache, Ragged, model_fingerprint, settings_key, split_fingerprint
 from components.evaluation.relearn import relearn_attack, relearn_halves
 from components.modeling.encoding import Encoded, encode_record, ensure_pad_token
 from components.modeling.io import LoadedModel
@@ -44,6 +47,10 @@ from components.progress import progress_bar
 MODEL_ROLES = ("target", "oracle", "unlearned")
 UTILITY_PREFIX, KNOWLEDGE_PREFIX, EARLIER_PREFIX = "utility:", "knowledge:", "earlier:"
 RESERVED_SET_NAMES = {FORGET, RETAIN, HOLDOUT, "earlier", "model", "mia", "privleak", "extraction"}
+# Outputs kept in the evaluation cache (besides the relearning attack's), and the metrics read off generations,
+# which are cached as per-record scores so no generated text is stored.
+_CACHED_KINDS = ("targets", "alternatives", "generations")
+GENERATION_METRICS = ("rouge", "knowmem", "verbmem")
 # What evaluate_models is given per role: a function that loads the model (None: absent).
 ModelLoader = Callable[[], "LoadedModel | None"]
 
@@ -116,6 +123,17 @@ PER_ITEM_COLUMNS = {
 
 
 @dataclass
+class ScoredWork:
+    """Tokens a context ran models on: teacher-forced (prompts of generations included), decoded
+    (the reference answers' length: what ROUGE needs, not what greedy decoding ran to) and trained
+    (the relearning attack). :mod:`components.evaluation.floor` turns them into seconds."""
+
+    forward_tokens: int = 0
+    decode_tokens: int = 0
+    train_tokens: int = 0
+
+
+@dataclass
 class EvaluationResult:
     """Everything evaluation found, free of record text.
 
@@ -127,6 +145,10 @@ class EvaluationResult:
     metrics: dict[str, dict[str, Any]]
     per_item: dict[str, dict[str, list[dict[str, Any]]]]
     seconds: float
+    # role -> {"fingerprint", "hits", "misses"}: cache entries reused and computed (absent roles left out)
+    cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+    floor: dict[str, Any] | None = None  # see components.evaluation.floor.evaluation_floor
+    sample_sizes: dict[str, int] = field(default_factory=dict)  # records scored per split
 
 
 class EvaluationContext:
@@ -154,6 +176,7 @@ class EvaluationContext:
         self._metrics: dict[tuple[str, str, str], MetricResult] = {}
         self._evidence: dict[tuple[str, str, str], list] = {}
         self._encodings: dict[tuple[int, str, str], Any] = {}
+        self.work = ScoredWork()  # what this context ran models on (for the floor)
 
     # -- what metrics may ask for
     def records(self, split: str) -> list[Record]:
@@ -184,6 +207,7 @@ class EvaluationContext:
     def targets(self, model: str, split: str) -> list[TokenEvidence]:
         def compute(loaded: LoadedModel) -> list[TokenEvidence]:
             encoded = self._encoded(loaded.tokenizer, split, "targets")
+            self.work.forward_tokens += sum(len(e.input_ids) for e in encoded)
             with self._task(model, split, "scoring", len(encoded)) as advance:
                 return self._teacher_forced(loaded, encoded, advance)
 
@@ -192,6 +216,7 @@ class EvaluationContext:
     def alternatives(self, model: str, split: str) -> list[Alternatives | None]:
         def compute(loaded: LoadedModel) -> list[Alternatives | None]:
             owners, encoded = self._encoded(loaded.tokenizer, split, "alternatives")
+            self.work.forward_tokens += sum(len(e.input_ids) for e in encoded)
             with self._task(model, split, "truth ratio", len(encoded)) as advance:
                 evidence = self._teacher_forced(loaded, encoded, advance)
             grouped: list[list[TokenEvidence]] = [[] for _ in self.records(split)]
@@ -206,6 +231,8 @@ class EvaluationContext:
             tokenizer = loaded.tokenizer
             jobs = self._encoded(tokenizer, split, "generation")
             live = [i for i, job in enumerate(jobs) if job is not None]
+            self.work.forward_tokens += sum(len(jobs[i][0]) for i in live)
+            self.work.decode_tokens += sum(jobs[i][3] for i in live)
             with self._task(model, split, "generation", len(live)) as advance:
                 outputs = greedy_generate(
                     loaded.model, tokenizer, [jobs[i][0] for i in live],
@@ -244,6 +271,14 @@ class EvaluationContext:
         loaded = self.models.get(model)
         if loaded is None:
             raise LookupError(f"model '{model}' is not loaded: cannot run the relearning attack on it")
+        halves = relearn_halves(len(self.records(split)), self.config.relearn.seed)
+        if halves is not None:
+            tokens = [len(encode_record(loaded.tokenizer, self.records(split)[i], self.max_length).input_ids)
+                      for i in halves.attacked]
+            self.work.train_tokens += self.config.relearn.epochs * sum(tokens)
+            self.work.forward_tokens += sum(
+                len(encode_record(loaded.tokenizer, self.records(split)[i], self.max_length).input_ids)
+                for i in halves.held_out)
         with self._task(model, split, "relearn", 1) as advance:
             self._evidence[(model, split, "relearned")] = relearn_attack(
                 loaded.model, loaded.tokenizer, self.records(split), self.config.relearn,
@@ -281,6 +316,83 @@ class EvaluationContext:
         self.models[role] = None
         self._encodings.clear()  # keyed by the tokenizer's id, which a freed tokenizer gives up
 
+    # -- the evaluation cache (components.evaluation.cache)
+    def _cache_settings(self, model: str, kind: str) -> str:
+        loaded = self.models[model]
+        parameter = next(loaded.model.parameters())
+        settings: dict[str, Any] = {"max_length": self.max_length, "batch_size": self.config.batch_size,
+                                    "dtype": str(parameter.dtype), "device": parameter.device.type, "kind": kind}
+        if kind == "generations":
+            settings |= {"max_new_tokens": self.config.max_new_tokens,
+                         "verbmem_prefix_tokens": self.config.verbmem_prefix_tokens}
+        if kind == "relearned":
+            settings["relearn"] = self.config.relearn.model_dump()
+        return settings_key(settings)
+
+    def restore_cached(self, model: str, cache: EvalCache, model_fp: str) -> set[tuple[str, str]]:
+        """Install every cached output of ``model`` (loaded) for this context's splits; returns the
+        (split, kind) pairs found, which then cost no inference."""
+        found: set[tuple[str, str]] = set()
+        kinds = [*_CACHED_KINDS] + (["relearned"] if self.attacks(model) else [])
+        for split, records in self.splits.items():
+            split_fp = split_fingerprint(records)
+            for kind in kinds:
+                if kind == "relearned" and split != FORGET:
+                    continue
+                arrays = cache.get(model_fp, kind, split_fp, self._cache_settings(model, kind))
+                if arrays is not None:
+                    self._install(model, split, kind, arrays)
+                    found.add((split, kind))
+        return found
+
+    def store_cached(self, model: str, cache: EvalCache, model_fp: str, skip: set[tuple[str, str]]) -> int:
+        """Store every output computed from ``model`` (loaded) that did not come from the cache;
+        returns how many entries were written."""
+        written = 0
+        for split, records in self.splits.items():
+            split_fp = split_fingerprint(records)
+            for kind in (*_CACHED_KINDS, "relearned"):
+                if (split, kind) in skip or (model, split, kind) not in self._evidence:
+                    continue
+                cache.put(model_fp, kind, split_fp, self._cache_settings(model, kind),
+                          self._export(model, split, kind))
+                written += 1
+        return written
+
+    def _export(self, model: str, split: str, kind: str) -> dict[str, np.ndarray]:
+        if kind in ("targets", "relearned"):
+            evidence = self._evidence[(model, split, kind)]
+            return Ragged([e.logps for e in evidence], [e.hits for e in evidence]).to_arrays("")
+        if kind == "alternatives":
+            groups = self._evidence[(model, split, kind)]
+            flat = [e for g in groups if g is not None for e in (g.paraphrased, *g.perturbed)]
+            counts = np.array([0 if g is None else 1 + len(g.perturbed) for g in groups], dtype=np.int64)
+            return {"count": counts, **Ragged([e.logps for e in flat], [e.hits for e in flat]).to_arrays("")}
+        arrays = {}
+        for name in GENERATION_METRICS:
+            by_item = self.metric(name, model, split)["by_item"]
+            arrays[f"{name}_present"] = np.array([v is not None for v in by_item], dtype=bool)
+            arrays[name] = np.array([0.0 if v is None else v for v in by_item], dtype=np.float64)
+        return arrays
+
+    def _install(self, model: str, split: str, kind: str, arrays: Mapping[str, np.ndarray]) -> None:
+        if kind in ("targets", "relearned"):
+            ragged = Ragged.from_arrays(arrays, "")
+            self._evidence[(model, split, kind)] = [TokenEvidence(lp, h) for lp, h in zip(ragged.logps, ragged.hits)]
+        elif kind == "alternatives":
+            ragged = Ragged.from_arrays(arrays, "")
+            evidence = [TokenEvidence(lp, h) for lp, h in zip(ragged.logps, ragged.hits)]
+            groups: list[Alternatives | None] = []
+            at = 0
+            for count in arrays["count"].tolist():
+                groups.append(Alternatives(evidence[at], tuple(evidence[at + 1: at + count])) if count else None)
+                at += count
+            self._evidence[(model, split, kind)] = groups
+        else:
+            for name in GENERATION_METRICS:
+                present, values = arrays[f"{name}_present"].tolist(), arrays[name].tolist()
+                self._metrics[(name, model, split)] = result([v if p else None for p, v in zip(present, values)])
+
     # -- plumbing
     def _teacher_forced(self, loaded: LoadedModel, encoded: Sequence[Encoded], advance) -> list[TokenEvidence]:
         return teacher_forced(loaded.model, encoded, ensure_pad_token(loaded.tokenizer), self.config.batch_size, advance)
@@ -308,11 +420,13 @@ class EvaluationContext:
             self._encodings[key] = value
         return self._encodings[key]
 
-    def _generation_job(self, tokenizer, record: Record) -> tuple[list[int], int, list[int]] | None:
-        """(prompt ids, new-token limit, reference ids) for one record, or None."""
+    def _generation_job(self, tokenizer, record: Record) -> tuple[list[int], int, list[int], int] | None:
+        """(prompt ids, new-token limit, reference ids, reference length in tokens) for one record, or None."""
         if isinstance(record, QARecord):
-            prompt = prompt_ids(encode_record(tokenizer, record, self.max_length))
-            return prompt, self._limit(len(prompt)), []
+            encoded = encode_record(tokenizer, record, self.max_length)
+            prompt = prompt_ids(encoded)
+            limit = self._limit(len(prompt))
+            return prompt, limit, [], min(limit, len(encoded.input_ids) - len(prompt))
         text_ids = tokenizer.encode(record.text, add_special_tokens=False)
         keep = self.config.verbmem_prefix_tokens
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -320,7 +434,8 @@ class EvaluationContext:
         limit = self._limit(len(prompt))
         if len(text_ids) <= keep or limit <= 0:
             return None
-        return prompt, limit, text_ids[keep : keep + limit]
+        reference = text_ids[keep : keep + limit]
+        return prompt, limit, reference, len(reference)
 
     def _limit(self, prompt_length: int) -> int:
         return max(0, min(self.config.max_new_tokens, self.max_length - prompt_length))
@@ -402,6 +517,8 @@ def evaluate_models(
     utility_sets: Mapping[str, Sequence[Record]] | None = None,
     knowledge_sets: Mapping[str, Sequence[Record]] | None = None,
     show_progress: bool = True,
+    cache: EvalCache | None = None,
+    measure_floor: bool = False,
 ) -> EvaluationResult:
     """Evaluate each present model, one at a time; metrics that need an absent model are None.
 
@@ -415,6 +532,9 @@ def evaluate_models(
     facts, see :mod:`components.evaluation.knowledge`), which count in model utility too.
     A loader wrapped in :class:`FromDisk` returns a model nobody else holds: the relearning attack
     then fine-tunes it in place instead of a copy, saving one model's memory.
+    ``cache``: outputs of a model already scored on the same sets with the same settings are
+    reused (:mod:`components.evaluation.cache`). ``measure_floor``: time the model's throughput
+    and report the floor of this run (:mod:`components.evaluation.floor`).
     """
     earlier_forget, utility_sets = dict(earlier_forget or {}), dict(utility_sets or {})
     knowledge_sets = dict(knowledge_sets or {})
@@ -430,37 +550,93 @@ def evaluate_models(
     splits.update({EARLIER_PREFIX + str(rid): records for rid, records in earlier_forget.items()})
 
     start = time.perf_counter()
+    timing = _FloorTiming(enabled=measure_floor)
+    cache = cache or EvalCache(None)
+    cache_report: dict[str, dict[str, Any]] = {}
     with progress_bar(enabled=show_progress, label="[bold]evaluate {task.description}") as progress:
         ctx = EvaluationContext(dict.fromkeys(MODEL_ROLES), splits, config, max_length=max_length, progress=progress)
         for role in MODEL_ROLES:
             loader = loaders.get(role)
-            _score_one_model(ctx, role, loader, fresh=isinstance(loader, FromDisk))
+            report = _score_one_model(ctx, role, loader, fresh=isinstance(loader, FromDisk), cache=cache,
+                                      timing=timing)
+            if report is not None:
+                cache_report[role] = report
         metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget)
                    for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
-    return EvaluationResult(metrics=metrics, per_item=per_item, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return EvaluationResult(metrics=metrics, per_item=per_item, seconds=seconds, cache=cache_report,
+                            floor=timing.report(ctx.work, seconds),
+                            sample_sizes={split: len(records) for split, records in splits.items()})
 
 
-def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None, *, fresh: bool) -> None:
+@dataclass
+class _FloorTiming:
+    """The throughput measured on the first model that had work to do, and what measuring cost."""
+
+    enabled: bool
+    throughput: Any = None  # components.evaluation.floor.Throughput
+    measure_seconds: float = 0.0
+
+    def measure(self, ctx: EvaluationContext, role: str) -> None:
+        if not self.enabled or self.throughput is not None:
+            return
+        from components.evaluation.floor import measure_throughput
+
+        started = time.perf_counter()
+        loaded = ctx.models[role]
+        sample = ctx._encoded(loaded.tokenizer, FORGET, "targets") or ctx._encoded(loaded.tokenizer, RETAIN, "targets")
+        self.throughput = measure_throughput(loaded.model, loaded.tokenizer, sample, ctx.config.batch_size)
+        self.measure_seconds = time.perf_counter() - started
+
+    def report(self, work: ScoredWork, seconds: float) -> dict[str, Any] | None:
+        """The floor of the work done, and evaluate's time over it (the measurement itself left out)."""
+        if not self.enabled:
+            return None
+        from components.evaluation.floor import floor_seconds
+
+        evaluated = seconds - self.measure_seconds
+        out: dict[str, Any] = {"forward_tokens": work.forward_tokens, "decode_tokens": work.decode_tokens,
+                               "train_tokens": work.train_tokens, "measure_seconds": round(self.measure_seconds, 2),
+                               "evaluate_seconds": round(evaluated, 2)}
+        if self.throughput is None:  # every output came from the cache: nothing was run
+            return out | {"floor_seconds": 0.0, "ratio": None}
+        floor = floor_seconds(work.forward_tokens, work.decode_tokens, work.train_tokens, self.throughput)
+        return out | {"forward_tokens_per_s": round(self.throughput.forward_tokens_per_s, 1),
+                      "decode_tokens_per_s": round(self.throughput.decode_tokens_per_s, 1),
+                      "floor_seconds": round(floor, 2), "ratio": round(evaluated / floor, 3) if floor > 0 else None}
+
+
+def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None, *, fresh: bool,
+                     cache: EvalCache, timing: _FloorTiming) -> dict[str, Any] | None:
     """Load one model, run every pass its metrics read, then free it: peak memory is one model.
 
     Computing every per-item metric runs all the passes the reports need; the whole-model
     metrics (which compare models) are read off those outputs once every model has run.
+    Outputs found in ``cache`` are installed first and cost nothing; the rest are computed and
+    stored. Returns the model's fingerprint with its cache hits and misses (None: no model).
     """
     loaded = loader() if loader is not None else None
     if loaded is None:
-        return
+        return None
+    fingerprint = model_fingerprint(loaded.model, loaded.tokenizer) if cache.enabled else None
     ctx.replace_model(role, loaded)
     del loaded
     try:
+        found = ctx.restore_cached(role, cache, fingerprint) if fingerprint else set()
+        before = (ctx.work.forward_tokens, ctx.work.decode_tokens)
         _model_rows(ctx, role)
-        if ctx.attacks(role):
+        if (ctx.work.forward_tokens, ctx.work.decode_tokens) != before:
+            timing.measure(ctx, role)
+        if ctx.attacks(role) and (FORGET, "relearned") not in found:
             ctx.run_relearn(role, in_place=fresh)  # last: in place it changes the weights, freed next
+        written = ctx.store_cached(role, cache, fingerprint, found) if fingerprint else 0
     finally:
         ctx.release(role)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return {"fingerprint": fingerprint, "hits": len(found), "misses": written}
 
 
 def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, knowledge_sets, earlier) -> dict[str, Any]:

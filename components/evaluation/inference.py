@@ -113,12 +113,13 @@ def greedy_generate(
     max_new_tokens: Sequence[int] | int,
     batch_size: int,
     on_batch: OnBatch | None = None,
+    stop_early: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts, without the prompt and without eos.
 
     Batches are left-padded and decoded with the KV cache (``model.generate``); a batch
-    stops as soon as every row has produced eos. ``max_new_tokens`` bounds each prompt's
-    continuation (one int for all, or one per prompt).
+    stops as soon as every row has produced eos (``stop_early=False``: never, for timing).
+    ``max_new_tokens`` bounds each prompt's continuation (one int for all, or one per prompt).
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(prompts):
@@ -148,6 +149,7 @@ def greedy_generate(
                     do_sample=False,
                     num_beams=1,
                     max_new_tokens=steps,
+                    min_new_tokens=0 if stop_early else steps,
                     eos_token_id=stops,
                     pad_token_id=pad,
                 )[:, width:].cpu().tolist()

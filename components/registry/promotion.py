@@ -51,6 +51,7 @@ from components.jsonfiles import write_json
 from components.registry.coverage import coverage_check
 from components.registry.gate import GateDecision, evaluate_gate
 from components.registry.plots import save_plots
+from components.registry.retention import EVAL_FINGERPRINT_TAG
 from components.registry.report import gate_lines, metric_table, render_report
 from components.registry.safe import safe_request_summary
 from components.registry.tracking import (
@@ -121,6 +122,7 @@ class Candidate(NamedTuple):
     summary: Mapping[str, Any] | None
     dvc_hashes: Mapping[str, str] | None
     model_dir: str | Path
+    eval_fingerprint: str | None = None  # the model's evaluation-cache key: retention purges its entries
 
 
 def champion_version(client: "MlflowClient", model_name: str, alias: str) -> str | None:
@@ -300,7 +302,8 @@ def _gate_word(reg: _Registration) -> str:
 def _log_model(reg: _Registration) -> None:
     reg.model_id = log_model(
         reg.client, reg.store, run_id=reg.run_id, experiment_id=reg.experiment, model_dir=reg.candidate.model_dir,
-        tags={"gate": _gate_word(reg), "requests": ",".join(reg.request_ids)[:MAX_REGISTRY_TAG]},
+        tags={"gate": _gate_word(reg), "requests": ",".join(reg.request_ids)[:MAX_REGISTRY_TAG],
+              **({EVAL_FINGERPRINT_TAG: reg.candidate.eval_fingerprint} if reg.candidate.eval_fingerprint else {})},
         params=request_params(reg.safe))
     reg.client.set_tag(reg.run_id, MODEL_TAG, reg.model_id)
 

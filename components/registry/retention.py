@@ -34,6 +34,7 @@ SUPERSEDED_TAG = "erasure_superseded_by"  # the version whose erasure made this 
 RETENTION_TAG = "erasure_retention"       # the policy that was applied
 PURGED_TAG = "erasure_purged"             # run tag: versions / logged models whose weights were deleted
 PIPELINE_MODEL_TAG = "gate"               # logged models this pipeline made carry it
+EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # its evaluation-cache key (components.evaluation.cache)
 
 
 class RetentionError(RuntimeError):
@@ -49,6 +50,7 @@ class PurgeResult:
     purged: tuple[str, ...]                # versions whose weights and registry entry were deleted
     aliases_removed: tuple[str, ...]       # "alias@version"
     candidates_purged: tuple[str, ...]     # unregistered logged models (failed candidates) deleted
+    eval_fingerprints: tuple[str, ...] = ()  # evaluation-cache keys of the deleted models: purge their entries
 
 
 class Holder(NamedTuple):
@@ -123,8 +125,9 @@ def _experiment_models(client: "MlflowClient", keep) -> list:
     return _logged_models(client, client.get_run(keep.run_id).info.experiment_id)
 
 
-def _purge_version(client: "MlflowClient", model_name: str, version, models: Sequence) -> None:
-    """Delete a version's weights, its logged model and its registry entry; the run keeps a tag."""
+def _purge_version(client: "MlflowClient", model_name: str, version, models: Sequence) -> list[str]:
+    """Delete a version's weights, its logged model and its registry entry; the run keeps a tag.
+    Returns the evaluation-cache fingerprints of the logged models deleted."""
     number = str(version.version)
     try:
         _delete_weights(client, version.source)
@@ -135,10 +138,17 @@ def _purge_version(client: "MlflowClient", model_name: str, version, models: Seq
             "delete its artifacts by hand (or set registry.retention: archive) and run the purge again."
         ) from error
     _tag_run(client, version.run_id, PURGED_TAG, f"{model_name} version {number}")
+    fingerprints = []
     for model in models:  # the registry does not keep the model id: match the storage location
         if _location(model.artifact_location) == _location(version.source):
+            fingerprints += _fingerprints([model])
             client.delete_logged_model(model.model_id)
     client.delete_model_version(model_name, number)
+    return fingerprints
+
+
+def _fingerprints(models: Sequence) -> list[str]:
+    return [fp for fp in ((m.tags or {}).get(EVAL_FINGERPRINT_TAG) for m in models) if fp]
 
 
 def _earlier_candidates(models: Sequence, keep, registered: set[str]) -> list:
@@ -191,16 +201,20 @@ def purge_superseded_versions(client: "MlflowClient", model_name: str, keep_vers
     models = _experiment_models(client, keep)
     aliases: list[str] = []
     purged: list[str] = []
+    fingerprints: list[str] = []
     for version in earlier:
         aliases += _retire_version(client, model_name, version, keep_version, policy, pointers)
         if policy == "delete":
-            _purge_version(client, model_name, version, models)
+            fingerprints += _purge_version(client, model_name, version, models)
             purged.append(str(version.version))
     registered = {_location(v.source) for v in versions if str(v.version) not in purged}
     if purged:  # their logged models are gone now
         models = _experiment_models(client, keep)
-    candidates = _purge_candidates(client, _earlier_candidates(models, keep, registered), keep_version, policy)
-    return PurgeResult(policy, superseded, tuple(purged), tuple(aliases), tuple(candidates))
+    stale = _earlier_candidates(models, keep, registered)
+    if policy == "delete":
+        fingerprints += _fingerprints(stale)
+    candidates = _purge_candidates(client, stale, keep_version, policy)
+    return PurgeResult(policy, superseded, tuple(purged), tuple(aliases), tuple(candidates), tuple(fingerprints))
 
 
 # --------------------------------------------------------------------------- local copies

@@ -8,6 +8,7 @@ Prefect flow calls the same functions. Nothing here imports Prefect.
 Every data check that can fail runs before any training (validate before finetune).
 """
 
+from components.stages.evaluate import cost_summary as evaluate_cost_summary
 from components.stages.evaluate import evaluate
 from components.stages.finetune import finetune, train_oracle
 from components.stages.prepare import load_earlier, load_prepared_requests, load_splits, prepare
@@ -16,6 +17,6 @@ from components.stages.unlearn import unlearn
 from components.stages.validate import validate
 
 __all__ = [
-    "evaluate", "finetune", "load_earlier", "load_prepared_requests", "load_splits", "prepare",
+    "evaluate", "evaluate_cost_summary", "finetune", "load_earlier", "load_prepared_requests", "load_splits", "prepare",
     "register", "train_oracle", "unlearn", "validate",
 ]

@@ -41,10 +41,12 @@ def _record_resources(root: Path, stage: str, seconds: float) -> None:
     """Wall time and peak resident memory of this stage's process (rank 0 only)."""
     import resource
 
-    path = Paths(root).reports / "resources.json"
+    path = Paths(root).resources
     record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    record[stage] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
+    # beside what the stage itself recorded in this run (evaluate: its cache use and floor)
+    extra = record.get(stage, {}) if stage == "evaluate" else {}
+    record[stage] = extra | {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
     write_json(path, record)
 
 
@@ -64,13 +66,13 @@ def _unlearn(config: Config, paths: Paths) -> dict:
 
 # What each stage prints when it is done (one line or a few; None prints nothing).
 
-def _prepared(config: Config, resolution) -> str:
+def _prepared(config: Config, resolution, paths: Paths) -> str:
     summary = resolution.summary()
     return (f"request {', '.join(summary['request_ids'])}: {summary['n_forget']} records to forget "
             f"({summary['n_subjects']} subjects), {summary['n_retain']} to retain")
 
 
-def _finetuned(config: Config, summary: dict) -> str | None:
+def _finetuned(config: Config, summary: dict, paths: Paths) -> str | None:
     target = summary["target"]
     if "mean_answer_prob" not in target:
         return None
@@ -78,24 +80,26 @@ def _finetuned(config: Config, summary: dict) -> str | None:
             f"(stopped by {target['stop_reason']}; goal finetune.target_prob={config.finetune.target_prob})")
 
 
-def _validated(config: Config, report: dict) -> str:
+def _validated(config: Config, report: dict, paths: Paths) -> str:
     return f"validation passed: {len(report['suites'])} suites (reports/data_docs/index.html)"
 
 
-def _unlearned(config: Config, summary: dict) -> str:
+def _unlearned(config: Config, summary: dict, paths: Paths) -> str:
     return (f"unlearned in {summary['steps']} steps: forget loss {summary['first_forget_loss']:.3f} -> "
             f"{summary['final_forget_loss']:.3f}, retain loss {summary['first_retain_loss']:.3f} -> "
             f"{summary['final_retain_loss']:.3f}")
 
 
-def _evaluated(config: Config, metrics: dict) -> str:
+def _evaluated(config: Config, metrics: dict, paths: Paths) -> str:
     keys = ("forget_prob", "forget_quality", "forget_holdout_auc", "retain_prob", "model_utility")
-    return "\n".join(f"{role:10s} " + "  ".join(f"{key}={values[key]:.3f}" for key in keys
+    from components.stages.evaluate import cost_summary
+
+    return cost_summary(paths) + "\n" + "\n".join(f"{role:10s} " + "  ".join(f"{key}={values[key]:.3f}" for key in keys
                                                  if values.get(key) is not None)
                      for role, values in ((r, metrics.get(r) or {}) for r in ("target", "oracle", "unlearned")))
 
 
-def _registered(config: Config, gate: dict) -> str:
+def _registered(config: Config, gate: dict, paths: Paths) -> str:
     if gate["passed"]:
         return f"gate passed: {gate['model_name']} version {gate['version']} is now '{gate['alias']}'"
     return "gate FAILED; the serving alias did not move:\n  " + "\n  ".join(gate.get("reasons", []))
@@ -127,7 +131,7 @@ def _command(name: str, run: Callable, describe: Callable) -> Callable:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         _record_resources(root, name, time.perf_counter() - started)
-        line = describe(config, result)
+        line = describe(config, result, paths)
         if line:
             typer.echo(line)
     return command

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 from components.config import Config
 from components.data.loaders import load_records
+from components.jsonfiles import read_json, write_json
 from components.paths import Paths, resolve_local
 from components.stages.prepare import load_earlier, load_splits, resolved_config
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dict:
@@ -16,6 +21,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     Earlier processed requests (data/prepared/earlier/) are evaluated too: still forgotten.
     """
     from components.evaluation import evaluate_models, write_reports
+    from components.evaluation.cache import EvalCache
     from components.evaluation.evaluator import FromDisk
     from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
     from components.modeling.io import load_model_dir, model_options
@@ -35,6 +41,35 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         loaders, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
         config=config.eval, max_length=config.model.max_length, earlier_forget=load_earlier(paths),
         utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
+        cache=EvalCache(paths.eval_cache if config.eval.cache else None), measure_floor=config.eval.measure_floor,
     )
     write_reports(result, paths.reports)
+    _record_cost(paths, {"cache": result.cache, "floor": result.floor, "sample_sizes": result.sample_sizes})
+    log.info("%s", cost_summary(paths))
     return result.metrics
+
+
+def _record_cost(paths: Paths, cost: dict[str, Any]) -> None:
+    """This run's evaluation cost under ``evaluate`` in reports/resources.json (replacing the last run's);
+    the stage command adds its wall time and peak memory beside it."""
+    record = read_json(paths.resources) if paths.resources.exists() else {}
+    record["evaluate"] = cost
+    write_json(paths.resources, record)
+
+
+def evaluated_fingerprint(paths: Paths, role: str) -> str | None:
+    """The evaluation-cache fingerprint of the model that last played ``role`` here (None: not cached)."""
+    cost = read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
+    return (cost.get("cache", {}).get(role) or {}).get("fingerprint")
+
+
+def cost_summary(paths: Paths) -> str:
+    """One line on the last evaluation's cache use and its distance from the floor (reports/resources.json)."""
+    cost = read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
+    parts = [f"{role} cache {'hit' if entry['misses'] == 0 and entry['hits'] else 'miss'} "
+             f"({entry['hits']} reused, {entry['misses']} computed)" for role, entry in cost.get("cache", {}).items()]
+    floor = cost.get("floor") or {}
+    if floor.get("ratio") is not None:
+        parts.append(f"evaluate {floor['evaluate_seconds']:.1f} s = {floor['ratio']:.2f}x its floor "
+                     f"({floor['floor_seconds']:.1f} s)")
+    return "; ".join(parts) or "no evaluation recorded"

@@ -41,7 +41,10 @@ def register(
     if processed_requests is None and not (tags or {}).get("batch_id"):
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
         processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
-    candidate = Candidate(metrics, diagnostics, read_json(paths.resolution), dvc_hashes, paths.unlearned)
+    from components.stages.evaluate import evaluated_fingerprint
+
+    candidate = Candidate(metrics, diagnostics, read_json(paths.resolution), dvc_hashes, paths.unlearned,
+                          evaluated_fingerprint(paths, "unlearned"))
     decision = register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
         processed_requests=processed_requests, tags=tags,
