@@ -190,6 +190,15 @@ class RelearnConfig(_Section):
     seed: int = 0  # which records fall in the attacked half
 
 
+class SampleConfig(_Section):
+    """``eval.sample``: how many records each utility measurement reads (null: all), the same for every
+    model role. A fixed subset (the records with the smallest ids), so every run reads the same ones."""
+
+    retain: int | None = Field(default=None, ge=1)     # retain set: retain_* metrics and model utility
+    knowledge: int | None = Field(default=None, ge=1)  # each knowledge set (TOFU real authors, world facts)
+    utility: int | None = Field(default=None, ge=1)    # each extra utility set (eval.utility_sets)
+
+
 class EvalConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
@@ -201,6 +210,7 @@ class EvalConfig(_Section):
     knowledge: Literal["auto", "on", "off"] = "auto"
     knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
     relearn: RelearnConfig = RelearnConfig()
+    sample: SampleConfig = SampleConfig()
     cache: bool = True  # reuse a model's outputs scored before with the same sets and settings (.cache/eval)
     measure_floor: bool = True  # time the model's throughput: reports/resources.json gets evaluate's floor
 

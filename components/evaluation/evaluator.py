@@ -604,7 +604,7 @@ class _FloorTiming:
         floor = floor_seconds(work.forward_tokens, work.decode_tokens, work.train_tokens, self.throughput)
         return out | {"forward_tokens_per_s": round(self.throughput.forward_tokens_per_s, 1),
                       "decode_tokens_per_s": round(self.throughput.decode_tokens_per_s, 1),
-                      "floor_seconds": round(floor, 2), "ratio": round(evaluated / floor, 3) if floor > 0 else None}
+                      "floor_seconds": round(floor, 3), "ratio": round(evaluated / floor, 3) if floor > 0 else None}
 
 
 def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None, *, fresh: bool,

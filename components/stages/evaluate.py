@@ -22,6 +22,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     """
     from components.evaluation import evaluate_models, write_reports
     from components.evaluation.cache import EvalCache
+    from components.evaluation.sampling import fixed_sample
     from components.evaluation.evaluator import FromDisk
     from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
     from components.modeling.io import load_model_dir, model_options
@@ -37,8 +38,12 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     utility_sets = {
         Path(path).stem: load_records(resolve_local(path, paths.config_root)) for path in config.eval.utility_sets
     }
+    sample = config.eval.sample
+    knowledge_sets = {name: fixed_sample(records, sample.knowledge) for name, records in knowledge_sets.items()}
+    utility_sets = {name: fixed_sample(records, sample.utility) for name, records in utility_sets.items()}
     result = evaluate_models(
-        loaders, forget=splits["forget"], retain=splits["retain"], holdout=splits["holdout"],
+        loaders, forget=splits["forget"], retain=fixed_sample(splits["retain"], sample.retain),
+        holdout=splits["holdout"],
         config=config.eval, max_length=config.model.max_length, earlier_forget=load_earlier(paths),
         utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
         cache=EvalCache(paths.eval_cache if config.eval.cache else None), measure_floor=config.eval.measure_floor,
