@@ -129,6 +129,71 @@ def test_holdout_record_in_world_is_reported(validate):
     assert failure["ids"] == [WORLD[3].record_id]
 
 
+# --------------------------------------------------------------------------- the holdout's likeness
+
+
+def _text_of(report: ValidationReport, log_text: str) -> str:
+    return json.dumps(report.to_dict()) + report.reason() + log_text
+
+
+def _no_record_text(text: str, records) -> None:
+    secrets = {part for record in records for part in (record.subject, getattr(record, "question", ""),
+                                                       getattr(record, "answer", ""), getattr(record, "text", ""))}
+    assert [secret[:20] for secret in secrets if secret and secret in text] == []
+
+
+def test_a_holdout_like_the_forget_set_gives_no_warning(validate, caplog):
+    with caplog.at_level("WARNING", logger="components.validation"):
+        report = validate()
+    assert report.passed and report.warnings == []
+    assert "warning" not in report.reason()
+    assert caplog.records == []
+    holdout = next(suite for suite in report.suites if suite["name"] == "holdout")
+    assert holdout["success"] and holdout["warnings"] == 0
+
+
+def test_a_holdout_of_longer_records_is_a_warning_not_a_failure(validate, caplog):
+    longer = [replace(r, answer=r.answer + " It was a long and quiet life by the sea, far from the city." * 2)
+              for r in HOLDOUT]
+    with caplog.at_level("WARNING", logger="components.validation"):
+        report = validate(holdout=longer)
+    assert report.passed and report.failures == []
+    assert [(w["suite"], w["check"], w["column"]) for w in report.warnings] == [
+        ("holdout", "length_like_forget", "n_scored_tokens")]
+    warning = report.warnings[0]
+    assert warning["expectation"] == "expect_column_median_to_be_between"
+    assert "more than 1.5x apart (warning)" in warning["message"]
+    assert "with 1 warning:" in report.reason() and "same kind and length" in report.reason()
+    assert len(caplog.records) == 1 and "length_like_forget" not in caplog.text and "1.5x apart" in caplog.text
+    holdout = next(suite for suite in report.suites if suite["name"] == "holdout")
+    assert holdout["success"] and (holdout["failed"], holdout["warnings"]) == (0, 1)
+    report.raise_if_failed()  # a warning never stops a run
+    _no_record_text(_text_of(report, caplog.text), longer + FORGET)
+
+
+def test_a_holdout_of_another_kind_is_a_warning(validate, caplog):
+    from components.data.records import TextRecord
+
+    texts = [TextRecord(text=f"{r.question} {r.answer}", subject=r.subject) for r in HOLDOUT]
+    with caplog.at_level("WARNING", logger="components.validation"):
+        report = validate(holdout=texts)
+    assert report.passed
+    kinds = [w for w in report.warnings if w["check"] == "kind_like_forget"]
+    assert len(kinds) == 1 and kinds[0]["rows"] == list(range(1, len(texts) + 1))
+    assert kinds[0]["ids"] == [record.record_id for record in texts]
+    assert kinds[0]["observed"]["unexpected_values"] == [{"value": "text", "count": len(texts)}]
+    assert f"{len(texts)} records are of a kind the forget set has none of (the forget set's: qa)" in kinds[0]["message"]
+    _no_record_text(_text_of(report, caplog.text), texts + FORGET)
+
+
+def test_an_empty_forget_set_or_holdout_is_not_compared(validate):
+    report = validate(forget=[], retain=WORLD)
+    assert report.warnings == []
+    assert [f["suite"] for f in report.failures] == ["forget"]
+    report = validate(holdout=[])
+    assert report.passed and report.warnings == []
+
+
 def test_failed_report_raises_validation_failed_carrying_it(validate):
     report = validate(retain=[])
     with pytest.raises(ValidationFailed) as error:

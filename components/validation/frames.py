@@ -45,22 +45,24 @@ def _record_row(record: Record) -> dict[str, Any]:
     return {"record_id": record.record_id, "subject_hash": content_hash(record.subject), "kind": record.kind}
 
 
-def _token_lengths(record: Record, tokenizer) -> tuple[int, int | None]:
-    """Encoded length of prompt + answer, and of the longest prompt + alternative answer.
+def _token_lengths(record: Record, tokenizer) -> tuple[int, int | None, int]:
+    """Encoded length of prompt + answer, of the longest prompt + alternative answer, and the
+    number of scored tokens (the answer of a QA record, a text record's text, with eos).
 
     Uses the encoding of training and evaluation (components.modeling.encoding), so the
     counts include the prompt template and the special tokens. Alternative answers are a
-    QA record's paraphrased and perturbed answers (None when it has none).
+    QA record's paraphrased and perturbed answers (None when it has none). The scored
+    tokens are the ones membership scores and answer probabilities are computed on.
     """
-    from components.modeling.encoding import encode_record
+    from components.modeling.encoding import IGNORE_INDEX, encode_record
 
-    main = len(encode_record(tokenizer, record, _UNTRUNCATED).input_ids)
+    encoded = encode_record(tokenizer, record, _UNTRUNCATED)
     alternatives = _alternative_answers(record) if isinstance(record, QARecord) else []
     longest = max(
         (len(encode_record(tokenizer, record, _UNTRUNCATED, answer=answer).input_ids) for answer in alternatives),
         default=None,
     )
-    return main, longest
+    return len(encoded.input_ids), longest, sum(label != IGNORE_INDEX for label in encoded.labels)
 
 
 def _to_frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> Frame:
@@ -79,7 +81,7 @@ def split_frame(
     rows = []
     for record in records:
         row = _record_row(record)
-        row["n_tokens"], row["n_tokens_alternatives"] = _token_lengths(record, tokenizer)
+        row["n_tokens"], row["n_tokens_alternatives"], row["n_scored_tokens"] = _token_lengths(record, tokenizer)
         row["in_world"] = row["record_id"] in world_ids
         rows.append(row)
     return _to_frame(rows, columns)

@@ -90,7 +90,7 @@ def _expectation(check):
     import great_expectations.expectations as gxe
 
     cls = getattr(gxe, check.expectation)
-    return cls(**check.kwargs, description=check.description, meta={"check": check.key})
+    return cls(**check.kwargs, description=check.description, meta={"check": check.key}, severity=check.severity)
 
 
 def clear_site(docs_dir: Path) -> None:

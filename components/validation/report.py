@@ -3,7 +3,9 @@
 A :class:`ValidationReport` is plain data (JSON-ready): which suites ran, and for each
 failed expectation the suite, the expectation, the column, the rows (numbered from 1)
 and the record ids or hashes of those rows, a summary of what was observed, what is wrong
-and what to do. It never holds record text. :class:`ValidationFailed` carries a failed
+and what to do. It never holds record text. Warnings (checks of severity ``warning``, such as
+a holdout unlike the forget set) are listed the same way under ``warnings`` and do not
+fail the validation. :class:`ValidationFailed` carries a failed
 report; the validate stage raises it to stop the run before unlearning.
 """
 
@@ -24,6 +26,7 @@ SHOWN_IDS = 5  # ids quoted in reason()
 class ValidationReport:
     passed: bool
     failures: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     suites: list[dict[str, Any]] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
     max_length: int | None = None
@@ -42,12 +45,14 @@ class ValidationReport:
     def reason(self) -> str:
         """One line per problem: what, where (rows, ids) and what to do."""
         who = _requests_phrase(self.request_ids)
+        warned = "".join(f"\n  - warning: {describe_failure(w)}" for w in self.warnings)
         if self.passed:
             n = sum(suite.get("evaluated", 0) for suite in self.suites)
-            return f"{who} passed validation ({len(self.suites)} suites, {n} expectations)"
+            line = f"{who} passed validation ({len(self.suites)} suites, {n} expectations)"
+            return line + (f" with {_plural(len(self.warnings), 'warning')}:" + warned if warned else "")
         head = f"{who} failed validation ({_plural(len(self.failures), 'problem')}"
         head += f"; Data Docs: {self.data_docs})" if self.data_docs else ")"
-        return head + ":\n" + "\n".join(f"  - {describe_failure(f)}" for f in self.failures)
+        return head + ":\n" + "\n".join(f"  - {describe_failure(f)}" for f in self.failures) + warned
 
     def raise_if_failed(self) -> "ValidationReport":
         if not self.passed:

@@ -12,6 +12,11 @@ objects are only built when a validation runs (GX is slow to import). Every chec
 carries the words for its failure: ``problem`` (what is wrong, with ``{count}`` and the
 other fields of :meth:`Check.render_problem`) and ``fix`` (what to do about it). Nothing here
 quotes record text: the frames the suites look at hold ids, hashes, counts and flags.
+
+A check of severity ``warning`` never fails a validation: it is reported as a warning (in
+the report, its ``reason()`` and the log) and the run goes on. The holdout's likeness to the
+forget set is such a check (see :func:`holdout_likeness`): an unlike holdout makes the
+oracle-free forgetting checks misleading, but it is not wrong data.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from typing import Any
 
 # Columns of the frames (see components/validation/frames.py).
 RECORD_COLUMNS = ["record_id", "subject_hash", "kind"]
-SPLIT_COLUMNS = RECORD_COLUMNS + ["n_tokens", "n_tokens_alternatives", "in_world"]
+SPLIT_COLUMNS = RECORD_COLUMNS + ["n_tokens", "n_tokens_alternatives", "n_scored_tokens", "in_world"]
 REQUEST_COLUMNS = ["request_id", "n_subjects", "n_records"]
 
 
 class _PluralFormatter(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, (list, tuple)) and not format_spec:
+            return ", ".join(str(item) for item in value)
         if "|" in format_spec:
             singular, plural = format_spec.split("|", 1)
             return f"{value} {singular if value == 1 else plural}"
@@ -37,6 +44,13 @@ class _PluralFormatter(string.Formatter):
 _PLURAL = _PluralFormatter()
 
 INTERNAL_FIX = "the validation frames are built by components/validation/frames.py; report this as a bug"
+
+CRITICAL, WARNING = "critical", "warning"
+# The holdout is unlike the forget set when the median number of scored tokens per record
+# (a QA record's answer, a text record's text) of one is more than this many times the
+# other's. Membership scores (mean loss, min-k%, zlib) and answer probabilities all depend on
+# length, so a forget set and a holdout of different lengths differ for that reason alone.
+HOLDOUT_LENGTH_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Check:
     description: str  # what is expected, shown in Data Docs
     problem: str  # what is wrong; fields {count}, {worst}, {observed} and the suite's params
     fix: str
+    severity: str = CRITICAL  # critical: fails the validation | warning: reported, the run goes on
 
     def render_problem(self, **fields: Any) -> str:
         """Fill in ``problem``; ``{count:row is|rows are}`` picks the words for the count."""
@@ -179,11 +194,63 @@ def split_suite(split: str, max_length: int) -> Suite:
     )
 
 
-def holdout_suite(max_length: int) -> Suite:
+@dataclass(frozen=True)
+class ForgetProfile:
+    """What the holdout is compared with: the forget set's record kinds and median scored length."""
+
+    kinds: tuple[str, ...]
+    median_scored_tokens: float
+
+
+_LIKE_FIX = ("use holdout records of the same kind and length as the ones erased, about people the model "
+             "never saw (see docs/own-data.md); the forget-vs-holdout checks and the holdout stop compare the "
+             "two sets, so with an unlike holdout they measure the difference in kind or length, not forgetting")
+
+
+def holdout_likeness(profile: ForgetProfile, ratio: float = HOLDOUT_LENGTH_RATIO) -> tuple[Check, ...]:
+    """Warnings (never failures) when the holdout is unlike the forget set: records of a kind the
+    forget set has none of (text against QA), or a median scored length (tokens of a QA
+    record's answer, of a text record's text) more than ``ratio`` times the forget set's or
+    less than its ``1/ratio``."""
+    low, high = profile.median_scored_tokens / ratio, profile.median_scored_tokens * ratio
+    return (
+        Check(
+            key="kind_like_forget",
+            expectation="ExpectColumnValuesToBeInSet",
+            kwargs={"column": "kind", "value_set": list(profile.kinds)},
+            description=f"Every holdout record is of a kind the forget set holds ({', '.join(profile.kinds)}).",
+            problem=("{count:record is|records are} of a kind the forget set has none of "
+                     "(the forget set's: {forget_kinds}) (warning)"),
+            fix=_LIKE_FIX,
+            severity=WARNING,
+        ),
+        Check(
+            key="length_like_forget",
+            expectation="ExpectColumnMedianToBeBetween",
+            kwargs={"column": "n_scored_tokens", "min_value": low, "max_value": high},
+            description=(f"The holdout's median scored length (answer or text tokens) is within {ratio:g}x of the "
+                         f"forget set's ({profile.median_scored_tokens:g} tokens): between {low:.1f} and {high:.1f}."),
+            problem=("median length {observed:g} scored tokens per record, the forget set's {forget_median:g}: "
+                     "more than {length_ratio:g}x apart (warning)"),
+            fix=_LIKE_FIX,
+            severity=WARNING,
+        ),
+    )
+
+
+def holdout_suite(max_length: int, forget: ForgetProfile | None = None) -> Suite:
+    """Each holdout record once, never in the world, fits the model; with ``forget`` (the forget
+    set's profile, None when it is empty) a warning when the holdout is unlike it."""
+    params: dict[str, Any] = {"max_length": max_length}
+    likeness: tuple[Check, ...] = ()
+    if forget is not None:
+        likeness = holdout_likeness(forget)
+        params |= {"forget_kinds": list(forget.kinds), "forget_median": forget.median_scored_tokens,
+                   "length_ratio": HOLDOUT_LENGTH_RATIO}
     return Suite(
         name="holdout",
         label="holdout set",
-        params={"max_length": max_length},
+        params=params,
         checks=(
             _unique("remove the duplicate rows from the holdout file"),
             _not_in_world(
@@ -191,13 +258,14 @@ def holdout_suite(max_length: int) -> Suite:
                 "remove them from the holdout file: membership inference needs records the model never saw",
             ),
             *_lengths("holdout set", max_length),
+            *likeness,
         ),
     )
 
 
-def all_suites(max_length: int, *, with_holdout: bool) -> list[Suite]:
-    """The suites in the order they run and are reported."""
+def all_suites(max_length: int, *, with_holdout: bool, forget: ForgetProfile | None = None) -> list[Suite]:
+    """The suites in the order they run and are reported (``forget``: see :func:`holdout_suite`)."""
     suites = [world_suite(), request_suite(), split_suite("forget", max_length), split_suite("retain", max_length)]
     if with_holdout:
-        suites.append(holdout_suite(max_length))
+        suites.append(holdout_suite(max_length, forget))
     return suites

@@ -4,11 +4,15 @@
 Expectations, writes Data Docs and the JSON report when asked, and returns a
 :class:`ValidationReport`. It never raises for bad data: the caller decides (the validate
 stage calls ``report.raise_if_failed()``, which raises :class:`ValidationFailed`).
+Checks of severity ``warning`` (the holdout unlike the forget set) never fail it: they are
+listed in ``report.warnings`` and logged, counts and lengths only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,17 +20,21 @@ from typing import Any, Sequence
 from components.data.records import Record, content_hash
 from components.data.requests import DeletionRequest, is_request_id
 from components.validation import frames as fr
-from components.validation.report import MAX_LISTED, ValidationReport
+from components.validation.report import MAX_LISTED, ValidationReport, describe_failure
 from components.validation.suites import (
+    CRITICAL,
     INTERNAL_FIX,
     RECORD_COLUMNS,
     REQUEST_COLUMNS,
     SPLIT_COLUMNS,
+    WARNING,
     Check,
+    ForgetProfile,
     Suite,
     all_suites,
 )
 
+log = logging.getLogger(__name__)
 ID_NAMES = {"record_id": "id", "request_id": "request id"}
 
 
@@ -55,14 +63,18 @@ def validate_request_data(
     started = time.perf_counter()
     requests = [request] if isinstance(request, DeletionRequest) else list(request)
     frames = _frames(world, forget, retain, requests, holdout, tokenizer)
-    suites = all_suites(max_length, with_holdout=holdout is not None)
+    # the holdout is compared with the forget set when both have records
+    profile = forget_profile(frames["forget"]) if holdout else None
+    suites = all_suites(max_length, with_holdout=holdout is not None, forget=profile)
     docs_dir = Path(docs_dir) if docs_dir is not None else None
     outcomes = run_suites([(suite, frames[suite.name]) for suite in suites], docs_dir,
                           run_name=_run_name(requests))
     failures = [failure for outcome in outcomes for failure in _failures(outcome)]
+    warnings = [warning for outcome in outcomes for warning in _failures(outcome, severity=WARNING)]
     report = ValidationReport(
         passed=not failures,
         failures=failures,
+        warnings=warnings,
         suites=[_suite_summary(outcome) for outcome in outcomes],
         request_ids=[str(r.request_id) for r in requests],
         max_length=max_length,
@@ -77,6 +89,8 @@ def validate_request_data(
         great_expectations_version=gx_version(),
     )
     report.seconds = round(time.perf_counter() - started, 2)
+    for warning in warnings:
+        log.warning("validation warning: %s", describe_failure(warning))
     if report_path is not None:
         report.write_json(report_path)
     return report
@@ -97,21 +111,38 @@ def _frames(world: Sequence[Record], forget: Sequence[Record], retain: Sequence[
     return frames
 
 
-def _failures(outcome) -> list[dict[str, Any]]:
-    """The failed checks of one suite, in the suite's order."""
+def forget_profile(frame: fr.Frame) -> ForgetProfile | None:
+    """The forget set's kinds and median scored length (None when it is empty: nothing to compare)."""
+    if not len(frame):
+        return None
+    return ForgetProfile(kinds=tuple(sorted(set(frame.columns["kind"]))),
+                         median_scored_tokens=float(statistics.median(frame.columns["n_scored_tokens"])))
+
+
+def _severity(outcome, key: str) -> str:
+    check = next((check for check in outcome.suite.checks if check.key == key), None)
+    return check.severity if check is not None else CRITICAL
+
+
+def _failures(outcome, severity: str = CRITICAL) -> list[dict[str, Any]]:
+    """The failed checks of one suite of ``severity`` (critical: failures; warning: warnings), in the suite's order."""
     checks = {check.key: check for check in outcome.suite.checks}
     order = {key: index for index, key in enumerate(checks)}
-    failed = sorted((r for r in outcome.checks if not r.success), key=lambda r: order.get(r.key, len(order)))
+    failed = sorted((r for r in outcome.checks if not r.success and _severity(outcome, r.key) == severity),
+                    key=lambda r: order.get(r.key, len(order)))
     return [_failure(outcome.suite, outcome.frame, checks.get(r.key), r) for r in failed]
 
 
 def _suite_summary(outcome) -> dict[str, Any]:
+    failed = [c for c in outcome.checks if not c.success]
+    warned = sum(_severity(outcome, c.key) == WARNING for c in failed)
     return {
         "name": outcome.suite.name,
         "label": outcome.suite.label,
-        "success": outcome.success,
+        "success": len(failed) == warned,  # a warning does not fail its suite
         "evaluated": len(outcome.checks),
-        "failed": sum(not c.success for c in outcome.checks),
+        "failed": len(failed) - warned,
+        "warnings": warned,
         "rows": len(outcome.frame),
     }
 
