@@ -224,6 +224,10 @@ class EvalConfig(_Section):
 class GateConfig(_Section):
     """Promotion thresholds; ``null`` means the check is not made."""
 
+    # oracle_free: promote on the checks that need no oracle; the oracle's checks (forget quality, privleak,
+    # relearning gap) are reported beside them. all: every configured check decides.
+    decide: Literal["oracle_free", "all"] = "oracle_free"
+
     min_forget_quality: float | None = Field(default=None, ge=0, le=1)
     max_forget_prob_ratio: float | None = Field(default=None, ge=0)
     min_utility_ratio: float | None = Field(default=None, ge=0)

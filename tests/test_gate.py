@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def only(**settings) -> GateConfig:
     """A gate with just these settings: every other threshold null (not checked)."""
-    return GateConfig(**({setting: None for setting in GATE_SETTINGS} | settings))
+    return GateConfig(**({setting: None for setting in GATE_SETTINGS} | {"decide": "all"} | settings))
 
 
 def metrics_with(unlearned: dict, target: dict | None = None) -> dict:
@@ -109,9 +109,41 @@ def test_a_candidate_whose_metrics_are_all_nan_fails_the_shipped_params():
     metrics = {"target": dict(nan_model, earlier={}), "oracle": dict(nan_model), "unlearned": dict(nan_model, earlier={})}
     decision = evaluate_gate(metrics, config.gate)
     assert not decision.passed
-    assert {c.metric for c in decision.checks if c.passed is False} >= {"forget_quality", "forget_prob_ratio",
-                                                                           "utility_ratio"}
+    assert {c.metric for c in decision.checks if c.passed is False} >= {
+        "forget_prob_ratio", "utility_ratio", "forget_holdout_ks_p", "forget_holdout_auc_gap"}
+    # the oracle's checks are reported beside the verdict: unavailable, not failed
+    assert {c.metric: c.passed for c in decision.checks if c.basis == "oracle"} == {
+        "forget_quality": None, "abs_privleak": None, "relearn_gap": None}
     assert not evaluate_gate({"target": {}, "unlearned": {}}, config.gate).passed  # nothing measured at all
+
+
+def test_the_shipped_gate_decides_without_an_oracle_and_reports_the_oracle_verdict_beside_it():
+    config = load_config(ROOT / "params.yaml")
+    assert config.gate.decide == "oracle_free"
+    assert config.gate.min_forget_holdout_ks_p is not None and config.gate.max_forget_holdout_auc_gap is not None
+    good = {"forget_prob": 0.1, "model_utility": 0.5, "forget_holdout_ks_p": 0.5, "forget_holdout_auc": 0.5,
+            "earlier": {}, "n_forget": 40}
+    target = {"forget_prob": 0.9, "model_utility": 0.5, "earlier": {}}
+    no_oracle = evaluate_gate({"target": target, "oracle": None, "unlearned": good}, config.gate)
+    assert no_oracle.passed and no_oracle.verdict("oracle") is None and no_oracle.agreement is None
+    # an oracle that says the model still remembers: the gate still passes, and says the two disagree
+    remembered = good | {"forget_quality": 0.001, "privleak": -80.0, "relearn_forget_prob": 0.9}
+    with_oracle = evaluate_gate({"target": target, "oracle": {"relearn_forget_prob": 0.1}, "unlearned": remembered},
+                                config.gate)
+    assert with_oracle.passed and with_oracle.verdict("oracle") is False and with_oracle.agreement is False
+    assert any("disagree" in note for note in with_oracle.notes)
+    assert with_oracle.to_dict()["oracle_passed"] is False and with_oracle.to_dict()["verdicts_agree"] is False
+    # gate.decide: all makes the oracle's checks decide too
+    strict = config.gate.model_copy(update={"decide": "all"})
+    assert not evaluate_gate({"target": target, "oracle": {"relearn_forget_prob": 0.1}, "unlearned": remembered},
+                             strict).passed
+
+
+def test_relearn_gap_has_nothing_to_check_on_a_one_record_forget_set():
+    metrics = {"target": {}, "oracle": {"relearn_forget_prob": None}, "unlearned": {"relearn_forget_prob": None,
+                                                                                  "n_forget": 1}}
+    decision = evaluate_gate(metrics, only(max_relearn_gap=0.1))
+    assert decision.passed and "one record" in decision.checks[0].reason
 
 
 def test_ratio_over_a_zero_target_is_undefined_when_both_are_zero_and_infinite_otherwise():

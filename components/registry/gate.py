@@ -22,10 +22,19 @@ what was forgotten before must stay forgotten. With no earlier requests there is
 to re-check and it passes (said in its reason). The forget-vs-holdout AUC gap fails both
 ways: near 1 the forget set is still familiar, near 0 it is over-forgotten and stands out.
 
-The gate fails closed: a configured check whose value cannot be computed (a null, NaN or
+Two verdicts. The checks marked *oracle* above (forget quality, privleak, the relearning gap)
+compare with a model never trained on the forget set, which a platform team does not have
+for its own model; the others need none. ``gate.decide: oracle_free`` (the default) promotes
+on the oracle-free checks alone and reports the oracle's verdict beside it, where an oracle
+exists, so a reviewer sees whether the two agree; ``gate.decide: all`` promotes only when every
+check passes. An oracle check whose oracle is absent is then reported as unavailable, not failed.
+
+The gate fails closed: a configured deciding check whose value cannot be computed (a null, NaN or
 absent metric; a ratio over a zero target value) fails it, with the reason. To skip a
 check, set its threshold to null; ``gate.fail_on_missing: false`` instead records such
-checks as skipped (``passed=None``). The gate passes iff no check failed.
+checks as skipped (``passed=None``). The gate passes iff no deciding check failed. The
+relearning gap has nothing to check on a forget set of one record (the attack needs one record
+to train on and one to score): it passes, saying so.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ class GateCheck:
     passed: bool | None  # None: skipped, the value could not be computed
     setting: str
     reason: str | None = None  # why it failed or was skipped (or, if it passed, a note)
+    basis: str = "oracle-free"  # "oracle": compares with the oracle model
+    decides: bool = True        # False: reported beside the verdict, not part of it (gate.decide)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +76,8 @@ class GateCheck:
             "passed": self.passed,
             "setting": self.setting,
             "reason": self.reason,
+            "basis": self.basis,
+            "decides": self.decides,
         }
 
 
@@ -88,12 +101,24 @@ class GateDecision:
 
     @property
     def reasons(self) -> list[str]:
-        """Why the gate failed, one line per failed check (empty when it passed)."""
-        return [check.reason for check in self.checks if check.passed is False and check.reason]
+        """Why the gate failed, one line per failed deciding check (empty when it passed)."""
+        return [check.reason for check in self.checks if check.decides and check.passed is False and check.reason]
 
     @property
     def skipped(self) -> list[GateCheck]:
         return [check for check in self.checks if check.passed is None]
+
+    def verdict(self, basis: str) -> bool | None:
+        """Whether every ``basis`` check ("oracle-free" or "oracle") passed; None when none could be
+        computed (no oracle) or none is configured."""
+        checks = [c for c in self.checks if c.basis == basis and c.passed is not None]
+        return all(c.passed for c in checks) if checks else None
+
+    @property
+    def agreement(self) -> bool | None:
+        """Whether the oracle-free and the oracle verdicts agree (None without an oracle verdict)."""
+        oracle, free = self.verdict("oracle"), self.verdict("oracle-free")
+        return None if oracle is None or free is None else oracle == free
 
     def completed(self, **changes: Any) -> "GateDecision":
         """A copy with registry fields filled in (``version``, ``alias``, ``run_id`` ...)."""
@@ -116,6 +141,9 @@ class GateDecision:
             "run_id": self.run_id,
             "champion_version": self.champion_version,
             "notes": list(self.notes),
+            "oracle_free_passed": self.verdict("oracle-free"),
+            "oracle_passed": self.verdict("oracle"),
+            "verdicts_agree": self.agreement,
         }
 
 
@@ -215,6 +243,10 @@ def _auc_gap(metrics: Mapping[str, Any]) -> Measured:
 def _relearn_gap(metrics: Mapping[str, Any]) -> Measured:
     """How much more of the held-out forget half the relearning attack brings back than the oracle learns."""
     ours, oracle = (_number(metrics, model, "relearn_forget_prob") for model in ("unlearned", "oracle"))
+    n_forget = (_section(metrics, "unlearned") or {}).get("n_forget")
+    if ours is None and isinstance(n_forget, int) and n_forget < 2:
+        return Measured(None, note="a forget set of one record: the attack needs one to train on and one to score",
+                        nothing_to_check=True)
     if ours is None:
         return Measured(None, "unlearned relearn_forget_prob is null (eval.relearn.enabled false?)")
     if oracle is None:
@@ -222,6 +254,8 @@ def _relearn_gap(metrics: Mapping[str, Any]) -> Measured:
     return Measured(ours - oracle, note=f"after the attack: unlearned {ours:.4g}, oracle {oracle:.4g}")
 
 
+# The checks that compare with the oracle model (the rest need none).
+ORACLE_CHECKS = frozenset({"min_forget_quality", "max_abs_privleak", "max_relearn_gap"})
 # setting name in GateConfig -> (metric name in gate.json, operator, what it measures)
 CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Measured]]] = {
     "min_forget_quality": ("forget_quality", ">=", _unlearned("forget_quality", " (no oracle model?)")),
@@ -239,39 +273,50 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _check(setting: str, threshold: float, metrics: Mapping[str, Any], fail_on_missing: bool) -> GateCheck:
+def _check(setting: str, threshold: float, metrics: Mapping[str, Any], gate: GateConfig) -> GateCheck:
     """One configured threshold against the metrics."""
     metric, op, measure = CHECKS[setting]
     where = f"gate.{setting}"
+    basis = "oracle" if setting in ORACLE_CHECKS else "oracle-free"
+    decides = gate.decide == "all" or basis == "oracle-free"
+    made = lambda value, passed, reason: GateCheck(metric, op, threshold, value, passed, where, reason,  # noqa: E731
+                                                   basis, decides)
     measured = measure(metrics)
     if measured.nothing_to_check:
-        return GateCheck(metric, op, threshold, None, True, where, f"{metric}: {measured.note} ({where})")
+        return made(None, True, f"{metric}: {measured.note} ({where})")
     if measured.value is None:
-        if not fail_on_missing:
-            reason = f"{metric} skipped: {measured.missing} ({where}; gate.fail_on_missing is false)"
-            return GateCheck(metric, op, threshold, None, None, where, reason)
-        reason = (f"{metric} cannot be computed: {measured.missing} ({where}). The gate fails closed: "
-                  f"set {where}: null to skip this check on purpose")
-        return GateCheck(metric, op, threshold, None, False, where, reason)
+        if not decides:
+            return made(None, None, f"{metric} unavailable: {measured.missing} ({where}; reported, not deciding)")
+        if not gate.fail_on_missing:
+            return made(None, None, f"{metric} skipped: {measured.missing} ({where}; gate.fail_on_missing is false)")
+        return made(None, False, f"{metric} cannot be computed: {measured.missing} ({where}). The gate fails "
+                                 f"closed: set {where}: null to skip this check on purpose")
     passed = measured.value >= threshold if op == ">=" else measured.value <= threshold
     reason = measured.note
     if not passed:
         failed_op = "<" if op == ">=" else ">"
         reason = f"{metric} {_fmt(measured.value)} {failed_op} {_fmt(threshold)} ({where})"
         reason += f"; {measured.note}" if measured.note else ""
-    return GateCheck(metric, op, threshold, measured.value, passed, where, reason)
+    return made(measured.value, passed, reason)
 
 
 def evaluate_gate(metrics: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     """Check every configured threshold; see the module docstring for the rules."""
     if not isinstance(metrics, Mapping):
         raise ValueError("metrics must be a mapping such as {'target': {...}, 'unlearned': {...}}")
-    checks = [_check(setting, float(getattr(gate, setting)), metrics, gate.fail_on_missing)
+    checks = [_check(setting, float(getattr(gate, setting)), metrics, gate)
               for setting in CHECKS if getattr(gate, setting) is not None]
+    deciding = [check for check in checks if check.decides]
     notes = []
     if not checks:
         notes.append("no gate thresholds are configured (every gate.* is null): the candidate passes unchecked")
-    elif all(check.passed is None for check in checks):
-        notes.append("every configured check was skipped (its metric is null): nothing was actually checked")
-    return GateDecision(passed=all(check.passed is not False for check in checks), checks=tuple(checks),
-                        notes=tuple(notes))
+    elif not deciding:
+        notes.append("only oracle checks are configured and gate.decide is oracle_free: the candidate passes "
+                     "unchecked (the oracle's verdict is reported beside it)")
+    elif all(check.passed is None for check in deciding):
+        notes.append("every deciding check was skipped (its metric is null): nothing was actually checked")
+    decision = GateDecision(passed=all(check.passed is not False for check in deciding), checks=tuple(checks))
+    if decision.agreement is False:
+        notes.append(f"the oracle-free verdict ({'pass' if decision.verdict('oracle-free') else 'fail'}) and the "
+                     f"oracle's ({'pass' if decision.verdict('oracle') else 'fail'}) disagree")
+    return replace(decision, notes=tuple(notes))

@@ -311,6 +311,9 @@ def _log_model(reg: _Registration) -> None:
 def _log_metrics(reg: _Registration) -> None:
     values = [(key, value, 0) for key, value in evaluation_metrics(reg.candidate.metrics).items()]
     values.append(("gate.passed", float(reg.decision.passed), 0))
+    values += [(f"gate.{name}_passed", float(verdict), 0) for name, verdict in
+               (("oracle_free", reg.decision.verdict("oracle-free")), ("oracle", reg.decision.verdict("oracle")))
+               if verdict is not None]
     log_metric_values(reg.client, reg.run_id, values, model_id=reg.model_id)
 
 

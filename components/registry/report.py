@@ -78,9 +78,14 @@ def gate_lines(decision: GateDecision, *, outcome: bool = True) -> list[str]:
     lines = [f"**{'PASSED' if decision.passed else 'FAILED'}**", ""]
     lines += [f"> Note: {note}" for note in decision.notes] + ([""] if decision.notes else [])
     if decision.checks:
-        rows = [[c.setting, c.metric, c.op, c.threshold, c.value,
-                 {True: "pass", False: "FAIL", None: "skipped"}[c.passed]] for c in decision.checks]
-        lines += _table(["setting", "metric", "op", "threshold", "value", "result"], rows)
+        rows = [[c.setting, c.metric, c.basis + ("" if c.decides else " (reported)"), c.op, c.threshold, c.value,
+                 {True: "pass", False: "FAIL", None: "skipped" if c.decides else "unavailable"}[c.passed]]
+                for c in decision.checks]
+        lines += _table(["setting", "metric", "basis", "op", "threshold", "value", "result"], rows)
+        word = {True: "pass", False: "fail", None: "none (no oracle)"}
+        lines += ["", f"Oracle-free verdict: {word[decision.verdict('oracle-free')]}; oracle verdict: "
+                      f"{word[decision.verdict('oracle')]}"
+                  + {True: " (they agree)", False: " (they DISAGREE)", None: ""}[decision.agreement] + "."]
     else:
         lines.append("No thresholds are configured (every gate.* setting is null): nothing was checked.")
     if decision.reasons:
