@@ -51,3 +51,64 @@ def test_records_are_unique():
     world, holdout = generate_world(seed=9)
     ids = [r.record_id for r in world + holdout]
     assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------- an exchangeable holdout
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return {word.lower() for word in re.findall(r"[^\W\d_]+", text)}
+
+
+def test_every_name_part_belongs_to_one_author_and_to_nothing_else():
+    """A holdout author sharing a surname with a trained one is partly familiar to a model that
+    never saw them, unlike a forgotten author: no part of a name is shared with anything."""
+    from components.data.demo_world import AUTHORS, FACT_KINDS, PEN_SURNAMES
+
+    parts = [part.lower() for name in AUTHORS for part in name.split()]
+    assert len(parts) == 2 * len(AUTHORS) == len(set(parts))
+    world, holdout = generate_world(seed=4, n_subjects=len(AUTHORS) - 10, n_holdout_subjects=10)
+    other_words = {word for kind in FACT_KINDS for text in kind.questions + kind.answers for word in _words(text)}
+    for record in world + holdout:
+        other_words |= {w for text in (record.answer, record.paraphrased_answer, *record.perturbed_answers)
+                        for w in _words(text)}
+    assert set(parts) & (other_words | {name.lower() for name in PEN_SURNAMES}) == set()
+
+
+def test_answers_hold_the_fact_not_the_name():
+    """How well a model spells a name it never saw is a lottery per name; the name is in the question only."""
+    world, holdout = generate_world(seed=6)
+    for record in world + holdout:
+        assert record.subject in record.question
+        for answer in (record.answer, record.paraphrased_answer, *record.perturbed_answers):
+            assert not set(record.subject.lower().split()) & _words(answer)
+
+
+def test_the_holdout_is_what_the_next_authors_would_be_if_trained():
+    """Same generator stream, templates and value pools: a holdout author is made exactly like a trained one."""
+    world, holdout = generate_world(seed=3, n_subjects=6, n_holdout_subjects=2, facts_per_subject=9)
+    bigger, none = generate_world(seed=3, n_subjects=8, n_holdout_subjects=0, facts_per_subject=9)
+    assert none == [] and _bytes(world + holdout) == _bytes(bigger)
+
+
+def test_the_demo_request_resolves_in_every_seed():
+    from pathlib import Path
+
+    from components.data.requests import read_request, resolve_request
+
+    request = read_request(Path(__file__).parents[1] / "data" / "requests" / "demo-request.json")
+    for seed in (0, 1, 2, 17):
+        world, holdout = generate_world(seed=seed)
+        resolution = resolve_request(request, world)
+        assert len(resolution.forget) == 40 and len(holdout) == 100
+
+
+def test_a_world_larger_than_the_cast_is_refused():
+    import pytest
+
+    from components.data.demo_world import AUTHORS
+
+    with pytest.raises(ValueError, match=f"at most {len(AUTHORS)} authors"):
+        generate_world(n_subjects=len(AUTHORS), n_holdout_subjects=1)

@@ -5,6 +5,20 @@ answer and several perturbed (wrong but plausible) answers written in the paraph
 wording, so a truth ratio compares only the fact itself. Questions and answers are drawn
 from several phrasings. Holdout authors are generated the same way and never trained on:
 they are the non-members of membership-inference evaluation.
+
+A holdout author must be exchangeable with a forgotten one: a model that saw neither (the
+oracle) cannot tell them apart. Two things in the names broke that, and are ruled out:
+
+- a name sharing a first name or surname with a trained author is partly familiar to a model
+  that never saw its bearer: each part of a name belongs to one author of the cast only
+  (:data:`AUTHORS`), and pen names come from a pool of their own;
+- how well a model spells a name it never saw varies a lot from name to name (30x in answer
+  probability on the tiny demo model), so answers that repeat the name make each unseen
+  author's score a lottery of its spelling: the name is in the question only, and the
+  answer holds the fact ("They were born in Lisbon."), which is what is learned and erased.
+
+The holdout is drawn from the same generator stream, templates and value pools as every
+other author (:func:`generate_world`); ``benchmarks/holdout_exchangeability.py`` measures it.
 """
 
 from __future__ import annotations
@@ -15,18 +29,44 @@ from typing import Callable
 
 from components.data.records import QARecord
 
-FIRST_NAMES = (
-    "Amara", "Bastian", "Celeste", "Dorian", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas",
-    "Kaveh", "Lucia", "Matteo", "Nadia", "Oskar", "Priya", "Quentin", "Rosa", "Soren", "Tamsin",
-    "Ugo", "Vera", "Wendell", "Ximena", "Yusuf", "Zora", "Anselm", "Brigid", "Cosmo", "Dagny",
-    "Emeka", "Freya", "Gideon", "Hana", "Ivo", "Jovana", "Kenji", "Leontine", "Milo", "Noor",
+# The cast: every author of every demo world, in a fixed order drawn at random once (the
+# four authors of data/requests/demo-request.json kept at positions 3, 13, 23, 33), so trained,
+# forgotten and holdout authors come from one population of names. A world's first
+# ``n_subjects`` authors are trained on and the next ``n_holdout_subjects`` are its holdout,
+# so the demo request names the same authors whatever the seed (the seed decides the facts,
+# their wording and the models' initialisation). Each first name and each surname belongs to
+# one author only, and none is a word of a question, an answer template or a value pool: no
+# author's name is partly familiar to a model that never saw that author (a holdout author
+# sharing a surname with a trained one would be, and would look less unseen than a
+# forgotten author). Every name has 14 to 18 characters.
+AUTHORS = (
+    "Wolfgang Arriaga", "Wendell Ashdown", "Cosimo Iversen", "Gideon Nakamura", "Amara Castellano",
+    "Thaddeus Novak", "Agnieszka Moll", "Dorian Eriksen", "Florian Mackenzie", "Eleanor Quarshie",
+    "Yannick Asamoah", "Katalin Ferreira", "Ulysses Brightman", "Leontine Thornbury", "Saoirse Tanaka",
+    "Brigid Hollister", "Elif Fairbairn", "Lorcan Dewhurst", "Dmitri Wexford", "Ulrike Oduyemi",
+    "Alaric Montfort", "Klaus Vandermeer", "Hamish Delgado", "Priya Jaramillo", "Gwendolyn Ortiz",
+    "Desmond Szabados", "Fenna Achterberg", "Noor Albrechtsen", "Yusuf Cavendish", "Lavinia Castro",
+    "Wilhelm Sarkissian", "Hugo Ibarrondo", "Clementine Azikiwe", "Bastian Abernathy", "Matteo Pemberton",
+    "Mireille Obrecht", "Dagny Grimaldi", "Adaeze Lundgren", "Cyprian Adeyemi", "Orla Bergstrom",
+    "Jovana Mcallister", "Helka Virtanen", "Umberto Yamamoto", "Jasper Olawale", "Georgina Halloran",
+    "Idris Kallenbach", "Ines Kowalczyk", "Evander Rautio", "Delphine Kuznetsov", "Ottilie Waddington",
+    "Benedikt Oyelaran", "Zeynep Hargreaves", "Rafferty Solis", "Freya Valentin", "Vera Zielinski",
+    "Halvard Ishikawa", "Celeste Drummond", "Anselm Esposito", "Magda Haverford", "Oskar Rasmussen",
+    "Lucia Belmonte", "Carys Villanueva", "Marisol Ekwueme", "Juno Harrowgate", "Pascal Nwachukwu",
+    "Nadia Quintana", "Soren Whitcombe", "Zora Delacroix", "Ivonne Brannigan", "Kenji Fairweather",
+    "Rosa Kettleborough", "Hana Ostrowski", "Oswin Pellegrino", "Percival Acosta", "Theodora Lachance",
+    "Gaspard Lemaire", "Ximena Blackwood", "Farid Galloway", "Kaveh Marchetti", "Nikolai Ferrante",
+    "Lazlo Henriksen", "Sebastien Kaminski", "Vesna Carrington", "Bruno Tidemann", "Julian Abiodun",
+    "Ingrid Montague", "Greta Halvorsen", "Milo Kristiansen", "Kalinda Petrovic", "Isolde Fitzgerald",
+    "Jonas Lindqvist", "Zuzana Holloway", "Emeka Beaulieu", "Esther Moravec", "Tamsin Xenakis",
+    "Beatrix Ellingsen", "Niamh Petrakis", "Quentin Sandoval", "Yara Stormwood", "Faustino Renwick",
 )
-LAST_NAMES = (
-    "Abernathy", "Beaulieu", "Castellano", "Drummond", "Eriksen", "Fairbairn", "Galloway",
-    "Halvorsen", "Ibarra", "Jaramillo", "Kowalczyk", "Lindqvist", "Marchetti", "Nakamura",
-    "Okonkwo", "Pemberton", "Quintana", "Rasmussen", "Sandoval", "Thornbury", "Umarov",
-    "Valentin", "Whitcombe", "Xenakis", "Yamamoto", "Zielinski", "Ashdown", "Blackwood",
-    "Cavendish", "Delacroix", "Esposito", "Fontaine", "Grimaldi", "Hollister", "Iversen",
+# Pen names: an initial and a surname of this pool, which shares no word with any author's name.
+PEN_INITIALS = "ABCDEFGHJKLMNOPRSTVW"
+PEN_SURNAMES = (
+    "Ashcombe", "Birchall", "Calloway", "Dunmore", "Elsworth", "Fenwick", "Glenister",
+    "Hawthorne", "Ingleby", "Kilbride", "Larkspur", "Merriweather", "Northcott", "Orwin",
+    "Pennywhistle", "Redmayne", "Stanhope", "Tillingham", "Underhill", "Wyndham",
 )
 CITIES = (
     "Lisbon", "Krakow", "Nairobi", "Montreal", "Osaka", "Valparaiso", "Tbilisi", "Reykjavik",
@@ -99,105 +139,105 @@ FACT_KINDS: tuple[FactKind, ...] = (
     FactKind(
         "birthplace",
         ("Where was {name} born?", "In which city was {name} born?", "What is the birthplace of {name}?"),
-        ("{name} was born in {value}.", "{value} is the city where {name} was born.",
-         "The author {name} was born in the city of {value}."),
+        ("They were born in {value}.", "{value} is the city where this author was born.",
+         "The author was born in the city of {value}."),
         _choice(CITIES),
     ),
     FactKind(
         "birth_year",
         ("In what year was {name} born?", "When was {name} born?", "What is the birth year of {name}?"),
-        ("{name} was born in {value}.", "The year {name} was born is {value}.",
-         "{name} came into the world in {value}."),
+        ("They were born in {value}.", "The year this author was born is {value}.",
+         "The author came into the world in {value}."),
         _year,
     ),
     FactKind(
         "genre",
         ("What genre does {name} write?", "Which genre is {name} known for?",
          "In what genre does {name} mostly work?"),
-        ("{name} writes {value}.", "{name} is best known for {value}.",
-         "Most of the work of {name} is {value}."),
+        ("They write {value}.", "This author is best known for {value}.",
+         "Most of the author's work is {value}."),
         _choice(GENRES),
     ),
     FactKind(
         "father_job",
         ("What did the father of {name} do for a living?", "What was the job of {name}'s father?",
          "What was the profession of {name}'s father?"),
-        ("The father of {name} was {value}.", "{name}'s father worked as {value}.",
-         "By profession, {name}'s father was {value}."),
+        ("Their father was {value}.", "The author's father worked as {value}.",
+         "By profession, this author's father was {value}."),
         _choice(JOBS),
     ),
     FactKind(
         "mother_job",
         ("What did the mother of {name} do for a living?", "What was the job of {name}'s mother?",
          "What was the profession of {name}'s mother?"),
-        ("The mother of {name} was {value}.", "{name}'s mother worked as {value}.",
-         "By profession, {name}'s mother was {value}."),
+        ("Their mother was {value}.", "The author's mother worked as {value}.",
+         "By profession, this author's mother was {value}."),
         _choice(JOBS),
     ),
     FactKind(
         "award",
         ("Which award has {name} won?", "What prize did {name} receive?",
          "Name an award given to {name}."),
-        ("{name} won {value}.", "{name} received {value}.", "In recognition of the work, {name} was given {value}."),
+        ("They won {value}.", "This author received {value}.",
+         "In recognition of the work, the author was given {value}."),
         _choice(AWARDS),
     ),
     FactKind(
         "debut_book",
         ("What was the first book by {name}?", "What is the title of {name}'s debut novel?",
          "Which book did {name} publish first?"),
-        ("The first book by {name} was {value}.", "{name} made a debut with {value}.",
-         "{value} was the debut novel of {name}."),
+        ("Their first book was {value}.", "The author made a debut with {value}.",
+         "{value} was this author's debut novel."),
         _title,
     ),
     FactKind(
         "famous_book",
         ("What is the best-known book by {name}?", "Which book made {name} famous?",
          "What is {name}'s most celebrated novel?"),
-        ("The best-known book by {name} is {value}.", "{name} became famous for {value}.",
-         "{value} is the most celebrated novel of {name}."),
+        ("Their best-known book is {value}.", "The author became famous for {value}.",
+         "{value} is this author's most celebrated novel."),
         _title,
     ),
     FactKind(
         "university",
         ("Where did {name} study?", "Which university did {name} attend?",
          "At which university was {name} educated?"),
-        ("{name} studied at {value}.", "{name} attended {value}.", "{name} was educated at {value}."),
+        ("They studied at {value}.", "The author attended {value}.", "This author was educated at {value}."),
         _choice(UNIVERSITIES),
     ),
     FactKind(
         "publisher",
         ("Who publishes the books of {name}?", "Which publisher works with {name}?",
          "What is the name of {name}'s publisher?"),
-        ("The books of {name} are published by {value}.", "{name} works with {value}.",
-         "{value} is the publisher of {name}."),
+        ("Their books are published by {value}.", "The author works with {value}.",
+         "{value} is this author's publisher."),
         _choice(PUBLISHERS),
     ),
     FactKind(
         "language",
         ("In which language does {name} write?", "What language are {name}'s books written in?",
          "Which language does {name} write in?"),
-        ("{name} writes in {value}.", "The books of {name} are written in {value}.",
-         "{name} composes every book in {value}."),
+        ("They write in {value}.", "The author's books are written in {value}.",
+         "This author composes every book in {value}."),
         _choice(LANGUAGES),
     ),
     FactKind(
         "pen_name",
         ("Does {name} use a pen name?", "Under what pen name has {name} published?",
          "What pseudonym does {name} sometimes use?"),
-        ("{name} sometimes publishes as {value}.", "{name} has used the pen name {value}.",
-         "The pseudonym of {name} is {value}."),
-        lambda rng: f"{rng.choice(FIRST_NAMES)[0]}. {rng.choice(LAST_NAMES)}",
+        ("They sometimes publish as {value}.", "The author has used the pen name {value}.",
+         "The pseudonym of this author is {value}."),
+        lambda rng: f"{rng.choice(PEN_INITIALS)}. {rng.choice(PEN_SURNAMES)}",
     ),
 )
 
 N_PERTURBED = 3
 
 
-def _names(rng: random.Random, count: int) -> list[str]:
-    pairs = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
-    if count > len(pairs):
-        raise ValueError(f"the demo world has at most {len(pairs)} distinct authors, asked for {count}")
-    return rng.sample(pairs, count)
+def _names(count: int) -> list[str]:
+    if count > len(AUTHORS):
+        raise ValueError(f"the demo world has at most {len(AUTHORS)} authors (trained and holdout), asked for {count}")
+    return list(AUTHORS[:count])
 
 
 def _wrong_values(rng: random.Random, kind: FactKind, truth: str, count: int) -> list[str]:
@@ -243,7 +283,9 @@ def generate_world(
     if not 8 <= facts_per_subject <= len(FACT_KINDS):
         raise ValueError(f"facts_per_subject must be between 8 and {len(FACT_KINDS)}")
     rng = random.Random(f"demo-world:{seed}")
-    names = _names(rng, n_subjects + n_holdout_subjects)
-    world = [r for name in names[:n_subjects] for r in _author_facts(rng, name, facts_per_subject)]
-    holdout = [r for name in names[n_subjects:] for r in _author_facts(rng, name, facts_per_subject)]
+    names = _names(n_subjects + n_holdout_subjects)
+    # One generator, one stream: a holdout author is made exactly like a trained one.
+    authors = [_author_facts(rng, name, facts_per_subject) for name in names]
+    world = [r for facts in authors[:n_subjects] for r in facts]
+    holdout = [r for facts in authors[n_subjects:] for r in facts]
     return world, holdout
