@@ -120,18 +120,21 @@ class LoRAConfig(_Section):
 class StopConfig(_Section):
     """``unlearn.stop``: end the run once the forget set looks like the holdout (no oracle needed).
 
-    ``none``: run ``unlearn.steps``. ``holdout``: every ``every`` steps score ``probe`` records of
-    the forget set and of the holdout (mean answer NLL each) and stop when they are alike (KS
-    p-value >= ``min_ks_p``, or the forget mean has reached the holdout's); ``max_steps`` caps
-    the run (default ``unlearn.steps``). See :mod:`components.unlearning.stopping`.
+    ``none``: run ``unlearn.steps``. ``holdout``: every ``every`` steps score the forget set and up to
+    ``probe`` records of the holdout (mean answer NLL each). ``criterion: landed`` (the default) stops
+    once the forget set has looked like the holdout at ``confirm`` probes in a row: membership AUC
+    within ``band`` of 0.5 (neither more familiar nor less) and KS p-value at least ``min_ks_p``.
+    ``ks`` / ``ks_or_mean`` are the earlier rules (KS alone, or the forget mean NLL reaching the
+    holdout's). ``unlearn.steps`` (or ``max_steps``) is only a cap. See :mod:`components.unlearning.stopping`.
     """
 
     rule: Literal["none", "holdout"] = "none"
-    every: int = Field(default=5, ge=1)
-    probe: int = Field(default=32, ge=2)
-    min_ks_p: float = Field(default=0.5, gt=0, le=1)
-    # ks_or_mean: also stop once the forget mean NLL reaches the holdout's | ks: only on the KS p-value
-    criterion: Literal["ks_or_mean", "ks"] = "ks_or_mean"
+    every: int = Field(default=2, ge=1)
+    probe: int = Field(default=64, ge=2)
+    criterion: Literal["landed", "ks_or_mean", "ks"] = "landed"
+    band: float = Field(default=0.1, gt=0, le=0.5)  # landed: |AUC - 0.5| at most this
+    min_ks_p: float = Field(default=0.2, gt=0, le=1)
+    confirm: int = Field(default=2, ge=1)  # landed: probes in a row
     max_steps: int | None = Field(default=None, ge=1)
 
 
@@ -140,7 +143,7 @@ class UnlearnConfig(_Section):
 
     combiner: Literal["blur", "weighted_sum"] = "blur"
     lower: Literal["forget", "retain"] = "forget"
-    forget_loss: Literal["ga", "npo", "simnpo", "idk", "rmu"] = "npo"
+    forget_loss: Literal["match", "ga", "npo", "simnpo", "idk", "rmu"] = "npo"
     retain_loss: Literal["nll", "kl"] = "nll"
     gamma: float = Field(default=1.0, gt=0)
     alpha: float = Field(default=1.0, ge=0)

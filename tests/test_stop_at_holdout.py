@@ -30,7 +30,76 @@ def unlearn(setup, config: UnlearnConfig, *, holdout=None, **outputs):
 
 
 def holdout_rule(**stop) -> UnlearnConfig:
-    return UnlearnConfig(**FAST, steps=CAP, stop={"rule": "holdout", "every": 2, "probe": 16} | stop)
+    """The earlier rules (KS p >= 0.5, or the mean crossing) unless ``criterion`` is given."""
+    return UnlearnConfig(**FAST, steps=CAP, stop={"rule": "holdout", "every": 2, "probe": 16,
+                                                  "criterion": "ks_or_mean", "min_ks_p": 0.5} | stop)
+
+
+# The shipped method: forget loss `match` (each record's NLL raised to its holdout quantile) under BLUR,
+# stopped by the `landed` criterion.
+MATCH = dict(FAST, forget_loss="match", gamma=0.1, lr=1e-3)
+
+
+def landed_rule(**stop) -> UnlearnConfig:
+    return UnlearnConfig(**MATCH, steps=CAP, stop={"rule": "holdout", "every": 2, "criterion": "landed"} | stop)
+
+
+def test_landed_rule_stops_once_the_forget_set_stays_like_the_holdout(tiny_setup):
+    result = unlearn(tiny_setup, landed_rule())
+    stop = result.summary()["stop"]
+    assert result.steps < CAP and stop["reason"].startswith("landed")
+    curve = stop["curve"]
+    assert abs(curve[0]["probe_auc"] - 0.5) > 0.1  # remembered at first: the rule waited
+    for reading in curve[-2:]:  # confirmed: the last two probes both landed
+        assert abs(reading["probe_auc"] - 0.5) <= 0.1 and reading["probe_ks_p"] >= 0.2
+
+
+def test_match_stops_pushing_a_record_at_its_target():
+    from components.unlearning.losses import LossContext, holdout_match
+
+    class Fixed(torch.nn.Module):  # logits that give every target token probability exp(-nll)
+        def __init__(self, nll):
+            super().__init__()
+            self.nll = torch.nn.Parameter(torch.tensor(nll))
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, 2)
+            p = torch.exp(-self.nll).clamp(1e-6, 1 - 1e-6)
+            logits[..., 1] = torch.log(p / (1 - p))[:, None]
+            return type("Out", (), {"logits": logits})()
+
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+             "labels": torch.tensor([[-100, 1, 1], [-100, 1, 1]]), "target_nll": torch.tensor([1.0, 0.2])}
+    model = Fixed([0.5, 0.5])
+    loss = holdout_match(model, batch, LossContext(UnlearnConfig()))
+    assert loss[0].item() == pytest.approx(0.5, abs=1e-4) and loss[1].item() == 0.0  # the second is past its target
+    loss.sum().backward()
+    assert model.nll.grad[0] < 0 and model.nll.grad[1] == 0  # descending the loss raises only the first NLL
+
+
+def test_matched_targets_are_the_holdout_quantiles_at_each_records_rank():
+    from components.unlearning.stopping import matched_targets
+
+    forget = torch.tensor([0.3, 0.1, 0.2, 0.4])
+    holdout = torch.tensor([4.0, 1.0, 3.0, 2.0])
+    targets = matched_targets(forget, holdout)
+    expected = torch.quantile(holdout.double(), torch.tensor([2.5, 0.5, 1.5, 3.5], dtype=torch.float64) / 4)
+    torch.testing.assert_close(targets, expected.float())
+    assert torch.equal(torch.argsort(targets), torch.argsort(forget))  # the least familiar gets the highest target
+
+
+def test_a_landed_run_is_the_fixed_run_of_that_many_steps(tiny_setup):
+    """The probe refreshes match's targets whether or not it may stop the run: stopping at step s gives
+    the weights of an s-step run with the same probes."""
+    stopped = unlearn(tiny_setup, landed_rule())
+    fixed = unlearn(tiny_setup, UnlearnConfig(**MATCH, steps=stopped.steps, stop={"rule": "none", "every": 2}))
+    for (name, a), (_, b) in zip(stopped.model.named_parameters(), fixed.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_match_without_holdout_records_says_what_to_do(tiny_setup):
+    with pytest.raises(ValueError, match="forget_loss is match"):
+        unlearn(tiny_setup, UnlearnConfig(**MATCH, steps=4), holdout=[])
 
 
 def test_holdout_rule_stops_before_the_cap_when_forgetting_reaches_the_holdout(tiny_setup, tmp_path):

@@ -101,7 +101,21 @@ def rmu(model, batch: dict, ctx: LossContext) -> torch.Tensor:
     return (squared * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def holdout_match(model, batch: dict, ctx: LossContext) -> torch.Tensor:
+    """Ours, not the paper's: ``L = max(0, tau - NLL(y|x))``, raising a record's NLL only up to ``tau``.
+
+    ``tau`` (``batch["target_nll"]``) is where a record the model never saw would sit: the holdout's
+    NLL quantile at the record's rank in the forget set, under the current model (refreshed at every
+    probe of ``unlearn.stop``, :func:`components.unlearning.stopping.matched_targets`). The loss is
+    zero once the forget set is no more familiar than the holdout, so the lower level of BLUR has a
+    set of minimisers, "forgotten as far as never seen", and the retain level moves within it;
+    unlike NPO or GA it never pushes the erased records past unseen ones (over-forgetting).
+    """
+    return F.relu(batch["target_nll"] - token_scores(model, batch).mean_nll)
+
+
 FORGET_LOSSES: dict[str, LossFn] = {
+    "match": holdout_match,
     "ga": gradient_ascent,
     "npo": npo,
     "simnpo": simnpo,

@@ -56,7 +56,9 @@ from components.unlearning.modules import (
     sequence_logps,
 )
 from components.unlearning.optim import make_optimizer, make_scheduler, resolve_steps
-from components.unlearning.stopping import HoldoutStopper, StopUnlearning, build_stopper, step_cap
+from components.modeling.scoring import mean_token_nll
+from components.unlearning.stopping import (HoldoutStopper, StopUnlearning, build_stopper, encode_probe,
+                                            matched_targets, step_cap)
 
 
 @dataclass
@@ -132,9 +134,10 @@ def run_unlearning(
     forget, retain = list(forget), list(retain)
     check_inputs(forget, retain, config)
     restore = master_weights(model, config)
-    data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed)
+    data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed, holdout=holdout)
     engine = build_engine(model, data, config, outputs.checkpoint_dir, restore)
-    stopper = build_stopper(engine.model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed)
+    stopper = build_stopper(engine.model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed,
+                            targets=data.forget_extra.get("target_nll"))
     train(engine, data, config, outputs, stopper)
     steps = stopper.stopped_at if stopper is not None and stopper.stopped_at is not None else data.steps
     return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=steps,
@@ -161,8 +164,9 @@ class UnlearnData:
 
 
 def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain: list[Record],
-                 config: UnlearnConfig, *, max_length: int, seed: int) -> UnlearnData:
-    """Encode both sets once and compute, from the untouched model, NPO's and RMU's references."""
+                 config: UnlearnConfig, *, max_length: int, seed: int, holdout: Sequence[Record] = ()) -> UnlearnData:
+    """Encode both sets once and compute, from the untouched model, NPO's and RMU's references and the
+    first targets of ``match`` (the holdout's NLL quantiles, refreshed at every probe)."""
     rank, world_size = distributed.rank_and_world()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     effective_batch = config.batch_size * config.grad_accum * world_size
@@ -178,6 +182,12 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
             data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
     if config.forget_loss == "rmu":
         data.context.rmu_target = rmu_target(model, config, seed)
+    if config.forget_loss == "match":
+        forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length,
+                                                   seed=seed)
+        with precision_context(config, next(model.parameters()).device):
+            data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad),
+                                                              mean_token_nll(model, holdout_probe, pad))
     data.fingerprint = fingerprint({
         "config": config.model_dump(exclude={"checkpoint_every"}),
         "steps": data.steps,

@@ -3,21 +3,23 @@
 Forgetting has a right amount: too little and the erased records are still remembered, too
 much and they stand out as *less* familiar than text the model never saw, which gives them
 away (membership AUC far below 0.5). The holdout - records of the same kind the model never
-trained on - is the oracle-free yardstick. Every ``stop.every`` steps a fixed probe is
-scored: up to ``stop.probe`` records of the forget set and as many of the holdout, the mean
-answer NLL of each (fp32, no gradients, the model in eval mode and then back in train mode).
-The run stops when the two samples are alike:
+trained on - is the oracle-free yardstick. Every ``stop.every`` steps a probe is scored: the
+forget set and up to ``stop.probe`` records of the holdout, the mean answer NLL of each (fp32,
+no gradients, the model in eval mode and then back in train mode). The criteria:
 
-- ``ks``: the two-sample KS p-value of the per-record NLLs is at least ``stop.min_ks_p``; or
-- ``mean`` (``stop.criterion: ks_or_mean``, the default): the forget records' mean NLL has reached
-  the holdout's (any further step would push them past it, into over-forgetting). It is the
-  fallback where the two never look alike by KS (the demo world, where even the oracle tells
-  forget from holdout records); on SmolLM2 it fired two probes before the KS did, while most
-  forget records were still remembered (``benchmarks/README.md``): ``criterion: ks`` waits for the KS.
+- ``landed`` (the default): the forget set looks like the holdout from both sides - the
+  membership AUC of the NLLs (forget as members) is within ``stop.band`` of 0.5 and their KS
+  p-value is at least ``stop.min_ks_p`` - at ``stop.confirm`` probes in a row. One probe can land
+  by chance on the way down to over-forgetting; the confirmation asks that it stays there, which
+  a forget loss that stops at the holdout's level (``match``) makes it do while the retain level
+  repairs utility.
+- ``ks``: the KS p-value alone reaches ``stop.min_ks_p``; ``ks_or_mean``: or the forget mean NLL
+  reaches the holdout's (the earlier rules; the mean can cross while most records are remembered).
 
-``unlearn.steps`` (or ``stop.max_steps``) is the cap. Under ``torchrun`` every rank scores the
-probe (FSDP needs every rank in each forward pass) and rank 0's decision is broadcast, so all
-ranks stop at the same step.
+Under ``unlearn.forget_loss: match`` each probe also refreshes every forget record's target NLL
+(:func:`matched_targets`). ``unlearn.steps`` (or ``stop.max_steps``) is the cap. Under
+``torchrun`` every rank scores the probe (FSDP needs every rank in each forward pass) and rank 0's
+decision and targets are broadcast, so all ranks train alike and stop at the same step.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from typing import Sequence
 
 import torch
 
-from components.config import UnlearnConfig
+from components.config import StopConfig, UnlearnConfig
 from components.data.records import Record
-from components.evaluation.formulas import ks_p_value
+from components.evaluation.formulas import ks_p_value, membership_auc
 from components.modeling.encoding import Encoded, encode_record
 from components.modeling.scoring import mean_token_nll
 
@@ -58,6 +60,14 @@ def probe_records(records: Sequence[Record], n: int, seed: int) -> list[Record]:
     return random.Random(seed).sample(records, n)
 
 
+def matched_targets(forget_nll: torch.Tensor, holdout_nll: torch.Tensor) -> torch.Tensor:
+    """Each forget record's target NLL: the holdout's NLL quantile at the record's rank in the forget set
+    (quantile matching), so a forget set that reached its targets is distributed like the holdout."""
+    ranks = torch.argsort(torch.argsort(forget_nll)).to(torch.float64)
+    levels = (ranks + 0.5) / len(forget_nll)
+    return torch.quantile(holdout_nll.to(torch.float64), levels).to(torch.float32)
+
+
 @dataclass
 class HoldoutStopper:
     """The probe and the rule; :meth:`check` after each step returns what to log and whether to stop."""
@@ -66,69 +76,112 @@ class HoldoutStopper:
     forget: list[Encoded]
     holdout: list[Encoded]
     pad_token_id: int
-    every: int
-    min_ks_p: float
-    use_mean: bool = True  # stop.criterion ks_or_mean
+    stop: StopConfig
+    targets: torch.Tensor | None = None  # forget_loss match: the per-record targets, refreshed in place
     readings: list[dict] = field(default_factory=list)
     reason: str | None = None
     stopped_at: int | None = None
+    streak: int = 0
+    _last_verdict: str | None = None
+
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean answer NLL of every forget record and of the holdout probe, now."""
+        forget = mean_token_nll(self.model, self.forget, self.pad_token_id)
+        holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id)
+        return forget, holdout
 
     def read(self, step: int) -> dict:
-        """Score the probe now: the means, the KS p-value and the rule's verdict (``probe_stop``)."""
-        forget = mean_token_nll(self.model, self.forget, self.pad_token_id).tolist()
-        holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id).tolist()
-        forget_mean, holdout_mean = sum(forget) / len(forget), sum(holdout) / len(holdout)
-        ks_p = ks_p_value(forget, holdout)
-        reason = "ks" if ks_p >= self.min_ks_p else ("mean" if self.use_mean and forget_mean >= holdout_mean else None)
+        """Score the probe now: means, AUC, KS p-value and the rule's verdict (``probe_stop``)."""
+        forget, holdout = self.scores()
+        if self.targets is not None:
+            self.targets.copy_(_broadcast(matched_targets(forget, holdout)))
+        forget_list, holdout_list = forget.tolist(), holdout.tolist()
+        forget_mean, holdout_mean = sum(forget_list) / len(forget_list), sum(holdout_list) / len(holdout_list)
+        ks_p = ks_p_value(forget_list, holdout_list)
+        auc = membership_auc([-v for v in forget_list], [-v for v in holdout_list])
+        verdict = self._last_verdict = self._verdict(ks_p, auc, forget_mean, holdout_mean)
         reading = {"step": step, "probe_forget_nll": forget_mean, "probe_holdout_nll": holdout_mean,
-                   "probe_ks_p": ks_p, "probe_stop": float(_agreed(reason is not None))}
+                   "probe_ks_p": ks_p, "probe_auc": auc, "probe_stop": float(_agreed(verdict is not None))}
         self.readings.append(reading)
         return reading
+
+    def _verdict(self, ks_p: float, auc: float, forget_mean: float, holdout_mean: float) -> str | None:
+        stop = self.stop
+        if stop.criterion == "landed":
+            landed = abs(auc - 0.5) <= stop.band and ks_p >= stop.min_ks_p
+            self.streak = self.streak + 1 if landed else 0
+            if self.streak >= stop.confirm:
+                return (f"landed: forget set like the holdout at {stop.confirm} probe(s) in a row (AUC {auc:.3f} "
+                        f"within {stop.band} of 0.5, KS p {ks_p:.3f} >= {stop.min_ks_p})")
+            return None
+        if ks_p >= stop.min_ks_p:
+            return f"ks: forget probe like the holdout (KS p {ks_p:.3f} >= {stop.min_ks_p})"
+        if stop.criterion == "ks_or_mean" and forget_mean >= holdout_mean:
+            return f"mean: forget probe's mean NLL {forget_mean:.3f} reached the holdout's {holdout_mean:.3f}"
+        return None
 
     def check(self, step: int) -> dict:
         """After step ``step``: ``{}`` between probes, else the reading's fields for the step log.
 
         Sets :attr:`reason` and :attr:`stopped_at` when the rule is met (on every rank alike).
         """
-        if step % self.every:
+        if step % self.stop.every:
             return {}
         reading = self.read(step)
         if reading["probe_stop"] and self.reason is None:
-            self.reason, self.stopped_at = self._reason(), step
+            self.reason = self._last_verdict or "rank 0's probe met the rule"
+            self.stopped_at = step
         return {k: v for k, v in reading.items() if k != "step"}
-
-    def _reason(self) -> str:
-        last = self.readings[-1]
-        if last["probe_ks_p"] >= self.min_ks_p:
-            return f"ks: forget probe like the holdout (KS p {last['probe_ks_p']:.3f} >= {self.min_ks_p})"
-        return (f"mean: forget probe's mean NLL {last['probe_forget_nll']:.3f} reached the holdout's "
-                f"{last['probe_holdout_nll']:.3f}")
 
     def summary(self) -> dict:
         """What the run's summary records: the rule, where and why it stopped, the probe's curve."""
-        return {"rule": "holdout", "every": self.every, "min_ks_p": self.min_ks_p,
+        return {"rule": "holdout", "criterion": self.stop.criterion, "every": self.stop.every,
+                "band": self.stop.band, "min_ks_p": self.stop.min_ks_p, "confirm": self.stop.confirm,
                 "probe_forget": len(self.forget), "probe_holdout": len(self.holdout),
                 "stopped_at": self.stopped_at, "reason": self.reason or "cap: the step cap came first",
                 "curve": list(self.readings)}
 
 
-def build_stopper(model: torch.nn.Module, tokenizer, forget: Sequence[Record], holdout: Sequence[Record],
-                  config: UnlearnConfig, *, max_length: int, seed: int) -> HoldoutStopper | None:
-    """The stopper ``unlearn.stop`` asks for (None under ``rule: none``), its probe encoded once."""
-    stop = config.stop
-    if stop.rule == "none":
-        return None
+def encode_probe(tokenizer, forget: Sequence[Record], holdout: Sequence[Record], config: UnlearnConfig, *,
+                 max_length: int, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    """The probe's examples: every forget record (the targets of ``match`` need them all) and a fixed
+    sample of at most ``stop.probe`` holdout records."""
     if not holdout:
-        raise ValueError("unlearn.stop.rule is 'holdout' but no holdout records were given: the rule compares the "
-                         "forget set with records the model never saw. Add holdout subjects to the world "
-                         "(world.n_holdout_subjects) or set unlearn.stop.rule: none")
+        raise ValueError(f"unlearn.{'forget_loss is match' if config.forget_loss == 'match' else 'stop.rule is holdout'}"
+                         " but no holdout records were given: it compares the forget set with records the model "
+                         "never saw. Add holdout subjects to the world (world.n_holdout_subjects, "
+                         "world.holdout_path) or choose another forget loss / unlearn.stop.rule: none")
+    forget_probe = forget if config.forget_loss == "match" else probe_records(forget, config.stop.probe, seed)
+    return ([encode_record(tokenizer, r, max_length) for r in forget_probe],
+            [encode_record(tokenizer, r, max_length) for r in probe_records(holdout, config.stop.probe, seed + 1)])
+
+
+def build_stopper(model: torch.nn.Module, tokenizer, forget: Sequence[Record], holdout: Sequence[Record],
+                  config: UnlearnConfig, *, max_length: int, seed: int,
+                  targets: torch.Tensor | None = None) -> HoldoutStopper | None:
+    """The stopper ``unlearn.stop`` asks for (None under ``rule: none`` unless ``match`` needs its probe to
+    refresh ``targets``), its probe encoded once."""
+    if config.stop.rule == "none" and targets is None:
+        return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length, seed=seed)
+    stop = config.stop
+    if stop.rule == "none":  # only the targets' refresh: a rule that never fires
+        stop = stop.model_copy(update={"criterion": "landed", "confirm": 10**9})
+    return HoldoutStopper(model, forget_probe, holdout_probe, pad, stop, targets)
 
-    def encode(records: Sequence[Record], salt: int) -> list[Encoded]:
-        return [encode_record(tokenizer, r, max_length) for r in probe_records(records, stop.probe, seed + salt)]
 
-    return HoldoutStopper(model, encode(forget, 0), encode(holdout, 1), pad, stop.every, stop.min_ks_p,
-                          use_mean=stop.criterion == "ks_or_mean")
+def _broadcast(values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's tensor on every rank (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    moved = values.to(device)
+    dist.broadcast(moved, src=0)
+    return moved.to(values.device)
 
 
 def _agreed(flag: bool) -> bool:
