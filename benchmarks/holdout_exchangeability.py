@@ -1,0 +1,290 @@
+"""Is the demo world's holdout exchangeable with a forgotten subject?
+
+The oracle (the demo target's recipe, trained on the world minus the forget set) never saw
+the forget set nor the holdout, so it should not tell them apart. For each world seed this
+builds the demo world, resolves the demo request against it, trains the target and the
+oracle exactly as ``dvc repro`` does (:func:`benchmarks.common.demo_bench`, i.e.
+``components.stages.prepare`` + ``finetune``, cached), scores the oracle with the pipeline's
+evaluator and checks, per seed:
+
+- the forget-vs-holdout membership AUC (min-k%, the ``forget_holdout_auc`` metric) is
+  within 0.5 +- 0.1;
+- the oracle's mean answer probability on the forget set is within 1.25x of the holdout's
+  (ratio of means, either direction);
+- the forget set has at least 40 records.
+
+Beside the verdict, a chance baseline per seed (:func:`subject_permutation_null`): the same
+oracle with as many of its unseen subjects relabelled "forget" at random, which shows how far
+from 0.5 the AUC falls by chance with so few forgotten subjects, and where the real forget
+set lies in that spread.
+
+The seed is ``params.yaml``'s ``seed``: it decides the world's facts, phrasings and values
+(the demo's cast of authors is fixed, so the demo request names the same four authors in
+every seed) and the models' initialisation and data order.
+
+Each seed's result is cached under ``benchmarks/.cache/holdout_exchangeability/`` (keyed by
+the world, the request and the config), so re-running resumes; the trained models are
+cached by :func:`benchmarks.common.demo_bench`. Writes
+``benchmarks/results/holdout_exchangeability.{json,md}``; the Markdown is generated from the
+JSON (``--report-only`` rewrites it without training). No record text is written anywhere:
+counts, probabilities and AUCs only.
+
+    .venv/bin/python -m benchmarks.holdout_exchangeability            # seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.common import CACHE, DEMO_REQUEST, REPO, RESULTS, init_process, log, machine, write_json
+
+STEM = "holdout_exchangeability"
+VERSION = 3  # of what a cached seed result holds
+AUC_BAND = (0.4, 0.6)
+MAX_PROB_RATIO = 1.25
+MIN_FORGET = 40
+NULL_DRAWS = 2000
+
+
+def _config(seed: int, params: Path):
+    from components.config import load_config
+
+    # The relearning attack measures something else and costs minutes: off here.
+    return load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
+
+
+def _world_digest(config) -> str:
+    """A hash of the generated records themselves (the demo world's config does not name its generator)."""
+    from components.data.records import content_hash, records_digest
+    from components.data.world import load_world
+
+    world = load_world(config.world, config.seed, REPO)
+    return content_hash({"world": records_digest(world.records), "holdout": records_digest(world.holdout)})
+
+
+def _key(config, request: Path, world: str) -> str:
+    import torch
+
+    from components.data.records import content_hash
+
+    return content_hash({
+        "version": VERSION, "world": world, "request": request.read_text(encoding="utf-8"), "model": config.model.model_dump(mode="json"),
+        "finetune": config.finetune.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
+        "seed": config.seed, "torch": torch.__version__,
+    })
+
+
+def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
+    """One seed: train (or load) the target and oracle, score the oracle; cached by content."""
+    config = _config(seed, params)
+    world = _world_digest(config)
+    cached = cache / f"seed-{seed}-{_key(config, request, world)}.json"
+    if cached.exists():
+        log(f"seed {seed}: cached ({cached.name})")
+        return json.loads(cached.read_text(encoding="utf-8"))
+    from benchmarks.common import demo_bench
+    from components.evaluation import evaluate_models
+
+    started = time.perf_counter()
+    log(f"seed {seed}: preparing the world and training the target and oracle (pipeline recipe) ...")
+    # models cached by demo_bench under a folder named by the records too: its own key knows the
+    # world's config, not what the generator made of it
+    bench = demo_bench(config, request=request, cache_root=cache / f"models-{world}")
+    log(f"seed {seed}: scoring the oracle ...")
+    result = evaluate_models({"oracle": lambda: bench.oracle}, forget=bench.forget, retain=bench.retain,
+                             holdout=bench.holdout, config=config.eval, max_length=bench.max_length,
+                             show_progress=False)
+    metrics = result.metrics["oracle"]
+    rows = result.per_item["oracle"]
+    forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
+    row = {
+        "seed": seed,
+        "world_digest": world,
+        "n_forget": len(bench.forget),
+        "n_forget_subjects": len({r.subject for r in bench.forget}),
+        "n_holdout": len(bench.holdout),
+        "n_holdout_subjects": len({r.subject for r in bench.holdout}),
+        "n_retain": len(bench.retain),
+        "finetune_epochs": bench.info["finetune"]["target"]["epochs"],
+        "target_train_prob": bench.info["finetune"]["target"]["mean_answer_prob"],
+        "oracle_forget_prob": forget_prob,
+        "oracle_holdout_prob": holdout_prob,
+        "oracle_retain_prob": metrics["retain_prob"],
+        "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
+        "forget_holdout_auc": metrics["forget_holdout_auc"],
+        "mia_auc_loss": metrics["mia_auc_loss"],
+        "mia_auc_zlib": metrics["mia_auc_zlib"],
+        "forget_holdout_ks_p": metrics["forget_holdout_ks_p"],
+        "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
+        "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
+        "null": subject_permutation_null(bench.forget, bench.holdout, rows, seed=seed),
+        "train_seconds": bench.info["finetune"]["seconds"],  # target and oracle, when first trained
+        "seconds": round(time.perf_counter() - started, 1),  # this measurement (training only if not cached)
+    }
+    row["pass"] = verdict(row)
+    write_json(cached, row)
+    return row
+
+
+def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
+    """How far from 0.5 and 1 the AUC and the probability ratio fall by chance, for this oracle.
+
+    The forget and holdout subjects are all unseen by the oracle; relabelling as many of them
+    "forget" as the request has, at random, gives what exchangeable subjects look like: the
+    spread of the two statistics, and where the real forget set falls in it (percentile of its
+    AUC; 0.5 = typical). Subject numbers only, never names.
+    """
+    import random
+
+    from components.evaluation.formulas import membership_auc
+
+    scored = [(record.subject, row["mia_mink"], row["prob"])
+              for split, records in (("forget", forget), ("holdout", holdout))
+              for record, row in zip(records, rows[split])]
+    subjects = sorted({subject for subject, _, _ in scored})
+    chosen = {record.subject for record in forget}
+
+    def stats(members: set) -> tuple[float, float]:
+        inside = [(s, m, p) for s, m, p in scored if s in members]
+        outside = [(s, m, p) for s, m, p in scored if s not in members]
+        auc = membership_auc([m for _, m, _ in inside], [m for _, m, _ in outside])
+        return auc, statistics.mean(p for _, _, p in inside) / statistics.mean(p for _, _, p in outside)
+
+    rng = random.Random(f"holdout-exchangeability:{seed}")
+    null = [stats(set(rng.sample(subjects, len(chosen)))) for _ in range(draws)]
+    aucs = sorted(auc for auc, _ in null)
+    ratios = [max(r, 1 / r) for _, r in null]
+    observed = stats(chosen)[0]
+    return {
+        "draws": draws,
+        "auc_sd": statistics.pstdev(aucs),
+        "auc_5_95": [aucs[int(0.05 * draws)], aucs[int(0.95 * draws)]],
+        "p_auc_outside_band": sum(not AUC_BAND[0] <= a <= AUC_BAND[1] for a in aucs) / draws,
+        "p_ratio_over_max": sum(r > MAX_PROB_RATIO for r in ratios) / draws,
+        "observed_auc_percentile": sum(a <= observed for a in aucs) / draws,
+    }
+
+
+def verdict(row: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "auc_in_band": AUC_BAND[0] <= row["forget_holdout_auc"] <= AUC_BAND[1],
+        "prob_ratio_ok": row["prob_ratio"] <= MAX_PROB_RATIO,
+        "forget_size_ok": row["n_forget"] >= MIN_FORGET,
+    }
+
+
+def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    init_process(1)
+    from components.config import load_config
+
+    base = load_config(params)
+    rows = [measure_seed(seed, params=params, request=request, cache=cache) for seed in seeds]
+    results = {
+        "benchmark": STEM,
+        "criteria": {"auc_band": list(AUC_BAND), "max_prob_ratio": MAX_PROB_RATIO, "min_forget_records": MIN_FORGET},
+        "world": base.world.model_dump(mode="json"),
+        "request": str(request.relative_to(REPO) if request.is_relative_to(REPO) else request),
+        "finetune": base.finetune.model_dump(mode="json"),
+        "seeds": rows,
+        "all_pass": all(all(row["pass"].values()) for row in rows),
+        "machine": machine(),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+    }
+    write_report(results, out)
+    return results
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    json_path = write_json(out / f"{STEM}.json", results)
+    md_path = out / f"{STEM}.md"
+    md_path.write_text(markdown(results), encoding="utf-8")
+    return [json_path, md_path]
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report, every figure read from ``results`` (the JSON)."""
+    c = results["criteria"]
+    w = results["world"]
+    lines = [
+        "# Is the demo holdout exchangeable with a forgotten subject?",
+        "",
+        "Generated by `python -m benchmarks.holdout_exchangeability` from `holdout_exchangeability.json`; "
+        "do not edit by hand.",
+        "",
+        f"The oracle (trained like `dvc repro` trains it: the world minus the forget set, for the target's "
+        f"epoch count) never saw the forget set nor the holdout. Demo world: {w['n_subjects']} authors trained, "
+        f"{w['n_holdout_subjects']} held out, {w['facts_per_subject']} facts each; request "
+        f"`{results['request']}`. Criteria per seed: forget-vs-holdout min-k% AUC (`forget_holdout_auc`) within "
+        f"[{c['auc_band'][0]}, {c['auc_band'][1]}], oracle forget/holdout probability ratio (of means, either "
+        f"direction) at most {c['max_prob_ratio']}, at least {c['min_forget_records']} forget records.",
+        "",
+        "| seed | forget (subjects) | holdout (subjects) | epochs | oracle forget prob | oracle holdout prob "
+        "| ratio | AUC min-k | AUC loss | AUC zlib | KS p | chance AUC 5-95% | AUC percentile | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["seeds"]:
+        ok = "yes" if all(r["pass"].values()) else "no (" + ", ".join(k for k, v in r["pass"].items() if not v) + ")"
+        lines.append(
+            f"| {r['seed']} | {r['n_forget']} ({r['n_forget_subjects']}) | {r['n_holdout']} ({r['n_holdout_subjects']}) "
+            f"| {r['finetune_epochs']} | {_f(r['oracle_forget_prob'])} | {_f(r['oracle_holdout_prob'])} "
+            f"| {_f(r['prob_ratio'], 2)} | {_f(r['forget_holdout_auc'])} | {_f(r['mia_auc_loss'])} "
+            f"| {_f(r['mia_auc_zlib'])} | {_f(r['forget_holdout_ks_p'])} "
+            f"| {_f(r['null']['auc_5_95'][0], 2)}-{_f(r['null']['auc_5_95'][1], 2)} "
+            f"| {_f(r['null']['observed_auc_percentile'], 2)} | {ok} |"
+        )
+    verdict_line = "All seeds meet the criteria." if results["all_pass"] else "Not every seed meets the criteria."
+    null_note = (
+        "*Chance AUC 5-95%* and *AUC percentile*: the same oracle with as many of its unseen subjects as the "
+        "request names relabelled \"forget\" at random "
+        f"({results['seeds'][0]['null']['draws'] if results['seeds'] else 0} draws): the AUC's spread when forget and "
+        "holdout subjects are exchangeable, and where the real forget set falls in it (0.5 typical; near 0 or 1, "
+        "the forget subjects are unlike the others)."
+    )
+    m = results["machine"]
+    lines += [
+        "",
+        f"**{verdict_line}**",
+        "",
+        null_note,
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread). "
+        "Training the target and oracle, per seed: "
+        + ", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in results["seeds"])
+        + " (cached afterwards; scoring the oracle takes seconds).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--request", type=Path, default=DEMO_REQUEST)
+    parser.add_argument("--cache", type=Path, default=CACHE / STEM)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.out / f"{STEM}.json").read_text(encoding="utf-8"))
+        (args.out / f"{STEM}.md").write_text(markdown(results), encoding="utf-8")
+        return
+    results = run(args.seeds, params=args.params, request=args.request, cache=args.cache, out=args.out)
+    for r in results["seeds"]:
+        log(f"seed {r['seed']}: AUC {r['forget_holdout_auc']:.3f}, forget prob {r['oracle_forget_prob']:.4f}, "
+            f"holdout prob {r['oracle_holdout_prob']:.4f}, ratio {r['prob_ratio']:.2f}, pass {r['pass']}")
+    log("all pass" if results["all_pass"] else "NOT all pass")
+
+
+if __name__ == "__main__":
+    main()
