@@ -117,10 +117,14 @@ def demo_bench(config: Config, request: Path = DEMO_REQUEST, cache_root: Path = 
     (world, model and fine-tuning config, seed, the request, library versions).
     """
     from components import stages
+    from components.data.records import records_digest
+    from components.data.world import load_world
     from components.paths import Paths
 
+    world = load_world(config.world, config.seed, REPO)  # the records themselves: a changed generator misses
     key = content_hash({
-        "world": config.world.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
+        "world": config.world.model_dump(mode="json"), "records": records_digest(list(world.records)),
+        "holdout": records_digest(list(world.holdout)), "model": config.model.model_dump(mode="json"),
         "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
         "request": Path(request).read_text(encoding="utf-8"), "torch": torch.__version__,
     })

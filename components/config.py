@@ -132,7 +132,7 @@ class StopConfig(_Section):
     every: int = Field(default=2, ge=1)
     probe: int = Field(default=64, ge=2)
     criterion: Literal["landed", "ks_or_mean", "ks"] = "landed"
-    band: float = Field(default=0.1, gt=0, le=0.5)  # landed: |AUC - 0.5| at most this
+    band: float = Field(default=0.05, gt=0, le=0.5)  # landed: |AUC - 0.5| at most this (about the AUC's standard error on 40 vs 64 records)
     min_ks_p: float = Field(default=0.2, gt=0, le=1)
     confirm: int = Field(default=2, ge=1)  # landed: probes in a row
     max_steps: int | None = Field(default=None, ge=1)
