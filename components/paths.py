@@ -54,6 +54,11 @@ class Paths:
     failed = _under("requests", "failed")
 
     @property
+    def finetune_cache(self) -> Path:
+        """Target and oracle models trained before, by the content they were trained from (git- and DVC-ignored)."""
+        return self.config_root / ".cache" / "finetune"  # type: ignore[operator]
+
+    @property
     def eval_cache(self) -> Path:
         """Model outputs of evaluation, shared by every run of this project (DVC- and git-ignored)."""
         return self.config_root / ".cache" / "eval"  # type: ignore[operator]

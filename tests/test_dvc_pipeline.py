@@ -135,3 +135,17 @@ def test_changing_only_an_unlearning_setting_scores_only_the_new_model(repro):
     for role in ("target", "oracle"):  # whole-model metrics read the unlearned model only for it
         assert after[role] == before[role]
     write_params(repo, FILE_WORLD)
+
+
+def test_a_second_finetune_of_the_same_data_copies_the_cached_models(repro):
+    """Fine-tuned models are cached by the content they were trained from: training again copies them."""
+    repo = repro["repo"]
+    entries = [p for p in (repo / ".cache" / "finetune").iterdir() if (p / "finetune.json").exists()]
+    assert len(entries) == 1
+    before = (repo / "models" / "target" / "model.safetensors").read_bytes()
+    run([sys.executable, "-m", "components.stages", "finetune"], repo)
+    summary = json.loads((repo / "reports" / "finetune.json").read_text())
+    assert summary["cached"] == entries[0].name
+    assert (repo / "models" / "target" / "model.safetensors").read_bytes() == before
+    assert (entries[0] / "oracle" / "model.safetensors").read_bytes() == (
+        repo / "models" / "oracle" / "model.safetensors").read_bytes()
