@@ -115,16 +115,15 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
     """One seed of one world: unlearn with the shipped defaults, evaluate, gate (cached by its inputs)."""
     from components import stages
     from components.paths import Paths
-    from components.registry.gate import evaluate_gate
 
     config, trained = trained_world(world, seed)
     config = config.with_overrides({"seed": seed})
     key = content_hash({"unlearn": config.unlearn.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
-                        "gate": config.gate.model_dump(mode="json"), "seed": seed})
+                        "seed": seed})  # the gate is re-applied to the stored metrics: changing it reruns nothing
     paths = Paths(trained.root / "runs" / f"seed{seed}-{key}", config_root=world.root)
     done = paths.root / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return with_gate(json.loads(done.read_text()), paths, config)
     for name in ("prepared",):
         (paths.root / "data").mkdir(parents=True, exist_ok=True)
         link = paths.root / "data" / name
@@ -143,7 +142,6 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     metrics = stages.evaluate(config, paths, show_progress=False)
     evaluate_seconds = time.perf_counter() - started
-    decision = evaluate_gate(metrics, config.gate)
     cost = json.loads(paths.resources.read_text())["evaluate"]
     result = {
         "world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
@@ -152,14 +150,24 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
         "steps": summary["steps"], "unlearn_seconds": round(unlearn_seconds, 1),
         "evaluate_seconds": round(evaluate_seconds, 1),
         "cache": {role: {"hits": c["hits"], "misses": c["misses"]} for role, c in cost["cache"].items()},
-        "metrics": {role: {k: metrics[role].get(k) for k in KEEP} for role in ("target", "oracle", "unlearned")},
-        "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
-                 "oracle": decision.verdict("oracle"), "agree": decision.agreement,
-                 "checks": [c.to_dict() for c in decision.checks]},
+        "floor": cost.get("floor"),
     }
     write_json(done, result)
     shutil.rmtree(paths.unlearned, ignore_errors=True)  # SmolLM2 weights: 0.5 GB a run
-    return result
+    return with_gate(result, paths, config)
+
+
+def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
+    """The run's metrics (``reports/metrics.json`` of its folder) and the profile's gate applied to them now."""
+    from components.registry.gate import evaluate_gate
+
+    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    decision = evaluate_gate(metrics, config.gate)
+    return result | {
+        "metrics": {role: {k: metrics[role].get(k) for k in KEEP} for role in ("target", "oracle", "unlearned")},
+        "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
+                 "oracle": decision.verdict("oracle"), "agree": decision.agreement,
+                 "checks": [c.to_dict() for c in decision.checks]}}
 
 
 # --------------------------------------------------------------------------- judging
@@ -268,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.report_only:
                 found = sorted(ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"), key=lambda p: p.stat().st_mtime)
                 if found:
-                    runs.append(json.loads(found[-1].read_text()))
+                    from components.paths import Paths
+
+                    config = _config(WORLDS[name], seed).with_overrides({"seed": seed})
+                    runs.append(with_gate(json.loads(found[-1].read_text()), Paths(found[-1].parent), config))
                 continue
             runs.append(run_one(WORLDS[name], seed))
             write(runs, args.out)

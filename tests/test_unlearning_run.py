@@ -36,7 +36,8 @@ def unlearn(setup, config: UnlearnConfig, **kwargs):
     model = copy.deepcopy(setup.target)
     return run_unlearning(model, setup.tokenizer, setup.forget, setup.retain, config,
                           max_length=setup.config.model.max_length, seed=0,
-                          outputs=RunOutputs(show_progress=False, **kwargs))
+                          outputs=RunOutputs(show_progress=False, **kwargs),
+                          holdout=setup.holdout)  # `match` sets its targets from the holdout
 
 
 def forget_answer_prob(setup, model) -> float:

@@ -641,7 +641,8 @@ def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | No
 
 def _model_metrics(ctx: EvaluationContext, role: str, utility_sets, knowledge_sets, earlier) -> dict[str, Any]:
     out: dict[str, Any] = {key: ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
-    out["n_forget"] = len(ctx.records(FORGET))  # the gate's relearning check has nothing to test on one record
+    # the gate's relearning check has nothing to test on one record (None, like every metric, for an absent model)
+    out["n_forget"] = len(ctx.records(FORGET)) if ctx.has_model(role) else None
     for prefix, sets, reported in ((UTILITY_PREFIX, utility_sets, UTILITY_REPORTED),
                                    (KNOWLEDGE_PREFIX, knowledge_sets, KNOWLEDGE_REPORTED)):
         for set_name in sets:

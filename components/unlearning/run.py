@@ -247,7 +247,10 @@ def build_engine(model: torch.nn.Module, data: UnlearnData, config: UnlearnConfi
     engine = Engine(model, module, ranks, named, optimizer, make_scheduler(optimizer, config, data.steps),
                     device, restore)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    _resume(engine, load_checkpoint(directory, data.fingerprint, torch.device("cpu") if ranks.sharded else device))
+    state = load_checkpoint(directory, data.fingerprint, torch.device("cpu") if ranks.sharded else device)
+    _resume(engine, state)
+    for key, values in ((state or {}).get("forget_extra") or {}).items():  # match's targets as they were then
+        data.forget_extra[key].copy_(values.to(data.forget_extra[key].device))
     return engine
 
 
@@ -363,6 +366,8 @@ def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step:
             "optimizer": optimizer,
             "scheduler": engine.scheduler.state_dict(),
             "diagnostics": engine.diagnostics,
+            # what changes during the run besides the weights: match's targets, refreshed at each probe
+            "forget_extra": {k: v.clone() for k, v in data.forget_extra.items() if k == "target_nll"},
         })
 
 
