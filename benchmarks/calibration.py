@@ -163,6 +163,8 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
 
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     decision = evaluate_gate(metrics, config.gate)
+    if result.get("floor") is None and paths.resources.exists():  # runs recorded before the floor was kept here
+        result = result | {"floor": json.loads(paths.resources.read_text())["evaluate"].get("floor")}
     return result | {
         "metrics": {role: {k: metrics[role].get(k) for k in KEEP} for role in ("target", "oracle", "unlearned")},
         "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
@@ -246,6 +248,15 @@ def markdown(results: dict[str, Any]) -> str:
               f"relearning within the gap in {s['passing']['relearn_ok']}.", "",
               "| criterion | met |", "|---|---|"]
     lines += [f"| {name} | {_f(met)} |" for name, met in s["criteria_met"].items()]
+    lines += ["", "Evaluate against its floor (`reports/resources.json` of each run: one padding-free forward pass over "
+              "every scored token plus decoding as many tokens as the reference answers have, at the throughput "
+              "measured on the model; models found in the evaluation cache cost nothing and count in neither):", "",
+              "| world | seed | models scored | evaluate s | floor s | ratio |", "|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        floor = run.get("floor") or {}
+        scored = ", ".join(role for role, c in run["cache"].items() if c["misses"]) or "none"
+        lines.append(f"| {run['world']} | {run['seed']} | {scored} | {_f(floor.get('evaluate_seconds'), 1)} | "
+                     f"{_f(floor.get('floor_seconds'), 1)} | {_f(floor.get('ratio'), 2)} |")
     lines += ["", f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, torch "
               f"{results['machine']['torch']}. Total wall time of the runs (unlearn + evaluate, fine-tuning "
               f"excluded): {sum(r['unlearn_seconds'] + r['evaluate_seconds'] for r in results['runs']) / 60:.1f} min."]

