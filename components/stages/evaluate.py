@@ -62,15 +62,19 @@ def _record_cost(paths: Paths, cost: dict[str, Any]) -> None:
     write_json(paths.resources, record)
 
 
+def _last_cost(paths: Paths) -> dict[str, Any]:
+    """What :func:`_record_cost` wrote for the last evaluation here (empty when none)."""
+    return read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
+
+
 def evaluated_fingerprint(paths: Paths, role: str) -> str | None:
     """The evaluation-cache fingerprint of the model that last played ``role`` here (None: not cached)."""
-    cost = read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
-    return (cost.get("cache", {}).get(role) or {}).get("fingerprint")
+    return (_last_cost(paths).get("cache", {}).get(role) or {}).get("fingerprint")
 
 
 def cost_summary(paths: Paths) -> str:
     """One line on the last evaluation's cache use and its distance from the floor (reports/resources.json)."""
-    cost = read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
+    cost = _last_cost(paths)
     parts = [f"{role} cache {'hit' if entry['misses'] == 0 and entry['hits'] else 'miss'} "
              f"({entry['hits']} reused, {entry['misses']} computed)" for role, entry in cost.get("cache", {}).items()]
     floor = cost.get("floor") or {}
