@@ -92,6 +92,13 @@ def test_floor_is_reported_with_its_ratio(first):
     floor = result.floor
     assert floor["forward_tokens"] > 0 and floor["decode_tokens"] > 0 and floor["train_tokens"] > 0
     assert 0 < floor["floor_seconds"] and floor["ratio"] == pytest.approx(floor["evaluate_seconds"] / floor["floor_seconds"], rel=2e-2)
+    assert floor["cpu_ratio"] == pytest.approx(floor["evaluate_cpu_seconds"] / floor["cpu_floor_seconds"], rel=2e-2)
+    # where the time went: every phase that ran has seconds and a floor, and the phases' floors make the whole
+    phases = floor["phases"]
+    assert set(phases) == {"teacher_forced", "generation", "relearn"}
+    assert all(phase["seconds"] > 0 and phase["floor_seconds"] > 0 for phase in phases.values())
+    assert sum(phase["floor_seconds"] for phase in phases.values()) == pytest.approx(floor["floor_seconds"], abs=0.05)
+    assert sum(phase["seconds"] for phase in phases.values()) <= floor["evaluate_seconds"] + floor["measure_seconds"]
 
 
 def test_fixed_sample_is_the_same_subset_whatever_the_order(tiny_setup):

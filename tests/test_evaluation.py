@@ -19,6 +19,7 @@ from components.config import EvalConfig, ModelConfig
 from components.data.records import DataError, QARecord, TextRecord
 from components.evaluation import EvaluationContext, evaluate_models, write_reports
 from components.evaluation.evaluator import safe_name
+from components.evaluation.formulas import cut_at_stop_strings
 from components.evaluation.inference import greedy_generate, prompt_ids
 from components.evaluation.knowledge import knowledge_wanted, load_knowledge_set, load_knowledge_sets
 from components.modeling.encoding import collate, encode_record
@@ -200,6 +201,21 @@ def test_generation_stops_at_eos_and_within_the_token_bound(setup):
     full = greedy_generate(setup.target, setup.tokenizer, prompts, max_new_tokens=40, batch_size=8)
     assert all(setup.tokenizer.eos_token_id not in ids for ids in full)
     assert any(len(ids) < 40 for ids in full)  # the trained target ends its answers
+
+
+def test_generation_stops_at_a_stop_string_with_the_text_before_it_unchanged(setup):
+    """Decoding stops once a row's text holds a stop string; the text up to it is what a full decode gives."""
+    prompts = [prompt_ids(encode_record(setup.tokenizer, r, 64)) for r in setup.forget]
+    full = [setup.tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in greedy_generate(setup.target, setup.tokenizer, prompts, max_new_tokens=40, batch_size=8)]
+    stop = " " + full[0].split()[1]  # a word the target says early in its first answer (present in others too)
+    assert any(stop in text for text in full) and any(stop not in text for text in full)
+    ids = greedy_generate(setup.target, setup.tokenizer, prompts, max_new_tokens=40, batch_size=8,
+                          stop_strings=(stop,))
+    stopped = [setup.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    assert [cut_at_stop_strings(t, (stop,)) for t in stopped] == [cut_at_stop_strings(t, (stop,)) for t in full]
+    assert [t.endswith(stop) for t in stopped] == [stop in t for t in full]  # stopped right at the string
+    assert all(s == f for s, f in zip(stopped, full) if stop not in f)
 
 
 def test_rouge_is_the_mean_rouge_score_recall_of_the_greedy_answers(setup):

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import gc
 import re
-import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
@@ -24,7 +23,7 @@ from rich.progress import Progress
 
 from components.config import EvalConfig
 from components.data.records import QARecord, Record
-from components.evaluation.formulas import cut_at_stop_strings
+from components.evaluation.formulas import QA_STOP_STRINGS, cut_at_stop_strings
 from components.evaluation.inference import TokenEvidence, greedy_generate, prompt_ids, teacher_forced
 from components.evaluation.metrics import (
     FORGET,
@@ -38,6 +37,7 @@ from components.evaluation.metrics import (
     null_result,
     result,
 )
+from components.evaluation.floor import Seconds, clock
 from components.evaluation.cache import EvalCache, Ragged, model_fingerprint, settings_key, split_fingerprint
 from components.evaluation.relearn import relearn_attack, relearn_halves
 from components.modeling.encoding import Encoded, encode_record, ensure_pad_token
@@ -123,14 +123,42 @@ PER_ITEM_COLUMNS = {
 
 
 @dataclass
-class ScoredWork:
-    """Tokens a context ran models on: teacher-forced (prompts of generations included), decoded
+class PhaseWork:
+    """Tokens one phase ran models on: teacher-forced (prompts of generations included), decoded
     (the reference answers' length: what ROUGE needs, not what greedy decoding ran to) and trained
-    (the relearning attack). :mod:`components.evaluation.floor` turns them into seconds."""
+    (the relearning attack), and the wall and process-CPU seconds it took.
+    :mod:`components.evaluation.floor` turns the tokens into the seconds they need at least."""
 
     forward_tokens: int = 0
     decode_tokens: int = 0
     train_tokens: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+# The phases of evaluation, each timed apart so the report says where evaluate's time goes.
+PHASES = ("teacher_forced", "generation", "relearn")
+
+
+@dataclass
+class ScoredWork:
+    """What a context ran models on, per phase (:data:`PHASES`)."""
+
+    phases: dict[str, PhaseWork] = field(default_factory=lambda: {name: PhaseWork() for name in PHASES})
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(phase, attribute) for phase in self.phases.values())
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the seconds of the ``with`` body to ``phase``."""
+        started = clock()
+        try:
+            yield self.phases[phase]
+        finally:
+            took = clock() - started
+            self.phases[phase].seconds += took.wall
+            self.phases[phase].cpu_seconds += took.cpu
 
 
 @dataclass
@@ -207,8 +235,8 @@ class EvaluationContext:
     def targets(self, model: str, split: str) -> list[TokenEvidence]:
         def compute(loaded: LoadedModel) -> list[TokenEvidence]:
             encoded = self._encoded(loaded.tokenizer, split, "targets")
-            self.work.forward_tokens += sum(len(e.input_ids) for e in encoded)
-            with self._task(model, split, "scoring", len(encoded)) as advance:
+            with self.work.timed("teacher_forced") as phase, self._task(model, split, "scoring", len(encoded)) as advance:
+                phase.forward_tokens += sum(len(e.input_ids) for e in encoded)
                 return self._teacher_forced(loaded, encoded, advance)
 
         return self._once(model, split, "targets", compute)
@@ -216,8 +244,9 @@ class EvaluationContext:
     def alternatives(self, model: str, split: str) -> list[Alternatives | None]:
         def compute(loaded: LoadedModel) -> list[Alternatives | None]:
             owners, encoded = self._encoded(loaded.tokenizer, split, "alternatives")
-            self.work.forward_tokens += sum(len(e.input_ids) for e in encoded)
-            with self._task(model, split, "truth ratio", len(encoded)) as advance:
+            with self.work.timed("teacher_forced") as phase, \
+                    self._task(model, split, "truth ratio", len(encoded)) as advance:
+                phase.forward_tokens += sum(len(e.input_ids) for e in encoded)
                 evidence = self._teacher_forced(loaded, encoded, advance)
             grouped: list[list[TokenEvidence]] = [[] for _ in self.records(split)]
             for index, item in zip(owners, evidence):
@@ -231,15 +260,23 @@ class EvaluationContext:
             tokenizer = loaded.tokenizer
             jobs = self._encoded(tokenizer, split, "generation")
             live = [i for i, job in enumerate(jobs) if job is not None]
-            self.work.forward_tokens += sum(len(jobs[i][0]) for i in live)
-            self.work.decode_tokens += sum(jobs[i][3] for i in live)
-            with self._task(model, split, "generation", len(live)) as advance:
-                outputs = greedy_generate(
-                    loaded.model, tokenizer, [jobs[i][0] for i in live],
-                    max_new_tokens=[jobs[i][1] for i in live], batch_size=self.config.batch_size, on_batch=advance,
-                )
+            records = self.records(split)
+            # QA answers are cut at the first stop string, so their decoding stops there; continuations run on
+            groups = [([i for i in live if isinstance(records[i], QARecord)], QA_STOP_STRINGS),
+                      ([i for i in live if not isinstance(records[i], QARecord)], ())]
+            outputs: dict[int, list[int]] = {}
+            with self.work.timed("generation") as phase, self._task(model, split, "generation", len(live)) as advance:
+                phase.forward_tokens += sum(len(jobs[i][0]) for i in live)
+                for members, stop_strings in groups:
+                    outputs.update(zip(members, greedy_generate(
+                        loaded.model, tokenizer, [jobs[i][0] for i in members],
+                        max_new_tokens=[jobs[i][1] for i in members], batch_size=self.config.batch_size,
+                        on_batch=advance, stop_strings=stop_strings,
+                    )))
+                # the answer ROUGE reads, up to its end (the eos step counted; a cut-off answer ends at the limit)
+                phase.decode_tokens += sum(min(len(ids) + 1, jobs[i][1]) for i, ids in outputs.items())
             found: list[Generation | None] = [None] * len(jobs)
-            for i, ids in zip(live, outputs):
+            for i, ids in sorted(outputs.items()):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 record = self.records(split)[i]
                 if isinstance(record, QARecord):
@@ -272,14 +309,11 @@ class EvaluationContext:
         if loaded is None:
             raise LookupError(f"model '{model}' is not loaded: cannot run the relearning attack on it")
         halves = relearn_halves(len(self.records(split)), self.config.relearn.seed)
-        if halves is not None:
-            tokens = [len(encode_record(loaded.tokenizer, self.records(split)[i], self.max_length).input_ids)
-                      for i in halves.attacked]
-            self.work.train_tokens += self.config.relearn.epochs * sum(tokens)
-            self.work.forward_tokens += sum(
-                len(encode_record(loaded.tokenizer, self.records(split)[i], self.max_length).input_ids)
-                for i in halves.held_out)
-        with self._task(model, split, "relearn", 1) as advance:
+        with self.work.timed("relearn") as phase, self._task(model, split, "relearn", 1) as advance:
+            if halves is not None:
+                lengths = [len(e.input_ids) for e in self._encoded(loaded.tokenizer, split, "targets")]
+                phase.train_tokens += self.config.relearn.epochs * sum(lengths[i] for i in halves.attacked)
+                phase.forward_tokens += sum(lengths[i] for i in halves.held_out)
             self._evidence[(model, split, "relearned")] = relearn_attack(
                 loaded.model, loaded.tokenizer, self.records(split), self.config.relearn,
                 max_length=self.max_length, batch_size=self.config.batch_size, in_place=in_place)
@@ -549,7 +583,7 @@ def evaluate_models(
     splits.update({KNOWLEDGE_PREFIX + name: records for name, records in knowledge_sets.items()})
     splits.update({EARLIER_PREFIX + str(rid): records for rid, records in earlier_forget.items()})
 
-    start = time.perf_counter()
+    start = clock()
     timing = _FloorTiming(enabled=measure_floor)
     cache = cache or EvalCache(None)
     cache_report: dict[str, dict[str, Any]] = {}
@@ -564,9 +598,9 @@ def evaluate_models(
         metrics = {role: _model_metrics(ctx, role, utility_sets, knowledge_sets, earlier_forget)
                    for role in MODEL_ROLES}
         per_item = {role: _model_rows(ctx, role) for role in MODEL_ROLES}
-    seconds = time.perf_counter() - start
-    return EvaluationResult(metrics=metrics, per_item=per_item, seconds=seconds, cache=cache_report,
-                            floor=timing.report(ctx.work, seconds),
+    took = clock() - start
+    return EvaluationResult(metrics=metrics, per_item=per_item, seconds=took.wall, cache=cache_report,
+                            floor=timing.report(ctx.work, took),
                             sample_sizes={split: len(records) for split, records in splits.items()})
 
 
@@ -576,35 +610,51 @@ class _FloorTiming:
 
     enabled: bool
     throughput: Any = None  # components.evaluation.floor.Throughput
-    measure_seconds: float = 0.0
+    measured: Seconds = Seconds(0.0, 0.0)
 
     def measure(self, ctx: EvaluationContext, role: str) -> None:
         if not self.enabled or self.throughput is not None:
             return
         from components.evaluation.floor import measure_throughput
 
-        started = time.perf_counter()
+        started = clock()
         loaded = ctx.models[role]
         sample = ctx._encoded(loaded.tokenizer, FORGET, "targets") or ctx._encoded(loaded.tokenizer, RETAIN, "targets")
         self.throughput = measure_throughput(loaded.model, loaded.tokenizer, sample, ctx.config.batch_size)
-        self.measure_seconds = time.perf_counter() - started
+        self.measured = clock() - started
 
-    def report(self, work: ScoredWork, seconds: float) -> dict[str, Any] | None:
-        """The floor of the work done, and evaluate's time over it (the measurement itself left out)."""
+    def report(self, work: ScoredWork, took: Seconds) -> dict[str, Any] | None:
+        """The floor of the work done, and evaluate's time over it (the measurement itself left out),
+        on the wall clock and on the process CPU clock."""
         if not self.enabled:
             return None
         from components.evaluation.floor import floor_seconds
 
-        evaluated = seconds - self.measure_seconds
-        out: dict[str, Any] = {"forward_tokens": work.forward_tokens, "decode_tokens": work.decode_tokens,
-                               "train_tokens": work.train_tokens, "measure_seconds": round(self.measure_seconds, 2),
-                               "evaluate_seconds": round(evaluated, 2)}
+        evaluated = took - self.measured
+        out: dict[str, Any] = {"forward_tokens": work.total("forward_tokens"),
+                               "decode_tokens": work.total("decode_tokens"),
+                               "train_tokens": work.total("train_tokens"), "measure_seconds": round(self.measured.wall, 2),
+                               "evaluate_seconds": round(evaluated.wall, 2),
+                               "evaluate_cpu_seconds": round(evaluated.cpu, 2)}
         if self.throughput is None:  # every output came from the cache: nothing was run
-            return out | {"floor_seconds": 0.0, "ratio": None}
-        floor = floor_seconds(work.forward_tokens, work.decode_tokens, work.train_tokens, self.throughput)
+            return out | {"floor_seconds": 0.0, "ratio": None, "cpu_ratio": None}
+
+        def floor_of(phase: PhaseWork, cpu: bool = False) -> float:
+            return floor_seconds(phase.forward_tokens, phase.decode_tokens, phase.train_tokens, self.throughput,
+                                 cpu=cpu)
+
+        floor = sum(floor_of(phase) for phase in work.phases.values())
+        cpu_floor = sum(floor_of(phase, cpu=True) for phase in work.phases.values())
+        # where evaluate's time went: each phase's seconds beside its floor (the rest is loading, metrics, I/O)
+        phases = {name: {"seconds": round(phase.seconds, 2), "floor_seconds": round(floor_of(phase), 2),
+                         "cpu_seconds": round(phase.cpu_seconds, 2), "cpu_floor_seconds": round(floor_of(phase, True), 2)}
+                  for name, phase in work.phases.items()}
         return out | {"forward_tokens_per_s": round(self.throughput.forward_tokens_per_s, 1),
                       "decode_tokens_per_s": round(self.throughput.decode_tokens_per_s, 1),
-                      "floor_seconds": round(floor, 3), "ratio": round(evaluated / floor, 3) if floor > 0 else None}
+                      "floor_seconds": round(floor, 3), "ratio": round(evaluated.wall / floor, 3) if floor > 0 else None,
+                      "cpu_floor_seconds": round(cpu_floor, 3),
+                      "cpu_ratio": round(evaluated.cpu / cpu_floor, 3) if cpu_floor > 0 else None,
+                      "phases": phases}
 
 
 def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | None, *, fresh: bool,
@@ -624,9 +674,9 @@ def _score_one_model(ctx: EvaluationContext, role: str, loader: ModelLoader | No
     del loaded
     try:
         found = ctx.restore_cached(role, cache, fingerprint) if fingerprint else set()
-        before = (ctx.work.forward_tokens, ctx.work.decode_tokens)
+        before = ctx.work.total("forward_tokens")
         _model_rows(ctx, role)
-        if (ctx.work.forward_tokens, ctx.work.decode_tokens) != before:
+        if ctx.work.total("forward_tokens") != before:
             timing.measure(ctx, role)
         if ctx.attacks(role) and (FORGET, "relearned") not in found:
             ctx.run_relearn(role, in_place=fresh)  # last: in place it changes the weights, freed next

@@ -1,11 +1,15 @@
 """How fast evaluation could be on this hardware: the floor an evaluate run is measured against.
 
 The floor is what the metrics cannot do without: one teacher-forced forward pass over every
-scored token (generation prompts included), greedy decoding of as many tokens as the reference
-answers have (what ROUGE reads), and the relearning attack's training (a training step costs
-about three forward passes: forward, and a backward of twice its cost). Throughputs are measured
-on the model being evaluated, on one full batch of a real sequence with no padding, so the
-floor holds no padding, no decoding past the answer and no Python overhead.
+scored token (generation prompts included), greedy decoding of each model's own answers up to
+their end (eos, the first stop string or the token limit: the text ROUGE reads), and the
+relearning attack's training (a training step costs about three forward passes: forward, and a
+backward of twice its cost). Throughputs are measured on the model being evaluated, on one full
+batch of a real sequence with no padding, so the floor holds no padding, no decoding past an
+answer's end (a batch decodes until its longest answer ends) and no Python overhead.
+
+Both wall and process CPU time are measured: on a shared machine the wall ratio moves with
+the load, the CPU ratio much less (it still counts the time threads wait on each other).
 """
 
 from __future__ import annotations
@@ -25,18 +29,38 @@ DECODE_STEPS = 8          # decoding steps timed
 
 @dataclass(frozen=True)
 class Throughput:
-    """Tokens per second of a padding-free batch: teacher-forced and greedy decoding."""
+    """Tokens per second of a padding-free batch, teacher-forced and greedy decoding, per wall and
+    per process-CPU second."""
 
     forward_tokens_per_s: float
     decode_tokens_per_s: float
+    forward_tokens_per_cpu_s: float
+    decode_tokens_per_cpu_s: float
 
 
-def _best_of(runs: int, fn) -> float:
-    best = float("inf")
+@dataclass(frozen=True)
+class Seconds:
+    """Wall and process CPU seconds of one piece of work."""
+
+    wall: float
+    cpu: float
+
+    def __sub__(self, other: "Seconds") -> "Seconds":
+        return Seconds(self.wall - other.wall, self.cpu - other.cpu)
+
+
+def clock() -> Seconds:
+    """Now, on both clocks."""
+    return Seconds(time.perf_counter(), time.process_time())
+
+
+def _best_of(runs: int, fn) -> Seconds:
+    best = Seconds(float("inf"), float("inf"))
     for _ in range(runs):
-        started = time.perf_counter()
+        started = clock()
         fn()
-        best = min(best, time.perf_counter() - started)
+        took = clock() - started
+        best = Seconds(min(best.wall, took.wall), min(best.cpu, took.cpu))
     return best
 
 
@@ -64,11 +88,18 @@ def measure_throughput(model, tokenizer, sample: Sequence[Encoded], batch_size: 
         full = _best_of(2, lambda: decode(DECODE_STEPS + 1))
     finally:
         model.train(was_training)
-    step = max((full - prefill) / DECODE_STEPS, 1e-9)
-    return Throughput(forward_tokens_per_s=batch.numel() / forward, decode_tokens_per_s=batch_size / step)
+    step = full - prefill
+    return Throughput(
+        forward_tokens_per_s=batch.numel() / forward.wall,
+        decode_tokens_per_s=batch_size * DECODE_STEPS / max(step.wall, 1e-9),
+        forward_tokens_per_cpu_s=batch.numel() / max(forward.cpu, 1e-9),
+        decode_tokens_per_cpu_s=batch_size * DECODE_STEPS / max(step.cpu, 1e-9),
+    )
 
 
-def floor_seconds(forward_tokens: int, decode_tokens: int, train_tokens: int, throughput: Throughput) -> float:
-    """Seconds the scored work takes at the measured throughputs."""
-    forward = (forward_tokens + TRAIN_FORWARD_COST * train_tokens) / throughput.forward_tokens_per_s
-    return forward + decode_tokens / throughput.decode_tokens_per_s
+def floor_seconds(forward_tokens: int, decode_tokens: int, train_tokens: int, throughput: Throughput,
+                  *, cpu: bool = False) -> float:
+    """Seconds the scored work takes at the measured throughputs (``cpu``: process CPU seconds)."""
+    forward_rate = throughput.forward_tokens_per_cpu_s if cpu else throughput.forward_tokens_per_s
+    decode_rate = throughput.decode_tokens_per_cpu_s if cpu else throughput.decode_tokens_per_s
+    return (forward_tokens + TRAIN_FORWARD_COST * train_tokens) / forward_rate + decode_tokens / decode_rate

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from components.modeling.encoding import IGNORE_INDEX, Encoded, collate, ensure_pad_token
 from components.modeling.scoring import batched, token_scores
@@ -114,12 +114,16 @@ def greedy_generate(
     batch_size: int,
     on_batch: OnBatch | None = None,
     stop_early: bool = True,
+    stop_strings: Sequence[str] = (),
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts, without the prompt and without eos.
 
     Batches are left-padded and decoded with the KV cache (``model.generate``); a batch
-    stops as soon as every row has produced eos (``stop_early=False``: never, for timing).
-    ``max_new_tokens`` bounds each prompt's continuation (one int for all, or one per prompt).
+    stops as soon as every row has produced eos or, when ``stop_strings`` are given, text
+    containing one of them (``stop_early=False``: never, for timing); such a row's ids end with
+    the token that completed its first stop string, so its text up to that string is what a
+    full-length decode gives. ``max_new_tokens`` bounds each prompt's continuation (one int for
+    all, or one per prompt).
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(prompts):
@@ -152,12 +156,37 @@ def greedy_generate(
                     min_new_tokens=0 if stop_early else steps,
                     eos_token_id=stops,
                     pad_token_id=pad,
+                    stopping_criteria=StoppingCriteriaList(
+                        [_TextStop(tokenizer, stop_strings, width)] if stop_strings and stop_early else []),
                 )[:, width:].cpu().tolist()
                 for row, index in enumerate(chunk):
-                    out[index] = _until_stop(generated[row], stops)[: limits[index]]
+                    out[index] = _through_stop_string(tokenizer, _until_stop(generated[row], stops)[: limits[index]],
+                                                      stop_strings)
             if on_batch:
                 on_batch(len(chunk))
     return out
+
+
+class _TextStop(StoppingCriteria):
+    """Rows whose decoded continuation (after ``start``) contains one of ``stops`` are done."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], start: int):
+        self.tokenizer, self.stops, self.start = tokenizer, tuple(stops), start
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([any(stop in text for stop in self.stops) for text in texts],
+                            dtype=torch.bool, device=input_ids.device)
+
+
+def _through_stop_string(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> list[int]:
+    """``ids`` up to the token that completes the first stop string (all of them when none appears)."""
+    if not stop_strings or not any(stop in tokenizer.decode(ids, skip_special_tokens=True) for stop in stop_strings):
+        return ids
+    for end in range(1, len(ids) + 1):
+        if any(stop in tokenizer.decode(ids[:end], skip_special_tokens=True) for stop in stop_strings):
+            return ids[:end]
+    return ids
 
 
 def _until_stop(ids: Iterable[int], stops: Sequence[int]) -> list[int]:

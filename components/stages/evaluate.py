@@ -81,4 +81,6 @@ def cost_summary(paths: Paths) -> str:
     if floor.get("ratio") is not None:
         parts.append(f"evaluate {floor['evaluate_seconds']:.1f} s = {floor['ratio']:.2f}x its floor "
                      f"({floor['floor_seconds']:.1f} s)")
+        parts += [f"{name} {phase['seconds']:.1f} s (floor {phase['floor_seconds']:.1f} s)"
+                  for name, phase in floor.get("phases", {}).items() if phase["seconds"]]
     return "; ".join(parts) or "no evaluation recorded"
