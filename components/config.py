@@ -141,7 +141,7 @@ class StopConfig(_Section):
 class UnlearnConfig(_Section):
     """The method (three names) and the optimisation knobs of the unlearning loop."""
 
-    combiner: Literal["blur", "weighted_sum"] = "blur"
+    combiner: Literal["blur", "blur_p", "weighted_sum"] = "blur"  # blur_p: ours, BLUR in AdamW's metric
     lower: Literal["forget", "retain"] = "forget"
     forget_loss: Literal["match", "ga", "npo", "simnpo", "idk", "rmu"] = "npo"
     retain_loss: Literal["nll", "kl"] = "nll"
@@ -172,6 +172,13 @@ class UnlearnConfig(_Section):
     idk: IDKConfig = IDKConfig()
     lora: LoRAConfig = LoRAConfig()
     stop: StopConfig = StopConfig()
+
+    @model_validator(mode="after")
+    def _blur_p_needs_adam(self) -> "UnlearnConfig":
+        if self.combiner == "blur_p" and self.optimizer != "adamw":
+            raise ValueError("unlearn.combiner 'blur_p' projects in AdamW's preconditioned metric; under "
+                             f"unlearn.optimizer '{self.optimizer}' that metric is plain, so use unlearn.combiner: blur")
+        return self
 
     @model_validator(mode="after")
     def _fsdp_without_lora(self) -> "UnlearnConfig":

@@ -17,6 +17,9 @@ level is ``unlearn.lower``: ``forget`` (BLUR as published: forgetting has priori
 so ``<d, g_l> = gamma * ||g_l||^2``: to first order the lower-level loss falls at a rate set
 by ``gamma`` whatever the upper level wants, and ``g_u`` acts only orthogonally to ``g_l``.
 
+``blur_p`` (ours, :mod:`components.unlearning.precondition`): BLUR's formula on inner products
+taken in AdamW's preconditioned metric, so the promise holds for the step Adam takes.
+
 ``weighted_sum`` (the GradDiff / NPO+RT baseline): ``d = gamma * g_f + alpha * g_r``.
 
 The functions here work on lists of tensors with ``torch._foreach_*`` kernels and per-tensor
@@ -90,7 +93,8 @@ def weighted_sum(inner: torch.Tensor, lower_norm_sq: torch.Tensor, *, lower: Low
     return c_upper, torch.full_like(inner, c_lower)
 
 
-COMBINERS: dict[str, Combiner] = {"blur": blur, "weighted_sum": weighted_sum}
+# blur_p is BLUR's formula; the loop hands it the inner product and norm in Adam's metric
+COMBINERS: dict[str, Combiner] = {"blur": blur, "blur_p": blur, "weighted_sum": weighted_sum}
 
 
 def combine_(upper: list[torch.Tensor], lower: list[torch.Tensor], c_upper: float,

@@ -8,7 +8,8 @@ One function, :func:`train_bilevel`, with the steps of an optimizer step in orde
 2. **upper level**: the same, accumulated into the zeroed ``.grad``;
 3. **combine** in place: ``.grad <- c_upper * .grad + c_lower * stash`` with the
    coefficients of the combiner, computed on the device from the inner product and norms
-   (under FSDP summed over the ranks' shards in one all-reduce, see :class:`Ranks`);
+   (under FSDP summed over the ranks' shards in one all-reduce, see :class:`Ranks`; for
+   ``blur_p`` also in the optimizer's preconditioned metric, :mod:`~components.unlearning.precondition`);
 4. **clip** the combined direction ``d`` (not its parts) to ``max_grad_norm``;
 5. **check**: every scalar of the step (losses, inner product, norms, ``xi``, norm of ``d``,
    a finite flag) goes to the host in one transfer - the step's only synchronisation - and a
@@ -35,6 +36,7 @@ from typing import Callable, ContextManager, Literal, Sequence
 import torch
 
 from components.unlearning.combine import COMBINERS, combine_, dot_and_norms, squared_norm
+from components.unlearning.precondition import PRECONDITIONED, SecondMoments, preconditioned_scalars, second_moments
 
 LossFn = Callable[[int, int], torch.Tensor]
 CLIP_EPS = 1e-6
@@ -140,7 +142,8 @@ def train_bilevel(
 
         # 3-4. combine in place (.grad <- c_upper * g_upper + c_lower * g_lower) and clip
         losses = torch.stack([lower_value, upper_value])
-        scalars = _combine_and_clip(grads, stash, losses, rule, ranks)
+        moments = second_moments(optimizer, params, sharded=ranks.sharded) if rule.combiner in PRECONDITIONED else None
+        scalars = _combine_and_clip(grads, stash, losses, rule, ranks, moments)
 
         # 5. the step's one host synchronisation, and the guard against divergence
         values = torch.cat([scalars, torch.isfinite(scalars).all().float()[None]]).tolist()
@@ -160,17 +163,22 @@ def train_bilevel(
 
 
 def _combine_and_clip(grads: list[torch.Tensor], stash: list[torch.Tensor], losses: torch.Tensor,
-                      rule: StepRule, ranks: Ranks) -> torch.Tensor:
-    """Steps 3-4 in place on ``grads``; the step's scalars ``[losses, inner, norms, xi, ||d||]``."""
-    inner, lower_sq, upper_sq = dot_and_norms(stash, grads)
-    if ranks.sharded:  # local shards: one all-reduce sums the three scalars and the losses
-        summed = ranks.all_reduce(torch.cat([torch.stack([inner, lower_sq, upper_sq]), losses.float()]))
-        inner, lower_sq, upper_sq = summed[0], summed[1], summed[2]
-        losses = summed[3:] / ranks.world_size
+                      rule: StepRule, ranks: Ranks, moments: SecondMoments | None = None) -> torch.Tensor:
+    """Steps 3-4 in place on ``grads``; the step's scalars ``[losses, inner, norms, xi, ||d||]``.
+
+    With ``moments`` the combiner is given the inner product and lower norm in Adam's metric (BLUR-P).
+    """
+    scalars = dot_and_norms(stash, grads)
+    if moments is not None:
+        scalars = torch.cat([scalars, preconditioned_scalars(stash, grads, moments)])
+    if ranks.sharded:  # local shards: one all-reduce sums the scalars and the losses
+        summed = ranks.all_reduce(torch.cat([scalars, losses.float()]))
+        scalars, losses = summed[: len(scalars)], summed[len(scalars):] / ranks.world_size
     elif ranks.all_reduce is not None:  # replicated gradients: only the losses differ by rank
         losses = ranks.all_reduce(losses) / ranks.world_size
-    c_upper, c_lower = COMBINERS[rule.combiner](inner, lower_sq, lower=rule.lower, gamma=rule.gamma,
-                                                alpha=rule.alpha)
+    inner, lower_sq, upper_sq = scalars[0], scalars[1], scalars[2]
+    combined_by = scalars[3:5] if moments is not None else scalars[:2]
+    c_upper, c_lower = COMBINERS[rule.combiner](*combined_by, lower=rule.lower, gamma=rule.gamma, alpha=rule.alpha)
     combine_(grads, stash, c_upper, c_lower)
     if ranks.sharded:  # ||d||^2 from the global scalars: no second reduction
         grad_norm = (c_upper**2 * upper_sq + 2 * c_upper * c_lower * inner
