@@ -109,3 +109,18 @@ def test_fixed_sample_is_the_same_subset_whatever_the_order(tiny_setup):
     assert len(chosen) == 10 and fixed_sample(records, None) == records and fixed_sample(records, 999) == records
     assert {r.record_id for r in fixed_sample(list(reversed(records)), 10)} == {r.record_id for r in chosen}
     assert [records.index(r) for r in chosen] == sorted(records.index(r) for r in chosen)  # original order kept
+
+
+def test_measuring_the_floor_leaves_the_model_as_it_was(tiny_setup):
+    from components.evaluation.floor import measure_throughput
+    from components.modeling.encoding import encode_record
+
+    model = copy.deepcopy(tiny_setup.target)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    sample = [encode_record(tiny_setup.tokenizer, r, 64) for r in tiny_setup.forget]
+    throughput = measure_throughput(model, tiny_setup.tokenizer, sample, batch_size=4)
+    assert 0 < throughput.train_tokens_per_s < throughput.forward_tokens_per_s  # a backward costs more than none
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -39,7 +39,7 @@ from components.evaluation.metrics import (
 )
 from components.evaluation.floor import Seconds, clock
 from components.evaluation.cache import EvalCache, Ragged, model_fingerprint, settings_key, split_fingerprint
-from components.evaluation.relearn import relearn_attack, relearn_halves
+from components.evaluation.relearn import ATTACK_RECIPE, relearn_attack, relearn_halves
 from components.modeling.encoding import Encoded, encode_record, ensure_pad_token
 from components.modeling.io import LoadedModel
 from components.progress import progress_bar
@@ -360,7 +360,7 @@ class EvaluationContext:
             settings |= {"max_new_tokens": self.config.max_new_tokens,
                          "verbmem_prefix_tokens": self.config.verbmem_prefix_tokens}
         if kind == "relearned":
-            settings["relearn"] = self.config.relearn.model_dump()
+            settings |= {"relearn": self.config.relearn.model_dump(), "attack": ATTACK_RECIPE}
         return settings_key(settings)
 
     def restore_cached(self, model: str, cache: EvalCache, model_fp: str) -> set[tuple[str, str]]:
@@ -650,6 +650,7 @@ class _FloorTiming:
                          "cpu_seconds": round(phase.cpu_seconds, 2), "cpu_floor_seconds": round(floor_of(phase, True), 2)}
                   for name, phase in work.phases.items()}
         return out | {"forward_tokens_per_s": round(self.throughput.forward_tokens_per_s, 1),
+                      "train_tokens_per_s": round(self.throughput.train_tokens_per_s, 1),
                       "decode_tokens_per_s": round(self.throughput.decode_tokens_per_s, 1),
                       "floor_seconds": round(floor, 3), "ratio": round(evaluated.wall / floor, 3) if floor > 0 else None,
                       "cpu_floor_seconds": round(cpu_floor, 3),

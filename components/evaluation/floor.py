@@ -3,8 +3,8 @@
 The floor is what the metrics cannot do without: one teacher-forced forward pass over every
 scored token (generation prompts included), greedy decoding of each model's own answers up to
 their end (eos, the first stop string or the token limit: the text ROUGE reads), and the
-relearning attack's training (a training step costs about three forward passes: forward, and a
-backward of twice its cost). Throughputs are measured on the model being evaluated, on one full
+relearning attack's training (a forward and backward pass per trained token; the optimizer's
+update is left out). Throughputs are measured on the model being evaluated, on one full
 batch of a real sequence with no padding, so the floor holds no padding, no decoding past an
 answer's end (a batch decodes until its longest answer ends) and no Python overhead.
 
@@ -23,18 +23,19 @@ import torch
 from components.modeling.encoding import Encoded
 from components.evaluation.inference import greedy_generate, prompt_ids
 
-TRAIN_FORWARD_COST = 3.0  # forward + backward (about twice the forward) per trained token
-DECODE_STEPS = 8          # decoding steps timed
+DECODE_STEPS = 8  # decoding steps timed
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Tokens per second of a padding-free batch, teacher-forced and greedy decoding, per wall and
-    per process-CPU second."""
+    """Tokens per second of a padding-free batch, teacher-forced, trained (forward and backward) and
+    greedy decoding, per wall and per process-CPU second."""
 
     forward_tokens_per_s: float
+    train_tokens_per_s: float
     decode_tokens_per_s: float
     forward_tokens_per_cpu_s: float
+    train_tokens_per_cpu_s: float
     decode_tokens_per_cpu_s: float
 
 
@@ -65,8 +66,9 @@ def _best_of(runs: int, fn) -> Seconds:
 
 
 def measure_throughput(model, tokenizer, sample: Sequence[Encoded], batch_size: int) -> Throughput:
-    """Time a full batch of copies of the median-length ``sample`` sequence, forward and decoding
-    (best of two runs, after the first call of each warmed the kernels)."""
+    """Time a full batch of copies of the median-length ``sample`` sequence, forward, forward and
+    backward, and decoding (best of two runs, after the first call of each warmed the kernels).
+    The model's gradients are cleared afterwards; its weights are not touched."""
     if not sample:
         raise ValueError("the floor needs at least one sequence to time")
     example = sorted(sample, key=lambda e: len(e.input_ids))[len(sample) // 2]
@@ -77,6 +79,7 @@ def measure_throughput(model, tokenizer, sample: Sequence[Encoded], batch_size: 
     try:
         with torch.inference_mode():
             forward = _best_of(2, lambda: model(input_ids=batch))
+        train = _best_of(2, lambda: _forward_backward(model, batch))
         prompt = prompt_ids(example)
         prompts = [prompt] * batch_size
 
@@ -87,19 +90,32 @@ def measure_throughput(model, tokenizer, sample: Sequence[Encoded], batch_size: 
         prefill = _best_of(2, lambda: decode(1))
         full = _best_of(2, lambda: decode(DECODE_STEPS + 1))
     finally:
+        model.zero_grad(set_to_none=True)
         model.train(was_training)
     step = full - prefill
     return Throughput(
         forward_tokens_per_s=batch.numel() / forward.wall,
+        train_tokens_per_s=batch.numel() / train.wall,
         decode_tokens_per_s=batch_size * DECODE_STEPS / max(step.wall, 1e-9),
         forward_tokens_per_cpu_s=batch.numel() / max(forward.cpu, 1e-9),
+        train_tokens_per_cpu_s=batch.numel() / max(train.cpu, 1e-9),
         decode_tokens_per_cpu_s=batch_size * DECODE_STEPS / max(step.cpu, 1e-9),
     )
+
+
+def _forward_backward(model, batch: torch.Tensor) -> None:
+    """One training pass's compute: the next-token loss of ``batch`` and its gradients."""
+    with torch.enable_grad():
+        logits = model(input_ids=batch).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
 
 
 def floor_seconds(forward_tokens: int, decode_tokens: int, train_tokens: int, throughput: Throughput,
                   *, cpu: bool = False) -> float:
     """Seconds the scored work takes at the measured throughputs (``cpu``: process CPU seconds)."""
-    forward_rate = throughput.forward_tokens_per_cpu_s if cpu else throughput.forward_tokens_per_s
-    decode_rate = throughput.decode_tokens_per_cpu_s if cpu else throughput.decode_tokens_per_s
-    return (forward_tokens + TRAIN_FORWARD_COST * train_tokens) / forward_rate + decode_tokens / decode_rate
+    if cpu:
+        rates = (throughput.forward_tokens_per_cpu_s, throughput.train_tokens_per_cpu_s, throughput.decode_tokens_per_cpu_s)
+    else:
+        rates = (throughput.forward_tokens_per_s, throughput.train_tokens_per_s, throughput.decode_tokens_per_s)
+    return sum(tokens / rate for tokens, rate in zip((forward_tokens, train_tokens, decode_tokens), rates))

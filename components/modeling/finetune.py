@@ -52,19 +52,25 @@ def finetune(
     epochs: int | None = None,
     show_progress: bool = True,
     label: str = "fine-tune",
+    fused: bool = False,
+    measure: bool = True,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``records``.
 
     With ``epochs`` set, train exactly that many epochs; otherwise stop once the mean
     answer probability reaches ``config.target_prob`` (checked every ``check_every``
-    epochs) or at ``config.max_epochs``.
+    epochs) or at ``config.max_epochs``. ``fused``: AdamW's fused kernel (the same update up
+    to rounding, several times cheaper per step on CPU). ``measure=False`` skips the final
+    mean answer probability of a fixed-epoch run (``nan`` in the result) for callers that do
+    not read it.
     """
     if not records:
         raise ValueError("cannot fine-tune on an empty set of records")
     encoded = [encode_record(tokenizer, record, max_length) for record in records]
     pad = ensure_pad_token(tokenizer)
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=fused or None)
     generator = torch.Generator().manual_seed(seed)
     limit = epochs if epochs is not None else config.max_epochs
     history: list[dict] = []
@@ -97,7 +103,7 @@ def finetune(
             if check and prob >= config.target_prob:
                 reason = "target_prob"
                 break
-    if epochs is not None or math.isnan(prob):
+    if measure and (epochs is not None or math.isnan(prob)):
         prob = mean_answer_prob(model, encoded, pad)
     model.eval()
     return FinetuneResult(epochs=epoch, mean_answer_prob=prob, stop_reason=reason, history=history)
