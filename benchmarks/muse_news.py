@@ -26,20 +26,18 @@ in %; 0 is like the oracle), probabilities. Results: ``benchmarks/results/muse_n
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks.common import CACHE, REPO, RESULTS, init_process, log, trained_bench, write_json
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
-from benchmarks.quality import BALANCE_NAME, CONFIG_KEYS, COARSE, DIAGNOSTICS, Sweep, run_sweep
-from components.data.records import QARecord, Record, TextRecord
-
-MUSE_DATA = REPO.parent / "shared" / "data" / "muse_news"
+from benchmarks import harness
+from benchmarks.common import CACHE, trained_bench
+from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, markdown_table, mean_std
+from benchmarks.muse_subset import MUSE_DATA, MuseSubset, muse_subset
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import BALANCE_NAME, COARSE, CONFIG_KEYS, DIAGNOSTICS, Sweep, jobs_of, run_sweep
+from components.data.records import TextRecord
 MUSE_METRICS = ("forget_verbmem", "retain_knowmem", "forget_knowmem", "privleak", "forget_prob", "retain_prob",
                 "model_utility", "mia_auc", "retain_verbmem")
 DEFAULT_SWEEPS = tuple(Sweep(loss, **COARSE, lrs=(1e-3,), seeds=(0, 1), eval_steps=(20, 40, 80))
@@ -48,21 +46,10 @@ SMOKE_SWEEPS = (Sweep("npo", blur_gammas=(0.1,), ws_alphas=(10.0,), lrs=(1e-3,),
 
 
 @dataclass
-class MuseConfig:
+class MuseConfig(MuseSubset):
     """The MUSE-News subset, the model recipe and the sweep."""
 
-    data: Path = MUSE_DATA
-    n_forget_articles: int = 24
-    n_retain_articles: int = 32
-    n_holdout_articles: int = 24
-    chunk_words: int = 64
-    chunks_per_article: int = 4
     sweeps: tuple[Sweep, ...] = DEFAULT_SWEEPS
-    overrides: dict[str, Any] = field(default_factory=lambda: {
-        "model.tokenizer.vocab_size": 2048,  # news text needs more merges than the demo's 1024
-        "finetune.target_prob": 0.8,
-        "finetune.max_epochs": 150,
-    })
     verbmem_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)  # fractions of the way from the oracle to the target
     budget_minutes: float = 40.0
     out_dir: Path = RESULTS
@@ -70,63 +57,8 @@ class MuseConfig:
     mlflow: bool = True
     threads: int = 1
 
-
-# --------------------------------------------------------------------------- the subset
-
-
-def _read(data: Path, name: str) -> list:
-    path = data / name
-    if not path.is_file():
-        raise SystemExit(f"MUSE-News file {path} not found: pass --data DIR, a folder laid out like "
-                         "muse_bench's data/bbc (raw/, knowmem/, privleak/)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def chunks(text: str, words: int, limit: int) -> list[str]:
-    """The first ``limit`` pieces of ``words`` words (paragraph breaks become spaces)."""
-    tokens = text.split()
-    pieces = [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
-    return [p for p in pieces if len(p.split()) >= words // 2][:limit]
-
-
-def owner_article(answer: str, articles: Sequence[str]) -> int | None:
-    """The one article containing ``answer`` verbatim, or None (none or several)."""
-    found = [i for i, article in enumerate(articles) if answer in article]
-    return found[0] if len(found) == 1 else None
-
-
-def muse_subset(config: MuseConfig) -> tuple[list[Record], list[Record], list[Record]]:
-    """``(forget, retain, holdout)`` records of the subset (deterministic: first articles by index)."""
-    raw, forget_qa = _read(config.data, "raw/forget.json"), _read(config.data, "knowmem/forget_qa.json")
-    retain_texts, retain_qa = _read(config.data, "privleak/retain2.json"), _read(config.data, "knowmem/retain2_qa.json")
-    holdout_texts = _read(config.data, "privleak/holdout.json")
-
-    owned = [(item, owner_article(item["answer"], raw)) for item in forget_qa]
-    forget_ids = sorted({i for _, i in owned if i is not None})[: config.n_forget_articles]
-    forget = _articles(raw, forget_ids, "bbc-forget", config)
-    forget += [_qa(item, f"bbc-forget-{i:03d}") for item, i in owned if i in forget_ids]
-
-    retain_owned = [(item, owner_article(item["answer"], retain_texts)) for item in retain_qa]
-    first = sorted({i for _, i in retain_owned if i is not None})
-    rest = [i for i in range(len(retain_texts)) if i not in first]
-    retain_ids = sorted((first + rest)[: config.n_retain_articles])
-    retain = _articles(retain_texts, retain_ids, "bbc-retain", config)
-    retain += [_qa(item, f"bbc-retain-{i:03d}") for item, i in retain_owned if i in retain_ids]
-
-    n_forget_qa = sum(isinstance(r, QARecord) for r in forget)
-    outside = [item for item, i in owned if i not in forget_ids][:n_forget_qa]
-    holdout = _articles(holdout_texts, range(config.n_holdout_articles), "bbc-holdout", config)
-    holdout += [_qa(item, "bbc-holdout-qa") for item in outside]
-    return forget, retain, holdout
-
-
-def _articles(texts: Sequence[str], ids, prefix: str, config: MuseConfig) -> list[Record]:
-    return [TextRecord(text=piece, subject=f"{prefix}-{i:03d}")
-            for i in ids for piece in chunks(texts[i], config.chunk_words, config.chunks_per_article)]
-
-
-def _qa(item: dict, subject: str) -> QARecord:
-    return QARecord(question=item["question"], answer=item["answer"], subject=subject)
+    def jobs(self) -> list:
+        return jobs_of(self.sweeps)
 
 
 # --------------------------------------------------------------------------- analysis and report
@@ -163,25 +95,29 @@ def _pick(rows, level, compare) -> dict | None:
     return {k: best.get(k) for k in keep} | {"retain_knowmem_std": best.get("retain_knowmem_std")} if best else None
 
 
-def write_report(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> list[Path]:
-    out = Path(config.out_dir)
-    configs = analysis["configurations"]
+def figures(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    configs = results["analysis"]["configurations"]
     panels = [(loss, [c for c in configs if c["forget_loss"] == loss]) for loss in dict.fromkeys(c["forget_loss"] for c in configs)]
     reference = results["reference"]
-    files = [
+    return [
         pareto_figure(panels, x="forget_verbmem", y="retain_knowmem", maximize_x=False, references=reference,
-                      path=out / f"{config.stem}_verbmem_vs_knowmem.png", xlabel="forget verbmem (lower is more forgotten)",
+                      path=out / f"{stem}_verbmem_vs_knowmem.png", xlabel="forget verbmem (lower is more forgotten)",
                       ylabel="retain knowmem (utility)", title="MUSE-News subset: verbatim memorisation vs retained knowledge"),
         pareto_figure(panels, x="forget_knowmem", y="retain_knowmem", maximize_x=False, references=reference,
-                      path=out / f"{config.stem}_knowmem.png", xlabel="forget knowmem (lower is more forgotten)",
+                      path=out / f"{stem}_knowmem.png", xlabel="forget knowmem (lower is more forgotten)",
                       ylabel="retain knowmem (utility)", title="MUSE-News subset: forgotten vs retained knowledge"),
     ]
+
+
+def write_report(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> list[Path]:
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    files.append(path)
-    return files
+    return harness.write_report(results | {"runs": runs, "analysis": analysis}, config.out_dir, config.stem,
+                                renderer(config.stem), lambda res, out: figures(res, out, config.stem))
+
+
+def renderer(stem: str):
+    config = MuseConfig(stem=stem)
+    return lambda results: markdown(results, analyse(results, config), config)
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> str:
@@ -251,24 +187,21 @@ def run(config: MuseConfig) -> tuple[dict, dict, list[Path]]:
     from components.config import load_config
 
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     forget, retain, holdout = muse_subset(config)
     settings = load_config(REPO / "params.yaml").with_overrides(config.overrides)
     bench = trained_bench(settings, forget, retain, holdout, CACHE, name="muse")
     log(f"MUSE-News subset: {len(forget)} forget / {len(retain)} retain / {len(holdout)} holdout records; target "
         f"{bench.info['finetune']['target']['epochs']} epochs, p {bench.info['finetune']['target']['mean_answer_prob']:.2f}")
-    sweep_config = _as_quality_config(config)
-    results = run_sweep(bench, sweep_config, metrics_kept=MUSE_METRICS)
-    results |= {"benchmark": "muse_news", "config": json.loads(json.dumps(asdict(config), default=str)),
+    results = run_sweep(bench, config, metrics_kept=MUSE_METRICS)
+    results |= {"benchmark": "muse_news", "config": jsonable(asdict(config)),
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     results["world"]["forget_text"] = sum(isinstance(r, TextRecord) for r in forget)
     analysis = analyse(results, config)
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     files = write_report(results, analysis, config)
     if config.mlflow:
-        from benchmarks.tracking import benchmark_store, log_benchmark
-
-        log_benchmark(benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-muse-news", run_name=config.stem,
+        harness.log_benchmark(config.out_dir, "benchmark-muse-news", run_name=config.stem,
                       params={"subset": {k: getattr(config, k) for k in ("n_forget_articles", "n_retain_articles",
                                                                            "n_holdout_articles", "chunk_words")},
                               "sweeps": [asdict(s) for s in config.sweeps], "overrides": config.overrides},
@@ -279,34 +212,23 @@ def run(config: MuseConfig) -> tuple[dict, dict, list[Path]]:
     return results, analysis, files
 
 
-def _as_quality_config(config: MuseConfig):
-    from benchmarks.quality import QualityConfig
-
-    return QualityConfig(sweeps=config.sweeps, budget_minutes=config.budget_minutes, out_dir=config.out_dir,
-                         stem=config.stem, mlflow=False, threads=config.threads)
+app = harness.cli(__doc__)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--data", type=Path, default=MUSE_DATA, help="MUSE-News folder (muse_bench's data/bbc layout)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report of an earlier run's JSON")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        config = MuseConfig(out_dir=args.out, stem=args.report_only.stem, mlflow=False)
-        results = json.loads(args.report_only.read_text(encoding="utf-8"))
-        for path in write_report(results, analyse(results, config), config):
-            log(f"  wrote {path}")
+@app.command()
+def main(smoke: bool = harness.typer.Option(False, "--smoke"),
+         data: Path = harness.typer.Option(MUSE_DATA, help="MUSE-News folder (muse_bench's data/bbc layout)"),
+         out: Path = harness.OUT, stem: str = harness.typer.Option(None, help="default muse_news[_smoke]"),
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
+    stem = stem or ("muse_news_smoke" if smoke else "muse_news")
+    if report_only:
+        harness.report_only(out, stem, renderer(stem))
         return
-    config = MuseConfig(data=args.data, sweeps=SMOKE_SWEEPS if args.smoke else DEFAULT_SWEEPS, out_dir=args.out,
-                        stem="muse_news_smoke" if args.smoke else "muse_news", mlflow=not args.no_mlflow)
+    config = MuseConfig(data=data, sweeps=SMOKE_SWEEPS if smoke else DEFAULT_SWEEPS, out_dir=out, stem=stem,
+                        mlflow=not no_mlflow)
     results, _, files = run(config)
     log(f"done in {results['wall_seconds'] / 60:.1f} min")
-    for path in files:
-        log(f"  wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -3,6 +3,7 @@ than rescaling it per coordinate (AdamW)?
 
     python -m benchmarks.optimizers                    # the demo world (tiny model; minutes here, 1 thread)
     python -m benchmarks.optimizers --smoke --out DIR  # seconds
+    python -m benchmarks.optimizers --report-only [--stem S]   # rewrite S.md from S.json
 
 BLUR's guarantee is about its *direction*: ``<d, g_f> = gamma ||g_f||^2``, so to first order the
 forget loss falls at rate ``gamma`` whatever the retain gradient wants. The optimizer then turns
@@ -25,20 +26,20 @@ by the pipeline's evaluator; the matched comparison and Pareto plots are as in `
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from benchmarks.common import (CACHE, REPO, RESULTS, Bench, CandidateEvaluator, demo_bench, diagnostics_summary,
-                               fresh_copy, init_process, load_snapshot, log, machine, method_config, write_json)
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
+from benchmarks import harness
+from benchmarks.common import (CACHE, Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
+                               load_snapshot, method_config, pretrained_bench, smoke_bench)
+from benchmarks.harness import REPO, RESULTS, fmt, log, machine, markdown_table, mean_std
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
@@ -279,10 +280,13 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Opti
                            xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
                            references=results["reference"], title="Demo world: BLUR vs weighted sum per optimizer")]
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    return files + [path]
+    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem,
+                                        renderer(config.stem))
+
+
+def renderer(stem: str):
+    """The write-up of ``<stem>.json`` from its stored analysis."""
+    return lambda results: markdown(results, results["analysis"], OptimizerConfig(stem=stem))
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> str:
@@ -321,7 +325,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: Optimize
 
 def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     if bench is None:
         from components.config import load_config
 
@@ -331,47 +335,40 @@ def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict
     analysis = analyse(results, config)
     files = write_report(results, analysis, config)
     if config.mlflow:
-        from benchmarks.tracking import benchmark_store, log_benchmark
-
-        log_benchmark(benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-optimizers", run_name=config.stem,
+        harness.log_benchmark(config.out_dir, "benchmark-optimizers", run_name=config.stem,
                       params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
                       metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
                       children=results["runs"], artifacts=files)
     return results, analysis, files
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--stem", default=None)
-    parser.add_argument("--budget-minutes", type=float, default=40.0)
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--world", choices=("demo", "pretrained"), default="demo",
-                        help="pretrained: SmolLM2's target and oracle of benchmarks.pretrained (cached), a smaller grid")
-    parser.add_argument("--only", default=None, metavar="JOB[,JOB]",
-                        help="run only the grid's jobs whose name starts with one of these (e.g. 'sgd weighted_sum')")
-    args = parser.parse_args(argv)
-    grid_name = "smoke" if args.smoke else ("pretrained" if args.world == "pretrained" else "default")
-    stem = {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(smoke: bool = harness.typer.Option(False, "--smoke"), out: Path = harness.OUT,
+         stem: str = harness.typer.Option(None), budget_minutes: float = 40.0,
+         world: str = harness.typer.Option("demo", help="demo | pretrained (SmolLM2's target and oracle, a smaller grid)"),
+         only: str = harness.typer.Option(None, help="run only the jobs whose name starts with one of these (comma-separated)"),
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
+    grid_name = "smoke" if smoke else ("pretrained" if world == "pretrained" else "default")
+    stem = stem or {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
+    if report_only:
+        harness.report_only(out, stem, renderer(stem))
+        return
     jobs = GRIDS[grid_name]
-    if args.only:
-        jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in args.only.split(","))))
-    config = OptimizerConfig(jobs=jobs, budget_minutes=args.budget_minutes, out_dir=args.out,
-                             stem=args.stem or stem, mlflow=not args.no_mlflow)
+    if only:
+        jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in only.split(","))))
+    config = OptimizerConfig(jobs=jobs, budget_minutes=budget_minutes, out_dir=out, stem=stem, mlflow=not no_mlflow)
     bench = None
     if grid_name == "pretrained":
-        from benchmarks.pretrained import PretrainedConfig, pretrained_bench
-
-        init_process(config.threads)
-        bench = pretrained_bench(PretrainedConfig())
-    if args.smoke:
-        from benchmarks.pretrained import smoke_bench
-
-        bench = smoke_bench(Path(args.out) / "smoke-cache")
+        harness.init_process(config.threads)
+        bench = pretrained_bench()
+    if smoke:
+        bench = smoke_bench(Path(out) / "smoke-cache")
     results, _, files = run(config, bench)
     log(f"done in {results['wall_seconds'] / 60:.1f} min; " + ", ".join(str(p) for p in files))
 
 
 if __name__ == "__main__":
-    main()
+    app()

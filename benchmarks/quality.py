@@ -1,7 +1,11 @@
 """Quality: does BLUR keep more utility than the weighted sum at the same level of forgetting?
 
-    python -m benchmarks.quality                 # the full sweep on the demo world (27 min here, 1 thread)
+    python -m benchmarks.quality                        # the full sweep on the demo world (1 thread)
     python -m benchmarks.quality --smoke --out /tmp/q   # a minimal sweep, to check that it runs
+    python -m benchmarks.quality --sweep probe          # the NPO follow-up (quality_probe)
+    python -m benchmarks.quality --merge benchmarks/results/quality.json --merge benchmarks/results/quality_probe.json \\
+        --stem quality_combined                         # both as one (no training)
+    python -m benchmarks.quality --report-only [--stem quality_probe]   # rewrite the .md from its .json
 
 For each forget loss, both combiners are swept over their balance parameter (BLUR's
 ``gamma``; the weighted sum's retain weight ``alpha`` with forget weight 1), the learning
@@ -18,93 +22,17 @@ when the next would end after ``budget_minutes``; what was skipped is listed.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import (
-    CACHE,
-    REPO,
-    RESULTS,
-    Bench,
-    CandidateEvaluator,
-    demo_bench,
-    diagnostics_summary,
-    init_process,
-    load_snapshot,
-    log,
-    machine,
-    method_config,
-    unlearn_with_snapshots,
-    write_json,
-)
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
-
-POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
-                 "forget_truth_ratio", "retain_truth_ratio", "mia_auc", "privleak", "extraction_strength")
-DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio")
-CONFIG_KEYS = ("forget_loss", "combiner", "balance", "lr", "steps")
-BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The grid of one forget loss: both combiners, their balance values, learning rates, seeds, steps."""
-
-    forget_loss: str
-    blur_gammas: tuple[float, ...]
-    ws_alphas: tuple[float, ...]
-    lrs: tuple[float, ...]
-    seeds: tuple[int, ...]
-    eval_steps: tuple[int, ...]
-
-    def jobs(self, seed: int) -> list["Job"]:
-        balances = [("blur", g) for g in self.blur_gammas] + [("weighted_sum", a) for a in self.ws_alphas]
-        return [Job(self.forget_loss, combiner, balance, lr, seed, self.eval_steps)
-                for lr in self.lrs for combiner, balance in balances]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unlearning run, evaluated after each of ``eval_steps`` steps."""
-
-    forget_loss: str
-    combiner: str
-    balance: float
-    lr: float
-    seed: int
-    eval_steps: tuple[int, ...]
-
-    def overrides(self) -> dict[str, Any]:
-        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr}
-        if self.combiner == "blur":
-            return method | {"gamma": self.balance}
-        return method | {"gamma": 1.0, "alpha": self.balance}
-
-    @property
-    def name(self) -> str:
-        return f"{self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} lr={self.lr:g} seed={self.seed}"
-
-
-BALANCED = dict(blur_gammas=(0.01, 0.03, 0.1, 0.3, 1.0), ws_alphas=(1.0, 3.0, 10.0, 30.0, 100.0))
-COARSE = dict(blur_gammas=(0.01, 0.1, 1.0), ws_alphas=(1.0, 10.0, 100.0))
-DEFAULT_SWEEPS = (  # sized to finish within 45 minutes on 2 shared cores with one torch thread
-    Sweep("npo", **BALANCED, lrs=(1e-3,), seeds=(0, 1, 2), eval_steps=(20, 40, 80)),
-    Sweep("npo", **BALANCED, lrs=(3e-3,), seeds=(0, 1), eval_steps=(20, 40)),
-    *(Sweep(loss, **COARSE, lrs=(1e-3,), seeds=(0, 1), eval_steps=(40, 80)) for loss in ("ga", "simnpo", "idk", "rmu")),
-)
-SMOKE_SWEEPS = (Sweep("npo", blur_gammas=(0.1,), ws_alphas=(10.0,), lrs=(1e-3,), seeds=(0,), eval_steps=(1, 2)),)
-# A follow-up of the NPO grid: one step further towards gentler forgetting for both combiners
-# (BLUR's forget coefficient is gamma plus the projection term, so gamma=0.01 forgets more than
-# alpha=100), and longer runs. Merge with the main results: --report-only quality.json quality_probe.json
-PROBE_SWEEPS = (Sweep("npo", blur_gammas=(0.003, 0.005), ws_alphas=(200.0, 300.0), lrs=(1e-3,), seeds=(0, 1, 2),
-                      eval_steps=(40, 80, 120)),)
-SWEEPS = {"default": DEFAULT_SWEEPS, "probe": PROBE_SWEEPS, "smoke": SMOKE_SWEEPS}
+from benchmarks import harness
+from benchmarks.common import CACHE, Bench, demo_bench
+from benchmarks.harness import REPO, RESULTS, fmt, log, markdown_table, mean_std
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import (BALANCE_NAME, CONFIG_KEYS, DIAGNOSTICS, POINT_METRICS, SWEEPS, DEFAULT_SWEEPS, jobs_of,
+                              merge_results, run_sweep)
 
 
 @dataclass
@@ -127,90 +55,7 @@ class QualityConfig:
     threads: int = 1
 
     def jobs(self) -> list[Job]:
-        """Seed-major order: every configuration's first seed before any second seed, so a
-        budget cut drops repeats, not configurations."""
-        seeds = sorted({s for sweep in self.sweeps for s in sweep.seeds})
-        return [job for seed in seeds for sweep in self.sweeps if seed in sweep.seeds for job in sweep.jobs(seed)]
-
-
-# --------------------------------------------------------------------------- running
-
-
-def run_sweep(bench: Bench, config: QualityConfig, metrics_kept: Sequence[str] = POINT_METRICS) -> dict[str, Any]:
-    """Every job of the sweep, unlearned and evaluated; the raw results (one point per model).
-
-    ``metrics_kept`` are the evaluator's keys stored per point (all of them go to MLflow).
-    """
-    started = time.perf_counter()
-    evaluator = CandidateEvaluator(bench)
-    reference = evaluator.reference()
-    jobs = config.jobs()
-    points: list[dict] = []
-    runs: list[dict] = []
-    skipped: list[str] = []
-    durations: list[float] = []
-    for index, job in enumerate(jobs, 1):
-        elapsed = time.perf_counter() - started + bench.info.get("setup_seconds", 0.0)
-        estimate = max(durations[-10:]) if durations else 0.0
-        if elapsed + estimate > 60 * config.budget_minutes:
-            skipped.append(job.name)
-            continue
-        job_started = time.perf_counter()
-        run = unlearn_with_snapshots(bench, method_config(bench.config, **job.overrides()), job.seed, job.eval_steps)
-        by_step = {}
-        for steps, state in sorted(run.snapshots.items()):
-            eval_started = time.perf_counter()
-            metrics = evaluator(load_snapshot(bench, state))
-            point = asdict(job) | {"steps": steps, "eval_steps": list(job.eval_steps)}
-            point |= {k: metrics.get(k) for k in metrics_kept} | diagnostics_summary(run.diagnostics, steps)
-            point |= {"unlearn_seconds": round(run.seconds * steps / max(job.eval_steps), 2),
-                      "eval_seconds": round(time.perf_counter() - eval_started, 2)}
-            points.append(point)
-            by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        runs.append({"name": job.name, "params": asdict(job) | {"eval_steps": list(job.eval_steps)},
-                     "metrics_by_step": by_step, "diagnostics": run.diagnostics, "error": run.error,
-                     "seconds": round(time.perf_counter() - job_started, 1)})
-        durations.append(time.perf_counter() - job_started)
-        last = points[-1] if by_step else {}
-        log(f"[{index}/{len(jobs)}] {job.name}: {durations[-1]:.1f}s  "
-            + (" ".join(f"{k} {fmt(last.get(k))}" for k in (*metrics_kept[:2], "mean_cos", "mean_xi")) if last else "")
-            + (f"  [{run.error}]" if run.error else ""))
-    return {
-        "benchmark": "quality",
-        "config": _jsonable(asdict(config)),
-        "machine": machine(),
-        "setup": bench.info,
-        "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-        "reference": reference,
-        "points": points,
-        "runs": runs,
-        "skipped": skipped,
-        "sweep_seconds": round(time.perf_counter() - started, 1),
-    }
-
-
-def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs of the benchmark on the same world as one (their reference models must agree)."""
-    merged = dict(parts[0])
-    for part in parts[1:]:
-        if part["reference"] != merged["reference"] or part.get("setup", {}).get("cache") != merged.get("setup", {}).get("cache"):
-            raise ValueError("these results come from different target/oracle models; they cannot be merged")
-        for key in ("points", "runs", "skipped"):
-            merged[key] = merged[key] + part[key]
-        for key in ("wall_seconds", "sweep_seconds"):
-            merged[key] = merged[key] + part[key]
-    merged["merged_from"] = len(parts)
-    return merged
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        return jobs_of(self.sweeps)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -278,30 +123,34 @@ def _brief(row: dict) -> dict:
 # --------------------------------------------------------------------------- reporting
 
 
-def write_report(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig) -> list[Path]:
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = analysis["configurations"]
-    losses = list(dict.fromkeys(c["forget_loss"] for c in configs))
+def figures(results: dict[str, Any], out: Path, stem: str, config: QualityConfig) -> list[Path]:
+    configs = results["analysis"]["configurations"]
     reference = results["reference"]
-    panels = [(loss, [c for c in configs if c["forget_loss"] == loss]) for loss in losses]
+    panels = [(loss, [c for c in configs if c["forget_loss"] == loss]) for loss in dict.fromkeys(c["forget_loss"] for c in configs)]
     target_mu = reference["target"]["model_utility"]
-    files = [
-        pareto_figure(panels, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
+    return [
+        pareto_figure(panels, x="forget_quality", y="model_utility", path=out / f"{stem}_fq_vs_utility.png",
                       xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
                       references=reference, guides={"x": config.target_fq, "y": config.target_utility_ratio * target_mu},
                       title="Demo world: forget quality vs model utility (each point a configuration, mean over seeds)"),
-        pareto_figure(panels, x="forget_prob", y="retain_prob", path=out / f"{config.stem}_forget_vs_retain_prob.png",
+        pareto_figure(panels, x="forget_prob", y="retain_prob", path=out / f"{stem}_forget_vs_retain_prob.png",
                       xlabel="forget-answer probability (lower is more forgotten)", ylabel="retain-answer probability",
                       maximize_x=False, references=reference,
                       title="Demo world: forget probability vs retain probability"),
     ]
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]  # per-step logs: MLflow
-    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    files.append(path)
-    return files
+
+
+def write_report(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig) -> list[Path]:
+    """``<stem>.json`` (per-step logs go to MLflow only), the plots and ``<stem>.md`` rendered from the JSON."""
+    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
+    return harness.write_report(results | {"runs": runs, "analysis": analysis}, config.out_dir, config.stem,
+                                renderer(config.stem), lambda res, out: figures(res, out, config.stem, config))
+
+
+def renderer(stem: str):
+    """The write-up of ``<stem>.json``: its points analysed (pure arithmetic) with the default targets and levels."""
+    config = QualityConfig(stem=stem)
+    return lambda results: markdown(results, analyse(results, config), config)
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig) -> str:
@@ -310,7 +159,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityC
     lines = [
         f"# Quality: BLUR vs weighted sum on the demo world ({config.stem})", "",
         f"Generated by `python -m benchmarks.quality`"
-        + (f" ({results['merged_from']} runs merged with --report-only; times are their sums)" if results.get("merged_from") else "")
+        + (f" ({results['merged_from']} runs merged with --merge; times are their sums)" if results.get("merged_from", 1) > 1 else "")
         + f". Machine: {m['cpu']}, {m['cores']} cores, "
         f"{m['torch_threads']} torch thread(s), CPU only; torch {m['torch']}, transformers {m['transformers']}, "
         f"Python {m['python']}. Wall time: {results['wall_seconds'] / 60:.1f} min "
@@ -399,11 +248,9 @@ def _config(row: dict | None) -> str:
 
 
 def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig, files: list[Path]) -> str:
-    from benchmarks.tracking import benchmark_store, log_benchmark
-
     t = analysis["targets"]
-    return log_benchmark(
-        benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-quality", run_name=config.stem,
+    return harness.log_benchmark(
+        config.out_dir, "benchmark-quality", run_name=config.stem,
         params={"sweeps": [asdict(s) for s in config.sweeps], "overrides": config.overrides,
                 "threads": config.threads, **{f"machine.{k}": v for k, v in results["machine"].items()}},
         metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"]),
@@ -420,7 +267,7 @@ def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: Qua
 def run(config: QualityConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     """Set up (or take) the world, sweep, analyse, write the report; log to MLflow if asked."""
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     if bench is None:
         from components.config import load_config
 
@@ -436,43 +283,39 @@ def run(config: QualityConfig, bench: Bench | None = None) -> tuple[dict, dict, 
     return results, analysis, files
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a minimal sweep (one run of 2 steps per combiner)")
-    parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
-                        help="which grid: default, probe (the NPO follow-up), smoke (= --smoke)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default benchmarks/results)")
-    parser.add_argument("--stem", default=None, help="file name stem of the results (default quality / quality_smoke)")
-    parser.add_argument("--budget-minutes", type=float, default=45.0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key for every run, e.g. --set unlearn.retain_loss=kl")
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--report-only", type=Path, nargs="+", metavar="JSON",
-                        help="re-analyse the results JSON of earlier runs (several are merged) and rewrite the "
-                             "report under --stem (no training)")
-    args = parser.parse_args(argv)
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(smoke: bool = harness.typer.Option(False, "--smoke", help="a minimal sweep (one run of 2 steps per combiner)"),
+         sweep: str = harness.typer.Option("default", help="which grid: " + ", ".join(SWEEPS)),
+         out: Path = harness.OUT, stem: str = harness.typer.Option(None, help="file name stem (default quality[_SWEEP])"),
+         budget_minutes: float = 45.0,
+         set_: list[str] = harness.typer.Option([], "--set", help="override a params.yaml key, e.g. unlearn.retain_loss=kl"),
+         merge: list[Path] = harness.typer.Option([], help="merge these results JSON into --stem (no training)"),
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
     import yaml
 
-    if args.report_only:
-        results = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.report_only])
-        config = QualityConfig(out_dir=args.out, stem=args.stem or args.report_only[0].stem, mlflow=False)
+    sweep = "smoke" if smoke else sweep
+    stem = stem or ("quality" if sweep == "default" else f"quality_{sweep}")
+    if report_only:
+        harness.report_only(out, stem, renderer(stem))
+        return
+    if merge:
+        results = merge_results([harness.read_json(p) for p in merge])
+        config = QualityConfig(out_dir=out, stem=stem, mlflow=False)
         for path in write_report(results, analyse(results, config), config):
             log(f"  wrote {path}")
         return
-
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    sweep = "smoke" if args.smoke else (args.sweep or "default")
-    config = QualityConfig(sweeps=SWEEPS[sweep], overrides=overrides, budget_minutes=args.budget_minutes,
-                           out_dir=args.out, stem=args.stem or ("quality" if sweep == "default" else f"quality_{sweep}"),
-                           mlflow=not args.no_mlflow)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in set_)}
+    config = QualityConfig(sweeps=SWEEPS[sweep], overrides=overrides, budget_minutes=budget_minutes, out_dir=out,
+                           stem=stem, mlflow=not no_mlflow)
     results, analysis, files = run(config)
     t = analysis["targets"]
     log(f"done in {results['wall_seconds'] / 60:.1f} min ({len(results['runs'])} runs, {len(results['skipped'])} skipped); "
         f"targets: fq/utility {'met' if t['blur_reaches_fq_and_utility'] else 'NOT met'}, matched "
         f"{'met' if t['blur_at_least_weighted_at_every_level'] else 'NOT met'}")
-    for path in files:
-        log(f"  wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-from benchmarks.common import REPO, RESULTS, log, write_json
+from benchmarks.harness import REPO, RESULTS, log, write_json
 from benchmarks.naive_blur import naive_blur_train
 
 METHODS = ("blur", "weighted_sum", "naive_blur")
