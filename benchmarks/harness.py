@@ -136,12 +136,19 @@ def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, Any]])
     return "\n".join(lines)
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """:func:`table` for rows given as lists of cells in the order of ``headers``."""
-    return table([dict(zip(headers, row)) for row in rows], [(h, h) for h in headers])
-
-
 # --------------------------------------------------------------------------- the report writer
+
+
+def template(name: str) -> dict[str, str]:
+    """The parts of ``templates/<name>.md``: the text before the first ``<!-- part: X -->`` line is "main"."""
+    parts, key = {"main": []}, "main"
+    for line in (BENCH_DIR / "templates" / f"{name}.md").read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.startswith("<!-- part: "):
+            key = line.removeprefix("<!-- part: ").split(" ")[0]
+            parts[key] = []
+        else:
+            parts[key].append(line)
+    return {k: "".join(v) for k, v in parts.items()}
 
 
 def write_report(results: dict[str, Any], out: Path, stem: str, render: Callable[[dict], str],

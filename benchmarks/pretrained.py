@@ -6,20 +6,7 @@ fictitious authors (the pipeline's ``pretrained/params.yaml`` profile), with the
     python -m benchmarks.pretrained --smoke --out DIR   # a tiny Llama trained in seconds (the test runs this)
     python -m benchmarks.pretrained --report-only [--stem S]   # rewrite S.md from S.json (no models loaded)
 
-The target and oracle are the pretrained pipeline's (``stages.prepare`` + ``stages.finetune`` of the
-profile; trained once into ``--root``, or reused from there). Each unlearning run is the pipeline's
-:func:`~components.unlearning.run_unlearning` with a step callback that, without touching the
-training, (1) scores the ``unlearn.stop: holdout`` probe every ``--probe-every`` steps with the
-pipeline's own :class:`~components.unlearning.stopping.HoldoutStopper` and notes the step at which
-that rule would have stopped (a stopped run *is* the fixed run of that many steps, see
-``tests/test_stop_at_holdout.py``), and (2) evaluates the model in place at each requested step
-count and at that stop step. Evaluation is the pipeline's :class:`EvaluationContext` with the
-knowledge sets; because one full evaluation of SmolLM2 takes minutes on this CPU, intermediate
-step counts get the *light* tier (every metric that needs no generation: forget probability, truth
-ratios, forget quality, membership AUC, privleak, the forget-vs-holdout KS, world-facts accuracy)
-and the last step count and the stop step the *full* tier (every reported metric, model utility
-included). Each finished run is cached (``--root``/runs), so a later session resumes; the report is
-rewritten after each run.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.pretrained``.
 """
 
 from __future__ import annotations
@@ -36,7 +23,7 @@ import torch
 from benchmarks import harness
 from benchmarks.common import (CACHE, PROFILE, Bench, CandidateEvaluator, diagnostics_summary, fresh_copy, method_config,
                                pretrained_bench, smoke_bench)
-from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, machine, markdown_table, mean_std, write_json
+from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, machine, mean_std, table, write_json
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
 from benchmarks.sweep import Run
 from components.config import with_relearn_lr
@@ -430,109 +417,73 @@ def render(results: dict[str, Any]) -> str:
     return markdown(results, results["analysis"], SimpleNamespace(**results["config"]))
 
 
+REFERENCE = [("model", "model"), ("forget quality", "forget_quality"), ("model utility", "model_utility"),
+             ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("world facts acc", "world_facts_acc"),
+             ("real authors acc", "real_authors_acc"), ("MIA AUC (forget vs holdout)", "mia_auc")]
+MATCHED = [("level", lambda r: fmt(r["level"])), ("BLUR", "ours_y"), ("weighted sum", "theirs_y"), ("margin", "margin"),
+           ("BLUR at least as good", lambda r: "yes" if r["ours_wins"] else "no")]
+MATCHED_LABELS = {"fq_vs_utility": "best model utility at forget quality >= level",
+                  "fq_vs_world_facts": "best world-facts accuracy at forget quality >= level",
+                  "forget_prob_vs_world_facts": "best world-facts accuracy at forget probability <= level"}
+STOPS = [("run", "name"), ("stopped at", lambda s: s["stopped_at"] if s["stopped_at"] is not None else "– (cap)"),
+         ("reason", lambda s: s["reason"].split(":")[0]),
+         *((h, lambda s, k=k: (s["stop"] or {}).get(k)) for h, k in (
+             ("fq (stop)", "forget_quality"), ("utility (stop)", "model_utility"), ("forget prob (stop)", "forget_prob"),
+             ("forget-vs-holdout AUC (stop)", "forget_holdout_auc"))),
+         ("fq at fixed steps", lambda s: ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"])),
+         ("utility at the last step", lambda s: s["fixed"][-1]["model_utility"] if s["fixed"] else None)]
+CONFIGURATIONS = [
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("kind", "kind"), ("fq", lambda c: mean_std(c, "forget_quality")), ("utility", "model_utility"),
+    ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("retain prob", "retain_prob"),
+    ("wf acc", "world_facts_acc"), ("ra acc", "real_authors_acc"), ("fh AUC", "forget_holdout_auc"), ("privleak", "privleak"),
+    ("cos", lambda c: fmt(c["mean_cos"], 2)), ("min cos", lambda c: fmt(c["min_cos"], 2)),
+    ("last cos", lambda c: fmt(c["last_cos"], 2)), ("xi", lambda c: fmt(c["mean_xi"], 3)),
+    ("ratio", lambda c: fmt(c["last_norm_ratio"], 1))]
+RUN_TIMES = [("run", "name"), ("seconds", "seconds"), ("training s/step", "train_seconds_per_step"),
+             ("evaluation s", "eval_seconds")]
+
+
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig) -> str:
-    ref, t, m = results["reference"], analysis["targets"], results["machine"]
-    setup = results["setup"]
-    lines = [
-        f"# BLUR vs weighted sum on a pretrained LLM ({config.stem})", "",
-        ("**Partial: the sweep was still running when this was written.** " if results.get("partial") else "")
-        + f"Generated by `python -m benchmarks.pretrained`. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch thread(s), {m['device']}; torch {m['torch']}, transformers {m['transformers']}. "
-        f"Wall time so far: {results['wall_seconds'] / 60:.1f} min. Model: {setup.get('base')} "
-        f"({setup.get('dtype')}, max_length {setup.get('max_length')}), target/oracle from {setup.get('root')}. "
-        f"World: {results['world']['forget']} forget / {results['world']['retain']} retain / "
-        f"{results['world']['holdout']} holdout records. Evaluated on: "
-        + ", ".join(f"{k} {v}" for k, v in results["eval_sizes"].items()) + ".", "",
-        "`light` rows: every reported metric that needs no generation (no model utility); `full` rows: all. "
-        "`kind` stop: the model at the step where `unlearn.stop: holdout` stops (probe every "
-        f"{config.probe_every} steps, {config.probe_size} records a side, KS p >= {config.min_ks_p} or the "
-        "forget mean NLL at the holdout's).", "",
-        "## Reference models", "",
-        markdown_table(["model", "forget quality", "model utility", "forget prob", "holdout prob", "world facts acc",
-                        "real authors acc", "MIA AUC (forget vs holdout)"],
-                       [[name, r.get("forget_quality"), r.get("model_utility"), r.get("forget_prob"),
-                         r.get("holdout_prob"), r.get("world_facts_acc"), r.get("real_authors_acc"), r.get("mia_auc")]
-                        for name, r in ref.items()]),
-        "", "## Targets", "",
-        f"- BLUR-NPO reaches forget quality >= {config.target_fq} with model utility >= {config.target_utility_ratio} x "
-        f"target's ({fmt(t['utility_bar'])}) and world-facts accuracy >= {fmt(t['world_facts_bar'])}: "
-        f"**{'met' if t['blur_npo_meets_fq_utility_world_facts'] else 'NOT met'}**"
-        + (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
-           (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else "")),
-        f"- At every matched forget quality ({t['levels_compared']} levels, full evaluations), BLUR-NPO's best utility "
-        f">= the weighted sum's within {fmt(analysis['tie_tolerance'])}: "
-        f"**{'met' if t['blur_at_least_weighted_within_tolerance'] else 'NOT met'}** (strictly below at "
-        f"{t['levels_blur_strictly_below']} levels; "
-        + (f"{analysis['seeds']} seeds: the tolerance is the largest seed spread (std) of a configuration's utility)"
-           if analysis["seeds"] > 1 else "one seed, so no seed spread: the tolerance is fixed)"), "",
-        "## Matched comparison", "",
-    ]
-    for loss, block in analysis["matched"].items():
-        for key, label in (("fq_vs_utility", "best model utility at forget quality >= level"),
-                           ("fq_vs_world_facts", "best world-facts accuracy at forget quality >= level"),
-                           ("forget_prob_vs_world_facts", "best world-facts accuracy at forget probability <= level")):
-            rows = block[key]
-            if not rows:
-                continue
-            lines += [f"### {loss}: {label}", "", markdown_table(
-                ["level", "BLUR", "weighted sum", "margin", "BLUR at least as good"],
-                [[fmt(r["level"]), r["ours_y"], r["theirs_y"], r["margin"], "yes" if r["ours_wins"] else "no"]
-                 for r in rows]), ""]
-    lines += ["## Stop at the holdout vs fixed steps", "",
-              markdown_table(["run", "stopped at", "reason", "fq (stop)", "utility (stop)", "forget prob (stop)",
-                              "forget-vs-holdout AUC (stop)", "fq at fixed steps", "utility at the last step"],
-                             [[s["name"], s["stopped_at"] if s["stopped_at"] is not None else "– (cap)",
-                               s["reason"].split(":")[0], (s["stop"] or {}).get("forget_quality"),
-                               (s["stop"] or {}).get("model_utility"), (s["stop"] or {}).get("forget_prob"),
-                               (s["stop"] or {}).get("forget_holdout_auc"),
-                               ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"]),
-                               s["fixed"][-1]["model_utility"] if s["fixed"] else None]
-                              for s in analysis["stop_vs_fixed"]]), ""]
-    lines += _relearn_section(ref, analysis["configurations"])
-    lines += ["## Every evaluated model", "",
-              "`cos` mean over steps of cos(g_r, g_f) (`min`, `last`: its lowest and last value); `xi` mean coefficient "
-              "on g_f (BLUR: gamma - <g_r, g_f>/||g_f||^2; weighted sum: 1); `ratio` the last ||g_f||/||g_r||.", ""]
+    """The write-up: prose from ``templates/pretrained.md``, every table rendered from ``results``."""
+    parts, ref, t, runs = harness.template("pretrained"), results["reference"], analysis["targets"], results["runs"]
+    matched = "".join(f"### {loss}: {label}\n\n{table(block[key], MATCHED)}\n\n"
+                      for loss, block in analysis["matched"].items() for key, label in MATCHED_LABELS.items() if block[key])
     rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["balance"], c["kind"], c["steps"]))
-    lines.append(markdown_table(
-        ["loss", "combiner", "balance", "steps", "kind", "fq", "utility", "forget prob", "holdout prob", "retain prob",
-         "wf acc", "ra acc", "fh AUC", "privleak", "cos", "min cos", "last cos", "xi", "ratio"],
-        [[c["forget_loss"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["kind"], mean_std(c, "forget_quality"),
-          c["model_utility"], c["forget_prob"], c["holdout_prob"], c["retain_prob"], c["world_facts_acc"],
-          c["real_authors_acc"], c["forget_holdout_auc"], c["privleak"], fmt(c["mean_cos"], 2), fmt(c["min_cos"], 2),
-          fmt(c["last_cos"], 2), fmt(c["mean_xi"], 3), fmt(c["last_norm_ratio"], 1)] for c in rows]))
-    runs = results["runs"]
-    if runs:
-        lines += ["", "## Run times", "", markdown_table(
-            ["run", "seconds", "training s/step", "evaluation s"],
-            [[r["name"], r["seconds"], r["train_seconds_per_step"], r["eval_seconds"]] for r in runs])]
-    if results.get("skipped"):
-        lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "",
-                  *[f"- {name}" for name in results["skipped"]]]
     errors = [r for r in runs if r.get("error")]
-    if errors:
-        lines += ["", "## Runs that diverged", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
-    return "\n".join(lines) + "\n"
+    tail = "".join([f"\n## Run times\n\n{table(runs, RUN_TIMES)}\n" if runs else "",
+                    f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
+                    + "".join(f"- {name}\n" for name in results["skipped"]) if results.get("skipped") else "",
+                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
+    best = (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
+            (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else ""))
+    return parts["main"].format(
+        c=config, m=results["machine"], w=results["world"], t=t, wall=results["wall_seconds"] / 60,
+        partial="**Partial: the sweep was still running when this was written.** " if results.get("partial") else "",
+        s={k: results["setup"].get(k) for k in ("base", "dtype", "max_length", "root")},
+        sizes=", ".join(f"{k} {v}" for k, v in results["eval_sizes"].items()),
+        reference=table([r | {"model": name} for name, r in ref.items()], REFERENCE), utility_bar=fmt(t["utility_bar"]),
+        wf_bar=fmt(t["world_facts_bar"]), met_fq="met" if t["blur_npo_meets_fq_utility_world_facts"] else "NOT met",
+        best=best, tolerance=fmt(analysis["tie_tolerance"]),
+        met_matched="met" if t["blur_at_least_weighted_within_tolerance"] else "NOT met",
+        seeds_note=f"{analysis['seeds']} seeds: the tolerance is the largest seed spread (std) of a configuration's utility)"
+        if analysis["seeds"] > 1 else "one seed, so no seed spread: the tolerance is fixed)",
+        matched=matched, stops=table(analysis["stop_vs_fixed"], STOPS), relearn=_relearn_section(parts["relearn"], ref, rows),
+        configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
 
 
-def _relearn_section(ref: dict, configs: list[dict]) -> list[str]:
+def _relearn_section(text: str, ref: dict, configs: list[dict]) -> str:
     """The relearning attack on every fully evaluated model, next to the same attack on the oracle."""
     rows = sorted((c for c in configs if c["kind"] == "fixed" and c.get("relearn_forget_prob") is not None),
                   key=lambda c: (c["forget_loss"], c["steps"], c["combiner"], c["balance"]))
-    if not rows:
-        return []
     oracle = ref.get("oracle", {})
-    return ["## Relearning attack", "",
-            "A copy of each model fine-tuned on one half of the forget set (`eval.relearn`: the fine-tuning "
-            "recipe's learning rate, 5 epochs), scored on the other half. `after`: the held-out half's answer "
-            "probability afterwards; `recovery`: (after - before) / (target - before) on that half; `gap`: "
-            f"after minus the oracle's after ({fmt(oracle.get('relearn_forget_prob'))}; oracle recovery "
-            f"{fmt(oracle.get('relearn_recovery'))}), what `gate.max_relearn_gap` bounds.", "",
-            markdown_table(["loss", "combiner", "balance", "steps", "fq", "forget prob", "after", "recovery", "gap"],
-                           [[c["forget_loss"], c["combiner"], fmt(c["balance"], 3), c["steps"],
-                             mean_std(c, "forget_quality"), c["forget_prob"], mean_std(c, "relearn_forget_prob"),
-                             mean_std(c, "relearn_recovery"),
-                             None if oracle.get("relearn_forget_prob") is None
-                             else c["relearn_forget_prob"] - oracle["relearn_forget_prob"]] for c in rows]), ""]
+    after = oracle.get("relearn_forget_prob")
+    columns = [("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)),
+               ("steps", "steps"), ("fq", lambda c: mean_std(c, "forget_quality")), ("forget prob", "forget_prob"),
+               ("after", lambda c: mean_std(c, "relearn_forget_prob")), ("recovery", lambda c: mean_std(c, "relearn_recovery")),
+               ("gap", lambda c: None if after is None else c["relearn_forget_prob"] - after)]
+    return text.format(oracle_after=fmt(after), oracle_recovery=fmt(oracle.get("relearn_recovery")),
+                       table=table(rows, columns)) if rows else ""
 
 
 def _describe(row: dict | None) -> str:

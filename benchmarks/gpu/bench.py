@@ -4,17 +4,7 @@
     python -m benchmarks.gpu.bench --cpu-smoke     # tiny shapes on the CPU, seconds (the test suite runs this)
     python -m benchmarks.gpu.bench --cpu-precision # CPU: fp32 vs bf16 weights vs autocast-bf16, ~20M Llama
 
-Each model is measured with the engine's loop (:func:`components.unlearning.train_bilevel`,
-``blur`` and ``weighted_sum``) and the naive BLUR of :mod:`benchmarks.naive_blur`, on the same
-fixed random token batches (NPO forget loss, NLL retain loss, AdamW, clipping at 1.0), in two
-rounds (the methods in one order, then the reverse). Per method and round: one warm-up step,
-then ``steps`` timed steps (device synchronised around each; the median over both rounds),
-peak allocated CUDA memory over the timed steps (``torch.cuda.max_memory_allocated``; null
-on the CPU) and the host synchronisations of one further step, counted as tensor-to-Python
-conversions (``.item()``, ``.tolist()``, ``bool(t)``, ...) seen by a ``TorchFunctionMode``:
-``host_syncs_per_step`` is that count minus what the model's forward/backward and AdamW do
-anyway (``model_and_optimizer_host_syncs_per_step``, measured alone), i.e. the method's own.
-Weights are random: step cost does not depend on them.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
 """
 
 from __future__ import annotations
