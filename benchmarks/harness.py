@@ -81,10 +81,12 @@ def read_json(path: Path) -> Any:
 
 def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], dict], *, name: Callable[[Any], str],
              cache: Callable[[Any], Path | None] = lambda job: None, budget_minutes: float = float("inf"),
-             after_each: Callable[[], None] = lambda: None) -> dict[str, list]:
-    """Every job in order: read back where its cache file exists, else run (and cached) unless the next run
-    would end past ``budget_minutes`` (estimated by the longest of the last ten). Returns runs/skipped/cached."""
-    started, durations = time.perf_counter(), []
+             spent: float = 0.0, after_each: Callable[[dict], None] = lambda progress: None) -> dict[str, list]:
+    """Every job in order: read back where its cache file exists, else run (and cache) it unless the next run
+    would end past ``budget_minutes`` (``spent`` seconds are already gone; the next run is estimated by the
+    longest of the last ten); ``after_each`` sees the progress so far. Returns the runs and the names of the
+    skipped and cached jobs."""
+    started, durations = time.perf_counter() - spent, []
     out: dict[str, list] = {"runs": [], "skipped": [], "cached": []}
     for index, job in enumerate(jobs, 1):
         path = cache(job)
@@ -102,7 +104,7 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], dict], *, name: Calla
         if path is not None:
             write_json(path, result)
         out["runs"].append(result)
-        after_each()
+        after_each(out)
     return out
 
 

@@ -189,40 +189,36 @@ def run_job(bench: Bench, job: Job) -> dict:
 
 
 def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
+    """Every job within the budget, each evaluated at its step counts; the raw results (one point per model)."""
     started = time.perf_counter()
     evaluator = CandidateEvaluator(bench)
     reference = evaluator.reference()
-    points, runs, skipped, durations = [], [], [], []
-    for index, job in enumerate(config.jobs, 1):
-        estimate = max(durations[-6:]) if durations else 0.0
-        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
-            skipped.append(job.name)
-            continue
+
+    def run_one(job: Job) -> dict:
         job_started = time.perf_counter()
         run = run_job(bench, job)
-        by_step = {}
+        points, by_step = [], {}
         for steps, state in sorted(run["snapshots"].items()):
             metrics = evaluator(load_snapshot(bench, state))
             rows = [d for d in run["diagnostics"] if d["step"] <= steps]
-            point = {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
-                     "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
-                     "seed": job.seed, "steps": steps}
-            point |= {k: metrics.get(k) for k in POINT_METRICS} | diagnostics_summary(run["diagnostics"], steps)
-            point |= {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS}
-            points.append(point)
+            points.append({"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
+                           "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
+                           "seed": job.seed, "steps": steps} | {k: metrics.get(k) for k in POINT_METRICS}
+                          | diagnostics_summary(run["diagnostics"], steps)
+                          | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
             by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        durations.append(time.perf_counter() - job_started)
-        runs.append({"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
-                     "error": run["error"], "seconds": round(durations[-1], 1)})
-        last = points[-1] if by_step else {}
-        log(f"[{index}/{len(config.jobs)}] {job.name}: {durations[-1]:.0f}s fq {fmt(last.get('forget_quality'))} "
-            f"mu {fmt(last.get('model_utility'))} dir {fmt(last.get('mean_direction_ratio'))} "
-            f"upd {fmt(last.get('mean_update_ratio'))} cos(u,d) {fmt(last.get('mean_cos_u_d'))} kept {fmt(last.get('mean_kept'))}"
-            + (f" [{run['error']}]" if run["error"] else ""))
+        if points:
+            log("    " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (
+                "forget_quality", "model_utility", "mean_direction_ratio", "mean_update_ratio", "mean_cos_u_d", "mean_kept")))
+        return {"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
+                "error": run["error"], "seconds": round(time.perf_counter() - job_started, 1), "points": points}
+
+    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
+                            spent=time.perf_counter() - started)
     return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
             "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-            "jobs": [_flat(j) for j in config.jobs], "points": points, "runs": runs, "skipped": skipped,
-            "sweep_seconds": round(time.perf_counter() - started, 1)}
+            "jobs": [_flat(j) for j in config.jobs], "points": [p for run in grid["runs"] for p in run.pop("points")],
+            "runs": grid["runs"], "skipped": grid["skipped"], "sweep_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _flat(job: Job) -> dict:

@@ -270,26 +270,21 @@ def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str,
         results["reference_seconds"] = round(time.perf_counter() - ref_started, 1)
         write_json(ref_path, results["reference"])
     _write_partial(results, config, started)
-    durations: list[float] = []
-    for index, job in enumerate(config.jobs, 1):
-        path = cache / f"run-{content_hash(key_base | {'job': asdict(job)})}.json"
-        if path.exists():
-            results["runs"].append(harness.read_json(path))
-            results["cached"].append(job.name)
-            continue
-        estimate = max(durations) if durations else 0.0
-        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
-            results["skipped"].append(job.name)
-            continue
-        log(f"[{index}/{len(config.jobs)}] {job.name} ...")
+
+    def run_one(job: Job) -> dict:
         run = run_job(bench, evaluator, job, config)
-        durations.append(run["seconds"])
-        write_json(path, run)
-        results["runs"].append(run)
-        log(f"[{index}/{len(config.jobs)}] {job.name}: {run['seconds']:.0f}s ({run['train_seconds_per_step']}s/step, "
-            f"eval {run['eval_seconds']:.0f}s); stop {run['stop']['stopped_at']} ({run['stop']['reason'][:40]})"
-            + (f" [{run['error']}]" if run["error"] else ""))
+        log(f"    {job.name}: {run['train_seconds_per_step']}s/step, eval {run['eval_seconds']:.0f}s; "
+            f"stop {run['stop']['stopped_at']} ({run['stop']['reason'][:40]})")
+        return run
+
+    def partial(progress: dict) -> None:
+        results.update(progress)
         _write_partial(results, config, started)
+
+    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
+                            cache=lambda job: cache / f"run-{content_hash(key_base | {'job': asdict(job)})}.json",
+                            spent=time.perf_counter() - started, after_each=partial)
+    results.update(grid)
     results["sweep_seconds"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from benchmarks.common import Bench, CandidateEvaluator, diagnostics_summary, load_snapshot, method_config, unlearn_with_snapshots
+from benchmarks import harness
 from benchmarks.harness import fmt, jsonable, log, machine
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
@@ -89,56 +90,36 @@ def jobs_of(sweeps: Sequence[Sweep]) -> list[Job]:
 
 
 def run_sweep(bench: Bench, config: Any, metrics_kept: Sequence[str] = POINT_METRICS) -> dict[str, Any]:
-    """Every job of ``config.jobs()``, unlearned and evaluated; the raw results (one point per model).
-
-    ``metrics_kept`` are the evaluator's keys stored per point (all of them go to MLflow).
-    """
+    """Every job of ``config.jobs()`` within ``config.budget_minutes``, unlearned and evaluated at each of its step
+    counts; the raw results (one point per model). ``metrics_kept``: the evaluator's keys stored per point."""
     started = time.perf_counter()
     evaluator = CandidateEvaluator(bench)
     reference = evaluator.reference()
-    jobs = config.jobs()
-    points: list[dict] = []
-    runs: list[dict] = []
-    skipped: list[str] = []
-    durations: list[float] = []
-    for index, job in enumerate(jobs, 1):
-        elapsed = time.perf_counter() - started + bench.info.get("setup_seconds", 0.0)
-        estimate = max(durations[-10:]) if durations else 0.0
-        if elapsed + estimate > 60 * config.budget_minutes:
-            skipped.append(job.name)
-            continue
+
+    def run_one(job: Job) -> dict:
         job_started = time.perf_counter()
         run = unlearn_with_snapshots(bench, method_config(bench.config, **job.overrides()), job.seed, job.eval_steps)
-        by_step = {}
+        points, by_step = [], {}
         for steps, state in sorted(run.snapshots.items()):
             eval_started = time.perf_counter()
             metrics = evaluator(load_snapshot(bench, state))
-            point = asdict(job) | {"steps": steps, "eval_steps": list(job.eval_steps)}
-            point |= {k: metrics.get(k) for k in metrics_kept} | diagnostics_summary(run.diagnostics, steps)
-            point |= {"unlearn_seconds": round(run.seconds * steps / max(job.eval_steps), 2),
-                      "eval_seconds": round(time.perf_counter() - eval_started, 2)}
-            points.append(point)
+            points.append(asdict(job) | {"steps": steps, "eval_steps": list(job.eval_steps)}
+                          | {k: metrics.get(k) for k in metrics_kept} | diagnostics_summary(run.diagnostics, steps)
+                          | {"unlearn_seconds": round(run.seconds * steps / max(job.eval_steps), 2),
+                             "eval_seconds": round(time.perf_counter() - eval_started, 2)})
             by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        runs.append({"name": job.name, "params": asdict(job) | {"eval_steps": list(job.eval_steps)},
-                     "metrics_by_step": by_step, "diagnostics": run.diagnostics, "error": run.error,
-                     "seconds": round(time.perf_counter() - job_started, 1)})
-        durations.append(time.perf_counter() - job_started)
-        last = points[-1] if by_step else {}
-        log(f"[{index}/{len(jobs)}] {job.name}: {durations[-1]:.1f}s  "
-            + (" ".join(f"{k} {fmt(last.get(k))}" for k in (*metrics_kept[:2], "mean_cos", "mean_xi")) if last else "")
-            + (f"  [{run.error}]" if run.error else ""))
-    return {
-        "benchmark": "quality",
-        "config": jsonable(asdict(config)),
-        "machine": machine(),
-        "setup": bench.info,
-        "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-        "reference": reference,
-        "points": points,
-        "runs": runs,
-        "skipped": skipped,
-        "sweep_seconds": round(time.perf_counter() - started, 1),
-    }
+        if points:
+            log(f"    {job.name}: " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (*metrics_kept[:2], "mean_cos", "mean_xi")))
+        return {"name": job.name, "params": asdict(job) | {"eval_steps": list(job.eval_steps)}, "metrics_by_step": by_step,
+                "diagnostics": run.diagnostics, "error": run.error, "seconds": round(time.perf_counter() - job_started, 1),
+                "points": points}
+
+    grid = harness.run_grid(config.jobs(), run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
+                            spent=bench.info.get("setup_seconds", 0.0) + time.perf_counter() - started)
+    return {"benchmark": "quality", "config": jsonable(asdict(config)), "machine": machine(), "setup": bench.info,
+            "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
+            "reference": reference, "points": [p for run in grid["runs"] for p in run.pop("points")],
+            "runs": grid["runs"], "skipped": grid["skipped"], "sweep_seconds": round(time.perf_counter() - started, 1)}
 
 
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
