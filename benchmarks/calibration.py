@@ -3,6 +3,7 @@
     python -m benchmarks.calibration                 # every world, 3 seeds (resumes; run it in the background)
     python -m benchmarks.calibration --worlds demo   # one world (repeat --worlds for more)
     python -m benchmarks.calibration --report-only   # rewrite calibration.md from calibration.json
+    python -m benchmarks.calibration --from-cache    # rebuild calibration.{json,md} from the cached runs
 
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.calibration``.
 """
@@ -247,9 +248,19 @@ app = harness.cli(__doc__)
 @app.command()
 def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
+         from_cache: bool = harness.typer.Option(False, help="rebuild the results from the newest cached run of each "
+                                                 "world and seed, the gate re-applied (no training)"),
          train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle")) -> None:
     if report_only:
         harness.report_only(out, "calibration", render)
+        return
+    if from_cache:
+        from components.paths import Paths
+
+        found = [(name, seed, sorted(ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"), key=lambda p: p.stat().st_mtime))
+                 for name in worlds for seed in seeds]
+        write([with_gate(json.loads(paths[-1].read_text()), Paths(paths[-1].parent),
+                         _config(WORLDS[name], seed).with_overrides({"seed": seed})) for name, seed, paths in found if paths], out)
         return
     harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "2")))
     runs = []
