@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,68 +18,12 @@ from typing import Any, Sequence
 
 import torch
 
+from benchmarks.harness import CACHE, REPO, log, read_json, write_json
 from components.config import Config, EvalConfig, UnlearnConfig, with_relearn_lr
 from components.data.records import Record, content_hash
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results"
-CACHE = BENCH_DIR / ".cache"
 DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
-
-
-# --------------------------------------------------------------------------- the process
-
-
-def init_process(threads: int = 1) -> int:
-    """One torch thread (the machine is shared; oversubscription made runs ~5x slower), offline HF."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    torch.set_num_threads(threads)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-    return torch.get_num_threads()
-
-
-def machine() -> dict[str, Any]:
-    """Where the numbers were measured: CPU, cores, threads, versions, load at the start."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "load_average_at_start": round(os.getloadavg()[0], 2),
-    }
-
-
-def log(message: str) -> None:
-    """Human output goes to stderr (stdout is kept for machine-readable results)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+PROFILE = REPO / "pretrained" / "params.yaml"  # SmolLM2
 
 
 # --------------------------------------------------------------------------- a trained world
@@ -175,6 +116,50 @@ def trained_bench(config: Config, forget: Sequence[Record], retain: Sequence[Rec
     return Bench(config, forget, retain, holdout, _load(root / "target"), _load(root / "oracle"),
                  info={"cache": str(root), "finetune": summary,
                        "setup_seconds": round(time.perf_counter() - started, 1)})
+
+
+def pretrained_bench(params: Path = PROFILE, root: Path = CACHE / "pretrained", overrides: dict | None = None):
+    """The profile's target and oracle (trained by the pipeline's own stages once, then reused)."""
+    from components import stages
+    from components.config import load_config
+    from components.modeling.io import load_model_dir, model_options
+    from components.paths import Paths
+    from components.stages.prepare import resolved_config
+
+    pipeline = load_config(params).with_overrides(overrides or {})
+    paths = Paths(Path(root), config_root=Path(params).parent)
+    started = time.perf_counter()
+    if not (paths.target / "config.json").exists() or not (paths.oracle / "config.json").exists():
+        log(f"training the pretrained target and oracle once (into {paths.root}) ...")
+        stages.prepare(pipeline, paths, request_paths=[Path(params).parent / pipeline.request])
+        stages.finetune(pipeline, paths, show_progress=False)
+    pipeline = resolved_config(pipeline, paths)
+    splits = stages.load_splits(paths)
+    options = model_options(pipeline.model)
+    target, oracle = load_model_dir(paths.target, **options), load_model_dir(paths.oracle, **options)
+    trained = {role: read_json(getattr(paths, role) / "training.json") for role in ("target", "oracle")}
+    return Bench(pipeline, splits["forget"], splits["retain"], splits["holdout"], target, oracle,
+                 info={"root": str(paths.root), "training": trained, "base": pipeline.model.pretrained,
+                       "max_length": pipeline.model.max_length, "dtype": str(next(target.model.parameters()).dtype),
+                       "setup_seconds": round(time.perf_counter() - started, 1)})
+
+
+def smoke_bench(root: Path) -> Bench:
+    """A tiny Llama (the demo recipe, 1 layer) trained in seconds on a tiny demo world."""
+    from components.config import Config
+    from components.data.demo_world import generate_world
+
+    tiny = {"model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64, "model.tiny.num_layers": 1,
+            "model.tiny.num_heads": 2, "model.max_length": 64, "model.tokenizer.vocab_size": 300,
+            "finetune.max_epochs": 2, "finetune.check_every": 1, "eval.max_new_tokens": 4, "eval.knowledge": "on",
+            "eval.knowledge_sets": [str(REPO / "data" / "knowledge" / "world_facts.json"),
+                                    str(REPO / "data" / "knowledge" / "real_authors.json")]}
+    world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
+    forget = [r for r in world if r.subject == world[0].subject]
+    retain = [r for r in world if r.subject != world[0].subject]
+    bench = trained_bench(Config().with_overrides(tiny), forget, retain, holdout, root, name="smoke")
+    bench.info |= {"base": "tiny random Llama (smoke)", "max_length": 64, "config_root": str(REPO)}
+    return bench
 
 
 def _load(directory: Path):

@@ -1,47 +1,20 @@
 """Is the demo world's holdout exchangeable with a forgotten subject?
 
-The oracle (the demo target's recipe, trained on the world minus the forget set) never saw
-the forget set nor the holdout, so it should not tell them apart. For each world seed this
-builds the demo world, resolves the demo request against it, trains the target and the
-oracle exactly as ``dvc repro`` does (:func:`benchmarks.common.demo_bench`, i.e.
-``components.stages.prepare`` + ``finetune``, cached), scores the oracle with the pipeline's
-evaluator and checks, per seed:
+    .venv/bin/python -m benchmarks.holdout_exchangeability                 # seeds 0 1 2
+    .venv/bin/python -m benchmarks.holdout_exchangeability --report-only   # the .md from the .json
 
-- the forget-vs-holdout membership AUC (min-k%, the ``forget_holdout_auc`` metric) is
-  within 0.5 +- 0.1;
-- the oracle's mean answer probability on the forget set is within 1.25x of the holdout's
-  (ratio of means, either direction);
-- the forget set has at least 40 records.
-
-Beside the verdict, a chance baseline per seed (:func:`subject_permutation_null`): the same
-oracle with as many of its unseen subjects relabelled "forget" at random, which shows how far
-from 0.5 the AUC falls by chance with so few forgotten subjects, and where the real forget
-set lies in that spread.
-
-The seed is ``params.yaml``'s ``seed``: it decides the world's facts, phrasings and values
-(the demo's cast of authors is fixed, so the demo request names the same four authors in
-every seed) and the models' initialisation and data order.
-
-Each seed's result is cached under ``benchmarks/.cache/holdout_exchangeability/`` (keyed by
-the world, the request and the config), so re-running resumes; the trained models are
-cached by :func:`benchmarks.common.demo_bench`. Writes
-``benchmarks/results/holdout_exchangeability.{json,md}``; the Markdown is generated from the
-JSON (``--report-only`` rewrites it without training). No record text is written anywhere:
-counts, probabilities and AUCs only.
-
-    .venv/bin/python -m benchmarks.holdout_exchangeability            # seeds 0 1 2
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import CACHE, DEMO_REQUEST, REPO, RESULTS, init_process, log, machine, write_json
+from benchmarks import harness
+from benchmarks.harness import CACHE, REPO, log, machine, read_json, table, write_json
 
 STEM = "holdout_exchangeability"
 VERSION = 3  # of what a cached seed result holds
@@ -49,6 +22,7 @@ AUC_BAND = (0.4, 0.6)
 MAX_PROB_RATIO = 1.25
 MIN_FORGET = 40
 NULL_DRAWS = 2000
+DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
 
 
 def _config(seed: int, params: Path):
@@ -86,7 +60,7 @@ def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict
     cached = cache / f"seed-{seed}-{_key(config, request, world)}.json"
     if cached.exists():
         log(f"seed {seed}: cached ({cached.name})")
-        return json.loads(cached.read_text(encoding="utf-8"))
+        return read_json(cached)
     from benchmarks.common import demo_bench
     from components.evaluation import evaluate_models
 
@@ -178,14 +152,14 @@ def verdict(row: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path, out: Path) -> dict[str, Any]:
+def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    init_process(1)
+    harness.init_process(1)
     from components.config import load_config
 
     base = load_config(params)
     rows = [measure_seed(seed, params=params, request=request, cache=cache) for seed in seeds]
-    results = {
+    return {
         "benchmark": STEM,
         "criteria": {"auc_band": list(AUC_BAND), "max_prob_ratio": MAX_PROB_RATIO, "min_forget_records": MIN_FORGET},
         "world": base.world.model_dump(mode="json"),
@@ -196,95 +170,54 @@ def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path, out: 
         "machine": machine(),
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
     }
-    write_report(results, out)
-    return results
 
 
-def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    json_path = write_json(out / f"{STEM}.json", results)
-    md_path = out / f"{STEM}.md"
-    md_path.write_text(markdown(results), encoding="utf-8")
-    return [json_path, md_path]
+# --------------------------------------------------------------------------- the write-up (from the JSON)
+
+def _f(digits: int = 3):
+    return lambda value: "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _f(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _pass(row: dict) -> str:
+    return "yes" if all(row["pass"].values()) else "no (" + ", ".join(k for k, v in row["pass"].items() if not v) + ")"
 
 
-def markdown(results: dict[str, Any]) -> str:
+COLUMNS = [
+    ("seed", "seed"), ("forget (subjects)", lambda r: f"{r['n_forget']} ({r['n_forget_subjects']})"),
+    ("holdout (subjects)", lambda r: f"{r['n_holdout']} ({r['n_holdout_subjects']})"), ("epochs", "finetune_epochs"),
+    ("oracle forget prob", lambda r: _f()(r["oracle_forget_prob"])),
+    ("oracle holdout prob", lambda r: _f()(r["oracle_holdout_prob"])), ("ratio", lambda r: _f(2)(r["prob_ratio"])),
+    ("AUC min-k", lambda r: _f()(r["forget_holdout_auc"])), ("AUC loss", lambda r: _f()(r["mia_auc_loss"])),
+    ("AUC zlib", lambda r: _f()(r["mia_auc_zlib"])), ("KS p", lambda r: _f()(r["forget_holdout_ks_p"])),
+    ("chance AUC 5-95%", lambda r: "-".join(_f(2)(v) for v in r["null"]["auc_5_95"])),
+    ("AUC percentile", lambda r: _f(2)(r["null"]["observed_auc_percentile"])), ("pass", _pass),
+]
+
+
+def render(results: dict[str, Any]) -> str:
     """The report, every figure read from ``results`` (the JSON)."""
-    c = results["criteria"]
-    w = results["world"]
-    lines = [
-        "# Is the demo holdout exchangeable with a forgotten subject?",
-        "",
-        "Generated by `python -m benchmarks.holdout_exchangeability` from `holdout_exchangeability.json`; "
-        "do not edit by hand.",
-        "",
-        f"The oracle (trained like `dvc repro` trains it: the world minus the forget set, for the target's "
-        f"epoch count) never saw the forget set nor the holdout. Demo world: {w['n_subjects']} authors trained, "
-        f"{w['n_holdout_subjects']} held out, {w['facts_per_subject']} facts each; request "
-        f"`{results['request']}`. Criteria per seed: forget-vs-holdout min-k% AUC (`forget_holdout_auc`) within "
-        f"[{c['auc_band'][0]}, {c['auc_band'][1]}], oracle forget/holdout probability ratio (of means, either "
-        f"direction) at most {c['max_prob_ratio']}, at least {c['min_forget_records']} forget records.",
-        "",
-        "| seed | forget (subjects) | holdout (subjects) | epochs | oracle forget prob | oracle holdout prob "
-        "| ratio | AUC min-k | AUC loss | AUC zlib | KS p | chance AUC 5-95% | AUC percentile | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["seeds"]:
-        ok = "yes" if all(r["pass"].values()) else "no (" + ", ".join(k for k, v in r["pass"].items() if not v) + ")"
-        lines.append(
-            f"| {r['seed']} | {r['n_forget']} ({r['n_forget_subjects']}) | {r['n_holdout']} ({r['n_holdout_subjects']}) "
-            f"| {r['finetune_epochs']} | {_f(r['oracle_forget_prob'])} | {_f(r['oracle_holdout_prob'])} "
-            f"| {_f(r['prob_ratio'], 2)} | {_f(r['forget_holdout_auc'])} | {_f(r['mia_auc_loss'])} "
-            f"| {_f(r['mia_auc_zlib'])} | {_f(r['forget_holdout_ks_p'])} "
-            f"| {_f(r['null']['auc_5_95'][0], 2)}-{_f(r['null']['auc_5_95'][1], 2)} "
-            f"| {_f(r['null']['observed_auc_percentile'], 2)} | {ok} |"
-        )
-    verdict_line = "All seeds meet the criteria." if results["all_pass"] else "Not every seed meets the criteria."
-    null_note = (
-        "*Chance AUC 5-95%* and *AUC percentile*: the same oracle with as many of its unseen subjects as the "
-        "request names relabelled \"forget\" at random "
-        f"({results['seeds'][0]['null']['draws'] if results['seeds'] else 0} draws): the AUC's spread when forget and "
-        "holdout subjects are exchangeable, and where the real forget set falls in it (0.5 typical; near 0 or 1, "
-        "the forget subjects are unlike the others)."
-    )
-    m = results["machine"]
-    lines += [
-        "",
-        f"**{verdict_line}**",
-        "",
-        null_note,
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread). "
-        "Training the target and oracle, per seed: "
-        + ", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in results["seeds"])
-        + " (cached afterwards; scoring the oracle takes seconds).",
-        "",
-    ]
-    return "\n".join(lines)
+    seeds = results["seeds"]
+    return harness.template("holdout_exchangeability")["main"].format(
+        w=results["world"], c=results["criteria"], m=results["machine"], request=results["request"],
+        table=table(seeds, COLUMNS), draws=seeds[0]["null"]["draws"] if seeds else 0,
+        verdict="All seeds meet the criteria." if results["all_pass"] else "Not every seed meets the criteria.",
+        train=", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in seeds))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--request", type=Path, default=DEMO_REQUEST)
-    parser.add_argument("--cache", type=Path, default=CACHE / STEM)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the JSON")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        results = json.loads((args.out / f"{STEM}.json").read_text(encoding="utf-8"))
-        (args.out / f"{STEM}.md").write_text(markdown(results), encoding="utf-8")
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(seeds: list[int] = [0, 1, 2], params: Path = REPO / "params.yaml", request: Path = DEMO_REQUEST,
+         cache: Path = CACHE / STEM, out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
+    if report_only:
+        harness.report_only(out, STEM, render)
         return
-    results = run(args.seeds, params=args.params, request=args.request, cache=args.cache, out=args.out)
+    results = run(seeds, params=params, request=request, cache=cache)
+    harness.write_report(results, out, STEM, render)
     for r in results["seeds"]:
-        log(f"seed {r['seed']}: AUC {r['forget_holdout_auc']:.3f}, forget prob {r['oracle_forget_prob']:.4f}, "
-            f"holdout prob {r['oracle_holdout_prob']:.4f}, ratio {r['prob_ratio']:.2f}, pass {r['pass']}")
-    log("all pass" if results["all_pass"] else "NOT all pass")
+        log(f"seed {r['seed']}: AUC {r['forget_holdout_auc']:.3f}, ratio {r['prob_ratio']:.2f}, pass {r['pass']}")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,14 +1,6 @@
 """Peak live tensor memory on the CPU, counted exactly from what torch's operators allocate and free.
 
-``tracemalloc`` does not see torch's allocations, torch has no CPU allocator statistics,
-and RSS moves with the C allocator's caching. :class:`LiveBytes` instead watches every
-operator through a ``TorchDispatchMode`` (forward, backward and optimizer kernels alike):
-each output whose storage is new is counted at its storage's size, and uncounted again when
-that storage is freed (a weak-reference finaliser on the storage object, which torch keeps
-alive exactly as long as the C++ storage). Tensors that exist before the measurement
-(weights, gradients, optimizer state) are ``adopt``-ed: counted in the baseline, so freeing
-or replacing them during the step is seen too. ``peak - baseline`` is then the most extra
-tensor memory the step needed at any moment.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.memory``.
 """
 
 from __future__ import annotations

@@ -4,42 +4,23 @@
     python -m benchmarks.muse_news --smoke --out /tmp/m # a minimal run, to check that it runs
     python -m benchmarks.muse_news --data DIR           # the data elsewhere than ../shared/data/muse_news
 
-The subset (see :func:`muse_subset`): forget articles from ``raw/forget.json`` (those a
-``knowmem/forget_qa.json`` question can be traced to, by its answer appearing in exactly one
-article), retain articles from ``privleak/retain2.json`` (those of ``knowmem/retain2_qa.json``
-first), non-member articles from ``privleak/holdout.json``. Articles are cut into chunks
-of ``chunk_words`` words (a few per article) so they fit the tiny model's 128-token context.
-
-A tiny Llama is trained here from scratch on forget + retain (the pipeline's recipe), an
-oracle on retain only. A model trained from scratch on a few dozen articles cannot answer
-questions about them from the text, so, unlike MUSE (whose target is a pretrained LLM),
-the knowmem question/answer pairs of the chosen articles are trained on too: *knowmem here
-is memorised QA about the forgotten articles*, and the forget set is the articles' chunks
-plus their QA. The non-members for membership inference are holdout chunks plus forget-QA
-pairs of articles outside the subset, in the same proportion.
-
-Metrics, all from the pipeline's evaluator: forget verbmem (ROUGE-L F1 of the continuation
-of a 32-token prefix of each forget chunk; lower is more forgotten), forget knowmem (QA
-ROUGE-L F1), retain knowmem (the MUSE utility), privleak (min-k% AUC against the oracle's,
-in %; 0 is like the oracle), probabilities. Results: ``benchmarks/results/muse_news.*``.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.muse_news``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from benchmarks.common import CACHE, REPO, RESULTS, init_process, log, trained_bench, write_json
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
-from benchmarks.quality import BALANCE_NAME, CONFIG_KEYS, COARSE, DIAGNOSTICS, Sweep, run_sweep
-from components.data.records import QARecord, Record, TextRecord
-
-MUSE_DATA = REPO.parent / "shared" / "data" / "muse_news"
+from benchmarks import harness
+from benchmarks.common import CACHE, trained_bench
+from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, mean_std, table
+from benchmarks.muse_subset import MUSE_DATA, MuseSubset, muse_subset
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import BALANCE_NAME, COARSE, CONFIG_KEYS, DIAGNOSTICS, Sweep, jobs_of, run_sweep
+from components.data.records import TextRecord
 MUSE_METRICS = ("forget_verbmem", "retain_knowmem", "forget_knowmem", "privleak", "forget_prob", "retain_prob",
                 "model_utility", "mia_auc", "retain_verbmem")
 DEFAULT_SWEEPS = tuple(Sweep(loss, **COARSE, lrs=(1e-3,), seeds=(0, 1), eval_steps=(20, 40, 80))
@@ -48,21 +29,10 @@ SMOKE_SWEEPS = (Sweep("npo", blur_gammas=(0.1,), ws_alphas=(10.0,), lrs=(1e-3,),
 
 
 @dataclass
-class MuseConfig:
+class MuseConfig(MuseSubset):
     """The MUSE-News subset, the model recipe and the sweep."""
 
-    data: Path = MUSE_DATA
-    n_forget_articles: int = 24
-    n_retain_articles: int = 32
-    n_holdout_articles: int = 24
-    chunk_words: int = 64
-    chunks_per_article: int = 4
     sweeps: tuple[Sweep, ...] = DEFAULT_SWEEPS
-    overrides: dict[str, Any] = field(default_factory=lambda: {
-        "model.tokenizer.vocab_size": 2048,  # news text needs more merges than the demo's 1024
-        "finetune.target_prob": 0.8,
-        "finetune.max_epochs": 150,
-    })
     verbmem_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)  # fractions of the way from the oracle to the target
     budget_minutes: float = 40.0
     out_dir: Path = RESULTS
@@ -70,63 +40,8 @@ class MuseConfig:
     mlflow: bool = True
     threads: int = 1
 
-
-# --------------------------------------------------------------------------- the subset
-
-
-def _read(data: Path, name: str) -> list:
-    path = data / name
-    if not path.is_file():
-        raise SystemExit(f"MUSE-News file {path} not found: pass --data DIR, a folder laid out like "
-                         "muse_bench's data/bbc (raw/, knowmem/, privleak/)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def chunks(text: str, words: int, limit: int) -> list[str]:
-    """The first ``limit`` pieces of ``words`` words (paragraph breaks become spaces)."""
-    tokens = text.split()
-    pieces = [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
-    return [p for p in pieces if len(p.split()) >= words // 2][:limit]
-
-
-def owner_article(answer: str, articles: Sequence[str]) -> int | None:
-    """The one article containing ``answer`` verbatim, or None (none or several)."""
-    found = [i for i, article in enumerate(articles) if answer in article]
-    return found[0] if len(found) == 1 else None
-
-
-def muse_subset(config: MuseConfig) -> tuple[list[Record], list[Record], list[Record]]:
-    """``(forget, retain, holdout)`` records of the subset (deterministic: first articles by index)."""
-    raw, forget_qa = _read(config.data, "raw/forget.json"), _read(config.data, "knowmem/forget_qa.json")
-    retain_texts, retain_qa = _read(config.data, "privleak/retain2.json"), _read(config.data, "knowmem/retain2_qa.json")
-    holdout_texts = _read(config.data, "privleak/holdout.json")
-
-    owned = [(item, owner_article(item["answer"], raw)) for item in forget_qa]
-    forget_ids = sorted({i for _, i in owned if i is not None})[: config.n_forget_articles]
-    forget = _articles(raw, forget_ids, "bbc-forget", config)
-    forget += [_qa(item, f"bbc-forget-{i:03d}") for item, i in owned if i in forget_ids]
-
-    retain_owned = [(item, owner_article(item["answer"], retain_texts)) for item in retain_qa]
-    first = sorted({i for _, i in retain_owned if i is not None})
-    rest = [i for i in range(len(retain_texts)) if i not in first]
-    retain_ids = sorted((first + rest)[: config.n_retain_articles])
-    retain = _articles(retain_texts, retain_ids, "bbc-retain", config)
-    retain += [_qa(item, f"bbc-retain-{i:03d}") for item, i in retain_owned if i in retain_ids]
-
-    n_forget_qa = sum(isinstance(r, QARecord) for r in forget)
-    outside = [item for item, i in owned if i not in forget_ids][:n_forget_qa]
-    holdout = _articles(holdout_texts, range(config.n_holdout_articles), "bbc-holdout", config)
-    holdout += [_qa(item, "bbc-holdout-qa") for item in outside]
-    return forget, retain, holdout
-
-
-def _articles(texts: Sequence[str], ids, prefix: str, config: MuseConfig) -> list[Record]:
-    return [TextRecord(text=piece, subject=f"{prefix}-{i:03d}")
-            for i in ids for piece in chunks(texts[i], config.chunk_words, config.chunks_per_article)]
-
-
-def _qa(item: dict, subject: str) -> QARecord:
-    return QARecord(question=item["question"], answer=item["answer"], subject=subject)
+    def jobs(self) -> list:
+        return jobs_of(self.sweeps)
 
 
 # --------------------------------------------------------------------------- analysis and report
@@ -163,78 +78,69 @@ def _pick(rows, level, compare) -> dict | None:
     return {k: best.get(k) for k in keep} | {"retain_knowmem_std": best.get("retain_knowmem_std")} if best else None
 
 
-def write_report(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> list[Path]:
-    out = Path(config.out_dir)
-    configs = analysis["configurations"]
+def figures(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    configs = results["analysis"]["configurations"]
     panels = [(loss, [c for c in configs if c["forget_loss"] == loss]) for loss in dict.fromkeys(c["forget_loss"] for c in configs)]
     reference = results["reference"]
-    files = [
+    return [
         pareto_figure(panels, x="forget_verbmem", y="retain_knowmem", maximize_x=False, references=reference,
-                      path=out / f"{config.stem}_verbmem_vs_knowmem.png", xlabel="forget verbmem (lower is more forgotten)",
+                      path=out / f"{stem}_verbmem_vs_knowmem.png", xlabel="forget verbmem (lower is more forgotten)",
                       ylabel="retain knowmem (utility)", title="MUSE-News subset: verbatim memorisation vs retained knowledge"),
         pareto_figure(panels, x="forget_knowmem", y="retain_knowmem", maximize_x=False, references=reference,
-                      path=out / f"{config.stem}_knowmem.png", xlabel="forget knowmem (lower is more forgotten)",
+                      path=out / f"{stem}_knowmem.png", xlabel="forget knowmem (lower is more forgotten)",
                       ylabel="retain knowmem (utility)", title="MUSE-News subset: forgotten vs retained knowledge"),
     ]
+
+
+def write_report(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> list[Path]:
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    files.append(path)
-    return files
+    return harness.write_report(results | {"runs": runs, "analysis": analysis}, config.out_dir, config.stem,
+                                renderer(config.stem), lambda res, out: figures(res, out, config.stem))
+
+
+def renderer(stem: str):
+    config = MuseConfig(stem=stem)
+    return lambda results: markdown(results, analyse(results, config), config)
+
+
+REFERENCE = [("model", "model"), *((h, k) for h, k in (
+    ("forget verbmem", "forget_verbmem"), ("forget knowmem", "forget_knowmem"), ("retain knowmem", "retain_knowmem"),
+    ("privleak", "privleak"), ("forget prob", "forget_prob"), ("retain prob", "retain_prob"), ("MIA AUC", "mia_auc")))]
+LEVELS = [("verbmem <=", lambda r: fmt(r["level"])), ("fraction", lambda r: fmt(r["fraction"], 2)),
+          ("BLUR retain knowmem", lambda r: mean_std(r["blur"], "retain_knowmem")), ("BLUR config", lambda r: _config(r["blur"])),
+          ("weighted-sum retain knowmem", lambda r: mean_std(r["weighted_sum"], "retain_knowmem")),
+          ("weighted-sum config", lambda r: _config(r["weighted_sum"]))]
+CONFIGURATIONS = [
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 2)),
+    ("lr", lambda c: f"{c['lr']:g}"), ("steps", "steps"), ("seeds", "seeds"),
+    *((h, lambda c, k=k: mean_std(c, k)) for h, k in (("forget verbmem", "forget_verbmem"),
+                                                     ("forget knowmem", "forget_knowmem"), ("retain knowmem", "retain_knowmem"))),
+    ("privleak", lambda c: fmt(c["privleak"], 1)), ("forget prob", "forget_prob"), ("retain prob", "retain_prob"),
+    ("cos", lambda c: fmt(c["mean_cos"], 2)), ("xi", lambda c: fmt(c["mean_xi"], 3))]
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> str:
-    m, ref, world = results["machine"], results["reference"], results["world"]
-    lines = [
-        f"# Real text: BLUR vs weighted sum on a MUSE-News subset ({config.stem})", "",
-        f"Generated by `python -m benchmarks.muse_news`. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch thread(s), CPU only; torch {m['torch']}. Wall time "
-        f"{results['wall_seconds'] / 60:.1f} min (training target and oracle "
-        f"{results['setup'].get('finetune', {}).get('seconds', 0):.0f} s when not cached). Subset: "
-        f"{world['forget']} forget records ({world['forget_text']} chunks of {config.n_forget_articles} articles + "
-        f"{world['forget'] - world['forget_text']} QA), {world['retain']} retain, {world['holdout']} non-member records. "
-        f"Target trained {results['setup']['finetune']['target']['epochs']} epochs (mean target-token probability "
-        f"{results['setup']['finetune']['target']['mean_answer_prob']:.2f}).", "",
-        "## Reference models", "",
-        markdown_table(["model", "forget verbmem", "forget knowmem", "retain knowmem", "privleak", "forget prob",
-                        "retain prob", "MIA AUC"],
-                       [[name, r["forget_verbmem"], r["forget_knowmem"], r["retain_knowmem"], r["privleak"],
-                         r["forget_prob"], r["retain_prob"], r["mia_auc"]] for name, r in ref.items()]),
-        "", "## Matched forgetting: best retain knowmem at forget verbmem <= level", "",
-        "Levels are fractions of the way from the oracle's verbmem (0) to the target's (1).", "",
-    ]
+    """The write-up: prose from ``templates/muse_news.md``, every table rendered from ``results``."""
+    parts, world = harness.template("muse_news"), results["world"]
+    losses = ""
     for loss, block in analysis["matched"].items():
-        lines += [f"### {loss}", "", markdown_table(
-            ["verbmem <=", "fraction", "BLUR retain knowmem", "BLUR config", "weighted-sum retain knowmem",
-             "weighted-sum config"],
-            [[fmt(r["level"]), fmt(r["fraction"], 2), mean_std(r["blur"], "retain_knowmem"), _config(r["blur"]),
-              mean_std(r["weighted_sum"], "retain_knowmem"), _config(r["weighted_sum"])]
-             for r in block["levels"]]), ""]
-        strict = sum(at_least_strictly(r) for r in block["all_levels"])
-        lines += [f"Over all {len(block['all_levels'])} verbmem levels either method reaches, BLUR's best retain "
-                  f"knowmem is at least the weighted sum's at {strict}.", ""]
         by_prob = block["by_retain_prob"]
-        strict = sum(at_least_strictly(r) for r in by_prob)
         shown = [r for r in by_prob if r["level"] in {x["level"] for x in block["all_levels"]}]
-        lines += [f"With retain probability as the utility instead: BLUR at least as good at {strict} of "
-                  f"{len(by_prob)} verbmem levels. " + "; ".join(
-                      f"verbmem <= {fmt(r['level'])}: {fmt(r['ours_y'])} vs {fmt(r['theirs_y'])}"
-                      for r in shown[: 8]) + ".", ""]
-    lines += ["## Every configuration", "", markdown_table(
-        ["loss", "combiner", "balance", "lr", "steps", "seeds", "forget verbmem", "forget knowmem", "retain knowmem",
-         "privleak", "forget prob", "retain prob", "cos", "xi"],
-        [[c["forget_loss"], c["combiner"], fmt(c["balance"], 2), f"{c['lr']:g}", c["steps"], c["seeds"],
-          mean_std(c, "forget_verbmem"), mean_std(c, "forget_knowmem"), mean_std(c, "retain_knowmem"),
-          fmt(c["privleak"], 1), fmt(c["forget_prob"]), fmt(c["retain_prob"]), fmt(c["mean_cos"], 2), fmt(c["mean_xi"], 3)]
-         for c in sorted(analysis["configurations"],
-                         key=lambda c: (c["forget_loss"], c["combiner"], c["lr"], c["balance"], c["steps"]))])]
-    if results["skipped"]:
-        lines += ["", f"Skipped for the time budget: {len(results['skipped'])} runs."]
+        losses += parts["loss"].format(
+            loss=loss, table=table(block["levels"], LEVELS), n_all=len(block["all_levels"]),
+            strict=sum(at_least_strictly(r) for r in block["all_levels"]), n_prob=len(by_prob),
+            strict_prob=sum(at_least_strictly(r) for r in by_prob),
+            shown="; ".join(f"verbmem <= {fmt(r['level'])}: {fmt(r['ours_y'])} vs {fmt(r['theirs_y'])}" for r in shown[:8]))
+    rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["lr"], c["balance"], c["steps"]))
     errors = [r for r in results["runs"] if r["error"]]
-    if errors:
-        lines += ["", "Runs that diverged:", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
-    return "\n".join(lines) + "\n"
+    tail = "".join([f"\nSkipped for the time budget: {len(results['skipped'])} runs.\n" if results["skipped"] else "",
+                    "\nRuns that diverged:\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
+    return parts["main"].format(
+        stem=config.stem, m=results["machine"], w=world, c=config, wall=results["wall_seconds"] / 60,
+        train=results["setup"].get("finetune", {}).get("seconds", 0), forget_qa=world["forget"] - world["forget_text"],
+        target=results["setup"]["finetune"]["target"],
+        reference=table([r | {"model": name} for name, r in results["reference"].items()], REFERENCE),
+        losses=losses, configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
 
 
 def _config(row: dict | None) -> str:
@@ -251,24 +157,21 @@ def run(config: MuseConfig) -> tuple[dict, dict, list[Path]]:
     from components.config import load_config
 
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     forget, retain, holdout = muse_subset(config)
     settings = load_config(REPO / "params.yaml").with_overrides(config.overrides)
     bench = trained_bench(settings, forget, retain, holdout, CACHE, name="muse")
     log(f"MUSE-News subset: {len(forget)} forget / {len(retain)} retain / {len(holdout)} holdout records; target "
         f"{bench.info['finetune']['target']['epochs']} epochs, p {bench.info['finetune']['target']['mean_answer_prob']:.2f}")
-    sweep_config = _as_quality_config(config)
-    results = run_sweep(bench, sweep_config, metrics_kept=MUSE_METRICS)
-    results |= {"benchmark": "muse_news", "config": json.loads(json.dumps(asdict(config), default=str)),
+    results = run_sweep(bench, config, metrics_kept=MUSE_METRICS)
+    results |= {"benchmark": "muse_news", "config": jsonable(asdict(config)),
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     results["world"]["forget_text"] = sum(isinstance(r, TextRecord) for r in forget)
     analysis = analyse(results, config)
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     files = write_report(results, analysis, config)
     if config.mlflow:
-        from benchmarks.tracking import benchmark_store, log_benchmark
-
-        log_benchmark(benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-muse-news", run_name=config.stem,
+        harness.log_benchmark(config.out_dir, "benchmark-muse-news", run_name=config.stem,
                       params={"subset": {k: getattr(config, k) for k in ("n_forget_articles", "n_retain_articles",
                                                                            "n_holdout_articles", "chunk_words")},
                               "sweeps": [asdict(s) for s in config.sweeps], "overrides": config.overrides},
@@ -279,34 +182,23 @@ def run(config: MuseConfig) -> tuple[dict, dict, list[Path]]:
     return results, analysis, files
 
 
-def _as_quality_config(config: MuseConfig):
-    from benchmarks.quality import QualityConfig
-
-    return QualityConfig(sweeps=config.sweeps, budget_minutes=config.budget_minutes, out_dir=config.out_dir,
-                         stem=config.stem, mlflow=False, threads=config.threads)
+app = harness.cli(__doc__)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--data", type=Path, default=MUSE_DATA, help="MUSE-News folder (muse_bench's data/bbc layout)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report of an earlier run's JSON")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        config = MuseConfig(out_dir=args.out, stem=args.report_only.stem, mlflow=False)
-        results = json.loads(args.report_only.read_text(encoding="utf-8"))
-        for path in write_report(results, analyse(results, config), config):
-            log(f"  wrote {path}")
+@app.command()
+def main(smoke: bool = harness.typer.Option(False, "--smoke"),
+         data: Path = harness.typer.Option(MUSE_DATA, help="MUSE-News folder (muse_bench's data/bbc layout)"),
+         out: Path = harness.OUT, stem: str = harness.typer.Option(None, help="default muse_news[_smoke]"),
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
+    stem = stem or ("muse_news_smoke" if smoke else "muse_news")
+    if report_only:
+        harness.report_only(out, stem, renderer(stem))
         return
-    config = MuseConfig(data=args.data, sweeps=SMOKE_SWEEPS if args.smoke else DEFAULT_SWEEPS, out_dir=args.out,
-                        stem="muse_news_smoke" if args.smoke else "muse_news", mlflow=not args.no_mlflow)
+    config = MuseConfig(data=data, sweeps=SMOKE_SWEEPS if smoke else DEFAULT_SWEEPS, out_dir=out, stem=stem,
+                        mlflow=not no_mlflow)
     results, _, files = run(config)
     log(f"done in {results['wall_seconds'] / 60:.1f} min")
-    for path in files:
-        log(f"  wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,21 +1,8 @@
-"""A NAIVE BLUR step, written for the step-cost benchmark only: the baseline, not the product.
+"""A NAIVE BLUR step, written for the step-cost benchmark only: the baseline, not the product. The same direction
+as the engine's, ``d = g_r + (gamma - <g_r, g_f> / ||g_f||^2) * g_f`` clipped, computed the way the paper's
+reference code goes about it (two gradient copies, per-tensor ``.item()``).
 
-It computes the same direction as :func:`components.unlearning.train_bilevel` with
-``combiner="blur"``,
-
-    d = g_r + (gamma - <g_r, g_f> / ||g_f||^2) * g_f,   clipped, then an optimizer step,
-
-the way the paper's reference code goes about it (described in issue 3; no code copied):
-
-- two full copies of the gradients: ``g_f`` cloned after the forget backward pass, ``g_r``
-  cloned after the retain backward pass;
-- the inner product and the squared norm accumulated one parameter tensor at a time, each
-  partial result brought to the host with ``.item()`` (two host synchronisations per
-  tensor; on a GPU each one stalls the device);
-- the direction built as new tensors and assigned to ``.grad``.
-
-The engine keeps one extra buffer, uses foreach kernels and synchronises once per step.
-The benchmark checks the two give the same weights before timing them.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.naive_blur``.
 """
 
 from __future__ import annotations

@@ -3,42 +3,27 @@ than rescaling it per coordinate (AdamW)?
 
     python -m benchmarks.optimizers                    # the demo world (tiny model; minutes here, 1 thread)
     python -m benchmarks.optimizers --smoke --out DIR  # seconds
+    python -m benchmarks.optimizers --report-only [--stem S]   # rewrite S.md from S.json
 
-BLUR's guarantee is about its *direction*: ``<d, g_f> = gamma ||g_f||^2``, so to first order the
-forget loss falls at rate ``gamma`` whatever the retain gradient wants. The optimizer then turns
-``d`` (clipped) into the actual update ``u = -(theta_after - theta_before) / lr``: plain SGD keeps it
-(``u = d``), momentum mixes in earlier directions, AdamW rescales every coordinate. For each step this
-benchmark measures, from the real run (hooks on the parameters and the optimizer; nothing is
-recomputed): ``g_f`` (the forget gradient, the first gradient accumulated in each step), the clipped
-direction ``d`` (``.grad`` when the optimizer steps) and ``u``, and reports
-
-- ``direction_ratio`` = ``<d, g_f> / (gamma ||g_f||^2)`` (BLUR: the clipping factor, 1 unclipped),
-- ``update_ratio`` = ``<u, g_f> / (gamma ||g_f||^2)`` (what the optimizer kept of the guarantee),
-- ``cos(u, d)``, ``cos(u, g_f)``, ``cos(d, g_f)`` and ``kept`` = ``cos(u, g_f) / cos(d, g_f)``: the forget
-  loss's first-order descent per unit of step length that the update kept of the direction's (1 under
-  plain SGD; ``update_ratio`` itself scales with the optimizer's step length, which under AdamW is
-  ~sqrt(#parameters) x lr whatever ``d``'s norm, so only ``kept`` compares across optimizers),
-
-with ``gamma`` BLUR's gamma, or the weighted sum's forget weight (1). Every unlearned model is scored
-by the pipeline's evaluator; the matched comparison and Pareto plots are as in ``benchmarks.quality``.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.optimizers``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from benchmarks.common import (CACHE, REPO, RESULTS, Bench, CandidateEvaluator, demo_bench, diagnostics_summary,
-                               fresh_copy, init_process, load_snapshot, log, machine, method_config, write_json)
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
+from benchmarks import harness
+from benchmarks.common import (CACHE, Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
+                               load_snapshot, method_config, pretrained_bench, smoke_bench)
+from benchmarks.harness import REPO, RESULTS, fmt, log, machine, mean_std, table
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
@@ -204,40 +189,36 @@ def run_job(bench: Bench, job: Job) -> dict:
 
 
 def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
+    """Every job within the budget, each evaluated at its step counts; the raw results (one point per model)."""
     started = time.perf_counter()
     evaluator = CandidateEvaluator(bench)
     reference = evaluator.reference()
-    points, runs, skipped, durations = [], [], [], []
-    for index, job in enumerate(config.jobs, 1):
-        estimate = max(durations[-6:]) if durations else 0.0
-        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
-            skipped.append(job.name)
-            continue
+
+    def run_one(job: Job) -> dict:
         job_started = time.perf_counter()
         run = run_job(bench, job)
-        by_step = {}
+        points, by_step = [], {}
         for steps, state in sorted(run["snapshots"].items()):
             metrics = evaluator(load_snapshot(bench, state))
             rows = [d for d in run["diagnostics"] if d["step"] <= steps]
-            point = {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
-                     "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
-                     "seed": job.seed, "steps": steps}
-            point |= {k: metrics.get(k) for k in POINT_METRICS} | diagnostics_summary(run["diagnostics"], steps)
-            point |= {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS}
-            points.append(point)
+            points.append({"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
+                           "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
+                           "seed": job.seed, "steps": steps} | {k: metrics.get(k) for k in POINT_METRICS}
+                          | diagnostics_summary(run["diagnostics"], steps)
+                          | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
             by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        durations.append(time.perf_counter() - job_started)
-        runs.append({"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
-                     "error": run["error"], "seconds": round(durations[-1], 1)})
-        last = points[-1] if by_step else {}
-        log(f"[{index}/{len(config.jobs)}] {job.name}: {durations[-1]:.0f}s fq {fmt(last.get('forget_quality'))} "
-            f"mu {fmt(last.get('model_utility'))} dir {fmt(last.get('mean_direction_ratio'))} "
-            f"upd {fmt(last.get('mean_update_ratio'))} cos(u,d) {fmt(last.get('mean_cos_u_d'))} kept {fmt(last.get('mean_kept'))}"
-            + (f" [{run['error']}]" if run["error"] else ""))
+        if points:
+            log("    " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (
+                "forget_quality", "model_utility", "mean_direction_ratio", "mean_update_ratio", "mean_cos_u_d", "mean_kept")))
+        return {"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
+                "error": run["error"], "seconds": round(time.perf_counter() - job_started, 1), "points": points}
+
+    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
+                            spent=time.perf_counter() - started)
     return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
             "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-            "jobs": [_flat(j) for j in config.jobs], "points": points, "runs": runs, "skipped": skipped,
-            "sweep_seconds": round(time.perf_counter() - started, 1)}
+            "jobs": [_flat(j) for j in config.jobs], "points": [p for run in grid["runs"] for p in run.pop("points")],
+            "runs": grid["runs"], "skipped": grid["skipped"], "sweep_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _flat(job: Job) -> dict:
@@ -279,49 +260,45 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Opti
                            xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
                            references=results["reference"], title="Demo world: BLUR vs weighted sum per optimizer")]
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    files.append(write_json(out / f"{config.stem}.json", results | {"runs": runs, "analysis": analysis}))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    return files + [path]
+    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem,
+                                        renderer(config.stem))
+
+
+def renderer(stem: str):
+    """The write-up of ``<stem>.json`` from its stored analysis."""
+    return lambda results: markdown(results, results["analysis"], OptimizerConfig(stem=stem))
+
+
+MATCHED = [("optimizer", "optimizer"), ("levels", "levels"), ("BLUR >= weighted (±tol)", "blur_at_least_within_tolerance"),
+           ("strictly", "blur_at_least_strictly"), ("mean margin", "mean_margin"), ("min margin", "min_margin"),
+           ("max margin", "max_margin"),
+           ("by forget prob (±tol)", lambda b: f"{b['by_prob_within_tolerance']} of {b['by_prob_levels']}")]
+CONFIGURATIONS = [
+    ("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("seeds", "seeds"), ("forget quality", lambda c: mean_std(c, "forget_quality")),
+    ("model utility", lambda c: mean_std(c, "model_utility")), ("forget prob", "forget_prob"), ("fh AUC", "forget_holdout_auc"),
+    *((h, lambda c, k=k: fmt(c[k], 3)) for h, k in (
+        ("cos(g_r,g_f)", "mean_cos"), ("xi", "mean_xi"), ("dir", "mean_direction_ratio"), ("upd", "mean_update_ratio"),
+        ("cos(u,d)", "mean_cos_u_d"), ("cos(u,g_f)", "mean_cos_u_gf"), ("cos(d,g_f)", "mean_cos_d_gf"), ("kept", "mean_kept")))]
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> str:
-    m = results["machine"]
-    lines = [f"# Optimizer: BLUR vs weighted sum under AdamW, SGD and SGD with momentum ({config.stem})", "",
-             f"Generated by `python -m benchmarks.optimizers`. Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), "
-             f"CPU. Wall time {results['wall_seconds'] / 60:.1f} min. World: {results['world']['forget']} forget / "
-             f"{results['world']['retain']} retain / {results['world']['holdout']} holdout (the demo world and request).",
-             "", "Per step, from the real run: `dir` = <d, g_f>/(gamma ||g_f||^2) of the clipped direction; `upd` = "
-             "<u, g_f>/(gamma ||g_f||^2) of the actual update u = -(Δθ)/lr; cos(u, d); cos(u, g_f). gamma: BLUR's "
-             "gamma, or the weighted sum's forget weight 1. Means over the steps up to the evaluated count.", "",
-             "## Matched comparison (forget quality >= level: best model utility)", "",
-             markdown_table(["optimizer", "levels", "BLUR >= weighted (±tol)", "strictly", "mean margin", "min margin",
-                             "max margin", "by forget prob (±tol)"],
-                            [[name, b["levels"], b["blur_at_least_within_tolerance"], b["blur_at_least_strictly"],
-                              b["mean_margin"], b["min_margin"], b["max_margin"],
-                              f"{b['by_prob_within_tolerance']} of {b['by_prob_levels']}"]
-                             for name, b in analysis["matched"].items()]),
-             "", "## Every configuration", ""]
+    """The write-up: prose from ``templates/optimizers.md``, every table rendered from ``results``."""
     rows = sorted(analysis["configurations"], key=lambda c: (c["optimizer"], c["combiner"], c["balance"], c["steps"]))
-    lines.append(markdown_table(
-        ["optimizer", "combiner", "balance", "steps", "seeds", "forget quality", "model utility", "forget prob",
-         "fh AUC", "cos(g_r,g_f)", "xi", "dir", "upd", "cos(u,d)", "cos(u,g_f)", "cos(d,g_f)", "kept"],
-        [[c["optimizer"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["seeds"], mean_std(c, "forget_quality"),
-          mean_std(c, "model_utility"), c["forget_prob"], c["forget_holdout_auc"], fmt(c["mean_cos"], 3),
-          fmt(c["mean_xi"], 3), fmt(c["mean_direction_ratio"], 3), fmt(c["mean_update_ratio"], 3),
-          fmt(c["mean_cos_u_d"], 3), fmt(c["mean_cos_u_gf"], 3), fmt(c["mean_cos_d_gf"], 3),
-          fmt(c["mean_kept"], 3)] for c in rows]))
-    if results["skipped"]:
-        lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "", *[f"- {n}" for n in results["skipped"]]]
     errors = [r for r in results["runs"] if r["error"]]
-    if errors:
-        lines += ["", "## Runs that diverged", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
-    return "\n".join(lines) + "\n"
+    tail = "".join([f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
+                    + "".join(f"- {n}\n" for n in results["skipped"]) if results["skipped"] else "",
+                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
+    matched = [b | {"optimizer": name, "blur_at_least_within_tolerance": str(b["blur_at_least_within_tolerance"]),
+                    "blur_at_least_strictly": str(b["blur_at_least_strictly"])} for name, b in analysis["matched"].items()]
+    return harness.template("optimizers")["main"].format(
+        stem=config.stem, m=results["machine"], w=results["world"], wall=results["wall_seconds"] / 60,
+        matched=table(matched, MATCHED), configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
 
 
 def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     if bench is None:
         from components.config import load_config
 
@@ -331,47 +308,40 @@ def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict
     analysis = analyse(results, config)
     files = write_report(results, analysis, config)
     if config.mlflow:
-        from benchmarks.tracking import benchmark_store, log_benchmark
-
-        log_benchmark(benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-optimizers", run_name=config.stem,
+        harness.log_benchmark(config.out_dir, "benchmark-optimizers", run_name=config.stem,
                       params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
                       metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
                       children=results["runs"], artifacts=files)
     return results, analysis, files
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--stem", default=None)
-    parser.add_argument("--budget-minutes", type=float, default=40.0)
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--world", choices=("demo", "pretrained"), default="demo",
-                        help="pretrained: SmolLM2's target and oracle of benchmarks.pretrained (cached), a smaller grid")
-    parser.add_argument("--only", default=None, metavar="JOB[,JOB]",
-                        help="run only the grid's jobs whose name starts with one of these (e.g. 'sgd weighted_sum')")
-    args = parser.parse_args(argv)
-    grid_name = "smoke" if args.smoke else ("pretrained" if args.world == "pretrained" else "default")
-    stem = {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(smoke: bool = harness.typer.Option(False, "--smoke"), out: Path = harness.OUT,
+         stem: str = harness.typer.Option(None), budget_minutes: float = 40.0,
+         world: str = harness.typer.Option("demo", help="demo | pretrained (SmolLM2's target and oracle, a smaller grid)"),
+         only: str = harness.typer.Option(None, help="run only the jobs whose name starts with one of these (comma-separated)"),
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
+    grid_name = "smoke" if smoke else ("pretrained" if world == "pretrained" else "default")
+    stem = stem or {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
+    if report_only:
+        harness.report_only(out, stem, renderer(stem))
+        return
     jobs = GRIDS[grid_name]
-    if args.only:
-        jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in args.only.split(","))))
-    config = OptimizerConfig(jobs=jobs, budget_minutes=args.budget_minutes, out_dir=args.out,
-                             stem=args.stem or stem, mlflow=not args.no_mlflow)
+    if only:
+        jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in only.split(","))))
+    config = OptimizerConfig(jobs=jobs, budget_minutes=budget_minutes, out_dir=out, stem=stem, mlflow=not no_mlflow)
     bench = None
     if grid_name == "pretrained":
-        from benchmarks.pretrained import PretrainedConfig, pretrained_bench
-
-        init_process(config.threads)
-        bench = pretrained_bench(PretrainedConfig())
-    if args.smoke:
-        from benchmarks.pretrained import smoke_bench
-
-        bench = smoke_bench(Path(args.out) / "smoke-cache")
+        harness.init_process(config.threads)
+        bench = pretrained_bench()
+    if smoke:
+        bench = smoke_bench(Path(out) / "smoke-cache")
     results, _, files = run(config, bench)
     log(f"done in {results['wall_seconds'] / 60:.1f} min; " + ", ".join(str(p) for p in files))
 
 
 if __name__ == "__main__":
-    main()
+    app()

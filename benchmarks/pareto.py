@@ -159,29 +159,3 @@ def pareto_figure(panels: Sequence[tuple[str, Sequence[dict]]], *, x: str, y: st
 def _plottable(value: float, log: bool) -> float:
     """KS p-values can be 0 to machine precision; put them at the bottom of a log axis."""
     return max(value, 1e-12) if log else value
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 10 ** -digits:
-            return f"{value:.1e}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def mean_std(row: Mapping[str, Any] | None, key: str) -> str:
-    """``"mean ± std"`` of ``key`` over the seeds of a configuration row; "–" when there is none."""
-    if not row or row.get(key) is None:
-        return "–"
-    return f"{fmt(row[key])} ± {fmt(row.get(f'{key}_std'))}"
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
-    return "\n".join(lines)

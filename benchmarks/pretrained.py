@@ -4,56 +4,31 @@ fictitious authors (the pipeline's ``pretrained/params.yaml`` profile), with the
     python -m benchmarks.pretrained                     # the CPU grid (one thread, background; see README)
     python -m benchmarks.pretrained --grid gpu          # the wider grid of benchmarks/gpu/pretrained.sh
     python -m benchmarks.pretrained --smoke --out DIR   # a tiny Llama trained in seconds (the test runs this)
-    python -m benchmarks.pretrained --report-only       # rebuild the report from the cached runs
+    python -m benchmarks.pretrained --report-only [--stem S]   # rewrite S.md from S.json (no models loaded)
 
-The target and oracle are the pretrained pipeline's (``stages.prepare`` + ``stages.finetune`` of the
-profile; trained once into ``--root``, or reused from there). Each unlearning run is the pipeline's
-:func:`~components.unlearning.run_unlearning` with a step callback that, without touching the
-training, (1) scores the ``unlearn.stop: holdout`` probe every ``--probe-every`` steps with the
-pipeline's own :class:`~components.unlearning.stopping.HoldoutStopper` and notes the step at which
-that rule would have stopped (a stopped run *is* the fixed run of that many steps, see
-``tests/test_stop_at_holdout.py``), and (2) evaluates the model in place at each requested step
-count and at that stop step. Evaluation is the pipeline's :class:`EvaluationContext` with the
-knowledge sets; because one full evaluation of SmolLM2 takes minutes on this CPU, intermediate
-step counts get the *light* tier (every metric that needs no generation: forget probability, truth
-ratios, forget quality, membership AUC, privleak, the forget-vs-holdout KS, world-facts accuracy)
-and the last step count and the stop step the *full* tier (every reported metric, model utility
-included). Each finished run is cached (``--root``/runs), so a later session resumes; the report is
-rewritten after each run.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.pretrained``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 
-from benchmarks.common import (
-    CACHE,
-    REPO,
-    RESULTS,
-    Bench,
-    CandidateEvaluator,
-    diagnostics_summary,
-    fresh_copy,
-    init_process,
-    log,
-    machine,
-    method_config,
-    write_json,
-)
-from benchmarks.pareto import (at_least_strictly, comparison_rows, configurations, fmt, markdown_table,
-                              matched_comparison, mean_std, pareto_figure)
+from benchmarks import harness
+from benchmarks.common import (CACHE, PROFILE, Bench, CandidateEvaluator, diagnostics_summary, fresh_copy, method_config,
+                               pretrained_bench, smoke_bench)
+from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, machine, mean_std, table, write_json
+from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import Run
 from components.config import with_relearn_lr
 from components.data.records import Record, content_hash
 
-PROFILE = REPO / "pretrained" / "params.yaml"
 DEFAULT_ROOT = CACHE / "pretrained"
 BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 # the light tier: every reported metric that needs no generation (what intermediate snapshots get)
@@ -68,14 +43,9 @@ CONFIG_KEYS = ("forget_loss", "combiner", "balance", "lr", "steps", "kind")
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Run):
     """One unlearning run: light evaluation at ``light_steps``, full at ``full_steps``."""
 
-    forget_loss: str
-    combiner: str
-    balance: float
-    lr: float
-    seed: int
     light_steps: tuple[int, ...]
     full_steps: tuple[int, ...]
 
@@ -156,36 +126,6 @@ class PretrainedConfig:
 
 
 # --------------------------------------------------------------------------- the models
-
-
-def pretrained_bench(config: PretrainedConfig):
-    """The profile's target and oracle (trained by the pipeline's own stages once, then reused)."""
-    from components import stages
-    from components.config import load_config
-    from components.modeling.io import load_model_dir, model_options
-    from components.paths import Paths
-    from components.stages.prepare import resolved_config
-
-    pipeline = load_config(config.params).with_overrides(config.overrides)
-    paths = Paths(Path(config.root), config_root=Path(config.params).parent)
-    started = time.perf_counter()
-    if not (paths.target / "config.json").exists() or not (paths.oracle / "config.json").exists():
-        log(f"training the pretrained target and oracle once (into {paths.root}) ...")
-        stages.prepare(pipeline, paths, request_paths=[Path(config.params).parent / pipeline.request])
-        stages.finetune(pipeline, paths, show_progress=False)
-    pipeline = resolved_config(pipeline, paths)
-    splits = stages.load_splits(paths)
-    options = model_options(pipeline.model)
-    target, oracle = load_model_dir(paths.target, **options), load_model_dir(paths.oracle, **options)
-    trained = {role: _read_json(getattr(paths, role) / "training.json") for role in ("target", "oracle")}
-    return Bench(pipeline, splits["forget"], splits["retain"], splits["holdout"], target, oracle,
-                 info={"root": str(paths.root), "training": trained, "base": pipeline.model.pretrained,
-                       "max_length": pipeline.model.max_length, "dtype": str(next(target.model.parameters()).dtype),
-                       "setup_seconds": round(time.perf_counter() - started, 1)})
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def knowledge_sets(bench: Bench, limits: dict[str, int], seed: int = 0) -> dict[str, list[Record]]:
@@ -309,19 +249,19 @@ def _point(job: Job, kind: str, step: int, tier: str, metrics: dict, diagnostics
 def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str, Any]:
     """Every job (cached ones read back), the report rewritten after each; the raw results."""
     started = time.perf_counter()
-    bench = bench or pretrained_bench(config)
+    bench = bench or pretrained_bench(config.params, config.root, config.overrides)
     knowledge = knowledge_sets(bench, config.knowledge_limit)
     evaluator = PretrainedEvaluator(bench, knowledge, config.eval_retain)
     cache = Path(config.root) / "runs"
     key_base = _key_base(bench, config)
     where = machine() | ({"device": f"cuda ({torch.cuda.get_device_name(0)})"} if torch.cuda.is_available() else {})
-    results = {"benchmark": "pretrained", "config": _jsonable(asdict(config)), "machine": where,
+    results = {"benchmark": "pretrained", "config": jsonable(asdict(config)), "machine": where,
                "setup": bench.info, "world": {"forget": len(bench.forget), "retain": len(bench.retain),
                                                "holdout": len(bench.holdout)},
                "eval_sizes": evaluator.sizes, "runs": [], "skipped": [], "cached": []}
     ref_path = cache / f"reference-{content_hash(key_base)}.json"
     if ref_path.exists():
-        results["reference"] = _read_json(ref_path)
+        results["reference"] = harness.read_json(ref_path)
         for metric in ("truth_ratio", "mia_auc_mink"):  # all a candidate reads of another model (forget
             evaluator.ctx.metric(metric, "oracle", "forget")  # quality, privleak): the oracle's, not all of it
     else:
@@ -330,26 +270,21 @@ def run_sweep(config: PretrainedConfig, bench: Bench | None = None) -> dict[str,
         results["reference_seconds"] = round(time.perf_counter() - ref_started, 1)
         write_json(ref_path, results["reference"])
     _write_partial(results, config, started)
-    durations: list[float] = []
-    for index, job in enumerate(config.jobs, 1):
-        path = cache / f"run-{content_hash(key_base | {'job': asdict(job)})}.json"
-        if path.exists():
-            results["runs"].append(_read_json(path))
-            results["cached"].append(job.name)
-            continue
-        estimate = max(durations) if durations else 0.0
-        if time.perf_counter() - started + estimate > 60 * config.budget_minutes:
-            results["skipped"].append(job.name)
-            continue
-        log(f"[{index}/{len(config.jobs)}] {job.name} ...")
+
+    def run_one(job: Job) -> dict:
         run = run_job(bench, evaluator, job, config)
-        durations.append(run["seconds"])
-        write_json(path, run)
-        results["runs"].append(run)
-        log(f"[{index}/{len(config.jobs)}] {job.name}: {run['seconds']:.0f}s ({run['train_seconds_per_step']}s/step, "
-            f"eval {run['eval_seconds']:.0f}s); stop {run['stop']['stopped_at']} ({run['stop']['reason'][:40]})"
-            + (f" [{run['error']}]" if run["error"] else ""))
+        log(f"    {job.name}: {run['train_seconds_per_step']}s/step, eval {run['eval_seconds']:.0f}s; "
+            f"stop {run['stop']['stopped_at']} ({run['stop']['reason'][:40]})")
+        return run
+
+    def partial(progress: dict) -> None:
+        results.update(progress)
         _write_partial(results, config, started)
+
+    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
+                            cache=lambda job: cache / f"run-{content_hash(key_base | {'job': asdict(job)})}.json",
+                            spent=time.perf_counter() - started, after_each=partial)
+    results.update(grid)
     results["sweep_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -370,16 +305,6 @@ def _write_partial(results: dict, config: PretrainedConfig, started: float) -> N
         write_report(results, analyse(results, config), config)
     except Exception as error:  # a report of a partial sweep must never end the sweep
         log(f"    (partial report failed: {error!r})")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # --------------------------------------------------------------------------- analysis
@@ -479,116 +404,81 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Pret
                       guides={"y": wf - config.world_facts_points if wf is not None else None},
                       title=f"{results['setup'].get('base')}: forget probability vs world-facts accuracy (every evaluated step)"))
     runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    files.append(write_json(out / f"{config.stem}.json", _jsonable(results | {"runs": runs, "analysis": analysis})))
-    path = out / f"{config.stem}.md"
-    path.write_text(markdown(results, analysis, config), encoding="utf-8")
-    files.append(path)
-    return files
+    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem, render)
+
+
+def render(results: dict[str, Any]) -> str:
+    """The write-up of a results JSON: its analysis, with the settings it was run with."""
+    return markdown(results, results["analysis"], SimpleNamespace(**results["config"]))
+
+
+REFERENCE = [("model", "model"), ("forget quality", "forget_quality"), ("model utility", "model_utility"),
+             ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("world facts acc", "world_facts_acc"),
+             ("real authors acc", "real_authors_acc"), ("MIA AUC (forget vs holdout)", "mia_auc")]
+MATCHED = [("level", lambda r: fmt(r["level"])), ("BLUR", "ours_y"), ("weighted sum", "theirs_y"), ("margin", "margin"),
+           ("BLUR at least as good", lambda r: "yes" if r["ours_wins"] else "no")]
+MATCHED_LABELS = {"fq_vs_utility": "best model utility at forget quality >= level",
+                  "fq_vs_world_facts": "best world-facts accuracy at forget quality >= level",
+                  "forget_prob_vs_world_facts": "best world-facts accuracy at forget probability <= level"}
+STOPS = [("run", "name"), ("stopped at", lambda s: s["stopped_at"] if s["stopped_at"] is not None else "– (cap)"),
+         ("reason", lambda s: s["reason"].split(":")[0]),
+         *((h, lambda s, k=k: (s["stop"] or {}).get(k)) for h, k in (
+             ("fq (stop)", "forget_quality"), ("utility (stop)", "model_utility"), ("forget prob (stop)", "forget_prob"),
+             ("forget-vs-holdout AUC (stop)", "forget_holdout_auc"))),
+         ("fq at fixed steps", lambda s: ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"])),
+         ("utility at the last step", lambda s: s["fixed"][-1]["model_utility"] if s["fixed"] else None)]
+CONFIGURATIONS = [
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("kind", "kind"), ("fq", lambda c: mean_std(c, "forget_quality")), ("utility", "model_utility"),
+    ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("retain prob", "retain_prob"),
+    ("wf acc", "world_facts_acc"), ("ra acc", "real_authors_acc"), ("fh AUC", "forget_holdout_auc"), ("privleak", "privleak"),
+    ("cos", lambda c: fmt(c["mean_cos"], 2)), ("min cos", lambda c: fmt(c["min_cos"], 2)),
+    ("last cos", lambda c: fmt(c["last_cos"], 2)), ("xi", lambda c: fmt(c["mean_xi"], 3)),
+    ("ratio", lambda c: fmt(c["last_norm_ratio"], 1))]
+RUN_TIMES = [("run", "name"), ("seconds", "seconds"), ("training s/step", "train_seconds_per_step"),
+             ("evaluation s", "eval_seconds")]
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig) -> str:
-    ref, t, m = results["reference"], analysis["targets"], results["machine"]
-    setup = results["setup"]
-    lines = [
-        f"# BLUR vs weighted sum on a pretrained LLM ({config.stem})", "",
-        ("**Partial: the sweep was still running when this was written.** " if results.get("partial") else "")
-        + f"Generated by `python -m benchmarks.pretrained`. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['torch_threads']} torch thread(s), {m['device']}; torch {m['torch']}, transformers {m['transformers']}. "
-        f"Wall time so far: {results['wall_seconds'] / 60:.1f} min. Model: {setup.get('base')} "
-        f"({setup.get('dtype')}, max_length {setup.get('max_length')}), target/oracle from {setup.get('root')}. "
-        f"World: {results['world']['forget']} forget / {results['world']['retain']} retain / "
-        f"{results['world']['holdout']} holdout records. Evaluated on: "
-        + ", ".join(f"{k} {v}" for k, v in results["eval_sizes"].items()) + ".", "",
-        "`light` rows: every reported metric that needs no generation (no model utility); `full` rows: all. "
-        "`kind` stop: the model at the step where `unlearn.stop: holdout` stops (probe every "
-        f"{config.probe_every} steps, {config.probe_size} records a side, KS p >= {config.min_ks_p} or the "
-        "forget mean NLL at the holdout's).", "",
-        "## Reference models", "",
-        markdown_table(["model", "forget quality", "model utility", "forget prob", "holdout prob", "world facts acc",
-                        "real authors acc", "MIA AUC (forget vs holdout)"],
-                       [[name, r.get("forget_quality"), r.get("model_utility"), r.get("forget_prob"),
-                         r.get("holdout_prob"), r.get("world_facts_acc"), r.get("real_authors_acc"), r.get("mia_auc")]
-                        for name, r in ref.items()]),
-        "", "## Targets", "",
-        f"- BLUR-NPO reaches forget quality >= {config.target_fq} with model utility >= {config.target_utility_ratio} x "
-        f"target's ({fmt(t['utility_bar'])}) and world-facts accuracy >= {fmt(t['world_facts_bar'])}: "
-        f"**{'met' if t['blur_npo_meets_fq_utility_world_facts'] else 'NOT met'}**"
-        + (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
-           (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else "")),
-        f"- At every matched forget quality ({t['levels_compared']} levels, full evaluations), BLUR-NPO's best utility "
-        f">= the weighted sum's within {fmt(analysis['tie_tolerance'])}: "
-        f"**{'met' if t['blur_at_least_weighted_within_tolerance'] else 'NOT met'}** (strictly below at "
-        f"{t['levels_blur_strictly_below']} levels; "
-        + (f"{analysis['seeds']} seeds: the tolerance is the largest seed spread (std) of a configuration's utility)"
-           if analysis["seeds"] > 1 else "one seed, so no seed spread: the tolerance is fixed)"), "",
-        "## Matched comparison", "",
-    ]
-    for loss, block in analysis["matched"].items():
-        for key, label in (("fq_vs_utility", "best model utility at forget quality >= level"),
-                           ("fq_vs_world_facts", "best world-facts accuracy at forget quality >= level"),
-                           ("forget_prob_vs_world_facts", "best world-facts accuracy at forget probability <= level")):
-            rows = block[key]
-            if not rows:
-                continue
-            lines += [f"### {loss}: {label}", "", markdown_table(
-                ["level", "BLUR", "weighted sum", "margin", "BLUR at least as good"],
-                [[fmt(r["level"]), r["ours_y"], r["theirs_y"], r["margin"], "yes" if r["ours_wins"] else "no"]
-                 for r in rows]), ""]
-    lines += ["## Stop at the holdout vs fixed steps", "",
-              markdown_table(["run", "stopped at", "reason", "fq (stop)", "utility (stop)", "forget prob (stop)",
-                              "forget-vs-holdout AUC (stop)", "fq at fixed steps", "utility at the last step"],
-                             [[s["name"], s["stopped_at"] if s["stopped_at"] is not None else "– (cap)",
-                               s["reason"].split(":")[0], (s["stop"] or {}).get("forget_quality"),
-                               (s["stop"] or {}).get("model_utility"), (s["stop"] or {}).get("forget_prob"),
-                               (s["stop"] or {}).get("forget_holdout_auc"),
-                               ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"]),
-                               s["fixed"][-1]["model_utility"] if s["fixed"] else None]
-                              for s in analysis["stop_vs_fixed"]]), ""]
-    lines += _relearn_section(ref, analysis["configurations"])
-    lines += ["## Every evaluated model", "",
-              "`cos` mean over steps of cos(g_r, g_f) (`min`, `last`: its lowest and last value); `xi` mean coefficient "
-              "on g_f (BLUR: gamma - <g_r, g_f>/||g_f||^2; weighted sum: 1); `ratio` the last ||g_f||/||g_r||.", ""]
+    """The write-up: prose from ``templates/pretrained.md``, every table rendered from ``results``."""
+    parts, ref, t, runs = harness.template("pretrained"), results["reference"], analysis["targets"], results["runs"]
+    matched = "".join(f"### {loss}: {label}\n\n{table(block[key], MATCHED)}\n\n"
+                      for loss, block in analysis["matched"].items() for key, label in MATCHED_LABELS.items() if block[key])
     rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["balance"], c["kind"], c["steps"]))
-    lines.append(markdown_table(
-        ["loss", "combiner", "balance", "steps", "kind", "fq", "utility", "forget prob", "holdout prob", "retain prob",
-         "wf acc", "ra acc", "fh AUC", "privleak", "cos", "min cos", "last cos", "xi", "ratio"],
-        [[c["forget_loss"], c["combiner"], fmt(c["balance"], 3), c["steps"], c["kind"], mean_std(c, "forget_quality"),
-          c["model_utility"], c["forget_prob"], c["holdout_prob"], c["retain_prob"], c["world_facts_acc"],
-          c["real_authors_acc"], c["forget_holdout_auc"], c["privleak"], fmt(c["mean_cos"], 2), fmt(c["min_cos"], 2),
-          fmt(c["last_cos"], 2), fmt(c["mean_xi"], 3), fmt(c["last_norm_ratio"], 1)] for c in rows]))
-    runs = results["runs"]
-    if runs:
-        lines += ["", "## Run times", "", markdown_table(
-            ["run", "seconds", "training s/step", "evaluation s"],
-            [[r["name"], r["seconds"], r["train_seconds_per_step"], r["eval_seconds"]] for r in runs])]
-    if results.get("skipped"):
-        lines += ["", f"## Cut for the time budget ({len(results['skipped'])} runs)", "",
-                  *[f"- {name}" for name in results["skipped"]]]
     errors = [r for r in runs if r.get("error")]
-    if errors:
-        lines += ["", "## Runs that diverged", "", *[f"- {r['name']}: {r['error']}" for r in errors]]
-    return "\n".join(lines) + "\n"
+    tail = "".join([f"\n## Run times\n\n{table(runs, RUN_TIMES)}\n" if runs else "",
+                    f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
+                    + "".join(f"- {name}\n" for name in results["skipped"]) if results.get("skipped") else "",
+                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
+    best = (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
+            (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else ""))
+    return parts["main"].format(
+        c=config, m=results["machine"], w=results["world"], t=t, wall=results["wall_seconds"] / 60,
+        partial="**Partial: the sweep was still running when this was written.** " if results.get("partial") else "",
+        s={k: results["setup"].get(k) for k in ("base", "dtype", "max_length", "root")},
+        sizes=", ".join(f"{k} {v}" for k, v in results["eval_sizes"].items()),
+        reference=table([r | {"model": name} for name, r in ref.items()], REFERENCE), utility_bar=fmt(t["utility_bar"]),
+        wf_bar=fmt(t["world_facts_bar"]), met_fq="met" if t["blur_npo_meets_fq_utility_world_facts"] else "NOT met",
+        best=best, tolerance=fmt(analysis["tie_tolerance"]),
+        met_matched="met" if t["blur_at_least_weighted_within_tolerance"] else "NOT met",
+        seeds_note=f"{analysis['seeds']} seeds: the tolerance is the largest seed spread (std) of a configuration's utility)"
+        if analysis["seeds"] > 1 else "one seed, so no seed spread: the tolerance is fixed)",
+        matched=matched, stops=table(analysis["stop_vs_fixed"], STOPS), relearn=_relearn_section(parts["relearn"], ref, rows),
+        configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
 
 
-def _relearn_section(ref: dict, configs: list[dict]) -> list[str]:
+def _relearn_section(text: str, ref: dict, configs: list[dict]) -> str:
     """The relearning attack on every fully evaluated model, next to the same attack on the oracle."""
     rows = sorted((c for c in configs if c["kind"] == "fixed" and c.get("relearn_forget_prob") is not None),
                   key=lambda c: (c["forget_loss"], c["steps"], c["combiner"], c["balance"]))
-    if not rows:
-        return []
     oracle = ref.get("oracle", {})
-    return ["## Relearning attack", "",
-            "A copy of each model fine-tuned on one half of the forget set (`eval.relearn`: the fine-tuning "
-            "recipe's learning rate, 5 epochs), scored on the other half. `after`: the held-out half's answer "
-            "probability afterwards; `recovery`: (after - before) / (target - before) on that half; `gap`: "
-            f"after minus the oracle's after ({fmt(oracle.get('relearn_forget_prob'))}; oracle recovery "
-            f"{fmt(oracle.get('relearn_recovery'))}), what `gate.max_relearn_gap` bounds.", "",
-            markdown_table(["loss", "combiner", "balance", "steps", "fq", "forget prob", "after", "recovery", "gap"],
-                           [[c["forget_loss"], c["combiner"], fmt(c["balance"], 3), c["steps"],
-                             mean_std(c, "forget_quality"), c["forget_prob"], mean_std(c, "relearn_forget_prob"),
-                             mean_std(c, "relearn_recovery"),
-                             None if oracle.get("relearn_forget_prob") is None
-                             else c["relearn_forget_prob"] - oracle["relearn_forget_prob"]] for c in rows]), ""]
+    after = oracle.get("relearn_forget_prob")
+    columns = [("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)),
+               ("steps", "steps"), ("fq", lambda c: mean_std(c, "forget_quality")), ("forget prob", "forget_prob"),
+               ("after", lambda c: mean_std(c, "relearn_forget_prob")), ("recovery", lambda c: mean_std(c, "relearn_recovery")),
+               ("gap", lambda c: None if after is None else c["relearn_forget_prob"] - after)]
+    return text.format(oracle_after=fmt(after), oracle_recovery=fmt(oracle.get("relearn_recovery")),
+                       table=table(rows, columns)) if rows else ""
 
 
 def _describe(row: dict | None) -> str:
@@ -600,15 +490,13 @@ def _describe(row: dict | None) -> str:
 
 
 def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: PretrainedConfig, files: list[Path]) -> str:
-    from benchmarks.tracking import benchmark_store, log_benchmark
-
     children = [{"name": run["name"], "params": run["params"],
                  "metrics_by_step": {p["steps"]: {f"{p['kind']}.{k}": p[k] for k in POINT_METRICS
                                                   if isinstance(p.get(k), (int, float))} for p in run["points"]},
                  "diagnostics": run.get("diagnostics") or []} for run in results["runs"]]
     t = analysis["targets"]
-    return log_benchmark(
-        benchmark_store(Path(config.out_dir) / "mlflow"), "benchmark-pretrained", run_name=config.stem,
+    return harness.log_benchmark(
+        config.out_dir, "benchmark-pretrained", run_name=config.stem,
         params={"jobs": [j.name for j in config.jobs], "overrides": config.overrides, "threads": config.threads,
                 "eval_sizes": results["eval_sizes"], **{f"machine.{k}": v for k, v in results["machine"].items()}},
         metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"]),
@@ -626,7 +514,7 @@ def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: Pre
 def run(config: PretrainedConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     """Sweep (resuming from the run cache), analyse, write the report; log to MLflow if asked."""
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     results = run_sweep(config, bench)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["partial"] = False
@@ -635,25 +523,6 @@ def run(config: PretrainedConfig, bench: Bench | None = None) -> tuple[dict, dic
     if config.mlflow:
         log_to_mlflow(results, analysis, config, files)
     return results, analysis, files
-
-
-def smoke_bench(root: Path) -> Bench:
-    """A tiny Llama (the demo recipe, 1 layer) trained in seconds on a tiny demo world."""
-    from benchmarks.common import trained_bench
-    from components.config import Config
-    from components.data.demo_world import generate_world
-
-    tiny = {"model.tiny.hidden_size": 32, "model.tiny.intermediate_size": 64, "model.tiny.num_layers": 1,
-            "model.tiny.num_heads": 2, "model.max_length": 64, "model.tokenizer.vocab_size": 300,
-            "finetune.max_epochs": 2, "finetune.check_every": 1, "eval.max_new_tokens": 4, "eval.knowledge": "on",
-            "eval.knowledge_sets": [str(REPO / "data" / "knowledge" / "world_facts.json"),
-                                    str(REPO / "data" / "knowledge" / "real_authors.json")]}
-    world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
-    forget = [r for r in world if r.subject == world[0].subject]
-    retain = [r for r in world if r.subject != world[0].subject]
-    bench = trained_bench(Config().with_overrides(tiny), forget, retain, holdout, root, name="smoke")
-    bench.info |= {"base": "tiny random Llama (smoke)", "max_length": 64, "config_root": str(REPO)}
-    return bench
 
 
 def demo_bench_for(world: str) -> Bench:
@@ -666,53 +535,51 @@ def demo_bench_for(world: str) -> Bench:
         bench = demo_bench(settings, cache_root=CACHE)
         bench.info |= {"base": "demo tiny Llama (from scratch)", "max_length": bench.max_length}
         return bench
-    from benchmarks.muse_news import MuseConfig, muse_subset
+    from benchmarks.muse_subset import MuseSubset, muse_subset
 
-    muse = MuseConfig()
+    muse = MuseSubset()
     bench = trained_bench(settings.with_overrides(muse.overrides), *muse_subset(muse), CACHE, name="muse")
     bench.info |= {"base": "demo tiny Llama on MUSE-News (from scratch)", "max_length": bench.max_length}
     return bench
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", choices=sorted(GRIDS), default=None, help="default: cpu (demo with --world demo)")
-    parser.add_argument("--world", choices=("pretrained", "demo", "muse"), default="pretrained",
-                        help="demo: the demo world and tiny model of params.yaml (the stop rule where the demo's "
-                             "quality benchmark ran); muse: the MUSE-News subset of benchmarks/muse_news.py")
-    parser.add_argument("--smoke", action="store_true", help="tiny Llama, tiny grid, seconds (= --grid smoke)")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="pipeline folder with the target/oracle")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--stem", default=None)
-    parser.add_argument("--budget-minutes", type=float, default=75.0)
-    parser.add_argument("--eval-retain", type=int, default=24, help="retain records evaluated (0: all)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the cached runs only")
-    args = parser.parse_args(argv)
-    grid_name = "smoke" if args.smoke else (args.grid or {"demo": "demo", "muse": "muse"}.get(args.world, "cpu"))
-    config = PretrainedConfig(jobs=GRIDS[grid_name], root=args.root, budget_minutes=args.budget_minutes,
-                              eval_retain=args.eval_retain or None, out_dir=args.out, threads=args.threads,
-                              stem=args.stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}"),
-                              mlflow=not args.no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(grid: str = harness.typer.Option(None, help="cpu (default), gpu, smoke, demo, muse"),
+         world: str = harness.typer.Option("pretrained", help="pretrained | demo (the demo world and tiny model) | "
+                                           "muse (the MUSE-News subset on the demo model)"),
+         smoke: bool = harness.typer.Option(False, "--smoke", help="tiny Llama, tiny grid, seconds (= --grid smoke)"),
+         root: Path = harness.typer.Option(DEFAULT_ROOT, help="pipeline folder with the target/oracle"),
+         out: Path = harness.OUT, stem: str = harness.typer.Option(None), budget_minutes: float = 75.0,
+         eval_retain: int = harness.typer.Option(24, help="retain records evaluated (0: all)"), threads: int = 1,
+         no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
+    grid_name = "smoke" if smoke else (grid or {"demo": "demo", "muse": "muse"}.get(world, "cpu"))
+    if world in ("demo", "muse") and not smoke:
+        stem = stem or f"pretrained_{world}_stop"
+    stem = stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}")
+    if report_only:
+        harness.report_only(out, stem, render)
+        return
+    config = PretrainedConfig(jobs=GRIDS[grid_name], root=root, budget_minutes=budget_minutes,
+                              eval_retain=eval_retain or None, out_dir=out, threads=threads, stem=stem,
+                              mlflow=not no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")
     if grid_name == "gpu":  # evaluation is cheap there: every retain record and both knowledge sets whole
         config = replace(config, eval_retain=None, knowledge_limit={})
     bench = None
     if grid_name == "smoke":
         config = replace(config, knowledge_limit={"world_facts": 6, "real_authors": 4}, probe_every=1)
-        bench = smoke_bench(Path(args.root) if args.root != DEFAULT_ROOT else Path(args.out) / "smoke-cache")
+        bench = smoke_bench(Path(root) if root != DEFAULT_ROOT else Path(out) / "smoke-cache")
         config.root = Path(bench.info["cache"])
-    if args.world in ("demo", "muse") and not args.smoke:
-        init_process(args.threads)
-        bench = demo_bench_for(args.world)
-        config = replace(config, root=Path(bench.info["cache"]), probe_every=5, stop_tier="full",
-                         stem=args.stem or f"pretrained_{args.world}_stop")
-    if args.report_only:
-        config = replace(config, budget_minutes=0.0)
+    if world in ("demo", "muse") and not smoke:
+        harness.init_process(threads)
+        bench = demo_bench_for(world)
+        config = replace(config, root=Path(bench.info["cache"]), probe_every=5, stop_tier="full")
     results, analysis, files = run(config, bench)
     log(f"done in {results['wall_seconds'] / 60:.1f} min ({len(results['runs'])} runs, "
         f"{len(results['skipped'])} cut); files: " + ", ".join(str(p) for p in files))
 
 
 if __name__ == "__main__":
-    main()
+    app()

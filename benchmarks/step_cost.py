@@ -1,230 +1,25 @@
 """Step cost: time per optimizer step and peak memory of BLUR against the weighted sum.
 
-    python -m benchmarks.step_cost --json     # one JSON object on stdout, progress on stderr
-    python -m benchmarks.step_cost --quick    # fewer rounds (a rough number in a minute)
+    python -m benchmarks.step_cost --json          # one JSON object on stdout, progress on stderr
+    python -m benchmarks.step_cost --quick         # fewer rounds (a rough number in a minute)
+    python -m benchmarks.step_cost --report-only   # rewrite step_cost.md from step_cost.json
 
-Same model, same batches, same loop: the engine's :func:`components.unlearning.train_bilevel`
-with ``combiner="blur"`` and ``combiner="weighted_sum"``, and two references written here:
-
-- ``naive_blur``: BLUR as the paper's reference code computes it (two gradient copies,
-  per-tensor ``.item()``; :mod:`benchmarks.naive_blur`), checked to give the same weights;
-- ``fused_weighted``: the leanest weighted sum, ``backward(gamma*L_f)`` then
-  ``backward(alpha*L_r)`` into the same ``.grad``, no extra buffer (and no cos/xi logged).
-
-Timing: ``rounds`` rounds; in each, every method (in a rotated order, to cancel drift) is
-reset to the same weights and fresh AdamW and runs ``1 + steps`` steps in one call; a step's
-time is from the end of the previous step to its own end, the first (warm-up) step untimed. Per-round ratios are medians of that round's steps; the report gives their median
-and spread. Memory: one step per method under :class:`benchmarks.memory.LiveBytes`, the
-peak of live tensor bytes beyond weights, gradients and optimizer state; ``extra`` is that
-peak minus the fused weighted sum's (the floor: two backward passes and a step).
-
-Forget loss NPO, retain loss NLL, micro-batch 8, on the demo world's records; the models
-are the demo size of ``params.yaml`` and a ~20M-parameter Llama of the same family.
-Weights are untrained: step cost does not depend on them.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.step_cost``.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import torch
-
-from benchmarks.common import RESULTS, init_process, log, machine, write_json
-from benchmarks.naive_blur import naive_blur_train
-
-METHODS = ("blur", "weighted_sum", "naive_blur", "fused_weighted")
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    name: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-
-
-DEMO = ModelSize("demo", 128, 256, 4, 4)  # model.tiny in params.yaml
-LLAMA_20M = ModelSize("llama-20M", 512, 1408, 6, 8)
-
-
-@dataclass
-class StepCostConfig:
-    sizes: tuple[ModelSize, ...] = (DEMO, LLAMA_20M)
-    rounds: int = 7
-    steps: int = 3  # timed steps per method per round (after one warm-up step)
-    batch_size: int = 8
-    max_length: int = 128
-    gamma: float = 0.1
-    alpha: float = 1.0
-    max_grad_norm: float = 1.0
-    lr: float = 1e-3
-    seed: int = 0
-    threads: int = 1
-    out: Path = RESULTS / "step_cost.json"
-
-
-# --------------------------------------------------------------------------- the workload
-
-
-@dataclass
-class Workload:
-    """A model, its trainable parameters and the two levels' loss callables (fixed batches)."""
-
-    model: torch.nn.Module
-    params: list[torch.Tensor]
-    forget_loss: Callable[[int, int], torch.Tensor]
-    retain_loss: Callable[[int, int], torch.Tensor]
-    initial: dict[str, torch.Tensor]
-    lr: float
-
-    @property
-    def param_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.params)
-
-    def reset(self, optimizer: str = "adamw") -> torch.optim.Optimizer:
-        """The initial weights again, no gradients, and a fresh optimizer."""
-        self.model.load_state_dict(self.initial)
-        for p in self.params:
-            p.grad = None
-        if optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=self.lr)
-        return torch.optim.AdamW(self.params, lr=self.lr)
-
-
-def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokenizer=None) -> Workload:
-    """The engine's own pieces: encoding, batch streams, NPO/NLL losses, the loss model."""
-    from components.config import Config, TinyModelConfig
-    from components.data.demo_world import generate_world
-    from components.modeling.encoding import encode_record
-    from components.modeling.tiny_model import build_tiny_model
-    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-    from components.unlearning.batches import BatchStream
-    from components.unlearning.modules import LossModel, sequence_logps
-
-    base = Config()
-    if records is None:
-        world, _ = generate_world(config.seed, base.world.n_subjects, 0, base.world.facts_per_subject)
-        records = (world[:40], world[40:])
-    forget, retain = records
-    if tokenizer is None:
-        from components.modeling.demo import train_demo_tokenizer as _train_tokenizer
-
-        tokenizer = _train_tokenizer(base, forget + retain)
-    sizes = TinyModelConfig(hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
-                            num_layers=size.num_layers, num_heads=size.num_heads)
-    model = build_tiny_model(sizes, tokenizer, config.max_length, config.seed).train()
-    unlearn = base.unlearn.model_copy(update={"forget_loss": "npo", "retain_loss": "nll"})
-    pad = tokenizer.pad_token_id
-    forget_examples = [encode_record(tokenizer, r, config.max_length) for r in forget]
-    retain_examples = [encode_record(tokenizer, r, config.max_length) for r in retain]
-    extra = {"ref_logp": sequence_logps(model, forget_examples, pad)}
-    stream = dict(seed=config.seed, micro_batch=config.batch_size, grad_accum=1, rank=0, world_size=1,
-                  pad_token_id=pad, device=torch.device("cpu"))
-    forget_batches = BatchStream(forget_examples, stream=0, extra=extra, **stream)
-    retain_batches = BatchStream(retain_examples, stream=1, **stream)
-    context, loss_model = LossContext(unlearn), LossModel(model)
-    n = config.batch_size
-
-    def forget_loss(step: int, micro: int) -> torch.Tensor:
-        return FORGET_LOSSES["npo"](loss_model, forget_batches(step, micro), context).sum() / n
-
-    def retain_loss(step: int, micro: int) -> torch.Tensor:
-        return RETAIN_LOSSES["nll"](loss_model, retain_batches(step, micro), context).sum() / n
-
-    return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss,
-                    copy.deepcopy(model.state_dict()), config.lr)
-
-
-# --------------------------------------------------------------------------- the methods
-
-
-def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
-               start: int, stop: int, log_step: Callable[[dict], None] | None = None) -> None:
-    """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``."""
-    from components.unlearning import train_bilevel
-    from components.unlearning.loop import StepHooks, StepRule
-
-    if method in ("blur", "weighted_sum"):
-        rule = StepRule(combiner=method, gamma=config.gamma if method == "blur" else 1.0, alpha=config.alpha,
-                        max_grad_norm=config.max_grad_norm)
-        train_bilevel(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
-                      rule=rule, hooks=StepHooks(log=log_step))
-    elif method == "naive_blur":
-        naive_blur_train(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
-                         gamma=config.gamma, max_grad_norm=config.max_grad_norm, log=log_step)
-    elif method == "fused_weighted":
-        fused_weighted_train(work, optimizer, config, start=start, stop=stop, log_step=log_step)
-    else:
-        raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
-
-
-def fused_weighted_train(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
-                         start: int, stop: int, log_step: Callable[[dict], None] | None = None) -> None:
-    """The leanest weighted sum: both backward passes accumulate into ``.grad``; clip; step."""
-    for step in range(start, stop):
-        optimizer.zero_grad(set_to_none=False)
-        (1.0 * work.forget_loss(step, 0)).backward()
-        (config.alpha * work.retain_loss(step, 0)).backward()
-        torch.nn.utils.clip_grad_norm_(work.params, config.max_grad_norm)
-        optimizer.step()
-        if log_step is not None:
-            log_step({"step": step + 1})
-
-
-def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int = 2) -> float:
-    """Max absolute weight difference between the engine's BLUR and the naive one after ``steps`` steps.
-
-    With SGD, so the weights move exactly along the two directions (AdamW would amplify
-    rounding differences in near-zero gradient coordinates up to a whole learning rate).
-    """
-    results = []
-    for method in ("blur", "naive_blur"):
-        optimizer = work.reset("sgd")
-        run_method(method, work, optimizer, config, start=0, stop=steps)
-        results.append([p.detach().clone() for p in work.params])
-    return max(float((a - b).abs().max()) for a, b in zip(*results))
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-def time_steps(work: Workload, config: StepCostConfig, methods: Sequence[str]) -> dict[str, list[list[float]]]:
-    """Seconds per timed step, per method, per round (rounds interleave the methods)."""
-    times: dict[str, list[list[float]]] = {m: [] for m in methods}
-    for round_index in range(config.rounds):
-        order = list(methods[round_index % len(methods):]) + list(methods[:round_index % len(methods)])
-        for method in order:
-            stamps: list[float] = []  # the end of each step; the first step (warm-up) is not timed
-            run_method(method, work, work.reset(), config, start=0, stop=1 + config.steps,
-                       log_step=lambda record: stamps.append(time.perf_counter()))
-            times[method].append([b - a for a, b in zip(stamps, stamps[1:])])
-    return times
-
-
-def peak_memory(work: Workload, config: StepCostConfig, methods: Sequence[str]) -> dict[str, int]:
-    """Peak live tensor bytes of one step beyond weights, gradients and optimizer state."""
-    from benchmarks.memory import LiveBytes
-
-    peaks = {}
-    for method in methods:
-        optimizer = work.reset()
-        run_method(method, work, optimizer, config, start=0, stop=1)  # gradients and AdamW state exist now
-        state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-        existing = [*work.params, *(p.grad for p in work.params), *state]
-        with LiveBytes(adopt=existing) as meter:
-            run_method(method, work, optimizer, config, start=1, stop=2)
-        peaks[method] = meter.peak_extra
-    return peaks
-
+from benchmarks import harness
+from benchmarks.harness import fmt, log, machine, table
+from benchmarks.workload import (METHODS, ModelSize, StepCostConfig, build_workload, check_naive_matches_blur,
+                                 peak_memory, time_steps)
 
 def summarise(times: dict[str, list[list[float]]], peaks: dict[str, int], param_bytes: int,
               n_params: int) -> dict[str, Any]:
@@ -283,7 +78,7 @@ def measure(size: ModelSize, config: StepCostConfig, methods: Sequence[str] = ME
 
 def run(config: StepCostConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    init_process(config.threads)
+    harness.init_process(config.threads)
     models = {size.name: measure(size, config) for size in config.sizes}
     worst = {
         "blur_over_weighted_time": max(m["blur_over_weighted_time"] for m in models.values()),
@@ -307,21 +102,56 @@ def run(config: StepCostConfig) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-    parser.add_argument("--quick", action="store_true", help="3 rounds x 2 steps instead of 7 x 3")
-    parser.add_argument("--out", type=Path, default=RESULTS / "step_cost.json")
-    args = parser.parse_args(argv)
-    config = StepCostConfig(out=args.out)
-    if args.quick:
+def _ms(method: str):
+    return lambda m: f"{1000 * m['step_seconds'][method]['median']:.1f}"
+
+
+def _ratio(key: str):
+    r = lambda m: m["ratios"][key]  # noqa: E731
+    return lambda m: f"{r(m)['median']:.3f} [{r(m)['p25']:.3f}, {r(m)['p75']:.3f}]"
+
+
+TIMES = [("model", "name"), ("params", lambda m: f"{m['n_params'] / 1e6:.2f}M"),
+         *((f"ms/step {k}", _ms(k)) for k in METHODS), ("blur / weighted", _ratio("blur_over_weighted_time")),
+         ("naive / blur", _ratio("naive_over_blur_time")), ("blur / fused", _ratio("blur_over_fused_weighted_time")),
+         ("naive matches blur (max abs diff)", lambda m: f"{m['naive_matches_blur_max_abs_diff']:.1e}")]
+MEMORY = [("model", "name"), ("blur", lambda m: fmt(m["memory"]["blur_extra_bytes_over_param_bytes"])),
+          ("weighted_sum (engine)", lambda m: fmt(m["memory"]["weighted_extra_bytes_over_param_bytes"])),
+          ("naive_blur", lambda m: fmt(m["memory"]["naive_extra_bytes_over_param_bytes"], 2))]
+
+
+def render(results: dict[str, Any]) -> str:
+    models = [m | {"name": name} for name, m in results["models"].items()]
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    targets = list(results["targets"].values())
+    return harness.template("step_cost")["main"].format(m=results["machine"], c=results["config"], minutes=results["wall_seconds"] / 60,
+                           gpu=results["gpu"], times=table(models, TIMES), memory=table(models, MEMORY),
+                           memory_method=results["memory_method"], t_time=met(targets[0]), t_memory=met(targets[1]),
+                           worst_time=results["blur_over_weighted_time"],
+                           worst_memory=results["blur_extra_bytes_over_param_bytes"], naive=results["naive_over_blur_time"])
+
+
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(json: bool = harness.typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+         quick: bool = harness.typer.Option(False, "--quick", help="3 rounds x 2 steps instead of 7 x 3"),
+         out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
+    if report_only:
+        harness.report_only(out, "step_cost", render)
+        return
+    config = StepCostConfig(out=out / "step_cost.json")
+    if quick:
         config.rounds, config.steps = 3, 2
     result = run(config)
-    write_json(config.out, result)
-    log(f"wrote {config.out} in {result['wall_seconds']:.0f} s")
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
+    harness.write_report(result, out, "step_cost", render)
+    log(f"wrote {out / 'step_cost'}.{{json,md}} in {result['wall_seconds']:.0f} s")
+    if json:
+        import json as json_module
+
+        sys.stdout.write(json_module.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    app()

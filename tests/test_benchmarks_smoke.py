@@ -52,7 +52,8 @@ def test_matched_comparison_compares_best_utility_at_each_forget_level():
 
 
 def test_quality_sweep_runs_evaluates_snapshots_and_writes_its_report(tiny_bench, tmp_path):
-    from benchmarks.quality import QualityConfig, Sweep, analyse, run_sweep, write_report
+    from benchmarks.quality import QualityConfig, analyse, write_report
+    from benchmarks.sweep import Sweep, run_sweep
 
     sweep = Sweep("npo", blur_gammas=(0.1,), ws_alphas=(10.0,), lrs=(1e-3,), seeds=(0,), eval_steps=(1, 2))
     config = QualityConfig(sweeps=(sweep,), out_dir=tmp_path, stem="q", mlflow=False)
@@ -85,7 +86,7 @@ def test_candidate_evaluator_scores_a_copy_of_the_oracle_as_the_oracle(tiny_benc
 
 
 def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_buffer(tiny_bench):
-    from benchmarks.step_cost import ModelSize, StepCostConfig, build_workload, check_naive_matches_blur, peak_memory
+    from benchmarks.workload import ModelSize, StepCostConfig, build_workload, check_naive_matches_blur, peak_memory
 
     config = StepCostConfig(batch_size=4, max_length=64)
     work = build_workload(ModelSize("tiny", 32, 64, 1, 2), config, records=(tiny_bench.forget, tiny_bench.retain),
@@ -98,10 +99,10 @@ def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_
 
 
 def test_muse_subset_is_disjoint_and_carries_text_and_questions():
-    from benchmarks.muse_news import MuseConfig, muse_subset
+    from benchmarks.muse_subset import MuseSubset, muse_subset
 
     sample = Path(__file__).parent / "fixtures" / "muse_news"
-    forget, retain, holdout = muse_subset(MuseConfig(data=sample, n_forget_articles=3, n_retain_articles=3,
+    forget, retain, holdout = muse_subset(MuseSubset(data=sample, n_forget_articles=3, n_retain_articles=3,
                                                      n_holdout_articles=3))
     ids = [{r.record_id for r in split} for split in (forget, retain, holdout)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])

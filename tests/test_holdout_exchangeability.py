@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+from benchmarks import harness
 from benchmarks import holdout_exchangeability as hx
 from components.data.records import QARecord
 
@@ -46,7 +47,7 @@ def test_verdict_and_report_come_from_the_json(tmp_path):
                "request": "data/requests/demo-request.json", "seeds": [row], "all_pass": True,
                "machine": {"cpu": "cpu", "cores": 2, "torch": "x", "torch_threads": 1}}
     (tmp_path / f"{hx.STEM}.json").write_text(json.dumps(results))
-    hx.main(["--report-only", "--out", str(tmp_path)])
+    harness.invoke(hx.app, ["--report-only", "--out", str(tmp_path)])
     text = (tmp_path / f"{hx.STEM}.md").read_text()
     assert "| 0 | 40 (4) | 100 (10) | 25 | 0.400 | 0.440 | 1.10 | 0.470 |" in text
     assert "All seeds meet the criteria." in text

@@ -4,35 +4,26 @@
     python -m benchmarks.gpu.bench --cpu-smoke     # tiny shapes on the CPU, seconds (the test suite runs this)
     python -m benchmarks.gpu.bench --cpu-precision # CPU: fp32 vs bf16 weights vs autocast-bf16, ~20M Llama
 
-Each model is measured with the engine's loop (:func:`components.unlearning.train_bilevel`,
-``blur`` and ``weighted_sum``) and the naive BLUR of :mod:`benchmarks.naive_blur`, on the same
-fixed random token batches (NPO forget loss, NLL retain loss, AdamW, clipping at 1.0), in two
-rounds (the methods in one order, then the reverse). Per method and round: one warm-up step,
-then ``steps`` timed steps (device synchronised around each; the median over both rounds),
-peak allocated CUDA memory over the timed steps (``torch.cuda.max_memory_allocated``; null
-on the CPU) and the host synchronisations of one further step, counted as tensor-to-Python
-conversions (``.item()``, ``.tolist()``, ``bool(t)``, ...) seen by a ``TorchFunctionMode``:
-``host_syncs_per_step`` is that count minus what the model's forward/backward and AdamW do
-anyway (``model_and_optimizer_host_syncs_per_step``, measured alone), i.e. the method's own.
-Weights are random: step cost does not depend on them.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from types import SimpleNamespace
+from typing import Callable, Optional, Sequence
 
 import torch
+import typer
 from torch.overrides import TorchFunctionMode
 
-from benchmarks.common import REPO, RESULTS, log, write_json
+from benchmarks import harness
+from benchmarks.harness import REPO, RESULTS, log, write_json
 from benchmarks.naive_blur import naive_blur_train
 
 METHODS = ("blur", "weighted_sum", "naive_blur")
@@ -289,7 +280,7 @@ def _device_name(device: str) -> str:
 # --------------------------------------------------------------------------- plans
 
 
-def gpu_plan(args: argparse.Namespace) -> Plan:
+def gpu_plan(args: SimpleNamespace) -> Plan:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu: no CUDA device here. Run it on a GPU machine, or pass --cpu-smoke "
                          "(tiny shapes, checks the machinery) or --cpu-precision (CPU figures).")
@@ -304,36 +295,37 @@ def gpu_plan(args: argparse.Namespace) -> Plan:
                 out=args.out or RESULTS / "gpu.json", notes=notes)
 
 
-def cpu_smoke_plan(args: argparse.Namespace) -> Plan:
+def cpu_smoke_plan(args: SimpleNamespace) -> Plan:
     return Plan(device="cpu", models=[(TINY.name, TINY)], batch_size=2, seq_len=16, steps=args.steps or 1,
                 budget_seconds=args.budget or 60.0, out=args.out or RESULTS / "gpu_smoke.json",
                 notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
 
 
-def cpu_precision_plan(args: argparse.Namespace) -> Plan:
+def cpu_precision_plan(args: SimpleNamespace) -> Plan:
     return Plan(device="cpu", models=[(LLAMA_20M.name, LLAMA_20M)], precisions=("fp32", "bf16", "autocast-bf16"),
                 methods=("blur", "weighted_sum"), batch_size=8, seq_len=128, steps=args.steps or 3,
                 budget_seconds=args.budget or 600.0, out=args.out or RESULTS / "precision_cpu.json")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (seconds)")
-    mode.add_argument("--cpu-precision", action="store_true", help="fp32 / bf16 / autocast-bf16 step cost on CPU")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the JSON result")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per method")
-    parser.add_argument("--budget", type=float, default=None, help="seconds after which no new model is started")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    plan = cpu_smoke_plan(args) if args.cpu_smoke else cpu_precision_plan(args) if args.cpu_precision \
-        else gpu_plan(args)
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes on the CPU (seconds)"),
+         cpu_precision: bool = typer.Option(False, "--cpu-precision", help="fp32 / bf16 / autocast-bf16 step cost on CPU"),
+         out: Optional[Path] = typer.Option(None, help="where to write the JSON result"),
+         steps: Optional[int] = typer.Option(None, help="timed steps per method"),
+         budget: Optional[float] = typer.Option(None, help="seconds after which no new model is started"),
+         threads: int = typer.Option(1, help="torch threads on the CPU")) -> None:
+    if cpu_smoke and cpu_precision:
+        raise typer.BadParameter("--cpu-smoke and --cpu-precision exclude each other")
+    args = SimpleNamespace(cpu_smoke=cpu_smoke, cpu_precision=cpu_precision, out=out, steps=steps, budget=budget)
+    torch.set_num_threads(threads)
+    plan = cpu_smoke_plan(args) if cpu_smoke else cpu_precision_plan(args) if cpu_precision else gpu_plan(args)
     result = run(plan)
     write_json(plan.out, result)
     log(f"wrote {plan.out} in {result['wall_seconds']:.0f} s")
-    return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    app()
