@@ -238,11 +238,12 @@ class CandidateEvaluator:
     """
 
     keys: tuple[str, ...] | None = None  # report only these keys (None: all)
+    cache_dir: Path | None = CACHE / "eval"  # target and oracle outputs kept across runs (None: not kept)
 
-    def __init__(self, bench: Bench, config: EvalConfig | None = None):
+    def __init__(self, bench: Bench, config: EvalConfig | None = None, cache_dir: Path | None = CACHE / "eval"):
         from components.evaluation import EvaluationContext
 
-        self.bench = bench
+        self.bench, self.cache_dir = bench, cache_dir
         splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
         self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config.finetune.lr),
@@ -254,8 +255,23 @@ class CandidateEvaluator:
         return {key: self.ctx.metric(name, role, split)["value"] for key, name, split in REPORTED}
 
     def reference(self) -> dict[str, dict[str, float | None]]:
-        self._relearn("oracle")
-        return {role: self.metrics(role) for role in ("target", "oracle")}
+        """The target's and the oracle's metrics, their outputs reused from the evaluation cache
+        (``cache_dir``, keyed by weights, sets and settings) when scored before. ``self.reused``
+        says how many outputs of each came from it."""
+        from components.evaluation.cache import EvalCache, model_fingerprint
+
+        cache, out, self.reused = EvalCache(self.cache_dir), {}, {}
+        for role in ("target", "oracle"):
+            loaded = self.ctx.models[role]
+            fingerprint = model_fingerprint(loaded.model, loaded.tokenizer) if cache.enabled else None
+            found = self.ctx.restore_cached(role, cache, fingerprint) if fingerprint else set()
+            if role == "oracle":
+                self._relearn(role)
+            out[role] = self.metrics(role)
+            written = self.ctx.store_cached(role, cache, fingerprint, found) if fingerprint else 0
+            self.reused[role] = len(found)
+            log(f"{role}: {len(found)} evaluation outputs reused from the cache, {written} computed")
+        return out
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float | None]:
         from components.modeling.io import LoadedModel

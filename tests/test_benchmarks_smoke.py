@@ -78,11 +78,20 @@ def test_snapshot_after_k_steps_is_the_model_of_a_k_step_run(tiny_bench):
         assert torch.equal(value, long.snapshots[1][key]), key
 
 
-def test_candidate_evaluator_scores_a_copy_of_the_oracle_as_the_oracle(tiny_bench):
-    evaluator = CandidateEvaluator(tiny_bench)
+def test_candidate_evaluator_scores_a_copy_of_the_oracle_as_the_oracle(tiny_bench, tmp_path):
+    evaluator = CandidateEvaluator(tiny_bench, cache_dir=tmp_path)
     metrics = evaluator(tiny_bench.oracle.model)
     assert metrics["forget_quality"] == 1.0 and metrics["privleak"] == 0.0
     assert metrics["forget_prob"] == pytest.approx(evaluator.reference()["oracle"]["forget_prob"])
+
+
+def test_a_second_evaluator_takes_the_target_and_oracle_from_the_cache(tiny_bench, tmp_path):
+    first = CandidateEvaluator(tiny_bench, cache_dir=tmp_path)
+    reference = first.reference()
+    assert first.reused == {"target": 0, "oracle": 0}
+    second = CandidateEvaluator(tiny_bench, cache_dir=tmp_path)
+    assert second.reference() == reference
+    assert second.reused["target"] > 0 and second.reused["oracle"] > second.reused["target"]  # + the attack
 
 
 def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_buffer(tiny_bench):
