@@ -225,6 +225,7 @@ FLOORS = [
     ("world", "world"), ("seed", "seed"),
     ("models scored", lambda r: ", ".join(role for role, c in r["cache"].items() if c["misses"]) or "none"),
     ("evaluate s", _floor("evaluate_seconds", 1)), ("floor s", _floor("floor_seconds", 1)), ("ratio", _floor("ratio", 2)),
+    ("CPU ratio", _floor("cpu_ratio", 2)),
 ]
 
 
