@@ -1,0 +1,126 @@
+"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
+
+In a scratch clone of this repository's committed HEAD (the fetched base model and any
+fine-tune cache of the profile copied in, so nothing is trained twice), the profile's
+pipeline runs once, then again after ``unlearn.lr`` is changed. Each run's evaluate record
+(``reports/resources.json``: cache hits and misses per model, the floor and the ratio to it)
+and metrics are kept; the write-up says whether the second run scored only the new unlearned
+model, how its evaluate time compares with the first, and whether the target's and the
+oracle's metrics are the same to the last digit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness
+from benchmarks.harness import REPO, fmt, log, read_json, table
+
+STEM = "eval_reuse"
+PROFILES = {"smollm2": "pretrained", "demo": "."}
+
+
+def _repro(folder: Path, env: dict[str, str], log_file: Path) -> float:
+    started = time.perf_counter()
+    with log_file.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=folder, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"dvc repro failed in {folder} (see {log_file})")
+    return time.perf_counter() - started
+
+
+def _scale_lr(params: Path, factor: float) -> float:
+    """Multiply ``unlearn.lr`` in a params file (its one line under ``unlearn:``); returns the new value."""
+    lines, section, new = params.read_text().splitlines(keepends=True), None, None
+    for i, line in enumerate(lines):
+        if line.strip() and not line[0].isspace():
+            section = line.split(":")[0]
+        elif section == "unlearn" and line.startswith("  lr:"):
+            new = float(line.split(":", 1)[1].split("#")[0]) * factor
+            lines[i] = f"  lr: {new!r}\n"
+    if new is None:
+        raise ValueError(f"no unlearn.lr in {params}")
+    params.write_text("".join(lines))
+    return new
+
+
+def run(profile: str, scratch: Path) -> dict[str, Any]:
+    """Two `dvc repro` runs of ``profile`` in a fresh clone at ``scratch``."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(REPO), str(scratch)], check=True)
+    folder = scratch / PROFILES[profile]
+    for shared in (Path("models/base"), Path(PROFILES[profile]) / ".cache" / "finetune"):
+        if (REPO / shared).exists():
+            shutil.copytree(REPO / shared, scratch / shared)
+    env = dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    runs = []
+    for label in ("first", "second"):
+        if label == "second":
+            _scale_lr(folder / "params.yaml", 1.5)
+        log(f"{profile}: {label} dvc repro in {folder}")
+        seconds = _repro(folder, env, folder / f"{label}.log")
+        runs.append({"run": label, "wall_seconds": round(seconds, 1),
+                     "evaluate": read_json(folder / "reports" / "resources.json")["evaluate"],
+                     "metrics": read_json(folder / "reports" / "metrics.json")})
+    first, second = runs
+    same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
+    evaluate = [r["evaluate"]["floor"]["evaluate_seconds"] + r["evaluate"]["floor"]["measure_seconds"] for r in runs]
+    return {"profile": profile, "machine": harness.machine(), "runs": runs,
+            "summary": {"reference_metrics_identical": same, "evaluate_seconds": evaluate,
+                        "second_over_first": round(evaluate[1] / evaluate[0], 3),
+                        "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]]}}
+
+
+ROWS = [
+    ("run", "run"), ("dvc repro s", "wall_seconds"),
+    ("evaluate s", lambda r: fmt(r["evaluate"]["floor"]["evaluate_seconds"], 1)),
+    ("floor s", lambda r: fmt(r["evaluate"]["floor"]["floor_seconds"], 1)),
+    ("ratio", lambda r: fmt(r["evaluate"]["floor"]["ratio"], 2)),
+    ("CPU ratio", lambda r: fmt(r["evaluate"]["floor"].get("cpu_ratio"), 2)),
+    ("cache (reused / computed)", lambda r: ", ".join(f"{role} {c['hits']} / {c['misses']}"
+                                                      for role, c in r["evaluate"]["cache"].items())),
+]
+PHASES = [("run", "run"), ("phase", "phase"), ("s", lambda r: fmt(r["seconds"], 1)),
+          ("floor s", lambda r: fmt(r["floor_seconds"], 1)), ("CPU s", lambda r: fmt(r["cpu_seconds"], 1)),
+          ("CPU floor s", lambda r: fmt(r["cpu_floor_seconds"], 1))]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The write-up, every figure read from ``results``."""
+    s = results["summary"]
+    phases = [{"run": r["run"], "phase": name, **phase} for r in results["runs"]
+              for name, phase in (r["evaluate"]["floor"].get("phases") or {}).items()]
+    return harness.template(STEM)["main"].format(
+        profile=results["profile"], m=results["machine"], runs=table(results["runs"], ROWS),
+        phases=table(phases, PHASES), ratio=fmt(s["second_over_first"], 2),
+        scored=", ".join(s["second_scored"]) or "none",
+        same=", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}" for role, ok in
+                       s["reference_metrics_identical"].items()))
+
+
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
+         report_only: bool = harness.REPORT_ONLY) -> None:
+    if report_only:
+        harness.report_only(out, STEM, render)
+        return
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
+    results = run(profile, scratch)
+    harness.write_report(results, out, STEM, render)
+    log(f"second evaluate / first: {results['summary']['second_over_first']}")
+
+
+if __name__ == "__main__":
+    app()
