@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from components.data.inbox import Inbox
 from components.paths import Paths
 from pipeline_repo import request_json, tiny_subjects
-from reliability_runs import concurrent_run, copy_repo, registry
+from reliability_runs import copy_repo, registry
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +75,12 @@ def _snapshot(repo, state) -> dict:
 
 
 @pytest.fixture(scope="module")
-def failures(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def failures(tmp_path_factory, prefect_server, concurrent_run):
     from components.unlearning.losses import FORGET_LOSSES
     from flows.cli import app
     from flows.pipeline import process_requests
 
-    source = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    source = concurrent_run["repo"]
     repo = copy_repo(source, tmp_path_factory.mktemp("failures") / "repo")
     (repo / "data" / "requests" / "inbox" / "delta.json").write_text(request_json("req-delta", [tiny_subjects()[3]]))
     runs = {"before": {"registry": registry(repo), "batches": set((repo / "runs").iterdir())}}
