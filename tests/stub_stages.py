@@ -75,12 +75,14 @@ def stubbed_stages(*, oracle: bool = True, unlearn: bool = True, evaluate: bool 
     """The flow's oracle, unlearn and evaluate steps (those named True) replaced by the doubles above."""
     import flows.batch
     import flows.pipeline
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
     with pytest.MonkeyPatch.context() as patch:
         if oracle:
             patch.setattr(flows.batch, "train_oracle", stub_oracle)
         if unlearn:
-            patch.setattr(flows.pipeline, "unlearn_batch", flows.pipeline._task(stub_unlearn, "unlearn"))
+            patch.setattr(flows.pipeline, "unlearn_batch", task(stub_unlearn, name="unlearn", cache_policy=NO_CACHE))
         if evaluate:
-            patch.setattr(flows.pipeline, "evaluate_batch", flows.pipeline._task(stub_evaluate, "evaluate"))
+            patch.setattr(flows.pipeline, "evaluate_batch", task(stub_evaluate, name="evaluate", cache_policy=NO_CACHE))
         yield
