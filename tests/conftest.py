@@ -78,7 +78,33 @@ def tiny_setup() -> TinySetup:
     return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
 
 
-pytest_plugins = ["registry_fixtures"]
+pytest_plugins = ["registry_fixtures", "reliability_runs"]
+
+
+@pytest.fixture(scope="session")
+def seed_target(tmp_path_factory):
+    """``seed_target(repo)`` copies the session's demo target of the tiny flow world into ``repo/models/target``
+    (trained once per session, by whichever xdist worker asks first: tests/session_target.py)."""
+    from session_target import copy_target
+
+    return lambda repo: copy_target(repo, tmp_path_factory)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the test files of the shared `blur process` runs (tests/reliability_runs.py) as one
+    unit on one worker: each run is built once per session instead of once per worker that needs it."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    from reliability_runs import SHARED_RUN_FILES
+
+    class SharedRunsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "the shared blur runs" if file.rsplit("/", 1)[-1] in SHARED_RUN_FILES else file
+
+    return SharedRunsTogether(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 from pathlib import Path
+from typing import Any, Collection, Mapping
 
 import pytest
 
@@ -117,6 +118,21 @@ def registry_config(**gate) -> Config:
     overrides = {f"gate.{key}": value for key, value in ({"decide": "all"} | gate).items()}
     overrides["registry.model_name"] = "blur-test"
     return Config().with_overrides(overrides)
+
+
+def register_sample(store: TrackingStore, model_dir: Path, reports_dir: Path, *, gate: Mapping[str, Any],
+                    request_id: str = "req-0001", metrics: dict | None = None, summary: dict | None = None,
+                    dvc_hashes: Mapping[str, str] | None = None, steps: int = 12, batch_id: str | None = None,
+                    tags: Mapping[str, str] | None = None, processed: Mapping[str, Collection[str]] | None = None):
+    """The register step on a sample candidate (``sample_metrics()``, ``steps`` diagnostics and
+    ``sample_summary(request_id)`` unless given) under ``registry_config(**gate)``; its ``GateDecision``."""
+    from components.registry import Candidate, register_candidate
+
+    candidate = Candidate(metrics or sample_metrics(), sample_diagnostics(steps),
+                          summary if summary is not None else sample_summary(request_id), dict(dvc_hashes or {}),
+                          model_dir)
+    return register_candidate(registry_config(**gate), candidate, reports_dir, store=store, batch_id=batch_id,
+                              tags=tags, processed_requests=processed)
 
 
 # --------------------------------------------------------------------------- gate property helpers

@@ -5,8 +5,9 @@ Each run is a separate process started the way an operator starts it, talking to
 session's Prefect test server (``prefect_server``; or, with ``server=False``, to Prefect's
 embedded API as when no server is configured) and to its own MLflow SQLite store, on a
 throw-away git + DVC repository of the tiny flow world. A run takes about a minute,
-so each is built once per session (memoised here, not per module) and a test that changes
-a repository works on a copy (:func:`copy_repo`).
+so each is a session-scoped fixture (:func:`concurrent_run`, :func:`reference_run`; this
+module is a plugin of tests/conftest.py) and a test that changes a repository works on a
+copy (:func:`copy_repo`).
 
 Every repository processes the same batch: :func:`batch_requests` (one request by
 subject, one by explicit question/answer records). With the same params, the same seed and
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from pipeline_repo import FLOW_PARAMS, make_flow_repo, tiny_subjects
 
 # The tiny flow world, with enough unlearning steps and checkpoints that a run can be
@@ -31,19 +34,10 @@ from pipeline_repo import FLOW_PARAMS, make_flow_repo, tiny_subjects
 RELIABILITY_PARAMS = {**FLOW_PARAMS, "unlearn.steps": 16, "unlearn.checkpoint_every": 4}
 
 BLUR = Path(sys.executable).parent / "blur"
-_BUILT: dict[str, Any] = {}
-
-
-def once(key: str, build: Callable[[], Any]) -> Any:
-    """``build()`` the first time ``key`` is asked for in this session, the same result after."""
-    if key not in _BUILT:
-        try:
-            _BUILT[key] = build()
-        except Exception as error:  # do not rebuild a minute-long failure for every module
-            _BUILT[key] = error
-    if isinstance(_BUILT[key], Exception):
-        raise _BUILT[key]
-    return _BUILT[key]
+# The test files that use the runs below: one xdist worker runs them all (tests/conftest.py), so each run is
+# built once per session.
+SHARED_RUN_FILES = frozenset({"test_bad_requests.py", "test_concurrency.py", "test_crash_resume.py", "test_privacy.py",
+                              "test_reliability_failures.py", "test_reproducibility.py"})
 
 
 # --------------------------------------------------------------------------- requests
@@ -167,18 +161,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 # --------------------------------------------------------------------------- the shared runs
 
 
-def concurrent_run(tmp_path_factory, mlflow_db: Path) -> dict:
-    """Two `blur process` started at the same moment on one repository."""
-    def build() -> dict:
-        repo = new_repo(tmp_path_factory.mktemp("concurrent"), mlflow_db, name="concurrent")
-        logs = [repo.parent / f"blur-process-{i}.log" for i in (1, 2)]
-        processes = [start_blur(repo, log, "process") for log in logs]
-        outcomes = [finish(process, log) for process, log in zip(processes, logs)]
-        for code, output in outcomes:
-            assert code == 0, f"blur process failed ({code}):\n{output[-3000:]}"
-        return {"repo": repo, "outcomes": outcomes, "logs": logs}
-
-    return once("concurrent", build)
+@pytest.fixture(scope="session")
+def concurrent_run(tmp_path_factory, prefect_server, migrated_mlflow_db, seed_target) -> dict:
+    """Two `blur process` started at the same moment on one repository (with the session's demo target;
+    a failure is raised again for every test that asks, not rebuilt)."""
+    repo = new_repo(tmp_path_factory.mktemp("concurrent"), migrated_mlflow_db, name="concurrent")
+    seed_target(repo)
+    logs = [repo.parent / f"blur-process-{i}.log" for i in (1, 2)]
+    processes = [start_blur(repo, log, "process") for log in logs]
+    outcomes = [finish(process, log) for process, log in zip(processes, logs)]
+    for code, output in outcomes:
+        assert code == 0, f"blur process failed ({code}):\n{output[-3000:]}"
+    return {"repo": repo, "outcomes": outcomes, "logs": logs}
 
 
 # Prefect stores results (as JSON, under PREFECT_HOME/storage) with these: the flow's
@@ -186,19 +180,17 @@ def concurrent_run(tmp_path_factory, mlflow_db: Path) -> dict:
 PERSIST_RESULTS = {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json"}
 
 
-def reference_run(tmp_path_factory, mlflow_db: Path) -> dict:
-    """One `blur process` on a fresh repository: the production path, uninterrupted, with
-    Prefect result persistence on. Its inbox also holds :func:`misspelt_request`, rejected
-    in the same run."""
-    def build() -> dict:
-        repo = new_repo(tmp_path_factory.mktemp("reference"), mlflow_db, name="reference",
-                        extra={"typo.json": misspelt_request()})
-        log = repo.parent / "blur-process.log"
-        code, output = finish(start_blur(repo, log, "process", **PERSIST_RESULTS), log)
-        assert code == 0, f"blur process failed ({code}):\n{output[-3000:]}"
-        return {"repo": repo, "code": code, "output": output, "log": log}
-
-    return once("reference", build)
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, prefect_server, migrated_mlflow_db) -> dict:
+    """One `blur process` on a fresh repository: the production path, uninterrupted (its own demo target
+    trained too: tests/test_reproducibility.py compares it with the session's), with Prefect result
+    persistence on. Its inbox also holds :func:`misspelt_request`, rejected in the same run."""
+    repo = new_repo(tmp_path_factory.mktemp("reference"), migrated_mlflow_db, name="reference",
+                    extra={"typo.json": misspelt_request()})
+    log = repo.parent / "blur-process.log"
+    code, output = finish(start_blur(repo, log, "process", **PERSIST_RESULTS), log)
+    assert code == 0, f"blur process failed ({code}):\n{output[-3000:]}"
+    return {"repo": repo, "code": code, "output": output, "log": log}
 
 
 def batch_dir(repo: Path) -> Path:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from components.data.inbox import label
 from pipeline_repo import make_pipeline_repo, tiny_subjects
-from reliability_runs import concurrent_run, copy_repo, forgotten_subject, registry, world_records
+from reliability_runs import copy_repo, forgotten_subject, registry, world_records
 
 pytestmark = pytest.mark.slow
 
@@ -126,11 +126,11 @@ def _requests_kept(folder: Path) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def flow_run(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def flow_run(tmp_path_factory, prefect_server, concurrent_run):
     """The whole catalogue in the inbox of a repository with a champion, then one flow run."""
     from flows.pipeline import process_requests
 
-    source = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    source = concurrent_run["repo"]
     repo = copy_repo(source, tmp_path_factory.mktemp("bad-flow") / "repo")
     requests = repo / "data" / "requests"
     for case in CATALOGUE:
@@ -197,9 +197,9 @@ def _said(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def cli_repo(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def cli_repo(tmp_path_factory, prefect_server, concurrent_run):
     """A copy of the processed repository with one good request waiting, handed in by the CLI."""
-    source = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    source = concurrent_run["repo"]
     repo = copy_repo(source, tmp_path_factory.mktemp("bad-cli") / "repo")
     good = repo.parent / "gamma.json"
     good.write_bytes(_request("req-gamma", subjects=[tiny_subjects()[4]]))
@@ -288,8 +288,8 @@ def test_flow_rejects_a_record_spec_that_matches_several_records(shared_question
 # --------------------------------------------------------------------------- fine alone, not together
 
 
-def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batch(tmp_path_factory, prefect_server,
-                                                                                    migrated_mlflow_db):
+def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batch(tmp_path_factory,
+                                                                                    concurrent_run):
     """Two requests that each leave something to retain, but not both: the flow's check of
     the second counts the first, so the batch never erases the whole world."""
     from components.config import load_config
@@ -298,7 +298,7 @@ def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batc
     from components.paths import Paths
     from flows.pipeline import check_request
 
-    source = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    source = concurrent_run["repo"]
     repo = copy_repo(source, tmp_path_factory.mktemp("bad-together") / "repo")
     config, paths, inbox = load_config(repo / "params.yaml"), Paths(repo), repo / "data" / "requests" / "inbox"
     remaining = [s for s in tiny_subjects() if s != forgotten_subject()]

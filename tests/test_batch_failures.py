@@ -6,28 +6,31 @@ from __future__ import annotations
 import pytest
 
 from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+from stub_stages import stubbed_stages
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_batch_failing_after_unlearning_twice_sends_its_request_to_failed(tmp_path, prefect_server,
-                                                                            migrated_mlflow_db):
+                                                                            migrated_mlflow_db, seed_target):
     from flows.pipeline import process_requests
 
     # evaluation needs a utility set that is not there: every run fails after unlearning
     repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_failures": 2, "eval.utility_sets": ["missing.json"]},
                           mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
     (inbox / "stuck.json").write_text(request_json("req-stuck", [tiny_subjects()[1]]))
     failed = repo / "data" / "requests" / "failed"
 
-    with pytest.raises(Exception):
-        process_requests(root=str(repo))
-    assert (inbox / "stuck.json").exists() and not list(failed.glob("*.json"))  # one failure: still pending
+    with stubbed_stages(evaluate=False):  # the real evaluate stage fails at once, on the missing set
+        with pytest.raises(Exception):
+            process_requests(root=str(repo))
+        assert (inbox / "stuck.json").exists() and not list(failed.glob("*.json"))  # one failure: still pending
 
-    with pytest.raises(Exception):
-        process_requests(root=str(repo))
+        with pytest.raises(Exception):
+            process_requests(root=str(repo))
     assert not (inbox / "stuck.json").exists()
     reason = (failed / "req-stuck.reason.txt").read_text()
     assert "failed 2 runs in a row" in reason and "blur request retry req-stuck" in reason

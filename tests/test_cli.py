@@ -17,9 +17,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def cli_repo(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def cli_repo(tmp_path_factory, prefect_server, migrated_mlflow_db, seed_target):
     """A flow repository where a request was added and processed through the CLI."""
     repo = make_flow_repo(tmp_path_factory.mktemp("cli") / "repo", mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
     outside = repo.parent / "incoming"
     outside.mkdir()
     (outside / "good.json").write_text(request_json("cli-good", [tiny_subjects()[2]]))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from reliability_runs import batch_requests, concurrent_run, registry
+from reliability_runs import batch_requests, registry
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +15,8 @@ REQUEST_IDS = sorted(request["request_id"] for request in batch_requests().value
 
 
 @pytest.fixture(scope="module")
-def two_at_once(tmp_path_factory, prefect_server, migrated_mlflow_db):
-    return concurrent_run(tmp_path_factory, migrated_mlflow_db)
+def two_at_once(concurrent_run):
+    return concurrent_run
 
 
 def test_both_processes_succeed(two_at_once):

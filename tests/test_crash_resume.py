@@ -22,7 +22,6 @@ from reliability_runs import (
     RELIABILITY_PARAMS,
     batch_dir,
     batch_requests,
-    concurrent_run,
     finish,
     metrics_of,
     new_repo,
@@ -43,12 +42,12 @@ def _checkpoint(repo, process, log):
 
 
 @pytest.fixture(scope="module")
-def crash(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def crash(tmp_path_factory, prefect_server, migrated_mlflow_db, concurrent_run):
     import torch
 
     # An uninterrupted run on an identical repository; the production model is trained once
     # (the crash is in unlearning, and training it in the killed run would only add time).
-    uninterrupted = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    uninterrupted = concurrent_run["repo"]
     repo = new_repo(tmp_path_factory.mktemp("crash"), migrated_mlflow_db, name="crash")
     shutil.copytree(uninterrupted / "models" / "target", repo / "models" / "target")
 

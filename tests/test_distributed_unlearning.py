@@ -44,9 +44,7 @@ RESUME = dict(steps=4, optimizer="adamw", lr=1e-3, checkpoint_every=1, batch_siz
               distributed="fsdp", combiner="blur", forget_loss="npo", retain_loss="nll")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_thread):
-    """Every test here runs on one torch thread."""
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs on one torch thread
 
 
 def torchrun(root: Path, runs: dict, tag: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from reliability_runs import batch_dir, concurrent_run, forgotten_subject, misspelt_request, reference_run
+from reliability_runs import batch_dir, forgotten_subject, misspelt_request
 
 pytestmark = pytest.mark.slow
 
@@ -115,9 +115,8 @@ def _erased_texts(repo: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, prefect_server, migrated_mlflow_db):
-    single = reference_run(tmp_path_factory, migrated_mlflow_db)
-    pair = concurrent_run(tmp_path_factory, migrated_mlflow_db)
+def searched(reference_run, concurrent_run):
+    single, pair = reference_run, concurrent_run
     texts = _erased_texts(single["repo"])
     prefect_db = _prefect_database()
     roots = (_stores(single["repo"], [single["log"]]) + _stores(pair["repo"], pair["logs"])

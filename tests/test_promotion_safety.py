@@ -7,6 +7,8 @@ reproduction serves only if it forgot every processed request.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from components.registry import (
@@ -20,6 +22,7 @@ from components.registry import (
 from registry_fixtures import (  # noqa: F401  (fixtures)
     migrated_mlflow_db,
     mlflow_store,
+    register_sample,
     registry_config,
     sample_diagnostics,
     sample_metrics,
@@ -31,13 +34,11 @@ MODEL = "blur-test"
 GATE = {"min_forget_quality": 0.05, "max_forget_prob_ratio": 0.5}
 
 
+register = partial(register_sample, gate=GATE)
+
+
 def candidate(model_dir, request_id="req-0001", **summary) -> Candidate:
     return Candidate(sample_metrics(), sample_diagnostics(), sample_summary(request_id) | summary, {}, model_dir)
-
-
-def register(store, model_dir, reports_dir, *, batch_id=None, processed=None, request_id="req-0001", **summary):
-    return register_candidate(registry_config(**GATE), candidate(model_dir, request_id, **summary), reports_dir,
-                              store=store, batch_id=batch_id, processed_requests=processed)
 
 
 def runs(store) -> list:
@@ -185,10 +186,11 @@ def test_a_reproduction_not_told_what_was_processed_fails_closed(mlflow_store, t
 def test_a_flow_batch_covers_the_requests_it_resolved_and_re_checked(mlflow_store, tiny_model_dir, tmp_path):
     processed = {"req-earlier": ["00000000000000aa"], "req-0001": ["0123456789abcdef"]}
     decision = register(mlflow_store, tiny_model_dir, tmp_path / "r", batch_id="batch-a", processed=processed,
-                        earlier_requests=["req-earlier"])
+                        summary=sample_summary() | {"earlier_requests": ["req-earlier"]})
     assert decision.passed
-    missed = register(mlflow_store, tiny_model_dir, tmp_path / "r2", batch_id="batch-b", request_id="req-0002",
-                      processed=processed | {"req-lost": ["00000000000000bb"]}, earlier_requests=["req-earlier"])
+    missed = register(mlflow_store, tiny_model_dir, tmp_path / "r2", batch_id="batch-b",
+                      processed=processed | {"req-lost": ["00000000000000bb"]},
+                      summary=sample_summary("req-0002") | {"earlier_requests": ["req-earlier"]})
     # req-0001's record is in this batch's forget set too; req-lost is neither resolved nor forgotten
     assert not missed.passed and "1 processed request(s) not forgotten by this batch: req-lost" in missed.reasons[0]
 

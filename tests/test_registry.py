@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+from functools import partial
 
 import pytest
 
@@ -25,6 +26,7 @@ from registry_fixtures import (  # noqa: F401  (fixtures)
     expected_gate_pass,
     migrated_mlflow_db,
     mlflow_store,
+    register_sample,
     registry_config,
     sample_diagnostics,
     sample_metrics,
@@ -37,12 +39,8 @@ PASSING_GATE = {"min_forget_quality": 0.05, "max_forget_prob_ratio": 0.5}
 MD5 = "0123456789abcdef0123456789abcdef"
 
 
-def register(store, model_dir, reports_dir, *, metrics=None, summary=None, dvc_hashes=None, tags=None):
-    """A reproduction with no processed requests yet (so it may serve) unless ``tags`` name a batch."""
-    candidate = Candidate(metrics or sample_metrics(), sample_diagnostics(), summary or sample_summary(),
-                          dvc_hashes if dvc_hashes is not None else {"req-0001": MD5}, model_dir)
-    return register_candidate(registry_config(**PASSING_GATE), candidate, reports_dir, store=store, tags=tags,
-                              processed_requests={})
+# a reproduction with no processed requests yet (so it may serve) unless ``tags`` name a batch
+register = partial(register_sample, gate=PASSING_GATE, dvc_hashes={"req-0001": MD5}, processed={})
 
 
 def failing_metrics():

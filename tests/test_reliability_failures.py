@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from components.data.inbox import Inbox
 from components.paths import Paths
 from pipeline_repo import request_json, tiny_subjects
-from reliability_runs import concurrent_run, copy_repo, registry
+from reliability_runs import copy_repo, registry
+from stub_stages import stubbed_stages
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +76,12 @@ def _snapshot(repo, state) -> dict:
 
 
 @pytest.fixture(scope="module")
-def failures(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def failures(tmp_path_factory, prefect_server, concurrent_run):
     from components.unlearning.losses import FORGET_LOSSES
     from flows.cli import app
     from flows.pipeline import process_requests
 
-    source = concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+    source = concurrent_run["repo"]
     repo = copy_repo(source, tmp_path_factory.mktemp("failures") / "repo")
     (repo / "data" / "requests" / "inbox" / "delta.json").write_text(request_json("req-delta", [tiny_subjects()[3]]))
     runs = {"before": {"registry": registry(repo), "batches": set((repo / "runs").iterdir())}}
@@ -95,8 +96,8 @@ def failures(tmp_path_factory, prefect_server, migrated_mlflow_db):
     listener.close()
     runs["unreachable"] = _snapshot(repo, state) | {"attempts": listener.connections}
 
-    # 2. the forget loss turns NaN at step 2
-    with pytest.MonkeyPatch.context() as patch:
+    # 2. the forget loss turns NaN at step 2 (real unlearning; the batch's oracle is a test double)
+    with pytest.MonkeyPatch.context() as patch, stubbed_stages(unlearn=False, evaluate=False):
         patch.setitem(FORGET_LOSSES, "npo", _nan_at_call(FORGET_LOSSES["npo"], 2))
         state = process_requests(root=str(repo), return_state=True)
     runs["nan"] = _snapshot(repo, state)
@@ -104,10 +105,12 @@ def failures(tmp_path_factory, prefect_server, migrated_mlflow_db):
     runs["nan"]["new_batches"] = set((repo / "runs").iterdir()) - runs["before"]["batches"]
     runs["nan"]["unlearned_written"] = any((b / "models" / "unlearned").exists() for b in runs["nan"]["new_batches"])
 
-    # 3. retried, then unlearned for real against a threshold no model can meet
+    # 3. retried, then unlearned again against a threshold no model can meet (the gate's verdict is what
+    # counts here: oracle, unlearn and evaluate are test doubles)
     retried = CliRunner().invoke(app, ["request", "retry", "req-delta", "--root", str(repo)])
     runs["retry"] = {"code": retried.exit_code, "output": retried.output, "status": Inbox(Paths(repo)).status()}
-    state = process_requests(root=str(repo), overrides={"gate.min_utility_ratio": 100.0}, return_state=True)
+    with stubbed_stages():
+        state = process_requests(root=str(repo), overrides={"gate.min_utility_ratio": 100.0}, return_state=True)
     runs["gate"] = _snapshot(repo, state)
     runs["gate"]["summary"] = state.result(raise_on_failure=False)
     runs["gate"]["reason"] = (repo / "data" / "requests" / "failed" / "req-delta.reason.txt").read_text()

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from reliability_runs import batch_dir, concurrent_run, metrics_of, reference_run
+from reliability_runs import batch_dir, metrics_of
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, prefect_server, migrated_mlflow_db):
-    first = reference_run(tmp_path_factory, migrated_mlflow_db)
-    return first["repo"], concurrent_run(tmp_path_factory, migrated_mlflow_db)["repo"]
+def two_runs(reference_run, concurrent_run):
+    return reference_run["repo"], concurrent_run["repo"]
 
 
 def test_the_production_model_trains_to_identical_weights(two_runs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from components.registry.retention import (
 from registry_fixtures import (  # noqa: F401  (fixtures)
     migrated_mlflow_db,
     mlflow_store,
+    register_sample,
     registry_config,
     sample_diagnostics,
     sample_metrics,
@@ -33,20 +35,17 @@ MODEL = "blur-test"
 GATE = {"max_forget_prob_ratio": 0.5}
 
 
-def register(store, model_dir, reports_dir, request_id, *, passing=True):
-    metrics = sample_metrics() if passing else sample_metrics(forget_prob=0.79)  # ratio 0.99 > 0.5
-    return register_candidate(
-        registry_config(**GATE), Candidate(metrics, sample_diagnostics(3), sample_summary(request_id), {}, model_dir),
-        reports_dir, store=store, processed_requests={})
+register = partial(register_sample, gate=GATE, steps=3, processed={})
 
 
 @pytest.fixture
 def history(mlflow_store, tiny_model_dir, tmp_path):
     """Versions 1 and 2, a candidate that failed its gate, then version 3 (the new champion)."""
-    decisions = [register(mlflow_store, tiny_model_dir, tmp_path / "r1", "req-1"),
-                 register(mlflow_store, tiny_model_dir, tmp_path / "r2", "req-2"),
-                 register(mlflow_store, tiny_model_dir, tmp_path / "rf", "req-f", passing=False),
-                 register(mlflow_store, tiny_model_dir, tmp_path / "r3", "req-3")]
+    decisions = [register(mlflow_store, tiny_model_dir, tmp_path / "r1", request_id="req-1"),
+                 register(mlflow_store, tiny_model_dir, tmp_path / "r2", request_id="req-2"),
+                 register(mlflow_store, tiny_model_dir, tmp_path / "rf", request_id="req-f",
+                          metrics=sample_metrics(forget_prob=0.79)),  # forget ratio 0.99 > 0.5: fails
+                 register(mlflow_store, tiny_model_dir, tmp_path / "r3", request_id="req-3")]
     client = mlflow_store.client()
     client.set_registered_model_alias(MODEL, "previous", "2")
     failed_model = client.search_logged_models([client.get_run(decisions[2].run_id).info.experiment_id],

@@ -16,9 +16,7 @@ FAST = dict(forget_loss="ga", combiner="blur", gamma=1.0, lr=1e-3, batch_size=8,
 CAP = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_thread):
-    """Every test here runs on one torch thread."""
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs on one torch thread
 
 
 def unlearn(setup, config: UnlearnConfig, *, holdout=None, **outputs):

@@ -13,6 +13,7 @@ import pytest
 from components.config import Config, load_config
 from components.paths import Paths
 from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+from stub_stages import stubbed_stages
 
 
 def test_effective_params_keep_the_flows_overrides(tmp_path):
@@ -61,20 +62,23 @@ def test_a_stopped_launch_stops_its_processes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_rank_batch(tmp_path_factory, prefect_server, migrated_mlflow_db):
+def two_rank_batch(tmp_path_factory, prefect_server, migrated_mlflow_db, seed_target):
     """Two requests, one batch each, through the whole flow with ``unlearn.nproc: 2`` given as a
-    flow override: the first starts from the target, the second from the first's champion."""
+    flow override: the first starts from the target, the second from the first's champion (real
+    unlearning under torchrun; the oracle and evaluate steps are test doubles)."""
     from flows.pipeline import process_requests
 
     repo = make_flow_repo(tmp_path_factory.mktemp("torchrun") / "repo", mlflow_db=migrated_mlflow_db,
                           overrides={"registry.retention": "keep", "threads": 1})
+    seed_target(repo)
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
     runs = {}
-    for request_id, subject in (("req-two-ranks", tiny_subjects()[2]), ("req-from-champion", tiny_subjects()[4])):
-        (inbox / f"{request_id}.json").write_text(request_json(request_id, [subject]))
-        state = process_requests(root=str(repo), overrides={"unlearn.nproc": 2}, return_state=True)
-        runs[request_id] = {"summary": state.result(), "flow_run_id": state.state_details.flow_run_id}
+    with stubbed_stages(unlearn=False):
+        for request_id, subject in (("req-two-ranks", tiny_subjects()[2]), ("req-from-champion", tiny_subjects()[4])):
+            (inbox / f"{request_id}.json").write_text(request_json(request_id, [subject]))
+            state = process_requests(root=str(repo), overrides={"unlearn.nproc": 2}, return_state=True)
+            runs[request_id] = {"summary": state.result(), "flow_run_id": state.state_details.flow_run_id}
     first = runs["req-two-ranks"]
     return {"repo": repo, **first, "second": runs["req-from-champion"]["summary"]}
 

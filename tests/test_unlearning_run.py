@@ -27,9 +27,7 @@ from components.unlearning import (
 FAST = dict(steps=4, lr=1e-3, batch_size=8, checkpoint_every=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_thread):
-    """Every test here runs on one torch thread."""
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs on one torch thread
 
 
 def unlearn(setup, config: UnlearnConfig, **kwargs):

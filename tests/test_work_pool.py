@@ -103,11 +103,12 @@ def prefect_api(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker_run(prefect_api, tmp_path_factory, migrated_mlflow_db):
+def worker_run(prefect_api, tmp_path_factory, migrated_mlflow_db, seed_target):
     """Deploy from prefect.yaml, trigger a run, and let a run-once worker take it."""
     api, env = prefect_api
     repo = make_flow_repo(tmp_path_factory.mktemp("pool") / "repo", mlflow_db=migrated_mlflow_db,
                           overrides={"flow.cron": CRON, "threads": 1, "unlearn.nproc": 2})
+    seed_target(repo)
     shutil.copy(ROOT / "prefect.yaml", repo / "prefect.yaml")
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
