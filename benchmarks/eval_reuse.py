@@ -80,7 +80,7 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
 
 
 ROWS = [
-    ("run", "run"), ("dvc repro s", "wall_seconds"),
+    ("run", "run"), ("dvc repro s", lambda r: fmt(r["wall_seconds"], 0)),
     ("evaluate s", lambda r: fmt(r["evaluate"]["floor"]["evaluate_seconds"], 1)),
     ("floor s", lambda r: fmt(r["evaluate"]["floor"]["floor_seconds"], 1)),
     ("ratio", lambda r: fmt(r["evaluate"]["floor"]["ratio"], 2)),
