@@ -159,7 +159,7 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
 
 def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
     """The run's metrics (``reports/metrics.json`` of its folder) and the profile's gate applied to them now."""
-    from components.registry.gate import evaluate_gate
+    from components.gate import evaluate_gate
 
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     decision = evaluate_gate(metrics, config.gate)

@@ -9,7 +9,7 @@ model versions are created from a storage location and downloads use one, never 
 ``models:/`` URI, which the SQL registry and the artifact resolver look up globally.
 
 What is logged never includes forget-set text: config values (flattened), counts, hashes
-and ids from :func:`components.registry.safe.safe_request_summary`, numbers.
+and ids from :func:`components.erasure.safe.safe_request_summary`, numbers.
 
 MLflow is imported lazily, so importing this module (and the gate) stays cheap.
 """
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from components.artifacts import Metrics
     from components.config import Config
 
 DB_FILE = "mlflow.db"
@@ -198,17 +199,18 @@ def flatten_config(config: "Config | Mapping[str, Any]") -> dict[str, str]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
+    """A diagnostic value as a float: numbers and bools (a step's flags), else None."""
+    if isinstance(value, (bool, int, float)):
         return float(value)
     return None
 
 
-def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Numeric leaves of the metrics mapping, keyed by path: ``unlearned.forget_prob``,
-    ``unlearned.earlier.<request>.forget_prob``. Nulls, lists and text are left out."""
-    return _flatten(metrics, _number)
+def evaluation_metrics(metrics: "Metrics | Mapping[str, Any]") -> dict[str, float]:
+    """The metrics' numbers keyed by path (``unlearned.forget_prob``, ``unlearned.earlier.<request>.forget_prob``):
+    what MLflow logs; nulls are left out (:meth:`~components.artifacts.Metrics.numbers`)."""
+    from components.artifacts import Metrics
+
+    return Metrics.parse(metrics).numbers()
 
 
 def diagnostic_series(diagnostics: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:

@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from components.artifacts import ROLES, GateDecision, Metrics
+from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
 from components.registry.retention import RETENTION_POLICIES
 
@@ -41,7 +43,6 @@ FORMAT = "blur-deletion-certificate/1"
 CERTIFICATES_DIR = Path("data") / "certificates"
 HEAD_FILE = "chain.head.json"  # request ids have no dots, so no certificate can take this name
 GENESIS_HASH = "0" * 64
-ROLES = ("target", "oracle", "unlearned")
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
 CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
                      "forget_holdout_auc", "mia_auc", "privleak", "relearn_forget_prob", "relearn_recovery",
@@ -68,8 +69,8 @@ class CertificateError(ValueError):
 class ErasureEvidence:
     """What one processed request leaves on record (ids, hashes, numbers, times; no text).
 
-    ``metrics`` is the batch's ``reports/metrics.json`` (measured on the batch's forget
-    set, which holds this request's records) and ``gate`` its ``reports/gate.json``.
+    ``metrics`` are the batch's :class:`Metrics` (measured on the batch's forget set, which
+    holds this request's records) and ``gate`` its :class:`GateDecision`.
     ``forget_ids`` are the record ids this request erased (content hashes); only their
     count and digest go into the certificate.
     """
@@ -80,8 +81,8 @@ class ErasureEvidence:
     model_name: str
     model_version: str
     weights_sha256: str
-    metrics: Mapping[str, Any]
-    gate: Mapping[str, Any]
+    metrics: Metrics
+    gate: GateDecision
     received_at: str | None = None
     erased_at: str | None = None
     request_dvc_md5: str | None = None
@@ -101,12 +102,6 @@ def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes (the request content hash)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def file_md5(path: str | Path) -> str:
-    """md5 of a file's bytes: what DVC records for a file it tracks."""
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def weights_sha256(model_dir: str | Path) -> str:
@@ -190,34 +185,33 @@ def _path(value: Any, name: str) -> str:
     return "/".join(_checked(part, NAME_PART, name) for part in parts)
 
 
-def certified_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """The :data:`CERTIFIED_METRICS` of each model in ``metrics.json``, numbers only (absent ones left out)."""
+def certified_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
+    """The :data:`CERTIFIED_METRICS` of each model, numbers only (absent ones left out)."""
     out: dict[str, dict[str, float]] = {}
     for key in CERTIFIED_METRICS:
         values = {}
         for role in ROLES:
-            section = metrics.get(role)
-            value = _number(section.get(key)) if isinstance(section, Mapping) else None
+            value = metrics.value(role, key)
             if value is not None:
-                values[role] = value
+                values[role] = float(value)
         if values:
             out[key] = values
     return out
 
 
-def certified_gate(gate: Mapping[str, Any]) -> dict[str, Any]:
+def certified_gate(gate: GateDecision) -> dict[str, Any]:
     """The gate's verdict and its checks (names, operators, thresholds, values); no free text."""
     checks = []
-    for check in gate.get("checks") or []:
+    for check in gate.checks:
         checks.append({
-            "metric": _checked(check.get("metric"), GATE_WORD, "gate.checks.metric"),
-            "op": _checked(check.get("op"), GATE_WORD, "gate.checks.op"),
-            "setting": _checked(check.get("setting"), GATE_WORD, "gate.checks.setting", optional=True),
-            "threshold": _number(check.get("threshold")),
-            "value": _number(check.get("value")),
-            "passed": check.get("passed") if isinstance(check.get("passed"), bool) else None,
+            "metric": _checked(check.metric, GATE_WORD, "gate.checks.metric"),
+            "op": _checked(check.op, GATE_WORD, "gate.checks.op"),
+            "setting": _checked(check.setting, GATE_WORD, "gate.checks.setting", optional=True),
+            "threshold": _number(check.threshold),
+            "value": _number(check.value),
+            "passed": check.passed,
         })
-    if gate.get("passed") is not True:
+    if gate.passed is not True:
         raise CertificateError("certificate field 'gate.passed' is not true: a candidate that did not pass its "
                                "gate was not promoted, so nothing was erased and no certificate is issued")
     return {"passed": True, "checks": checks}
@@ -232,7 +226,7 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
     if e.retention not in RETENTION_POLICIES:
         raise CertificateError(f"certificate field 'retention' must be one of {list(RETENTION_POLICIES)}")
     forget_ids = [_checked(record_id, HEX_ID, "forget_ids") for record_id in e.forget_ids]
-    metrics = certified_metrics(e.metrics)
+    metrics = certified_metrics(Metrics.parse(e.metrics))
     return {
         "format": FORMAT,
         "request": {"request_id": _checked(e.request_id, REQUEST_ID, "request_id"),
@@ -247,7 +241,7 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
                   "weights_sha256": _checked(e.weights_sha256, SHA256, "weights_sha256")},
         "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
                      "oracle": "forget_quality" in metrics, "metrics": metrics},
-        "gate": certified_gate(e.gate),
+        "gate": certified_gate(e.gate if isinstance(e.gate, GateDecision) else GateDecision.model_validate(e.gate)),
         "retention": {"policy": e.retention,
                       "versions_superseded": [_checked(v, VERSION, "versions_superseded") for v in e.versions_superseded],
                       "versions_purged": [_checked(v, VERSION, "versions_purged") for v in e.versions_purged],
