@@ -176,9 +176,6 @@ class RoleMetrics(RootModel[dict[str, Any]]):
     def __getitem__(self, key: str) -> Any:
         return self.root[key]
 
-    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
-        return iter(self.root)
-
     def scalars(self) -> dict[str, float | int | None]:
         """Every metric but the earlier-request sections, in the order reported."""
         return {key: value for key, value in self.root.items() if key != "earlier"}
