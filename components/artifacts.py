@@ -13,6 +13,8 @@ fields. A :class:`pydantic.ValidationError` becomes reasons a person can act on 
 from __future__ import annotations
 
 import math
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, TypeVar
 
@@ -49,6 +51,137 @@ class Artifact(BaseModel):
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
         return cls.model_validate(read_json(path))
+
+
+# --------------------------------------------------------------------------- the request
+
+# One pattern per kind of id, used wherever the id is checked (requests, MLflow, certificates).
+# \A and \Z, not ^ and $: '$' also matches before a final newline, so "req-1\n" would pass.
+REQUEST_ID = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
+BATCH_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+REQUEST_KEYS = ("request_id", "received_at", "subjects", "records", "reason")
+RECORD_KEYS = ("question", "answer", "text", "record_id", "subject")
+_ISO_EXAMPLE = "2026-11-28T09:30:00Z"
+_SPLIT = "\n"  # a validator's several reasons, one per line
+
+
+def is_request_id(value: Any) -> bool:
+    """True for a well-formed request id: 1 to 128 letters, digits, '-' or '_', nothing else."""
+    return isinstance(value, str) and REQUEST_ID.fullmatch(value) is not None
+
+
+def _record_spec_problem(index: int, spec: Any) -> str | None:
+    where = f"records[{index}]"
+    if not isinstance(spec, dict):
+        return f"{where} must be an object or a record id string, got {type(spec).__name__}"
+    unknown = set(spec) - set(RECORD_KEYS)
+    if unknown:
+        return f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(RECORD_KEYS)}"
+    if not ({"question", "text", "record_id"} & set(spec)):
+        return f"{where} needs 'question' (optionally with 'answer'), 'text' or 'record_id'"
+    return next((f"{where}.{key} must be a non-empty string" for key, value in spec.items()
+                 if not isinstance(value, str) or not value.strip()), None)
+
+
+def _a_list(value: Any, key: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"'{key}' must be a list, got {type(value).__name__}")
+    return value
+
+
+class DeletionRequest(BaseModel):
+    """A deletion request file (``data/requests/...``): who asked, when, and what to erase, as
+    subjects (everything about a person) and/or records. Its repr shows the id and time only, so
+    a log or error message that prints a request never prints whom it names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str = Field(description="1 to 128 letters, digits, '-' or '_'", pattern=REQUEST_ID.pattern[2:-2])
+    received_at: datetime = Field(description=f"ISO 8601, e.g. {_ISO_EXAMPLE}")
+    subjects: tuple[str, ...] = Field(default=(), repr=False)
+    records: tuple[dict[str, str], ...] = Field(default=(), repr=False, description="objects with 'question' "
+                                                "(and 'answer'), 'text' or 'record_id' (and 'subject'), or record ids")
+    reason: str | None = Field(default=None, repr=False)
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _id(cls, value: Any) -> str:
+        if not is_request_id(value):
+            raise ValueError("'request_id' must be 1 to 128 letters, digits, '-' or '_' (no spaces, dots or slashes)")
+        return value
+
+    @field_validator("received_at", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"'received_at' must be an ISO 8601 string such as {_ISO_EXAMPLE}")
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"'received_at' is not an ISO 8601 time: '{value[:40]}'") from None
+
+    @field_validator("subjects", mode="before")
+    @classmethod
+    def _subjects(cls, value: Any) -> tuple[str, ...]:
+        subjects = _a_list(list(value) if isinstance(value, tuple) else value, "subjects")
+        problems = [f"subjects[{i}] must be a non-empty string" for i, subject in enumerate(subjects)
+                    if not isinstance(subject, str) or not subject.strip()]
+        if problems:
+            raise ValueError(_SPLIT.join(problems))
+        return tuple(dict.fromkeys(subject.strip() for subject in subjects))
+
+    @field_validator("records", mode="before")
+    @classmethod
+    def _records(cls, value: Any) -> tuple[dict[str, str], ...]:
+        specs = [{"record_id": spec} if isinstance(spec, str) else spec
+                 for spec in _a_list(list(value) if isinstance(value, tuple) else value, "records")]
+        problems = [problem for index, spec in enumerate(specs) if (problem := _record_spec_problem(index, spec))]
+        if problems:
+            raise ValueError(_SPLIT.join(problems))
+        return tuple(dict(spec) for spec in specs)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("'reason' must be a string")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_erase(self) -> "DeletionRequest":
+        if not self.subjects and not self.records:
+            raise ValueError("nothing to erase: give at least one entry in 'subjects' or 'records'")
+        return self
+
+    @classmethod
+    def reasons(cls, error: ValidationError) -> list[str]:
+        """What was wrong with a request, worded for the person who wrote it (never quoting its text
+        beyond the time it gave)."""
+        reasons, unknown = [], []
+        for item in error.errors():
+            key = str(item["loc"][0]) if item["loc"] else ""
+            if item["type"] == "extra_forbidden":
+                unknown.append(key)
+            elif item["type"] == "missing":
+                hint = f" (an ISO 8601 time such as {_ISO_EXAMPLE})" if key == "received_at" else ""
+                reasons.append(f"missing '{key}'{hint}")
+            else:
+                reasons += item["msg"].removeprefix("Value error, ").split(_SPLIT)
+        if unknown:
+            reasons.insert(0, f"unknown keys {sorted(unknown)}; allowed: {sorted(REQUEST_KEYS)}")
+        return reasons
+
+    def fingerprint(self) -> str:
+        """A content hash of the request (ids and hashes go to logs, never its text)."""
+        from components.data.records import content_hash
+
+        return content_hash(
+            {"request_id": self.request_id, "subjects": list(self.subjects), "records": list(self.records)}
+        )
 
 
 # --------------------------------------------------------------------------- prepare -> Resolution
@@ -367,12 +500,12 @@ class ErasureRecord(Artifact):
 
     request_id: str
     forget_ids: list[str] = Field(default_factory=list)  # a result file without them is unreadable (Inbox)
-    processed_at: str | None = None
-    batch_id: str | None = None
-    dvc_md5: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    run_id: str | None = None
+    processed_at: str | None = Field(default=None, description="ISO 8601 time the request was settled")
+    batch_id: str | None = Field(default=None, description="the flow batch that erased it")
+    dvc_md5: str | None = Field(default=None, description="DVC's md5 of the request file")
+    model_name: str | None = Field(default=None, description="the registered model that forgot it")
+    model_version: str | None = Field(default=None, description="its first version without the records")
+    run_id: str | None = Field(default=None, description="the MLflow run of that version")
 
     @field_validator("model_version", mode="before")
     @classmethod
@@ -382,3 +515,39 @@ class ErasureRecord(Artifact):
     @classmethod
     def parse(cls, data: "ErasureRecord | Mapping[str, Any]") -> "ErasureRecord":
         return data if isinstance(data, ErasureRecord) else cls.model_validate(data)
+
+
+# --------------------------------------------------------------------------- JSON Schema for auditors
+
+# file stem in docs/schemas -> the artifact whose JSON Schema it holds
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "deletion_request": DeletionRequest, "resolution": Resolution, "metrics": Metrics,
+    "gate_decision": GateDecision, "erasure_record": ErasureRecord, "resources": Resources,
+}
+
+
+def json_schemas() -> dict[str, str]:
+    """Each artifact's JSON Schema as the text of its file (sorted keys, so a diff shows a change)."""
+    import json
+
+    return {name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+            for name, model in SCHEMAS.items()}
+
+
+def write_json_schemas(folder: str | Path) -> list[Path]:
+    """Write :func:`json_schemas` into ``folder`` (``Paths.schemas``): ``python -m components.artifacts``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schemas().items():
+        path = folder / f"{name}.schema.json"
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    from components.paths import Paths
+
+    for written_path in write_json_schemas(Paths().schemas):
+        print(written_path)

@@ -77,7 +77,7 @@ class Paths:
     start = _under("models", "start")                  # a flow batch's starting model (the champion's)
     champion = _under("models", "champion")            # the serving model, downloaded
     base = _under("models", "base")                    # a model fetched by `blur model fetch`
-    checkpoints = _under(None, "checkpoints", "unlearn")
+    checkpoints = _under(None, "checkpoints", "unlearn")  # see erased_data_parts
     reports = _under(None, "reports")
     report_files = property(lambda self: ReportFiles(self.reports))  # every file of reports/
     metrics = _report("metrics")
@@ -90,6 +90,7 @@ class Paths:
     certificate_head = _under("certificates", "chain.head.json")  # request ids have no dots: no clash
     mlflow_db = _under(None, "mlflow.db")
     mlflow_artifacts = _under(None, "mlartifacts")
+    schemas = _under(None, "docs", "schemas")         # the artifacts' JSON Schemas, for auditors
     prefect_home = _under(None, ".prefect")
     # the request folders of the production flow
     requests = _under(None, "data", "requests")
@@ -105,6 +106,23 @@ class Paths:
     def earlier_forget(self, request_id: str) -> Path:
         """The forget set of an earlier processed request (what evaluate re-checks)."""
         return self.earlier / f"{request_id}.jsonl"
+
+    def earlier_forget_sets(self) -> list[Path]:
+        """The earlier requests' forget sets written here, sorted by request id."""
+        return sorted(self.earlier.glob("*.jsonl")) if self.earlier.is_dir() else []
+
+    def prepared_request_files(self) -> list[Path]:
+        """The request files this run resolved, sorted by request id."""
+        return sorted(self.prepared_requests.glob("*.json")) if self.prepared_requests.is_dir() else []
+
+    def prepared_request(self, request_id: str) -> Path:
+        """Where prepare keeps the bytes of one request it resolved."""
+        return self.prepared_requests / f"{request_id}.json"
+
+    @property
+    def erased_data_parts(self) -> tuple[Path, ...]:
+        """What of a flow batch folder holds erased data or models made from it (its reports do not)."""
+        return self.root / "data", self.models, self.root / "checkpoints"
 
     def certificate(self, request_id: str, suffix: str = ".json") -> Path:
         """The certificate of one request (``.json``) or its rendering (``.md``)."""

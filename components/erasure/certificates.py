@@ -31,17 +31,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from components.artifacts import ROLES, GateDecision, Metrics
+from components.artifacts import BATCH_ID, REQUEST_ID, ROLES, GateDecision, Metrics
 from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
+from components.paths import Paths
 from components.registry.retention import RETENTION_POLICIES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 FORMAT = "blur-deletion-certificate/1"
-CERTIFICATES_DIR = Path("data") / "certificates"
-HEAD_FILE = "chain.head.json"  # request ids have no dots, so no certificate can take this name
+HEAD_FILE = Paths().certificate_head.name  # the chain head's file name, beside the certificates
 GENESIS_HASH = "0" * 64
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
 CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
@@ -49,11 +49,9 @@ CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "for
                      "model_utility")
 MLFLOW_ARTIFACT_DIR = "certificates"
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
 HEX_ID = re.compile(r"[0-9a-f]{8,64}")
-BATCH_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 VERSION = re.compile(r"[0-9]{1,12}")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
@@ -296,7 +294,7 @@ def _cell(value: Any) -> str:
 
 def certificates_dir(root: str | Path) -> Path:
     """The folder of the certificates of the pipeline at ``root``."""
-    return Path(root) / CERTIFICATES_DIR
+    return Paths(Path(root)).certificates
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -309,7 +307,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def chain_head(root: str | Path) -> dict[str, Any]:
     """``{"sequence": n, "certificate_hash": h, "request_id": id}``; sequence 0 and the genesis hash when empty."""
-    path = certificates_dir(root) / HEAD_FILE
+    path = Paths(Path(root)).certificate_head
     if not path.exists():
         return {"sequence": 0, "certificate_hash": GENESIS_HASH, "request_id": None}
     return _read(path)
@@ -318,7 +316,7 @@ def chain_head(root: str | Path) -> dict[str, Any]:
 def load_certificate(root: str | Path, request_id: str) -> dict[str, Any]:
     """The certificate of ``request_id``; :class:`FileNotFoundError` when there is none."""
     _checked(request_id, REQUEST_ID, "request_id")
-    path = certificates_dir(root) / f"{request_id}.json"
+    path = Paths(Path(root)).certificate(request_id)
     if not path.exists():
         raise FileNotFoundError(f"no certificate for request '{request_id}' in {path.parent}: "
                                 "certificates are issued when a request's batch is promoted")
@@ -333,37 +331,37 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     request; a retried flow gets the same path back), and a certificate written just
     before a crash, with the head not yet moved, is completed rather than written again.
     """
-    folder = certificates_dir(root)
-    path = folder / f"{_checked(evidence.request_id, REQUEST_ID, 'request_id')}.json"
+    paths = Paths(Path(root))
+    path = paths.certificate(_checked(evidence.request_id, REQUEST_ID, "request_id"))
     head = chain_head(root)
     if path.exists():
         existing = _read(path)
         if existing.get("sequence") == head["sequence"] + 1 and existing.get("previous_hash") == head["certificate_hash"]:
-            _write_rendering_and_head(folder, existing)
+            _write_rendering_and_head(paths, existing)
         return path
     issued_at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     certificate = {**_body(evidence, issued_at), "sequence": head["sequence"] + 1,
                    "previous_hash": head["certificate_hash"]}
     certificate["certificate_hash"] = certificate_hash(certificate)
     write_json(path, certificate)
-    _write_rendering_and_head(folder, certificate)
+    _write_rendering_and_head(paths, certificate)
     return path
 
 
-def _write_rendering_and_head(folder: Path, certificate: Mapping[str, Any]) -> None:
+def _write_rendering_and_head(paths: Paths, certificate: Mapping[str, Any]) -> None:
     request_id = certificate["request"]["request_id"]
-    markdown = folder / f"{request_id}.md"
+    markdown = paths.certificate(request_id, ".md")
     tmp = markdown.with_suffix(".md.tmp")
     tmp.write_text(render_markdown(certificate), encoding="utf-8")
     tmp.replace(markdown)
-    write_json(folder / HEAD_FILE, {"sequence": certificate["sequence"], "request_id": request_id,
+    write_json(paths.certificate_head, {"sequence": certificate["sequence"], "request_id": request_id,
                                     "certificate_hash": certificate["certificate_hash"]})
 
 
 def missing_certificates(root: str | Path, request_ids: Iterable[str]) -> list[str]:
     """The request ids among ``request_ids`` that have no certificate file."""
-    folder = certificates_dir(root)
-    return [rid for rid in request_ids if not (folder / f"{rid}.json").exists()]
+    paths = Paths(Path(root))
+    return [rid for rid in request_ids if not paths.certificate(rid).exists()]
 
 
 def verify_chain(root: str | Path) -> list[str]:
@@ -374,7 +372,8 @@ def verify_chain(root: str | Path) -> list[str]:
     later one), a reordered or renamed one (a previous hash that is not its
     predecessor's; a file named for another request) and a missing or stale head.
     """
-    folder = certificates_dir(root)
+    paths = Paths(Path(root))
+    folder = paths.certificates
     files = sorted(p for p in folder.glob("*.json") if p.name != HEAD_FILE) if folder.is_dir() else []
     problems: list[str] = []
     chain: list[tuple[Path, dict]] = []
@@ -393,7 +392,7 @@ def verify_chain(root: str | Path) -> list[str]:
     for expected, (path, certificate) in enumerate(chain, start=1):
         problems += _certificate_problems(path, certificate, expected, previous)
         previous = certificate.get("certificate_hash")
-    problems += _head_problems(folder, chain, previous)
+    problems += _head_problems(paths.certificate_head, chain, previous)
     return problems
 
 
@@ -422,18 +421,17 @@ def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: 
     return problems
 
 
-def _head_problems(folder: Path, chain: Sequence[tuple[Path, dict]], last_hash: str) -> list[str]:
-    head_path = folder / HEAD_FILE
+def _head_problems(head_path: Path, chain: Sequence[tuple[Path, dict]], last_hash: str) -> list[str]:
     if not chain and not head_path.exists():
         return []
     if not head_path.exists():
-        return [f"{HEAD_FILE} is missing: the chain's end cannot be checked (was it deleted?)"]
+        return [f"{head_path.name} is missing: the chain's end cannot be checked (was it deleted?)"]
     try:
         head = _read(head_path)
     except CertificateError as error:
         return [str(error)]
     if head.get("sequence") != len(chain) or head.get("certificate_hash") != last_hash:
-        return [f"{HEAD_FILE} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
+        return [f"{head_path.name} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
                 f"ends at certificate {len(chain)}: the last certificate(s) were deleted or added by hand"]
     return []
 

@@ -39,7 +39,6 @@ so the next unlearning starts from the model that serves.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, 
 
 from components.faults import crash_point
 from components.paths import Paths, ReportFiles
-from components.artifacts import GateDecision, Metrics
+from components.artifacts import BATCH_ID, GateDecision, Metrics
 from components.erasure.safe import safe_request_summary
 from components.gate import coverage_check, evaluate_gate
 from components.registry.retention import EVAL_FINGERPRINT_TAG
@@ -94,7 +93,6 @@ BEFORE_TAG = "register.champion_before"  # the alias's version when the run was 
 MODEL_TAG = "register.model_id"
 VERSION_TAG = "registered_version"
 NO_VERSION = "none"
-BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AliasMovedError(RegistryError):

@@ -249,7 +249,6 @@ def purge_local_copies(root: str | Path, paths: Iterable[str | Path]) -> list[st
     return removed
 
 
-HOLDING_PARTS = ("data", "models", "checkpoints")  # of a batch folder; its reports/ hold ids and numbers only
 
 
 def local_copies(root: str | Path, runs_dir: str = "runs") -> list[Path]:
@@ -263,7 +262,7 @@ def local_copies(root: str | Path, runs_dir: str = "runs") -> list[Path]:
     repo = Paths(Path(root))
     runs = repo.runs(runs_dir)
     folders = sorted(p for p in runs.iterdir() if p.is_dir() or p.is_symlink()) if runs.is_dir() else []
-    parts = [[folder] if folder.is_symlink() else [folder / part for part in HOLDING_PARTS] for folder in folders]
+    parts = [[folder] if folder.is_symlink() else list(Paths(folder).erased_data_parts) for folder in folders]
     return [path for paths in parts for path in paths] + [repo.champion]
 
 
@@ -294,7 +293,7 @@ def stale_run_folders(runs_root: str | Path, processed: Sequence[ErasureRecord |
     latest = max(times) if times else None
     stale = []
     for folder in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        if not any((folder / part).exists() for part in HOLDING_PARTS):
+        if not any(part.exists() for part in Paths(folder).erased_data_parts):
             continue  # only its reports are left
         marker = Paths(folder).resolution
         prepared_at = (marker if marker.exists() else folder).stat().st_mtime

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from components.paths import Paths
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from components.artifacts import Metrics
     from components.config import Config
 
-DB_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 MODEL_NAME_IN_RUN = "model"
 MODEL_DIR_ARTIFACT = "model_dir"
 SERVING_CODE = Path(__file__).with_name("serving.py")
@@ -66,7 +66,7 @@ class TrackingStore:
     def sqlite(cls, db_path: str | Path, artifact_dir: str | Path | None = None) -> "TrackingStore":
         """A SQLite file store with artifacts in ``artifact_dir`` (default: ``mlartifacts`` beside it)."""
         db_path = Path(db_path).resolve()
-        artifacts = Path(artifact_dir).resolve() if artifact_dir else db_path.parent / ARTIFACT_DIR
+        artifacts = Path(artifact_dir).resolve() if artifact_dir else Paths(db_path.parent).mlflow_artifacts
         uri = f"sqlite:///{db_path}"
         return cls(uri, uri, artifacts.as_uri())
 
@@ -94,8 +94,8 @@ def tracking_store(root: str | Path = ".") -> TrackingStore:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return TrackingStore(uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri, None)
-    root = Path(root).resolve()
-    return TrackingStore.sqlite(root / DB_FILE, root / ARTIFACT_DIR)
+    paths = Paths(Path(root).resolve())
+    return TrackingStore.sqlite(paths.mlflow_db, paths.mlflow_artifacts)
 
 
 def connect(store: TrackingStore) -> "MlflowClient":

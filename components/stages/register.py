@@ -36,7 +36,7 @@ def register(
     log = paths.unlearn_log
     diagnostics = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if dvc_hashes is None:
-        dvc_hashes = {p.stem: file_md5(p) for p in sorted(paths.prepared_requests.glob("*.json"))}
+        dvc_hashes = {p.stem: file_md5(p) for p in paths.prepared_request_files()}
     if processed_requests is None and not (tags or {}).get("batch_id"):
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
         processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
