@@ -16,7 +16,7 @@ import math
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Iterator, Literal, Mapping, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, RootModel, SerializerFunctionWrapHandler, ValidationError,
                       ValidationInfo, field_serializer, field_validator, model_serializer, model_validator)
@@ -26,18 +26,18 @@ from components.jsonfiles import read_json, write_json
 # The three models every evaluation compares, in the order every table shows them.
 ROLES = ("target", "oracle", "unlearned")
 Role = Literal["target", "oracle", "unlearned"]
-Number = float | int | None
 A = TypeVar("A", bound="Artifact")
 
 
-def validation_reasons(error: ValidationError, *, where: str = "") -> list[str]:
-    """One line per problem: the dotted key, then what was wrong with it."""
+def validation_reasons(error: ValidationError, *, where: str = "", unknown: str = "unknown key") -> list[str]:
+    """One line per problem: the dotted key, then what was wrong with it (``unknown``: said of a key
+    the schema does not have)."""
     reasons = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"] if part not in ("function-after", "function-before"))
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = unknown
         reasons.append(f"{where}{key or '(top level)'}: {message}")
     return reasons
 
@@ -517,12 +517,107 @@ class ErasureRecord(Artifact):
         return data if isinstance(data, ErasureRecord) else cls.model_validate(data)
 
 
+# --------------------------------------------------------------------------- erasure -> Certificate
+
+# What each certificate field may hold: ids, hashes, numbers and times, never text.
+SHA256 = r"[0-9a-f]{64}"
+MD5 = r"[0-9a-f]{32}(\.dir)?"
+HEX_ID = r"[0-9a-f]{8,64}"
+VERSION = r"[0-9]{1,12}"
+RUN_ID = r"[0-9a-f]{32}"
+RELATIVE_PATH = r"[A-Za-z0-9_.-]{1,200}(/[A-Za-z0-9_.-]{1,200})*"
+GATE_WORD = r"[A-Za-z0-9_.<>=]{1,100}"
+MODEL_NAME = r"[A-Za-z0-9_. /:-]{1,250}"
+
+
+def _matching(pattern: str, what: str, **default: Any) -> Any:
+    """A string field that must match ``pattern`` in full (``what`` it looks like, for the schema)."""
+    return Field(pattern=f"^(?:{pattern})$", description=what, **default)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CertifiedRequest(_Strict):
+    request_id: str = _matching(REQUEST_ID.pattern[2:-2], "a request id")
+    content_sha256: str = _matching(SHA256, "a sha256 hex digest")
+    dvc_md5: str | None = _matching(MD5, "a DVC md5")
+
+
+class CertifiedForgetSet(_Strict):
+    n_records: int
+    ids_digest: str = _matching(HEX_ID, "a hex hash")
+    batch_id: str | None = _matching(BATCH_ID.pattern[2:-2], "a batch id")
+    batch_dvc_md5: str | None = _matching(MD5, "a DVC md5")
+
+
+class CertifiedModel(_Strict):
+    name: str = _matching(MODEL_NAME, "a model name")
+    version: str = _matching(VERSION, "a model version number")
+    run_id: str | None = _matching(RUN_ID, "an MLflow run id")
+    weights_sha256: str = _matching(SHA256, "a sha256 hex digest")
+
+
+class CertifiedEvidence(_Strict):
+    measured_on: str
+    oracle: bool
+    metrics: dict[str, dict[Role, float]]
+
+
+class CertifiedCheck(_Strict):
+    metric: str = _matching(GATE_WORD, "a gate metric or setting name")
+    op: str = _matching(GATE_WORD, "a gate metric or setting name")
+    setting: str | None = _matching(GATE_WORD, "a gate metric or setting name")
+    threshold: float | None
+    value: float | None
+    passed: bool | None
+
+
+class CertifiedGate(_Strict):
+    passed: Literal[True]
+    checks: list[CertifiedCheck]
+
+
+class CertifiedRetention(_Strict):
+    policy: Literal["delete", "archive", "keep"]
+    versions_superseded: list[Annotated[str, _matching(VERSION, "a model version number")]]
+    versions_purged: list[Annotated[str, _matching(VERSION, "a model version number")]]
+    local_copies_removed: list[Annotated[str, _matching(RELATIVE_PATH, "a relative path")]]
+
+
+class CertifiedTimes(_Strict):
+    received_at: datetime | None
+    erased_at: datetime | None
+    issued_at: datetime
+
+
+class Certificate(_Strict):
+    """A deletion certificate (``data/certificates/<request_id>.json``): what was asked, what was
+    erased, which model version forgot it, the measurements, the gate's decision, the purge and the
+    times, in ids, hashes, numbers and times only; hash-chained (:mod:`components.erasure.certificates`)."""
+
+    format: Literal["blur-deletion-certificate/1"]
+    request: CertifiedRequest
+    forget_set: CertifiedForgetSet
+    model: CertifiedModel
+    evidence: CertifiedEvidence
+    gate: CertifiedGate
+    retention: CertifiedRetention
+    times: CertifiedTimes
+    sequence: int | None = Field(default=None, description="its place in the chain, from 1")
+    previous_hash: str | None = _matching(SHA256, "the previous certificate's hash (zeros for the first)",
+                                          default=None)
+    certificate_hash: str | None = _matching(SHA256, "sha256 of its canonical JSON without this field", default=None)
+
+
 # --------------------------------------------------------------------------- JSON Schema for auditors
 
 # file stem in docs/schemas -> the artifact whose JSON Schema it holds
 SCHEMAS: dict[str, type[BaseModel]] = {
     "deletion_request": DeletionRequest, "resolution": Resolution, "metrics": Metrics,
     "gate_decision": GateDecision, "erasure_record": ErasureRecord, "resources": Resources,
+    "certificate": Certificate,
 }
 
 

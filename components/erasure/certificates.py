@@ -31,7 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from components.artifacts import BATCH_ID, REQUEST_ID, ROLES, GateDecision, Metrics
+from pydantic import ValidationError
+
+from components.artifacts import HEX_ID, ROLES, Certificate, GateDecision, Metrics, is_request_id
 from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
 from components.paths import Paths
@@ -48,16 +50,6 @@ CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "for
                      "forget_holdout_auc", "mia_auc", "privleak", "relearn_forget_prob", "relearn_recovery",
                      "model_utility")
 MLFLOW_ARTIFACT_DIR = "certificates"
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
-MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
-HEX_ID = re.compile(r"[0-9a-f]{8,64}")
-VERSION = re.compile(r"[0-9]{1,12}")
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-GATE_WORD = re.compile(r"[A-Za-z0-9_.<>=]{1,100}")
-MODEL_NAME = re.compile(r"[A-Za-z0-9_. /:-]{1,250}")
-
 
 class CertificateError(ValueError):
     """A certificate could not be issued or read; the message names the field or file."""
@@ -142,22 +134,62 @@ def certificate_hash(certificate: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- the allow-list
 
 
-def _checked(value: Any, pattern: re.Pattern, name: str, *, optional: bool = False) -> str | None:
-    """``value`` as a string if it matches ``pattern`` in full; the error names ``name`` only."""
+def _request_id(value: Any) -> str:
+    """``value`` if it is a well-formed request id (it names the certificate's file)."""
     if value is None or value == "":
-        if optional:
-            return None
-        raise CertificateError(f"certificate field '{name}' is missing")
-    text = str(value)
-    if not pattern.fullmatch(text):
-        raise CertificateError(f"certificate field '{name}' does not look like {_KINDS.get(pattern, 'an id')}; "
+        raise CertificateError("certificate field 'request_id' is missing")
+    if not is_request_id(value):
+        raise CertificateError("certificate field 'request_id' does not look like a request id; "
                                "certificates hold ids, hashes and numbers only")
-    return text
+    return value
 
 
-_KINDS = {REQUEST_ID: "a request id", SHA256: "a sha256 hex digest", MD5: "a DVC md5", HEX_ID: "a hex hash",
-          VERSION: "a model version number", RUN_ID: "an MLflow run id", BATCH_ID: "a batch id",
-          NAME_PART: "a relative path", GATE_WORD: "a gate metric or setting name", MODEL_NAME: "a model name"}
+def _text(value: Any) -> str | None:
+    """An evidence value as the certificate's string (None for an absent or empty one)."""
+    return None if value is None or value == "" else str(value)
+
+
+# Where a certificate field comes from in ErasureEvidence, for errors that name the caller's field.
+_EVIDENCE_NAMES = {("request", "request_id"): "request_id", ("request", "content_sha256"): "request_sha256",
+                   ("request", "dvc_md5"): "request_dvc_md5", ("forget_set", "batch_id"): "batch_id",
+                   ("forget_set", "batch_dvc_md5"): "forget_dvc_md5", ("model", "name"): "model_name",
+                   ("model", "version"): "model_version", ("model", "run_id"): "run_id",
+                   ("model", "weights_sha256"): "weights_sha256"}
+
+
+def _validated(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` checked against :class:`~components.artifacts.Certificate`; the error names the field
+    and what it should look like, never its value."""
+    try:
+        Certificate.model_validate(body)
+    except ValidationError as error:
+        item = error.errors()[0]
+        loc = tuple(part for part in item["loc"] if not isinstance(part, int))
+        name = _EVIDENCE_NAMES.get(loc[:2]) or (loc[-1] if loc[0] == "retention" else ".".join(map(str, loc)))
+        if item.get("input") is None:
+            raise CertificateError(f"certificate field '{name}' is missing") from None
+        kind = _field_kind(loc)
+        raise CertificateError(f"certificate field '{name}' does not look like {kind}; "
+                               "certificates hold ids, hashes and numbers only") from None
+    return body
+
+
+def _field_kind(loc: tuple) -> str:
+    """The description of the certificate field at ``loc`` (what it should look like)."""
+    model: Any = Certificate
+    field = None
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            break
+        annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+        model = inner[0] if inner else annotation
+    described = field.description if field is not None else None
+    if described is None and field is not None:  # a list of constrained strings
+        described = next((m.description for a in getattr(field.annotation, "__args__", ())
+                          for m in getattr(a, "__metadata__", ()) if getattr(m, "description", None)), None)
+    return described or "an id"
 
 
 def _time(value: Any, name: str) -> str | None:
@@ -180,7 +212,7 @@ def _path(value: Any, name: str) -> str:
     parts = Path(str(value)).parts
     if not parts or any(part in ("..", "/") for part in parts):
         raise CertificateError(f"certificate field '{name}' must be a path relative to the pipeline root")
-    return "/".join(_checked(part, NAME_PART, name) for part in parts)
+    return "/".join(parts)
 
 
 def certified_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
@@ -202,9 +234,9 @@ def certified_gate(gate: GateDecision) -> dict[str, Any]:
     checks = []
     for check in gate.checks:
         checks.append({
-            "metric": _checked(check.metric, GATE_WORD, "gate.checks.metric"),
-            "op": _checked(check.op, GATE_WORD, "gate.checks.op"),
-            "setting": _checked(check.setting, GATE_WORD, "gate.checks.setting", optional=True),
+            "metric": check.metric,
+            "op": check.op,
+            "setting": _text(check.setting),
             "threshold": _number(check.threshold),
             "value": _number(check.value),
             "passed": check.passed,
@@ -223,30 +255,29 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
     e = evidence
     if e.retention not in RETENTION_POLICIES:
         raise CertificateError(f"certificate field 'retention' must be one of {list(RETENTION_POLICIES)}")
-    forget_ids = [_checked(record_id, HEX_ID, "forget_ids") for record_id in e.forget_ids]
+    forget_ids = [str(record_id) for record_id in e.forget_ids]
+    if not all(re.fullmatch(HEX_ID, record_id) for record_id in forget_ids):
+        raise CertificateError("certificate field 'forget_ids' does not look like a hex hash; "
+                               "certificates hold ids, hashes and numbers only")
     metrics = certified_metrics(Metrics.parse(e.metrics))
-    return {
+    return _validated({
         "format": FORMAT,
-        "request": {"request_id": _checked(e.request_id, REQUEST_ID, "request_id"),
-                    "content_sha256": _checked(e.request_sha256, SHA256, "request_sha256"),
-                    "dvc_md5": _checked(e.request_dvc_md5, MD5, "request_dvc_md5", optional=True)},
+        "request": {"request_id": _text(e.request_id), "content_sha256": _text(e.request_sha256),
+                    "dvc_md5": _text(e.request_dvc_md5)},
         "forget_set": {"n_records": len(forget_ids), "ids_digest": ids_digest(forget_ids),
-                       "batch_id": _checked(e.batch_id, BATCH_ID, "batch_id", optional=True),
-                       "batch_dvc_md5": _checked(e.forget_dvc_md5, MD5, "forget_dvc_md5", optional=True)},
-        "model": {"name": _checked(e.model_name, MODEL_NAME, "model_name"),
-                  "version": _checked(e.model_version, VERSION, "model_version"),
-                  "run_id": _checked(e.run_id, RUN_ID, "run_id", optional=True),
-                  "weights_sha256": _checked(e.weights_sha256, SHA256, "weights_sha256")},
+                       "batch_id": _text(e.batch_id), "batch_dvc_md5": _text(e.forget_dvc_md5)},
+        "model": {"name": _text(e.model_name), "version": _text(e.model_version), "run_id": _text(e.run_id),
+                  "weights_sha256": _text(e.weights_sha256)},
         "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
                      "oracle": "forget_quality" in metrics, "metrics": metrics},
         "gate": certified_gate(e.gate if isinstance(e.gate, GateDecision) else GateDecision.model_validate(e.gate)),
         "retention": {"policy": e.retention,
-                      "versions_superseded": [_checked(v, VERSION, "versions_superseded") for v in e.versions_superseded],
-                      "versions_purged": [_checked(v, VERSION, "versions_purged") for v in e.versions_purged],
+                      "versions_superseded": [str(v) for v in e.versions_superseded],
+                      "versions_purged": [str(v) for v in e.versions_purged],
                       "local_copies_removed": [_path(p, "local_copies_removed") for p in e.local_copies_removed]},
         "times": {"received_at": _time(e.received_at, "received_at"), "erased_at": _time(e.erased_at, "erased_at"),
                   "issued_at": issued_at},
-    }
+    })
 
 
 def render_markdown(certificate: Mapping[str, Any]) -> str:
@@ -315,7 +346,7 @@ def chain_head(root: str | Path) -> dict[str, Any]:
 
 def load_certificate(root: str | Path, request_id: str) -> dict[str, Any]:
     """The certificate of ``request_id``; :class:`FileNotFoundError` when there is none."""
-    _checked(request_id, REQUEST_ID, "request_id")
+    _request_id(request_id)
     path = Paths(Path(root)).certificate(request_id)
     if not path.exists():
         raise FileNotFoundError(f"no certificate for request '{request_id}' in {path.parent}: "
@@ -332,7 +363,7 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     before a crash, with the head not yet moved, is completed rather than written again.
     """
     paths = Paths(Path(root))
-    path = paths.certificate(_checked(evidence.request_id, REQUEST_ID, "request_id"))
+    path = paths.certificate(_request_id(evidence.request_id))
     head = chain_head(root)
     if path.exists():
         existing = _read(path)
