@@ -18,8 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Mapping, TypeVar
 
-from pydantic import (BaseModel, ConfigDict, Field, RootModel, SerializerFunctionWrapHandler, ValidationError,
-                      ValidationInfo, field_serializer, field_validator, model_serializer, model_validator)
+from dataclasses import field as dataclass_field
+
+from pydantic import (BaseModel, ConfigDict, Field, RootModel, SerializerFunctionWrapHandler, TypeAdapter,
+                      ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
+                      model_validator)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from components.jsonfiles import read_json, write_json
 
@@ -91,19 +95,26 @@ def _a_list(value: Any, key: str) -> list:
     return value
 
 
-class DeletionRequest(BaseModel):
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class DeletionRequest:
     """A deletion request file (``data/requests/...``): who asked, when, and what to erase, as
     subjects (everything about a person) and/or records. Its repr shows the id and time only, so
-    a log or error message that prints a request never prints whom it names."""
+    a log or error message that prints a request never prints whom it names. A (pydantic) dataclass:
+    ``dataclasses.replace`` validates the copy too."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    request_id: Annotated[str, Field(description="1 to 128 letters, digits, '-' or '_'",
+                                     pattern=REQUEST_ID.pattern[2:-2])]
+    received_at: Annotated[datetime, Field(description=f"ISO 8601, e.g. {_ISO_EXAMPLE}")]
+    subjects: tuple[str, ...] = dataclass_field(default=(), repr=False)
+    records: Annotated[tuple[dict[str, str], ...], Field(description="objects with 'question' (and 'answer'), 'text' or "
+                                                         "'record_id' (and 'subject'), or record ids")] = \
+        dataclass_field(default=(), repr=False)
+    reason: str | None = dataclass_field(default=None, repr=False)
 
-    request_id: str = Field(description="1 to 128 letters, digits, '-' or '_'", pattern=REQUEST_ID.pattern[2:-2])
-    received_at: datetime = Field(description=f"ISO 8601, e.g. {_ISO_EXAMPLE}")
-    subjects: tuple[str, ...] = Field(default=(), repr=False)
-    records: tuple[dict[str, str], ...] = Field(default=(), repr=False, description="objects with 'question' "
-                                                "(and 'answer'), 'text' or 'record_id' (and 'subject'), or record ids")
-    reason: str | None = Field(default=None, repr=False)
+    @classmethod
+    def parse(cls, data: Any) -> "DeletionRequest":
+        """Validate a request's JSON content (a :class:`pydantic.ValidationError`: see :meth:`reasons`)."""
+        return TypeAdapter(cls).validate_python(data)
 
     @field_validator("request_id", mode="before")
     @classmethod
@@ -164,7 +175,7 @@ class DeletionRequest(BaseModel):
         reasons, unknown = [], []
         for item in error.errors():
             key = str(item["loc"][0]) if item["loc"] else ""
-            if item["type"] == "extra_forbidden":
+            if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
                 unknown.append(key)
             elif item["type"] == "missing":
                 hint = f" (an ISO 8601 time such as {_ISO_EXAMPLE})" if key == "received_at" else ""
@@ -614,7 +625,7 @@ class Certificate(_Strict):
 # --------------------------------------------------------------------------- JSON Schema for auditors
 
 # file stem in docs/schemas -> the artifact whose JSON Schema it holds
-SCHEMAS: dict[str, type[BaseModel]] = {
+SCHEMAS: dict[str, type] = {
     "deletion_request": DeletionRequest, "resolution": Resolution, "metrics": Metrics,
     "gate_decision": GateDecision, "erasure_record": ErasureRecord, "resources": Resources,
     "certificate": Certificate,
@@ -625,7 +636,7 @@ def json_schemas() -> dict[str, str]:
     """Each artifact's JSON Schema as the text of its file (sorted keys, so a diff shows a change)."""
     import json
 
-    return {name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    return {name: json.dumps(TypeAdapter(model).json_schema(), indent=2, sort_keys=True) + "\n"
             for name, model in SCHEMAS.items()}
 
 

@@ -69,7 +69,7 @@ def parse_request(data: Any, *, source: str | None = None) -> DeletionRequest:
     if not isinstance(data, dict):
         raise RequestError([f"the request must be a JSON object, got {type(data).__name__}"], source=source)
     try:
-        return DeletionRequest.model_validate(data)
+        return DeletionRequest.parse(data)
     except ValidationError as error:
         raise RequestError(DeletionRequest.reasons(error), source=source) from None
 
