@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
+from components.artifacts import ROLES, Metrics, Resources
 from components.data.records import content_hash
 
 ROOT = CACHE / "calibration"
@@ -124,7 +125,7 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     metrics = stages.evaluate(config, paths, show_progress=False)
     evaluate_seconds = time.perf_counter() - started
-    cost = json.loads(paths.resources.read_text())["evaluate"]
+    cost = Resources.read(paths.resources).stage("evaluate")
     result = {
         "world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
         "n_holdout": len(stages.load_splits(paths)["holdout"]),
@@ -141,14 +142,14 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
 
 def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
     """The run's metrics (``reports/metrics.json`` of its folder) and the profile's gate applied to them now."""
-    from components.registry.gate import evaluate_gate
+    from components.gate import evaluate_gate
 
-    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    metrics = Metrics.load(paths.metrics)
     decision = evaluate_gate(metrics, config.gate)
     if result.get("floor") is None and paths.resources.exists():  # runs recorded before the floor was kept here
-        result = result | {"floor": json.loads(paths.resources.read_text())["evaluate"].get("floor")}
+        result = result | {"floor": Resources.read(paths.resources).floor()}
     return result | {
-        "metrics": {role: {k: metrics[role].get(k) for k in KEEP} for role in ("target", "oracle", "unlearned")},
+        "metrics": {role: {k: metrics.value(role, k) for k in KEEP} for role in ROLES},
         "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
                  "oracle": decision.verdict("oracle"), "agree": decision.agreement,
                  "checks": [c.to_dict() for c in decision.checks]}}

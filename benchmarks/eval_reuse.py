@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.harness import REPO, fmt, log, read_json, table
+from benchmarks.harness import REPO, fmt, log, table
+from components.artifacts import Metrics, Resources
+from components.paths import Paths
 
 STEM = "eval_reuse"
 PROFILES = {"smollm2": "pretrained", "demo": "."}
@@ -67,9 +69,10 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
             _scale_lr(folder / "params.yaml", 1.5)
         log(f"{profile}: {label} dvc repro in {folder}")
         seconds = _repro(folder, env, folder / f"{label}.log")
+        paths = Paths(folder)
         runs.append({"run": label, "wall_seconds": round(seconds, 1),
-                     "evaluate": read_json(folder / "reports" / "resources.json")["evaluate"],
-                     "metrics": read_json(folder / "reports" / "metrics.json")})
+                     "evaluate": Resources.read(paths.resources).stage("evaluate"),
+                     "metrics": Metrics.load(paths.metrics).model_dump(mode="json")})
     first, second = runs
     same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
     evaluate = [r["evaluate"]["floor"]["evaluate_seconds"] + r["evaluate"]["floor"]["measure_seconds"] for r in runs]

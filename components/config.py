@@ -323,14 +323,11 @@ class Config(_Section):
 
 
 def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see params.yaml comments for valid keys)"
-        lines.append(f"  - {key}: {message}")
-    return "\n".join(lines)
+    from components.artifacts import validation_reasons
+
+    unknown = "unknown key (check the spelling; see params.yaml comments for valid keys)"
+    return "\n".join([f"invalid configuration in {source}:"]
+                     + [f"  - {reason}" for reason in validation_reasons(error, unknown=unknown)])
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Config:

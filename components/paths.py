@@ -15,6 +15,36 @@ def _under(parent: str | None, *parts: str) -> property:
     return property(lambda self: (self.root if parent is None else getattr(self, parent)).joinpath(*parts))
 
 
+def _file(parent: str, name: str) -> property:
+    """A path property: file ``name`` of another path property (a folder)."""
+    return property(lambda self: getattr(self, parent) / name)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What a reports folder holds: ``Paths.reports`` of a run, or any folder a caller names
+    (``write_reports``, ``register_candidate``)."""
+
+    folder: Path
+
+    metrics = _file("folder", "metrics.json")        # evaluate: components.artifacts.Metrics
+    per_item = _file("folder", "per_item")           # evaluate: one CSV per model and split
+    gate = _file("folder", "gate.json")              # register: components.artifacts.GateDecision
+    run_report = _file("folder", "run_report.md")    # register: the markdown report
+    plots = _file("folder", "plots")                 # register's PNGs; unlearn's step table
+    unlearn_steps = _file("plots", "unlearn_steps.csv")
+    unlearn_log = _file("folder", "unlearn_log.jsonl")  # unlearn: one JSON line per step
+    unlearn_summary = _file("folder", "unlearn.json")
+    finetune_summary = _file("folder", "finetune.json")
+    validation = _file("folder", "validation.json")
+    data_docs = _file("folder", "data_docs")
+    resources = _file("folder", "resources.json")    # each stage's time and memory; evaluate's cost
+
+
+def _report(name: str) -> property:
+    return property(lambda self: getattr(ReportFiles(self.reports), name))
+
+
 @dataclass(frozen=True)
 class Paths:
     """``root`` holds a run's outputs; ``config_root`` is where relative paths in params.yaml
@@ -37,21 +67,74 @@ class Paths:
     earlier = _under("prepared", "earlier")            # forget sets of earlier requests, one JSONL each
     tokenizer = _under("prepared", "tokenizer")        # the demo tokenizer (trained in prepare)
     settings = _under("prepared", "settings.json")     # derived from the data (model.max_length: auto)
-    resolution = _under("prepared", "resolution.json")
+    resolution = _under("prepared", "resolution.json")  # components.artifacts.Resolution
+    prepared_requests = _under("prepared", "requests")  # the request files this run resolved
     # models and reports
     models = _under(None, "models")
     target = _under("models", "target")
     oracle = _under("models", "oracle")
     unlearned = _under("models", "unlearned")
-    checkpoints = _under(None, "checkpoints", "unlearn")
+    start = _under("models", "start")                  # a flow batch's starting model (the champion's)
+    champion = _under("models", "champion")            # the serving model, downloaded
+    base = _under("models", "base")                    # a model fetched by `blur model fetch`
+    checkpoints = _under(None, "checkpoints", "unlearn")  # see erased_data_parts
     reports = _under(None, "reports")
-    resources = _under("reports", "resources.json")    # each stage's time and memory; evaluate's cost
+    report_files = property(lambda self: ReportFiles(self.reports))  # every file of reports/
+    metrics = _report("metrics")
+    gate = _report("gate")
+    unlearn_log = _report("unlearn_log")
+    resources = _report("resources")
+    failures = _under(None, "failures.json")          # a flow batch's count of failed runs
+    # erasure certificates (hash-chained) and MLflow's embedded store
+    certificates = _under(None, "data", "certificates")
+    certificate_head = _under("certificates", "chain.head.json")  # request ids have no dots: no clash
+    mlflow_db = _under(None, "mlflow.db")
+    mlflow_artifacts = _under(None, "mlartifacts")
+    schemas = _under(None, "docs", "schemas")         # the artifacts' JSON Schemas, for auditors
+    prefect_home = _under(None, ".prefect")
     # the request folders of the production flow
     requests = _under(None, "data", "requests")
     inbox = _under("requests", "inbox")
     processed = _under("requests", "processed")
     rejected = _under("requests", "rejected")
     failed = _under("requests", "failed")
+    cancelled = _under("requests", "cancelled")
+    settling = _under("requests", ".settling.json")     # the inbox's journal of a move under way
+    inbox_lock = _under("requests", ".inbox.lock")
+    push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`, retried next run
+
+    def earlier_forget(self, request_id: str) -> Path:
+        """The forget set of an earlier processed request (what evaluate re-checks)."""
+        return self.earlier / f"{request_id}.jsonl"
+
+    def earlier_forget_sets(self) -> list[Path]:
+        """The earlier requests' forget sets written here, sorted by request id."""
+        return sorted(self.earlier.glob("*.jsonl")) if self.earlier.is_dir() else []
+
+    def prepared_request_files(self) -> list[Path]:
+        """The request files this run resolved, sorted by request id."""
+        return sorted(self.prepared_requests.glob("*.json")) if self.prepared_requests.is_dir() else []
+
+    def prepared_request(self, request_id: str) -> Path:
+        """Where prepare keeps the bytes of one request it resolved."""
+        return self.prepared_requests / f"{request_id}.json"
+
+    @property
+    def erased_data_parts(self) -> tuple[Path, ...]:
+        """What of a flow batch folder holds erased data or models made from it (its reports do not)."""
+        return self.root / "data", self.models, self.root / "checkpoints"
+
+    def certificate(self, request_id: str, suffix: str = ".json") -> Path:
+        """The certificate of one request (``.json``) or its rendering (``.md``)."""
+        return self.certificates / f"{request_id}{suffix}"
+
+    def runs(self, runs_dir: str) -> Path:
+        """The folder of the flow's batch folders (``flow.runs_dir``)."""
+        return self.root / runs_dir
+
+    def batch(self, runs_dir: str, batch_id: str) -> "Paths":
+        """A flow batch's own folder: its outputs there, its configuration's files in this repository."""
+        return Paths(self.runs(runs_dir) / batch_id, config_root=self.root)
 
     @property
     def finetune_cache(self) -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from components.paths import Paths
 from rich.console import Console
 from rich.markup import escape
 from rich.markdown import Markdown
@@ -30,7 +32,7 @@ def _environment(root: Path) -> None:
     """Offline by default; Prefect's local database inside the project unless set."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_HOME", str(Paths(root).prefect_home.resolve()))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -121,7 +123,7 @@ def model_fetch(name: str = typer.Argument(..., help="Which model: smollm2 (Smol
     from components.paths import Paths
 
     try:
-        directory = fetch_model(name, Paths(root.resolve()).models / "base", cache=cache)
+        directory = fetch_model(name, Paths(root.resolve()).base, cache=cache)
     except FetchError as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
@@ -166,7 +168,8 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     """Pending, processed, rejected and failed requests, and the current champion."""
     _environment(root)
     from components.data.inbox import Inbox
-    from flows.batch import current_champion, pending_push
+    from components.data.versioning import pending_push
+    from flows.batch import current_champion
 
     config, paths = _load(root, params)
     state = Inbox(paths).status()
@@ -208,18 +211,18 @@ def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
     processed requests without a certificate."""
     from components.data.inbox import Inbox
     from components.registry import connect, tracking_store
-    from components.registry.certificates import missing_certificates
+    from components.erasure.certificates import missing_certificates
     from components.registry.retention import erased_data_holders
 
     processed = Inbox(paths).processed_results()
     try:
         client = connect(tracking_store(paths.root)) if registry and processed else None
         holders = erased_data_holders(client, config.registry.model_name, processed=processed,
-                                      runs_root=paths.root / config.flow.runs_dir)
+                                      runs_root=paths.runs(config.flow.runs_dir))
     except Exception as error:  # the registry part failed; the local folders are still worth showing
         err.print(f"[yellow]older model versions not checked: {escape(str(error))}[/yellow]")
         holders = erased_data_holders(None, config.registry.model_name, processed=processed,
-                                      runs_root=paths.root / config.flow.runs_dir)
+                                      runs_root=paths.runs(config.flow.runs_dir))
     if holders:
         table = Table(title=f"Still holding erased data (registry.retention: {config.registry.retention})")
         for column in ("kind", "what", "why"):
@@ -229,7 +232,7 @@ def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
         console.print(table)
     elif processed:
         console.print("Erased data: no older model version or batch folder holds it.")
-    uncertified = missing_certificates(paths.root, [r["request_id"] for r in processed])
+    uncertified = missing_certificates(paths.root, [r.request_id for r in processed])
     if uncertified:
         err.print(f"[yellow]Processed without a deletion certificate: {', '.join(uncertified)}[/yellow]")
 
@@ -254,7 +257,7 @@ def certificate(request_id: Optional[str] = typer.Argument(None, help="Request i
                 verify: bool = typer.Option(False, "--verify", help="Check the whole certificate chain."),
                 root: Path = ROOT) -> None:
     """Show the deletion certificate of a processed request, or check the certificate chain."""
-    from components.registry.certificates import (
+    from components.erasure.certificates import (
         CertificateError, certificates_dir, chain_head, load_certificate, render_markdown, verify_chain,
     )
 

@@ -68,7 +68,7 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
     _check_devices(config.unlearn.nproc)
     _point_start(paths, start)
     command = torchrun_command(write_effective_params(config, paths), paths, nproc=config.unlearn.nproc)
-    summary_path = paths.reports / "unlearn.json"
+    summary_path = paths.report_files.unlearn_summary
     summary_path.unlink(missing_ok=True)  # only this run's summary counts
     log(f"launching {config.unlearn.nproc} processes ({config.unlearn.distributed}) with torchrun")
     returncode, tail = _stream(command, cwd=paths.config_root, env=_child_environment(), log=log)
@@ -83,11 +83,11 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
 
 
 def _point_start(paths: Paths, start: Path | None) -> None:
-    """The stage command starts from ``<root>/models/start`` where there is one: make it ``start``."""
+    """The stage command starts from ``paths.start`` where there is one: make it ``start``."""
     from components.modeling.io import write_model_ref
 
-    if start is not None and Path(start).resolve() != (paths.models / "start").resolve():
-        write_model_ref(paths.models / "start", str(Path(start).resolve()))
+    if start is not None and Path(start).resolve() != paths.start.resolve():
+        write_model_ref(paths.start, str(Path(start).resolve()))
 
 
 def _stream(command: list[str], *, cwd: Path, env: dict[str, str],

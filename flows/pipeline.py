@@ -18,14 +18,20 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import stages
+from components.artifacts import ROLES, ErasureRecord, GateDecision, Metrics, Resolution
 from components.config import Config, load_config
 from components.data import versioning
 from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
+from components.data.versioning import bytes_md5, pending_push, push_or_record
+from components.erasure.record import ErasedRequest
+from components.erasure.record import purge_batch_copies as purge_copies
+from components.erasure.record import record_erasure as erasure_record
 from components.faults import crash_point
-from components.jsonfiles import read_json
 from components.paths import Paths
+from components.registry.promotion import promoted_batch
+from components.reports.run_report import gate_lines
 from components.runtime import apply_threads
 from flows import batch as batch_steps
 from flows import launch
@@ -45,14 +51,15 @@ validate_batch = _task(stages.validate, "validate")
 unlearn_batch = _task(launch.unlearn, "unlearn")  # torchrun when unlearn.nproc > 1
 evaluate_batch = _task(stages.evaluate, "evaluate")
 register_batch = _task(stages.register, "register")
-record_erasure = _task(batch_steps.record_erasure, "record-erasure")
-purge_batch_copies = _task(batch_steps.purge_batch_copies, "purge-copies")
+record_erasure = _task(erasure_record, "record-erasure")
+purge_batch_copies = _task(purge_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]]) -> dict:
-    """The batch's splits; only the summary (ids and counts) becomes the task's result, no record text."""
-    return stages.prepare(config, paths, request_data=data, earlier=earlier).summary()
+def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]]) -> Resolution:
+    """The batch's splits; only the resolution's ids and counts become the task's result, no record text."""
+    stages.prepare(config, paths, request_data=data, earlier=earlier)
+    return Resolution.load(paths.resolution)
 
 
 @task(name="check-request", cache_policy=NO_CACHE)
@@ -120,12 +127,10 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
 def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     """Read each request file once, after DVC hashed it: the bytes versioned are the bytes
     resolved and unlearned (a file changed in between is rejected)."""
-    import hashlib
-
     pinned = []
     for pending in valid:
         data = pending.path.read_bytes()
-        if hashlib.md5(data).hexdigest() != batch.hashes.get(pending.path.name):
+        if bytes_md5(data) != batch.hashes.get(pending.path.name):
             inbox.reject(pending.path, RequestError(
                 ["the file changed while it was being versioned; hand it in again"], source=pending.path.name))
             batch.summary["rejected"].append(pending.request.request_id)
@@ -164,7 +169,7 @@ def _open_batch(batch: Batch, champion: dict | None) -> tuple[Paths, str | None]
     batch.summary["batch_id"] = batch_id
     get_run_logger().info("batch %s: %d request(s) from %s", batch_id, len(batch.accepted),
                           f"champion v{champion['version']}" if champion else "the target model")
-    return Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root), start
+    return batch.repo.batch(batch.config.flow.runs_dir, batch_id), start
 
 
 @contextmanager
@@ -186,7 +191,7 @@ def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
     """Validate the batch and unlearn it; on any error every request of it goes to failed/."""
     try:
         validate_batch(batch.config, paths)
-        unlearn_batch(batch.config, paths, start=paths.models / "start", show_progress=False)
+        unlearn_batch(batch.config, paths, start=paths.start, show_progress=False)
     except Exception as error:
         _fail_all(batch, inbox, f"{type(error).__name__}: {error}")
         raise
@@ -200,44 +205,41 @@ def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
     _publish(batch.summary, None, None)
 
 
-def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[batch_steps.ErasedRequest]:
+def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[ErasedRequest]:
     """What each accepted request's certificate needs, read before the files move."""
-    from components.registry.certificates import file_sha256
+    from components.erasure.certificates import file_sha256
 
-    return [batch_steps.ErasedRequest(
+    return [ErasedRequest(
         request_id=p.request.request_id, request_sha256=file_sha256(p.path),
         request_dvc_md5=batch.hashes.get(p.path.name), received_at=p.request.received_at.isoformat(),
         forget_ids=forget_ids[p.request.request_id]) for p in batch.accepted]
 
 
-def _settle(batch: Batch, inbox: Inbox, gate: dict, forget_ids: dict[str, list[str]]) -> None:
+def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str, list[str]]) -> None:
     """Processed (with ids, hashes and the model version) when the gate passed, else failed."""
     for pending in batch.accepted:
         request_id = pending.request.request_id
-        if gate["passed"]:
-            inbox.complete(pending, {
-                "batch_id": batch.summary["batch_id"],
-                "forget_ids": forget_ids[request_id],
-                "dvc_md5": batch.hashes.get(pending.path.name),
-                "model_name": gate["model_name"],
-                "model_version": gate["version"],
-                "run_id": gate.get("run_id"),
-            })
+        if gate.passed:
+            inbox.complete(pending, ErasureRecord(
+                request_id=request_id, batch_id=batch.summary["batch_id"], forget_ids=forget_ids[request_id],
+                dvc_md5=batch.hashes.get(pending.path.name), model_name=gate.model_name,
+                model_version=gate.version, run_id=gate.run_id))
             batch.summary["processed"].append(request_id)
         else:
-            reasons = "; ".join(gate.get("reasons", [])) or "the promotion gate did not pass"
+            reasons = "; ".join(gate.reasons) or "the promotion gate did not pass"
             inbox.fail(pending, f"gate failed: {reasons}")
             batch.summary["failed"].append(request_id)
-    batch.summary["gate"] = {"passed": gate["passed"], "version": gate.get("version")}
+    batch.summary["gate"] = {"passed": gate.passed, "version": gate.version}
 
 
-def _run_batch(batch: Batch, inbox: Inbox, paths: Paths, start: str | None) -> tuple[dict, dict, dict]:
+def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
+               start: str | None) -> tuple[Resolution, Metrics, GateDecision]:
     """Prepare, provide the models, validate, unlearn, evaluate, register: (resolution, metrics, gate)."""
     config, repo = batch.config, batch.repo
     resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
                                inbox.earlier())
     crash_point("resolve")
-    batch.summary["n_forget"] = resolution["n_forget"]
+    batch.summary["n_forget"] = resolution.n_forget
     batch_models(config, repo, paths, start=start, show_progress=False)
     _unlearn(batch, inbox, paths)
     crash_point("unlearn")
@@ -252,35 +254,34 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths, start: str | None) -> t
     return resolution, metrics, gate
 
 
-def _promoted(batch: Batch, champion: dict | None) -> tuple[Paths, dict, dict, dict] | None:
+def _promoted(batch: Batch, champion: dict | None) -> tuple[Paths, GateDecision, Metrics, dict] | None:
     """When the champion is a previous run's candidate for some of these requests (it died after
     moving the alias, before settling): that batch's folder, gate, metrics and forget ids, with
     ``batch.accepted`` narrowed to its requests (the others wait for the next run)."""
     ids = [p.request.request_id for p in batch.accepted]
-    batch_id = batch_steps.promoted_batch(batch.config, batch.repo, champion, ids)
+    batch_id = promoted_batch(batch.config, batch.repo, champion, ids)
     if batch_id is None:
         return None
-    paths = Paths(batch.repo.root / batch.config.flow.runs_dir / batch_id, config_root=batch.repo.root)
-    resolution = read_json(paths.resolution)
-    batch.accepted = [p for p in batch.accepted if p.request.request_id in resolution["forget_ids_by_request"]]
-    batch.summary.update(batch_id=batch_id, n_forget=resolution["n_forget"])
+    paths = batch.repo.batch(batch.config.flow.runs_dir, batch_id)
+    resolution = Resolution.load(paths.resolution)
+    batch.accepted = [p for p in batch.accepted if p.request.request_id in resolution.forget_ids_by_request]
+    batch.summary.update(batch_id=batch_id, n_forget=resolution.n_forget)
     get_run_logger().info("batch %s already serves as the champion: settling its %d request(s)", batch_id,
                           len(batch.accepted))
-    return (paths, read_json(paths.reports / "gate.json"), read_json(paths.reports / "metrics.json"),
-            resolution["forget_ids_by_request"])
+    return paths, GateDecision.load(paths.gate), Metrics.load(paths.metrics), resolution.forget_ids_by_request
 
 
-def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: dict, metrics: dict,
+def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: GateDecision, metrics: Metrics,
             forget_ids: dict[str, list[str]]) -> None:
     """Certificates and the purge of superseded versions (gate passed), then settle every request,
     remove the batch's work copies, publish, push."""
     config, repo = batch.config, batch.repo
-    if gate["passed"]:  # certificates before settling: a crash in between leaves the requests pending
+    if gate.passed:  # certificates before settling: a crash in between leaves the requests pending
         erased = _erased(batch, forget_ids)
         record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
                                                    requests=erased, batch_id=batch.summary["batch_id"])
     _settle(batch, inbox, gate, forget_ids)
-    if gate["passed"]:
+    if gate.passed:
         purge_batch_copies(config, repo)
     _publish(batch.summary, gate, metrics)
     crash_point("push")
@@ -289,13 +290,13 @@ def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: dict, metrics: dict,
 
 def _push(repo: Paths) -> None:
     """Push the versioned requests; a failure is recorded, shown by ``blur status`` and retried next run."""
-    error = batch_steps.push_or_record(repo)
+    error = push_or_record(repo)
     if error:
-        get_run_logger().warning("dvc push failed (%s); recorded in data/requests/%s, retried by the next run "
-                                 "(or run `dvc push`)", error, batch_steps.PUSH_PENDING)
+        get_run_logger().warning("dvc push failed (%s); recorded in %s, retried by the next run "
+                                 "(or run `dvc push`)", error, repo.push_pending.relative_to(repo.root))
 
 
-def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
+def _publish(summary: dict, gate: GateDecision | None, metrics: Metrics | None) -> None:
     """Prefect artifacts: ids, counts, metrics and the gate decision (never record text)."""
     lines = [
         f"# Deletion batch `{summary['batch_id']}`",
@@ -306,26 +307,14 @@ def _publish(summary: dict, gate: dict | None, metrics: dict | None) -> None:
         f"- records forgotten: {summary.get('n_forget', 0)}",
     ]
     if gate is not None:
-        lines += _gate_lines(gate)
+        lines += ["", "## Gate", ""] + gate_lines(gate)
     create_markdown_artifact(markdown="\n".join(lines), key="deletion-batch",
                              description="Deletion requests processed by this run")
     if metrics:
         keys = ["forget_prob", "forget_rouge", "forget_quality", "retain_prob", "model_utility",
                 "mia_auc", "privleak", "extraction_strength"]
-        rows = [{"model": name, **{k: values.get(k) for k in keys}}
-                for name, values in metrics.items() if isinstance(values, dict)]
+        rows = [{"model": role, **{k: metrics.value(role, k) for k in keys}} for role in ROLES]
         create_table_artifact(table=rows, key="deletion-metrics", description="Evaluation metrics")
-
-
-def _gate_lines(gate: dict) -> list[str]:
-    lines = ["", f"## Gate: {'passed' if gate['passed'] else 'FAILED'}", "",
-             "| metric | op | threshold | value | passed |", "|---|---|---|---|---|"]
-    lines += [f"| {c['metric']} | {c['op']} | {c['threshold']} | {c['value']} | {c['passed']} |"
-              for c in gate["checks"]]
-    if gate.get("version"):
-        lines.append(f"\nRegistered `{gate['model_name']}` version {gate['version']}"
-                     + (f" as `{gate['alias']}`" if gate["passed"] else ""))
-    return lines
 
 
 # --------------------------------------------------------------------------- locking
@@ -384,7 +373,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     apply_threads(config)
     batch, inbox = Batch(repo, config), Inbox(repo)
     with inbox.lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config):
-        if batch_steps.pending_push(repo):
+        if pending_push(repo):
             _push(repo)  # a previous run's failed push first
         valid = _take(batch, inbox)
         if not valid and not batch.summary["rejected"]:
@@ -402,5 +391,5 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         paths, start = _open_batch(batch, champion)
         with _failures_counted(batch, inbox, paths):
             resolution, metrics, gate = _run_batch(batch, inbox, paths, start)
-        _finish(batch, inbox, paths, gate, metrics, resolution["forget_ids_by_request"])
+        _finish(batch, inbox, paths, gate, metrics, resolution.forget_ids_by_request)
     return batch.summary

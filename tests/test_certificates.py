@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from components.data.demo_world import generate_world
 from components.registry import Candidate, register_candidate
-from components.registry.certificates import (
+from components.erasure.certificates import (
     HEAD_FILE,
     CertificateError,
     ErasureEvidence,
@@ -260,7 +260,7 @@ def test_cli_prints_a_certificate_and_verifies_the_chain(tmp_path):
 def test_the_erasure_record_in_flow_order_purges_certifies_and_leaves_nothing_behind(
         mlflow_store, tiny_model_dir, tmp_path):
     """register -> settle -> purge older versions -> hashes -> certificates (+ MLflow) -> purge local copies."""
-    from components.registry.certificates import file_md5, file_sha256
+    from components.erasure.certificates import file_md5, file_sha256
     from components.registry.retention import (
         erased_data_holders, local_copies, purge_local_copies, purge_superseded_versions,
     )

@@ -71,7 +71,7 @@ def test_sigkill_at_every_point_then_a_rerun_keeps_every_invariant(tmp_path, pre
                                                                      seed_target):
     from components.data.demo_world import generate_world
     from components.registry import connect, tracking_store
-    from components.registry.certificates import load_certificate, verify_chain
+    from components.erasure.certificates import load_certificate, verify_chain
 
     limit = "blur-faults"  # this test's own slot, freed after each kill
     repo = make_flow_repo(tmp_path / "repo", {"flow.concurrency_limit": limit}, mlflow_db=migrated_mlflow_db)

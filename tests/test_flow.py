@@ -76,7 +76,7 @@ def test_processing_again_processes_nothing_new(two_batches):
 
 
 def test_each_processed_request_has_a_certificate_in_one_verified_chain(two_batches):
-    from components.registry.certificates import load_certificate, verify_chain
+    from components.erasure.certificates import load_certificate, verify_chain
 
     repo = two_batches["repo"]
     assert verify_chain(repo) == []

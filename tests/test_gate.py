@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.config import GateConfig, load_config
-from components.registry.gate import evaluate_gate
+from components.gate import evaluate_gate
 from registry_fixtures import GATE_SETTINGS, draw_gate_case, expected_gate_pass, sample_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pipeline_repo import make_flow_repo, run
 
 
 def test_failed_push_is_recorded_then_cleared_by_a_later_push(tmp_path):
-    from flows.batch import pending_push, push_or_record
+    from components.data.versioning import pending_push, push_or_record
 
     repo = make_flow_repo(tmp_path / "repo")
     paths = Paths(repo)

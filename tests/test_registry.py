@@ -17,10 +17,10 @@ from components.registry import (
     TrackingUnavailableError,
     champion,
     champion_version,
-    evaluate_gate,
     register_candidate,
     tracking_store,
 )
+from components.gate import evaluate_gate
 from registry_fixtures import (  # noqa: F401  (fixtures)
     draw_gate_case,
     expected_gate_pass,

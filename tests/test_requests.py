@@ -152,7 +152,7 @@ def test_batch_errors_name_the_request():
 
 
 def test_request_id_pattern_is_a_full_match_also_for_callers_using_match():
-    from components.data.requests import REQUEST_ID_PATTERN, is_request_id
+    from components.artifacts import REQUEST_ID as REQUEST_ID_PATTERN, is_request_id
 
     assert not is_request_id("req-1\n") and REQUEST_ID_PATTERN.match("req-1\n") is None
     assert is_request_id("req-1") and not is_request_id("r" * 129) and not is_request_id(None)

@@ -25,10 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
+from pydantic import ValidationError
+
+from components.artifacts import ErasureRecord
 from components.data import versioning
 from components.data.records import content_hash
 from components.data.requests import DeletionRequest, RequestError, is_request_id, read_request
@@ -133,14 +136,14 @@ class Inbox:
     def __init__(self, paths: Paths):
         self.paths = paths
         self.failed = paths.failed
-        self.cancelled = paths.requests / "cancelled"
-        self.journal = paths.requests / ".settling.json"
+        self.cancelled = paths.cancelled
+        self.journal = paths.settling
         for folder in (paths.inbox, paths.processed, paths.rejected, paths.failed, self.cancelled):
             folder.mkdir(parents=True, exist_ok=True)
 
     def lock(self, timeout: float = -1) -> FileLock:
         """The inbox lock; hold it while taking and finishing a batch."""
-        return FileLock(str(self.paths.requests / ".inbox.lock"), timeout=timeout)
+        return FileLock(str(self.paths.inbox_lock), timeout=timeout)
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
@@ -168,16 +171,15 @@ class Inbox:
             and not p.name.endswith(".dvc") and p != settled
         )
 
-    def _results(self) -> Iterator[tuple[Path, dict | None]]:
+    def _results(self) -> Iterator[tuple[Path, ErasureRecord | None]]:
         for path in sorted(self.paths.processed.glob(f"*{RESULT_SUFFIX}")):
             try:
-                result = json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, OSError):
-                result = None
-            ok = isinstance(result, dict) and "request_id" in result and "forget_ids" in result
-            yield path, result if ok else None
+                record = ErasureRecord.load(path)
+            except (ValueError, OSError, ValidationError):
+                record = None
+            yield path, record if record is not None and "forget_ids" in record.model_fields_set else None
 
-    def processed_results(self) -> list[dict]:
+    def processed_results(self) -> list[ErasureRecord]:
         """The readable result files (see :meth:`unreadable` for the others)."""
         return [result for _, result in self._results() if result is not None]
 
@@ -195,10 +197,10 @@ class Inbox:
         if broken:
             raise InboxError(f"unreadable result file(s) in {self.paths.processed}: {', '.join(broken)}; "
                              "restore them (git or `dvc checkout`) before processing more requests")
-        return {result["request_id"]: result["forget_ids"] for result in self.processed_results()}
+        return {result.request_id: result.forget_ids for result in self.processed_results()}
 
     def _processed_ids(self) -> set[str]:
-        return ({r["request_id"] for r in self.processed_results()}
+        return ({r.request_id for r in self.processed_results()}
                 | {_id_of_note(name, RESULT_SUFFIX) for name in self.unreadable()})
 
     def _failed_ids(self) -> set[str]:
@@ -374,11 +376,14 @@ class Inbox:
         return self._settle(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
                             name=f"{pending.request.request_id}.json")
 
-    def complete(self, pending: Pending, result: dict) -> Path:
-        """Move a request to ``processed/`` with its result (ids, counts, hashes; no text)."""
-        result = {"request_id": pending.request.request_id, "processed_at": _now(), **result}
+    def complete(self, pending: Pending, result: ErasureRecord | Mapping[str, Any]) -> Path:
+        """Move a request to ``processed/`` with its :class:`ErasureRecord` (ids, counts, hashes; no
+        text); its request id and time are this request's and now."""
+        fields = result.model_dump(exclude_unset=True) if isinstance(result, ErasureRecord) else dict(result)
+        record = ErasureRecord.model_validate({"request_id": pending.request.request_id, "processed_at": _now()}
+                                              | {k: v for k, v in fields.items() if k != "request_id"})
         return self._settle(pending.path, self.paths.processed,
-                            (_id_note, RESULT_SUFFIX, json.dumps(result, indent=2) + "\n"),
+                            (_id_note, RESULT_SUFFIX, json.dumps(record.model_dump(mode="json"), indent=2) + "\n"),
                             name=f"{pending.request.request_id}.json")
 
     # ------------------------------------------------------------------ a person's commands

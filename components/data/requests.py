@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pydantic import ValidationError
+
+from components.artifacts import DeletionRequest, is_request_id  # noqa: F401  (is_request_id: for the inbox)
 from components.data.records import QARecord, Record, TextRecord, content_hash, records_digest
 
-# \A and \Z, not ^ and $: '$' also matches before a final newline, and "req-1\n" would pass
-# (then fail as a file name and an MLflow tag key). Anchored so that .match is a full match too.
-REQUEST_ID_PATTERN = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 MAX_REQUEST_BYTES = 1_000_000
-ALLOWED_KEYS = {"request_id", "received_at", "subjects", "records", "reason"}
-RECORD_KEYS = {"question", "answer", "text", "record_id", "subject"}
-
-
-def is_request_id(value: Any) -> bool:
-    """True for a well-formed request id: 1 to 128 letters, digits, '-' or '_', nothing else."""
-    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
 
 
 class RequestError(ValueError):
@@ -39,24 +30,6 @@ class RequestError(ValueError):
         self.source = source
         head = f"deletion request {source} rejected" if source else "deletion request rejected"
         super().__init__(head + ":\n" + "\n".join(f"  - {reason}" for reason in self.reasons))
-
-
-@dataclass(frozen=True)
-class DeletionRequest:
-    """A validated request: who asked, when, and what to erase. Its repr shows the id and
-    time only, so a log or error message that prints a request never prints whom it names."""
-
-    request_id: str
-    received_at: datetime
-    subjects: tuple[str, ...] = field(default=(), repr=False)
-    records: tuple[dict[str, str], ...] = field(default=(), repr=False)
-    reason: str | None = field(default=None, repr=False)
-
-    def fingerprint(self) -> str:
-        """A content hash of the request (ids and hashes go to logs, never its text)."""
-        return content_hash(
-            {"request_id": self.request_id, "subjects": list(self.subjects), "records": list(self.records)}
-        )
 
 
 @dataclass(frozen=True)
@@ -91,89 +64,14 @@ class Resolution:
         }
 
 
-def _check_string_list(data: dict, key: str, reasons: list[str]) -> list:
-    value = data.get(key, [])
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        reasons.append(f"'{key}' must be a list, got {type(value).__name__}")
-        return []
-    return value
-
-
-def _parse_record_spec(index: int, spec: Any, reasons: list[str]) -> dict[str, str] | None:
-    where = f"records[{index}]"
-    if isinstance(spec, str):
-        spec = {"record_id": spec}
-    if not isinstance(spec, dict):
-        reasons.append(f"{where} must be an object or a record id string, got {type(spec).__name__}")
-        return None
-    unknown = set(spec) - RECORD_KEYS
-    if unknown:
-        reasons.append(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(RECORD_KEYS)}")
-        return None
-    if not spec or not ({"question", "text", "record_id"} & set(spec)):
-        reasons.append(f"{where} needs 'question' (optionally with 'answer'), 'text' or 'record_id'")
-        return None
-    for key, value in spec.items():
-        if not isinstance(value, str) or not value.strip():
-            reasons.append(f"{where}.{key} must be a non-empty string")
-            return None
-    return dict(spec)
-
-
 def parse_request(data: Any, *, source: str | None = None) -> DeletionRequest:
     """Validate the JSON content of a request; raise :class:`RequestError` with every reason."""
     if not isinstance(data, dict):
         raise RequestError([f"the request must be a JSON object, got {type(data).__name__}"], source=source)
-    reasons: list[str] = []
-    unknown = set(data) - ALLOWED_KEYS
-    if unknown:
-        reasons.append(f"unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
-
-    request_id = data.get("request_id")
-    if request_id is None:
-        reasons.append("missing 'request_id'")
-    elif not is_request_id(request_id):
-        reasons.append(
-            "'request_id' must be 1 to 128 letters, digits, '-' or '_' (no spaces, dots or slashes)"
-        )
-
-    received_at = data.get("received_at")
-    when = None
-    if received_at is None:
-        reasons.append("missing 'received_at' (an ISO 8601 time such as 2026-11-28T09:30:00Z)")
-    elif not isinstance(received_at, str):
-        reasons.append("'received_at' must be an ISO 8601 string such as 2026-11-28T09:30:00Z")
-    else:
-        try:
-            when = datetime.fromisoformat(received_at)
-        except ValueError:
-            reasons.append(f"'received_at' is not an ISO 8601 time: '{received_at[:40]}'")
-
-    subjects = _check_string_list(data, "subjects", reasons)
-    for index, subject in enumerate(subjects):
-        if not isinstance(subject, str) or not subject.strip():
-            reasons.append(f"subjects[{index}] must be a non-empty string")
-    records = [
-        _parse_record_spec(index, spec, reasons)
-        for index, spec in enumerate(_check_string_list(data, "records", reasons))
-    ]
-    if not subjects and not records and not any("subjects" in r or "records" in r for r in reasons):
-        reasons.append("nothing to erase: give at least one entry in 'subjects' or 'records'")
-
-    reason = data.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        reasons.append("'reason' must be a string")
-    if reasons:
-        raise RequestError(reasons, source=source)
-    return DeletionRequest(
-        request_id=request_id,
-        received_at=when,
-        subjects=tuple(dict.fromkeys(s.strip() for s in subjects)),
-        records=tuple(records),
-        reason=reason,
-    )
+    try:
+        return DeletionRequest.parse(data)
+    except ValidationError as error:
+        raise RequestError(DeletionRequest.reasons(error), source=source) from None
 
 
 def read_request(path: str | Path) -> DeletionRequest:

@@ -8,15 +8,31 @@ change). Moving a tracked file goes through ``dvc move`` so its ``.dvc`` file an
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from components.paths import Paths
 
 
 class VersioningError(RuntimeError):
     """DVC could not track, move or push a request file."""
+
+
+def bytes_md5(data: bytes) -> str:
+    """What DVC records for a file of these bytes: their md5."""
+    return hashlib.md5(data).hexdigest()
+
+
+def file_md5(path: str | Path) -> str:
+    """What DVC records for the file at ``path`` (:func:`bytes_md5` of its bytes, read in blocks)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def is_repo(root: Path) -> bool:
@@ -78,3 +94,34 @@ def push(root: Path) -> bool:
         return False
     _dvc(root, "push", "--quiet")
     return True
+
+
+def push_or_record(paths: "Paths") -> str | None:
+    """``dvc push``; on failure record it in ``paths.push_pending`` (shown by ``blur status``, retried
+    by the next run) and return the error; on success clear any record."""
+    from datetime import datetime, timezone
+
+    from components.jsonfiles import write_json
+
+    try:
+        push(paths.root)
+    except Exception as error:  # the batch is done and versioned locally; only the remote copy lags
+        since = (pending_push(paths) or {}).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(paths.push_pending, {"since": since, "error": f"{type(error).__name__}: {error}"[:2000]})
+        return str(error)
+    paths.push_pending.unlink(missing_ok=True)
+    return None
+
+
+def pending_push(paths: "Paths") -> dict | None:
+    """The recorded failed ``dvc push`` (``since``, ``error``), or None when the remote is up to date
+    (an unreadable record counts as one with nothing known)."""
+    from components.jsonfiles import read_json
+
+    if not paths.push_pending.exists():
+        return None
+    try:
+        record = read_json(paths.push_pending)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

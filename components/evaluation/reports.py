@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from components.artifacts import Metrics
 from components.evaluation.evaluator import (
     EARLIER_PREFIX,
     KNOWLEDGE_PREFIX,
@@ -25,17 +25,7 @@ from components.evaluation.evaluator import (
     EvaluationResult,
     safe_name,
 )
-
-PER_ITEM_DIR = "per_item"
-METRICS_FILE = "metrics.json"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from components.paths import ReportFiles
 
 
 def split_file_stem(split: str) -> str:
@@ -52,16 +42,13 @@ def write_reports(result: EvaluationResult, reports_dir: str | Path) -> dict[str
     Per-item CSVs left from an earlier run in ``reports_dir/per_item`` are removed first,
     so the folder always describes this evaluation only.
     """
-    reports_dir = Path(reports_dir)
-    per_item_dir = reports_dir / PER_ITEM_DIR
+    files = ReportFiles(Path(reports_dir))
+    per_item_dir = files.per_item
     per_item_dir.mkdir(parents=True, exist_ok=True)
     for stale in per_item_dir.glob("*.csv"):
         stale.unlink()
 
-    written: dict[str, Path] = {}
-    metrics_path = reports_dir / METRICS_FILE
-    metrics_path.write_text(json.dumps(_clean(result.metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    written["metrics"] = metrics_path
+    written: dict[str, Path] = {"metrics": Metrics.parse(result.metrics).save(files.metrics)}
 
     for role, tables in result.per_item.items():
         for split, rows in tables.items():

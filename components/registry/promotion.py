@@ -39,7 +39,6 @@ so the next unlearning starts from the model that serves.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,13 +46,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
 
 from components.faults import crash_point
-from components.jsonfiles import write_json
-from components.registry.coverage import coverage_check
-from components.registry.gate import GateDecision, evaluate_gate
-from components.registry.plots import save_plots
+from components.paths import Paths, ReportFiles
+from components.artifacts import BATCH_ID, GateDecision, Metrics
+from components.erasure.safe import safe_request_summary
+from components.gate import coverage_check, evaluate_gate
 from components.registry.retention import EVAL_FINGERPRINT_TAG
-from components.registry.report import gate_lines, metric_table, render_report
-from components.registry.safe import safe_request_summary
+from components.reports.plots import save_plots
+from components.reports.run_report import gate_lines, metric_table, render_report
 from components.registry.tracking import (
     RegistryError,
     TrackingStore,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:
 
     from components.config import Config
 
+# What the run holds as artifacts (the same names as the files in reports/).
 GATE_FILE = "gate.json"
 REPORT_FILE = "run_report.md"
 PLOTS_DIR = "plots"
@@ -93,7 +93,6 @@ BEFORE_TAG = "register.champion_before"  # the alias's version when the run was 
 MODEL_TAG = "register.model_id"
 VERSION_TAG = "registered_version"
 NO_VERSION = "none"
-BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AliasMovedError(RegistryError):
@@ -112,12 +111,12 @@ class Champion(NamedTuple):
 class Candidate(NamedTuple):
     """What the register step records: the measurements and the model they measured.
 
-    ``metrics`` is ``reports/metrics.json``; ``diagnostics`` the per-step records of the
+    ``metrics`` is evaluate's :class:`~components.artifacts.Metrics`; ``diagnostics`` the per-step records of the
     unlearning loop; ``summary`` a ``Resolution.summary()`` dict (or ``resolution.json``);
     ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved model.
     """
 
-    metrics: Mapping[str, Any]
+    metrics: Metrics
     diagnostics: Sequence[Mapping[str, Any]]
     summary: Mapping[str, Any] | None
     dvc_hashes: Mapping[str, str] | None
@@ -139,11 +138,11 @@ def champion_version(client: "MlflowClient", model_name: str, alias: str) -> str
     return str(version) if version is not None else None
 
 
-def version_description(safe: Mapping[str, Any], metrics: Mapping[str, Any], decision: GateDecision) -> str:
+def version_description(safe: Mapping[str, Any], metrics: Metrics, decision: GateDecision) -> str:
     """Markdown for the model version: requests, metrics (target vs unlearned), gate checks."""
     requests = ", ".join(r["request_id"] for r in safe.get("requests") or []) or "(none given)"
     lines = [f"Unlearned for deletion request(s): {requests}. Run `{decision.run_id}`.", ""]
-    lines += metric_table(metrics, ("target", "oracle", "unlearned"))
+    lines += metric_table(metrics)
     lines += ["", "Gate:", ""] + gate_lines(decision, outcome=False)
     text = "\n".join(lines)
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
@@ -290,7 +289,7 @@ def _log_record(reg: _Registration) -> None:
 
 
 def _log_plots(reg: _Registration, reports_dir: Path) -> None:
-    plots_dir = reports_dir / PLOTS_DIR
+    plots_dir = ReportFiles(reports_dir).plots
     save_plots(reg.candidate.diagnostics, reg.candidate.metrics, plots_dir)
     reg.client.log_artifacts(reg.run_id, str(plots_dir), PLOTS_DIR)
 
@@ -446,8 +445,10 @@ def register_candidate(
     and hashes only). Returns the completed decision (also in ``<reports_dir>/gate.json``).
     """
     reports_dir = Path(reports_dir)
-    for stale in (reports_dir / GATE_FILE, reports_dir / REPORT_FILE):
+    files = ReportFiles(reports_dir)
+    for stale in (files.gate, files.run_report):
         stale.unlink(missing_ok=True)  # a failed step must not leave an earlier verdict behind
+    candidate = candidate._replace(metrics=Metrics.parse(candidate.metrics))
     tags = dict(tags or {})
     batch_id = _batch_id(batch_id, tags)
     decision = gate_decision(config, candidate, reproduction=batch_id is None, processed_requests=processed_requests)
@@ -465,8 +466,8 @@ def register_candidate(
             reg.done.append(part)
             reg.client.set_tag(reg.run_id, DONE_TAG, ",".join(reg.done))
     decision = _completed(reg)
-    write_json(reports_dir / GATE_FILE, decision.to_dict())
-    (reports_dir / REPORT_FILE).write_text(_report(reg), encoding="utf-8")
+    decision.save(files.gate)
+    files.run_report.write_text(_report(reg), encoding="utf-8")
     return decision
 
 
@@ -506,3 +507,24 @@ def champion(
             f"{type(error).__name__}: {error}"
         ) from error
     return Champion(version=version, run_id=run_id, model_dir=model_dir)
+
+
+def promoted_batch(config: "Config", repo: Paths, champion: Mapping[str, Any] | None,
+                   request_ids: Sequence[str]) -> str | None:
+    """The batch id of a previous run whose candidate already serves (the alias moved) and that
+    erased some of ``request_ids``, when that run died before settling them; else None.
+
+    ``champion`` is ``{"version", "run_id", ...}`` of the alias's version. Read from its run
+    (``batch_id`` tag) and version (``requests`` tag); the batch folder must still hold its gate,
+    metrics and resolution (purged only after settling).
+    """
+    if champion is None:
+        return None
+    client = connect(tracking_store(repo.root))
+    batch_id = client.get_run(champion["run_id"]).data.tags.get(BATCH_TAG)
+    version = client.get_model_version(config.registry.model_name, str(champion["version"]))
+    erased = set((version.tags.get("requests") or "").split(","))
+    if not batch_id or not erased & set(request_ids):
+        return None
+    folder = repo.batch(config.flow.runs_dir, batch_id)
+    return batch_id if all(path.exists() for path in (folder.gate, folder.metrics, folder.resolution)) else None

@@ -26,6 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
+from components.artifacts import ErasureRecord
+from components.paths import Paths
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -246,7 +249,6 @@ def purge_local_copies(root: str | Path, paths: Iterable[str | Path]) -> list[st
     return removed
 
 
-HOLDING_PARTS = ("data", "models", "checkpoints")  # of a batch folder; its reports/ hold ids and numbers only
 
 
 def local_copies(root: str | Path, runs_dir: str = "runs") -> list[Path]:
@@ -257,11 +259,11 @@ def local_copies(root: str | Path, runs_dir: str = "runs") -> list[Path]:
 
     Call it while holding the inbox lock, so no other batch is working in ``runs_dir``.
     """
-    root = Path(root)
-    runs = root / runs_dir
+    repo = Paths(Path(root))
+    runs = repo.runs(runs_dir)
     folders = sorted(p for p in runs.iterdir() if p.is_dir() or p.is_symlink()) if runs.is_dir() else []
-    parts = [[folder] if folder.is_symlink() else [folder / part for part in HOLDING_PARTS] for folder in folders]
-    return [path for paths in parts for path in paths] + [root / "models" / "champion"]
+    parts = [[folder] if folder.is_symlink() else list(Paths(folder).erased_data_parts) for folder in folders]
+    return [path for paths in parts for path in paths] + [repo.champion]
 
 
 # --------------------------------------------------------------------------- what still holds erased data
@@ -274,7 +276,7 @@ def _time(value: Any) -> float | None:
         return None
 
 
-def stale_run_folders(runs_root: str | Path, processed: Sequence[Mapping[str, Any]]) -> list[Path]:
+def stale_run_folders(runs_root: str | Path, processed: Sequence[ErasureRecord | Mapping[str, Any]]) -> list[Path]:
     """Batch folders under ``runs_root`` that hold erased data.
 
     ``processed`` are the processed requests' results (``Inbox.processed_results()``). A
@@ -285,26 +287,27 @@ def stale_run_folders(runs_root: str | Path, processed: Sequence[Mapping[str, An
     runs_root = Path(runs_root)
     if not runs_root.is_dir() or not processed:
         return []
-    batches = {str(result.get("batch_id")) for result in processed if result.get("batch_id")}
-    times = [t for t in (_time(result.get("processed_at")) for result in processed) if t is not None]
+    processed = [ErasureRecord.parse(result) for result in processed]
+    batches = {result.batch_id for result in processed if result.batch_id}
+    times = [t for t in (_time(result.processed_at) for result in processed) if t is not None]
     latest = max(times) if times else None
     stale = []
     for folder in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        if not any((folder / part).exists() for part in HOLDING_PARTS):
+        if not any(part.exists() for part in Paths(folder).erased_data_parts):
             continue  # only its reports are left
-        marker = folder / "data" / "prepared" / "resolution.json"
+        marker = Paths(folder).resolution
         prepared_at = (marker if marker.exists() else folder).stat().st_mtime
         if folder.name in batches or (latest is not None and prepared_at < latest):
             stale.append(folder)
     return stale
 
 
-def _registry_holders(client: "MlflowClient", model_name: str, processed: Sequence[Mapping[str, Any]]) -> list[Holder]:
+def _registry_holders(client: "MlflowClient", model_name: str, processed: Sequence[ErasureRecord]) -> list[Holder]:
     erasing = {}
     for result in processed:
-        version = str(result.get("model_version") or "")
+        version = result.model_version or ""
         if version.isdigit():
-            erasing.setdefault(int(version), []).append(str(result.get("request_id")))
+            erasing.setdefault(int(version), []).append(result.request_id)
     if not erasing:
         return []
     newest = max(erasing)
@@ -331,8 +334,9 @@ def erased_data_holders(client: "MlflowClient | None", model_name: str, *,
     """Everything that still holds data of a processed request: model versions and failed
     candidates logged before the version that erased it (``client`` None: registry not
     checked), and stale batch folders (:func:`stale_run_folders`). Empty when none."""
+    processed = [ErasureRecord.parse(result) for result in processed]
     holders = _registry_holders(client, model_name, processed) if client is not None else []
-    batches = {str(result.get("batch_id")) for result in processed}
+    batches = {str(result.batch_id) for result in processed}
     for folder in stale_run_folders(runs_root, processed):
         why = ("the work folder of a processed batch (its forget set, checkpoints)" if folder.name in batches
                else "a batch folder made before the latest erasure")

@@ -9,7 +9,7 @@ model versions are created from a storage location and downloads use one, never 
 ``models:/`` URI, which the SQL registry and the artifact resolver look up globally.
 
 What is logged never includes forget-set text: config values (flattened), counts, hashes
-and ids from :func:`components.registry.safe.safe_request_summary`, numbers.
+and ids from :func:`components.erasure.safe.safe_request_summary`, numbers.
 
 MLflow is imported lazily, so importing this module (and the gate) stays cheap.
 """
@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from components.paths import Paths
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from components.artifacts import Metrics
     from components.config import Config
 
-DB_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 MODEL_NAME_IN_RUN = "model"
 MODEL_DIR_ARTIFACT = "model_dir"
 SERVING_CODE = Path(__file__).with_name("serving.py")
@@ -65,7 +66,7 @@ class TrackingStore:
     def sqlite(cls, db_path: str | Path, artifact_dir: str | Path | None = None) -> "TrackingStore":
         """A SQLite file store with artifacts in ``artifact_dir`` (default: ``mlartifacts`` beside it)."""
         db_path = Path(db_path).resolve()
-        artifacts = Path(artifact_dir).resolve() if artifact_dir else db_path.parent / ARTIFACT_DIR
+        artifacts = Path(artifact_dir).resolve() if artifact_dir else Paths(db_path.parent).mlflow_artifacts
         uri = f"sqlite:///{db_path}"
         return cls(uri, uri, artifacts.as_uri())
 
@@ -93,8 +94,8 @@ def tracking_store(root: str | Path = ".") -> TrackingStore:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return TrackingStore(uri, os.environ.get("MLFLOW_REGISTRY_URI") or uri, None)
-    root = Path(root).resolve()
-    return TrackingStore.sqlite(root / DB_FILE, root / ARTIFACT_DIR)
+    paths = Paths(Path(root).resolve())
+    return TrackingStore.sqlite(paths.mlflow_db, paths.mlflow_artifacts)
 
 
 def connect(store: TrackingStore) -> "MlflowClient":
@@ -198,17 +199,18 @@ def flatten_config(config: "Config | Mapping[str, Any]") -> dict[str, str]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
+    """A diagnostic value as a float: numbers and bools (a step's flags), else None."""
+    if isinstance(value, (bool, int, float)):
         return float(value)
     return None
 
 
-def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Numeric leaves of the metrics mapping, keyed by path: ``unlearned.forget_prob``,
-    ``unlearned.earlier.<request>.forget_prob``. Nulls, lists and text are left out."""
-    return _flatten(metrics, _number)
+def evaluation_metrics(metrics: "Metrics | Mapping[str, Any]") -> dict[str, float]:
+    """The metrics' numbers keyed by path (``unlearned.forget_prob``, ``unlearned.earlier.<request>.forget_prob``):
+    what MLflow logs; nulls are left out (:meth:`~components.artifacts.Metrics.numbers`)."""
+    from components.artifacts import Metrics
+
+    return Metrics.parse(metrics).numbers()
 
 
 def diagnostic_series(diagnostics: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:

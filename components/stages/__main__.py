@@ -6,7 +6,6 @@ and exit non-zero; a traceback means a bug.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -16,8 +15,8 @@ from typing import Callable, Optional
 import typer
 
 from components import stages
+from components.artifacts import ROLES, GateDecision, Metrics, Resources
 from components.config import Config, ConfigError, load_config
-from components.jsonfiles import write_json
 from components.paths import Paths
 from components.runtime import apply_threads, offline_by_default
 
@@ -42,12 +41,11 @@ def _record_resources(root: Path, stage: str, seconds: float) -> None:
     import resource
 
     path = Paths(root).resources
-    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    record = Resources.read(path)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     # beside what the stage itself recorded in this run (evaluate: its cache use and floor)
-    extra = record.get(stage, {}) if stage == "evaluate" else {}
-    record[stage] = extra | {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
-    write_json(path, record)
+    extra = record.stage(stage) if stage == "evaluate" else {}
+    record.with_stage(stage, extra | {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}).save(path)
 
 
 def _setup(params: Path, root: Path, config_root: Path | None = None) -> tuple[Config, Paths]:
@@ -60,7 +58,7 @@ def _setup(params: Path, root: Path, config_root: Path | None = None) -> tuple[C
 def _unlearn(config: Config, paths: Paths) -> dict:
     """From ``models/start`` where the folder has one (a flow batch folder: the model the batch
     starts from, the current champion), else from ``models/target``."""
-    start = paths.models / "start"
+    start = paths.start
     return stages.unlearn(config, paths, start=start if start.exists() else None)
 
 
@@ -90,19 +88,19 @@ def _unlearned(config: Config, summary: dict, paths: Paths) -> str:
             f"{summary['final_retain_loss']:.3f}")
 
 
-def _evaluated(config: Config, metrics: dict, paths: Paths) -> str:
+def _evaluated(config: Config, metrics: Metrics, paths: Paths) -> str:
     keys = ("forget_prob", "forget_quality", "forget_holdout_auc", "retain_prob", "model_utility")
     from components.stages.evaluate import cost_summary
 
-    return cost_summary(paths) + "\n" + "\n".join(f"{role:10s} " + "  ".join(f"{key}={values[key]:.3f}" for key in keys
-                                                 if values.get(key) is not None)
-                     for role, values in ((r, metrics.get(r) or {}) for r in ("target", "oracle", "unlearned")))
+    return cost_summary(paths) + "\n" + "\n".join(
+        f"{role:10s} " + "  ".join(f"{key}={metrics.value(role, key):.3f}" for key in keys
+                                   if metrics.value(role, key) is not None) for role in ROLES)
 
 
-def _registered(config: Config, gate: dict, paths: Paths) -> str:
-    if gate["passed"]:
-        return f"gate passed: {gate['model_name']} version {gate['version']} is now '{gate['alias']}'"
-    return "gate FAILED; the serving alias did not move:\n  " + "\n  ".join(gate.get("reasons", []))
+def _registered(config: Config, gate: GateDecision, paths: Paths) -> str:
+    if gate.passed:
+        return f"gate passed: {gate.model_name} version {gate.version} is now '{gate.alias}'"
+    return "gate FAILED; the serving alias did not move:\n  " + "\n  ".join(gate.reasons)
 
 
 STAGES: dict[str, tuple[Callable, Callable, str]] = {

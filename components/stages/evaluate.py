@@ -6,16 +6,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from components.artifacts import Metrics, Resources
 from components.config import Config
 from components.data.loaders import load_records
-from components.jsonfiles import read_json, write_json
 from components.paths import Paths, resolve_local
 from components.stages.prepare import load_earlier, load_splits, resolved_config
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dict:
+def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Metrics:
     """Evaluate target, oracle and unlearned models; write reports/metrics.json and per-item CSVs.
 
     Earlier processed requests (data/prepared/earlier/) are evaluated too: still forgotten.
@@ -51,36 +51,20 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
     write_reports(result, paths.reports)
     _record_cost(paths, {"cache": result.cache, "floor": result.floor, "sample_sizes": result.sample_sizes})
     log.info("%s", cost_summary(paths))
-    return result.metrics
+    return Metrics.parse(result.metrics)
 
 
 def _record_cost(paths: Paths, cost: dict[str, Any]) -> None:
     """This run's evaluation cost under ``evaluate`` in reports/resources.json (replacing the last run's);
     the stage command adds its wall time and peak memory beside it."""
-    record = read_json(paths.resources) if paths.resources.exists() else {}
-    record["evaluate"] = cost
-    write_json(paths.resources, record)
-
-
-def _last_cost(paths: Paths) -> dict[str, Any]:
-    """What :func:`_record_cost` wrote for the last evaluation here (empty when none)."""
-    return read_json(paths.resources).get("evaluate", {}) if paths.resources.exists() else {}
+    Resources.read(paths.resources).with_stage("evaluate", cost).save(paths.resources)
 
 
 def evaluated_fingerprint(paths: Paths, role: str) -> str | None:
     """The evaluation-cache fingerprint of the model that last played ``role`` here (None: not cached)."""
-    return (_last_cost(paths).get("cache", {}).get(role) or {}).get("fingerprint")
+    return Resources.read(paths.resources).fingerprint(role)
 
 
 def cost_summary(paths: Paths) -> str:
     """One line on the last evaluation's cache use and its distance from the floor (reports/resources.json)."""
-    cost = _last_cost(paths)
-    parts = [f"{role} cache {'hit' if entry['misses'] == 0 and entry['hits'] else 'miss'} "
-             f"({entry['hits']} reused, {entry['misses']} computed)" for role, entry in cost.get("cache", {}).items()]
-    floor = cost.get("floor") or {}
-    if floor.get("ratio") is not None:
-        parts.append(f"evaluate {floor['evaluate_seconds']:.1f} s = {floor['ratio']:.2f}x its floor "
-                     f"({floor['floor_seconds']:.1f} s)")
-        parts += [f"{name} {phase['seconds']:.1f} s (floor {phase['floor_seconds']:.1f} s)"
-                  for name, phase in floor.get("phases", {}).items() if phase["seconds"]]
-    return "; ".join(parts) or "no evaluation recorded"
+    return Resources.read(paths.resources).evaluate_summary()

@@ -18,7 +18,7 @@ from components.config import Config
 from components.jsonfiles import write_json
 from components.modeling.demo import train_model, train_target
 from components.modeling.resolve import link_user_models, model_plan
-from components.paths import Paths
+from components.paths import Paths, ReportFiles
 from components.stages.prepare import load_splits, resolved_config
 
 
@@ -36,13 +36,13 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         summary = {"target": {"source": plan.target}, "oracle": {"source": plan.oracle}}
     else:
         cached = finetune_cache(config, paths)
-        if (cached / "finetune.json").exists():
+        if ReportFiles(cached).finetune_summary.exists():
             summary = restore_finetuned(cached, paths)
         else:
             summary = _train(config, paths, show_progress=show_progress)
             store_finetuned(paths, cached, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(paths.reports / "finetune.json", summary)
+    write_json(paths.report_files.finetune_summary, summary)
     return summary
 
 
@@ -81,7 +81,7 @@ def store_finetuned(paths: Paths, cached: Path, summary: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
         shutil.copytree(folder, tmp / role)
-    write_json(tmp / "finetune.json", summary)
+    write_json(ReportFiles(tmp).finetune_summary, summary)
     shutil.rmtree(cached, ignore_errors=True)
     tmp.rename(cached)
 
@@ -93,7 +93,7 @@ def restore_finetuned(cached: Path, paths: Paths) -> dict:
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(cached / role, folder)
-    return read_json(cached / "finetune.json") | {"cached": cached.name}  # the cache key: no path (it may be a name)
+    return read_json(ReportFiles(cached).finetune_summary) | {"cached": cached.name}  # the cache key: no path (it may be a name)
 
 
 def train_oracle(config: Config, paths: Paths, tokenizer, *, epochs: int, show_progress: bool = True) -> dict:

@@ -102,21 +102,21 @@ def resolved_config(config: Config, paths: Paths) -> Config:
 def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str, Sequence[str]]) -> None:
     """One JSONL per earlier request with the records it erased (for "still forgotten")."""
     if paths.earlier.exists():
-        for old in paths.earlier.glob("*.jsonl"):
+        for old in paths.earlier_forget_sets():
             old.unlink()
     paths.earlier.mkdir(parents=True, exist_ok=True)
     by_id = {record.record_id: record for record in records}
     for request_id, ids in earlier.items():
-        save_records([by_id[i] for i in ids if i in by_id], paths.earlier / f"{request_id}.jsonl")
+        save_records([by_id[i] for i in ids if i in by_id], paths.earlier_forget(request_id))
 
 
 def _copy_requests(paths: Paths, request_data: Sequence[bytes], requests: Sequence[DeletionRequest]) -> None:
-    requests_dir = paths.prepared / "requests"
+    requests_dir = paths.prepared_requests
     if requests_dir.exists():
         shutil.rmtree(requests_dir)
     requests_dir.mkdir(parents=True)
     for data, request in zip(request_data, requests):
-        (requests_dir / f"{request.request_id}.json").write_bytes(data)
+        paths.prepared_request(request.request_id).write_bytes(data)
 
 
 
@@ -130,12 +130,12 @@ def load_splits(paths: Paths) -> dict[str, list[Record]]:
 
 def load_prepared_requests(paths: Paths) -> list[DeletionRequest]:
     """The deletion requests of the prepared batch, parsed again."""
-    return [read_request(p) for p in sorted((paths.prepared / "requests").glob("*.json"))]
+    return [read_request(p) for p in paths.prepared_request_files()]
 
 
 def load_earlier(paths: Paths) -> dict[str, list[Record]]:
     """Forget sets of earlier requests, by request id."""
     if not paths.earlier.exists():
         return {}
-    return {file.stem: load_records(file) for file in sorted(paths.earlier.glob("*.jsonl"))
+    return {file.stem: load_records(file) for file in paths.earlier_forget_sets()
             if file.stat().st_size}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Collection, Mapping
 
+from components.artifacts import GateDecision, Metrics, Resolution
 from components.config import Config
-from components.jsonfiles import read_json
+from components.data.versioning import file_md5
 from components.paths import Paths
 
 
@@ -20,7 +20,7 @@ def register(
     tags: Mapping[str, str] | None = None,
     dvc_hashes: Mapping[str, str] | None = None,
     processed_requests: Mapping[str, Collection[str]] | None = None,
-) -> dict:
+) -> GateDecision:
     """Log the run to MLflow, apply the gate, and promote the candidate only if it passes.
 
     Writes reports/gate.json and reports/run_report.md. The MLflow store is the one of
@@ -31,22 +31,19 @@ def register(
     """
     from components.data.inbox import Inbox
     from components.registry import Candidate, register_candidate, tracking_store
+    from components.stages.evaluate import evaluated_fingerprint
 
-    metrics = read_json(paths.reports / "metrics.json")
-    log = paths.reports / "unlearn_log.jsonl"
+    log = paths.unlearn_log
     diagnostics = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    if dvc_hashes is None:  # DVC's md5 of a file is the md5 of its bytes
-        dvc_hashes = {p.stem: hashlib.md5(p.read_bytes()).hexdigest()
-                      for p in sorted((paths.prepared / "requests").glob("*.json"))}
+    if dvc_hashes is None:
+        dvc_hashes = {p.stem: file_md5(p) for p in paths.prepared_request_files()}
     if processed_requests is None and not (tags or {}).get("batch_id"):
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
         processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
-    from components.stages.evaluate import evaluated_fingerprint
-
-    candidate = Candidate(metrics, diagnostics, read_json(paths.resolution), dvc_hashes, paths.unlearned,
+    candidate = Candidate(Metrics.load(paths.metrics), diagnostics,
+                          Resolution.load(paths.resolution).model_dump(), dvc_hashes, paths.unlearned,
                           evaluated_fingerprint(paths, "unlearned"))
-    decision = register_candidate(
+    return register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
         processed_requests=processed_requests, tags=tags,
     )
-    return decision.to_dict()

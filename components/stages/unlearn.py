@@ -35,7 +35,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
         raise FileNotFoundError(f"no starting model at {start or paths.target}")
     if rank == 0 and paths.unlearned.exists():
         shutil.rmtree(paths.unlearned)
-    log_path = paths.reports / "unlearn_log.jsonl"
+    log_path = paths.unlearn_log
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result = run_unlearning(
         loaded.model, loaded.tokenizer, splits["forget"], splits["retain"], config.unlearn,
@@ -47,13 +47,13 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     if rank != 0:
         return result.summary()
     save_model(result.model, loaded.tokenizer, paths.unlearned)
-    write_steps_csv(result.diagnostics, paths.reports / "plots" / "unlearn_steps.csv")
+    write_steps_csv(result.diagnostics, paths.report_files.unlearn_steps)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
     method = {k: getattr(config.unlearn, k) for k in ("combiner", "lower", "forget_loss", "retain_loss",
                                                        "gamma", "alpha", "lr")}
     summary = result.summary() | {"method": method, "start_model": str(loaded.source),
                                   "seconds": round(time.perf_counter() - started, 1)}
-    write_json(paths.reports / "unlearn.json", summary)
+    write_json(paths.report_files.unlearn_summary, summary)
     return summary
 
 

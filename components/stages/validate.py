@@ -29,7 +29,7 @@ def validate(config: Config, paths: Paths) -> dict:
         forget=splits["forget"], retain=splits["retain"],
         request=load_prepared_requests(paths), tokenizer=tokenizer_for(config, paths),
         max_length=config.model.max_length,
-        docs_dir=paths.reports / "data_docs", report_path=paths.reports / "validation.json",
+        docs_dir=paths.report_files.data_docs, report_path=paths.report_files.validation,
     )
     report.raise_if_failed()
     return report.to_dict()

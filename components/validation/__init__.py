@@ -5,8 +5,8 @@ imported when :func:`validate_request_data` runs.
 
     report = validate_request_data(world=..., forget=..., retain=..., request=...,
                                    tokenizer=..., max_length=config.model.max_length,
-                                   holdout=..., docs_dir=paths.reports / "data_docs",
-                                   report_path=paths.reports / "validation.json")
+                                   holdout=..., docs_dir=paths.report_files.data_docs,
+                                   report_path=paths.report_files.validation)
     report.raise_if_failed()   # ValidationFailed(report): stop before unlearning
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Mapping
 
-from components.registry.gate import GateCheck
+from components.artifacts import GateCheck
 
 METRIC = "uncovered_processed_requests"
 SETTING = "registry.processed_requests"  # not a params.yaml key: the registry's own check
@@ -37,6 +37,10 @@ def uncovered_requests(summary: Mapping[str, Any] | None, processed: Mapping[str
                   if request_id not in resolved and not set(record_ids) <= forgotten)
 
 
+def _check(value: float | None, passed: bool, reason: str | None) -> GateCheck:
+    return GateCheck(metric=METRIC, op="<=", threshold=0.0, value=value, passed=passed, setting=SETTING, reason=reason)
+
+
 def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Collection[str]] | None,
                    *, reproduction: bool) -> GateCheck | None:
     """The check, or None when there is nothing to decide (a flow batch given no ``processed``).
@@ -49,10 +53,10 @@ def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Co
         reason = ("a reproduction (register without a batch id) may move the serving alias only when it "
                   "forgets every processed request, and the processed requests were not given: nothing promoted. "
                   "Pass them (the inbox's processed requests, Inbox.earlier()) or process requests with the flow")
-        return GateCheck(METRIC, "<=", 0.0, None, False, SETTING, reason)
+        return _check(None, False, reason)
     missing = uncovered_requests(summary, processed, reproduction=reproduction)
     if not missing:
-        return GateCheck(METRIC, "<=", 0.0, 0.0, True, SETTING, None)
+        return _check(0.0, True, None)
     named = ", ".join(missing[:MAX_NAMED]) + (f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else "")
     if reproduction:
         where, fix = "this reproduction", ("process new requests with the flow (it starts from the champion), "
@@ -61,4 +65,4 @@ def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Co
         where, fix = "this batch", "resolve the batch with every processed request as an earlier request"
     reason = (f"{len(missing)} processed request(s) not forgotten by {where}: {named}. A model that never "
               f"forgot them must not serve: {fix}")
-    return GateCheck(METRIC, "<=", 0.0, float(len(missing)), False, SETTING, reason)
+    return _check(float(len(missing)), False, reason)

@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-MODELS = ("target", "oracle", "unlearned")
+from components.artifacts import ROLES, Metrics
+
 BAR_PAIRS = (("forget_prob", "retain_prob"), ("forget_rouge", "retain_rouge"),
              ("forget_truth_ratio", "retain_truth_ratio"))
 
@@ -102,15 +103,15 @@ def xi_curve(diagnostics: Sequence[Mapping[str, Any]]):
     return figure
 
 
-def _value(metrics: Mapping[str, Any], model: str, key: str) -> float | None:
-    section = metrics.get(model) or {}
-    return _finite(section.get(key) if isinstance(section, Mapping) else None)
+def _value(metrics: Metrics, model: str, key: str) -> float | None:
+    value = metrics.value(model, key)
+    return None if value is None else float(value)
 
 
-def forget_retain_bars(metrics: Mapping[str, Any]):
+def forget_retain_bars(metrics: Metrics):
     """Forget vs retain values for the target, oracle and unlearned models, one panel per metric."""
     pairs = [pair for pair in BAR_PAIRS
-             if any(_value(metrics, m, k) is not None for m in MODELS for k in pair)] or list(BAR_PAIRS[:1])
+             if any(_value(metrics, m, k) is not None for m in ROLES for k in pair)] or list(BAR_PAIRS[:1])
     figure = _figure(3.6 * len(pairs), 4.0)
     figure.subplots_adjust(left=0.08, right=0.97, top=0.82)
     panels = figure.subplots(1, len(pairs), squeeze=False)[0]
@@ -118,15 +119,15 @@ def forget_retain_bars(metrics: Mapping[str, Any]):
     for axes, (forget_key, retain_key) in zip(panels, pairs):
         top = 0.0
         for offset, key, colour in ((-width / 2, forget_key, "tab:red"), (width / 2, retain_key, "tab:green")):
-            values = [_value(metrics, model, key) for model in MODELS]
+            values = [_value(metrics, model, key) for model in ROLES]
             top = max([top, *(abs(v) for v in values if v is not None)])
-            positions = [i + offset for i in range(len(MODELS))]
+            positions = [i + offset for i in range(len(ROLES))]
             axes.bar([p for p, v in zip(positions, values) if v is not None],
                      [v for v in values if v is not None], width, color=colour, label=key.split("_")[0])
             for position, value in zip(positions, values):
                 if value is None:
                     axes.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=8, color="grey")
-        axes.set_xticks(range(len(MODELS)), MODELS)
+        axes.set_xticks(range(len(ROLES)), ROLES)
         axes.set_ylim(0, (top or 1.0) * 1.3)  # room for the legend above the bars
         axes.set_title(forget_key.replace("forget_", ""))
         axes.legend(fontsize=8, loc="upper center", ncols=2)
@@ -134,7 +135,7 @@ def forget_retain_bars(metrics: Mapping[str, Any]):
     return figure
 
 
-def save_plots(diagnostics: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any],
+def save_plots(diagnostics: Sequence[Mapping[str, Any]], metrics: Metrics,
                out_dir: str | Path) -> list[Path]:
     """Write the three PNGs into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)

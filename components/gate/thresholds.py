@@ -1,7 +1,7 @@
 """The promotion gate: thresholds from ``params.yaml`` checked against the evaluation metrics.
 
-:func:`evaluate_gate` is a pure function of the metrics (the ``reports/metrics.json``
-mapping: ``{"target": {...}, "oracle": {...}, "unlearned": {...}}``) and the
+:func:`evaluate_gate` is a pure function of the metrics (:class:`~components.artifacts.Metrics`,
+``reports/metrics.json``) and the
 :class:`~components.config.GateConfig`. Each non-null threshold is one check:
 
 ======================================  ===================================================  ====
@@ -17,7 +17,7 @@ setting                                 value                                   
 ``gate.max_relearn_gap``                unlearned - oracle relearn_forget_prob               <=
 ======================================  ===================================================  ====
 
-The earlier-request check re-reads ``metrics[model]["earlier"][request_id]["forget_prob"]``:
+The earlier-request check re-reads each earlier request's ``forget_prob`` of both models:
 what was forgotten before must stay forgotten. With no earlier requests there is nothing
 to re-check and it passes (said in its reason). The forget-vs-holdout AUC gap fails both
 ways: near 1 the forget set is still familiar, near 0 it is over-forgotten and stands out.
@@ -40,111 +40,10 @@ to train on and one to score): it passes, saying so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+from components.artifacts import GateCheck, GateDecision, Metrics
 from components.config import GateConfig
-
-
-def _json_number(value: float | None) -> float | str | None:
-    """JSON has no infinities: write them as the strings "inf" / "-inf"."""
-    if value is not None and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One threshold and what the candidate scored against it."""
-
-    metric: str
-    op: str
-    threshold: float
-    value: float | None
-    passed: bool | None  # None: skipped, the value could not be computed
-    setting: str
-    reason: str | None = None  # why it failed or was skipped (or, if it passed, a note)
-    basis: str = "oracle-free"  # "oracle": compares with the oracle model
-    decides: bool = True        # False: reported beside the verdict, not part of it (gate.decide)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "op": self.op,
-            "threshold": _json_number(self.threshold),
-            "value": _json_number(self.value),
-            "passed": self.passed,
-            "setting": self.setting,
-            "reason": self.reason,
-            "basis": self.basis,
-            "decides": self.decides,
-        }
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The gate's verdict, later completed by promotion with what happened in the registry.
-
-    ``version`` is the registered model version created for this candidate (None when it
-    was not registered); ``alias`` is the alias moved to it (None when it did not move);
-    ``champion_version`` is the version the alias points to after the step.
-    """
-
-    passed: bool
-    checks: tuple[GateCheck, ...]
-    model_name: str | None = None
-    version: str | None = None
-    alias: str | None = None
-    run_id: str | None = None
-    champion_version: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def reasons(self) -> list[str]:
-        """Why the gate failed, one line per failed deciding check (empty when it passed)."""
-        return [check.reason for check in self.checks if check.decides and check.passed is False and check.reason]
-
-    @property
-    def skipped(self) -> list[GateCheck]:
-        return [check for check in self.checks if check.passed is None]
-
-    def verdict(self, basis: str) -> bool | None:
-        """Whether every ``basis`` check ("oracle-free" or "oracle") passed; None when none could be
-        computed (no oracle) or none is configured."""
-        checks = [c for c in self.checks if c.basis == basis and c.passed is not None]
-        return all(c.passed for c in checks) if checks else None
-
-    @property
-    def agreement(self) -> bool | None:
-        """Whether the oracle-free and the oracle verdicts agree (None without an oracle verdict)."""
-        oracle, free = self.verdict("oracle"), self.verdict("oracle-free")
-        return None if oracle is None or free is None else oracle == free
-
-    def completed(self, **changes: Any) -> "GateDecision":
-        """A copy with registry fields filled in (``version``, ``alias``, ``run_id`` ...)."""
-        return replace(self, **changes)
-
-    def with_check(self, check: GateCheck) -> "GateDecision":
-        """A copy with one more check (e.g. the registry's own), ``passed`` updated."""
-        return replace(self, checks=self.checks + (check,), passed=self.passed and check.passed is not False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``reports/gate.json`` content."""
-        return {
-            "passed": self.passed,
-            "checks": [check.to_dict() for check in self.checks],
-            "model_name": self.model_name,
-            "version": self.version,
-            "alias": self.alias,
-            "reasons": self.reasons,
-            "skipped": [{"metric": c.metric, "setting": c.setting, "reason": c.reason} for c in self.skipped],
-            "run_id": self.run_id,
-            "champion_version": self.champion_version,
-            "notes": list(self.notes),
-            "oracle_free_passed": self.verdict("oracle-free"),
-            "oracle_passed": self.verdict("oracle"),
-            "verdicts_agree": self.agreement,
-        }
 
 
 class Measured(NamedTuple):
@@ -155,29 +54,6 @@ class Measured(NamedTuple):
     missing: str | None = None
     note: str | None = None
     nothing_to_check: bool = False
-
-
-def _as_number(value: Any, where: str) -> float | None:
-    """``value`` as a float, None when null or NaN; a non-number is an input error."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} must be a number or null, got {type(value).__name__}")
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def _section(metrics: Mapping[str, Any], model: str) -> Mapping[str, Any] | None:
-    section = metrics.get(model)
-    if section is not None and not isinstance(section, Mapping):
-        raise ValueError(f"metrics['{model}'] must be a mapping of metric names to numbers")
-    return section
-
-
-def _number(metrics: Mapping[str, Any], model: str, key: str) -> float | None:
-    """A metric as a float, None when null/NaN/absent."""
-    section = _section(metrics, model)
-    return None if section is None else _as_number(section.get(key), f"metrics['{model}']['{key}']")
 
 
 def _divide(numerator: float | None, denominator: float | None, what: str) -> Measured:
@@ -193,30 +69,27 @@ def _divide(numerator: float | None, denominator: float | None, what: str) -> Me
     return Measured(numerator / denominator)
 
 
-def _ratio(key: str) -> Callable[[Mapping[str, Any]], Measured]:
-    return lambda metrics: _divide(_number(metrics, "unlearned", key), _number(metrics, "target", key), key)
+def _ratio(key: str) -> Callable[[Metrics], Measured]:
+    return lambda metrics: _divide(metrics.value("unlearned", key), metrics.value("target", key), key)
 
 
 def _unlearned(key: str, why: str = "", transform: Callable[[float], float] = lambda v: v):
-    def measure(metrics: Mapping[str, Any]) -> Measured:
-        value = _number(metrics, "unlearned", key)
+    def measure(metrics: Metrics) -> Measured:
+        value = metrics.value("unlearned", key)
         return Measured(transform(value)) if value is not None else Measured(None, f"unlearned {key} is null{why}")
     return measure
 
 
-def _earlier_forget_prob_ratio(metrics: Mapping[str, Any]) -> Measured:
+def _earlier_forget_prob_ratio(metrics: Metrics) -> Measured:
     """The largest unlearned/target forget probability over the earlier requests."""
-    sections = {model: (_section(metrics, model) or {}).get("earlier") for model in ("unlearned", "target")}
-    if sections["unlearned"] is None:
+    unlearned, target = metrics.unlearned.earlier, metrics.target.earlier or {}
+    if unlearned is None:
         return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
-    if not sections["unlearned"]:
+    if not unlearned:
         return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
     worst: Measured | None = None
-    for request_id, values in sorted(sections["unlearned"].items()):
-        target = (sections["target"] or {}).get(request_id) or {}
-        where = f"metrics['{{}}']['earlier']['{request_id}']['forget_prob']"
-        measured = _divide(_as_number((values or {}).get("forget_prob"), where.format("unlearned")),
-                           _as_number(target.get("forget_prob"), where.format("target")),
+    for request_id, values in sorted(unlearned.items()):
+        measured = _divide(values.get("forget_prob"), (target.get(request_id) or {}).get("forget_prob"),
                            f"forget_prob of earlier request {request_id}")
         if measured.value is None:
             return measured
@@ -225,25 +98,25 @@ def _earlier_forget_prob_ratio(metrics: Mapping[str, Any]) -> Measured:
     return worst
 
 
-def _auc_side(metrics: Mapping[str, Any]) -> str:
-    auc = _number(metrics, "unlearned", "forget_holdout_auc")
+def _auc_side(metrics: Metrics) -> str:
+    auc = metrics.value("unlearned", "forget_holdout_auc")
     if auc is None or auc == 0.5:
         return ""
     return ("the forget set is still more familiar than the holdout: not forgotten" if auc > 0.5 else
             "the forget set is less familiar than the holdout: over-forgotten, it stands out")
 
 
-def _auc_gap(metrics: Mapping[str, Any]) -> Measured:
+def _auc_gap(metrics: Metrics) -> Measured:
     measured = _unlearned("forget_holdout_auc")(metrics)
     if measured.value is None:
         return measured
     return Measured(abs(measured.value - 0.5), note=f"AUC {measured.value:.4g}: {_auc_side(metrics)}")
 
 
-def _relearn_gap(metrics: Mapping[str, Any]) -> Measured:
+def _relearn_gap(metrics: Metrics) -> Measured:
     """How much more of the held-out forget half the relearning attack brings back than the oracle learns."""
-    ours, oracle = (_number(metrics, model, "relearn_forget_prob") for model in ("unlearned", "oracle"))
-    n_forget = (_section(metrics, "unlearned") or {}).get("n_forget")
+    ours, oracle = (metrics.value(model, "relearn_forget_prob") for model in ("unlearned", "oracle"))
+    n_forget = metrics.value("unlearned", "n_forget")
     if ours is None and isinstance(n_forget, int) and n_forget < 2:
         return Measured(None, note="a forget set of one record: the attack needs one to train on and one to score",
                         nothing_to_check=True)
@@ -257,7 +130,7 @@ def _relearn_gap(metrics: Mapping[str, Any]) -> Measured:
 # The checks that compare with the oracle model (the rest need none).
 ORACLE_CHECKS = frozenset({"min_forget_quality", "max_abs_privleak", "max_relearn_gap"})
 # setting name in GateConfig -> (metric name in gate.json, operator, what it measures)
-CHECKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], Measured]]] = {
+CHECKS: dict[str, tuple[str, str, Callable[[Metrics], Measured]]] = {
     "min_forget_quality": ("forget_quality", ">=", _unlearned("forget_quality", " (no oracle model?)")),
     "max_forget_prob_ratio": ("forget_prob_ratio", "<=", _ratio("forget_prob")),
     "min_utility_ratio": ("utility_ratio", ">=", _ratio("model_utility")),
@@ -273,14 +146,15 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _check(setting: str, threshold: float, metrics: Mapping[str, Any], gate: GateConfig) -> GateCheck:
+def _check(setting: str, threshold: float, metrics: Metrics, gate: GateConfig) -> GateCheck:
     """One configured threshold against the metrics."""
     metric, op, measure = CHECKS[setting]
     where = f"gate.{setting}"
     basis = "oracle" if setting in ORACLE_CHECKS else "oracle-free"
     decides = gate.decide == "all" or basis == "oracle-free"
-    made = lambda value, passed, reason: GateCheck(metric, op, threshold, value, passed, where, reason,  # noqa: E731
-                                                   basis, decides)
+    made = lambda value, passed, reason: GateCheck(  # noqa: E731
+        metric=metric, op=op, threshold=threshold, value=value, passed=passed, setting=where, reason=reason,
+        basis=basis, decides=decides)
     measured = measure(metrics)
     if measured.nothing_to_check:
         return made(None, True, f"{metric}: {measured.note} ({where})")
@@ -300,10 +174,10 @@ def _check(setting: str, threshold: float, metrics: Mapping[str, Any], gate: Gat
     return made(measured.value, passed, reason)
 
 
-def evaluate_gate(metrics: Mapping[str, Any], gate: GateConfig) -> GateDecision:
-    """Check every configured threshold; see the module docstring for the rules."""
-    if not isinstance(metrics, Mapping):
-        raise ValueError("metrics must be a mapping such as {'target': {...}, 'unlearned': {...}}")
+def evaluate_gate(metrics: Metrics | Any, gate: GateConfig) -> GateDecision:
+    """Check every configured threshold; see the module docstring for the rules. ``metrics`` is
+    :class:`Metrics` (a mapping is validated into one: a value that is not a number is an error)."""
+    metrics = Metrics.parse(metrics)
     checks = [_check(setting, float(getattr(gate, setting)), metrics, gate)
               for setting in CHECKS if getattr(gate, setting) is not None]
     deciding = [check for check in checks if check.decides]
@@ -319,4 +193,4 @@ def evaluate_gate(metrics: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     if decision.agreement is False:
         notes.append(f"the oracle-free verdict ({'pass' if decision.verdict('oracle-free') else 'fail'}) and the "
                      f"oracle's ({'pass' if decision.verdict('oracle') else 'fail'}) disagree")
-    return replace(decision, notes=tuple(notes))
+    return decision.completed(notes=tuple(notes))

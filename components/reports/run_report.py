@@ -1,6 +1,6 @@
 """The markdown report of one pipeline run: what was forgotten, the metrics, the gate decision.
 
-Built only from :func:`components.registry.safe.safe_request_summary` output (ids, hashes,
+Built only from :func:`components.erasure.safe.safe_request_summary` output (ids, hashes,
 counts), numbers and the gate decision: no record text can reach it.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from components.registry.gate import GateDecision
+from components.artifacts import ROLES, GateDecision, Metrics
 
-MODELS = ("target", "oracle", "unlearned")
 METRIC_ORDER = (
     "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality",
     "retain_prob", "retain_rouge", "retain_truth_ratio", "model_utility",
@@ -38,36 +37,26 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def _scalar_keys(metrics: Mapping[str, Any]) -> list[str]:
-    keys: list[str] = []
-    for model in MODELS:
-        section = metrics.get(model)
-        if isinstance(section, Mapping):
-            keys += [k for k, v in section.items()
-                     if k not in keys and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))]
+def _scalar_keys(metrics: Metrics) -> list[str]:
+    keys = list(dict.fromkeys(key for _, section in metrics.sections() for key in section.scalars()))
     ordered = [k for k in METRIC_ORDER if k in keys]
     return ordered + sorted(k for k in keys if k not in ordered)
 
 
-def metric_table(metrics: Mapping[str, Any], models: tuple[str, ...] = MODELS) -> list[str]:
+def metric_table(metrics: Metrics, models: tuple[str, ...] = ROLES) -> list[str]:
     """Markdown rows: one metric per row, one model per column."""
-    rows = []
-    for key in _scalar_keys(metrics):
-        rows.append([key] + [(metrics.get(m) or {}).get(key) if isinstance(metrics.get(m), Mapping) else None
-                             for m in models])
+    rows = [[key] + [metrics.value(model, key) for model in models] for key in _scalar_keys(metrics)]
     return _table(["metric", *models], rows) if rows else ["(no metrics)"]
 
 
-def _earlier_tables(metrics: Mapping[str, Any]) -> list[str]:
+def _earlier_tables(metrics: Metrics) -> list[str]:
     lines: list[str] = []
-    for model in MODELS:
-        section = metrics.get(model)
-        earlier = section.get("earlier") if isinstance(section, Mapping) else None
-        if not isinstance(earlier, Mapping) or not earlier:
+    for model, section in metrics.sections():
+        earlier = section.earlier
+        if not earlier:
             continue
-        keys = sorted({k for values in earlier.values() if isinstance(values, Mapping) for k in values})
-        rows = [[request_id] + [(values or {}).get(k) for k in keys]
-                for request_id, values in sorted(earlier.items()) if isinstance(values, Mapping)]
+        keys = sorted({k for values in earlier.values() for k in values})
+        rows = [[request_id] + [values.get(k) for k in keys] for request_id, values in sorted(earlier.items())]
         lines += ["", f"Earlier requests, {model} model (still forgotten?):", ""]
         lines += _table(["request", *keys], rows)
     return lines
@@ -108,7 +97,7 @@ def gate_lines(decision: GateDecision, *, outcome: bool = True) -> list[str]:
     return lines
 
 
-def render_report(safe_summary: Mapping[str, Any], metrics: Mapping[str, Any], decision: GateDecision,
+def render_report(safe_summary: Mapping[str, Any], metrics: Metrics, decision: GateDecision,
                   *, run_id: str | None = None, title: str = "Unlearning run") -> str:
     """The whole report as markdown."""
     lines = [f"# {title}" + (f" `{run_id}`" if run_id else ""), "", "## What was forgotten", ""]

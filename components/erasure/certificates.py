@@ -31,34 +31,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from pydantic import ValidationError
+
+from components.artifacts import HEX_ID, ROLES, Certificate, GateDecision, Metrics, is_request_id
+from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
+from components.paths import Paths
 from components.registry.retention import RETENTION_POLICIES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 FORMAT = "blur-deletion-certificate/1"
-CERTIFICATES_DIR = Path("data") / "certificates"
-HEAD_FILE = "chain.head.json"  # request ids have no dots, so no certificate can take this name
+HEAD_FILE = Paths().certificate_head.name  # the chain head's file name, beside the certificates
 GENESIS_HASH = "0" * 64
-ROLES = ("target", "oracle", "unlearned")
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
 CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
                      "forget_holdout_auc", "mia_auc", "privleak", "relearn_forget_prob", "relearn_recovery",
                      "model_utility")
 MLFLOW_ARTIFACT_DIR = "certificates"
-
-REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-SHA256 = re.compile(r"[0-9a-f]{64}")
-MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
-HEX_ID = re.compile(r"[0-9a-f]{8,64}")
-BATCH_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-VERSION = re.compile(r"[0-9]{1,12}")
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-GATE_WORD = re.compile(r"[A-Za-z0-9_.<>=]{1,100}")
-MODEL_NAME = re.compile(r"[A-Za-z0-9_. /:-]{1,250}")
-
 
 class CertificateError(ValueError):
     """A certificate could not be issued or read; the message names the field or file."""
@@ -68,8 +59,8 @@ class CertificateError(ValueError):
 class ErasureEvidence:
     """What one processed request leaves on record (ids, hashes, numbers, times; no text).
 
-    ``metrics`` is the batch's ``reports/metrics.json`` (measured on the batch's forget
-    set, which holds this request's records) and ``gate`` its ``reports/gate.json``.
+    ``metrics`` are the batch's :class:`Metrics` (measured on the batch's forget set, which
+    holds this request's records) and ``gate`` its :class:`GateDecision`.
     ``forget_ids`` are the record ids this request erased (content hashes); only their
     count and digest go into the certificate.
     """
@@ -80,8 +71,8 @@ class ErasureEvidence:
     model_name: str
     model_version: str
     weights_sha256: str
-    metrics: Mapping[str, Any]
-    gate: Mapping[str, Any]
+    metrics: Metrics
+    gate: GateDecision
     received_at: str | None = None
     erased_at: str | None = None
     request_dvc_md5: str | None = None
@@ -101,12 +92,6 @@ def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes (the request content hash)."""
     with Path(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def file_md5(path: str | Path) -> str:
-    """md5 of a file's bytes: what DVC records for a file it tracks."""
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def weights_sha256(model_dir: str | Path) -> str:
@@ -149,22 +134,62 @@ def certificate_hash(certificate: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- the allow-list
 
 
-def _checked(value: Any, pattern: re.Pattern, name: str, *, optional: bool = False) -> str | None:
-    """``value`` as a string if it matches ``pattern`` in full; the error names ``name`` only."""
+def _request_id(value: Any) -> str:
+    """``value`` if it is a well-formed request id (it names the certificate's file)."""
     if value is None or value == "":
-        if optional:
-            return None
-        raise CertificateError(f"certificate field '{name}' is missing")
-    text = str(value)
-    if not pattern.fullmatch(text):
-        raise CertificateError(f"certificate field '{name}' does not look like {_KINDS.get(pattern, 'an id')}; "
+        raise CertificateError("certificate field 'request_id' is missing")
+    if not is_request_id(value):
+        raise CertificateError("certificate field 'request_id' does not look like a request id; "
                                "certificates hold ids, hashes and numbers only")
-    return text
+    return value
 
 
-_KINDS = {REQUEST_ID: "a request id", SHA256: "a sha256 hex digest", MD5: "a DVC md5", HEX_ID: "a hex hash",
-          VERSION: "a model version number", RUN_ID: "an MLflow run id", BATCH_ID: "a batch id",
-          NAME_PART: "a relative path", GATE_WORD: "a gate metric or setting name", MODEL_NAME: "a model name"}
+def _text(value: Any) -> str | None:
+    """An evidence value as the certificate's string (None for an absent or empty one)."""
+    return None if value is None or value == "" else str(value)
+
+
+# Where a certificate field comes from in ErasureEvidence, for errors that name the caller's field.
+_EVIDENCE_NAMES = {("request", "request_id"): "request_id", ("request", "content_sha256"): "request_sha256",
+                   ("request", "dvc_md5"): "request_dvc_md5", ("forget_set", "batch_id"): "batch_id",
+                   ("forget_set", "batch_dvc_md5"): "forget_dvc_md5", ("model", "name"): "model_name",
+                   ("model", "version"): "model_version", ("model", "run_id"): "run_id",
+                   ("model", "weights_sha256"): "weights_sha256"}
+
+
+def _validated(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` checked against :class:`~components.artifacts.Certificate`; the error names the field
+    and what it should look like, never its value."""
+    try:
+        Certificate.model_validate(body)
+    except ValidationError as error:
+        item = error.errors()[0]
+        loc = tuple(part for part in item["loc"] if not isinstance(part, int))
+        name = _EVIDENCE_NAMES.get(loc[:2]) or (loc[-1] if loc[0] == "retention" else ".".join(map(str, loc)))
+        if item.get("input") is None:
+            raise CertificateError(f"certificate field '{name}' is missing") from None
+        kind = _field_kind(loc)
+        raise CertificateError(f"certificate field '{name}' does not look like {kind}; "
+                               "certificates hold ids, hashes and numbers only") from None
+    return body
+
+
+def _field_kind(loc: tuple) -> str:
+    """The description of the certificate field at ``loc`` (what it should look like)."""
+    model: Any = Certificate
+    field = None
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            break
+        annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+        model = inner[0] if inner else annotation
+    described = field.description if field is not None else None
+    if described is None and field is not None:  # a list of constrained strings
+        described = next((m.description for a in getattr(field.annotation, "__args__", ())
+                          for m in getattr(a, "__metadata__", ()) if getattr(m, "description", None)), None)
+    return described or "an id"
 
 
 def _time(value: Any, name: str) -> str | None:
@@ -187,37 +212,36 @@ def _path(value: Any, name: str) -> str:
     parts = Path(str(value)).parts
     if not parts or any(part in ("..", "/") for part in parts):
         raise CertificateError(f"certificate field '{name}' must be a path relative to the pipeline root")
-    return "/".join(_checked(part, NAME_PART, name) for part in parts)
+    return "/".join(parts)
 
 
-def certified_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """The :data:`CERTIFIED_METRICS` of each model in ``metrics.json``, numbers only (absent ones left out)."""
+def certified_metrics(metrics: Metrics) -> dict[str, dict[str, float]]:
+    """The :data:`CERTIFIED_METRICS` of each model, numbers only (absent ones left out)."""
     out: dict[str, dict[str, float]] = {}
     for key in CERTIFIED_METRICS:
         values = {}
         for role in ROLES:
-            section = metrics.get(role)
-            value = _number(section.get(key)) if isinstance(section, Mapping) else None
+            value = metrics.value(role, key)
             if value is not None:
-                values[role] = value
+                values[role] = float(value)
         if values:
             out[key] = values
     return out
 
 
-def certified_gate(gate: Mapping[str, Any]) -> dict[str, Any]:
+def certified_gate(gate: GateDecision) -> dict[str, Any]:
     """The gate's verdict and its checks (names, operators, thresholds, values); no free text."""
     checks = []
-    for check in gate.get("checks") or []:
+    for check in gate.checks:
         checks.append({
-            "metric": _checked(check.get("metric"), GATE_WORD, "gate.checks.metric"),
-            "op": _checked(check.get("op"), GATE_WORD, "gate.checks.op"),
-            "setting": _checked(check.get("setting"), GATE_WORD, "gate.checks.setting", optional=True),
-            "threshold": _number(check.get("threshold")),
-            "value": _number(check.get("value")),
-            "passed": check.get("passed") if isinstance(check.get("passed"), bool) else None,
+            "metric": check.metric,
+            "op": check.op,
+            "setting": _text(check.setting),
+            "threshold": _number(check.threshold),
+            "value": _number(check.value),
+            "passed": check.passed,
         })
-    if gate.get("passed") is not True:
+    if gate.passed is not True:
         raise CertificateError("certificate field 'gate.passed' is not true: a candidate that did not pass its "
                                "gate was not promoted, so nothing was erased and no certificate is issued")
     return {"passed": True, "checks": checks}
@@ -231,30 +255,29 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
     e = evidence
     if e.retention not in RETENTION_POLICIES:
         raise CertificateError(f"certificate field 'retention' must be one of {list(RETENTION_POLICIES)}")
-    forget_ids = [_checked(record_id, HEX_ID, "forget_ids") for record_id in e.forget_ids]
-    metrics = certified_metrics(e.metrics)
-    return {
+    forget_ids = [str(record_id) for record_id in e.forget_ids]
+    if not all(re.fullmatch(HEX_ID, record_id) for record_id in forget_ids):
+        raise CertificateError("certificate field 'forget_ids' does not look like a hex hash; "
+                               "certificates hold ids, hashes and numbers only")
+    metrics = certified_metrics(Metrics.parse(e.metrics))
+    return _validated({
         "format": FORMAT,
-        "request": {"request_id": _checked(e.request_id, REQUEST_ID, "request_id"),
-                    "content_sha256": _checked(e.request_sha256, SHA256, "request_sha256"),
-                    "dvc_md5": _checked(e.request_dvc_md5, MD5, "request_dvc_md5", optional=True)},
+        "request": {"request_id": _text(e.request_id), "content_sha256": _text(e.request_sha256),
+                    "dvc_md5": _text(e.request_dvc_md5)},
         "forget_set": {"n_records": len(forget_ids), "ids_digest": ids_digest(forget_ids),
-                       "batch_id": _checked(e.batch_id, BATCH_ID, "batch_id", optional=True),
-                       "batch_dvc_md5": _checked(e.forget_dvc_md5, MD5, "forget_dvc_md5", optional=True)},
-        "model": {"name": _checked(e.model_name, MODEL_NAME, "model_name"),
-                  "version": _checked(e.model_version, VERSION, "model_version"),
-                  "run_id": _checked(e.run_id, RUN_ID, "run_id", optional=True),
-                  "weights_sha256": _checked(e.weights_sha256, SHA256, "weights_sha256")},
+                       "batch_id": _text(e.batch_id), "batch_dvc_md5": _text(e.forget_dvc_md5)},
+        "model": {"name": _text(e.model_name), "version": _text(e.model_version), "run_id": _text(e.run_id),
+                  "weights_sha256": _text(e.weights_sha256)},
         "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
                      "oracle": "forget_quality" in metrics, "metrics": metrics},
-        "gate": certified_gate(e.gate),
+        "gate": certified_gate(e.gate if isinstance(e.gate, GateDecision) else GateDecision.model_validate(e.gate)),
         "retention": {"policy": e.retention,
-                      "versions_superseded": [_checked(v, VERSION, "versions_superseded") for v in e.versions_superseded],
-                      "versions_purged": [_checked(v, VERSION, "versions_purged") for v in e.versions_purged],
+                      "versions_superseded": [str(v) for v in e.versions_superseded],
+                      "versions_purged": [str(v) for v in e.versions_purged],
                       "local_copies_removed": [_path(p, "local_copies_removed") for p in e.local_copies_removed]},
         "times": {"received_at": _time(e.received_at, "received_at"), "erased_at": _time(e.erased_at, "erased_at"),
                   "issued_at": issued_at},
-    }
+    })
 
 
 def render_markdown(certificate: Mapping[str, Any]) -> str:
@@ -302,7 +325,7 @@ def _cell(value: Any) -> str:
 
 def certificates_dir(root: str | Path) -> Path:
     """The folder of the certificates of the pipeline at ``root``."""
-    return Path(root) / CERTIFICATES_DIR
+    return Paths(Path(root)).certificates
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -315,7 +338,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def chain_head(root: str | Path) -> dict[str, Any]:
     """``{"sequence": n, "certificate_hash": h, "request_id": id}``; sequence 0 and the genesis hash when empty."""
-    path = certificates_dir(root) / HEAD_FILE
+    path = Paths(Path(root)).certificate_head
     if not path.exists():
         return {"sequence": 0, "certificate_hash": GENESIS_HASH, "request_id": None}
     return _read(path)
@@ -323,8 +346,8 @@ def chain_head(root: str | Path) -> dict[str, Any]:
 
 def load_certificate(root: str | Path, request_id: str) -> dict[str, Any]:
     """The certificate of ``request_id``; :class:`FileNotFoundError` when there is none."""
-    _checked(request_id, REQUEST_ID, "request_id")
-    path = certificates_dir(root) / f"{request_id}.json"
+    _request_id(request_id)
+    path = Paths(Path(root)).certificate(request_id)
     if not path.exists():
         raise FileNotFoundError(f"no certificate for request '{request_id}' in {path.parent}: "
                                 "certificates are issued when a request's batch is promoted")
@@ -339,37 +362,37 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     request; a retried flow gets the same path back), and a certificate written just
     before a crash, with the head not yet moved, is completed rather than written again.
     """
-    folder = certificates_dir(root)
-    path = folder / f"{_checked(evidence.request_id, REQUEST_ID, 'request_id')}.json"
+    paths = Paths(Path(root))
+    path = paths.certificate(_request_id(evidence.request_id))
     head = chain_head(root)
     if path.exists():
         existing = _read(path)
         if existing.get("sequence") == head["sequence"] + 1 and existing.get("previous_hash") == head["certificate_hash"]:
-            _write_rendering_and_head(folder, existing)
+            _write_rendering_and_head(paths, existing)
         return path
     issued_at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     certificate = {**_body(evidence, issued_at), "sequence": head["sequence"] + 1,
                    "previous_hash": head["certificate_hash"]}
     certificate["certificate_hash"] = certificate_hash(certificate)
     write_json(path, certificate)
-    _write_rendering_and_head(folder, certificate)
+    _write_rendering_and_head(paths, certificate)
     return path
 
 
-def _write_rendering_and_head(folder: Path, certificate: Mapping[str, Any]) -> None:
+def _write_rendering_and_head(paths: Paths, certificate: Mapping[str, Any]) -> None:
     request_id = certificate["request"]["request_id"]
-    markdown = folder / f"{request_id}.md"
+    markdown = paths.certificate(request_id, ".md")
     tmp = markdown.with_suffix(".md.tmp")
     tmp.write_text(render_markdown(certificate), encoding="utf-8")
     tmp.replace(markdown)
-    write_json(folder / HEAD_FILE, {"sequence": certificate["sequence"], "request_id": request_id,
+    write_json(paths.certificate_head, {"sequence": certificate["sequence"], "request_id": request_id,
                                     "certificate_hash": certificate["certificate_hash"]})
 
 
 def missing_certificates(root: str | Path, request_ids: Iterable[str]) -> list[str]:
     """The request ids among ``request_ids`` that have no certificate file."""
-    folder = certificates_dir(root)
-    return [rid for rid in request_ids if not (folder / f"{rid}.json").exists()]
+    paths = Paths(Path(root))
+    return [rid for rid in request_ids if not paths.certificate(rid).exists()]
 
 
 def verify_chain(root: str | Path) -> list[str]:
@@ -380,7 +403,8 @@ def verify_chain(root: str | Path) -> list[str]:
     later one), a reordered or renamed one (a previous hash that is not its
     predecessor's; a file named for another request) and a missing or stale head.
     """
-    folder = certificates_dir(root)
+    paths = Paths(Path(root))
+    folder = paths.certificates
     files = sorted(p for p in folder.glob("*.json") if p.name != HEAD_FILE) if folder.is_dir() else []
     problems: list[str] = []
     chain: list[tuple[Path, dict]] = []
@@ -399,7 +423,7 @@ def verify_chain(root: str | Path) -> list[str]:
     for expected, (path, certificate) in enumerate(chain, start=1):
         problems += _certificate_problems(path, certificate, expected, previous)
         previous = certificate.get("certificate_hash")
-    problems += _head_problems(folder, chain, previous)
+    problems += _head_problems(paths.certificate_head, chain, previous)
     return problems
 
 
@@ -428,18 +452,17 @@ def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: 
     return problems
 
 
-def _head_problems(folder: Path, chain: Sequence[tuple[Path, dict]], last_hash: str) -> list[str]:
-    head_path = folder / HEAD_FILE
+def _head_problems(head_path: Path, chain: Sequence[tuple[Path, dict]], last_hash: str) -> list[str]:
     if not chain and not head_path.exists():
         return []
     if not head_path.exists():
-        return [f"{HEAD_FILE} is missing: the chain's end cannot be checked (was it deleted?)"]
+        return [f"{head_path.name} is missing: the chain's end cannot be checked (was it deleted?)"]
     try:
         head = _read(head_path)
     except CertificateError as error:
         return [str(error)]
     if head.get("sequence") != len(chain) or head.get("certificate_hash") != last_hash:
-        return [f"{HEAD_FILE} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
+        return [f"{head_path.name} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
                 f"ends at certificate {len(chain)}: the last certificate(s) were deleted or added by hand"]
     return []
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from components.data.records import content_hash
-from components.data.requests import REQUEST_ID_PATTERN
+from components.artifacts import REQUEST_ID
 
 HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
 DVC_HASH = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
@@ -23,7 +23,7 @@ COUNT_KEYS = ("n_subjects", "n_forget", "n_retain", "n_previously_forgotten", "n
 
 def _request_id(value: Any) -> str:
     value = str(value)
-    return value if REQUEST_ID_PATTERN.match(value) else f"hashed-{content_hash(value)}"
+    return value if REQUEST_ID.match(value) else f"hashed-{content_hash(value)}"
 
 
 def _hex(value: Any, pattern: re.Pattern = HEX_ID) -> str:
