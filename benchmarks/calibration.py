@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
 from components.artifacts import ROLES, Metrics, Resources
-from components.data.records import content_hash
+from components.data.records import content_hash, folder_hash
 
 ROOT = CACHE / "calibration"
 SEEDS = (0, 1, 2)
@@ -59,15 +59,6 @@ def _config(world: World, seed: int):
     return config.with_overrides({"seed": seed}) if world.train_per_seed else config
 
 
-def _digest(folder: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def trained_world(world: World, seed: int):
     """``prepare`` (cheap) into a scratch folder, then the world's folder named by the prepared data's
     content, where ``finetune`` ran once. Returns (config, Paths of that folder)."""
@@ -78,7 +69,7 @@ def trained_world(world: World, seed: int):
     scratch = Paths(ROOT / "scratch" / f"{world.name}-{os.getpid()}", config_root=world.root)
     shutil.rmtree(scratch.root, ignore_errors=True)
     stages.prepare(config, scratch)
-    key = content_hash({"prepared": _digest(scratch.prepared), "model": config.model.model_dump(mode="json"),
+    key = content_hash({"prepared": folder_hash(scratch.prepared), "model": config.model.model_dump(mode="json"),
                         "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed})
     paths = Paths(ROOT / f"{world.name}-{key}", config_root=world.root)
     if not (paths.root / "trained.json").exists():

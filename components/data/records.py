@@ -7,6 +7,7 @@ without ever writing its text (the text of a forget set is personal data).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Union
@@ -27,6 +28,15 @@ def content_hash(payload: Any, length: int = 16) -> str:
     """A short, stable SHA-256 hash of a JSON-serialisable value."""
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+def folder_hash(folder: Path, length: int = 16) -> str:
+    """A short SHA-256 hash of every file under ``folder`` (relative names and bytes): the same
+    content gives the same hash wherever the folder lies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:length]
 
 
 @dataclass(frozen=True)

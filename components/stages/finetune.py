@@ -62,14 +62,18 @@ def finetune_cache(config: Config, paths: Paths) -> Path:
     """Where the models trained from these prepared data and settings are kept (``paths.finetune_cache``)."""
     import torch
 
-    from components.data.records import content_hash
+    from components.data.records import content_hash, folder_hash
 
     digest = hashlib.sha256()
     for name in (paths.world, paths.holdout, paths.retain, paths.settings):
         digest.update(name.name.encode() + b"\0" + (name.read_bytes() if name.exists() else b""))
     for file in sorted(p for p in paths.tokenizer.rglob("*") if p.is_file()) if paths.tokenizer.exists() else []:
         digest.update(str(file.relative_to(paths.tokenizer)).encode() + b"\0" + file.read_bytes())
-    key = content_hash({"data": digest.hexdigest(), "model": config.model.model_dump(mode="json"),
+    model = config.model.model_dump(mode="json")
+    for key in ("base", "oracle", "pretrained"):  # a local model folder counts by its content, not where it lies
+        if model[key] and Path(model[key]).is_dir():
+            model[key] = {"folder": folder_hash(Path(model[key]))}
+    key = content_hash({"data": digest.hexdigest(), "model": model,
                         "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
                         "torch": torch.__version__})
     return paths.finetune_cache / key
