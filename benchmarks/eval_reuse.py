@@ -25,6 +25,11 @@ from components.artifacts import Metrics, Resources
 from components.paths import Paths
 
 STEM = "eval_reuse"
+
+
+def stem(profile: str) -> str:
+    """``eval_reuse`` for the SmolLM2 profile (the acceptance run), ``eval_reuse_<profile>`` for another."""
+    return STEM if profile == "smollm2" else f"{STEM}_{profile}"
 PROFILES = {"smollm2": "pretrained", "demo": "."}
 
 
@@ -102,7 +107,7 @@ def render(results: dict[str, Any]) -> str:
     phases = [{"run": r["run"], "phase": name, **phase} for r in results["runs"]
               for name, phase in (r["evaluate"]["floor"].get("phases") or {}).items()]
     return harness.template(STEM)["main"].format(
-        profile=results["profile"], m=results["machine"], runs=table(results["runs"], ROWS),
+        profile=results["profile"], stem=stem(results["profile"]), m=results["machine"], runs=table(results["runs"], ROWS),
         phases=table(phases, PHASES), ratio=fmt(s["second_over_first"], 2),
         scored=", ".join(s["second_scored"]) or "none",
         same=", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}" for role, ok in
@@ -115,13 +120,13 @@ app = harness.cli(__doc__)
 @app.command()
 def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY) -> None:
-    if report_only:
-        harness.report_only(out, STEM, render)
-        return
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
+    if report_only:
+        harness.report_only(out, stem(profile), render)
+        return
     results = run(profile, scratch)
-    harness.write_report(results, out, STEM, render)
+    harness.write_report(results, out, stem(profile), render)
     log(f"second evaluate / first: {results['summary']['second_over_first']}")
 
 
