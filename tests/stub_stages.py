@@ -25,6 +25,7 @@ from typing import Iterator
 
 import pytest
 
+from components.artifacts import Metrics
 from components.config import Config
 from components.jsonfiles import write_json
 from components.modeling.io import resolve_model_source, write_model_ref
@@ -48,19 +49,20 @@ def stub_unlearn(config: Config, paths: Paths, *, start: Path | None = None, sho
     shutil.copytree(source, paths.unlearned)
     paths.reports.mkdir(parents=True, exist_ok=True)
     diagnostics = sample_diagnostics(config.unlearn.steps)
-    (paths.reports / "unlearn_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in diagnostics))
+    paths.unlearn_log.write_text("".join(json.dumps(row) + "\n" for row in diagnostics))
     summary = {"steps": config.unlearn.steps, "start_model": str(source), "unlearned_by": STUB}
-    write_json(paths.reports / "unlearn.json", summary)
+    write_json(paths.report_files.unlearn_summary, summary)
     return summary
 
 
-def stub_evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> dict:
+def stub_evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Metrics:
     """Metrics that pass the tiny flow world's gate, earlier requests still forgotten; the retain set per item."""
     metrics = sample_metrics()
     earlier = sorted(load_earlier(paths))
     metrics["target"]["earlier"] = {request_id: {"forget_prob": 0.8, "forget_rouge": 0.8} for request_id in earlier}
     metrics["unlearned"]["earlier"] = {request_id: {"forget_prob": 0.1, "forget_rouge": 0.1} for request_id in earlier}
-    write_json(paths.reports / "metrics.json", metrics)
+    metrics = Metrics.parse(metrics)
+    metrics.save(paths.metrics)
     per_item = paths.reports / "per_item"
     per_item.mkdir(parents=True, exist_ok=True)
     with (per_item / "unlearned_retain.csv").open("w", newline="") as handle:
