@@ -125,8 +125,8 @@ PER_ITEM_COLUMNS = {
 @dataclass
 class PhaseWork:
     """Tokens one phase ran models on: teacher-forced (prompts of generations included), decoded
-    (the reference answers' length: what ROUGE needs, not what greedy decoding ran to) and trained
-    (the relearning attack), and the wall and process-CPU seconds it took.
+    (each answer up to its own end: what ROUGE reads, not what the longest answer of its batch ran
+    to) and trained (the relearning attack), and the wall and process-CPU seconds it took.
     :mod:`components.evaluation.floor` turns the tokens into the seconds they need at least."""
 
     forward_tokens: int = 0
@@ -454,13 +454,13 @@ class EvaluationContext:
             self._encodings[key] = value
         return self._encodings[key]
 
-    def _generation_job(self, tokenizer, record: Record) -> tuple[list[int], int, list[int], int] | None:
-        """(prompt ids, new-token limit, reference ids, reference length in tokens) for one record, or None."""
+    def _generation_job(self, tokenizer, record: Record) -> tuple[list[int], int, list[int]] | None:
+        """(prompt ids, new-token limit, reference ids) for one record, or None."""
         if isinstance(record, QARecord):
             encoded = encode_record(tokenizer, record, self.max_length)
             prompt = prompt_ids(encoded)
             limit = self._limit(len(prompt))
-            return prompt, limit, [], min(limit, len(encoded.input_ids) - len(prompt))
+            return prompt, limit, []
         text_ids = tokenizer.encode(record.text, add_special_tokens=False)
         keep = self.config.verbmem_prefix_tokens
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -469,7 +469,7 @@ class EvaluationContext:
         if len(text_ids) <= keep or limit <= 0:
             return None
         reference = text_ids[keep : keep + limit]
-        return prompt, limit, reference, len(reference)
+        return prompt, limit, reference
 
     def _limit(self, prompt_length: int) -> int:
         return max(0, min(self.config.max_new_tokens, self.max_length - prompt_length))
