@@ -1,5 +1,9 @@
 """Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
 
+``--flow``: the same with two ``blur process`` batches of the profile's request instead (the first
+scores every model; its request, refused by the gate, is retried after the same ``unlearn.lr``
+change, and the second batch reads the target and the oracle from the cache).
+
 In a scratch clone of this repository's committed HEAD (the fetched base model and any
 fine-tune cache of the profile copied in, so nothing is trained twice), the profile's
 pipeline runs once, then again after ``unlearn.lr`` is changed. Each run's evaluate record
@@ -58,16 +62,23 @@ def _scale_lr(params: Path, factor: float) -> float:
     return new
 
 
-def run(profile: str, scratch: Path) -> dict[str, Any]:
-    """Two `dvc repro` runs of ``profile`` in a fresh clone at ``scratch``."""
+def _clone(profile: str, scratch: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh clone of HEAD at ``scratch`` with the fetched base model and the profile's fine-tune
+    cache copied in (never its evaluation cache); returns the profile's folder and the environment."""
     shutil.rmtree(scratch, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(scratch)], check=True)
-    folder = scratch / PROFILES[profile]
     for shared in (Path("models/base"), Path(PROFILES[profile]) / ".cache" / "finetune"):
         if (REPO / shared).exists():
             shutil.copytree(REPO / shared, scratch / shared)
     env = dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return scratch / PROFILES[profile], env
+
+
+def run(profile: str, scratch: Path) -> dict[str, Any]:
+    """Two `dvc repro` runs of ``profile`` in a fresh clone at ``scratch``."""
+    folder, env = _clone(profile, scratch)
     runs = []
     for label in ("first", "second"):
         if label == "second":
@@ -85,6 +96,56 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
             "summary": {"reference_metrics_identical": same, "evaluate_seconds": evaluate,
                         "second_over_first": round(evaluate[1] / evaluate[0], 3),
                         "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]]}}
+
+
+def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str) -> float:
+    """``blur ARGS`` in ``folder`` (its output appended to ``log_file``); returns its wall seconds."""
+    started = time.perf_counter()
+    with log_file.open("a") as out:
+        done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", "."], cwd=folder, env=env,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"blur {' '.join(args)} failed in {folder} (see {log_file})")
+    return time.perf_counter() - started
+
+
+def run_flow(profile: str, scratch: Path) -> dict[str, Any]:
+    """Two `blur process` batches of the profile's request in a fresh clone: the second after the
+    gate refused the first and ``unlearn.lr`` was raised by half (``blur request retry --all``)."""
+    from components.config import load_config
+
+    folder, env = _clone(profile, scratch)
+    config = load_config(folder / "params.yaml")
+    request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
+    log_file = folder / "flow.log"
+    batches = []
+    for label in ("first", "second"):
+        if label == "first":
+            _blur(folder, env, log_file, "request", "add", str(request))
+        else:
+            if not list((folder / "data" / "requests" / "failed").glob("*.json")):
+                raise RuntimeError("the first batch's request was not refused by the gate, so there is nothing to "
+                                   "retry: this measurement needs a profile whose first batch fails its gate")
+            _scale_lr(folder / "params.yaml", 1.5)
+            _blur(folder, env, log_file, "request", "retry", "--all")
+        log(f"{profile}: {label} blur process in {folder}")
+        mark = log_file.stat().st_size
+        seconds = _blur(folder, env, log_file, "process")
+        output = log_file.read_text(errors="replace")[mark:]
+        batch_dirs = sorted((folder / "runs").iterdir(), key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
+        paths = Paths(batch_dirs[-1])
+        batches.append({"run": label, "batch": batch_dirs[-1].name, "wall_seconds": round(seconds, 1),
+                        "evaluate": Resources.read(paths.resources).stage("evaluate"),
+                        "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line
+                                or "cache miss" in line],
+                        "metrics": Metrics.load(paths.metrics).model_dump(mode="json")})
+    first, second = batches
+    same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
+    return {"profile": profile, "machine": harness.machine(), "runs": batches,
+            "summary": {"reference_metrics_identical": same,
+                        "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]],
+                        "second_reused": [role for role, c in second["evaluate"]["cache"].items()
+                                          if c["hits"] and not c["misses"]]}}
 
 
 ROWS = [
@@ -114,14 +175,40 @@ def render(results: dict[str, Any]) -> str:
                        s["reference_metrics_identical"].items()))
 
 
+FLOW_ROWS = [("batch", "run"), ("blur process s", lambda r: fmt(r["wall_seconds"], 0))] + ROWS[2:]
+
+
+def render_flow(results: dict[str, Any]) -> str:
+    """The flow write-up, every figure and log line read from ``results``."""
+    s = results["summary"]
+    logs = "\n".join(f"- {r['run']} batch (`{r['batch']}`): `{line}`" for r in results["runs"] for line in r["log"])
+    return harness.template(STEM)["flow"].format(
+        profile=results["profile"], stem=f"{stem(results['profile'])}_flow", m=results["machine"],
+        runs=table(results["runs"], FLOW_ROWS), logs=logs or "- (no cache line in the flow's log)",
+        scored=", ".join(s["second_scored"]) or "none", reused=", ".join(s["second_reused"]) or "none",
+        same=", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}" for role, ok in
+                       s["reference_metrics_identical"].items()))
+
+
 app = harness.cli(__doc__)
 
 
 @app.command()
 def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
-         report_only: bool = harness.REPORT_ONLY) -> None:
+         report_only: bool = harness.REPORT_ONLY,
+         flow: bool = harness.typer.Option(False, help="two `blur process` batches instead of two `dvc repro` runs")
+         ) -> None:
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
+    if flow:
+        name = f"{stem(profile)}_flow"
+        if report_only:
+            harness.report_only(out, name, render_flow)
+            return
+        results = run_flow(profile, scratch)
+        harness.write_report(results, out, name, render_flow)
+        log(f"second batch scored: {results['summary']['second_scored']}")
+        return
     if report_only:
         harness.report_only(out, stem(profile), render)
         return
