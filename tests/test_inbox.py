@@ -270,6 +270,15 @@ def test_a_rejected_file_is_dvc_tracked_before_it_moves(dvc_inbox, monkeypatch):
     assert not Path(f"{path}.dvc").exists() and not path.exists()
 
 
+def test_an_inbox_in_a_folder_of_a_dvc_repository_is_tracked(tmp_path):
+    """A profile folder inside the repository (``pretrained/``) versions its requests in that repository."""
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
+    inbox = Inbox(Paths(tmp_path / "profile"))
+    path = put(inbox, "bad.json", b"{not json")
+    moved = inbox.reject(path, RequestError(["invalid JSON"]))
+    assert versioning.tracked_hash(moved) == hashlib.md5(b"{not json").hexdigest()
+
+
 # --------------------------------------------------------------------------- the CLI
 
 

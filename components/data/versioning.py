@@ -36,8 +36,10 @@ def file_md5(path: str | Path) -> str:
 
 
 def is_repo(root: Path) -> bool:
-    """Whether ``root`` is a DVC repository (request files there must be tracked)."""
-    return (Path(root) / ".dvc").is_dir()
+    """Whether ``root`` is in a DVC repository (request files there must be tracked): the repository's
+    root itself or a folder inside it, such as the SmolLM2 profile's ``pretrained/``."""
+    root = Path(root).resolve()
+    return any((folder / ".dvc").is_dir() for folder in (root, *root.parents))
 
 
 def _dvc(root: Path, *args: str) -> str:
