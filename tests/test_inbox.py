@@ -335,3 +335,14 @@ def test_a_pending_request_prints_as_its_id_only(inbox):
     shown = repr(pending) + str(pending)
     assert "req-p" in shown and "jane" not in shown.lower()
 
+
+
+def test_the_smollm2_profile_can_version_its_requests_and_certificates():
+    """DVC refuses to add a file whose pointer git ignores: the profile's inbox, processed results and
+    certificates must not be ignored (``pretrained/.gitignore`` once ignored all of ``data/``)."""
+    repo = Path(__file__).resolve().parents[1]
+    pointers = [f"pretrained/data/requests/{folder}/r.json.dvc" for folder in ("inbox", "processed", "failed", "rejected")]
+    pointers.append("pretrained/data/certificates/c.json")
+    ignored = subprocess.run(["git", "check-ignore", *pointers], cwd=repo, capture_output=True, text=True).stdout
+    assert ignored == "", f"git ignores: {ignored}"
+    assert subprocess.run(["git", "check-ignore", "-q", "pretrained/runs/batch-1/x"], cwd=repo).returncode == 0
