@@ -240,7 +240,10 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
                                inbox.earlier())
     crash_point("resolve")
     batch.summary["n_forget"] = resolution.n_forget
-    batch_models(config, repo, paths, start=start, show_progress=False)
+    models = batch_models(config, repo, paths, start=start, show_progress=False)
+    if models.get("cached"):
+        batch.summary["oracle_from_cache"] = models["cached"]
+        get_run_logger().info("oracle: from the fine-tune cache (%s), not trained again", models["cached"])
     _unlearn(batch, inbox, paths)
     crash_point("unlearn")
     metrics = evaluate_batch(config, paths, show_progress=False)

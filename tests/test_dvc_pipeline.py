@@ -111,6 +111,8 @@ def test_flow_and_dvc_repro_give_the_same_metrics(repro, prefect_server):
     # a model name with no champion yet, so the flow also starts from the target
     summary = process_requests(root=str(repo), overrides={"registry.model_name": "flow-check"})
     assert summary["processed"] == ["tiny-0001"]
+    # the finetune stage trained this batch's oracle already (same prepared data): copied, not trained
+    assert summary["oracle_from_cache"] in {p.name for p in (repo / ".cache" / "finetune").iterdir()}
     by_dvc = json.loads((repo / "reports" / "metrics.json").read_text())
     by_flow = json.loads((repo / "runs" / summary["batch_id"] / "reports" / "metrics.json").read_text())
     assert by_flow == by_dvc
