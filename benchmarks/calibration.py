@@ -225,14 +225,30 @@ def render(results: dict[str, Any]) -> str:
     runs, s = results["runs"], results["summary"]
     criteria = [{"criterion": name, "met": _f(met)} for name, met in s["criteria_met"].items()]
     return harness.template("calibration")["main"].format(
+        overrides=", ".join(f"`{k}: {v}`" for k, v in (results.get("overrides") or {}).items())
+        or "none (the shipped defaults)",
         r=results["rule"], facts_points=results["rule"]["max_world_facts_drop"] * 100, s=s, p=s["passing"],
         m=results["machine"], runs=table(runs, RUNS), criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]),
         floors=table(runs, FLOORS), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
 
 
-def write(runs: list[dict[str, Any]], out: Path) -> None:
-    harness.write_report({"rule": RULE, "runs": runs, "summary": summary(runs), "machine": machine()},
-                         out, "calibration", render)
+def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
+          overrides: dict[str, Any] | None = None) -> None:
+    harness.write_report({"rule": RULE, "overrides": overrides or {}, "runs": runs, "summary": summary(runs),
+                          "machine": machine()}, out, stem, render)
+
+
+def _parsed(settings: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (values read as YAML) for a tuning run off the shipped defaults."""
+    import yaml
+
+    out = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got '{item}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 app = harness.cli(__doc__)
@@ -243,10 +259,18 @@ def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: 
          report_only: bool = harness.REPORT_ONLY,
          from_cache: bool = harness.typer.Option(False, help="rebuild the results from the newest cached run of each "
                                                  "world and seed, the gate re-applied (no training)"),
-         train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle")) -> None:
+         train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle"),
+         set_: list[str] = harness.typer.Option([], "--set", help="KEY=VALUE off the shipped defaults (tuning runs "
+                                                "only: use seeds the judged runs do not, and another --stem)"),
+         stem: str = harness.typer.Option("calibration", help="results file name")) -> None:
     if report_only:
-        harness.report_only(out, "calibration", render)
+        harness.report_only(out, stem, render)
         return
+    overrides = _parsed(set_)
+    if overrides and stem == "calibration":
+        raise SystemExit("--set changes the shipped defaults: give the tuning run its own --stem")
+    chosen = {name: World(w.name, w.params, w.root, {**w.overrides, **overrides}, w.train_per_seed)
+              for name, w in WORLDS.items()}
     if from_cache:
         from components.paths import Paths
 
@@ -260,13 +284,13 @@ def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: 
     for name in worlds:
         for seed in seeds:
             if train_only:
-                trained_world(WORLDS[name], seed)
+                trained_world(chosen[name], seed)
                 break
-            runs.append(run_one(WORLDS[name], seed))
-            write(runs, out)
+            runs.append(run_one(chosen[name], seed))
+            write(runs, out, stem, overrides)
     if not train_only:
-        write(runs, out)
-        log(f"wrote {out / 'calibration.md'}")
+        write(runs, out, stem, overrides)
+        log(f"wrote {out / (stem + '.md')}")
 
 
 if __name__ == "__main__":

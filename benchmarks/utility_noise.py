@@ -1,0 +1,146 @@
+"""How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over their records.
+
+Model utility (TOFU) is the harmonic mean of nine set means (retain, real authors, world facts:
+probability, ROUGE, truth-ratio score), so its smallest part weighs most: on SmolLM2 that is the
+real authors' ROUGE, about 6 right names in 100 questions. This study resamples the records of
+every set (the same records for both models: paired) from the per-record reports of calibration's
+runs and recomputes unlearned / target and oracle / target utility each time. Its 95% interval
+says which utility ratios these sets can tell apart; no model runs.
+
+    python -m benchmarks.utility_noise                # every cached calibration run
+    python -m benchmarks.utility_noise --report-only  # rewrite utility_noise.md from utility_noise.json
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import hmean
+
+from benchmarks import calibration, harness
+from benchmarks.harness import fmt, log, machine, table
+
+STEM = "utility_noise"
+DRAWS = 2000
+# per set: (file suffix, the columns whose means enter model utility; truth ratios as TOFU's max(0, 1 - TR))
+SETS = {"retain": ("retain", ("prob", "rouge", "truth_ratio")),
+        "real_authors": ("knowledge_real_authors", ("option_prob", "rouge", "truth_ratio")),
+        "world_facts": ("knowledge_world_facts", ("option_prob", "rouge", "truth_ratio"))}
+
+
+def _columns(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """record id -> the columns' values (truth ratios turned into TOFU's utility score)."""
+    rows = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            values = {c: float(row[c]) for c in columns}
+            values["truth_ratio"] = max(0.0, 1.0 - values["truth_ratio"])
+            rows[row["record_id"]] = values
+    return rows
+
+
+def _parts(per_item: Path, role: str) -> dict[str, np.ndarray]:
+    """Per set the run scored, an (records x 3) array of the role's per-record utility parts, rows in
+    record-id order (the demo has no knowledge sets)."""
+    out = {}
+    for name, (suffix, columns) in SETS.items():
+        if not (per_item / f"{role}_{suffix}.csv").exists():
+            continue
+        rows = _columns(per_item / f"{role}_{suffix}.csv", columns)
+        out[name] = np.array([[rows[i][c] for c in columns] for i in sorted(rows)])
+    return out
+
+
+def _utility(parts: dict[str, np.ndarray], picks: dict[str, np.ndarray] | None = None) -> float:
+    means = [(parts[n] if picks is None else parts[n][picks[n]]).mean(axis=0) for n in parts]
+    values = np.concatenate(means)
+    return 0.0 if values.min() == 0 else float(hmean(values))
+
+
+def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """The paired bootstrap of one run: point ratios, 95% intervals, and the utility recomputed from the
+    per-record files beside the reported one (they must agree)."""
+    per_item = run_dir / "reports" / "per_item"
+    roles = {role: _parts(per_item, role) for role in ("target", "oracle", "unlearned")}
+    reported = json.loads((run_dir / "reports" / "metrics.json").read_text())
+    rng = np.random.default_rng(seed)
+    ratios = {"unlearned": [], "oracle": [], "unlearned_retain": []}
+    retain_only = {role: {"retain": parts["retain"]} for role, parts in roles.items()}
+    for _ in range(DRAWS):
+        picks = {n: rng.integers(0, len(roles["target"][n]), len(roles["target"][n])) for n in roles["target"]}
+        target, target_retain = _utility(roles["target"], picks), _utility(retain_only["target"], picks)
+        for role in ("unlearned", "oracle"):
+            ratios[role].append(_utility(roles[role], picks) / target if target else float("nan"))
+        ratios["unlearned_retain"].append(_utility(retain_only["unlearned"], picks) / target_retain)
+    out = {"n_records": {n: len(roles["target"].get(n, ())) for n in SETS},
+           "utility": {role: _utility(parts) for role, parts in roles.items()},
+           "reported_utility": {role: reported[role]["model_utility"] for role in roles}}
+    out["utility"]["unlearned_retain"] = _utility(retain_only["unlearned"])
+    out["utility"]["target_retain"] = _utility(retain_only["target"])
+    for role, values in ratios.items():
+        low, high = np.nanpercentile(values, [2.5, 97.5])
+        base = "target_retain" if role.endswith("_retain") else "target"
+        out[f"{role}_ratio"] = out["utility"][role] / out["utility"][base]
+        out[f"{role}_ratio_ci"] = [float(low), float(high)]
+        out[f"{role}_ratio_below_095"] = float(np.mean(np.array(values) < 0.95))
+    return out
+
+
+def runs(worlds: list[str]) -> list[dict[str, Any]]:
+    """Every calibration run of ``worlds`` whose per-record reports are cached (newest per seed)."""
+    found = []
+    for name in worlds:
+        for seed in calibration.SEEDS:
+            results = sorted(calibration.ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"),
+                             key=lambda p: p.stat().st_mtime)
+            if results and (results[-1].parent / "reports" / "per_item").exists():
+                found.append({"world": name, "seed": seed, **bootstrap(results[-1].parent, seed)})
+    return found
+
+
+ROWS = [
+    ("world", "world"), ("seed", "seed"),
+    ("records (retain / real authors / world facts)", lambda r: " / ".join(str(v) for v in r["n_records"].values())),
+    ("utility: target / unlearned / oracle", lambda r: " / ".join(fmt(r["utility"][k]) for k in
+                                                                 ("target", "unlearned", "oracle"))),
+    ("unlearned / target", lambda r: fmt(r["unlearned_ratio"], 2)),
+    ("95% interval", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_ratio_ci"]))),
+    ("share of draws < 0.95", lambda r: fmt(r["unlearned_ratio_below_095"], 2)),
+    ("oracle / target", lambda r: fmt(r["oracle_ratio"], 2)),
+    ("95% interval ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["oracle_ratio_ci"]))),
+    ("retain part only: unlearned / target", lambda r: fmt(r["unlearned_retain_ratio"], 2)),
+    ("95% interval  ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_retain_ratio_ci"]))),
+]
+
+
+def render(results: dict[str, Any]) -> str:
+    return harness.template(STEM)["main"].format(runs=table(results["runs"], ROWS), draws=results["draws"],
+                                                 m=results["machine"])
+
+
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
+         report_only: bool = harness.REPORT_ONLY) -> None:
+    if report_only:
+        harness.report_only(out, STEM, render)
+        return
+    found = runs(worlds)
+    for run in found:
+        for role, value in ((r, v) for r, v in run["utility"].items() if r in run["reported_utility"]):
+            reported = run["reported_utility"][role]
+            if reported is not None and abs(value - reported) > 1e-6:
+                raise SystemExit(f"{run['world']} seed {run['seed']}: {role} utility from the per-record files "
+                                 f"{value} is not the reported {reported}: the bootstrap would measure another metric")
+    harness.write_report({"draws": DRAWS, "runs": found, "machine": machine()}, out, STEM, render)
+    log(f"wrote {out / (STEM + '.md')}")
+
+
+if __name__ == "__main__":
+    app()
