@@ -131,11 +131,18 @@ class StopConfig(_Section):
     rule: Literal["none", "holdout"] = "none"
     every: int = Field(default=2, ge=1)
     probe: int = Field(default=64, ge=2)
-    criterion: Literal["landed", "ks_or_mean", "ks"] = "landed"
+    criterion: Literal["landed", "reached", "ks_or_mean", "ks"] = "landed"  # reached: landed, or past the holdout
     band: float = Field(default=0.05, gt=0, le=0.5)  # landed: |AUC - 0.5| at most this (about the AUC's standard error on 40 vs 64 records)
     min_ks_p: float = Field(default=0.2, gt=0, le=1)
     confirm: int = Field(default=2, ge=1)  # landed: probes in a row
     max_steps: int | None = Field(default=None, ge=1)
+    statistic: Literal["mean", "mink"] = "mean"  # a record's score in the probe and match's targets: mean answer NLL |
+    mink_k: float = Field(default=0.4, gt=0, le=1)  #   mink: mean NLL of its least likely mink_k fraction of tokens
+
+    @property
+    def score_k(self) -> float | None:
+        """The ``mink_k`` a record's score reads (None: the mean over every answer token)."""
+        return self.mink_k if self.statistic == "mink" else None
 
 
 class UnlearnConfig(_Section):

@@ -75,6 +75,43 @@ def test_match_stops_pushing_a_record_at_its_target():
     assert model.nll.grad[0] < 0 and model.nll.grad[1] == 0  # descending the loss raises only the first NLL
 
 
+def test_mink_nll_is_the_mean_of_each_examples_least_likely_tokens_and_its_gradient_reaches_only_them():
+    from components.modeling.scoring import TokenScores
+
+    logps = torch.tensor([[-0.1, -2.0, -0.5, -3.0, 0.0], [-1.0, -0.2, 0.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, True, False], [True, True, False, False, False]])
+    scores = TokenScores(token_logps=logps * mask, mask=mask, logits=torch.zeros(2, 5, 3))
+    got = scores.mink_nll(0.4)  # ceil(0.4 * 4) = 2 of the first example's tokens, ceil(0.4 * 2) = 1 of the second's
+    torch.testing.assert_close(got, torch.tensor([2.5, 1.0]))
+    assert scores.record_nll(None).tolist() == pytest.approx(scores.mean_nll.tolist())
+    got.sum().backward()
+    assert logps.grad[0].tolist() == pytest.approx([0.0, -0.5, 0.0, -0.5, 0.0])
+    assert logps.grad[1].tolist() == pytest.approx([-1.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_a_mink_run_probes_and_matches_on_the_least_likely_tokens_and_stops_once_reached(tiny_setup):
+    result = unlearn(tiny_setup, landed_rule(statistic="mink", criterion="reached"))
+    stop = result.summary()["stop"]
+    assert result.steps < CAP and stop["reason"].startswith("reached")
+    for reading in stop["curve"][-2:]:  # no more familiar than the holdout at both of the last two probes
+        assert reading["probe_auc"] <= 0.55 and reading["probe_ks_p"] >= 0.2
+    mean = unlearn(tiny_setup, landed_rule())
+    assert stop["curve"][0]["probe_forget_nll"] > mean.summary()["stop"]["curve"][0]["probe_forget_nll"]
+
+
+def test_reached_counts_a_forget_set_past_the_holdout_and_landed_does_not():
+    from components.config import StopConfig
+    from components.unlearning.stopping import HoldoutStopper
+
+    def verdicts(criterion):
+        stopper = HoldoutStopper(None, [], [], 0, StopConfig(rule="holdout", criterion=criterion, confirm=2))
+        return [stopper._verdict(ks_p=0.5, auc=auc, forget_mean=0.0, holdout_mean=0.0) for auc in (0.7, 0.4, 0.38)]
+
+    assert verdicts("landed") == [None, None, None]  # jumped past the band: landed waits for ever
+    reached = verdicts("reached")
+    assert reached[:2] == [None, None] and reached[2].startswith("reached")
+
+
 def test_matched_targets_are_the_holdout_quantiles_at_each_records_rank():
     from components.unlearning.stopping import matched_targets
 

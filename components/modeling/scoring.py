@@ -36,6 +36,19 @@ class TokenScores:
         """Mean negative log-likelihood per example over its target tokens."""
         return -self.sum_logp / self.n_tokens.clamp(min=1)
 
+    def mink_nll(self, k: float) -> torch.Tensor:
+        """Mean NLL per example over its ``ceil(k * n)`` least likely target tokens (min-k%, Shi et al.
+        2024): the tokens a model that never saw the example finds surprising, such as a fact's value."""
+        nll = (-self.token_logps).masked_fill(~self.mask, float("-inf"))
+        ranked = nll.sort(dim=1, descending=True).values
+        keep = torch.ceil(self.n_tokens.to(torch.float32) * k).clamp(min=1).to(self.n_tokens.dtype)
+        chosen = torch.arange(ranked.shape[1], device=ranked.device).unsqueeze(0) < keep.unsqueeze(1)
+        return torch.where(chosen, ranked, torch.zeros_like(ranked)).sum(dim=1) / keep
+
+    def record_nll(self, mink_k: float | None = None) -> torch.Tensor:
+        """:attr:`mean_nll`, or :meth:`mink_nll` when ``mink_k`` is given."""
+        return self.mean_nll if mink_k is None else self.mink_nll(mink_k)
+
 
 def token_scores(model, batch: dict[str, torch.Tensor]) -> TokenScores:
     """Run the model on a right-padded batch and score its labelled tokens."""
@@ -63,11 +76,14 @@ def scored_batches(model, encoded: list, pad_token_id: int, batch_size: int, dev
 
 
 @torch.no_grad()
-def mean_token_nll(model, encoded: list, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Mean target-token NLL of each encoded example (a 1-D float tensor)."""
+def mean_token_nll(model, encoded: list, pad_token_id: int, batch_size: int = 64,
+                   mink_k: float | None = None) -> torch.Tensor:
+    """Mean target-token NLL of each encoded example (a 1-D float tensor); over its least likely
+    ``mink_k`` fraction of tokens when given (:meth:`TokenScores.mink_nll`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [scores.mean_nll.cpu() for scores in scored_batches(model, encoded, pad_token_id, batch_size, device)]
+    out = [scores.record_nll(mink_k).cpu()
+           for scores in scored_batches(model, encoded, pad_token_id, batch_size, device)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -110,8 +110,10 @@ def holdout_match(model, batch: dict, ctx: LossContext) -> torch.Tensor:
     zero once the forget set is no more familiar than the holdout, so the lower level of BLUR has a
     set of minimisers, "forgotten as far as never seen", and the retain level moves within it;
     unlike NPO or GA it never pushes the erased records past unseen ones (over-forgetting).
+    Under ``unlearn.stop.statistic: mink`` a record's NLL is over its least likely tokens only, as the
+    probe scores it, so the loss raises the surprise of what an unseen record is surprising at.
     """
-    return F.relu(batch["target_nll"] - token_scores(model, batch).mean_nll)
+    return F.relu(batch["target_nll"] - token_scores(model, batch).record_nll(ctx.config.stop.score_k))
 
 
 FORGET_LOSSES: dict[str, LossFn] = {

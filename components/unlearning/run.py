@@ -186,8 +186,9 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
         forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length,
                                                    seed=seed)
         with precision_context(config, next(model.parameters()).device):
-            data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad),
-                                                              mean_token_nll(model, holdout_probe, pad))
+            k = config.stop.score_k
+            data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad, mink_k=k),
+                                                              mean_token_nll(model, holdout_probe, pad, mink_k=k))
     data.fingerprint = fingerprint({
         "config": config.model_dump(exclude={"checkpoint_every"}),
         "steps": data.steps,

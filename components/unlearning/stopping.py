@@ -13,6 +13,10 @@ no gradients, the model in eval mode and then back in train mode). The criteria:
   by chance on the way down to over-forgetting; the confirmation asks that it stays there, which
   a forget loss that stops at the holdout's level (``match``) makes it do while the retain level
   repairs utility.
+- ``reached``: as ``landed``, but a forget set that went past the holdout (AUC below the band) counts
+  too. ``match`` never pushes a record past its target, so once the forget set has crossed, more
+  steps cannot bring it back; they only cost utility. A fast step can jump the band between two
+  probes, and ``landed`` then runs to the cap.
 - ``ks``: the KS p-value alone reaches ``stop.min_ks_p``; ``ks_or_mean``: or the forget mean NLL
   reaches the holdout's (the earlier rules; the mean can cross while most records are remembered).
 
@@ -85,9 +89,10 @@ class HoldoutStopper:
     _last_verdict: str | None = None
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean answer NLL of every forget record and of the holdout probe, now."""
-        forget = mean_token_nll(self.model, self.forget, self.pad_token_id)
-        holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id)
+        """The score (``stop.statistic``) of every forget record and of the holdout probe, now."""
+        k = self.stop.score_k
+        forget = mean_token_nll(self.model, self.forget, self.pad_token_id, mink_k=k)
+        holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id, mink_k=k)
         return forget, holdout
 
     def read(self, step: int) -> dict:
@@ -107,12 +112,15 @@ class HoldoutStopper:
 
     def _verdict(self, ks_p: float, auc: float, forget_mean: float, holdout_mean: float) -> str | None:
         stop = self.stop
-        if stop.criterion == "landed":
-            landed = abs(auc - 0.5) <= stop.band and ks_p >= stop.min_ks_p
+        if stop.criterion in ("landed", "reached"):
+            near = abs(auc - 0.5) <= stop.band if stop.criterion == "landed" else auc <= 0.5 + stop.band
+            landed = near and ks_p >= stop.min_ks_p
             self.streak = self.streak + 1 if landed else 0
             if self.streak >= stop.confirm:
-                return (f"landed: forget set like the holdout at {stop.confirm} probe(s) in a row (AUC {auc:.3f} "
-                        f"within {stop.band} of 0.5, KS p {ks_p:.3f} >= {stop.min_ks_p})")
+                where = (f"within {stop.band} of 0.5" if stop.criterion == "landed"
+                         else f"at most 0.5 + {stop.band}: no more familiar than the holdout")
+                return (f"{stop.criterion}: forget set like the holdout at {stop.confirm} probe(s) in a row "
+                        f"(AUC {auc:.3f} {where}, KS p {ks_p:.3f} >= {stop.min_ks_p})")
             return None
         if ks_p >= stop.min_ks_p:
             return f"ks: forget probe like the holdout (KS p {ks_p:.3f} >= {stop.min_ks_p})"
