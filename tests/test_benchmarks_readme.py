@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 
 from benchmarks import readme
+
+
+def _copy_results(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in readme.RESULTS.glob("*.json"):
+        shutil.copyfile(path, results / path.name)
+    return results
 
 
 def test_every_generated_block_of_the_readme_matches_its_results():
@@ -16,10 +25,7 @@ def test_every_generated_block_of_the_readme_matches_its_results():
 
 
 def test_a_changed_result_changes_the_block_and_a_missing_marker_is_an_error(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    for stem in ("eval_reuse", "eval_reuse_demo"):
-        shutil.copyfile(readme.RESULTS / f"{stem}.json", results / f"{stem}.json")
+    results = _copy_results(tmp_path)
     data = json.loads((results / "eval_reuse.json").read_text())
     data["runs"][0]["evaluate"]["floor"]["ratio"] = 9.87
     (results / "eval_reuse.json").write_text(json.dumps(data))
@@ -28,3 +34,36 @@ def test_a_changed_result_changes_the_block_and_a_missing_marker_is_an_error(tmp
     assert "| 9.87 |" in changed and "| 9.87 |" not in text
     with pytest.raises(ValueError, match="no block 'floors'"):
         readme.rendered(text.replace("<!-- generated: floors -->", ""), results)
+
+
+def test_a_study_block_follows_its_json_and_a_missing_results_file_is_an_error(tmp_path):
+    results = _copy_results(tmp_path)
+    data = json.loads((results / "pretrained.json").read_text())
+    data["reference"]["oracle"]["forget_holdout_auc"] = 0.4321
+    (results / "pretrained.json").write_text(json.dumps(data))
+    assert "| 0.432 |" in readme.stops(results)
+    (results / "step_cost.json").unlink()
+    with pytest.raises(FileNotFoundError):
+        readme.step_cost(results)
+
+
+def test_the_readme_has_no_table_outside_a_generated_block():
+    """Tables come from results files: every Markdown table row sits between generated markers."""
+    text = readme.README.read_text(encoding="utf-8")
+    outside = re.sub(r"<!-- generated: (\w+) -->\n.*?<!-- /generated: \1 -->", "", text, flags=re.DOTALL)
+    rows = [line for line in outside.splitlines() if line.lstrip().startswith("|")]
+    assert not rows, f"hand-typed table rows in {readme.README}: {rows[:3]}"
+
+
+def test_matched_levels_are_counted_with_the_largest_shortfall_over_levels_both_reach():
+    levels = [{"margin": 0.01, "ours_wins": True}, {"margin": -0.002, "ours_wins": True},
+              {"margin": -0.03, "ours_wins": False}, {"margin": None, "ours_wins": False}]
+    assert readme._wins(levels) == (2, 4, -0.03)
+    assert readme._wins([]) == (0, 0, None)
+
+
+def test_the_ks_criterion_stops_at_the_first_probe_that_reaches_min_ks_p():
+    curve = [{"step": 2, "probe_ks_p": 0.01}, {"step": 4, "probe_ks_p": None},
+             {"step": 6, "probe_ks_p": 0.6}, {"step": 8, "probe_ks_p": 0.9}]
+    assert readme._first_ks_step(curve, 0.5) == 6
+    assert readme._first_ks_step(curve, 0.95) is None
