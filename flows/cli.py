@@ -55,15 +55,16 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     _environment(root)
     from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
+    from components.erasure.ledger import LedgerError, erased_forget_ids
     from flows.batch import check_request
 
     config, paths = _load(root, params)
     inbox = Inbox(paths)
     try:
         request = inbox.check(file)
-        check_request(config, paths, request, earlier=inbox.earlier())
+        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
-    except (RequestError, InboxError) as error:
+    except (RequestError, InboxError, LedgerError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
         err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
@@ -101,13 +102,17 @@ def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a
 @request_app.command("cancel")
 def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
                    root: Path = ROOT) -> None:
-    """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/."""
+    """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/.
+    An erased request (result, certificate, or a registry record) is refused."""
     from components.data.inbox import Inbox, InboxError
+    from components.erasure.ledger import registry_erasures
     from components.paths import Paths
+    from components.registry import RegistryError
 
     try:
-        destination = Inbox(Paths(root.resolve())).cancel(request_id)
-    except (FileNotFoundError, InboxError) as error:
+        registry = registry_erasures(root.resolve())  # fails closed: an unreachable registry refuses
+        destination = Inbox(Paths(root.resolve())).cancel(request_id, registry=registry)
+    except (FileNotFoundError, InboxError, RegistryError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} cancelled: {destination}")

@@ -25,6 +25,7 @@ from components.data.inbox import Inbox, Pending, label
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.data.versioning import bytes_md5, pending_push, push_or_record
+from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
@@ -98,6 +99,7 @@ class Batch:
     hashes: dict[str, str] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
+    registry_erased: set[str] | None = None  # request ids the registry holds as erased, read once per run
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
 
@@ -141,14 +143,56 @@ def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     return pinned
 
 
+def _erased_before(batch: Batch, inbox: Inbox) -> dict[str, list[str]]:
+    """The record ids of every erased request (notes, certificates and the registry's tags,
+    checked against each other: :func:`erased_forget_ids`); none of them may be retained."""
+    if batch.registry_erased is None:
+        batch.registry_erased = set(registry_erasures(batch.repo.root))
+    return erased_forget_ids(batch.config, batch.repo, inbox, registry=batch.registry_erased)
+
+
+def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
+                      earlier: dict[str, list[str]]) -> list[Pending]:
+    """Settle as processed each waiting request that already has a certificate (a run died, or
+    `dvc move` failed, between the certificate and the settle): its erasure was made, so it is
+    never unlearned, checked or cancelled again. A different file reusing its id is rejected.
+    Returns the other requests."""
+    from components.erasure.certificates import file_sha256
+
+    certified = certified_requests(batch.repo.root)
+    rest = []
+    for pending in valid:
+        request_id = pending.request.request_id
+        certificate = certified.get(request_id)
+        if certificate is None:
+            rest.append(pending)
+        elif certificate.readable and certificate.content_sha256 != file_sha256(pending.path):
+            inbox.reject(pending.path, RequestError(
+                [f"duplicate request_id '{request_id}': a request with this id was already erased"],
+                source=request_id))
+            batch.summary["rejected"].append(request_id)
+        else:
+            inbox.complete(pending, ErasureRecord(
+                request_id=request_id, batch_id=certificate.batch_id, forget_ids=earlier[request_id],
+                dvc_md5=batch.hashes.get(pending.path.name), model_name=certificate.model_name,
+                model_version=certificate.model_version, run_id=certificate.run_id))
+            batch.summary["processed"].append(request_id)
+            get_run_logger().info("%s already has a deletion certificate: settled as processed", request_id)
+    return rest
+
+
 def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
-    """Validate each request on its own, after those accepted before it; reject the bad ones."""
+    """Validate each request on its own, after those accepted before it; reject the bad ones.
+    A request already erased is settled from its certificate, never checked or unlearned again."""
     logger = get_run_logger()
     target_model(batch.config, batch.repo, show_progress=False)
-    earlier = inbox.earlier()
+    earlier = _erased_before(batch, inbox)
+    valid = _settle_certified(batch, inbox, valid, earlier)
     accepted_forget: dict[str, list[str]] = {}
     for pending in valid:
-        verdict = check_request(batch.config, batch.repo, pending, earlier, accepted_forget)
+        own = pending.request.request_id  # erased in the registry but not yet certified: checked against the others
+        verdict = check_request(batch.config, batch.repo, pending, {k: v for k, v in earlier.items() if k != own},
+                                accepted_forget)
         if verdict["accepted"]:
             batch.accepted.append(pending)
             accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
@@ -236,8 +280,9 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
                start: str | None) -> tuple[Resolution, Metrics, GateDecision]:
     """Prepare, provide the models, validate, unlearn, evaluate, register: (resolution, metrics, gate)."""
     config, repo = batch.config, batch.repo
-    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
-                               inbox.earlier())
+    ids = {p.request.request_id for p in batch.accepted}
+    earlier = {k: v for k, v in _erased_before(batch, inbox).items() if k not in ids}
+    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted], earlier)
     crash_point("resolve")
     batch.summary["n_forget"] = resolution.n_forget
     batch_models(config, repo, paths, start=start, show_progress=False)
@@ -382,6 +427,8 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         _check_each(batch, inbox, valid)
         if not batch.accepted:
             _publish(batch.summary, None, None)
+            if batch.summary["processed"]:  # settled from their certificates: version them too
+                _push(repo)
             return batch.summary
         champion = find_champion.with_options(**batch.retry)(config, repo)
         promoted = _promoted(batch, champion)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
@@ -187,21 +187,60 @@ class Inbox:
         """Result files that cannot be read (truncated, edited): a person must restore them."""
         return [path.name for path, result in self._results() if result is None]
 
-    def earlier(self) -> dict[str, list[str]]:
+    def earlier(self, recovered: Mapping[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Record ids erased by every processed request, by request id.
 
-        Fails closed: with an unreadable result the erased records are unknown, and a retain
-        set built without them could train on erased data again.
+        ``recovered``: the record ids of erased requests whose note is missing (see
+        :func:`components.erasure.ledger.erased_forget_ids`, which fills it). Fails closed: with
+        an unreadable result, or a certified request with neither a note nor a recovered entry,
+        the erased records are unknown, and a retain set built without them could train on
+        erased data again.
         """
         broken = self.unreadable()
         if broken:
             raise InboxError(f"unreadable result file(s) in {self.paths.processed}: {', '.join(broken)}; "
                              "restore them (git or `dvc checkout`) before processing more requests")
-        return {result.request_id: result.forget_ids for result in self.processed_results()}
+        recovered = dict(recovered or {})
+        lost = sorted(set(self.erased_without_note()) - set(recovered))
+        if lost:
+            raise InboxError(f"request(s) {', '.join(lost)} have a deletion certificate but no result file in "
+                             f"{self.paths.processed}; restore the result files (git or `dvc checkout`) "
+                             "before processing more requests")
+        return recovered | {result.request_id: result.forget_ids for result in self.processed_results()}
 
-    def _processed_ids(self) -> set[str]:
+    def _noted_ids(self) -> set[str]:
+        """Request ids with a result note in processed/ (readable or not)."""
         return ({r.request_id for r in self.processed_results()}
                 | {_id_of_note(name, RESULT_SUFFIX) for name in self.unreadable()})
+
+    def certified_ids(self) -> set[str]:
+        """Request ids with a deletion certificate (``data/certificates``): erased, note or not."""
+        from components.erasure.ledger import certified_requests
+
+        return set(certified_requests(self.paths.root))
+
+    def erased_ids(self, registry: Collection[str] = ()) -> set[str]:
+        """Every request erased: a result note, a certificate, or the registry says so (``registry``)."""
+        return self._noted_ids() | self.certified_ids() | set(registry)
+
+    def erased_without_note(self, registry: Collection[str] = ()) -> dict[str, Path | None]:
+        """Erased requests (certificate, or ``registry``) without a result note: each with the
+        file that still holds its bytes (waiting in the inbox, or in processed/, failed/ or
+        cancelled/), or None when none does."""
+        missing = (self.certified_ids() | set(registry)) - self._noted_ids()
+        if not missing:
+            return {}
+        holders: dict[str, Path] = {}
+        for folder in (self.paths.processed, self.failed, self.cancelled):
+            for path in sorted(folder.glob("*.json")):
+                if not path.name.endswith(NOTE_SUFFIXES):
+                    holders.setdefault(self._peek_id(path) or "", path)
+        for path in self.files():
+            holders.setdefault(self._peek_id(path) or "", path)
+        return {request_id: holders.get(request_id) for request_id in sorted(missing)}
+
+    def _processed_ids(self) -> set[str]:
+        return self._noted_ids() | self.certified_ids()
 
     def _failed_ids(self) -> set[str]:
         """Failed requests: a reason file or a request file in failed/ (a retry renames the
@@ -293,7 +332,7 @@ class Inbox:
         older is taken and the newer is invalid.
         """
         self._finish_interrupted()
-        known = self.known_ids()
+        known = self._noted_ids() | self._failed_ids()  # a certified request still waiting is taken (settled by the flow)
         parsed: list[Pending] = []
         invalid: list[tuple[Path, RequestError]] = []
         for path in self.files():
@@ -388,10 +427,19 @@ class Inbox:
 
     # ------------------------------------------------------------------ a person's commands
 
-    def cancel(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
-        """Withdraw a pending request: its file (and DVC pointer) move to ``cancelled/``."""
+    def cancel(self, request_id: str, *, registry: Collection[str] = (), timeout: float = USER_LOCK_SECONDS) -> Path:
+        """Withdraw a pending request: its file (and DVC pointer) move to ``cancelled/``.
+
+        An erased request is refused (:class:`InboxError`), also while its file still waits in
+        the inbox: it has a result note or a certificate, or the registry says its erasure was
+        made (``registry``: ids from :func:`components.erasure.ledger.registry_erasures`).
+        Cancelling it would let its records back into the next retain set.
+        """
         with self._locked(timeout):
             self._finish_interrupted()
+            if request_id in self.erased_ids(registry):
+                raise InboxError(f"request '{request_id}' is already erased (it has a result, a deletion "
+                                 "certificate or a registry record): an erasure cannot be cancelled")
             matches = [p for p in self.files() if self._peek_id(p) == request_id] if is_request_id(request_id) else []
             if not matches:
                 raise FileNotFoundError(f"no pending request with id '{request_id}' in {self.paths.inbox} "
