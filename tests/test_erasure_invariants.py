@@ -185,3 +185,51 @@ def test_a_request_file_resolving_to_other_records_than_its_certificate_fails_cl
     certify(inbox.paths.root, "req-r", data, forget_ids_of(subject_of(0)))
     with pytest.raises(LedgerError, match="other records than its certificate"):
         erased_forget_ids(Config(), inbox.paths, inbox, registry=())
+
+
+# --------------------------------------------------------------------------- through the flow
+
+
+@pytest.mark.slow
+def test_a_certified_request_left_in_the_inbox_stays_erased_through_later_batches(
+        tmp_path, prefect_server, migrated_mlflow_db, seed_target, monkeypatch):
+    """Run 1 issues R's certificate, then its `dvc move` fails (another DVC command holds the lock).
+    An older request S arrives and, with one request per batch, is taken before R: S's batch must
+    keep R's records out of its retain set and re-check R. Run 3 settles R from its certificate
+    instead of unlearning it again (which died on the stale certificate)."""
+    from components.data import versioning
+    from components.registry import connect, tracking_store
+    from flows.pipeline import process_requests
+    from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+    from stub_stages import stubbed_stages
+
+    repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_requests": 1}, mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
+    inbox = Inbox(Paths(repo))
+    (inbox.paths.inbox / "jane-doe.json").write_text(request_json("req-r", [tiny_subjects()[1]]))
+
+    def dvc_locked(self, pending, result):
+        raise versioning.VersioningError("dvc move failed: Unable to acquire lock")
+
+    with stubbed_stages():
+        with monkeypatch.context() as patch:
+            patch.setattr(Inbox, "complete", dvc_locked)
+            with pytest.raises(Exception):
+                process_requests(root=str(repo))
+        assert (repo / "data" / "certificates" / "req-r.json").exists() and len(inbox.files()) == 1
+
+        older = json.loads(request_json("req-s", [tiny_subjects()[2]]))
+        older["received_at"] = "2026-11-01T09:00:00Z"
+        (inbox.paths.inbox / "req-s.json").write_text(json.dumps(older))
+        second = process_requests(root=str(repo))
+        assert second["processed"] == ["req-s"]
+        client = connect(tracking_store(repo))
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string=f"tags.batch_id = '{second['batch_id']}'")
+        assert "req-r" in runs[0].data.tags.get("earlier_requests", "").split(","), \
+            "S's batch kept R out of its retain set and re-checked it"
+
+        third = process_requests(root=str(repo))
+    assert third["processed"] == ["req-r"] and inbox.files() == []
+    result = json.loads((inbox.paths.processed / "req-r.result.json").read_text())
+    assert result["model_version"] == "1" and len(result["forget_ids"]) > 0
