@@ -21,7 +21,7 @@ from components import stages
 from components.artifacts import ROLES, ErasureRecord, GateDecision, Metrics, Resolution
 from components.config import Config, load_config
 from components.data import versioning
-from components.data.inbox import Inbox, Pending, label
+from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.data.versioning import bytes_md5, pending_push, push_or_record
@@ -115,6 +115,7 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     logger = get_run_logger()
     valid, invalid = inbox.take(limit=batch.config.flow.max_batch_requests)
     crash_point("take")
+    invalid = _quarantine(batch, inbox, invalid)
     files = [p.path for p in valid] + [path for path, _ in invalid]
     batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
     crash_point("track")
@@ -126,12 +127,36 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     return _pin(batch, inbox, valid)
 
 
+def _quarantine(batch: Batch, inbox: Inbox,
+                invalid: list[tuple[Path, RequestError]]) -> list[tuple[Path, RequestError]]:
+    """Move the files that cannot be versioned (unreadable, vanished, too big) to rejected/ without
+    `dvc add`, or skip them with a logged reason when they are gone; returns the other invalid files."""
+    logger = get_run_logger()
+    rest = []
+    for path, error in invalid:
+        if not isinstance(error, Unversionable):
+            rest.append((path, error))
+            continue
+        name = label(path)
+        moved = inbox.quarantine(path, error)
+        outcome = "rejected" if moved else "skipped"  # skipped: it vanished, there is nothing to move
+        batch.summary[outcome] = [*batch.summary.get(outcome, []), name]
+        logger.warning("%s %s: %s", "quarantined" if moved else "skipped", name,
+                       error.reasons[0] if error.reasons else "cannot be versioned")
+    return rest
+
+
 def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     """Read each request file once, after DVC hashed it: the bytes versioned are the bytes
     resolved and unlearned (a file changed in between is rejected)."""
     pinned = []
     for pending in valid:
-        data = pending.path.read_bytes()
+        try:
+            data = pending.path.read_bytes()
+        except OSError as error:  # unreadable or gone since it was versioned
+            reason = unversionable_reason(pending.path) or f"the file cannot be read ({type(error).__name__})"
+            _quarantine(batch, inbox, [(pending.path, Unversionable([reason], source=pending.request.request_id))])
+            continue
         if bytes_md5(data) != batch.hashes.get(pending.path.name):
             inbox.reject(pending.path, RequestError(
                 ["the file changed while it was being versioned; hand it in again"], source=pending.path.name))
@@ -421,7 +446,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if pending_push(repo):
             _push(repo)  # a previous run's failed push first
         valid = _take(batch, inbox)
-        if not valid and not batch.summary["rejected"]:
+        if not valid and not batch.summary["rejected"] and not batch.summary.get("skipped"):
             get_run_logger().info("inbox is empty: nothing to process")
             return batch.summary
         _check_each(batch, inbox, valid)

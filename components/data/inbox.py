@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from components.artifacts import ErasureRecord
 from components.data import versioning
 from components.data.records import content_hash
-from components.data.requests import DeletionRequest, RequestError, is_request_id, read_request
+from components.data.requests import MAX_REQUEST_BYTES, DeletionRequest, RequestError, is_request_id, read_request
 from components.faults import crash_point
 from components.jsonfiles import write_json
 from components.paths import Paths
@@ -48,6 +48,32 @@ _COUNTER = re.compile(r"\.\d+$")  # the ".1" that _free_name adds to a taken nam
 
 class InboxError(RuntimeError):
     """The inbox is busy, or holds something a person must look at (said in the message)."""
+
+
+class Unversionable(RequestError):
+    """An inbox file that cannot be versioned: unreadable, vanished, or over the size limit. It is
+    quarantined in rejected/ (or skipped when gone) without `dvc add`, so it never blocks the others
+    and a huge file is never hashed, cached and pushed."""
+
+
+def unversionable_reason(path: Path) -> str | None:
+    """Why the inbox file ``path`` cannot be versioned, or None when it can (a link is None: links
+    are rejected without being read). Names the error class only, never the path."""
+    if path.is_symlink():
+        return None
+    try:
+        size = path.stat().st_size
+        if size > MAX_REQUEST_BYTES:
+            return (f"file is {size:,} bytes; requests are limited to {MAX_REQUEST_BYTES:,} bytes, so it was "
+                    "quarantined without being versioned (name subjects instead of listing many records)")
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        return "the file vanished from the inbox while it was being taken"
+    except OSError as error:
+        return (f"the file cannot be read ({type(error).__name__}); make it readable by the pipeline "
+                "and hand it in again")
+    return None
 
 
 def _now() -> str:
@@ -326,7 +352,9 @@ class Inbox:
     def take(self, limit: int | None = None) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
         """Split the inbox into valid pending requests and invalid ones (with their errors).
 
-        Finishes a settle a crash interrupted first. The valid requests come oldest first
+        Finishes a settle a crash interrupted first. Never raises for one file: a file that
+        cannot be versioned (unreadable, vanished, too big) comes back invalid with an
+        :class:`Unversionable` error, for :meth:`quarantine`. The valid requests come oldest first
         (``received_at``, then file name); with ``limit``, at most that many are taken and
         the rest stay pending for the next batch. Of two files with one request id, the
         older is taken and the newer is invalid.
@@ -336,10 +364,18 @@ class Inbox:
         parsed: list[Pending] = []
         invalid: list[tuple[Path, RequestError]] = []
         for path in self.files():
+            reason = unversionable_reason(path)
+            if reason is not None:
+                invalid.append((path, Unversionable([reason], source=path.name)))
+                continue
             try:
                 parsed.append(Pending(path, self._check_waiting(path, known)))
             except RequestError as error:
                 invalid.append((path, error))
+            except OSError as error:  # it changed between the check and the read
+                invalid.append((path, Unversionable([unversionable_reason(path) or
+                                                     f"the file cannot be read ({type(error).__name__})"],
+                                                    source=path.name)))
         valid: list[Pending] = []
         for pending in sorted(parsed, key=_age):
             if any(p.request.request_id == pending.request.request_id for p in valid):
@@ -353,13 +389,13 @@ class Inbox:
     # ------------------------------------------------------------------ outcomes
 
     def _settle(self, path: Path, folder: Path, note: tuple[Callable[[Path, str], Path], str, str],
-                name: str | None = None) -> Path:
+                name: str | None = None, *, track: bool = True) -> Path:
         """Move ``path`` into ``folder`` with its note, crash-safely (see the module docstring).
 
-        ``note``: how the note is named, its suffix and its text.
+        ``note``: how the note is named, its suffix and its text; ``track``: `dvc add` it first.
         """
         note_of, suffix, text = note
-        if versioning.is_repo(self.paths.root) and not path.is_symlink():
+        if track and versioning.is_repo(self.paths.root) and not path.is_symlink():
             versioning.track(self.paths.root, [path])  # a tracking failure leaves the request pending
         destination = _free_name(folder, name or path.name, note_of, suffix)
         note_path = note_of(destination, suffix)
@@ -408,6 +444,18 @@ class Inbox:
         text = (f"rejected at {_now()} (logged as {label(path)})\n"
                 + "\n".join(f"- {reason}" for reason in error.reasons) + "\n")
         return self._settle(path, self.paths.rejected, (_name_note, REASON_SUFFIX, text))
+
+    def quarantine(self, path: Path, error: RequestError) -> Path | None:
+        """Move a file that cannot be versioned (:class:`Unversionable`) to ``rejected/`` with its
+        reason, without `dvc add`; None when the file is gone (nothing to move, nothing written)."""
+        if not _exists(path):
+            return None
+        text = (f"quarantined at {_now()} (logged as {label(path)}), not versioned\n"
+                + "\n".join(f"- {reason}" for reason in error.reasons) + "\n")
+        try:
+            return self._settle(path, self.paths.rejected, (_name_note, REASON_SUFFIX, text), track=False)
+        except FileNotFoundError:  # vanished during the move: its note says why
+            return None
 
     def fail(self, pending: Pending, reason: str) -> Path:
         """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
