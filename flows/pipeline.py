@@ -253,6 +253,7 @@ def _failures_counted(batch: Batch, inbox: Inbox, paths: Paths):
         count = batch_steps.count_failure(paths, error)
         if count >= batch.config.flow.max_batch_failures:
             _fail_all(batch, inbox, f"the batch failed {count} runs in a row; last: {type(error).__name__}: {error}")
+            batch_steps.reset_failures(paths)  # spent: a retry of these requests starts counting again
         raise
 
 
