@@ -152,6 +152,9 @@ def process(root: Path = ROOT, params: str = PARAMS) -> None:
     if summary.get("gate"):
         state = "[green]passed[/green]" if summary["gate"]["passed"] else "[red]FAILED[/red]"
         console.print(f"Gate {state}; model version {summary['gate']['version']}")
+    if summary.get("push_pending"):
+        err.print("[yellow]dvc push failed: the remote lags (see `blur status`); the next run retries it "
+                  "(or run `dvc push`).[/yellow]")
     if summary["failed"]:
         raise typer.Exit(1)
 

@@ -24,7 +24,7 @@ from components.data import versioning
 from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
-from components.data.versioning import bytes_md5, pending_push, push_or_record
+from components.data.versioning import bytes_md5, mark_push_pending, pending_push, push_or_record
 from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
@@ -351,17 +351,21 @@ def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: GateDecision, metric
         erased = _erased(batch, forget_ids)
         record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
                                                    requests=erased, batch_id=batch.summary["batch_id"])
+    mark_push_pending(repo, f"batch {batch.summary['batch_id']} settled; its push did not finish")
     _settle(batch, inbox, gate, forget_ids)
     if gate.passed:
         purge_batch_copies(config, repo)
     _publish(batch.summary, gate, metrics)
     crash_point("push")
-    _push(repo)
+    _push(repo, batch.summary)
 
 
-def _push(repo: Paths) -> None:
-    """Push the versioned requests; a failure is recorded, shown by ``blur status`` and retried next run."""
+def _push(repo: Paths, summary: dict | None = None) -> None:
+    """Push the versioned requests; a failure is recorded (``push_pending`` in the summary, the
+    marker file), shown by ``blur status`` and ``blur process``, and retried by the next run."""
     error = push_or_record(repo)
+    if error and summary is not None:
+        summary["push_pending"] = True
     if error:
         get_run_logger().warning("dvc push failed (%s); recorded in %s, retried by the next run "
                                  "(or run `dvc push`)", error, repo.push_pending.relative_to(repo.root))
@@ -454,7 +458,7 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if not batch.accepted:
             _publish(batch.summary, None, None)
             if batch.summary["processed"]:  # settled from their certificates: version them too
-                _push(repo)
+                _push(repo, batch.summary)
             return batch.summary
         champion = find_champion.with_options(**batch.retry)(config, repo)
         promoted = _promoted(batch, champion)

@@ -115,6 +115,17 @@ def push_or_record(paths: "Paths") -> str | None:
     return None
 
 
+def mark_push_pending(paths: "Paths", reason: str) -> None:
+    """Record that the remote lags (before settling a batch), so a crash before its push leaves the
+    marker the next run retries; :func:`push_or_record` clears it. An older record keeps its time."""
+    from datetime import datetime, timezone
+
+    from components.jsonfiles import write_json
+
+    since = (pending_push(paths) or {}).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(paths.push_pending, {"since": since, "error": reason[:2000]})
+
+
 def pending_push(paths: "Paths") -> dict | None:
     """The recorded failed ``dvc push`` (``since``, ``error``), or None when the remote is up to date
     (an unreadable record counts as one with nothing known)."""
