@@ -233,3 +233,27 @@ def test_a_certified_request_left_in_the_inbox_stays_erased_through_later_batche
     assert third["processed"] == ["req-r"] and inbox.files() == []
     result = json.loads((inbox.paths.processed / "req-r.result.json").read_text())
     assert result["model_version"] == "1" and len(result["forget_ids"]) > 0
+
+
+# --------------------------------------------------------------------------- the earlier-requests check
+
+
+def test_an_earlier_request_with_an_empty_forget_file_is_reported_not_skipped(tmp_path):
+    from components.stages.prepare import load_earlier
+
+    paths = Paths(tmp_path)
+    paths.earlier.mkdir(parents=True)
+    paths.earlier_forget("req-empty").write_text("")
+    with pytest.raises(ValueError, match="req-empty.*cannot re-check"):
+        load_earlier(paths)
+
+
+def test_prepare_refuses_an_earlier_request_whose_records_are_not_in_the_world(tmp_path):
+    from components.stages import prepare
+
+    config = Config().with_overrides({"world.n_subjects": 6, "world.n_holdout_subjects": 2,
+                                      "world.facts_per_subject": 8, "model.tokenizer.vocab_size": 400})
+    subject = list(dict.fromkeys(r.subject for r in load_world(config.world, config.seed).records))[0]
+    with pytest.raises(ValueError, match="req-gone"):
+        prepare(config, Paths(tmp_path), request_data=[request_bytes("req-1", subject)],
+                earlier={"req-gone": ["0000000000000000"]})

@@ -106,8 +106,10 @@ def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str
             old.unlink()
     paths.earlier.mkdir(parents=True, exist_ok=True)
     by_id = {record.record_id: record for record in records}
-    for request_id, ids in earlier.items():
-        save_records([by_id[i] for i in ids if i in by_id], paths.earlier_forget(request_id))
+    found = {request_id: [by_id[i] for i in ids if i in by_id] for request_id, ids in earlier.items()}
+    _refuse_empty(found)
+    for request_id, kept in found.items():
+        save_records(kept, paths.earlier_forget(request_id))
 
 
 def _copy_requests(paths: Paths, request_data: Sequence[bytes], requests: Sequence[DeletionRequest]) -> None:
@@ -133,9 +135,27 @@ def load_prepared_requests(paths: Paths) -> list[DeletionRequest]:
     return [read_request(p) for p in paths.prepared_request_files()]
 
 
+class EmptyEarlierForgetSet(ValueError):
+    """An earlier request's forget set holds no record: "still forgotten" cannot be re-checked for it."""
+
+
 def load_earlier(paths: Paths) -> dict[str, list[Record]]:
-    """Forget sets of earlier requests, by request id."""
+    """Forget sets of earlier requests, by request id. An empty one is an error naming its request,
+    never skipped: every erased request erased at least one record, so an empty set means its
+    records are lost (the world changed, or its result note lost its ids) and the gate could not
+    re-check it."""
     if not paths.earlier.exists():
         return {}
-    return {file.stem: load_records(file) for file in paths.earlier_forget_sets()
-            if file.stat().st_size}
+    earlier = {file.stem: load_records(file) if file.stat().st_size else [] for file in paths.earlier_forget_sets()}
+    _refuse_empty(earlier)
+    return earlier
+
+
+def _refuse_empty(earlier: Mapping[str, Sequence]) -> None:
+    """Raise :class:`EmptyEarlierForgetSet` naming every earlier request without records."""
+    empty = sorted(request_id for request_id, records in earlier.items() if not records)
+    if empty:
+        raise EmptyEarlierForgetSet(
+            f"earlier request(s) {', '.join(empty)}: no erased record found in the world, so the gate cannot "
+            "re-check that they stay forgotten; restore their result files in data/requests/processed/ "
+            "(or the world they were erased from) before processing more requests")
