@@ -44,6 +44,7 @@ class CertifiedRequest(BaseModel):
     model_name: str | None = None
     model_version: str | None = None
     run_id: str | None = None
+    certificate_hash: str | None = None
 
 
 def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
@@ -69,7 +70,7 @@ def _read_certificate(path: Path) -> CertifiedRequest:
         return CertifiedRequest(
             request_id=str(request["request_id"]), content_sha256=request.get("content_sha256"),
             ids_digest=forget.get("ids_digest"), n_records=forget.get("n_records"), batch_id=forget.get("batch_id"),
-            model_name=model.get("name"), run_id=model.get("run_id"),
+            model_name=model.get("name"), run_id=model.get("run_id"), certificate_hash=data.get("certificate_hash"),
             model_version=None if model.get("version") is None else str(model["version"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return CertifiedRequest(request_id=path.stem, readable=False)
@@ -90,7 +91,7 @@ def registry_erasures(root: str | Path) -> dict[str, str]:
     client = connect(store)
     found: dict[str, str] = {}
     experiments = [e.experiment_id for e in client.search_experiments()]
-    for run in _all_runs(client, experiments):
+    for run in all_runs(client, experiments):
         for key in run.data.tags:
             if key.startswith(CERTIFICATE_TAG):
                 found.setdefault(key[len(CERTIFICATE_TAG):], f"tag {key} of MLflow run {run.info.run_id}")
@@ -102,7 +103,7 @@ def registry_erasures(root: str | Path) -> dict[str, str]:
     return found
 
 
-def _all_runs(client, experiments: list[str]) -> list:
+def all_runs(client, experiments: list[str]) -> list:
     """Every run of ``experiments``, page by page (deleted runs included: their tags still count)."""
     from mlflow.entities import ViewType
 
