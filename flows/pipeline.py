@@ -57,9 +57,11 @@ purge_batch_copies = _task(purge_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]]) -> Resolution:
-    """The batch's splits; only the resolution's ids and counts become the task's result, no record text."""
-    stages.prepare(config, paths, request_data=data, earlier=earlier)
+def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]],
+                  levels: dict[str, float] | None = None) -> Resolution:
+    """The batch's splits (``levels``: the forget_prob each earlier request was erased to); only the
+    resolution's ids and counts become the task's result, no record text."""
+    stages.prepare(config, paths, request_data=data, earlier=earlier, earlier_levels=levels)
     return Resolution.load(paths.resolution)
 
 
@@ -308,7 +310,10 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
     config, repo = batch.config, batch.repo
     ids = {p.request.request_id for p in batch.accepted}
     earlier = {k: v for k, v in _erased_before(batch, inbox).items() if k not in ids}
-    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted], earlier)
+    levels = {rid: c.erased_forget_prob for rid, c in certified_requests(repo.root).items()
+              if rid in earlier and c.erased_forget_prob is not None}
+    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted], earlier,
+                               levels)
     crash_point("resolve")
     batch.summary["n_forget"] = resolution.n_forget
     batch_models(config, repo, paths, start=start, show_progress=False)

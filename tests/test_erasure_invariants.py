@@ -228,6 +228,7 @@ def test_a_certified_request_left_in_the_inbox_stays_erased_through_later_batche
                                   filter_string=f"tags.batch_id = '{second['batch_id']}'")
         assert "req-r" in runs[0].data.tags.get("earlier_requests", "").split(","), \
             "S's batch kept R out of its retain set and re-checked it"
+        assert "unlearned.earlier.req-r.erased_forget_prob" in runs[0].data.metrics, "against its certified level"
 
         third = process_requests(root=str(repo))
     assert third["processed"] == ["req-r"] and inbox.files() == []

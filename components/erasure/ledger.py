@@ -45,6 +45,7 @@ class CertifiedRequest(BaseModel):
     model_version: str | None = None
     run_id: str | None = None
     certificate_hash: str | None = None
+    erased_forget_prob: float | None = None  # the unlearned forget_prob its certificate recorded
 
 
 def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
@@ -71,6 +72,7 @@ def _read_certificate(path: Path) -> CertifiedRequest:
             request_id=str(request["request_id"]), content_sha256=request.get("content_sha256"),
             ids_digest=forget.get("ids_digest"), n_records=forget.get("n_records"), batch_id=forget.get("batch_id"),
             model_name=model.get("name"), run_id=model.get("run_id"), certificate_hash=data.get("certificate_hash"),
+            erased_forget_prob=((data.get("evidence") or {}).get("metrics") or {}).get("forget_prob", {}).get("unlearned"),
             model_version=None if model.get("version") is None else str(model["version"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return CertifiedRequest(request_id=path.stem, readable=False)

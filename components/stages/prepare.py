@@ -23,6 +23,7 @@ def prepare(
     request_paths: Sequence[str | Path] | None = None,
     request_data: Sequence[bytes] | None = None,
     earlier: Mapping[str, Sequence[str]] | None = None,
+    earlier_levels: Mapping[str, float] | None = None,
 ) -> Resolution:
     """Load the world, resolve the deletion request(s), write the splits under data/prepared/.
 
@@ -31,7 +32,8 @@ def prepare(
     hashed by the caller (the flow), used instead of reading the files again, so exactly the
     bytes that were versioned are unlearned. ``earlier`` maps the ids of requests processed before to
     the record ids they erased; those records leave the retain set and are written out for the
-    "still forgotten" checks.
+    "still forgotten" checks. ``earlier_levels``: the forget probability each was erased to (from
+    its certificate), for the gate's ``max_earlier_regain_ratio``.
     """
     from components.modeling.resolve import with_local_paths
 
@@ -53,6 +55,8 @@ def prepare(
     save_records(resolution.forget, paths.forget)
     save_records(resolution.retain, paths.retain)
     _write_earlier(paths, world.records, earlier)
+    write_json(paths.earlier_levels, {rid: float(level) for rid, level in (earlier_levels or {}).items()
+                                      if rid in earlier and level is not None})
     _copy_requests(paths, request_data, requests)
     summary = resolution.summary() | {
         "n_world": len(world.records),
@@ -149,6 +153,22 @@ def load_earlier(paths: Paths) -> dict[str, list[Record]]:
     earlier = {file.stem: load_records(file) if file.stat().st_size else [] for file in paths.earlier_forget_sets()}
     _refuse_empty(earlier)
     return earlier
+
+
+ERASED_LEVEL = "erased_forget_prob"  # metrics.json: unlearned.earlier.<request>.erased_forget_prob
+
+
+def with_erased_levels(metrics: dict, paths: Paths) -> dict:
+    """``metrics`` (a metrics.json mapping) with each earlier request's erased level added to the
+    unlearned model's earlier section (``erased_forget_prob``), where prepare recorded one."""
+    try:
+        levels = read_json(paths.earlier_levels) if paths.earlier_levels.exists() else {}
+    except (OSError, ValueError):
+        levels = {}
+    for request_id, values in ((metrics.get("unlearned") or {}).get("earlier") or {}).items():
+        if isinstance(levels.get(request_id), (int, float)):
+            values[ERASED_LEVEL] = float(levels[request_id])
+    return metrics
 
 
 def _refuse_empty(earlier: Mapping[str, Sequence]) -> None:
