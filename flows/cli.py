@@ -56,6 +56,7 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
     from components.erasure.ledger import LedgerError, erased_forget_ids
+    from components.registry import RegistryError
     from flows.batch import check_request
 
     config, paths = _load(root, params)
@@ -64,7 +65,7 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
         request = inbox.check(file)
         check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
-    except (RequestError, InboxError, LedgerError) as error:
+    except (RequestError, InboxError, LedgerError, RegistryError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
         err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
