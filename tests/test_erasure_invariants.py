@@ -19,7 +19,7 @@ from components.erasure.certificates import ErasureEvidence, issue_certificate
 from components.erasure.ledger import LedgerError, erased_forget_ids, registry_erasures
 from components.paths import Paths
 from flows.cli import app
-from registry_fixtures import migrated_mlflow_db, sample_metrics  # noqa: F401  (fixture)
+from registry_fixtures import migrated_mlflow_db, sample_metrics, tiny_model_dir  # noqa: F401  (fixtures)
 
 GATE = {"passed": True, "reasons": [], "checks": []}
 
@@ -258,3 +258,40 @@ def test_prepare_refuses_an_earlier_request_whose_records_are_not_in_the_world(t
     with pytest.raises(ValueError, match="req-gone"):
         prepare(config, Paths(tmp_path), request_data=[request_bytes("req-1", subject)],
                 earlier={"req-gone": ["0000000000000000"]})
+
+
+# --------------------------------------------------------------------------- dvc repro
+
+
+def test_a_reproduction_must_cover_a_certified_request_whose_result_note_was_lost(registry_root, tiny_model_dir):
+    """`dvc repro`'s register reads the erased requests from the ledger, not only processed/: a
+    reproduction that never forgot R (its note deleted, its certificate kept) is not promoted."""
+    import shutil as sh
+
+    from components.artifacts import Metrics
+    from components.stages import prepare
+    from components.stages.register import register
+    from registry_fixtures import sample_diagnostics
+
+    config = Config().with_overrides({"world.n_subjects": 6, "world.n_holdout_subjects": 2,
+                                      "world.facts_per_subject": 8, "model.tokenizer.vocab_size": 400,
+                                      "registry.model_name": "blur-test"})
+    world = load_world(config.world, config.seed).records
+    subjects = list(dict.fromkeys(r.subject for r in world))
+    erased_ids = [r.record_id for r in world if r.subject == subjects[1]]
+    paths = Paths(registry_root)
+    inbox = Inbox(paths)
+    data = waiting(inbox, "req-r", subjects[1])
+    (pending,), _ = inbox.take()
+    certify(registry_root, "req-r", data, erased_ids)
+    inbox.complete(pending, {"forget_ids": erased_ids})
+    (paths.processed / "req-r.result.json").unlink()  # the note is lost; the certificate and the file stay
+
+    prepare(config, paths, request_data=[request_bytes("req-s", subjects[0])])  # the reproduction's request only
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    paths.unlearn_log.parent.mkdir(parents=True, exist_ok=True)
+    paths.unlearn_log.write_text("".join(json.dumps(row) + "\n" for row in sample_diagnostics(3)))
+    Metrics.parse(sample_metrics()).save(paths.metrics)
+    sh.copytree(tiny_model_dir, paths.unlearned)
+    decision = register(config, paths)
+    assert not decision.passed and any("req-r" in reason for reason in decision.reasons)
