@@ -462,7 +462,8 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         _check_each(batch, inbox, valid)
         if not batch.accepted:
             _publish(batch.summary, None, None)
-            if batch.summary["processed"]:  # settled from their certificates: version them too
+            if batch.summary["processed"]:  # settled from their certificates: purge their copies, version them
+                purge_batch_copies(config, repo)
                 _push(repo, batch.summary)
             return batch.summary
         champion = find_champion.with_options(**batch.retry)(config, repo)
