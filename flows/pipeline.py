@@ -255,7 +255,6 @@ def _failures_counted(batch: Batch, inbox: Inbox, paths: Paths):
         count = batch_steps.count_failure(paths, error)
         if count >= batch.config.flow.max_batch_failures:
             _fail_all(batch, inbox, f"the batch failed {count} runs in a row; last: {type(error).__name__}: {error}")
-            batch_steps.reset_failures(paths)  # spent: a retry of these requests starts counting again
         raise
 
 
@@ -274,7 +273,15 @@ def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
     for pending in batch.accepted:
         inbox.fail(pending, reason)
         batch.summary["failed"].append(pending.request.request_id)
+    _spend_failures(batch)
     _publish(batch.summary, None, None)
+
+
+def _spend_failures(batch: Batch) -> None:
+    """The batch's requests went to failed/: its failure count (``failures.json``) is spent, so a
+    retry (``blur request retry``, one or ``--all``) gets ``flow.max_batch_failures`` fresh runs."""
+    if batch.summary["batch_id"]:
+        batch_steps.reset_failures(batch.repo.batch(batch.config.flow.runs_dir, batch.summary["batch_id"]))
 
 
 def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[ErasedRequest]:
@@ -301,6 +308,8 @@ def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str
             reasons = "; ".join(gate.reasons) or "the promotion gate did not pass"
             inbox.fail(pending, f"gate failed: {reasons}")
             batch.summary["failed"].append(request_id)
+    if not gate.passed:
+        _spend_failures(batch)
     batch.summary["gate"] = {"passed": gate.passed, "version": gate.version}
 
 
