@@ -251,6 +251,9 @@ class GateConfig(_Section):
     max_abs_privleak: float | None = Field(default=None, ge=0)
     # Earlier requests must stay forgotten: worst unlearned/target forget probability among them.
     max_earlier_forget_prob_ratio: float | None = Field(default=0.5, ge=0)
+    # ... and against the level each was erased to: worst unlearned forget probability / the one its
+    # certificate recorded (off by default; 2.0 lets an erased request come back at most 2x).
+    max_earlier_regain_ratio: float | None = Field(default=None, ge=1)
     # Oracle-free: the forget set against the holdout (records never trained on).
     min_forget_holdout_ks_p: float | None = Field(default=None, ge=0, le=1)
     max_forget_holdout_auc_gap: float | None = Field(default=None, ge=0, le=0.5)  # |AUC - 0.5|

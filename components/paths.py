@@ -65,6 +65,7 @@ class Paths:
     forget = _under("prepared", "forget.jsonl")
     retain = _under("prepared", "retain.jsonl")
     earlier = _under("prepared", "earlier")            # forget sets of earlier requests, one JSONL each
+    earlier_levels = _file("earlier", "levels.json")   # the forget_prob each earlier request was erased to
     tokenizer = _under("prepared", "tokenizer")        # the demo tokenizer (trained in prepare)
     settings = _under("prepared", "settings.json")     # derived from the data (model.max_length: auto)
     resolution = _under("prepared", "resolution.json")  # components.artifacts.Resolution

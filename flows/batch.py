@@ -147,3 +147,9 @@ def count_failure(paths: Paths, error: BaseException) -> int:
         count = 1
     write_json(paths.failures, {"failures": count, "last_error": type(error).__name__})
     return count
+
+
+def reset_failures(paths: Paths) -> None:
+    """Forget the batch's failed runs (``failures.json``) once they sent its requests to failed/, so
+    ``blur request retry`` (one or ``--all``) gets ``flow.max_batch_failures`` fresh runs."""
+    paths.failures.unlink(missing_ok=True)

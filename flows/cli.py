@@ -55,15 +55,17 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     _environment(root)
     from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
+    from components.erasure.ledger import LedgerError, erased_forget_ids
+    from components.registry import RegistryError
     from flows.batch import check_request
 
     config, paths = _load(root, params)
     inbox = Inbox(paths)
     try:
         request = inbox.check(file)
-        check_request(config, paths, request, earlier=inbox.earlier())
+        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
-    except (RequestError, InboxError) as error:
+    except (RequestError, InboxError, LedgerError, RegistryError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
         err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
@@ -101,13 +103,17 @@ def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a
 @request_app.command("cancel")
 def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
                    root: Path = ROOT) -> None:
-    """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/."""
+    """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/.
+    An erased request (result, certificate, or a registry record) is refused."""
     from components.data.inbox import Inbox, InboxError
+    from components.erasure.ledger import registry_erasures
     from components.paths import Paths
+    from components.registry import RegistryError
 
     try:
-        destination = Inbox(Paths(root.resolve())).cancel(request_id)
-    except (FileNotFoundError, InboxError) as error:
+        registry = registry_erasures(root.resolve())  # fails closed: an unreachable registry refuses
+        destination = Inbox(Paths(root.resolve())).cancel(request_id, registry=registry)
+    except (FileNotFoundError, InboxError, RegistryError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} cancelled: {destination}")
@@ -147,6 +153,9 @@ def process(root: Path = ROOT, params: str = PARAMS) -> None:
     if summary.get("gate"):
         state = "[green]passed[/green]" if summary["gate"]["passed"] else "[red]FAILED[/red]"
         console.print(f"Gate {state}; model version {summary['gate']['version']}")
+    if summary.get("push_pending"):
+        err.print("[yellow]dvc push failed: the remote lags (see `blur status`); the next run retries it "
+                  "(or run `dvc push`).[/yellow]")
     if summary["failed"]:
         raise typer.Exit(1)
 
@@ -254,24 +263,17 @@ def report(run: Optional[str] = typer.Argument(None, help="MLflow run id; defaul
 
 @app.command("certificate")
 def certificate(request_id: Optional[str] = typer.Argument(None, help="Request id whose certificate to show."),
-                verify: bool = typer.Option(False, "--verify", help="Check the whole certificate chain."),
+                verify: bool = typer.Option(False, "--verify", help="Check the chain against the processed "
+                                            "results and MLflow's certificate tags and model versions."),
+                as_json: bool = typer.Option(False, "--json", help="With --verify: print the audit as JSON."),
+                local_only: bool = typer.Option(False, "--local-only", help="With --verify: check the chain "
+                                                "and the processed results only, not MLflow."),
                 root: Path = ROOT) -> None:
-    """Show the deletion certificate of a processed request, or check the certificate chain."""
-    from components.erasure.certificates import (
-        CertificateError, certificates_dir, chain_head, load_certificate, render_markdown, verify_chain,
-    )
+    """Show the deletion certificate of a processed request, or audit every erasure (--verify)."""
+    from components.erasure.certificates import CertificateError, load_certificate, render_markdown
 
     if verify:
-        problems = verify_chain(root)
-        for problem in problems:
-            err.print(f"[red]{escape(problem)}[/red]")
-        if problems:
-            err.print(f"[red]The certificate chain in {certificates_dir(root)} is broken[/red] "
-                      f"({len(problems)} problem(s)); compare with the certificate.* tags in MLflow.")
-            raise typer.Exit(1)
-        head = chain_head(root)
-        console.print(f"[green]Chain intact:[/green] {head['sequence']} certificate(s), "
-                      f"head {head['certificate_hash'][:16]}")
+        _verify_certificates(root, as_json=as_json, registry=not local_only)
         return
     if request_id is None:
         err.print("[red]give a REQUEST_ID, or --verify to check the chain[/red]")
@@ -282,6 +284,33 @@ def certificate(request_id: Optional[str] = typer.Argument(None, help="Request i
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(Markdown(render_markdown(found)))
+
+
+def _verify_certificates(root: Path, *, as_json: bool, registry: bool) -> None:
+    """``blur certificate --verify``: the audit (components/erasure/audit.py), printed; exit 1 on a problem."""
+    from components.erasure.audit import audit
+    from components.erasure.certificates import certificates_dir
+    from components.registry import RegistryError
+
+    try:
+        report = audit(root, registry=registry)
+    except RegistryError as error:
+        err.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        for problem in report.problems:
+            err.print(f"[red]{escape(problem)}[/red]")
+    if not report.intact:
+        if not as_json:
+            err.print(f"[red]The erasure record in {certificates_dir(root)} is broken[/red] "
+                      f"({len(report.problems)} problem(s)).")
+        raise typer.Exit(1)
+    if not as_json:
+        against = "the processed results and MLflow" if report.registry_checked else "the processed results"
+        console.print(f"[green]Chain intact:[/green] {report.certificates} certificate(s), head "
+                      f"{report.head[:16]}, checked against {against}")
 
 
 def main() -> None:  # pragma: no cover

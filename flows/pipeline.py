@@ -21,10 +21,11 @@ from components import stages
 from components.artifacts import ROLES, ErasureRecord, GateDecision, Metrics, Resolution
 from components.config import Config, load_config
 from components.data import versioning
-from components.data.inbox import Inbox, Pending, label
+from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
-from components.data.versioning import bytes_md5, pending_push, push_or_record
+from components.data.versioning import bytes_md5, mark_push_pending, pending_push, push_or_record
+from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
@@ -56,9 +57,11 @@ purge_batch_copies = _task(purge_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]]) -> Resolution:
-    """The batch's splits; only the resolution's ids and counts become the task's result, no record text."""
-    stages.prepare(config, paths, request_data=data, earlier=earlier)
+def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]],
+                  levels: dict[str, float] | None = None) -> Resolution:
+    """The batch's splits (``levels``: the forget_prob each earlier request was erased to); only the
+    resolution's ids and counts become the task's result, no record text."""
+    stages.prepare(config, paths, request_data=data, earlier=earlier, earlier_levels=levels)
     return Resolution.load(paths.resolution)
 
 
@@ -98,6 +101,7 @@ class Batch:
     hashes: dict[str, str] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
+    registry_erased: set[str] | None = None  # request ids the registry holds as erased, read once per run
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
 
@@ -113,6 +117,7 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     logger = get_run_logger()
     valid, invalid = inbox.take(limit=batch.config.flow.max_batch_requests)
     crash_point("take")
+    invalid = _quarantine(batch, inbox, invalid)
     files = [p.path for p in valid] + [path for path, _ in invalid]
     batch.hashes = track_requests.with_options(**batch.retry)(batch.repo.root, files) if files else {}
     crash_point("track")
@@ -124,12 +129,36 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     return _pin(batch, inbox, valid)
 
 
+def _quarantine(batch: Batch, inbox: Inbox,
+                invalid: list[tuple[Path, RequestError]]) -> list[tuple[Path, RequestError]]:
+    """Move the files that cannot be versioned (unreadable, vanished, too big) to rejected/ without
+    `dvc add`, or skip them with a logged reason when they are gone; returns the other invalid files."""
+    logger = get_run_logger()
+    rest = []
+    for path, error in invalid:
+        if not isinstance(error, Unversionable):
+            rest.append((path, error))
+            continue
+        name = label(path)
+        moved = inbox.quarantine(path, error)
+        outcome = "rejected" if moved else "skipped"  # skipped: it vanished, there is nothing to move
+        batch.summary[outcome] = [*batch.summary.get(outcome, []), name]
+        logger.warning("%s %s: %s", "quarantined" if moved else "skipped", name,
+                       error.reasons[0] if error.reasons else "cannot be versioned")
+    return rest
+
+
 def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     """Read each request file once, after DVC hashed it: the bytes versioned are the bytes
     resolved and unlearned (a file changed in between is rejected)."""
     pinned = []
     for pending in valid:
-        data = pending.path.read_bytes()
+        try:
+            data = pending.path.read_bytes()
+        except OSError as error:  # unreadable or gone since it was versioned
+            reason = unversionable_reason(pending.path) or f"the file cannot be read ({type(error).__name__})"
+            _quarantine(batch, inbox, [(pending.path, Unversionable([reason], source=pending.request.request_id))])
+            continue
         if bytes_md5(data) != batch.hashes.get(pending.path.name):
             inbox.reject(pending.path, RequestError(
                 ["the file changed while it was being versioned; hand it in again"], source=pending.path.name))
@@ -141,14 +170,56 @@ def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     return pinned
 
 
+def _erased_before(batch: Batch, inbox: Inbox) -> dict[str, list[str]]:
+    """The record ids of every erased request (notes, certificates and the registry's tags,
+    checked against each other: :func:`erased_forget_ids`); none of them may be retained."""
+    if batch.registry_erased is None:
+        batch.registry_erased = set(registry_erasures(batch.repo.root))
+    return erased_forget_ids(batch.config, batch.repo, inbox, registry=batch.registry_erased)
+
+
+def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
+                      earlier: dict[str, list[str]]) -> list[Pending]:
+    """Settle as processed each waiting request that already has a certificate (a run died, or
+    `dvc move` failed, between the certificate and the settle): its erasure was made, so it is
+    never unlearned, checked or cancelled again. A different file reusing its id is rejected.
+    Returns the other requests."""
+    from components.erasure.certificates import file_sha256
+
+    certified = certified_requests(batch.repo.root)
+    rest = []
+    for pending in valid:
+        request_id = pending.request.request_id
+        certificate = certified.get(request_id)
+        if certificate is None:
+            rest.append(pending)
+        elif certificate.readable and certificate.content_sha256 != file_sha256(pending.path):
+            inbox.reject(pending.path, RequestError(
+                [f"duplicate request_id '{request_id}': a request with this id was already erased"],
+                source=request_id))
+            batch.summary["rejected"].append(request_id)
+        else:
+            inbox.complete(pending, ErasureRecord(
+                request_id=request_id, batch_id=certificate.batch_id, forget_ids=earlier[request_id],
+                dvc_md5=batch.hashes.get(pending.path.name), model_name=certificate.model_name,
+                model_version=certificate.model_version, run_id=certificate.run_id))
+            batch.summary["processed"].append(request_id)
+            get_run_logger().info("%s already has a deletion certificate: settled as processed", request_id)
+    return rest
+
+
 def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
-    """Validate each request on its own, after those accepted before it; reject the bad ones."""
+    """Validate each request on its own, after those accepted before it; reject the bad ones.
+    A request already erased is settled from its certificate, never checked or unlearned again."""
     logger = get_run_logger()
     target_model(batch.config, batch.repo, show_progress=False)
-    earlier = inbox.earlier()
+    earlier = _erased_before(batch, inbox)
+    valid = _settle_certified(batch, inbox, valid, earlier)
     accepted_forget: dict[str, list[str]] = {}
     for pending in valid:
-        verdict = check_request(batch.config, batch.repo, pending, earlier, accepted_forget)
+        own = pending.request.request_id  # erased in the registry but not yet certified: checked against the others
+        verdict = check_request(batch.config, batch.repo, pending, {k: v for k, v in earlier.items() if k != own},
+                                accepted_forget)
         if verdict["accepted"]:
             batch.accepted.append(pending)
             accepted_forget[verdict["request_id"]] = verdict["forget_ids"]
@@ -202,7 +273,15 @@ def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
     for pending in batch.accepted:
         inbox.fail(pending, reason)
         batch.summary["failed"].append(pending.request.request_id)
+    _spend_failures(batch)
     _publish(batch.summary, None, None)
+
+
+def _spend_failures(batch: Batch) -> None:
+    """The batch's requests went to failed/: its failure count (``failures.json``) is spent, so a
+    retry (``blur request retry``, one or ``--all``) gets ``flow.max_batch_failures`` fresh runs."""
+    if batch.summary["batch_id"]:
+        batch_steps.reset_failures(batch.repo.batch(batch.config.flow.runs_dir, batch.summary["batch_id"]))
 
 
 def _erased(batch: Batch, forget_ids: dict[str, list[str]]) -> list[ErasedRequest]:
@@ -229,6 +308,8 @@ def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str
             reasons = "; ".join(gate.reasons) or "the promotion gate did not pass"
             inbox.fail(pending, f"gate failed: {reasons}")
             batch.summary["failed"].append(request_id)
+    if not gate.passed:
+        _spend_failures(batch)
     batch.summary["gate"] = {"passed": gate.passed, "version": gate.version}
 
 
@@ -236,8 +317,12 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
                start: str | None) -> tuple[Resolution, Metrics, GateDecision]:
     """Prepare, provide the models, validate, unlearn, evaluate, register: (resolution, metrics, gate)."""
     config, repo = batch.config, batch.repo
-    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted],
-                               inbox.earlier())
+    ids = {p.request.request_id for p in batch.accepted}
+    earlier = {k: v for k, v in _erased_before(batch, inbox).items() if k not in ids}
+    levels = {rid: c.erased_forget_prob for rid, c in certified_requests(repo.root).items()
+              if rid in earlier and c.erased_forget_prob is not None}
+    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted], earlier,
+                               levels)
     crash_point("resolve")
     batch.summary["n_forget"] = resolution.n_forget
     models = batch_models(config, repo, paths, start=start, show_progress=False)
@@ -283,17 +368,21 @@ def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: GateDecision, metric
         erased = _erased(batch, forget_ids)
         record_erasure.with_options(**batch.retry)(config, repo, paths, gate=gate, metrics=metrics,
                                                    requests=erased, batch_id=batch.summary["batch_id"])
+    mark_push_pending(repo, f"batch {batch.summary['batch_id']} settled; its push did not finish")
     _settle(batch, inbox, gate, forget_ids)
     if gate.passed:
         purge_batch_copies(config, repo)
     _publish(batch.summary, gate, metrics)
     crash_point("push")
-    _push(repo)
+    _push(repo, batch.summary)
 
 
-def _push(repo: Paths) -> None:
-    """Push the versioned requests; a failure is recorded, shown by ``blur status`` and retried next run."""
+def _push(repo: Paths, summary: dict | None = None) -> None:
+    """Push the versioned requests; a failure is recorded (``push_pending`` in the summary, the
+    marker file), shown by ``blur status`` and ``blur process``, and retried by the next run."""
     error = push_or_record(repo)
+    if error and summary is not None:
+        summary["push_pending"] = True
     if error:
         get_run_logger().warning("dvc push failed (%s); recorded in %s, retried by the next run "
                                  "(or run `dvc push`)", error, repo.push_pending.relative_to(repo.root))
@@ -379,12 +468,15 @@ def process_requests(root: str = ".", params: str = "params.yaml",
         if pending_push(repo):
             _push(repo)  # a previous run's failed push first
         valid = _take(batch, inbox)
-        if not valid and not batch.summary["rejected"]:
+        if not valid and not batch.summary["rejected"] and not batch.summary.get("skipped"):
             get_run_logger().info("inbox is empty: nothing to process")
             return batch.summary
         _check_each(batch, inbox, valid)
         if not batch.accepted:
             _publish(batch.summary, None, None)
+            if batch.summary["processed"]:  # settled from their certificates: purge their copies, version them
+                purge_batch_copies(config, repo)
+                _push(repo, batch.summary)
             return batch.summary
         champion = find_champion.with_options(**batch.retry)(config, repo)
         promoted = _promoted(batch, champion)

@@ -139,10 +139,10 @@ def register_sample(store: TrackingStore, model_dir: Path, reports_dir: Path, *,
 
 GATE_SETTINGS = ("min_forget_quality", "max_forget_prob_ratio", "min_utility_ratio", "max_abs_privleak",
                  "max_earlier_forget_prob_ratio", "min_forget_holdout_ks_p", "max_forget_holdout_auc_gap",
-                 "max_relearn_gap")
+                 "max_relearn_gap", "max_earlier_regain_ratio")
 # Largest threshold each setting accepts (GateConfig's bounds) and the range drawn for it.
 THRESHOLD_RANGE = {"min_forget_quality": (0, 1), "max_abs_privleak": (0, 100), "min_forget_holdout_ks_p": (0, 1),
-                   "max_forget_holdout_auc_gap": (0, 0.5)}
+                   "max_forget_holdout_auc_gap": (0, 0.5), "max_earlier_regain_ratio": (1, 10)}
 
 
 def _draw_value(rng: random.Random, low: float, high: float):
@@ -162,8 +162,11 @@ def _draw_earlier(rng: random.Random) -> tuple[dict, dict] | None:
     if count is None:
         return None
     ids = [f"req-e{i}" for i in range(count)]
-    return ({rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids},
-            {rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids})
+    unlearned = {rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids}
+    for values in unlearned.values():  # the level it was erased to, when a certificate recorded one
+        if rng.random() < 0.8:
+            values["erased_forget_prob"] = _draw_value(rng, 0, 1)
+    return unlearned, {rid: {"forget_prob": _draw_value(rng, 0, 1)} for rid in ids}
 
 
 def draw_gate_case(rng: random.Random) -> tuple[dict, dict]:
@@ -229,6 +232,13 @@ def expected_gate_value(metrics: dict, setting: str):
         if not u["earlier"]:
             return NOTHING_TO_CHECK
         ratios = [_ratio(u["earlier"][rid]["forget_prob"], t["earlier"][rid]["forget_prob"]) for rid in u["earlier"]]
+        return None if None in ratios else max(ratios)
+    if setting == "max_earlier_regain_ratio":
+        if "earlier" not in u:
+            return None
+        if not u["earlier"]:
+            return NOTHING_TO_CHECK
+        ratios = [_ratio(values["forget_prob"], values.get("erased_forget_prob")) for values in u["earlier"].values()]
         return None if None in ratios else max(ratios)
     key = "forget_prob" if setting == "max_forget_prob_ratio" else "model_utility"
     return _ratio(u[key], t[key])

@@ -30,7 +30,7 @@ from components.config import Config
 from components.jsonfiles import write_json
 from components.modeling.io import resolve_model_source, write_model_ref
 from components.paths import Paths
-from components.stages.prepare import load_earlier, load_splits
+from components.stages.prepare import load_earlier, load_splits, with_erased_levels
 from registry_fixtures import sample_diagnostics, sample_metrics
 
 STUB = "stub (tests/stub_stages.py)"
@@ -61,7 +61,7 @@ def stub_evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -
     earlier = sorted(load_earlier(paths))
     metrics["target"]["earlier"] = {request_id: {"forget_prob": 0.8, "forget_rouge": 0.8} for request_id in earlier}
     metrics["unlearned"]["earlier"] = {request_id: {"forget_prob": 0.1, "forget_rouge": 0.1} for request_id in earlier}
-    metrics = Metrics.parse(metrics)
+    metrics = Metrics.parse(with_erased_levels(metrics, paths))
     metrics.save(paths.metrics)
     per_item = paths.reports / "per_item"
     per_item.mkdir(parents=True, exist_ok=True)

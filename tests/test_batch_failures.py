@@ -34,3 +34,29 @@ def test_a_batch_failing_after_unlearning_twice_sends_its_request_to_failed(tmp_
     assert not (inbox / "stuck.json").exists()
     reason = (failed / "req-stuck.reason.txt").read_text()
     assert "failed 2 runs in a row" in reason and "blur request retry req-stuck" in reason
+
+
+def test_a_retried_request_gets_fresh_runs_before_it_fails_again(tmp_path, prefect_server,
+                                                                 migrated_mlflow_db, seed_target):
+    """failures.json is spent when it sends a batch to failed/: after `blur request retry` one more
+    transient error leaves the request pending, it does not fail the batch again at once."""
+    from components.data.inbox import Inbox
+    from components.paths import Paths
+    from flows.pipeline import process_requests
+
+    repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_failures": 2, "eval.utility_sets": ["missing.json"]},
+                          mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "stuck.json").write_text(request_json("req-stuck", [tiny_subjects()[1]]))
+    with stubbed_stages(evaluate=False):
+        for _ in range(2):
+            with pytest.raises(Exception):
+                process_requests(root=str(repo))
+        assert Inbox(Paths(repo)).status()["failed"] == ["req-stuck"]
+        Inbox(Paths(repo)).retry("req-stuck")
+        with pytest.raises(Exception):
+            process_requests(root=str(repo))
+    state = Inbox(Paths(repo)).status()
+    assert state["pending"] == ["req-stuck.json"] and state["failed"] == [], "one failure after the retry: still pending"

@@ -247,8 +247,10 @@ def test_cli_prints_a_certificate_and_verifies_the_chain(tmp_path):
     shown = runner.invoke(app, ["certificate", "req-2", "--root", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "Deletion certificate: req-2" in shown.output and "forget_prob" in shown.output
-    intact = runner.invoke(app, ["certificate", "--verify", "--root", str(tmp_path)])
+    intact = runner.invoke(app, ["certificate", "--verify", "--local-only", "--root", str(tmp_path)])
     assert intact.exit_code == 0 and "3 certificate" in intact.output
+    unregistered = runner.invoke(app, ["certificate", "--verify", "--root", str(tmp_path)])
+    assert unregistered.exit_code == 1, "without a registry the certified versions cannot be found"
 
     (certificates_dir(tmp_path) / "req-2.json").unlink()
     broken = runner.invoke(app, ["certificate", "--verify", "--root", str(tmp_path)])

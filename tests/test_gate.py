@@ -302,3 +302,32 @@ def test_gate_passes_iff_every_configured_check_passes_over_random_draws():
         assert len(decision.checks) == sum(thresholds[s] is not None for s in GATE_SETTINGS)
         outcomes.add(expected)
     assert outcomes == {True, False}
+
+
+# --------------------------------------------------------------------------- the level an earlier request was erased to (issue 21)
+
+
+def with_levels(now: dict, erased: dict, target: float = 0.9) -> dict:
+    """Earlier requests' forget probabilities now, and the ones their certificates recorded."""
+    metrics = with_earlier(now, {rid: target for rid in now})
+    for rid, level in erased.items():
+        metrics["unlearned"]["earlier"][rid]["erased_forget_prob"] = level
+    return metrics
+
+
+def test_an_earlier_request_back_at_nine_times_its_erased_level_fails_though_half_the_target_passes():
+    metrics = with_levels({"req-a": 0.45}, {"req-a": 0.05})
+    gate = only(max_earlier_forget_prob_ratio=0.5, max_earlier_regain_ratio=2.0)
+    decision = evaluate_gate(metrics, gate)
+    checks = {check.metric: check for check in decision.checks}
+    assert checks["earlier_forget_prob_ratio"].passed and not checks["earlier_regain_ratio"].passed
+    assert not decision.passed and checks["earlier_regain_ratio"].value == pytest.approx(9.0)
+
+
+def test_an_earlier_request_near_its_erased_level_passes_the_regain_bound():
+    assert evaluate_gate(with_levels({"req-a": 0.06}, {"req-a": 0.05}), only(max_earlier_regain_ratio=2.0)).passed
+
+
+def test_an_earlier_request_without_a_recorded_level_fails_the_regain_bound_closed():
+    decision = evaluate_gate(with_levels({"req-a": 0.06}, {}), only(max_earlier_regain_ratio=2.0))
+    assert not decision.passed and "req-a was erased to is unknown" in decision.checks[0].reason

@@ -27,3 +27,38 @@ def test_failed_push_is_recorded_then_cleared_by_a_later_push(tmp_path):
     run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo)
     assert push_or_record(paths) is None
     assert pending_push(paths) is None
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+def test_a_crash_between_settling_and_pushing_leaves_the_marker_the_next_run_retries(
+        tmp_path, prefect_server, migrated_mlflow_db, seed_target, monkeypatch):
+    import pytest
+
+    import flows.pipeline
+    from components.data.versioning import pending_push
+    from flows.pipeline import process_requests
+    from pipeline_repo import request_json, tiny_subjects
+    from stub_stages import stubbed_stages
+
+    repo = make_flow_repo(tmp_path / "repo", mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
+    inbox = repo / "data" / "requests" / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "req-p.json").write_text(request_json("req-p", [tiny_subjects()[1]]))
+
+    def die_before_push(name: str) -> None:
+        if name == "push":
+            raise Crash(name)
+
+    with stubbed_stages():
+        with monkeypatch.context() as patch:
+            patch.setattr(flows.pipeline, "crash_point", die_before_push)
+            with pytest.raises(Crash):
+                process_requests(root=str(repo))
+        assert (repo / "data" / "requests" / "processed" / "req-p.result.json").exists()
+        assert pending_push(Paths(repo)), "settled but not pushed: the marker says so"
+        process_requests(root=str(repo))  # an empty inbox: the next run pushes first
+    assert pending_push(Paths(repo)) is None

@@ -236,3 +236,24 @@ def test_delete_names_the_evaluation_cache_entries_of_the_models_it_deleted(mlfl
     assert sorted(result.eval_fingerprints) == ["a" * 64, "f" * 64]
     assert sorted(cache.purge(result.eval_fingerprints)) == ["a" * 64, "f" * 64]
     assert [p.name for p in cache.root.iterdir()] == ["b" * 64]  # the new champion's entries stay
+
+
+def test_delete_never_removes_a_hand_registered_versions_folder(mlflow_store, tiny_model_dir, tmp_path):
+    """A baseline registered by hand points at its own folder outside the pipeline's model folders:
+    retention tags it and takes its aliases, but deletes only what this pipeline created."""
+    import shutil
+
+    baseline = tmp_path / "baselines" / "original"
+    shutil.copytree(tiny_model_dir, baseline)
+    client = mlflow_store.client()
+    client.create_registered_model(MODEL)
+    client.create_model_version(MODEL, str(baseline))  # by hand: no run of this pipeline
+    client.set_registered_model_alias(MODEL, "baseline", "1")
+    register(mlflow_store, tiny_model_dir, tmp_path / "r2", request_id="req-2")
+
+    result = purge_superseded_versions(client, MODEL, "2", "delete")
+
+    assert result.superseded == ("1",) and result.purged == () and result.not_ours == ("1",)
+    assert baseline.is_dir() and any(baseline.glob("*.safetensors")), "the hand-registered folder is untouched"
+    assert client.get_model_version(MODEL, "1").tags[SUPERSEDED_TAG] == "2"
+    assert aliases(client) == {"champion": "2"}

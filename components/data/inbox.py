@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from components.artifacts import ErasureRecord
 from components.data import versioning
 from components.data.records import content_hash
-from components.data.requests import DeletionRequest, RequestError, is_request_id, read_request
+from components.data.requests import MAX_REQUEST_BYTES, DeletionRequest, RequestError, is_request_id, read_request
 from components.faults import crash_point
 from components.jsonfiles import write_json
 from components.paths import Paths
@@ -48,6 +48,32 @@ _COUNTER = re.compile(r"\.\d+$")  # the ".1" that _free_name adds to a taken nam
 
 class InboxError(RuntimeError):
     """The inbox is busy, or holds something a person must look at (said in the message)."""
+
+
+class Unversionable(RequestError):
+    """An inbox file that cannot be versioned: unreadable, vanished, or over the size limit. It is
+    quarantined in rejected/ (or skipped when gone) without `dvc add`, so it never blocks the others
+    and a huge file is never hashed, cached and pushed."""
+
+
+def unversionable_reason(path: Path) -> str | None:
+    """Why the inbox file ``path`` cannot be versioned, or None when it can (a link is None: links
+    are rejected without being read). Names the error class only, never the path."""
+    if path.is_symlink():
+        return None
+    try:
+        size = path.stat().st_size
+        if size > MAX_REQUEST_BYTES:
+            return (f"file is {size:,} bytes; requests are limited to {MAX_REQUEST_BYTES:,} bytes, so it was "
+                    "quarantined without being versioned (name subjects instead of listing many records)")
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        return "the file vanished from the inbox while it was being taken"
+    except OSError as error:
+        return (f"the file cannot be read ({type(error).__name__}); make it readable by the pipeline "
+                "and hand it in again")
+    return None
 
 
 def _now() -> str:
@@ -187,21 +213,60 @@ class Inbox:
         """Result files that cannot be read (truncated, edited): a person must restore them."""
         return [path.name for path, result in self._results() if result is None]
 
-    def earlier(self) -> dict[str, list[str]]:
+    def earlier(self, recovered: Mapping[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Record ids erased by every processed request, by request id.
 
-        Fails closed: with an unreadable result the erased records are unknown, and a retain
-        set built without them could train on erased data again.
+        ``recovered``: the record ids of erased requests whose note is missing (see
+        :func:`components.erasure.ledger.erased_forget_ids`, which fills it). Fails closed: with
+        an unreadable result, or a certified request with neither a note nor a recovered entry,
+        the erased records are unknown, and a retain set built without them could train on
+        erased data again.
         """
         broken = self.unreadable()
         if broken:
             raise InboxError(f"unreadable result file(s) in {self.paths.processed}: {', '.join(broken)}; "
                              "restore them (git or `dvc checkout`) before processing more requests")
-        return {result.request_id: result.forget_ids for result in self.processed_results()}
+        recovered = dict(recovered or {})
+        lost = sorted(set(self.erased_without_note()) - set(recovered))
+        if lost:
+            raise InboxError(f"request(s) {', '.join(lost)} have a deletion certificate but no result file in "
+                             f"{self.paths.processed}; restore the result files (git or `dvc checkout`) "
+                             "before processing more requests")
+        return recovered | {result.request_id: result.forget_ids for result in self.processed_results()}
 
-    def _processed_ids(self) -> set[str]:
+    def _noted_ids(self) -> set[str]:
+        """Request ids with a result note in processed/ (readable or not)."""
         return ({r.request_id for r in self.processed_results()}
                 | {_id_of_note(name, RESULT_SUFFIX) for name in self.unreadable()})
+
+    def certified_ids(self) -> set[str]:
+        """Request ids with a deletion certificate (``data/certificates``): erased, note or not."""
+        from components.erasure.ledger import certified_requests
+
+        return set(certified_requests(self.paths.root))
+
+    def erased_ids(self, registry: Collection[str] = ()) -> set[str]:
+        """Every request erased: a result note, a certificate, or the registry says so (``registry``)."""
+        return self._noted_ids() | self.certified_ids() | set(registry)
+
+    def erased_without_note(self, registry: Collection[str] = ()) -> dict[str, Path | None]:
+        """Erased requests (certificate, or ``registry``) without a result note: each with the
+        file that still holds its bytes (waiting in the inbox, or in processed/, failed/ or
+        cancelled/), or None when none does."""
+        missing = (self.certified_ids() | set(registry)) - self._noted_ids()
+        if not missing:
+            return {}
+        holders: dict[str, Path] = {}
+        for folder in (self.paths.processed, self.failed, self.cancelled):
+            for path in sorted(folder.glob("*.json")):
+                if not path.name.endswith(NOTE_SUFFIXES):
+                    holders.setdefault(self._peek_id(path) or "", path)
+        for path in self.files():
+            holders.setdefault(self._peek_id(path) or "", path)
+        return {request_id: holders.get(request_id) for request_id in sorted(missing)}
+
+    def _processed_ids(self) -> set[str]:
+        return self._noted_ids() | self.certified_ids()
 
     def _failed_ids(self) -> set[str]:
         """Failed requests: a reason file or a request file in failed/ (a retry renames the
@@ -287,20 +352,30 @@ class Inbox:
     def take(self, limit: int | None = None) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
         """Split the inbox into valid pending requests and invalid ones (with their errors).
 
-        Finishes a settle a crash interrupted first. The valid requests come oldest first
+        Finishes a settle a crash interrupted first. Never raises for one file: a file that
+        cannot be versioned (unreadable, vanished, too big) comes back invalid with an
+        :class:`Unversionable` error, for :meth:`quarantine`. The valid requests come oldest first
         (``received_at``, then file name); with ``limit``, at most that many are taken and
         the rest stay pending for the next batch. Of two files with one request id, the
         older is taken and the newer is invalid.
         """
         self._finish_interrupted()
-        known = self.known_ids()
+        known = self._noted_ids() | self._failed_ids()  # a certified request still waiting is taken (settled by the flow)
         parsed: list[Pending] = []
         invalid: list[tuple[Path, RequestError]] = []
         for path in self.files():
+            reason = unversionable_reason(path)
+            if reason is not None:
+                invalid.append((path, Unversionable([reason], source=path.name)))
+                continue
             try:
                 parsed.append(Pending(path, self._check_waiting(path, known)))
             except RequestError as error:
                 invalid.append((path, error))
+            except OSError as error:  # it changed between the check and the read
+                invalid.append((path, Unversionable([unversionable_reason(path) or
+                                                     f"the file cannot be read ({type(error).__name__})"],
+                                                    source=path.name)))
         valid: list[Pending] = []
         for pending in sorted(parsed, key=_age):
             if any(p.request.request_id == pending.request.request_id for p in valid):
@@ -314,13 +389,13 @@ class Inbox:
     # ------------------------------------------------------------------ outcomes
 
     def _settle(self, path: Path, folder: Path, note: tuple[Callable[[Path, str], Path], str, str],
-                name: str | None = None) -> Path:
+                name: str | None = None, *, track: bool = True) -> Path:
         """Move ``path`` into ``folder`` with its note, crash-safely (see the module docstring).
 
-        ``note``: how the note is named, its suffix and its text.
+        ``note``: how the note is named, its suffix and its text; ``track``: `dvc add` it first.
         """
         note_of, suffix, text = note
-        if versioning.is_repo(self.paths.root) and not path.is_symlink():
+        if track and versioning.is_repo(self.paths.root) and not path.is_symlink():
             versioning.track(self.paths.root, [path])  # a tracking failure leaves the request pending
         destination = _free_name(folder, name or path.name, note_of, suffix)
         note_path = note_of(destination, suffix)
@@ -370,6 +445,18 @@ class Inbox:
                 + "\n".join(f"- {reason}" for reason in error.reasons) + "\n")
         return self._settle(path, self.paths.rejected, (_name_note, REASON_SUFFIX, text))
 
+    def quarantine(self, path: Path, error: RequestError) -> Path | None:
+        """Move a file that cannot be versioned (:class:`Unversionable`) to ``rejected/`` with its
+        reason, without `dvc add`; None when the file is gone (nothing to move, nothing written)."""
+        if not _exists(path):
+            return None
+        text = (f"quarantined at {_now()} (logged as {label(path)}), not versioned\n"
+                + "\n".join(f"- {reason}" for reason in error.reasons) + "\n")
+        try:
+            return self._settle(path, self.paths.rejected, (_name_note, REASON_SUFFIX, text), track=False)
+        except FileNotFoundError:  # vanished during the move: its note says why
+            return None
+
     def fail(self, pending: Pending, reason: str) -> Path:
         """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
         text = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
@@ -388,10 +475,19 @@ class Inbox:
 
     # ------------------------------------------------------------------ a person's commands
 
-    def cancel(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
-        """Withdraw a pending request: its file (and DVC pointer) move to ``cancelled/``."""
+    def cancel(self, request_id: str, *, registry: Collection[str] = (), timeout: float = USER_LOCK_SECONDS) -> Path:
+        """Withdraw a pending request: its file (and DVC pointer) move to ``cancelled/``.
+
+        An erased request is refused (:class:`InboxError`), also while its file still waits in
+        the inbox: it has a result note or a certificate, or the registry says its erasure was
+        made (``registry``: ids from :func:`components.erasure.ledger.registry_erasures`).
+        Cancelling it would let its records back into the next retain set.
+        """
         with self._locked(timeout):
             self._finish_interrupted()
+            if request_id in self.erased_ids(registry):
+                raise InboxError(f"request '{request_id}' is already erased (it has a result, a deletion "
+                                 "certificate or a registry record): an erasure cannot be cancelled")
             matches = [p for p in self.files() if self._peek_id(p) == request_id] if is_request_id(request_id) else []
             if not matches:
                 raise FileNotFoundError(f"no pending request with id '{request_id}' in {self.paths.inbox} "

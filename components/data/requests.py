@@ -80,10 +80,13 @@ def read_request(path: str | Path) -> DeletionRequest:
     source = path.name
     try:
         size = path.stat().st_size
+        _check_size(size, source)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise RequestError([f"file not found: {path}"], source=source) from None
-    _check_size(size, source)
-    return parse_request_bytes(path.read_bytes(), source=source)
+    except OSError as error:  # unreadable (permissions, I/O): a reason, not a crash of the caller
+        raise RequestError([f"the file cannot be read ({type(error).__name__})"], source=source) from None
+    return parse_request_bytes(raw, source=source)
 
 
 def _check_size(size: int, source: str | None) -> None:

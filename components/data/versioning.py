@@ -48,8 +48,30 @@ def _dvc(root: Path, *args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip().splitlines()
-        raise VersioningError(f"dvc {args[0]} failed: {message[-1] if message else result.returncode}")
+        said = scrub_paths(message[-1], root, args[1:]) if message else str(result.returncode)
+        raise VersioningError(f"dvc {args[0]} failed: {said}")
     return result.stdout
+
+
+def file_token(name: str) -> str:
+    """How a request file is named in an error instead of its name (which can name a person):
+    ``file-`` and a hash of the name, as :func:`components.data.inbox.label` names an unreadable one."""
+    from components.data.records import content_hash
+
+    return "file-" + content_hash(name, length=12)
+
+
+def scrub_paths(text: str, root: Path, args: "tuple[str, ...] | list[str]") -> str:
+    """``text`` (DVC's stderr, which quotes paths) with every path of ``args`` and every other
+    path under the request folders replaced by :func:`file_token`: it goes into exceptions,
+    Prefect states and logs."""
+    import re
+
+    for arg in sorted((a for a in args if not a.startswith("-")), key=len, reverse=True):
+        for form in (str(Path(root).resolve() / arg), arg, Path(arg).name):
+            if form and form not in (".", "/"):
+                text = text.replace(form, file_token(Path(arg).name))
+    return re.sub(r"[^\s'\"]*requests/[^\s'\"]+", lambda m: file_token(Path(m.group(0)).name), text)
 
 
 def _relative(root: Path, path: Path) -> str:
@@ -113,6 +135,17 @@ def push_or_record(paths: "Paths") -> str | None:
         return str(error)
     paths.push_pending.unlink(missing_ok=True)
     return None
+
+
+def mark_push_pending(paths: "Paths", reason: str) -> None:
+    """Record that the remote lags (before settling a batch), so a crash before its push leaves the
+    marker the next run retries; :func:`push_or_record` clears it. An older record keeps its time."""
+    from datetime import datetime, timezone
+
+    from components.jsonfiles import write_json
+
+    since = (pending_push(paths) or {}).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(paths.push_pending, {"since": since, "error": reason[:2000]})
 
 
 def pending_push(paths: "Paths") -> dict | None:

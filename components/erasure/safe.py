@@ -16,19 +16,19 @@ from typing import Any, Mapping
 from components.data.records import content_hash
 from components.artifacts import REQUEST_ID
 
-HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
-DVC_HASH = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+HEX_ID = re.compile(r"\A[0-9a-f]{8,64}\Z")  # \Z, not $: "$" also matches before a trailing newline
+DVC_HASH = re.compile(r"\A[0-9a-f]{32}(\.dir)?\Z")
 COUNT_KEYS = ("n_subjects", "n_forget", "n_retain", "n_previously_forgotten", "n_world", "n_holdout")
 
 
 def _request_id(value: Any) -> str:
     value = str(value)
-    return value if REQUEST_ID.match(value) else f"hashed-{content_hash(value)}"
+    return value if REQUEST_ID.fullmatch(value) else f"hashed-{content_hash(value)}"
 
 
 def _hex(value: Any, pattern: re.Pattern = HEX_ID) -> str:
     value = str(value)
-    return value if pattern.match(value) else content_hash(value)
+    return value if pattern.fullmatch(value) else content_hash(value)
 
 
 def _time(value: Any) -> str | None:

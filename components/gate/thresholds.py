@@ -12,6 +12,7 @@ setting                                 value                                   
 ``gate.min_utility_ratio``              unlearned model_utility / target's                   >=
 ``gate.max_abs_privleak``               abs(unlearned privleak) (needs an oracle)            <=
 ``gate.max_earlier_forget_prob_ratio``  worst earlier request: unlearned / target forget_prob <=
+``gate.max_earlier_regain_ratio``       worst earlier request: unlearned / erased forget_prob <=
 ``gate.min_forget_holdout_ks_p``        unlearned forget_holdout_ks_p (no oracle needed)     >=
 ``gate.max_forget_holdout_auc_gap``     abs(unlearned forget_holdout_auc - 0.5)              <=
 ``gate.max_relearn_gap``                unlearned - oracle relearn_forget_prob               <=
@@ -98,6 +99,32 @@ def _earlier_forget_prob_ratio(metrics: Metrics) -> Measured:
     return worst
 
 
+def _earlier_regain_ratio(metrics: Metrics) -> Measured:
+    """The largest unlearned forget probability of an earlier request over the one it was erased to
+    (``erased_forget_prob``, from its certificate): a request forgotten to 0.05 that comes back to
+    0.45 is 9x, even though 0.45 is half the target's 0.9. Fails closed on an unknown level."""
+    earlier = metrics.unlearned.earlier
+    if earlier is None:
+        return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
+    if not earlier:
+        return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
+    worst: Measured | None = None
+    for request_id, values in sorted(earlier.items()):
+        now, level = values.get("forget_prob"), values.get("erased_forget_prob")
+        if now is None:
+            return Measured(None, f"unlearned forget_prob of earlier request {request_id} is null or missing")
+        if level is None:
+            return Measured(None, f"the forget_prob earlier request {request_id} was erased to is unknown "
+                                  "(no certificate recorded it)")
+        measured = _divide(now, level, f"forget_prob of earlier request {request_id} (now / when erased)")
+        if measured.value is None:
+            return measured
+        if worst is None or measured.value > worst.value:
+            worst = measured._replace(note=f"worst: earlier request {request_id}, {now:.4g} now, "
+                                           f"{level:.4g} when erased")
+    return worst
+
+
 def _auc_side(metrics: Metrics) -> str:
     auc = metrics.value("unlearned", "forget_holdout_auc")
     if auc is None or auc == 0.5:
@@ -136,6 +163,7 @@ CHECKS: dict[str, tuple[str, str, Callable[[Metrics], Measured]]] = {
     "min_utility_ratio": ("utility_ratio", ">=", _ratio("model_utility")),
     "max_abs_privleak": ("abs_privleak", "<=", _unlearned("privleak", " (no oracle model?)", abs)),
     "max_earlier_forget_prob_ratio": ("earlier_forget_prob_ratio", "<=", _earlier_forget_prob_ratio),
+    "max_earlier_regain_ratio": ("earlier_regain_ratio", "<=", _earlier_regain_ratio),
     "min_forget_holdout_ks_p": ("forget_holdout_ks_p", ">=", _unlearned("forget_holdout_ks_p")),
     "max_forget_holdout_auc_gap": ("forget_holdout_auc_gap", "<=", _auc_gap),
     "max_relearn_gap": ("relearn_gap", "<=", _relearn_gap),

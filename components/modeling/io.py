@@ -96,14 +96,35 @@ def _checkpoint_activations(model) -> None:
     model.config.use_cache = False  # the cache is useless while training and conflicts with recompute
 
 
+CONFIG_FILE = "config.json"  # what marks a folder as a saved model (resolve.py, fetch.py): written last
+
+
 def save_model(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:
     """Write weights (safetensors, in the dtype they are in), config and tokenizer.
 
+    Crash-safe: everything is written into a hidden staging folder beside ``directory`` first,
+    then moved in with ``config.json`` last (and an older ``config.json`` removed first), so a
+    folder with a ``config.json`` always holds its whole model; a crash mid-save leaves a folder
+    that later runs see as no model and rebuild, instead of failing to load it for ever.
     ``use_cache`` is saved on, whatever gradient checkpointing set while training, so the
     saved model generates with its KV cache.
     """
+    import shutil
+    import tempfile
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        _save_pretrained(model, tokenizer, staging)
+        _move_in_config_last(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _save_pretrained(model: torch.nn.Module, tokenizer, directory: Path) -> None:
+    """``save_pretrained`` of the model (``use_cache`` on) and the tokenizer into ``directory``."""
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
     if use_cache is False:
@@ -114,7 +135,18 @@ def save_model(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path
         if use_cache is False:
             config.use_cache = False
     tokenizer.save_pretrained(directory)
-    return directory
+
+
+def _move_in_config_last(staging: Path, directory: Path) -> None:
+    """Move every file of ``staging`` into ``directory`` (each an atomic replace), ``config.json`` last."""
+    import os
+
+    (directory / CONFIG_FILE).unlink(missing_ok=True)  # the folder is no model until the new one is whole
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == CONFIG_FILE)
+    for path in files:
+        target = directory / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
 
 MODEL_REF_FILE = "model-ref.json"

@@ -421,7 +421,7 @@ def _batch_id(batch_id: str | None, tags: Mapping[str, str]) -> str | None:
     batch_id = batch_id or tags.get(BATCH_TAG)
     if tags.get(BATCH_TAG, batch_id) != batch_id:
         raise ValueError(f"batch_id '{batch_id}' and the batch_id tag '{tags[BATCH_TAG]}' differ")
-    if batch_id is not None and not BATCH_ID.match(batch_id):
+    if batch_id is not None and not BATCH_ID.fullmatch(batch_id):
         raise ValueError(f"batch_id {batch_id!r} must be letters, digits and . _ - (at most 128)")
     return batch_id
 

@@ -5,6 +5,10 @@ with the request's records and still holds them: the earlier registered versions
 candidates that failed their gate (logged, never registered). ``registry.retention`` says
 what happens to them (:func:`purge_superseded_versions`):
 
+Only what this pipeline created is ever deleted: a version registered by hand (its run is not
+the pipeline's, or its source is not one of the pipeline's logged models) is tagged and loses
+its aliases, but its weights and folder stay (``PurgeResult.not_ours``).
+
 * ``delete`` (default): tag them, remove any alias pointing at them, delete their weights
   (the logged model's artifacts) and delete the registry version and the logged model. The
   run stays, with its metrics, report, certificates and the tags that say what happened.
@@ -37,6 +41,7 @@ SUPERSEDED_TAG = "erasure_superseded_by"  # the version whose erasure made this 
 RETENTION_TAG = "erasure_retention"       # the policy that was applied
 PURGED_TAG = "erasure_purged"             # run tag: versions / logged models whose weights were deleted
 PIPELINE_MODEL_TAG = "gate"               # logged models this pipeline made carry it
+PIPELINE_RUN_TAG, PIPELINE_NAME = "pipeline", "blur-unlearning"  # the runs this pipeline made carry it
 EVAL_FINGERPRINT_TAG = "eval_fingerprint"  # its evaluation-cache key (components.evaluation.cache)
 
 
@@ -54,6 +59,7 @@ class PurgeResult:
     aliases_removed: tuple[str, ...]       # "alias@version"
     candidates_purged: tuple[str, ...]     # unregistered logged models (failed candidates) deleted
     eval_fingerprints: tuple[str, ...] = ()  # evaluation-cache keys of the deleted models: purge their entries
+    not_ours: tuple[str, ...] = ()         # versions this pipeline did not create: tagged, never deleted
 
 
 class Holder(NamedTuple):
@@ -150,6 +156,21 @@ def _purge_version(client: "MlflowClient", model_name: str, version, models: Seq
     return fingerprints
 
 
+def _created_here(client: "MlflowClient", version, models: Sequence) -> bool:
+    """Whether this pipeline made ``version``: its run is the pipeline's (``pipeline`` tag) and its
+    source is one of the pipeline's logged models. A hand-registered version (a baseline, say) may
+    point at any folder, and deleting "its weights" would delete that folder: it is never purged."""
+    if not version.run_id:
+        return False
+    try:
+        tags = client.get_run(version.run_id).data.tags
+    except Exception:  # its run is gone or unreadable: not known to be ours
+        return False
+    return tags.get(PIPELINE_RUN_TAG) == PIPELINE_NAME and any(
+        _location(m.artifact_location) == _location(version.source) and PIPELINE_MODEL_TAG in (m.tags or {})
+        for m in models)
+
+
 def _fingerprints(models: Sequence) -> list[str]:
     return [fp for fp in ((m.tags or {}).get(EVAL_FINGERPRINT_TAG) for m in models) if fp]
 
@@ -205,9 +226,10 @@ def purge_superseded_versions(client: "MlflowClient", model_name: str, keep_vers
     aliases: list[str] = []
     purged: list[str] = []
     fingerprints: list[str] = []
+    not_ours = tuple(str(v.version) for v in earlier if not _created_here(client, v, models))
     for version in earlier:
         aliases += _retire_version(client, model_name, version, keep_version, policy, pointers)
-        if policy == "delete":
+        if policy == "delete" and str(version.version) not in not_ours:
             fingerprints += _purge_version(client, model_name, version, models)
             purged.append(str(version.version))
     registered = {_location(v.source) for v in versions if str(v.version) not in purged}
@@ -217,7 +239,8 @@ def purge_superseded_versions(client: "MlflowClient", model_name: str, keep_vers
     if policy == "delete":
         fingerprints += _fingerprints(stale)
     candidates = _purge_candidates(client, stale, keep_version, policy)
-    return PurgeResult(policy, superseded, tuple(purged), tuple(aliases), tuple(candidates), tuple(fingerprints))
+    return PurgeResult(policy, superseded, tuple(purged), tuple(aliases), tuple(candidates), tuple(fingerprints),
+                       not_ours)
 
 
 # --------------------------------------------------------------------------- local copies

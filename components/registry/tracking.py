@@ -192,9 +192,15 @@ def _flatten(tree: Mapping[str, Any], leaf: Callable[[Any], Any]) -> dict[str, A
     return flat
 
 
+PRIVATE_CONFIG_KEYS = ("request",)  # the request file's path: its name can be a person's (jane-doe.json)
+
+
 def flatten_config(config: "Config | Mapping[str, Any]") -> dict[str, str]:
-    """``{"unlearn.lr": "0.001", ...}``: every config value as an MLflow param."""
+    """``{"unlearn.lr": "0.001", ...}``: every config value as an MLflow param, except the request
+    file's path (:data:`PRIVATE_CONFIG_KEYS`): the run records the request by id and content hash
+    (:func:`request_params`, :func:`request_tags`) instead."""
     data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+    data = {key: value for key, value in data.items() if key not in PRIVATE_CONFIG_KEYS}
     return _flatten(data, lambda value: _param_value(value)[:6000])
 
 
@@ -230,7 +236,8 @@ def diagnostic_series(diagnostics: Sequence[Mapping[str, Any]]) -> list[tuple[st
 
 def request_params(safe: Mapping[str, Any]) -> dict[str, str]:
     """Counts and digests of the forget set (no text) as params."""
-    params = {"request.n_requests": str(len(safe.get("requests") or []))}
+    params = {"request.n_requests": str(len(safe.get("requests") or [])),
+              "request.ids": ",".join(r["request_id"] for r in safe.get("requests") or [])[:6000]}
     params.update({f"request.{k}": str(v) for k, v in (safe.get("counts") or {}).items()})
     params.update({f"request.{k}": str(v) for k, v in (safe.get("digests") or {}).items()})
     return params

@@ -10,7 +10,7 @@ from components.artifacts import Metrics, Resources
 from components.config import Config
 from components.data.loaders import load_records
 from components.paths import Paths, resolve_local
-from components.stages.prepare import load_earlier, load_splits, resolved_config
+from components.stages.prepare import load_earlier, load_splits, resolved_config, with_erased_levels
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Met
         utility_sets=utility_sets, knowledge_sets=knowledge_sets, show_progress=show_progress,
         cache=EvalCache(paths.eval_cache if config.eval.cache else None), measure_floor=config.eval.measure_floor,
     )
+    with_erased_levels(result.metrics, paths)  # the gate bounds each earlier request by the level it was erased to
     write_reports(result, paths.reports)
     _record_cost(paths, {"cache": result.cache, "floor": result.floor, "sample_sizes": result.sample_sizes})
     log.info("%s", cost_summary(paths))

@@ -23,6 +23,7 @@ def prepare(
     request_paths: Sequence[str | Path] | None = None,
     request_data: Sequence[bytes] | None = None,
     earlier: Mapping[str, Sequence[str]] | None = None,
+    earlier_levels: Mapping[str, float] | None = None,
 ) -> Resolution:
     """Load the world, resolve the deletion request(s), write the splits under data/prepared/.
 
@@ -31,7 +32,8 @@ def prepare(
     hashed by the caller (the flow), used instead of reading the files again, so exactly the
     bytes that were versioned are unlearned. ``earlier`` maps the ids of requests processed before to
     the record ids they erased; those records leave the retain set and are written out for the
-    "still forgotten" checks.
+    "still forgotten" checks. ``earlier_levels``: the forget probability each was erased to (from
+    its certificate), for the gate's ``max_earlier_regain_ratio``.
     """
     from components.modeling.resolve import with_local_paths
 
@@ -53,6 +55,8 @@ def prepare(
     save_records(resolution.forget, paths.forget)
     save_records(resolution.retain, paths.retain)
     _write_earlier(paths, world.records, earlier)
+    write_json(paths.earlier_levels, {rid: float(level) for rid, level in (earlier_levels or {}).items()
+                                      if rid in earlier and level is not None})
     _copy_requests(paths, request_data, requests)
     summary = resolution.summary() | {
         "n_world": len(world.records),
@@ -106,8 +110,10 @@ def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str
             old.unlink()
     paths.earlier.mkdir(parents=True, exist_ok=True)
     by_id = {record.record_id: record for record in records}
-    for request_id, ids in earlier.items():
-        save_records([by_id[i] for i in ids if i in by_id], paths.earlier_forget(request_id))
+    found = {request_id: [by_id[i] for i in ids if i in by_id] for request_id, ids in earlier.items()}
+    _refuse_empty(found)
+    for request_id, kept in found.items():
+        save_records(kept, paths.earlier_forget(request_id))
 
 
 def _copy_requests(paths: Paths, request_data: Sequence[bytes], requests: Sequence[DeletionRequest]) -> None:
@@ -133,9 +139,43 @@ def load_prepared_requests(paths: Paths) -> list[DeletionRequest]:
     return [read_request(p) for p in paths.prepared_request_files()]
 
 
+class EmptyEarlierForgetSet(ValueError):
+    """An earlier request's forget set holds no record: "still forgotten" cannot be re-checked for it."""
+
+
 def load_earlier(paths: Paths) -> dict[str, list[Record]]:
-    """Forget sets of earlier requests, by request id."""
+    """Forget sets of earlier requests, by request id. An empty one is an error naming its request,
+    never skipped: every erased request erased at least one record, so an empty set means its
+    records are lost (the world changed, or its result note lost its ids) and the gate could not
+    re-check it."""
     if not paths.earlier.exists():
         return {}
-    return {file.stem: load_records(file) for file in paths.earlier_forget_sets()
-            if file.stat().st_size}
+    earlier = {file.stem: load_records(file) if file.stat().st_size else [] for file in paths.earlier_forget_sets()}
+    _refuse_empty(earlier)
+    return earlier
+
+
+ERASED_LEVEL = "erased_forget_prob"  # metrics.json: unlearned.earlier.<request>.erased_forget_prob
+
+
+def with_erased_levels(metrics: dict, paths: Paths) -> dict:
+    """``metrics`` (a metrics.json mapping) with each earlier request's erased level added to the
+    unlearned model's earlier section (``erased_forget_prob``), where prepare recorded one."""
+    try:
+        levels = read_json(paths.earlier_levels) if paths.earlier_levels.exists() else {}
+    except (OSError, ValueError):
+        levels = {}
+    for request_id, values in ((metrics.get("unlearned") or {}).get("earlier") or {}).items():
+        if isinstance(levels.get(request_id), (int, float)):
+            values[ERASED_LEVEL] = float(levels[request_id])
+    return metrics
+
+
+def _refuse_empty(earlier: Mapping[str, Sequence]) -> None:
+    """Raise :class:`EmptyEarlierForgetSet` naming every earlier request without records."""
+    empty = sorted(request_id for request_id, records in earlier.items() if not records)
+    if empty:
+        raise EmptyEarlierForgetSet(
+            f"earlier request(s) {', '.join(empty)}: no erased record found in the world, so the gate cannot "
+            "re-check that they stay forgotten; restore their result files in data/requests/processed/ "
+            "(or the world they were erased from) before processing more requests")

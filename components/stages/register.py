@@ -30,6 +30,7 @@ def register(
     erased record ids; default: those the inbox of ``paths.config_root`` has processed).
     """
     from components.data.inbox import Inbox
+    from components.erasure.ledger import erased_forget_ids
     from components.registry import Candidate, register_candidate, tracking_store
     from components.stages.evaluate import evaluated_fingerprint
 
@@ -39,7 +40,8 @@ def register(
         dvc_hashes = {p.stem: file_md5(p) for p in paths.prepared_request_files()}
     if processed_requests is None and not (tags or {}).get("batch_id"):
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
-        processed_requests = Inbox(repo).earlier() if repo.processed.is_dir() else {}
+        known = repo.processed.is_dir() or repo.certificates.is_dir()
+        processed_requests = erased_forget_ids(config, repo, Inbox(repo)) if known else {}
     candidate = Candidate(Metrics.load(paths.metrics), diagnostics,
                           Resolution.load(paths.resolution).model_dump(), dvc_hashes, paths.unlearned,
                           evaluated_fingerprint(paths, "unlearned"))

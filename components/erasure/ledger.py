@@ -1,0 +1,166 @@
+"""Which requests are erased, read from sources that survive a lost note.
+
+A request counts as erased once it has a certificate in ``data/certificates`` or once the
+registry says its erasure was made: a ``certificate.<request_id>`` tag on a passed run (the
+run keeps it when retention deletes the version), or the ``requests`` tag of the version the
+serving alias points to (the alias moved, certificates not yet issued). The result notes in
+``processed/`` are a third source, but the only one that says which records a request
+erased; when a note is missing, the records are recovered by resolving the request's own
+bytes against the world again, and checked against its certificate's ids digest.
+
+Nothing here forgets an erasure: a source that cannot be read fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Collection
+
+from pydantic import BaseModel, ConfigDict
+
+from components.paths import Paths
+
+if TYPE_CHECKING:
+    from components.config import Config
+    from components.data.inbox import Inbox
+
+CERTIFICATE_TAG = "certificate."
+REQUESTS_TAG = "requests"
+HEAD_NAME = "chain.head.json"
+
+
+class CertifiedRequest(BaseModel):
+    """What a certificate file says about one erased request (ids and hashes; None if unreadable)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    readable: bool = True
+    content_sha256: str | None = None
+    ids_digest: str | None = None
+    n_records: int | None = None
+    batch_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
+    certificate_hash: str | None = None
+    erased_forget_prob: float | None = None  # the unlearned forget_prob its certificate recorded
+
+
+def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
+    """Every request with a certificate file, by request id. An unreadable certificate counts
+    as erased under its file name's id (fail closed: it was issued, so its request was erased)."""
+    folder = Paths(Path(root)).certificates
+    found: dict[str, CertifiedRequest] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.json")):
+        if path.name == HEAD_NAME:
+            continue
+        certificate = _read_certificate(path)
+        found[certificate.request_id] = certificate
+    return found
+
+
+def _read_certificate(path: Path) -> CertifiedRequest:
+    """One certificate file as :class:`CertifiedRequest` (its stem and readable=False when broken)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        request, forget, model = data["request"], data["forget_set"], data["model"]
+        return CertifiedRequest(
+            request_id=str(request["request_id"]), content_sha256=request.get("content_sha256"),
+            ids_digest=forget.get("ids_digest"), n_records=forget.get("n_records"), batch_id=forget.get("batch_id"),
+            model_name=model.get("name"), run_id=model.get("run_id"), certificate_hash=data.get("certificate_hash"),
+            erased_forget_prob=((data.get("evidence") or {}).get("metrics") or {}).get("forget_prob", {}).get("unlearned"),
+            model_version=None if model.get("version") is None else str(model["version"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return CertifiedRequest(request_id=path.stem, readable=False)
+
+
+def registry_erasures(root: str | Path) -> dict[str, str]:
+    """Request ids the MLflow registry holds as erased, with where it says so (for messages).
+
+    Reads the ``certificate.<id>`` tags of every run and the ``requests`` tag of every version
+    an alias points to. An embedded SQLite store that does not exist yet holds nothing; a store
+    that exists but cannot be read raises (:class:`~components.registry.TrackingUnavailableError`).
+    """
+    from components.registry import connect, tracking_store
+
+    store = tracking_store(root)
+    if store.tracking_uri.startswith("sqlite:///") and not Path(store.tracking_uri[len("sqlite:///"):]).exists():
+        return {}
+    client = connect(store)
+    found: dict[str, str] = {}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for run in all_runs(client, experiments):
+        for key in run.data.tags:
+            if key.startswith(CERTIFICATE_TAG):
+                found.setdefault(key[len(CERTIFICATE_TAG):], f"tag {key} of MLflow run {run.info.run_id}")
+    for model in client.search_registered_models():
+        for alias, version in (client.get_registered_model(model.name).aliases or {}).items():
+            tags = client.get_model_version(model.name, str(version)).tags
+            for request_id in filter(None, (tags.get(REQUESTS_TAG) or "").split(",")):
+                found.setdefault(request_id, f"{model.name} version {version} (alias '{alias}')")
+    return found
+
+
+def all_runs(client, experiments: list[str]) -> list:
+    """Every run of ``experiments``, page by page (deleted runs included: their tags still count)."""
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while experiments:
+        page = client.search_runs(experiments, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+class LedgerError(RuntimeError):
+    """An erased request's records cannot be determined; the message says which and what to restore."""
+
+
+def erased_forget_ids(config: "Config", repo: Paths, inbox: "Inbox", *,
+                      registry: Collection[str] | None = None) -> dict[str, list[str]]:
+    """The record ids of every erased request, by request id: what no retain set may hold.
+
+    The notes in ``processed/`` first; every request erased by its certificate or by the
+    registry (``registry``: ids from :func:`registry_erasures`, read here when None) but
+    without a note is recovered from its request file (resolved against the world, checked
+    against the certificate's ids digest). Raises :class:`LedgerError` (fail closed) when a
+    request's file is gone or its records do not match its certificate.
+    """
+    registry = registry_erasures(repo.root) if registry is None else registry
+    missing = inbox.erased_without_note(registry)
+    recovered = {request_id: _recover(config, repo, request_id, source) for request_id, source in missing.items()}
+    return inbox.earlier(recovered=recovered)
+
+
+def _recover(config: "Config", repo: Paths, request_id: str, source: Path | None) -> list[str]:
+    """The record ids an erased request without a note names, from its request file."""
+    from components.data.requests import RequestError, read_request, resolve_request
+    from components.data.world import load_world
+    from components.erasure.certificates import ids_digest
+    from components.modeling.resolve import with_local_paths
+
+    what = (f"request '{request_id}' was erased (it has a certificate or a registry tag) but its result note "
+            "in data/requests/processed/ is missing")
+    if source is None:
+        raise LedgerError(f"{what}, and so is its request file: restore the note or the file "
+                          "(git or `dvc checkout`) before processing more requests")
+    config = with_local_paths(config, repo.root)
+    try:
+        request = read_request(source)
+        world = load_world(config.world, config.seed, repo.root)
+        forget_ids = [record.record_id for record in resolve_request(request, world.records).forget]
+    except RequestError:
+        raise LedgerError(f"{what}, and its request file no longer resolves against the world: restore the "
+                          "note (git or `dvc checkout`) before processing more requests") from None
+    certificate = certified_requests(repo.root).get(request_id)
+    if certificate is not None and certificate.readable and certificate.ids_digest != ids_digest(forget_ids):
+        raise LedgerError(f"{what}, and its request file resolves to other records than its certificate names: "
+                          "restore the note (git or `dvc checkout`) before processing more requests")
+    return forget_ids
