@@ -72,7 +72,7 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
     plan = model_plan(config, repo.root)
     cached = finetuned_before(config, paths) if plan.is_demo else None
     if cached is not None and target_source(plan, repo) is None:
-        shutil.copytree(cached / "target", repo.target)  # what training the production target would give
+        _copy_model(cached / "target", repo.target)  # what training the production target would give
     target = ensure_target(config, repo, show_progress=show_progress)
     write_model_ref(paths.start, str(Path(start).resolve()) if start else target)
     if not plan.is_demo:
@@ -80,12 +80,20 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
         return {"oracle": plan.oracle}
     write_model_ref(paths.target, target)
     if cached is not None:
-        shutil.rmtree(paths.oracle, ignore_errors=True)
-        shutil.copytree(cached / "oracle", paths.oracle)
+        _copy_model(cached / "oracle", paths.oracle)
         return {"oracle": str(paths.oracle), "cached": cached.name}
     oracle = train_oracle(config, paths, load_tokenizer(target, config.model),
                           epochs=trained_epochs(repo.target), show_progress=show_progress)
     return {"oracle": oracle}
+
+
+def _copy_model(source: Path, destination: Path) -> None:
+    """Copy a model folder whole or not at all: a crash mid-copy leaves no folder that looks like a model."""
+    partial = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)
 
 
 def finetuned_before(config: Config, paths: Paths) -> Path | None:
