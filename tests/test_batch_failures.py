@@ -11,17 +11,23 @@ from stub_stages import stubbed_stages
 pytestmark = pytest.mark.slow
 
 
-def test_a_batch_failing_after_unlearning_twice_sends_its_request_to_failed(tmp_path, prefect_server,
-                                                                            migrated_mlflow_db, seed_target):
-    from flows.pipeline import process_requests
-
-    # evaluation needs a utility set that is not there: every run fails after unlearning
+def stuck_repo(tmp_path, mlflow_db, seed_target):
+    """A flow repository whose every run fails after unlearning (evaluation needs a utility set that is
+    not there), with one request in its inbox; returns the repository and its inbox."""
     repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_failures": 2, "eval.utility_sets": ["missing.json"]},
-                          mlflow_db=migrated_mlflow_db)
+                          mlflow_db=mlflow_db)
     seed_target(repo)
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)
     (inbox / "stuck.json").write_text(request_json("req-stuck", [tiny_subjects()[1]]))
+    return repo, inbox
+
+
+def test_a_batch_failing_after_unlearning_twice_sends_its_request_to_failed(tmp_path, prefect_server,
+                                                                            migrated_mlflow_db, seed_target):
+    from flows.pipeline import process_requests
+
+    repo, inbox = stuck_repo(tmp_path, migrated_mlflow_db, seed_target)
     failed = repo / "data" / "requests" / "failed"
 
     with stubbed_stages(evaluate=False):  # the real evaluate stage fails at once, on the missing set
@@ -44,12 +50,7 @@ def test_a_retried_request_gets_fresh_runs_before_it_fails_again(tmp_path, prefe
     from components.paths import Paths
     from flows.pipeline import process_requests
 
-    repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_failures": 2, "eval.utility_sets": ["missing.json"]},
-                          mlflow_db=migrated_mlflow_db)
-    seed_target(repo)
-    inbox = repo / "data" / "requests" / "inbox"
-    inbox.mkdir(parents=True)
-    (inbox / "stuck.json").write_text(request_json("req-stuck", [tiny_subjects()[1]]))
+    repo, inbox = stuck_repo(tmp_path, migrated_mlflow_db, seed_target)
     with stubbed_stages(evaluate=False):
         for _ in range(2):
             with pytest.raises(Exception):
