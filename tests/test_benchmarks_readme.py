@@ -67,3 +67,20 @@ def test_the_ks_criterion_stops_at_the_first_probe_that_reaches_min_ks_p():
              {"step": 6, "probe_ks_p": 0.6}, {"step": 8, "probe_ks_p": 0.9}]
     assert readme._first_ks_step(curve, 0.5) == 6
     assert readme._first_ks_step(curve, 0.95) is None
+
+
+def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_rule():
+    from benchmarks.comparison import at_level, helps, verdict
+
+    points = [{"forget_prob": 0.9, "retain_nll": 1.0}, {"forget_prob": 0.5, "retain_nll": 1.4},
+              {"forget_prob": 0.1, "retain_nll": 2.2}]
+    assert at_level(points, 0.3) == pytest.approx(1.8)  # halfway between the 2nd and 3rd points
+    assert at_level(points, 0.05) is None  # never reached
+    assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])["verdict"] == "win"  # lower retain NLL by 10 SDs
+    assert verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7])["verdict"] == "tie"
+    assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])["verdict"] == "loss"
+    assert verdict([1.0, None, 1.0], [1.0, 1.0, 1.0])["verdict"].startswith("not reached")
+    rows = [{"world": "w", "optimizer": "adamw", "pair": "blur vs weighted_sum", "q": q, "verdict": v}
+            for q, v in ((0.8, "win"), (0.8, "win"), (0.8, "tie"), (0.5, "tie"))]
+    assert helps(rows, "w")["helps"] is True
+    assert helps(rows + [{**rows[0], "q": 1.0, "verdict": "loss"}], "w")["helps"] is False

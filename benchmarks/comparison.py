@@ -1,0 +1,328 @@
+"""Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run.
+
+Mirrored arms (``blur``, ``weighted_sum`` with the same coefficient on the forget gradient,
+``weighted_sum`` at BLUR's own mean xi, ``blur_p``) under AdamW, and ``blur`` against
+``weighted_sum`` under plain SGD at two fixed rates; 3 seeds each; continuous measures at five
+points of every trajectory; utility read at three matched forgetting levels; the protocol's
+decision rule (a win needs a gap of more than 2 pooled seed SDs). Nothing here is tuned.
+
+    python -m benchmarks.comparison --worlds demo      # background; every run is cached, reruns resume
+    python -m benchmarks.comparison --report-only      # rewrite comparison.md from comparison.json
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from benchmarks import calibration, harness
+from benchmarks.harness import CACHE, fmt, log, machine, read_json, table, write_json
+from components.data.records import content_hash
+
+STEM = "comparison"
+G = (0.03, 0.1, 0.3)
+SEEDS = (0, 1, 2)
+STEPS = {"demo": 60, "smollm2": 40}
+SGD_RATES = {"demo": (1.0, 0.33), "smollm2": (0.25, 0.083)}
+LEVELS = (0.5, 0.8, 1.0)
+POINTS = 5  # steps 0, 1/4, 1/2, 3/4 and all of the run
+PAIRS = (("blur", "weighted_sum"), ("blur", "weighted_sum_xi"), ("blur_p", "weighted_sum"))
+MINK_K = 0.4
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One cell of the grid: a combiner and its weight under one optimizer and rate."""
+
+    name: str  # blur | weighted_sum | weighted_sum_xi | blur_p
+    g: float  # the grid value this arm mirrors
+    gamma: float
+    optimizer: str = "adamw"
+    lr: float | None = None  # None: the world's shipped rate
+
+    @property
+    def combiner(self) -> str:
+        return "weighted_sum" if self.name.startswith("weighted_sum") else self.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer}{'' if self.lr is None else f' lr {self.lr:g}'}"
+
+
+# --------------------------------------------------------------------------- a world's sets, scored
+
+
+@dataclass
+class Scorer:
+    """Every record of the world encoded once, and the measures of the protocol on any model."""
+
+    forget: list
+    para: list
+    perturbed: list[list]
+    holdout: list
+    retain: list
+    pad: int
+
+    @classmethod
+    def build(cls, tokenizer, splits: dict, max_length: int) -> "Scorer":
+        from components.modeling.encoding import encode_record
+
+        forget = splits["forget"]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(forget=[encode_record(tokenizer, r, max_length) for r in forget],
+                   para=[encode_record(tokenizer, r, max_length, answer=r.paraphrased_answer) for r in forget],
+                   perturbed=[[encode_record(tokenizer, r, max_length, answer=a) for a in r.perturbed_answers]
+                              for r in forget],
+                   holdout=[encode_record(tokenizer, r, max_length) for r in splits["holdout"]],
+                   retain=[encode_record(tokenizer, r, max_length) for r in splits["retain"]], pad=pad)
+
+    def _nll(self, model, encoded: list, k: float | None = None) -> torch.Tensor:
+        from components.modeling.scoring import mean_token_nll
+
+        return mean_token_nll(model, encoded, self.pad, mink_k=k)
+
+    def log_truth_ratios(self, model) -> list[float]:
+        """log TR of every forget record: paraphrase NLL minus the mean NLL of its perturbed answers."""
+        sizes = [len(p) for p in self.perturbed]
+        perturbed = self._nll(model, [e for group in self.perturbed for e in group]).tolist()
+        para, out, at = self._nll(model, self.para).tolist(), [], 0
+        for nll, size in zip(para, sizes):
+            out.append(nll - statistics.fmean(perturbed[at:at + size]))
+            at += size
+        return out
+
+    def measure(self, model, oracle_log_tr: Sequence[float] | None) -> dict[str, Any]:
+        from components.evaluation.formulas import membership_auc
+
+        forget = self._nll(model, self.forget)
+        log_tr = self.log_truth_ratios(model)
+        out = {"retain_nll": float(self._nll(model, self.retain).mean()),
+               "forget_prob": float(torch.exp(-forget).mean()),
+               "forget_holdout_auc": membership_auc((-self._nll(model, self.forget, MINK_K)).tolist(),
+                                                    (-self._nll(model, self.holdout, MINK_K)).tolist()),
+               "log_truth_ratios": log_tr}
+        if oracle_log_tr is not None:
+            out["tr_distance"] = statistics.fmean(abs(a - b) for a, b in zip(log_tr, oracle_log_tr))
+        return out
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Scorer,
+            reference: dict) -> dict[str, Any]:
+    """One trajectory: unlearn ``STEPS[world]`` steps, measured at ``POINTS`` evenly spaced steps."""
+    import copy
+
+    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
+
+    steps = STEPS[world]
+    at = sorted({round(i * steps / (POINTS - 1)) for i in range(POINTS)})
+    method = config.unlearn.model_copy(update={
+        "combiner": arm.combiner, "gamma": arm.gamma, "alpha": 1.0, "optimizer": arm.optimizer,
+        "lr": arm.lr if arm.lr is not None else config.unlearn.lr, "steps": steps, "epochs": None,
+        "checkpoint_every": 0, "momentum": 0.0,
+        "stop": config.unlearn.stop.model_copy(update={"rule": "none"})})
+    model = copy.deepcopy(loaded["target"].model)
+    points = [{"step": 0, **{k: v for k, v in reference["target"].items() if k != "log_truth_ratios"}}]
+    xis: list[float] = []
+
+    def keep(record: dict) -> None:
+        if record.get("xi") is not None:
+            xis.append(float(record["xi"]))
+        if record["step"] in at and record["step"]:
+            measured = scorer.measure(model, reference["oracle"]["log_truth_ratios"])
+            measured.pop("log_truth_ratios")
+            points.append({"step": record["step"], **measured})
+
+    started, error = time.perf_counter(), None
+    try:
+        run_unlearning(model, loaded["target"].tokenizer, loaded["splits"]["forget"], loaded["splits"]["retain"],
+                       method, max_length=config.model.max_length, seed=seed,
+                       outputs=RunOutputs(show_progress=False, on_step=keep), holdout=loaded["splits"]["holdout"])
+    except UnlearningDivergedError as diverged:
+        error = str(diverged).splitlines()[0]
+    return {"world": world, "arm": asdict(arm), "seed": seed, "points": points, "error": error,
+            "mean_xi": statistics.fmean(xis) if xis else None, "seconds": round(time.perf_counter() - started, 1)}
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def at_level(points: Sequence[dict], level: float, key: str = "retain_nll") -> float | None:
+    """``key`` linearly interpolated where the forget probability first falls to ``level`` (None: never)."""
+    for a, b in zip(points, points[1:]):
+        if a["forget_prob"] >= level >= b["forget_prob"] and a["forget_prob"] != b["forget_prob"]:
+            t = (a["forget_prob"] - level) / (a["forget_prob"] - b["forget_prob"])
+            return a[key] + t * (b[key] - a[key])
+    return None
+
+
+def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool = True) -> dict[str, Any]:
+    """The protocol's rule on the seeds' values of arms A and B: win / tie / loss (2 pooled SDs)."""
+    if any(v is None for v in a) or any(v is None for v in b):
+        missing = [name for name, values in (("A", a), ("B", b)) if any(v is None for v in values)]
+        return {"verdict": f"not reached ({', '.join(missing)})", "diff": None, "sd": None}
+    diff = (statistics.fmean(b) - statistics.fmean(a)) * (1 if lower_is_better else -1)
+    sd = math.sqrt((statistics.stdev(a) ** 2 + statistics.stdev(b) ** 2) / 2)
+    word = "win" if diff > 2 * sd else "loss" if diff < -2 * sd else "tie"
+    return {"verdict": word, "diff": diff, "sd": sd, "a": f"{statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f}",
+            "b": f"{statistics.fmean(b):.4f} ± {statistics.stdev(b):.4f}"}
+
+
+def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]]:
+    """Every (world, optimizer, g, level, pair) verdict on retain NLL."""
+    rows = []
+    for world, ref in reference.items():
+        p_t, p_o = ref["target"]["forget_prob"], ref["oracle"]["forget_prob"]
+        cells: dict[tuple, list] = {}
+        for run in (r for r in runs if r["world"] == world):
+            arm = Arm(**run["arm"])
+            cells.setdefault((arm.label, arm.g, arm.name), []).append(run)
+        for (label, g, name_a), runs_a in sorted(cells.items()):
+            for a, b in PAIRS:
+                if name_a != a or (label, g, b) not in cells:
+                    continue
+                for q in LEVELS:
+                    level = p_t - q * (p_t - p_o)
+                    values = [[at_level(r["points"], level) for r in sorted(c, key=lambda r: r["seed"])]
+                              for c in (runs_a, cells[(label, g, b)])]
+                    rows.append({"world": world, "optimizer": label, "g": g, "q": q, "level": level,
+                                 "pair": f"{a} vs {b}", **verdict(*values)})
+    return rows
+
+
+def helps(rows: list[dict], world: str) -> dict[str, Any]:
+    """The protocol's conclusion for a world under AdamW: wins at q = 0.8 for at least two of three g
+    against the mirrored weighted sum, and loses nowhere."""
+    mirrored = [r for r in rows if r["world"] == world and r["optimizer"] == "adamw" and r["pair"] == "blur vs weighted_sum"]
+    wins = sum(r["verdict"] == "win" for r in mirrored if r["q"] == 0.8)
+    losses = sum(r["verdict"] == "loss" for r in mirrored)
+    return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins >= 2 and losses == 0}
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def grid(world: str) -> list[Arm]:
+    """The protocol's arms, ``weighted_sum_xi`` after the ``blur`` arm it reads its weight from."""
+    arms = [Arm(name, g, g) for g in G for name in ("blur", "weighted_sum", "blur_p")]
+    arms += [Arm("blur", 0.1, 0.1, "sgd", lr) for lr in SGD_RATES[world]]
+    arms += [Arm("weighted_sum", 0.1, 0.1, "sgd", lr) for lr in SGD_RATES[world]]
+    return arms
+
+
+def load_world(world: str) -> tuple[Any, dict]:
+    from components import stages
+    from components.modeling.io import load_model_dir
+
+    config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
+    from components.stages.prepare import resolved_config
+
+    config = resolved_config(config, trained)
+    return config, {"target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
+                    "splits": stages.load_splits(trained), "key": trained.root.name}
+
+
+def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
+    config, loaded = load_world(world)
+    scorer = Scorer.build(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
+    root = CACHE / STEM / f"{world}-{loaded['key']}"
+    ref_file = root / "reference.json"
+    reference = read_json(ref_file)
+    if reference is None:
+        reference = {"oracle": scorer.measure(loaded["oracle"].model, None)}
+        reference["target"] = scorer.measure(loaded["target"].model, reference["oracle"]["log_truth_ratios"])
+        write_json(ref_file, reference)
+    runs: list[dict] = []
+    jobs = [(arm, seed) for arm in grid(world) for seed in SEEDS]
+    jobs += [(None, seed) for seed in SEEDS]  # placeholders: the weighted sum at blur's mean xi, per g, after blur
+    for arm, seed in jobs:
+        for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, g, seed)) for g in G]):
+            key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
+            path = root / f"{concrete.name}-{key}-s{seed}.json"
+            run = read_json(path)
+            if run is None:
+                run = run_arm(world, concrete, seed, loaded, config, scorer, reference)
+                write_json(path, run)
+                log(f"[{world}] {concrete.name} g {concrete.g} {concrete.label} seed {seed}: {run['seconds']:.0f}s")
+            runs.append(run)
+        write_report(runs, {world: reference}, out)
+    return runs, reference
+
+
+def _xi(runs: list[dict], g: float, seed: int) -> float:
+    """BLUR's mean xi in its AdamW run at ``g`` and ``seed`` (the weight of the ``weighted_sum_xi`` arm)."""
+    found = [r for r in runs if r["arm"]["name"] == "blur" and r["arm"]["g"] == g and r["arm"]["optimizer"] == "adamw"
+             and r["seed"] == seed]
+    if not found or found[0]["mean_xi"] is None:
+        raise RuntimeError(f"no blur run at g {g}, seed {seed} to read its mean xi from")
+    return round(found[0]["mean_xi"], 6)
+
+
+# --------------------------------------------------------------------------- the write-up
+
+
+def write_report(runs: list[dict], reference: dict, out: Path) -> None:
+    rows = analyse(runs, reference)
+    harness.write_report({"protocol": "benchmarks/protocols/comparison.md", "reference": {
+        w: {role: {k: v for k, v in m.items() if k != "log_truth_ratios"} for role, m in r.items()}
+        for w, r in reference.items()}, "runs": runs, "verdicts": rows,
+        "conclusion": [helps(rows, w) for w in reference], "machine": machine()}, out, STEM, render)
+
+
+def _final(run: dict, key: str) -> str:
+    return fmt(run["points"][-1].get(key)) if run["points"] else "–"
+
+
+RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", lambda r: fmt(r["arm"]["g"], 2)),
+            ("gamma", lambda r: fmt(r["arm"]["gamma"], 4)),
+            ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
+            ("final forget prob", lambda r: _final(r, "forget_prob")), ("final retain NLL", lambda r: _final(r, "retain_nll")),
+            ("final AUC", lambda r: _final(r, "forget_holdout_auc")), ("final TR distance", lambda r: _final(r, "tr_distance")),
+            ("mean xi", lambda r: fmt(r["mean_xi"])), ("s", lambda r: fmt(r["seconds"], 0)),
+            ("error", lambda r: r["error"] or "")]
+VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", lambda r: fmt(r["g"], 2)), ("q", "q"),
+                ("forget prob level", lambda r: fmt(r["level"])), ("pair (A vs B)", "pair"),
+                ("retain NLL A", lambda r: r.get("a", "–")), ("retain NLL B", lambda r: r.get("b", "–")),
+                ("diff (B - A)", lambda r: fmt(r["diff"], 4)), ("pooled SD", lambda r: fmt(r["sd"], 4)),
+                ("verdict", "verdict")]
+
+
+def render(results: dict[str, Any]) -> str:
+    ref = [{"world": w, "role": role, **m} for w, roles in results["reference"].items() for role, m in roles.items()]
+    return harness.template(STEM)["main"].format(
+        reference=table(ref, [("world", "world"), ("model", "role"), ("forget prob", "forget_prob"),
+                              ("retain NLL", "retain_nll"), ("forget-vs-holdout AUC", "forget_holdout_auc"),
+                              ("TR distance to the oracle", "tr_distance")]),
+        verdicts=table(results["verdicts"], VERDICT_ROWS), runs=table(results["runs"], RUN_ROWS),
+        conclusion=table(results["conclusion"], [("world", "world"), ("wins at q = 0.8", "wins_at_0.8"),
+                                                 ("losses", "losses"), ("BLUR helps", "helps")]),
+        n=len(results["runs"]), m=results["machine"])
+
+
+app = harness.cli(__doc__)
+
+
+@app.command()
+def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
+    if report_only:
+        harness.report_only(out, STEM, render)
+        return
+    harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "1")))
+    for world in worlds:
+        if world not in STEPS:
+            raise SystemExit(f"unknown world '{world}'; choose from {sorted(STEPS)}")
+        run_world(world, out)
+    log(f"wrote {out / (STEM + '.md')}")
+
+
+if __name__ == "__main__":
+    app()
