@@ -1,7 +1,7 @@
 """Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
 
-``--flow``: the same with two ``blur process`` batches of the profile's request instead (the first
-scores every model; its request, refused by the gate, is retried after the same ``unlearn.lr``
+``--flow``: the same with two ``blur process`` batches of the profile's request instead, after
+``dvc repro finetune`` (the models as the profile's pipeline leaves them; the first batch scores every model; its request, refused by the gate, is retried after the same ``unlearn.lr``
 change, and the second batch reads the target and the oracle from the cache).
 
 In a scratch clone of this repository's committed HEAD (the fetched base model and any
@@ -118,6 +118,13 @@ def run_flow(profile: str, scratch: Path) -> dict[str, Any]:
     config = load_config(folder / "params.yaml")
     request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
     log_file = folder / "flow.log"
+    # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the fine-tune
+    # cache); the batches start from that target, and the evaluation cache is still empty
+    with log_file.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=folder, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"dvc repro finetune failed in {folder} (see {log_file})")
     batches = []
     for label in ("first", "second"):
         if label == "first":
