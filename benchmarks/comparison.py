@@ -167,6 +167,8 @@ def at_level(points: Sequence[dict], level: float, key: str = "retain_nll") -> f
 
 def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool = True) -> dict[str, Any]:
     """The protocol's rule on the seeds' values of arms A and B: win / tie / loss (2 pooled SDs)."""
+    if min(len(a), len(b)) < len(SEEDS):
+        return {"verdict": f"incomplete ({min(len(a), len(b))} of {len(SEEDS)} seeds so far)", "diff": None, "sd": None}
     if any(v is None for v in a) or any(v is None for v in b):
         missing = [name for name, values in (("A", a), ("B", b)) if any(v is None for v in values)]
         return {"verdict": f"not reached ({', '.join(missing)})", "diff": None, "sd": None}

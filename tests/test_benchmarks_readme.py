@@ -80,6 +80,7 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
     assert verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7])["verdict"] == "tie"
     assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])["verdict"] == "loss"
     assert verdict([1.0, None, 1.0], [1.0, 1.0, 1.0])["verdict"].startswith("not reached")
+    assert verdict([1.0], [2.0])["verdict"].startswith("incomplete")  # a report written while seeds still run
     rows = [{"world": "w", "optimizer": "adamw", "pair": "blur vs weighted_sum", "q": q, "verdict": v}
             for q, v in ((0.8, "win"), (0.8, "win"), (0.8, "tie"), (0.5, "tie"))]
     assert helps(rows, "w")["helps"] is True
