@@ -112,12 +112,13 @@ class Batch:
 
 def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     """Take the inbox (at most ``flow.max_batch_requests`` valid requests, oldest first, and beyond
-    that every request already erased whose file still waits: see :meth:`Inbox.take`): one `dvc add`
-    tracks every file of it, then the unreadable ones move to rejected/. Logs and the summary name a
-    file by its request id or a hash (:func:`label`), never by its file name."""
+    that every waiting request the registry holds as erased without a certificate: see
+    :meth:`Inbox.take`): one `dvc add` tracks every file of it, then the unreadable ones move to
+    rejected/. Logs and the summary name a file by its request id or a hash (:func:`label`), never by
+    its file name. A certified request needs no such care: its certificate outlives any alias move."""
     logger = get_run_logger()
     limit = batch.config.flow.max_batch_requests
-    erased = inbox.erased_ids(_registry_erased(batch)) if len(inbox.files()) > limit else set()
+    erased = _registry_erased(batch) - inbox.certified_ids() if len(inbox.files()) > limit else set()
     valid, invalid = inbox.take(limit=limit, erased=erased)
     crash_point("take")
     invalid = _quarantine(batch, inbox, invalid)

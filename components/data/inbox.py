@@ -360,10 +360,10 @@ class Inbox:
         the rest stay pending for the next batch. Of two files with one request id, the
         older is taken and the newer is invalid.
 
-        ``erased``: ids already erased (a certificate, or the registry's tag: see
-        :meth:`erased_ids`) whose files still wait. They come first and beyond ``limit``: their
-        batch must be settled before any other. Left waiting, a request erased only by the
-        champion's tag would lose its erasure as soon as another batch moved the alias.
+        ``erased``: ids already erased whose files still wait (the flow passes those the registry
+        holds as erased without a certificate). They come first and beyond ``limit``: their batch
+        must be settled before any other. Left waiting, a request erased only by the champion's tag
+        would lose its erasure as soon as another batch moved the alias.
         """
         self._finish_interrupted()
         known = self._noted_ids() | self._failed_ids()  # a certified request still waiting is taken (settled by the flow)
