@@ -111,11 +111,15 @@ class Batch:
 
 
 def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
-    """Take the inbox (at most ``flow.max_batch_requests`` valid requests, oldest first): one
-    `dvc add` tracks every file of it, then the unreadable ones move to rejected/. Logs and the
-    summary name a file by its request id or a hash (:func:`label`), never by its file name."""
+    """Take the inbox (at most ``flow.max_batch_requests`` valid requests, oldest first, and beyond
+    that every waiting request the registry holds as erased without a certificate: see
+    :meth:`Inbox.take`): one `dvc add` tracks every file of it, then the unreadable ones move to
+    rejected/. Logs and the summary name a file by its request id or a hash (:func:`label`), never by
+    its file name. A certified request needs no such care: its certificate outlives any alias move."""
     logger = get_run_logger()
-    valid, invalid = inbox.take(limit=batch.config.flow.max_batch_requests)
+    limit = batch.config.flow.max_batch_requests
+    erased = _registry_erased(batch) - inbox.certified_ids() if len(inbox.files()) > limit else set()
+    valid, invalid = inbox.take(limit=limit, erased=erased)
     crash_point("take")
     invalid = _quarantine(batch, inbox, invalid)
     files = [p.path for p in valid] + [path for path, _ in invalid]
@@ -170,12 +174,17 @@ def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
     return pinned
 
 
+def _registry_erased(batch: Batch) -> set[str]:
+    """The request ids the registry holds as erased (:func:`registry_erasures`), read once per run."""
+    if batch.registry_erased is None:
+        batch.registry_erased = set(registry_erasures(batch.repo.root))
+    return batch.registry_erased
+
+
 def _erased_before(batch: Batch, inbox: Inbox) -> dict[str, list[str]]:
     """The record ids of every erased request (notes, certificates and the registry's tags,
     checked against each other: :func:`erased_forget_ids`); none of them may be retained."""
-    if batch.registry_erased is None:
-        batch.registry_erased = set(registry_erasures(batch.repo.root))
-    return erased_forget_ids(batch.config, batch.repo, inbox, registry=batch.registry_erased)
+    return erased_forget_ids(batch.config, batch.repo, inbox, registry=_registry_erased(batch))
 
 
 def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],

@@ -114,3 +114,14 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# Hypothesis profiles (tests/test_lifecycle_state_machine.py): the suite's, and a larger one for nightly runs,
+# chosen with `pytest --hypothesis-profile nightly` (docs/guarantees.md). No deadline: the shared CPU is slow.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("suite", max_examples=200, stateful_step_count=20, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("nightly", parent=settings.get_profile("suite"), max_examples=2000,
+                          stateful_step_count=40)
+settings.load_profile("suite")

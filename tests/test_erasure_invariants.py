@@ -236,6 +236,48 @@ def test_a_certified_request_left_in_the_inbox_stays_erased_through_later_batche
     assert result["model_version"] == "1" and len(result["forget_ids"]) > 0
 
 
+
+@pytest.mark.slow
+def test_a_request_the_champion_erased_is_settled_before_an_older_request_moves_the_alias(
+        tmp_path, prefect_server, migrated_mlflow_db, seed_target, monkeypatch):
+    """Found by tests/test_lifecycle_state_machine.py, here with every real component. Run 1's alias moves
+    to R's version, then MLflow fails while its certificates are logged: R is erased only by the champion's
+    `requests` tag. An older request S arrives; with one request per batch, S used to be taken alone, its
+    version took the alias, and R's erasure vanished (`cancel R` succeeded). Run 2 finishes R first."""
+    import flows.pipeline
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows.pipeline import process_requests
+    from pipeline_repo import make_flow_repo, request_json, tiny_subjects
+    from stub_stages import stubbed_stages
+
+    repo = make_flow_repo(tmp_path / "repo", {"flow.max_batch_requests": 1, "flow.retries": 0},
+                          mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
+    inbox = Inbox(Paths(repo))
+    (inbox.paths.inbox / "req-r.json").write_text(request_json("req-r", [tiny_subjects()[1]]))
+
+    def mlflow_down(*args, **kwargs):
+        raise ConnectionError("the MLflow server cannot be reached")
+
+    with stubbed_stages():
+        with monkeypatch.context() as patch:
+            patch.setattr(flows.pipeline, "record_erasure", task(mlflow_down, name="record-erasure",
+                                                                  cache_policy=NO_CACHE))
+            with pytest.raises(Exception):
+                process_requests(root=str(repo))
+        assert "req-r" in registry_erasures(repo) and not (repo / "data" / "certificates" / "req-r.json").exists()
+
+        older = json.loads(request_json("req-s", [tiny_subjects()[2]]))
+        older["received_at"] = "2026-11-01T09:00:00Z"
+        (inbox.paths.inbox / "req-s.json").write_text(json.dumps(older))
+        assert process_requests(root=str(repo))["processed"] == ["req-r"], "R's batch is finished first"
+        assert process_requests(root=str(repo))["processed"] == ["req-s"]
+    assert "req-r" in registry_erasures(repo) and inbox.files() == []
+    result = blur("request", "cancel", "req-r", root=repo)
+    assert result.exit_code == 1 and "already erased" in result.output
+
 # --------------------------------------------------------------------------- the earlier-requests check
 
 

@@ -346,3 +346,13 @@ def test_the_smollm2_profile_can_version_its_requests_and_certificates():
     ignored = subprocess.run(["git", "check-ignore", *pointers], cwd=repo, capture_output=True, text=True).stdout
     assert ignored == "", f"git ignores: {ignored}"
     assert subprocess.run(["git", "check-ignore", "-q", "pretrained/runs/batch-1/x"], cwd=repo).returncode == 0
+
+
+def test_take_takes_a_waiting_erased_request_beyond_the_limit_and_first(inbox):
+    """A request already erased (certificate or the champion's tag) whose file still waits is taken
+    whatever the limit: its batch is settled before any other moves the alias (issue 21)."""
+    put(inbox, "a.json", request_bytes("req-old", "2026-11-28T08:00:00Z"))
+    put(inbox, "b.json", request_bytes("req-erased", "2026-11-28T12:00:00Z"))
+    valid, _ = inbox.take(limit=1, erased={"req-erased"})
+    assert [p.request.request_id for p in valid] == ["req-erased", "req-old"]
+    assert [p.request.request_id for p in inbox.take(limit=1)[0]] == ["req-old"]

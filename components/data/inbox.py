@@ -349,7 +349,8 @@ class Inbox:
                                 "put the request file itself into the inbox (blur request add)"], source=path.name)
         return self.check(path, known)
 
-    def take(self, limit: int | None = None) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
+    def take(self, limit: int | None = None,
+             erased: Collection[str] = ()) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
         """Split the inbox into valid pending requests and invalid ones (with their errors).
 
         Finishes a settle a crash interrupted first. Never raises for one file: a file that
@@ -358,6 +359,11 @@ class Inbox:
         (``received_at``, then file name); with ``limit``, at most that many are taken and
         the rest stay pending for the next batch. Of two files with one request id, the
         older is taken and the newer is invalid.
+
+        ``erased``: ids already erased whose files still wait (the flow passes those the registry
+        holds as erased without a certificate). They come first and beyond ``limit``: their batch
+        must be settled before any other. Left waiting, a request erased only by the champion's tag
+        would lose its erasure as soon as another batch moved the alias.
         """
         self._finish_interrupted()
         known = self._noted_ids() | self._failed_ids()  # a certified request still waiting is taken (settled by the flow)
@@ -384,7 +390,11 @@ class Inbox:
                     source=pending.path.name)))
             else:
                 valid.append(pending)
-        return (valid if limit is None else valid[:limit]), invalid
+        if limit is None:
+            return valid, invalid
+        erased = set(erased)
+        return [p for p in valid if p.request_id in erased] + [p for p in valid if p.request_id not in erased][:limit], \
+            invalid
 
     # ------------------------------------------------------------------ outcomes
 
