@@ -47,6 +47,7 @@ def _task(function, name: str):
 track_requests = _task(versioning.track, "track-requests")
 target_model = _task(batch_steps.ensure_target, "target-model")
 find_champion = _task(batch_steps.current_champion, "find-champion")
+find_registry_erasures = _task(registry_erasures, "registry-erasures")
 batch_models = _task(batch_steps.link_batch_models, "batch-models")
 validate_batch = _task(stages.validate, "validate")
 unlearn_batch = _task(launch.unlearn, "unlearn")  # torchrun when unlearn.nproc > 1
@@ -177,7 +178,7 @@ def _pin(batch: Batch, inbox: Inbox, valid: list[Pending]) -> list[Pending]:
 def _registry_erased(batch: Batch) -> set[str]:
     """The request ids the registry holds as erased (:func:`registry_erasures`), read once per run."""
     if batch.registry_erased is None:
-        batch.registry_erased = set(registry_erasures(batch.repo.root))
+        batch.registry_erased = set(find_registry_erasures.with_options(**batch.retry)(batch.repo.root))
     return batch.registry_erased
 
 
