@@ -43,12 +43,17 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def mlflow_store(tmp_path, migrated_mlflow_db, monkeypatch) -> TrackingStore:
-    """This test's own MLflow store: a copy of the migrated database, artifacts beside it."""
+def own_mlflow_env(monkeypatch) -> None:
+    """No tracking or registry URI from the environment (the test's own store decides), no progress bars."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, migrated_mlflow_db, monkeypatch) -> TrackingStore:
+    """This test's own MLflow store: a copy of the migrated database, artifacts beside it."""
+    own_mlflow_env(monkeypatch)
     store_dir = tmp_path / "mlflow"
     store_dir.mkdir()
     shutil.copyfile(migrated_mlflow_db, store_dir / "mlflow.db")

@@ -20,6 +20,7 @@ from components.paths import Paths
 from flows.cli import app
 from registry_fixtures import (  # noqa: F401  (fixtures)
     migrated_mlflow_db,
+    own_mlflow_env,
     register_sample,
     sample_metrics,
     tiny_model_dir,
@@ -38,9 +39,7 @@ def erased(tmp_path, migrated_mlflow_db, tiny_model_dir, monkeypatch) -> Path:
     """Two requests erased by versions 1 and 2, each with its result, certificate and MLflow tag."""
     from components.registry import connect, tracking_store
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    own_mlflow_env(monkeypatch)
     root = tmp_path / "root"
     root.mkdir()
     shutil.copyfile(migrated_mlflow_db, root / "mlflow.db")
