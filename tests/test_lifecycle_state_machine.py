@@ -301,7 +301,8 @@ def patched_flow(monkeypatch):
     for name, function in {
         "track_requests": _track, "target_model": lambda *a, **k: None, "batch_models": lambda *a, **k: {},
         "validate_batch": lambda *a, **k: None, "unlearn_batch": _unlearn, "evaluate_batch": _evaluate,
-        "find_champion": registry("champion"), "register_batch": registry("register"),
+        "find_champion": registry("champion"), "find_registry_erasures": registry("erasures"),
+        "register_batch": registry("register"),
         "record_erasure": registry("record_erasure"), "check_request": pipeline.check_request.fn,
         "prepare_batch": pipeline.prepare_batch.fn, "purge_batch_copies": pipeline.purge_batch_copies.fn,
     }.items():
