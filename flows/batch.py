@@ -4,7 +4,6 @@ count. No Prefect here: ``flows/pipeline.py`` wraps these in tasks."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -12,7 +11,7 @@ from components.config import Config
 from components.data.requests import DeletionRequest, RequestError, Resolution, resolve_request
 from components.data.world import load_world
 from components.modeling.demo import train_demo_tokenizer, train_target, trained_epochs
-from components.modeling.io import write_model_ref
+from components.modeling.io import copy_model_dir, write_model_ref
 from components.modeling.resolve import (link_user_models, load_tokenizer, model_plan, target_source,
                                          with_local_paths, with_max_length)
 from components.paths import Paths
@@ -72,7 +71,7 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
     plan = model_plan(config, repo.root)
     cached = finetuned_before(config, paths) if plan.is_demo else None
     if cached is not None and target_source(plan, repo) is None:
-        _copy_model(cached / "target", repo.target)  # what training the production target would give
+        copy_model_dir(cached / "target", repo.target)  # what training the production target would give
     target = ensure_target(config, repo, show_progress=show_progress)
     write_model_ref(paths.start, str(Path(start).resolve()) if start else target)
     if not plan.is_demo:
@@ -80,20 +79,11 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
         return {"oracle": plan.oracle}
     write_model_ref(paths.target, target)
     if cached is not None:
-        _copy_model(cached / "oracle", paths.oracle)
+        copy_model_dir(cached / "oracle", paths.oracle)
         return {"oracle": str(paths.oracle), "cached": cached.name}
     oracle = train_oracle(config, paths, load_tokenizer(target, config.model),
                           epochs=trained_epochs(repo.target), show_progress=show_progress)
     return {"oracle": oracle}
-
-
-def _copy_model(source: Path, destination: Path) -> None:
-    """Copy a model folder whole or not at all: a crash mid-copy leaves no folder that looks like a model."""
-    partial = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    shutil.rmtree(destination, ignore_errors=True)
-    partial.rename(destination)
 
 
 def finetuned_before(config: Config, paths: Paths) -> Path | None:

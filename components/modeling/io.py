@@ -152,6 +152,20 @@ def _move_in_config_last(staging: Path, directory: Path) -> None:
 MODEL_REF_FILE = "model-ref.json"
 
 
+def copy_model_dir(source: str | Path, destination: str | Path) -> Path:
+    """Copy a saved model folder whole or not at all (copied beside, then renamed into place): a crash
+    mid-copy leaves no folder that looks like a model."""
+    import shutil
+
+    destination = Path(destination)
+    partial = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)
+    return destination
+
+
 def write_model_ref(directory: str | Path, source: str | None) -> Path:
     """Make ``directory`` stand for a model stored elsewhere (or for no model at all).
 

@@ -94,9 +94,10 @@ def restore_finetuned(cached: Path, paths: Paths) -> dict:
     """The cached target and oracle into ``paths``; the summary they were trained with (marked cached)."""
     from components.jsonfiles import read_json
 
+    from components.modeling.io import copy_model_dir
+
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(cached / role, folder)
+        copy_model_dir(cached / role, folder)
     return read_json(ReportFiles(cached).finetune_summary) | {"cached": cached.name}  # the cache key: no path (it may be a name)
 
 
