@@ -151,6 +151,9 @@ class UnlearnConfig(_Section):
     combiner: Literal["blur", "blur_p", "weighted_sum"] = "blur"  # blur_p: ours, BLUR in AdamW's metric
     lower: Literal["forget", "retain"] = "forget"
     forget_loss: Literal["match", "ga", "npo", "simnpo", "idk", "rmu"] = "npo"
+    # match's gradient on: all (every answer token) | subject (the tokens that depend on who the question
+    # names: the fact, not its wording; components.unlearning.focus). The other forget losses ignore it.
+    focus: Literal["all", "subject"] = "all"
     retain_loss: Literal["nll", "kl"] = "nll"
     gamma: float = Field(default=1.0, gt=0)
     alpha: float = Field(default=1.0, ge=0)

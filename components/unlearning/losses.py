@@ -112,8 +112,16 @@ def holdout_match(model, batch: dict, ctx: LossContext) -> torch.Tensor:
     unlike NPO or GA it never pushes the erased records past unseen ones (over-forgetting).
     Under ``unlearn.stop.statistic: mink`` a record's NLL is over its least likely tokens only, as the
     probe scores it, so the loss raises the surprise of what an unseen record is surprising at.
+    Under ``unlearn.focus: subject`` (``batch["token_weight"]``) the loss keeps its value but its
+    gradient falls on the answer tokens that depend on the subject (:mod:`components.unlearning.focus`).
     """
-    return F.relu(batch["target_nll"] - token_scores(model, batch).record_nll(ctx.config.stop.score_k))
+    scores = token_scores(model, batch)
+    nll = scores.record_nll(ctx.config.stop.score_k)
+    if "token_weight" in batch:  # unlearn.focus: the same value, its gradient on the subject's tokens
+        weight = batch["token_weight"][:, 1:scores.token_logps.shape[1] + 1]
+        focused = -(scores.token_logps * weight).sum(dim=1) / scores.n_tokens.clamp(min=1)
+        nll = nll.detach() + focused - focused.detach()
+    return F.relu(batch["target_nll"] - nll)
 
 
 FORGET_LOSSES: dict[str, LossFn] = {

@@ -45,6 +45,7 @@ from components.unlearning.checkpoint import (
     token_digest,
     weights_digest,
 )
+from components.unlearning.focus import other_subjects, subject_weights
 from components.unlearning.loop import Ranks, StepHooks, StepRule, train_bilevel
 from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
 from components.unlearning.modules import (
@@ -189,6 +190,10 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
             k = config.stop.score_k
             data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad, mink_k=k),
                                                               mean_token_nll(model, holdout_probe, pad, mink_k=k))
+            if config.focus == "subject":
+                data.forget_extra["token_weight"] = subject_weights(
+                    model, tokenizer, forget, data.forget, other_subjects(forget, holdout, retain),
+                    max_length=max_length, pad_token_id=pad)
     data.fingerprint = fingerprint({
         "config": config.model_dump(exclude={"checkpoint_every"}),
         "steps": data.steps,
