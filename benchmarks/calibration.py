@@ -61,9 +61,10 @@ def _config(world: World, seed: int):
     return config.with_overrides({"seed": seed}) if world.train_per_seed else config
 
 
-def trained_world(world: World, seed: int):
+def trained_world(world: World, seed: int, train: bool = True):
     """``prepare`` (cheap) into a scratch folder, then the world's folder named by the prepared data's
-    content, where ``finetune`` ran once. Returns (config, Paths of that folder)."""
+    content, where ``finetune`` ran once. Returns (config, Paths of that folder); None when the world
+    was never fine-tuned and ``train`` is False."""
     from components import stages
     from components.paths import Paths
 
@@ -75,6 +76,9 @@ def trained_world(world: World, seed: int):
     paths = Paths(ROOT / f"{world.name}-{key}", config_root=world.root)
     if not (paths.root / "trained.json").exists():
         _adopt(world, scratch, paths)
+    if not (paths.root / "trained.json").exists() and not train:
+        shutil.rmtree(scratch.root, ignore_errors=True)
+        return None
     if not (paths.root / "trained.json").exists():
         shutil.rmtree(paths.prepared, ignore_errors=True)
         paths.prepared.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +112,16 @@ def _adopt(world: World, scratch, paths) -> None:
             return
 
 
-def run_one(world: World, seed: int) -> dict[str, Any]:
-    """One seed of one world: unlearn with the shipped defaults, evaluate, gate (cached by its inputs)."""
+def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any] | None:
+    """One seed of one world: unlearn with the shipped defaults, evaluate, gate (cached by its inputs).
+    ``cached_only``: the cached run of exactly these settings, or None (nothing is trained or run)."""
     from components import stages
     from components.paths import Paths
 
-    config, trained = trained_world(world, seed)
+    found = trained_world(world, seed, train=not cached_only)
+    if found is None:
+        return None
+    config, trained = found
     config = config.with_overrides({"seed": seed})
     key = content_hash({"unlearn": config.unlearn.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
                         "seed": seed})  # the gate is re-applied to the stored metrics: changing it reruns nothing
@@ -121,6 +129,8 @@ def run_one(world: World, seed: int) -> dict[str, Any]:
     done = paths.root / "result.json"
     if done.exists():
         return with_gate(json.loads(done.read_text()), paths, config)
+    if cached_only:
+        return None
     for name in ("prepared",):
         (paths.root / "data").mkdir(parents=True, exist_ok=True)
         link = paths.root / "data" / name
@@ -244,6 +254,14 @@ FLOORS = [
 ]
 
 
+def _not_run(missing: list[dict[str, Any]]) -> str:
+    if not missing:
+        return ""
+    names = ", ".join(f"{m['world']} seed {m['seed']}" for m in missing)
+    return (f"**Not run yet ({len(missing)} of the planned runs): {names}.** The counts below are over the runs "
+            "above only; `python -m benchmarks.calibration` resumes from its cache.\n\n")
+
+
 def render(results: dict[str, Any]) -> str:
     runs, s = results["runs"], results["summary"]
     criteria = [{"criterion": name, "met": _f(met)} for name, met in s["criteria_met"].items()]
@@ -252,13 +270,15 @@ def render(results: dict[str, Any]) -> str:
         or "none (the shipped defaults)",
         r=results["rule"], facts_points=results["rule"]["max_world_facts_drop"] * 100, s=s, p=s["passing"],
         m=results["machine"], runs=table(runs, RUNS), criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]),
-        floors=table(runs, FLOORS), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
+        floors=table(runs, FLOORS), not_run=_not_run(results.get("not_run") or []), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
 
 
 def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
-          overrides: dict[str, Any] | None = None) -> None:
-    harness.write_report({"rule": RULE, "overrides": overrides or {}, "runs": runs, "summary": summary(runs),
-                          "machine": machine()}, out, stem, render)
+          overrides: dict[str, Any] | None = None, planned: list[tuple[str, int]] | None = None) -> None:
+    done = {(r["world"], r["seed"]) for r in runs}
+    missing = [{"world": w, "seed": s} for w, s in planned or [] if (w, s) not in done]
+    harness.write_report({"rule": RULE, "overrides": overrides or {}, "runs": runs, "not_run": missing,
+                          "summary": summary(runs), "machine": machine()}, out, stem, render)
 
 
 def _parsed(settings: list[str]) -> dict[str, Any]:
@@ -280,8 +300,8 @@ app = harness.cli(__doc__)
 @app.command()
 def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
-         from_cache: bool = harness.typer.Option(False, help="rebuild the results from the newest cached run of each "
-                                                 "world and seed, the gate re-applied (no training)"),
+         from_cache: bool = harness.typer.Option(False, help="rebuild the results from the cached runs of these settings "
+                                                 "(the gate re-applied; nothing is trained or run, missing runs are listed)"),
          train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle"),
          set_: list[str] = harness.typer.Option([], "--set", help="KEY=VALUE off the shipped defaults (tuning runs "
                                                 "only: use seeds the judged runs do not, and another --stem)"),
@@ -294,13 +314,10 @@ def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: 
         raise SystemExit("--set changes the shipped defaults: give the tuning run its own --stem")
     chosen = {name: World(w.name, w.params, w.root, {**w.overrides, **overrides}, w.train_per_seed)
               for name, w in WORLDS.items()}
+    planned = [(name, seed) for name in worlds for seed in seeds]
     if from_cache:
-        from components.paths import Paths
-
-        found = [(name, seed, sorted(ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"), key=lambda p: p.stat().st_mtime))
-                 for name in worlds for seed in seeds]
-        write([with_gate(json.loads(paths[-1].read_text()), Paths(paths[-1].parent),
-                         _config(WORLDS[name], seed).with_overrides({"seed": seed})) for name, seed, paths in found if paths], out)
+        runs = [run for name, seed in planned if (run := run_one(chosen[name], seed, cached_only=True))]
+        write(runs, out, stem, overrides, planned)
         return
     harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "2")))
     runs = []
@@ -310,9 +327,9 @@ def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: 
                 trained_world(chosen[name], seed)
                 break
             runs.append(run_one(chosen[name], seed))
-            write(runs, out, stem, overrides)
+            write(runs, out, stem, overrides, planned)
     if not train_only:
-        write(runs, out, stem, overrides)
+        write(runs, out, stem, overrides, planned)
         log(f"wrote {out / (stem + '.md')}")
 
 
