@@ -3,11 +3,18 @@
     request ──► prepare ──► Resolution ──► evaluate ──► Metrics ──► register ──► GateDecision
                                                                          └──► ErasureRecord, Certificate
 
-Each artifact names its file in :class:`~components.paths.Paths`, validates when it is built
-and when it is read back (:meth:`load`), and writes the same JSON as before it had a type
-(:meth:`save`). No other module reads these files by key: they load the artifact and use its
-fields. A :class:`pydantic.ValidationError` becomes reasons a person can act on through
-:func:`validation_reasons` (as :mod:`components.config` words them).
+Beside them, the files the stages and the flow keep for themselves: prepare's :class:`PreparedSettings`
+and :class:`EarlierLevels`, finetune's :class:`FinetuneSummary` (a demo model's :class:`TrainedModel`),
+unlearn's :class:`UnlearnSummary` and step log (:func:`read_unlearn_log`), a model folder's
+:class:`ModelRef`, the flow's :class:`BatchFailures`, :class:`PushPending` and the inbox's
+:class:`SettlingJournal`, and the certificate chain's :class:`ChainHead`.
+
+Each artifact names its file in :class:`~components.paths.Paths` (or ``ReportFiles``, ``ModelFiles``),
+validates when it is built and when it is read back (:meth:`load`), and writes the same JSON as
+before it had a type (:meth:`save`). No other module reads these files by key: they load the
+artifact and use its fields. A file that is not JSON or does not hold its artifact is an
+:class:`ArtifactError` naming the file and, through :func:`validation_reasons` (as
+:mod:`components.config` words them), each bad key.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from typing import Annotated, Any, Iterator, Literal, Mapping, TypeVar
 
 from dataclasses import field as dataclass_field
 
-from pydantic import (BaseModel, ConfigDict, Field, RootModel, SerializerFunctionWrapHandler, TypeAdapter,
-                      ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, RootModel, SerializerFunctionWrapHandler, TypeAdapter,
+                      Tag, ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
                       model_validator)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
@@ -31,6 +38,7 @@ from components.jsonfiles import read_json, write_json
 ROLES = ("target", "oracle", "unlearned")
 Role = Literal["target", "oracle", "unlearned"]
 A = TypeVar("A", bound="Artifact")
+M = TypeVar("M", bound=BaseModel)
 
 
 def validation_reasons(error: ValidationError, *, where: str = "", unknown: str = "unknown key") -> list[str]:
@@ -46,15 +54,48 @@ def validation_reasons(error: ValidationError, *, where: str = "", unknown: str 
     return reasons
 
 
+class ArtifactError(ValueError):
+    """A stage's file that is not JSON or does not hold its artifact; the message names the file and
+    each problem by its key."""
+
+
+def read_file(path: str | Path) -> Any:
+    """The JSON content of an artifact's file, as stored (:class:`ArtifactError` when it is not JSON;
+    a missing or unreadable file raises its :class:`OSError`)."""
+    try:
+        return read_json(path)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ArtifactError(f"{path} is not JSON ({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def parse_file(model: type[M], data: Any, path: str | Path) -> M:
+    """``data`` (the content of ``path``) as ``model``; :class:`ArtifactError` naming the file and each bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ArtifactError(f"{path} does not hold a valid {model.__name__}: "
+                            + "; ".join(validation_reasons(error))) from None
+
+
+def load_file(model: type[M], path: str | Path) -> M:
+    """The file at ``path`` read and validated as ``model`` (see :func:`read_file`, :func:`parse_file`)."""
+    return parse_file(model, read_file(path), path)
+
+
 class Artifact(BaseModel):
-    """A stage output with its file: :meth:`save` writes it atomically, :meth:`load` validates it."""
+    """A stage output with its file: :meth:`save` writes it atomically, :meth:`load` validates it
+    (a bad file is an :class:`ArtifactError` that names it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's content, in JSON types."""
+        return self.model_dump(mode="json")
 
     def save(self, path: str | Path) -> Path:
-        return write_json(path, self.model_dump(mode="json"))
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
-        return cls.model_validate(read_json(path))
+        return load_file(cls, path)
 
 
 # --------------------------------------------------------------------------- the request
@@ -219,6 +260,136 @@ class Resolution(Artifact):
     n_holdout: int | None = None
     earlier_requests: list[str] = Field(default_factory=list)  # re-checked: still forgotten
     max_length: int | None = None  # model.max_length as prepare derived it
+
+
+class PreparedSettings(Artifact):
+    """``data/prepared/settings.json``: what prepare derived from the data for the later stages
+    (``model.max_length: auto`` resolved). Part of the fine-tune cache key: its bytes must not change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    max_length: int = Field(ge=8, description="model.max_length as prepare derived it")
+
+
+_RequestKey = Annotated[str, Field(pattern=f"^{REQUEST_ID.pattern[2:-2]}$")]
+
+
+class EarlierLevels(RootModel[dict[_RequestKey, float]]):
+    """``data/prepared/earlier/levels.json``: earlier request id -> the unlearned ``forget_prob`` its
+    certificate recorded (what the gate's ``max_earlier_regain_ratio`` compares with)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    def get(self, request_id: str) -> float | None:
+        return self.root.get(request_id)
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EarlierLevels":
+        return load_file(cls, path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EarlierLevels":
+        """The levels at ``path``, none when prepare recorded none (no file)."""
+        return cls.load(path) if Path(path).exists() else cls({})
+
+
+# --------------------------------------------------------------------------- finetune -> FinetuneSummary
+
+
+class TrainedModel(Artifact):
+    """A demo model's ``training.json`` (:class:`~components.paths.ModelFiles`), also its section of
+    ``reports/finetune.json``: how long it was fine-tuned and how well it learnt its records."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    epochs: int = Field(ge=0)
+    mean_answer_prob: float  # NaN when it had no example
+    stop_reason: str
+    n_records: int = Field(ge=0)
+
+
+class LinkedModel(BaseModel):
+    """A user's model in ``reports/finetune.json``: where it is (None: no such model, e.g. no oracle)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    source: str | None
+
+
+# a section with 'source' is a user's model, any other a trained one (errors then name that model's keys)
+_Finetuned = Annotated[Annotated[TrainedModel, Tag("trained")] | Annotated[LinkedModel, Tag("linked")],
+                       Discriminator(lambda data: "linked" if isinstance(data, LinkedModel) or (
+                           isinstance(data, Mapping) and "source" in data) else "trained")]
+
+
+class FinetuneSummary(Artifact):
+    """``reports/finetune.json`` (also ``.cache/finetune/<key>/finetune.json``): the target and the
+    oracle as trained (the demo) or referenced (a user's model), the cache entry they came from
+    (``cached``) and the stage's seconds. A key the stage did not write stays out of the file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    target: _Finetuned
+    oracle: _Finetuned
+    cached: str | None = None  # the fine-tune cache entry's name (a key, never a path)
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# --------------------------------------------------------------------------- unlearn -> UnlearnSummary
+
+
+class UnlearnSummary(Artifact):
+    """``reports/unlearn.json``: how the unlearning run went (what :mod:`components.unlearning` reports
+    for it, kept whole) and what the stage adds: the method, the starting model and its seconds."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    steps: int = Field(ge=0)
+    resumed_from: int | None = None
+    first_forget_loss: float | None = None
+    final_forget_loss: float | None = None
+    first_retain_loss: float | None = None
+    final_retain_loss: float | None = None
+    stop: dict[str, Any] | None = None  # the stopping rule's record, absent when it did not run
+    method: dict[str, Any] = Field(default_factory=dict)
+    start_model: str | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class UnlearnStep(BaseModel):
+    """One line of ``reports/unlearn_log.jsonl``: a step's number and its diagnostics (numbers by name)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    step: int = Field(ge=0)
+
+
+def read_unlearn_log(path: str | Path) -> list[dict[str, Any]]:
+    """The steps of ``reports/unlearn_log.jsonl``, each checked as an :class:`UnlearnStep` and returned
+    as written; :class:`ArtifactError` names the file and line of a bad one."""
+    import json
+
+    steps = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise ArtifactError(f"{where} is not JSON ({type(error).__name__}: {str(error)[:200]})") from None
+        parse_file(UnlearnStep, row, where)
+        steps.append(row)
+    return steps
 
 
 # --------------------------------------------------------------------------- each stage -> Resources
@@ -530,6 +701,75 @@ class ErasureRecord(Artifact):
         return data if isinstance(data, ErasureRecord) else cls.model_validate(data)
 
 
+# --------------------------------------------------------------------------- the flow's own records
+
+
+class ModelRef(Artifact):
+    """``model-ref.json`` of a model folder (:class:`~components.paths.ModelFiles`): the folder stands
+    for the model at ``source`` (a path or hub name; None: for no model at all)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    source: str | None
+
+
+class BatchFailures(Artifact):
+    """A flow batch folder's ``failures.json``: how many runs of the batch failed in a row and the
+    last one's error type (never its message: it may quote a record)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    failures: int = Field(ge=0)
+    last_error: str | None = None
+
+
+class PushPending(Artifact):
+    """``data/requests/push-pending.json``: a ``dvc push`` that did not finish, since when and why; the
+    next run retries it. Both None: a record that could not be read (still a push to retry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    since: str | None = Field(default=None, description="ISO 8601 time of the first failed push")
+    error: str | None = None
+
+
+class SettlingJournal(Artifact):
+    """``data/requests/.settling.json``: the inbox move under way (paths relative to ``data/requests``):
+    the request file, where it goes, and the note that settles it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    source: str
+    destination: str
+    note: str
+
+    @field_validator("source", "destination", "note")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if not value or Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError("must be a path relative to data/requests")
+        return value
+
+
+class RequestIdPeek(BaseModel):
+    """Only the ``request_id`` of a request file's JSON (every other key ignored): how a file that may
+    fail :class:`DeletionRequest`'s checks is still named by its id in logs."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    request_id: str = Field(pattern=f"^{REQUEST_ID.pattern[2:-2]}$")
+
+    @classmethod
+    def of(cls, raw: bytes) -> str | None:
+        """The well-formed request id in a file's bytes, None when there is none (or it is not JSON)."""
+        import json
+
+        try:
+            return cls.model_validate(json.loads(raw)).request_id
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or no well-formed id
+            return None
+
+
 # --------------------------------------------------------------------------- erasure -> Certificate
 
 # What each certificate field may hold: ids, hashes, numbers and times, never text.
@@ -623,6 +863,28 @@ class Certificate(_Strict):
                                           default=None)
     certificate_hash: str | None = _matching(SHA256, "sha256 of its canonical JSON without this field", default=None)
 
+    @classmethod
+    def load(cls, path: str | Path) -> "Certificate":
+        """A certificate file, validated. Its hash is over the stored JSON (:func:`read_file`), not this
+        model's dump: times are kept here as datetimes, the file as the strings it was issued with."""
+        return load_file(cls, path)
+
+    @classmethod
+    def parse_stored(cls, data: Any, path: str | Path) -> "Certificate":
+        """A certificate's stored content (read once, also hashed by the caller), validated."""
+        return parse_file(cls, data, path)
+
+
+class ChainHead(Artifact):
+    """``data/certificates/chain.head.json``: the last certificate of the chain (sequence, request, hash);
+    sequence 0 and the genesis hash before the first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    sequence: int = Field(ge=0)
+    request_id: str | None = _matching(REQUEST_ID.pattern[2:-2], "the last certificate's request id")
+    certificate_hash: str = _matching(SHA256, "the last certificate's hash (zeros before the first)")
+
 
 # --------------------------------------------------------------------------- JSON Schema for auditors
 
@@ -630,7 +892,7 @@ class Certificate(_Strict):
 SCHEMAS: dict[str, type] = {
     "deletion_request": DeletionRequest, "resolution": Resolution, "metrics": Metrics,
     "gate_decision": GateDecision, "erasure_record": ErasureRecord, "resources": Resources,
-    "certificate": Certificate,
+    "certificate": Certificate, "certificate_chain_head": ChainHead,
 }
 
 

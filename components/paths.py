@@ -33,12 +33,22 @@ class ReportFiles:
     run_report = _file("folder", "run_report.md")    # register: the markdown report
     plots = _file("folder", "plots")                 # register's PNGs; unlearn's step table
     unlearn_steps = _file("plots", "unlearn_steps.csv")
-    unlearn_log = _file("folder", "unlearn_log.jsonl")  # unlearn: one JSON line per step
-    unlearn_summary = _file("folder", "unlearn.json")
-    finetune_summary = _file("folder", "finetune.json")
+    unlearn_log = _file("folder", "unlearn_log.jsonl")  # unlearn: one JSON line per step (artifacts.UnlearnStep)
+    unlearn_summary = _file("folder", "unlearn.json")  # unlearn: components.artifacts.UnlearnSummary
+    finetune_summary = _file("folder", "finetune.json")  # finetune: components.artifacts.FinetuneSummary
     validation = _file("folder", "validation.json")
     data_docs = _file("folder", "data_docs")
     resources = _file("folder", "resources.json")    # each stage's time and memory; evaluate's cost
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a model folder of the pipeline (``models/target`` ...) holds beside the model itself."""
+
+    folder: Path
+
+    training = _file("folder", "training.json")    # a demo model's: components.artifacts.TrainedModel
+    model_ref = _file("folder", "model-ref.json")  # a reference to a model elsewhere: components.artifacts.ModelRef
 
 
 def _report(name: str) -> property:
@@ -65,9 +75,9 @@ class Paths:
     forget = _under("prepared", "forget.jsonl")
     retain = _under("prepared", "retain.jsonl")
     earlier = _under("prepared", "earlier")            # forget sets of earlier requests, one JSONL each
-    earlier_levels = _file("earlier", "levels.json")   # the forget_prob each earlier request was erased to
+    earlier_levels = _file("earlier", "levels.json")   # the forget_prob each was erased to: artifacts.EarlierLevels
     tokenizer = _under("prepared", "tokenizer")        # the demo tokenizer (trained in prepare)
-    settings = _under("prepared", "settings.json")     # derived from the data (model.max_length: auto)
+    settings = _under("prepared", "settings.json")     # derived from the data: components.artifacts.PreparedSettings
     resolution = _under("prepared", "resolution.json")  # components.artifacts.Resolution
     prepared_requests = _under("prepared", "requests")  # the request files this run resolved
     # models and reports
@@ -85,10 +95,10 @@ class Paths:
     gate = _report("gate")
     unlearn_log = _report("unlearn_log")
     resources = _report("resources")
-    failures = _under(None, "failures.json")          # a flow batch's count of failed runs
+    failures = _under(None, "failures.json")          # a flow batch's failed runs: components.artifacts.BatchFailures
     # erasure certificates (hash-chained) and MLflow's embedded store
     certificates = _under(None, "data", "certificates")
-    certificate_head = _under("certificates", "chain.head.json")  # request ids have no dots: no clash
+    certificate_head = _under("certificates", "chain.head.json")  # artifacts.ChainHead (request ids have no dots)
     mlflow_db = _under(None, "mlflow.db")
     mlflow_artifacts = _under(None, "mlartifacts")
     schemas = _under(None, "docs", "schemas")         # the artifacts' JSON Schemas, for auditors
@@ -100,9 +110,9 @@ class Paths:
     rejected = _under("requests", "rejected")
     failed = _under("requests", "failed")
     cancelled = _under("requests", "cancelled")
-    settling = _under("requests", ".settling.json")     # the inbox's journal of a move under way
+    settling = _under("requests", ".settling.json")     # the inbox's move under way: artifacts.SettlingJournal
     inbox_lock = _under("requests", ".inbox.lock")
-    push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`, retried next run
+    push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`: artifacts.PushPending
 
     def earlier_forget(self, request_id: str) -> Path:
         """The forget set of an earlier processed request (what evaluate re-checks)."""

@@ -136,14 +136,15 @@ def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | 
 
 
 def count_failure(paths: Paths, error: BaseException) -> int:
-    """Record one more failed run of the batch in ``paths`` (``failures.json``); returns the count."""
-    from components.jsonfiles import read_json, write_json
+    """Record one more failed run of the batch in ``paths`` (``failures.json``); returns the count. A
+    record that cannot be read (:class:`~components.artifacts.ArtifactError`) counts as none before."""
+    from components.artifacts import ArtifactError, BatchFailures
 
     try:
-        count = int(read_json(paths.failures).get("failures", 0)) + 1
-    except (OSError, ValueError, AttributeError):
+        count = BatchFailures.load(paths.failures).failures + 1
+    except (OSError, ArtifactError):
         count = 1
-    write_json(paths.failures, {"failures": count, "last_error": type(error).__name__})
+    BatchFailures(failures=count, last_error=type(error).__name__).save(paths.failures)
     return count
 
 

@@ -199,7 +199,7 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
                   "(purged with the models it scored)")
     push = pending_push(paths)
     if push:
-        err.print(f"[yellow]dvc push pending since {push.get('since')}: {escape(str(push.get('error')))}; "
+        err.print(f"[yellow]dvc push pending since {push.since}: {escape(str(push.error))}; "
                   "the next run retries it (or run `dvc push`).[/yellow]")
     try:
         champion = current_champion(config, paths, download=False)

@@ -9,7 +9,6 @@ goes to the Prefect log; a failure raises with the tail of their standard error.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -22,6 +21,7 @@ from typing import Callable
 import yaml
 
 from components import stages
+from components.artifacts import ArtifactError, UnlearnSummary
 from components.config import Config
 from components.paths import Paths
 
@@ -79,7 +79,10 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
             + f"\nTo reproduce: {' '.join(command)}")
     if not summary_path.exists():
         raise LaunchError(f"torchrun finished but wrote no summary at {summary_path}; see the log above")
-    return json.loads(summary_path.read_text(encoding="utf-8"))
+    try:
+        return UnlearnSummary.load(summary_path).to_dict()
+    except ArtifactError as error:
+        raise LaunchError(f"torchrun finished but its summary is not one: {error}") from None
 
 
 def _point_start(paths: Paths, start: Path | None) -> None:

@@ -61,3 +61,20 @@ def test_a_retried_request_gets_fresh_runs_before_it_fails_again(tmp_path, prefe
             process_requests(root=str(repo))
     state = Inbox(Paths(repo)).status()
     assert state["pending"] == ["req-stuck.json"] and state["failed"] == [], "one failure after the retry: still pending"
+
+
+def test_the_failure_count_is_kept_through_its_type_and_an_unreadable_one_starts_again(tmp_path):
+    import json
+
+    from components.artifacts import ArtifactError, BatchFailures
+    from components.paths import Paths
+    from flows.batch import count_failure
+
+    paths = Paths(tmp_path / "batch")
+    assert count_failure(paths, ValueError("x")) == 1 and count_failure(paths, KeyError("y")) == 2
+    assert paths.failures.read_text() == json.dumps({"failures": 2, "last_error": "KeyError"}, indent=2) + "\n"
+    paths.failures.write_text(json.dumps({"failures": "2"}))
+    with pytest.raises(ArtifactError, match=r"failures\.json does not hold a valid BatchFailures: failures"):
+        BatchFailures.load(paths.failures)
+    assert count_failure(paths, ValueError("z")) == 1  # counting a failure never fails on its record
+    assert BatchFailures.load(paths.failures) == BatchFailures(failures=1, last_error="ValueError")

@@ -123,7 +123,7 @@ def test_text_in_an_id_or_hash_field_is_refused_without_repeating_it(tmp_path, f
 def test_no_certificate_for_a_candidate_that_failed_its_gate(tmp_path):
     with pytest.raises(CertificateError, match="gate.passed"):
         issue_certificate(tmp_path, evidence(gate=gate_dict(passed=False)))
-    assert chain_head(tmp_path)["sequence"] == 0
+    assert chain_head(tmp_path).sequence == 0
 
 
 def test_weights_hash_covers_every_safetensors_file_and_changes_with_one_byte(tiny_model_dir, tmp_path):
@@ -148,7 +148,7 @@ def test_each_certificate_holds_the_previous_ones_hash_and_the_head_the_last(tmp
     assert chain[0]["previous_hash"] == "0" * 64
     assert [c["previous_hash"] for c in chain[1:]] == [c["certificate_hash"] for c in chain[:-1]]
     assert all(certificate_hash(c) == c["certificate_hash"] for c in chain)
-    assert chain_head(tmp_path)["certificate_hash"] == chain[-1]["certificate_hash"]
+    assert chain_head(tmp_path).certificate_hash == chain[-1]["certificate_hash"]
     assert verify_chain(tmp_path) == []
 
 
@@ -194,11 +194,46 @@ def test_verify_finds_a_missing_head(tmp_path):
     assert any(HEAD_FILE in p for p in verify_chain(tmp_path))
 
 
+def test_the_head_is_written_as_before_and_a_broken_one_is_named(tmp_path):
+    last = json.loads(issue_chain(tmp_path, ids=("req-1", "req-2"))[-1].read_text())
+    head = certificates_dir(tmp_path) / HEAD_FILE
+    assert head.read_text() == json.dumps({"sequence": 2, "request_id": "req-2",
+                                           "certificate_hash": last["certificate_hash"]}, indent=2) + "\n"
+    head.write_text(json.dumps({"sequence": "2", "request_id": "req-2", "certificate_hash": last["certificate_hash"]}))
+    with pytest.raises(CertificateError, match=rf"{HEAD_FILE} does not hold a valid ChainHead: sequence"):
+        chain_head(tmp_path)
+    with pytest.raises(CertificateError, match="ChainHead"):
+        issue_certificate(tmp_path, evidence("req-3"), now=NOW)
+    assert any(f"{HEAD_FILE} does not hold a valid ChainHead" in p for p in verify_chain(tmp_path))
+
+
+def test_a_certificate_that_is_not_one_is_named_by_load_verify_and_the_ledger(tmp_path):
+    """Its hash recomputed after the edit (so the chain's hashes hold): the schema check still finds it,
+    naming the key, never the value; the ledger counts it as erased but unreadable (fail closed)."""
+    from components.erasure.ledger import certified_requests
+
+    path = issue_chain(tmp_path, ids=("req-1",))[0]
+    assert certified_requests(tmp_path)["req-1"].readable
+    assert certified_requests(tmp_path)["req-1"].erased_forget_prob == 0.1  # sample_metrics()
+    certificate = json.loads(path.read_text())
+    certificate["model"]["version"] = "Jane Doe"
+    certificate["certificate_hash"] = certificate_hash(certificate)
+    path.write_text(json.dumps(certificate, indent=2))
+    (certificates_dir(tmp_path) / HEAD_FILE).write_text(json.dumps(
+        {"sequence": 1, "request_id": "req-1", "certificate_hash": certificate["certificate_hash"]}))
+    problems = verify_chain(tmp_path)
+    assert problems == ["req-1.json does not hold a valid Certificate: model.version: String should match pattern "
+                        "'^(?:[0-9]{1,12})$'"], problems
+    with pytest.raises(CertificateError, match=r"req-1\.json does not hold a valid Certificate: model\.version"):
+        load_certificate(tmp_path, "req-1")
+    assert not certified_requests(tmp_path)["req-1"].readable
+
+
 def test_issuing_again_keeps_the_one_certificate_of_a_request(tmp_path):
     first = issue_certificate(tmp_path, evidence("req-1"), now=NOW)
     text = first.read_text()
     again = issue_certificate(tmp_path, evidence("req-1", model_version="9"))
-    assert again == first and first.read_text() == text and chain_head(tmp_path)["sequence"] == 1
+    assert again == first and first.read_text() == text and chain_head(tmp_path).sequence == 1
 
 
 def test_a_certificate_written_before_a_crash_is_completed_not_duplicated(tmp_path):
@@ -209,7 +244,7 @@ def test_a_certificate_written_before_a_crash_is_completed_not_duplicated(tmp_pa
     path.with_suffix(".md").unlink()
     assert verify_chain(tmp_path) != []
     assert issue_certificate(tmp_path, evidence("req-2"), now=NOW) == path
-    assert verify_chain(tmp_path) == [] and chain_head(tmp_path)["sequence"] == 2
+    assert verify_chain(tmp_path) == [] and chain_head(tmp_path).sequence == 2
 
 
 def test_missing_certificates_lists_processed_requests_without_one(tmp_path):
@@ -300,7 +335,7 @@ def test_the_erasure_record_in_flow_order_purges_certifies_and_leaves_nothing_be
 
     second = load_certificate(root, "req-2")
     assert second["retention"]["versions_purged"] == ["1"] and second["model"]["version"] == "2"
-    assert verify_chain(root) == [] and chain_head(root)["sequence"] == 2
+    assert verify_chain(root) == [] and chain_head(root).sequence == 2
     assert erased_data_holders(client, "blur-test", processed=processed, runs_root=root / "runs") == []
     assert [str(v.version) for v in client.search_model_versions("name='blur-test'")] == ["2"]
     # the first certificate's hash survives its version's deletion, on the run

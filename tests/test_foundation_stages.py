@@ -50,3 +50,29 @@ def test_prepare_splits_are_identical_across_shapes(tmp_path):
         digests.add(json.dumps(prepare(load_config(repo / "params.yaml"), Paths(repo)).summary()
                                ))
     assert len(digests) == 1
+
+
+def test_the_derived_settings_and_erased_levels_are_read_through_their_types(tmp_path):
+    from components.artifacts import ArtifactError
+    from components.stages.prepare import ERASED_LEVEL, resolved_config, with_erased_levels
+
+    repo = _file_world_repo(tmp_path, "tofu_world.jsonl")
+    config = load_config(repo / "params.yaml").with_overrides({"model.max_length": "auto"})
+    paths = Paths(repo)
+    prepare(config, paths)
+    written = json.loads(paths.settings.read_text())
+    assert resolved_config(config, paths).model.max_length == written["max_length"]
+    assert json.loads(paths.earlier_levels.read_text()) == {}
+
+    paths.settings.write_text(json.dumps({"max_length": "long"}))
+    with pytest.raises(ArtifactError, match=r"settings\.json does not hold a valid PreparedSettings: max_length"):
+        resolved_config(config, paths)
+
+    def unlearned_earlier() -> dict:
+        return with_erased_levels({"unlearned": {"earlier": {"req-a": {"forget_prob": 0.2}}}},
+                                  paths)["unlearned"]["earlier"]["req-a"]
+
+    paths.earlier_levels.write_text(json.dumps({"req-a": 0.05}))
+    assert unlearned_earlier()[ERASED_LEVEL] == 0.05
+    paths.earlier_levels.write_text(json.dumps({"req-a": "low"}))  # unreadable: no level, the gate fails closed
+    assert ERASED_LEVEL not in unlearned_earlier()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from components.artifacts import SettlingJournal
 from components.data import inbox as inbox_module
 from components.data import versioning
 from components.data.inbox import Inbox, InboxError, label
@@ -88,11 +89,11 @@ def test_a_truncated_result_file_is_reported_not_raised_and_blocks_earlier(inbox
 
 # --------------------------------------------------------------------------- crash-safe settle
 
-STEPS = ["write_json", "_write_new", "move"]  # journal, note, move: the steps of a settle
+STEPS = ["save", "_write_new", "move"]  # journal, note, move: the steps of a settle
 
 
 def crash(monkeypatch, step: str, after: bool) -> None:
-    module = versioning if step == "move" else inbox_module
+    module = {"move": versioning, "save": SettlingJournal}.get(step, inbox_module)
     original = getattr(module, step)
 
     def dying(*args, **kwargs):
@@ -129,6 +130,21 @@ def test_a_crash_at_any_step_of_complete_leaves_the_request_pending_or_processed
         assert not list(inbox.paths.inbox.iterdir())
     else:
         assert [p.request.request_id for p in valid] == ["req-1"]
+
+
+def test_the_journal_is_written_through_its_type_and_a_broken_one_is_named(inbox, monkeypatch):
+    put(inbox, "jane-doe.json", request_bytes("req-1"))
+    (pending,), _ = inbox.take()
+    with monkeypatch.context() as patch:
+        crash(patch, "_write_new", after=False)  # the journal is written, the note not yet
+        with pytest.raises(Crash):
+            inbox.complete(pending, {"forget_ids": ["abc"]})
+    assert json.loads(inbox.journal.read_text()) == {"source": "inbox/jane-doe.json", "destination":
+                                                     "processed/req-1.json", "note": "processed/req-1.result.json"}
+    inbox.journal.write_text(json.dumps({"source": "inbox/jane-doe.json", "destination": "/tmp/elsewhere"}))
+    with pytest.raises(InboxError, match=r"\.settling\.json does not hold a valid SettlingJournal: destination: "
+                                         r"must be a path relative to data/requests; note: Field required"):
+        inbox.take()
 
 
 def test_a_crash_between_the_note_and_the_move_of_a_failure_keeps_it_failed(inbox, monkeypatch):
@@ -192,7 +208,8 @@ def test_of_two_files_with_one_id_the_older_is_taken(inbox):
 
 def test_label_names_a_file_by_its_request_id_or_a_hash_never_by_its_name(inbox):
     assert label(put(inbox, "jane-doe.json", request_bytes("req-7"))) == "req-7"
-    for content in (b"{not json", json.dumps({"request_id": "jane doe"}).encode()):
+    assert label(put(inbox, "jane-doe.json", b'{"request_id": "req-8", "subjects": "not a list"}')) == "req-8"
+    for content in (b"{not json", json.dumps({"request_id": "jane doe"}).encode(), b'["req-7"]'):
         name = label(put(inbox, "jane-doe.json", content))
         assert name.startswith("file-") and "jane" not in name
 

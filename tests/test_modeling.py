@@ -213,3 +213,27 @@ def test_served_model_keeps_its_bf16_weights_and_prompts_with_the_template(bf16_
     assert served.tokenizer.decode(ids) == "<s><|user|>\nWho wrote it?\n<|assistant|>\n"
     [completion] = served.predict(SimpleNamespace(model_config={"max_new_tokens": 3}), ["Who wrote it?"])
     assert isinstance(completion, str)
+
+
+def test_a_broken_model_reference_or_training_record_is_named(tmp_path):
+    from components.artifacts import ArtifactError
+    from components.modeling.demo import trained_epochs
+    from components.modeling.io import resolve_model_source
+    from components.paths import ModelFiles
+
+    write_model_ref(tmp_path / "target", str(tmp_path / "real"))
+    assert resolve_model_source(tmp_path / "target") == str(tmp_path / "real")
+    assert (tmp_path / "target" / "model-ref.json").read_text() == json.dumps({"source": str(tmp_path / "real")},
+                                                                             indent=2) + "\n"
+    ModelFiles(tmp_path / "target").model_ref.write_text('{"path": "/elsewhere"}')
+    with pytest.raises(ModelLoadError, match=r"model-ref\.json does not hold a valid ModelRef: source: Field required"):
+        resolve_model_source(tmp_path / "target")
+
+    training = ModelFiles(tmp_path / "trained").training
+    training.parent.mkdir()
+    training.write_text(json.dumps({"epochs": 4, "mean_answer_prob": 0.9, "stop_reason": "max_epochs",
+                                    "n_records": 8}))
+    assert trained_epochs(training.parent) == 4
+    training.write_text(json.dumps({"epochs": "4"}))
+    with pytest.raises(ArtifactError, match=r"training\.json does not hold a valid TrainedModel: epochs"):
+        trained_epochs(training.parent)

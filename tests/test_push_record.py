@@ -21,8 +21,8 @@ def test_failed_push_is_recorded_then_cleared_by_a_later_push(tmp_path):
 
     assert push_or_record(paths) is not None
     first = pending_push(paths)
-    assert first and first["since"] and first["error"]
-    assert push_or_record(paths) is not None and pending_push(paths)["since"] == first["since"]
+    assert first and first.since and first.error
+    assert push_or_record(paths) is not None and pending_push(paths).since == first.since
 
     run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo)
     assert push_or_record(paths) is None
@@ -62,3 +62,27 @@ def test_a_crash_between_settling_and_pushing_leaves_the_marker_the_next_run_ret
         assert pending_push(Paths(repo)), "settled but not pushed: the marker says so"
         process_requests(root=str(repo))  # an empty inbox: the next run pushes first
     assert pending_push(Paths(repo)) is None
+
+
+def test_an_unreadable_push_record_still_says_a_push_is_pending(tmp_path):
+    """A record that does not load (ArtifactError) is a pending push with nothing known: it is shown and
+    retried, and the next failure writes a good record."""
+    import json
+
+    import pytest
+
+    from components.artifacts import ArtifactError, PushPending
+    from components.data.versioning import mark_push_pending, pending_push
+
+    paths = Paths(tmp_path)
+    paths.push_pending.parent.mkdir(parents=True)
+    paths.push_pending.write_text(json.dumps({"since": 5, "error": "x"}))
+    with pytest.raises(ArtifactError, match=r"push-pending\.json does not hold a valid PushPending: since"):
+        PushPending.load(paths.push_pending)
+    found = pending_push(paths)
+    assert found and found.since is None and found.error is None
+    mark_push_pending(paths, "batch b settled")
+    written = json.loads(paths.push_pending.read_text())
+    assert written["since"] and written["error"] == "batch b settled" and list(written) == ["since", "error"]
+    mark_push_pending(paths, "again")
+    assert pending_push(paths).since == written["since"]

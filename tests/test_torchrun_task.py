@@ -124,3 +124,28 @@ def test_the_ranks_output_goes_to_the_prefect_log_without_record_text(two_rank_b
     assert forget
     for record in forget:
         assert not any(record.answer in m or record.question in m for m in messages)
+
+
+@pytest.mark.parametrize("written, expected", [
+    ({"steps": 3, "resumed_from": None, "method": {"combiner": "blur"}, "seconds": 1.5}, None),
+    ({"steps": "3"}, r"its summary is not one: .*unlearn\.json does not hold a valid UnlearnSummary: steps"),
+])
+def test_the_summary_the_launched_stage_wrote_is_read_through_its_type(tmp_path, monkeypatch, written, expected):
+    import flows.launch
+    from flows.launch import LaunchError, unlearn_with_torchrun
+
+    paths = Paths(tmp_path / "batch", config_root=tmp_path)
+
+    def stage_writes_its_summary(command, **_):
+        paths.report_files.unlearn_summary.parent.mkdir(parents=True, exist_ok=True)
+        paths.report_files.unlearn_summary.write_text(json.dumps(written))
+        return 0, []
+
+    monkeypatch.setattr(flows.launch, "_stream", stage_writes_its_summary)
+    monkeypatch.setattr(flows.launch, "_check_devices", lambda nproc: None)
+    config = Config().with_overrides({"unlearn.nproc": 2})
+    if expected is None:
+        assert unlearn_with_torchrun(config, paths, log=lambda line: None) == written
+    else:
+        with pytest.raises(LaunchError, match=expected):
+            unlearn_with_torchrun(config, paths, log=lambda line: None)

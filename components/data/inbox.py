@@ -31,12 +31,11 @@ from filelock import FileLock, Timeout
 
 from pydantic import ValidationError
 
-from components.artifacts import ErasureRecord
+from components.artifacts import ArtifactError, ErasureRecord, RequestIdPeek, SettlingJournal
 from components.data import versioning
 from components.data.records import content_hash
 from components.data.requests import MAX_REQUEST_BYTES, DeletionRequest, RequestError, is_request_id, read_request
 from components.faults import crash_point
-from components.jsonfiles import write_json
 from components.paths import Paths
 
 RESULT_SUFFIX = ".result.json"
@@ -148,10 +147,10 @@ def label(path: Path) -> str:
     can name a person; request ids are what the pipeline records everywhere."""
     try:
         if not path.is_symlink() and path.stat().st_size <= 1_000_000:
-            request_id = json.loads(path.read_bytes()).get("request_id")
-            if is_request_id(request_id):
+            request_id = RequestIdPeek.of(path.read_bytes())
+            if request_id is not None:
                 return request_id
-    except (OSError, ValueError, AttributeError, RecursionError):
+    except OSError:
         pass
     return "file-" + content_hash(path.name, length=12)
 
@@ -409,8 +408,8 @@ class Inbox:
             versioning.track(self.paths.root, [path])  # a tracking failure leaves the request pending
         destination = _free_name(folder, name or path.name, note_of, suffix)
         note_path = note_of(destination, suffix)
-        write_json(self.journal, {"source": self._relative(path), "destination": self._relative(destination),
-                                  "note": self._relative(note_path)})
+        SettlingJournal(source=self._relative(path), destination=self._relative(destination),
+                        note=self._relative(note_path)).save(self.journal)
         _write_new(note_path, text)  # from here on the request counts as settled
         crash_point("settle")
         versioning.move(self.paths.root, path, destination)
@@ -422,10 +421,13 @@ class Inbox:
 
     def _read_journal(self) -> dict[str, Path] | None:
         try:
-            entry = json.loads(self.journal.read_text(encoding="utf-8"))
+            entry = SettlingJournal.load(self.journal)
         except FileNotFoundError:
             return None
-        return {key: self.paths.requests / entry[key] for key in ("source", "destination", "note")}
+        except ArtifactError as error:
+            raise InboxError(f"{error}: finish the move it records by hand (the note, then the request file), "
+                             "then delete it") from None
+        return {key: self.paths.requests / getattr(entry, key) for key in ("source", "destination", "note")}
 
     def _interrupted_source(self) -> Path | None:
         """The inbox file of an interrupted settle whose note was written (it counts as settled)."""

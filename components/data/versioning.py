@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 if TYPE_CHECKING:
+    from components.artifacts import PushPending
     from components.paths import Paths
 
 
@@ -123,15 +124,10 @@ def push(root: Path) -> bool:
 def push_or_record(paths: "Paths") -> str | None:
     """``dvc push``; on failure record it in ``paths.push_pending`` (shown by ``blur status``, retried
     by the next run) and return the error; on success clear any record."""
-    from datetime import datetime, timezone
-
-    from components.jsonfiles import write_json
-
     try:
         push(paths.root)
     except Exception as error:  # the batch is done and versioned locally; only the remote copy lags
-        since = (pending_push(paths) or {}).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(paths.push_pending, {"since": since, "error": f"{type(error).__name__}: {error}"[:2000]})
+        _record_pending(paths, f"{type(error).__name__}: {error}")
         return str(error)
     paths.push_pending.unlink(missing_ok=True)
     return None
@@ -140,23 +136,29 @@ def push_or_record(paths: "Paths") -> str | None:
 def mark_push_pending(paths: "Paths", reason: str) -> None:
     """Record that the remote lags (before settling a batch), so a crash before its push leaves the
     marker the next run retries; :func:`push_or_record` clears it. An older record keeps its time."""
+    _record_pending(paths, reason)
+
+
+def _record_pending(paths: "Paths", error: str) -> None:
+    """Write ``paths.push_pending`` with ``error``, since the time of an older record (else now)."""
     from datetime import datetime, timezone
 
-    from components.jsonfiles import write_json
+    from components.artifacts import PushPending
 
-    since = (pending_push(paths) or {}).get("since") or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(paths.push_pending, {"since": since, "error": reason[:2000]})
+    older = pending_push(paths)
+    since = (older.since if older else None) or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    PushPending(since=since, error=error[:2000]).save(paths.push_pending)
 
 
-def pending_push(paths: "Paths") -> dict | None:
-    """The recorded failed ``dvc push`` (``since``, ``error``), or None when the remote is up to date
-    (an unreadable record counts as one with nothing known)."""
-    from components.jsonfiles import read_json
+def pending_push(paths: "Paths") -> "PushPending | None":
+    """The recorded failed ``dvc push``, or None when the remote is up to date. A record that cannot
+    be read (:class:`~components.artifacts.ArtifactError`) counts as one with nothing known: the push
+    is still retried."""
+    from components.artifacts import ArtifactError, PushPending
 
     if not paths.push_pending.exists():
         return None
     try:
-        record = read_json(paths.push_pending)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+        return PushPending.load(paths.push_pending)
+    except (OSError, ArtifactError):
+        return PushPending()

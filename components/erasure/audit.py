@@ -57,7 +57,7 @@ class _RegistryView(BaseModel):
 def audit(root: str | Path, *, registry: bool = True) -> AuditReport:
     """Check the chain at ``root`` against the processed results and (``registry``) MLflow."""
     from components.data.inbox import Inbox
-    from components.erasure.certificates import chain_head
+    from components.erasure.certificates import CertificateError, chain_head
     from components.erasure.ledger import certified_requests
 
     paths = Paths(Path(root))
@@ -73,8 +73,11 @@ def audit(root: str | Path, *, registry: bool = True) -> AuditReport:
         row, found = _audit_request(request_id, certified.get(request_id), request_id in results, view)
         rows.append(row)
         problems += found
-    head = chain_head(paths.root)
-    return AuditReport(intact=not problems, certificates=len(certified), head=str(head.get("certificate_hash")),
+    try:
+        head = chain_head(paths.root).certificate_hash
+    except CertificateError:  # verify_chain named the unreadable head
+        head = None
+    return AuditReport(intact=not problems, certificates=len(certified), head=str(head),
                        registry_checked=view is not None, problems=problems, requests=rows)
 
 

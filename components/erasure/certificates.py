@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from components.artifacts import HEX_ID, ROLES, Certificate, GateDecision, Metrics, is_request_id
+from components.artifacts import (HEX_ID, ROLES, ArtifactError, Certificate, ChainHead, GateDecision, Metrics,
+                                  is_request_id)
 from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
 from components.paths import Paths
@@ -328,30 +329,50 @@ def certificates_dir(root: str | Path) -> Path:
     return Paths(Path(root)).certificates
 
 
+_RESTORE = "restore it from the DVC/git history or the MLflow run's certificates/ folder"
+
+
 def _read(path: Path) -> dict[str, Any]:
+    """A certificate file's stored content, as its hash and its rendering were made from (not validated:
+    :func:`verify_chain` reports what is wrong with it; :func:`_stored` validates too)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise CertificateError(f"{path} cannot be read as JSON ({type(error).__name__}); "
-                               "restore it from the DVC/git history or the MLflow run's certificates/ folder") from None
+        raise CertificateError(f"{path} cannot be read as JSON ({type(error).__name__}); {_RESTORE}") from None
 
 
-def chain_head(root: str | Path) -> dict[str, Any]:
-    """``{"sequence": n, "certificate_hash": h, "request_id": id}``; sequence 0 and the genesis hash when empty."""
+def _stored(path: Path) -> tuple[dict[str, Any], Certificate]:
+    """A certificate file's stored content (what its hash covers) and the same validated as a
+    :class:`~components.artifacts.Certificate` (:class:`CertificateError` naming the file if it is not one)."""
+    stored = _read(path)
+    try:
+        return stored, Certificate.parse_stored(stored, path)
+    except ArtifactError as error:
+        raise CertificateError(f"{error}; {_RESTORE}") from None
+
+
+def chain_head(root: str | Path) -> ChainHead:
+    """The chain head (:class:`~components.artifacts.ChainHead`); sequence 0 and the genesis hash when
+    there is no certificate yet. :class:`CertificateError` naming the file when it does not load."""
     path = Paths(Path(root)).certificate_head
     if not path.exists():
-        return {"sequence": 0, "certificate_hash": GENESIS_HASH, "request_id": None}
-    return _read(path)
+        return ChainHead(sequence=0, request_id=None, certificate_hash=GENESIS_HASH)
+    try:
+        return ChainHead.load(path)
+    except (OSError, ArtifactError) as error:
+        raise CertificateError(f"{error}; {_RESTORE}") from None
 
 
 def load_certificate(root: str | Path, request_id: str) -> dict[str, Any]:
-    """The certificate of ``request_id``; :class:`FileNotFoundError` when there is none."""
+    """The certificate of ``request_id`` as stored (what its hash and its rendering are made from),
+    checked against :class:`~components.artifacts.Certificate`; :class:`FileNotFoundError` when there
+    is none, :class:`CertificateError` naming the file when it is not a certificate."""
     _request_id(request_id)
     path = Paths(Path(root)).certificate(request_id)
     if not path.exists():
         raise FileNotFoundError(f"no certificate for request '{request_id}' in {path.parent}: "
                                 "certificates are issued when a request's batch is promoted")
-    return _read(path)
+    return _stored(path)[0]
 
 
 def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datetime | None = None) -> Path:
@@ -366,13 +387,13 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     path = paths.certificate(_request_id(evidence.request_id))
     head = chain_head(root)
     if path.exists():
-        existing = _read(path)
-        if existing.get("sequence") == head["sequence"] + 1 and existing.get("previous_hash") == head["certificate_hash"]:
+        existing, certified = _stored(path)
+        if certified.sequence == head.sequence + 1 and certified.previous_hash == head.certificate_hash:
             _write_rendering_and_head(paths, existing)
         return path
     issued_at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-    certificate = {**_body(evidence, issued_at), "sequence": head["sequence"] + 1,
-                   "previous_hash": head["certificate_hash"]}
+    certificate = {**_body(evidence, issued_at), "sequence": head.sequence + 1,
+                   "previous_hash": head.certificate_hash}
     certificate["certificate_hash"] = certificate_hash(certificate)
     write_json(path, certificate)
     _write_rendering_and_head(paths, certificate)
@@ -380,13 +401,14 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
 
 
 def _write_rendering_and_head(paths: Paths, certificate: Mapping[str, Any]) -> None:
-    request_id = certificate["request"]["request_id"]
-    markdown = paths.certificate(request_id, ".md")
+    """The Markdown of ``certificate`` (its stored content) beside it, then the chain head on it."""
+    certified = Certificate.model_validate(certificate)
+    markdown = paths.certificate(certified.request.request_id, ".md")
     tmp = markdown.with_suffix(".md.tmp")
     tmp.write_text(render_markdown(certificate), encoding="utf-8")
     tmp.replace(markdown)
-    write_json(paths.certificate_head, {"sequence": certificate["sequence"], "request_id": request_id,
-                                    "certificate_hash": certificate["certificate_hash"]})
+    ChainHead(sequence=certified.sequence, request_id=certified.request.request_id,
+              certificate_hash=certified.certificate_hash).save(paths.certificate_head)
 
 
 def missing_certificates(root: str | Path, request_ids: Iterable[str]) -> list[str]:
@@ -445,6 +467,11 @@ def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: 
     request_id = (certificate.get("request") or {}).get("request_id")
     if path.stem != request_id:
         problems.append(f"{name}: holds the certificate of request '{request_id}' (renamed file)")
+    try:
+        Certificate.parse_stored(certificate, name)
+    except ArtifactError as error:  # names the keys, never their values
+        problems.append(str(error))
+        return problems
     markdown = path.with_suffix(".md")
     if actual is not None and actual == certificate.get("certificate_hash"):
         if not markdown.exists() or markdown.read_text(encoding="utf-8") != render_markdown(certificate):
@@ -458,11 +485,11 @@ def _head_problems(head_path: Path, chain: Sequence[tuple[Path, dict]], last_has
     if not head_path.exists():
         return [f"{head_path.name} is missing: the chain's end cannot be checked (was it deleted?)"]
     try:
-        head = _read(head_path)
-    except CertificateError as error:
-        return [str(error)]
-    if head.get("sequence") != len(chain) or head.get("certificate_hash") != last_hash:
-        return [f"{head_path.name} names certificate {head.get('sequence')} ({head.get('request_id')}), but the chain "
+        head = ChainHead.load(head_path)
+    except (OSError, ArtifactError) as error:
+        return [f"{error}; {_RESTORE}"]
+    if head.sequence != len(chain) or head.certificate_hash != last_hash:
+        return [f"{head_path.name} names certificate {head.sequence} ({head.request_id}), but the chain "
                 f"ends at certificate {len(chain)}: the last certificate(s) were deleted or added by hand"]
     return []
 
@@ -478,13 +505,15 @@ def log_certificate_to_mlflow(client: "MlflowClient", model_name: str, version: 
     run keeps it if a later erasure deletes the version under ``registry.retention: delete``).
     """
     cert_path = Path(cert_path)
-    certificate = _read(cert_path)
-    request_id = certificate["request"]["request_id"]
-    if str(certificate["model"]["version"]) != str(version) or certificate["model"]["name"] != model_name:
-        raise CertificateError(f"{cert_path.name} certifies {certificate['model']['name']} version "
-                               f"{certificate['model']['version']}, not {model_name} version {version}")
+    certificate = _stored(cert_path)[1]
+    request_id = certificate.request.request_id
+    if certificate.model.version != str(version) or certificate.model.name != model_name:
+        raise CertificateError(f"{cert_path.name} certifies {certificate.model.name} version "
+                               f"{certificate.model.version}, not {model_name} version {version}")
+    digest = certificate.certificate_hash
+    if digest is None:
+        raise CertificateError(f"{cert_path.name} has no certificate_hash: it was not issued into the chain")
     run_id = client.get_model_version(model_name, str(version)).run_id
-    digest = certificate["certificate_hash"]
     for path in (cert_path, cert_path.with_suffix(".md")):
         if path.exists():
             client.log_artifact(run_id, str(path), MLFLOW_ARTIFACT_DIR)

@@ -13,12 +13,12 @@ Nothing here forgets an erasure: a source that cannot be read fails closed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
 from pydantic import BaseModel, ConfigDict
 
+from components.artifacts import ArtifactError, Certificate
 from components.paths import Paths
 
 if TYPE_CHECKING:
@@ -64,18 +64,19 @@ def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
 
 
 def _read_certificate(path: Path) -> CertifiedRequest:
-    """One certificate file as :class:`CertifiedRequest` (its stem and readable=False when broken)."""
+    """One certificate file as :class:`CertifiedRequest` (its stem and readable=False when it does not
+    load as a :class:`~components.artifacts.Certificate`; :func:`~components.erasure.certificates.verify_chain`
+    names what is wrong with it)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        request, forget, model = data["request"], data["forget_set"], data["model"]
-        return CertifiedRequest(
-            request_id=str(request["request_id"]), content_sha256=request.get("content_sha256"),
-            ids_digest=forget.get("ids_digest"), n_records=forget.get("n_records"), batch_id=forget.get("batch_id"),
-            model_name=model.get("name"), run_id=model.get("run_id"), certificate_hash=data.get("certificate_hash"),
-            erased_forget_prob=((data.get("evidence") or {}).get("metrics") or {}).get("forget_prob", {}).get("unlearned"),
-            model_version=None if model.get("version") is None else str(model["version"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        certificate = Certificate.load(path)
+    except (OSError, ArtifactError):
         return CertifiedRequest(request_id=path.stem, readable=False)
+    request, forget, model = certificate.request, certificate.forget_set, certificate.model
+    return CertifiedRequest(
+        request_id=request.request_id, content_sha256=request.content_sha256, ids_digest=forget.ids_digest,
+        n_records=forget.n_records, batch_id=forget.batch_id, model_name=model.name, model_version=model.version,
+        run_id=model.run_id, certificate_hash=certificate.certificate_hash,
+        erased_forget_prob=certificate.evidence.metrics.get("forget_prob", {}).get("unlearned"))
 
 
 def registry_erasures(root: str | Path) -> dict[str, str]:

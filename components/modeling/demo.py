@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from components.artifacts import TrainedModel
 from components.config import Config
 from components.data.records import QARecord, Record
-from components.jsonfiles import write_json
+from components.paths import ModelFiles
 
 
 def train_demo_tokenizer(config: Config, records: Sequence[Record]):
@@ -70,7 +71,7 @@ def train_model(config: Config, records: Sequence[Record], tokenizer, out_dir: P
     )
     save_model(model, tokenizer, out_dir)
     summary = result.to_dict() | {"n_records": len(records)}
-    write_json(out_dir / "training.json", summary)
+    TrainedModel.model_validate(summary).save(ModelFiles(Path(out_dir)).training)
     return summary
 
 
@@ -97,6 +98,4 @@ def train_target(config: Config, records: Sequence[Record], holdout: Sequence[Re
 
 def trained_epochs(target_dir: Path) -> int:
     """How many epochs the demo target at ``target_dir`` was trained (its oracle gets as many)."""
-    import json
-
-    return json.loads((Path(target_dir) / "training.json").read_text(encoding="utf-8"))["epochs"]
+    return TrainedModel.load(ModelFiles(Path(target_dir)).training).epochs

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from components.artifacts import ArtifactError, ModelRef
 from components.modeling.encoding import ensure_pad_token
+from components.paths import ModelFiles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROMPTS = ("chat", "plain")
@@ -149,7 +151,7 @@ def _move_in_config_last(staging: Path, directory: Path) -> None:
         os.replace(path, target)
 
 
-MODEL_REF_FILE = "model-ref.json"
+MODEL_REF_FILE = ModelFiles(Path()).model_ref.name  # what a folder standing for a model elsewhere holds
 
 
 def copy_model_dir(source: str | Path, destination: str | Path) -> Path:
@@ -172,25 +174,24 @@ def write_model_ref(directory: str | Path, source: str | None) -> Path:
     Used when ``model.base`` / ``model.oracle`` name an existing model: the pipeline's
     model folders then hold a small reference instead of a multi-gigabyte copy.
     """
-    import json
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MODEL_REF_FILE).write_text(json.dumps({"source": source}, indent=2) + "\n")
+    ModelRef(source=source).save(ModelFiles(directory).model_ref)
     return directory
 
 
 def resolve_model_source(directory: str | Path) -> str | None:
-    """The real location of the model a pipeline folder stands for (None: no model)."""
-    import json
-
+    """The real location of the model a pipeline folder stands for (None: no model); a reference
+    that does not load is a :class:`ModelLoadError` naming its file."""
     seen: set[str] = set()
     source: str | None = str(directory)
-    while source is not None and (Path(source) / MODEL_REF_FILE).exists():  # a reference may name another
+    while source is not None and ModelFiles(Path(source)).model_ref.exists():  # a reference may name another
         if source in seen:
             raise ModelLoadError(f"model references form a loop at '{source}'")
         seen.add(source)
-        source = json.loads((Path(source) / MODEL_REF_FILE).read_text())["source"]
+        try:
+            source = ModelRef.load(ModelFiles(Path(source)).model_ref).source
+        except ArtifactError as error:
+            raise ModelLoadError(f"{error}; run the stage that linked this model folder again") from None
     return source
 
 

@@ -1,7 +1,7 @@
 """``python -m components.stages NAME``: the command line ``dvc.yaml`` runs, one command per stage.
 
-Known errors (bad configuration, a failed validation, a missing model) print their message
-and exit non-zero; a traceback means a bug.
+Known errors (bad configuration, a failed validation, a missing model, a stage's file that does
+not load) print their message and exit non-zero; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ CONFIG_ROOT = typer.Option(None, help="Where relative paths in the configuration
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from components.artifacts import ArtifactError
     from components.data.requests import RequestError
     from components.modeling.io import ModelLoadError
     from components.validation import ValidationFailed
 
-    return ConfigError, RequestError, ModelLoadError, ValidationFailed, FileNotFoundError
+    return ConfigError, RequestError, ModelLoadError, ValidationFailed, FileNotFoundError, ArtifactError
 
 
 def _record_resources(root: Path, stage: str, seconds: float) -> None:

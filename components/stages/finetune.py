@@ -14,8 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from components.artifacts import FinetuneSummary
 from components.config import Config
-from components.jsonfiles import write_json
 from components.modeling.demo import train_model, train_target
 from components.modeling.resolve import link_user_models, model_plan
 from components.paths import Paths, ReportFiles
@@ -42,7 +42,7 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
             summary = _train(config, paths, show_progress=show_progress)
             store_finetuned(paths, cached, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(paths.report_files.finetune_summary, summary)
+    FinetuneSummary.model_validate(summary).save(paths.report_files.finetune_summary)
     return summary
 
 
@@ -85,20 +85,20 @@ def store_finetuned(paths: Paths, cached: Path, summary: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
         shutil.copytree(folder, tmp / role)
-    write_json(ReportFiles(tmp).finetune_summary, summary)
+    FinetuneSummary.model_validate(summary).save(ReportFiles(tmp).finetune_summary)
     shutil.rmtree(cached, ignore_errors=True)
     tmp.rename(cached)
 
 
 def restore_finetuned(cached: Path, paths: Paths) -> dict:
-    """The cached target and oracle into ``paths``; the summary they were trained with (marked cached)."""
-    from components.jsonfiles import read_json
-
+    """The cached target and oracle into ``paths``; the summary they were trained with (marked cached).
+    A cache entry whose summary does not load is an :class:`~components.artifacts.ArtifactError` naming it."""
     from components.modeling.io import copy_model_dir
 
+    stored = FinetuneSummary.load(ReportFiles(cached).finetune_summary)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
         copy_model_dir(cached / role, folder)
-    return read_json(ReportFiles(cached).finetune_summary) | {"cached": cached.name}  # the cache key: no path (it may be a name)
+    return stored.to_dict() | {"cached": cached.name}  # the cache key: no path (it may be a name)
 
 
 def train_oracle(config: Config, paths: Paths, tokenizer, *, epochs: int, show_progress: bool = True) -> dict:

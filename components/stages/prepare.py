@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from components.artifacts import ArtifactError, EarlierLevels, PreparedSettings
 from components.config import Config, with_relearn_lr
 from components.data.loaders import load_records, save_records
 from components.data.records import Record
 from components.data.requests import (DeletionRequest, Resolution, parse_request_bytes, read_request,
                                      resolve_requests)
 from components.data.world import load_world
-from components.jsonfiles import read_json, write_json
+from components.jsonfiles import write_json
 from components.paths import Paths
 
 
@@ -55,8 +56,8 @@ def prepare(
     save_records(resolution.forget, paths.forget)
     save_records(resolution.retain, paths.retain)
     _write_earlier(paths, world.records, earlier)
-    write_json(paths.earlier_levels, {rid: float(level) for rid, level in (earlier_levels or {}).items()
-                                      if rid in earlier and level is not None})
+    EarlierLevels({rid: float(level) for rid, level in (earlier_levels or {}).items()
+                   if rid in earlier and level is not None}).save(paths.earlier_levels)
     _copy_requests(paths, request_data, requests)
     summary = resolution.summary() | {
         "n_world": len(world.records),
@@ -85,7 +86,7 @@ def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record
         shutil.rmtree(paths.tokenizer)
     tokenizer.save_pretrained(paths.tokenizer)
     derived = with_max_length(config, tokenizer, records)
-    write_json(paths.settings, {"max_length": derived.model.max_length})
+    PreparedSettings(max_length=derived.model.max_length).save(paths.settings)
     return derived
 
 
@@ -99,8 +100,7 @@ def resolved_config(config: Config, paths: Paths) -> Config:
     config = config.model_copy(update={"eval": with_relearn_lr(config.eval, config.finetune.lr)})
     if config.model.max_length != "auto":
         return config
-    settings = read_json(paths.settings)
-    return config.with_overrides({"model.max_length": settings["max_length"]})
+    return config.with_overrides({"model.max_length": PreparedSettings.load(paths.settings).max_length})
 
 
 def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str, Sequence[str]]) -> None:
@@ -160,14 +160,16 @@ ERASED_LEVEL = "erased_forget_prob"  # metrics.json: unlearned.earlier.<request>
 
 def with_erased_levels(metrics: dict, paths: Paths) -> dict:
     """``metrics`` (a metrics.json mapping) with each earlier request's erased level added to the
-    unlearned model's earlier section (``erased_forget_prob``), where prepare recorded one."""
+    unlearned model's earlier section (``erased_forget_prob``), where prepare recorded one. An
+    unreadable levels file records none: the gate's check of those requests then fails closed."""
     try:
-        levels = read_json(paths.earlier_levels) if paths.earlier_levels.exists() else {}
-    except (OSError, ValueError):
-        levels = {}
+        levels = EarlierLevels.read(paths.earlier_levels)
+    except (OSError, ArtifactError):
+        levels = EarlierLevels({})
     for request_id, values in ((metrics.get("unlearned") or {}).get("earlier") or {}).items():
-        if isinstance(levels.get(request_id), (int, float)):
-            values[ERASED_LEVEL] = float(levels[request_id])
+        level = levels.get(request_id)
+        if level is not None:
+            values[ERASED_LEVEL] = level
     return metrics
 
 

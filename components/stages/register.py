@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Collection, Mapping
 
-from components.artifacts import GateDecision, Metrics, Resolution
+from components.artifacts import GateDecision, Metrics, Resolution, read_unlearn_log
 from components.config import Config
 from components.data.versioning import file_md5
 from components.paths import Paths
@@ -34,8 +33,7 @@ def register(
     from components.registry import Candidate, register_candidate, tracking_store
     from components.stages.evaluate import evaluated_fingerprint
 
-    log = paths.unlearn_log
-    diagnostics = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    diagnostics = read_unlearn_log(paths.unlearn_log)
     if dvc_hashes is None:
         dvc_hashes = {p.stem: file_md5(p) for p in paths.prepared_request_files()}
     if processed_requests is None and not (tags or {}).get("batch_id"):

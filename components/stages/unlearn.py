@@ -7,8 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+from components.artifacts import UnlearnSummary
 from components.config import Config
-from components.jsonfiles import write_json
 from components.paths import Paths
 from components.stages.prepare import load_splits, resolved_config
 
@@ -53,7 +53,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
                                                        "gamma", "alpha", "lr")}
     summary = result.summary() | {"method": method, "start_model": str(loaded.source),
                                   "seconds": round(time.perf_counter() - started, 1)}
-    write_json(paths.report_files.unlearn_summary, summary)
+    UnlearnSummary.model_validate(summary).save(paths.report_files.unlearn_summary)
     return summary
 
 
