@@ -98,54 +98,74 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
                         "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]]}}
 
 
-def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str) -> float:
-    """``blur ARGS`` in ``folder`` (its output appended to ``log_file``); returns its wall seconds."""
+def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str, refused_ok: bool = False) -> float:
+    """``blur ARGS`` in ``folder`` (its output appended to ``log_file``); returns its wall seconds.
+    ``refused_ok``: exit status 1 with a request in ``failed/`` (the gate refused the batch) is expected."""
     started = time.perf_counter()
     with log_file.open("a") as out:
         done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", "."], cwd=folder, env=env,
                               stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
+    refused = refused_ok and done.returncode == 1 and _failed_requests(folder)
+    if done.returncode and not refused:
         raise RuntimeError(f"blur {' '.join(args)} failed in {folder} (see {log_file})")
     return time.perf_counter() - started
 
 
-def run_flow(profile: str, scratch: Path) -> dict[str, Any]:
+def _failed_requests(folder: Path) -> list[Path]:
+    return sorted((folder / "data" / "requests" / "failed").glob("*.json"))
+
+
+def _batch(folder: Path, label: str, seconds: float | None, output: str) -> dict[str, Any]:
+    """A batch's record: the newest batch folder's evaluate record and metrics, and the flow's cache lines."""
+    batch_dirs = sorted((p for p in (folder / "runs").iterdir() if (p / "reports" / "resources.json").exists()),
+                        key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
+    paths = Paths(batch_dirs[-1])
+    return {"run": label, "batch": batch_dirs[-1].name, "wall_seconds": None if seconds is None else round(seconds, 1),
+            "evaluate": Resources.read(paths.resources).stage("evaluate"),
+            "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line
+                    or "cache miss" in line],
+            "metrics": Metrics.load(paths.metrics).model_dump(mode="json")}
+
+
+def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any]:
     """Two `blur process` batches of the profile's request in a fresh clone: the second after the
-    gate refused the first and ``unlearn.lr`` was raised by half (``blur request retry --all``)."""
+    gate refused the first and ``unlearn.lr`` was raised by half (``blur request retry --all``).
+    ``resume``: ``scratch`` already holds the first batch, refused (its wall time is then unknown)."""
     from components.config import load_config
 
-    folder, env = _clone(profile, scratch)
+    folder = scratch / PROFILES[profile]
+    log_file = folder / "flow.log"
+    batches = []
+    if resume and _failed_requests(folder) and log_file.exists():
+        env = dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        batches.append(_batch(folder, "first", None, log_file.read_text(errors="replace")))
+        log(f"{profile}: resuming after the first batch ({batches[0]['batch']})")
+    else:
+        folder, env = _clone(profile, scratch)
+        # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the
+        # fine-tune cache); the batches start from that target, and the evaluation cache is still empty
+        with log_file.open("w") as out:
+            done = subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=folder, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"dvc repro finetune failed in {folder} (see {log_file})")
     config = load_config(folder / "params.yaml")
     request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
-    log_file = folder / "flow.log"
-    # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the fine-tune
-    # cache); the batches start from that target, and the evaluation cache is still empty
-    with log_file.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=folder, env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise RuntimeError(f"dvc repro finetune failed in {folder} (see {log_file})")
-    batches = []
-    for label in ("first", "second"):
+    for label in ("first", "second")[len(batches):]:
         if label == "first":
             _blur(folder, env, log_file, "request", "add", str(request))
         else:
-            if not list((folder / "data" / "requests" / "failed").glob("*.json")):
+            if not _failed_requests(folder):
                 raise RuntimeError("the first batch's request was not refused by the gate, so there is nothing to "
                                    "retry: this measurement needs a profile whose first batch fails its gate")
             _scale_lr(folder / "params.yaml", 1.5)
             _blur(folder, env, log_file, "request", "retry", "--all")
         log(f"{profile}: {label} blur process in {folder}")
         mark = log_file.stat().st_size
-        seconds = _blur(folder, env, log_file, "process")
-        output = log_file.read_text(errors="replace")[mark:]
-        batch_dirs = sorted((folder / "runs").iterdir(), key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
-        paths = Paths(batch_dirs[-1])
-        batches.append({"run": label, "batch": batch_dirs[-1].name, "wall_seconds": round(seconds, 1),
-                        "evaluate": Resources.read(paths.resources).stage("evaluate"),
-                        "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line
-                                or "cache miss" in line],
-                        "metrics": Metrics.load(paths.metrics).model_dump(mode="json")})
+        seconds = _blur(folder, env, log_file, "process", refused_ok=True)
+        batches.append(_batch(folder, label, seconds, log_file.read_text(errors="replace")[mark:]))
     first, second = batches
     same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
     return {"profile": profile, "machine": harness.machine(), "runs": batches,
@@ -203,7 +223,8 @@ app = harness.cli(__doc__)
 @app.command()
 def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
-         flow: bool = harness.typer.Option(False, help="two `blur process` batches instead of two `dvc repro` runs")
+         flow: bool = harness.typer.Option(False, help="two `blur process` batches instead of two `dvc repro` runs"),
+         resume: bool = harness.typer.Option(False, help="--flow: go on from the refused first batch already in --scratch")
          ) -> None:
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
@@ -212,7 +233,7 @@ def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"),
         if report_only:
             harness.report_only(out, name, render_flow)
             return
-        results = run_flow(profile, scratch)
+        results = run_flow(profile, scratch, resume)
         harness.write_report(results, out, name, render_flow)
         log(f"second batch scored: {results['summary']['second_scored']}")
         return
