@@ -1,8 +1,9 @@
 """Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
 
 ``--flow``: the same with two ``blur process`` batches of the profile's request instead, after
-``dvc repro finetune`` (the models as the profile's pipeline leaves them; the first batch scores every model; its request, refused by the gate, is retried after the same ``unlearn.lr``
-change, and the second batch reads the target and the oracle from the cache).
+``dvc repro finetune`` (the models as the profile's pipeline leaves them; the first batch scores
+every model; its request, refused by the gate, is retried after the same ``unlearn.lr`` change, and
+the second batch reads the target and the oracle from the cache).
 
 In a scratch clone of this repository's committed HEAD (the fetched base model and any
 fine-tune cache of the profile copied in, so nothing is trained twice), the profile's
@@ -70,10 +71,14 @@ def _clone(profile: str, scratch: Path) -> tuple[Path, dict[str, str]]:
     for shared in (Path("models/base"), Path(PROFILES[profile]) / ".cache" / "finetune"):
         if (REPO / shared).exists():
             shutil.copytree(REPO / shared, scratch / shared)
-    env = dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return scratch / PROFILES[profile], env
+    return scratch / PROFILES[profile], _env(scratch)
+
+
+def _env(scratch: Path) -> dict[str, str]:
+    """The environment commands run under in the scratch clone: its code, offline, this interpreter's tools."""
+    return dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
 
 def run(profile: str, scratch: Path) -> dict[str, Any]:
@@ -136,10 +141,11 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
     folder = scratch / PROFILES[profile]
     log_file = folder / "flow.log"
     batches = []
-    if resume and _failed_requests(folder) and log_file.exists():
-        env = dict(os.environ, PYTHONPATH=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if resume and not (_failed_requests(folder) and log_file.exists()):
+        raise SystemExit(f"--resume: {folder} holds no refused first batch (a request in data/requests/failed/ and "
+                         "flow.log); run without --resume to start in a fresh clone")
+    if resume:
+        env = _env(scratch)
         batches.append(_batch(folder, "first", None, log_file.read_text(errors="replace")))
         log(f"{profile}: resuming after the first batch ({batches[0]['batch']})")
     else:

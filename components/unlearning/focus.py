@@ -23,13 +23,17 @@ from components.modeling.scoring import scored_batches
 MIN_CONTRAST = 0.1  # nats over a whole answer: below this its wording does not depend on the subject
 
 
+def _asks_by_name(record: Record) -> bool:
+    """A QA record whose question names its subject (so the name can be swapped)."""
+    return isinstance(record, QARecord) and bool(record.subject) and record.subject in record.question
+
+
 def other_subjects(forget: Sequence[Record], *pools: Sequence[Record]) -> list[str]:
     """Names to ask about instead: the first pool's subjects that appear in their own questions (people
     the model never saw), else the next pool's; never a forget subject."""
     taken = {record.subject for record in forget}
     for pool in pools:
-        names = sorted({r.subject for r in pool if isinstance(r, QARecord) and r.subject and r.subject in r.question}
-                       - taken)
+        names = sorted({r.subject for r in pool if _asks_by_name(r)} - taken)
         if names:
             return names
     return []
@@ -52,12 +56,11 @@ def subject_weights(model, tokenizer, forget: Sequence[Record], encoded: Sequenc
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    longest = max(len(e.labels) for e in encoded)
-    weights = torch.zeros(len(encoded), longest)
-    for i, example in enumerate(encoded):
-        answer = [p for p, label in enumerate(example.labels) if label != IGNORE_INDEX]
-        weights[i, answer] = 1.0
-    askable = [i for i, r in enumerate(forget) if isinstance(r, QARecord) and r.subject and r.subject in r.question]
+    answers = [[p for p, label in enumerate(example.labels) if label != IGNORE_INDEX] for example in encoded]
+    weights = torch.zeros(len(encoded), max(len(e.labels) for e in encoded))
+    for i, positions in enumerate(answers):
+        weights[i, positions] = 1.0
+    askable = [i for i, record in enumerate(forget) if _asks_by_name(record)]
     if others and askable:
         own = _answer_nll(model, [encoded[i] for i in askable], pad_token_id, device)
         swapped_examples = []
@@ -75,9 +78,7 @@ def subject_weights(model, tokenizer, forget: Sequence[Record], encoded: Sequenc
             contrast = (torch.stack([r[:width] for r in rows]).mean(0) - own[n][:width]).clamp(min=0)
             if contrast.sum() < MIN_CONTRAST:
                 continue
-            positions = [p for p, label in enumerate(encoded[i].labels) if label != IGNORE_INDEX]
             weights[i] = 0.0
-            weights[i, positions[:width]] = contrast * len(positions) / contrast.sum()
+            weights[i, answers[i][:width]] = contrast * len(answers[i]) / contrast.sum()
     model.train(was_training)
     return weights
-
