@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import hmean
+
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
 from components.artifacts import ROLES, Metrics, Resources
@@ -30,7 +32,7 @@ SEEDS = (0, 1, 2)
 RULE = {"min_forget_quality": 0.05, "max_abs_privleak": 25.0, "min_utility_ratio": 0.95,
         "max_world_facts_drop": 0.02, "max_relearn_gap": 0.15, "min_runs_of_9": 8}
 KEEP = ("forget_prob", "forget_quality", "privleak", "forget_holdout_auc", "forget_holdout_ks_p", "retain_prob",
-        "model_utility", "world_facts_acc", "relearn_forget_prob", "mia_auc")
+        "retain_rouge", "retain_truth_ratio", "model_utility", "world_facts_acc", "relearn_forget_prob", "mia_auc")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ WORLDS = {
         "world.source": "file", "world.path": str(REPO / "data" / "tofu" / "world.json"),
         "world.holdout_path": str(REPO / "data" / "tofu" / "holdout.json"), "world.rows_per_subject": 20,
         "request": str(REPO / "data" / "tofu" / "request.json")}),
+    # tuning only (protocols/smollm2_tuning.md): the SmolLM2 profile's world drawn with another seed, so a
+    # setting chosen here is never judged on the records that chose it
+    "smollm2_tuning": World("smollm2_tuning", REPO / "pretrained" / "params.yaml", REPO / "pretrained", {"seed": 10}),
 }
 
 
@@ -187,6 +192,7 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
     unl, tgt, orc = (run["metrics"][r] for r in ("unlearned", "target", "oracle"))
     fq, privleak = unl["forget_quality"], unl["privleak"]
     utility = unl["model_utility"] / tgt["model_utility"] if unl["model_utility"] and tgt["model_utility"] else None
+    retain_part = _ratio(retain_utility(unl), retain_utility(tgt))
     facts = (None if unl.get("world_facts_acc") is None or tgt.get("world_facts_acc") is None
              else tgt["world_facts_acc"] - unl["world_facts_acc"])
     gap = (None if unl.get("relearn_forget_prob") is None or orc.get("relearn_forget_prob") is None
@@ -198,10 +204,25 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
         "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
         and (facts is None or facts <= RULE["max_world_facts_drop"]),
         "world_facts_drop": facts,
+        "retain_utility_ratio": retain_part,
         "verdicts_agree": run["gate"]["agree"] is True,
         "relearn_gap": gap,
         "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"],
     }
+
+
+def retain_utility(metrics: dict[str, Any]) -> float | None:
+    """Model utility's retain part alone: the harmonic mean of the retain set's probability, ROUGE-L and
+    truth-ratio score (`utility_noise.md`: on SmolLM2 the knowledge sets' near-zero ROUGE makes the whole
+    ratio's 95% interval span 0.4-1.3, while this part is measured to a few points)."""
+    parts = [metrics.get(k) for k in ("retain_prob", "retain_rouge", "retain_truth_ratio")]
+    if any(p is None for p in parts):
+        return None
+    return hmean(parts) if min(parts) > 0 else 0.0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,6 +263,7 @@ RUNS = [
     ("stopped at", "steps"), ("why", lambda r: ((r["stop"] or {}).get("reason", "") or "").split(":")[0]),
     ("forget quality", _unl("forget_quality")), ("privleak", _unl("privleak", 1)),
     ("AUC vs holdout", _unl("forget_holdout_auc")), ("utility ratio", _judged("utility_ratio")),
+    ("retain part ratio", _judged("retain_utility_ratio")),
     ("world facts drop", _judged("world_facts_drop")), ("relearn gap", _judged("relearn_gap")),
     ("gate (oracle-free / oracle)", lambda r: f"{_f(r['gate']['oracle_free'])} / {_f(r['gate']['oracle'])}"),
     ("unlearn s", lambda r: f"{r['unlearn_seconds']:.0f}"), ("evaluate s", lambda r: f"{r['evaluate_seconds']:.0f}"),
