@@ -351,11 +351,16 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
         raise ConfigError(_describe(error, source)) from None
 
 
+# libyaml's safe loader where PyYAML was built with it: the same documents, parsed ~10x faster (every
+# entry point and flow run reads params.yaml)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as error:

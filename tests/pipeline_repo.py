@@ -38,10 +38,11 @@ def set_dotted(data: dict, dotted: str, value) -> None:
 
 
 def write_params(repo: Path, overrides: dict) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.load((ROOT / "params.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     for key, value in {**TINY_PARAMS, **overrides}.items():
         set_dotted(params, key, value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.dump(params, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+                                                sort_keys=False))
     return params
 
 
