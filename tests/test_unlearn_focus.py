@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +13,13 @@ from components.config import UnlearnConfig
 from components.data.records import QARecord
 from components.modeling.encoding import IGNORE_INDEX, encode_record
 from components.unlearning import RunOutputs, run_unlearning
-from components.unlearning.focus import other_subjects, subject_weights
+from components.data.loaders import load_records
+
+from components.unlearning.focus import names_by_subject, other_subjects, subject_weights
 from components.unlearning.losses import LossContext, holdout_match
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).parents[1]
 
 
 def _weights(setup, forget):
@@ -44,6 +48,27 @@ def test_weights_sit_on_the_answer_have_mean_one_and_peak_where_the_subject_matt
         peaked += row.max().item() > 1.5
     # the trained target knows these subjects: most answers have tokens that hang on the name
     assert peaked >= len(encoded) // 2
+
+
+def test_subjects_named_by_an_id_are_asked_about_by_the_name_their_records_use():
+    """TOFU's files have no name field (`world.rows_per_subject` calls the authors subject-0001, ...)."""
+    world = load_records(ROOT / "data" / "tofu" / "world.json", rows_per_subject=20)
+    holdout = load_records(ROOT / "data" / "tofu" / "holdout.json", rows_per_subject=20)
+    names = names_by_subject(world)
+    assert names["subject-0001"] == "Jaime Vasquez" and len(set(names.values())) == 6
+    assert sum(names[r.subject] in r.question for r in world) >= 0.9 * len(world)
+    forget = [r for r in world if r.subject in ("subject-0001", "subject-0002")]
+    # the holdout's ids repeat the world's; its people do not, and a forget author is never offered
+    others = other_subjects(forget, holdout, world)
+    assert others == sorted(names_by_subject(holdout).values()) and names["subject-0001"] not in others
+
+
+def test_weights_are_the_same_whether_the_subject_is_given_by_name_or_by_id(tiny_setup):
+    by_id = [dataclasses.replace(r, subject="subject-0001") for r in tiny_setup.forget]
+    assert names_by_subject(by_id) == {"subject-0001": tiny_setup.forget[0].subject}
+    _, named = _weights(tiny_setup, tiny_setup.forget)
+    _, anonymous = _weights(tiny_setup, by_id)
+    assert torch.equal(named, anonymous) and (named.amax(dim=1) > 1.5).any()
 
 
 def test_a_record_that_does_not_name_its_subject_keeps_uniform_weights(tiny_setup):
