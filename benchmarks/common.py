@@ -240,11 +240,12 @@ class CandidateEvaluator:
     keys: tuple[str, ...] | None = None  # report only these keys (None: all)
     cache_dir: Path | None = CACHE / "eval"  # target and oracle outputs kept across runs (None: not kept)
 
-    def __init__(self, bench: Bench, config: EvalConfig | None = None, cache_dir: Path | None = CACHE / "eval"):
+    def __init__(self, bench: Bench, config: EvalConfig | None = None, cache_dir: Path | None = CACHE / "eval",
+                 splits: dict[str, list[Record]] | None = None):
         from components.evaluation import EvaluationContext
 
         self.bench, self.cache_dir = bench, cache_dir
-        splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
+        splits = splits or {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
         self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config.finetune.lr),
                                      max_length=bench.max_length)

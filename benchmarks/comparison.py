@@ -284,17 +284,17 @@ def _final(run: dict, key: str) -> str:
     return fmt(run["points"][-1].get(key)) if run["points"] else "–"
 
 
-RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", lambda r: fmt(r["arm"]["g"], 2)),
-            ("gamma", lambda r: fmt(r["arm"]["gamma"], 4)),
+RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", ("arm", "g"), 2),
+            ("gamma", ("arm", "gamma"), 4),
             ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
             ("final forget prob", lambda r: _final(r, "forget_prob")), ("final retain NLL", lambda r: _final(r, "retain_nll")),
             ("final AUC", lambda r: _final(r, "forget_holdout_auc")), ("final TR distance", lambda r: _final(r, "tr_distance")),
-            ("mean xi", lambda r: fmt(r["mean_xi"])), ("s", lambda r: fmt(r["seconds"], 0)),
+            ("mean xi", "mean_xi"), ("s", "seconds", 0),
             ("error", lambda r: r["error"] or "")]
-VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", lambda r: fmt(r["g"], 2)), ("q", "q"),
-                ("forget prob level", lambda r: fmt(r["level"])), ("pair (A vs B)", "pair"),
+VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", "g", 2), ("q", "q"),
+                ("forget prob level", "level"), ("pair (A vs B)", "pair"),
                 ("retain NLL A", lambda r: r.get("a", "–")), ("retain NLL B", lambda r: r.get("b", "–")),
-                ("diff (B - A)", lambda r: fmt(r["diff"], 4)), ("pooled SD", lambda r: fmt(r["sd"], 4)),
+                ("diff (B - A)", "diff", 4), ("pooled SD", "sd", 4),
                 ("verdict", "verdict")]
 
 

@@ -182,7 +182,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
 
 
 ROWS = [
-    ("run", "run"), ("dvc repro s", lambda r: fmt(r["wall_seconds"], 0)),
+    ("run", "run"), ("dvc repro s", "wall_seconds", 0),
     ("evaluate s", lambda r: fmt(r["evaluate"]["floor"]["evaluate_seconds"], 1)),
     ("floor s", lambda r: fmt(r["evaluate"]["floor"]["floor_seconds"], 1)),
     ("ratio", lambda r: fmt(r["evaluate"]["floor"]["ratio"], 2)),
@@ -190,9 +190,9 @@ ROWS = [
     ("cache (reused / computed)", lambda r: ", ".join(f"{role} {c['hits']} / {c['misses']}"
                                                       for role, c in r["evaluate"]["cache"].items())),
 ]
-PHASES = [("run", "run"), ("phase", "phase"), ("s", lambda r: fmt(r["seconds"], 1)),
-          ("floor s", lambda r: fmt(r["floor_seconds"], 1)), ("CPU s", lambda r: fmt(r["cpu_seconds"], 1)),
-          ("CPU floor s", lambda r: fmt(r["cpu_floor_seconds"], 1))]
+PHASES = [("run", "run"), ("phase", "phase"), ("s", "seconds", 1),
+          ("floor s", "floor_seconds", 1), ("CPU s", "cpu_seconds", 1),
+          ("CPU floor s", "cpu_floor_seconds", 1)]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -208,7 +208,7 @@ def render(results: dict[str, Any]) -> str:
                        s["reference_metrics_identical"].items()))
 
 
-FLOW_ROWS = [("batch", "run"), ("blur process s", lambda r: fmt(r["wall_seconds"], 0))] + ROWS[2:]
+FLOW_ROWS = [("batch", "run"), ("blur process s", "wall_seconds", 0)] + ROWS[2:]
 
 
 def render_flow(results: dict[str, Any]) -> str:

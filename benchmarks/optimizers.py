@@ -1,9 +1,5 @@
 """Optimizer: does BLUR separate from the weighted sum when the step keeps the direction (SGD) rather
-than rescaling it per coordinate (AdamW)?
-
-    python -m benchmarks.optimizers                    # the demo world (tiny model; minutes here, 1 thread)
-    python -m benchmarks.optimizers --smoke --out DIR  # seconds
-    python -m benchmarks.optimizers --report-only [--stem S]   # rewrite S.md from S.json
+than rescaling it per coordinate (AdamW)? The demo world (minutes, one thread); ``--world pretrained``: SmolLM2.
 
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.optimizers``.
 """
@@ -20,7 +16,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from benchmarks import harness
-from benchmarks.common import (CACHE, Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
+from benchmarks.common import (Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
                                load_snapshot, method_config, pretrained_bench, smoke_bench)
 from benchmarks.harness import REPO, RESULTS, fmt, log, machine, mean_std, table
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
@@ -252,16 +248,13 @@ def analyse(results: dict[str, Any], config: OptimizerConfig) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> list[Path]:
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     configs = analysis["configurations"]
     panels = [(name, [c for c in configs if c["optimizer"] == name]) for name in dict.fromkeys(c["optimizer"] for c in configs)]
-    files = [pareto_figure(panels, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
+    files = [pareto_figure(panels, x="forget_quality", y="model_utility",
+                           path=Path(config.out_dir) / f"{config.stem}_fq_vs_utility.png",
                            xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
                            references=results["reference"], title="Demo world: BLUR vs weighted sum per optimizer")]
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem,
-                                        renderer(config.stem))
+    return files + harness.write_sweep(results, analysis, config.out_dir, config.stem, renderer(config.stem))
 
 
 def renderer(stem: str):
@@ -274,7 +267,7 @@ MATCHED = [("optimizer", "optimizer"), ("levels", "levels"), ("BLUR >= weighted 
            ("max margin", "max_margin"),
            ("by forget prob (±tol)", lambda b: f"{b['by_prob_within_tolerance']} of {b['by_prob_levels']}")]
 CONFIGURATIONS = [
-    ("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", "balance", 3), ("steps", "steps"),
     ("seeds", "seeds"), ("forget quality", lambda c: mean_std(c, "forget_quality")),
     ("model utility", lambda c: mean_std(c, "model_utility")), ("forget prob", "forget_prob"), ("fh AUC", "forget_holdout_auc"),
     *((h, lambda c, k=k: fmt(c[k], 3)) for h, k in (
@@ -285,34 +278,28 @@ CONFIGURATIONS = [
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> str:
     """The write-up: prose from ``templates/optimizers.md``, every table rendered from ``results``."""
     rows = sorted(analysis["configurations"], key=lambda c: (c["optimizer"], c["combiner"], c["balance"], c["steps"]))
-    errors = [r for r in results["runs"] if r["error"]]
-    tail = "".join([f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
-                    + "".join(f"- {n}\n" for n in results["skipped"]) if results["skipped"] else "",
-                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
     matched = [b | {"optimizer": name, "blur_at_least_within_tolerance": str(b["blur_at_least_within_tolerance"]),
                     "blur_at_least_strictly": str(b["blur_at_least_strictly"])} for name, b in analysis["matched"].items()]
     return harness.template("optimizers")["main"].format(
         stem=config.stem, m=results["machine"], w=results["world"], wall=results["wall_seconds"] / 60,
-        matched=table(matched, MATCHED), configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
+        matched=table(matched, MATCHED), configurations=table(rows, CONFIGURATIONS),
+        tail=harness.tail(results)).rstrip("\n") + "\n"
 
 
 def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
-    started = time.perf_counter()
-    harness.init_process(config.threads)
-    if bench is None:
-        from components.config import load_config
+    from components.config import load_config
 
-        bench = demo_bench(load_config(config.params).with_overrides(config.overrides), cache_root=CACHE)
-    results = run_sweep(bench, config)
-    results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    analysis = analyse(results, config)
-    files = write_report(results, analysis, config)
-    if config.mlflow:
-        harness.log_benchmark(config.out_dir, "benchmark-optimizers", run_name=config.stem,
-                      params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
-                      metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
-                      children=results["runs"], artifacts=files)
-    return results, analysis, files
+    def sweep() -> dict:
+        return run_sweep(bench or demo_bench(load_config(config.params).with_overrides(config.overrides)), config)
+
+    def mlflow(results: dict, analysis: dict, config: OptimizerConfig, files: list[Path]) -> str:
+        return harness.log_benchmark(
+            config.out_dir, "benchmark-optimizers", run_name=config.stem,
+            params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
+            metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
+            children=results["runs"], artifacts=files)
+
+    return harness.run_study(config, sweep, analyse, write_report, mlflow)
 
 
 app = harness.cli(__doc__)

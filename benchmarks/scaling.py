@@ -100,10 +100,10 @@ def run(config: ScalingConfig) -> dict[str, Any]:
 
 
 COLUMNS = [("model", "model"), ("parameters", lambda r: f"{r['n_params'] / 1e6:.1f}M"), ("forget records", "forget_records"),
-           ("BLUR ms/step", lambda r: fmt(r["blur_step_ms"], 0)),
-           ("weighted-sum ms/step", lambda r: fmt(r["weighted_step_ms"], 0)),
-           ("evaluation s (one model)", lambda r: fmt(r["eval_seconds_one_model"], 1)),
-           ("evaluation CPU s", lambda r: fmt(r["eval_cpu_seconds_one_model"], 1))]
+           ("BLUR ms/step", "blur_step_ms", 0),
+           ("weighted-sum ms/step", "weighted_step_ms", 0),
+           ("evaluation s (one model)", "eval_seconds_one_model", 1),
+           ("evaluation CPU s", "eval_cpu_seconds_one_model", 1)]
 
 
 def render(result: dict[str, Any]) -> str:

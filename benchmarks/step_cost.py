@@ -115,9 +115,9 @@ TIMES = [("model", "name"), ("params", lambda m: f"{m['n_params'] / 1e6:.2f}M"),
          *((f"ms/step {k}", _ms(k)) for k in METHODS), ("blur / weighted", _ratio("blur_over_weighted_time")),
          ("naive / blur", _ratio("naive_over_blur_time")), ("blur / fused", _ratio("blur_over_fused_weighted_time")),
          ("naive matches blur (max abs diff)", lambda m: f"{m['naive_matches_blur_max_abs_diff']:.1e}")]
-MEMORY = [("model", "name"), ("blur", lambda m: fmt(m["memory"]["blur_extra_bytes_over_param_bytes"])),
-          ("weighted_sum (engine)", lambda m: fmt(m["memory"]["weighted_extra_bytes_over_param_bytes"])),
-          ("naive_blur", lambda m: fmt(m["memory"]["naive_extra_bytes_over_param_bytes"], 2))]
+MEMORY = [("model", "name"), ("blur", ("memory", "blur_extra_bytes_over_param_bytes")),
+          ("weighted_sum (engine)", ("memory", "weighted_extra_bytes_over_param_bytes")),
+          ("naive_blur", ("memory", "naive_extra_bytes_over_param_bytes"), 2)]
 
 
 def render(results: dict[str, Any]) -> str:

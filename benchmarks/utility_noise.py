@@ -107,12 +107,12 @@ ROWS = [
     ("records (retain / real authors / world facts)", lambda r: " / ".join(str(v) for v in r["n_records"].values())),
     ("utility: target / unlearned / oracle", lambda r: " / ".join(fmt(r["utility"][k]) for k in
                                                                  ("target", "unlearned", "oracle"))),
-    ("unlearned / target", lambda r: fmt(r["unlearned_ratio"], 2)),
+    ("unlearned / target", "unlearned_ratio", 2),
     ("95% interval", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_ratio_ci"]))),
-    ("share of draws < 0.95", lambda r: fmt(r["unlearned_ratio_below_095"], 2)),
-    ("oracle / target", lambda r: fmt(r["oracle_ratio"], 2)),
+    ("share of draws < 0.95", "unlearned_ratio_below_095", 2),
+    ("oracle / target", "oracle_ratio", 2),
     ("95% interval ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["oracle_ratio_ci"]))),
-    ("retain part only: unlearned / target", lambda r: fmt(r["unlearned_retain_ratio"], 2)),
+    ("retain part only: unlearned / target", "unlearned_retain_ratio", 2),
     ("95% interval  ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_retain_ratio_ci"]))),
 ]
 
