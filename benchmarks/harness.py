@@ -188,12 +188,11 @@ def write_report(results: dict[str, Any], out: Path, stem: str, render: Callable
     return files + [Path(out) / f"{stem}.md"]
 
 
-def report_only(out: Path, stem: str, render: Callable[[dict], str]) -> Path:
+def report_only(out: Path, stem: str, render: Callable[[dict], str]) -> None:
     """Rewrite ``<stem>.md`` from ``<stem>.json``; nothing runs."""
     md = Path(out) / f"{stem}.md"
     md.write_text(render(read_json(Path(out) / f"{stem}.json")), encoding="utf-8")
     log(f"wrote {md}")
-    return md
 
 
 def write_sweep(results: dict[str, Any], analysis: dict[str, Any], out: Path, stem: str, render: Callable[[dict], str],

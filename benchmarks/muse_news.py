@@ -177,8 +177,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke"),
          no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
     stem = stem or ("muse_news_smoke" if smoke else "muse_news")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     config = MuseConfig(data=data, sweeps=SMOKE_SWEEPS if smoke else DEFAULT_SWEEPS, out_dir=out, stem=stem,
                         mlflow=not no_mlflow)
     results, _, files = run(config)

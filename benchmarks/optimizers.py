@@ -17,16 +17,16 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from benchmarks import harness
 from benchmarks.common import (Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
-                               load_snapshot, method_config, pretrained_bench, smoke_bench)
+                               load_snapshot, method_config, pretrained_bench, smoke_bench, unlearn)
 from benchmarks.harness import REPO, RESULTS, fmt, log, machine, mean_std, table
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, balance
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
 UPDATE_METRICS = ("direction_ratio", "update_ratio", "cos_u_d", "cos_u_gf", "cos_d_gf", "kept")
 DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio") + tuple(f"mean_{k}" for k in UPDATE_METRICS)
 CONFIG_KEYS = ("optimizer", "forget_loss", "combiner", "balance", "lr", "steps")
-BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,8 @@ class Job:
 
     def overrides(self) -> dict[str, Any]:
         o = self.optimizer
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "optimizer": o.optimizer, "lr": o.lr,
-                  "momentum": o.momentum, "steps": max(self.eval_steps), "epochs": None, "checkpoint_every": 0,
-                  "scheduler": "constant", "warmup_steps": 0}
-        return method | ({"gamma": self.balance} if self.combiner == "blur" else {"gamma": 1.0, "alpha": self.balance})
+        return ({"forget_loss": self.forget_loss, "optimizer": o.optimizer, "lr": o.lr, "momentum": o.momentum,
+                 "steps": max(self.eval_steps)} | FIXED_LENGTH | balance(self.combiner, self.balance))
 
     @property
     def name(self) -> str:
@@ -159,8 +157,6 @@ class UpdateMeter:
 
 def run_job(bench: Bench, job: Job) -> dict:
     """Unlearn with the update meter on, keeping the weights at each evaluated step count."""
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
-
     method = method_config(bench.config, **job.overrides())
     model = fresh_copy(bench)
     meter = UpdateMeter(model, method.gamma)
@@ -172,16 +168,11 @@ def run_job(bench: Bench, job: Job) -> dict:
         if record["step"] in job.eval_steps:
             snapshots[record["step"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    started, error = time.perf_counter(), None
     try:
-        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
-    except UnlearningDivergedError as diverged:
-        error = str(diverged).splitlines()[0]
+        seconds, error = unlearn(bench, model, method, job.seed, on_step)
     finally:
         meter.close()
-    return {"snapshots": snapshots, "diagnostics": diagnostics, "error": error,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {"snapshots": snapshots, "diagnostics": diagnostics, "error": error, "seconds": round(seconds, 1)}
 
 
 def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
@@ -314,8 +305,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke"), out: Path = harne
     grid_name = "smoke" if smoke else ("pretrained" if world == "pretrained" else "default")
     stem = stem or {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     jobs = GRIDS[grid_name]
     if only:
         jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in only.split(","))))

@@ -18,14 +18,13 @@ import torch
 
 from benchmarks import harness
 from benchmarks.common import (CACHE, PROFILE, Bench, CandidateEvaluator, diagnostics_summary, fresh_copy, method_config,
-                               pretrained_bench, smoke_bench)
+                               pretrained_bench, smoke_bench, unlearn)
 from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, machine, mean_std, table, write_json
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
-from benchmarks.sweep import Run
+from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, Run, balance
 from components.data.records import Record, content_hash
 
 DEFAULT_ROOT = CACHE / "pretrained"
-BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 # the light tier: every reported metric that needs no generation (what intermediate snapshots get)
 LIGHT = ("forget_prob", "forget_truth_ratio", "forget_quality", "retain_prob", "holdout_prob", "mia_auc",
          "privleak", "forget_holdout_ks_p", "forget_holdout_auc", "world_facts_acc", "world_facts_prob")
@@ -49,12 +48,8 @@ class Job(Run):
         return max((*self.light_steps, *self.full_steps))
 
     def overrides(self) -> dict[str, Any]:
-        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr, "steps": self.steps,
-                  "epochs": None, "checkpoint_every": 0, "scheduler": "constant", "warmup_steps": 0}
-        if self.combiner == "blur":
-            return method | {"gamma": self.balance}
-        return method | {"gamma": 1.0, "alpha": self.balance}
+        return {"forget_loss": self.forget_loss, "lr": self.lr, "steps": self.steps} | FIXED_LENGTH | balance(
+            self.combiner, self.balance)
 
     @property
     def name(self) -> str:
@@ -176,7 +171,6 @@ class PretrainedEvaluator(CandidateEvaluator):
 def run_job(bench: Bench, evaluator: PretrainedEvaluator, job: Job, config: PretrainedConfig) -> dict:
     """Unlearn, observing the holdout rule and evaluating in place; the run's points and logs."""
     from components.config import StopConfig
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
     from components.unlearning.stopping import build_stopper
 
     method = method_config(bench.config, **job.overrides())
@@ -208,14 +202,7 @@ def run_job(bench: Bench, evaluator: PretrainedEvaluator, job: Job, config: Pret
             f"mu {fmt(metrics.get('model_utility'))} wf {fmt(metrics.get('world_facts_acc'))} "
             f"({time.perf_counter() - started:.0f}s)")
 
-    started = time.perf_counter()
-    error = None
-    try:
-        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
-    except UnlearningDivergedError as diverged:
-        error = str(diverged).splitlines()[0]
-    seconds = time.perf_counter() - started
+    seconds, error = unlearn(bench, model, method, job.seed, on_step)
     return {"name": job.name, "params": asdict(job), "points": points, "diagnostics": diagnostics,
             "stop": stopper.summary() | {"curve": stopper.readings}, "error": error,
             "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -534,8 +521,7 @@ def main(grid: str = harness.typer.Option(None, help="cpu (default), gpu, smoke,
         stem = stem or f"pretrained_{world}_stop"
     stem = stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}")
     if report_only:
-        harness.report_only(out, stem, render)
-        return
+        return harness.report_only(out, stem, render)
     config = PretrainedConfig(jobs=GRIDS[grid_name], root=root, budget_minutes=budget_minutes,
                               eval_retain=eval_retain or None, out_dir=out, threads=threads, stem=stem,
                               mlflow=not no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")

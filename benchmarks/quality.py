@@ -237,8 +237,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke", help="a minimal sw
     sweep = "smoke" if smoke else sweep
     stem = stem or ("quality" if sweep == "default" else f"quality_{sweep}")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     if merge:
         results = merge_results([harness.read_json(p) for p in merge])
         config = QualityConfig(out_dir=out, stem=stem, mlflow=False)

@@ -1,10 +1,5 @@
-"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum.
-
-    python -m benchmarks.step_cost --json          # one JSON object on stdout, progress on stderr
-    python -m benchmarks.step_cost --quick         # fewer rounds (a rough number in a minute)
-    python -m benchmarks.step_cost --report-only   # rewrite step_cost.md from step_cost.json
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.step_cost``.
+"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (``--json``: the result
+on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix.
 """
 
 from __future__ import annotations
@@ -139,8 +134,7 @@ def main(json: bool = harness.typer.Option(False, "--json", help="print the resu
          quick: bool = harness.typer.Option(False, "--quick", help="3 rounds x 2 steps instead of 7 x 3"),
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, "step_cost", render)
-        return
+        return harness.report_only(out, "step_cost", render)
     config = StepCostConfig(out=out / "step_cost.json")
     if quick:
         config.rounds, config.steps = 3, 2

@@ -18,6 +18,16 @@ CONFIG_KEYS = ("forget_loss", "combiner", "balance", "lr", "steps")
 BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 
 
+#: what makes a run of fixed length whose every step count is a shorter run (no schedule, no checkpoints)
+FIXED_LENGTH = {"epochs": None, "checkpoint_every": 0, "scheduler": "constant", "warmup_steps": 0}
+
+
+def balance(combiner: str, value: float) -> dict[str, Any]:
+    """The combiner and its balance as ``unlearn`` keys. BLUR: ``gamma`` = value. Weighted sum: forget weight 1,
+    retain weight ``alpha`` = value."""
+    return {"combiner": combiner} | ({"gamma": value} if combiner == "blur" else {"gamma": 1.0, "alpha": value})
+
+
 @dataclass(frozen=True)
 class Sweep:
     """The grid of one forget loss: both combiners, their balance values, learning rates, seeds, steps."""
@@ -53,11 +63,7 @@ class Job(Run):
     eval_steps: tuple[int, ...]
 
     def overrides(self) -> dict[str, Any]:
-        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr}
-        if self.combiner == "blur":
-            return method | {"gamma": self.balance}
-        return method | {"gamma": 1.0, "alpha": self.balance}
+        return {"forget_loss": self.forget_loss, "lr": self.lr} | balance(self.combiner, self.balance)
 
     @property
     def name(self) -> str:

@@ -5,10 +5,7 @@ probability, ROUGE, truth-ratio score), so its smallest part weighs most: on Smo
 real authors' ROUGE, about 6 right names in 100 questions. This study resamples the records of
 every set (the same records for both models: paired) from the per-record reports of calibration's
 runs and recomputes unlearned / target and oracle / target utility each time. Its 95% interval
-says which utility ratios these sets can tell apart; no model runs.
-
-    python -m benchmarks.utility_noise                # every cached calibration run
-    python -m benchmarks.utility_noise --report-only  # rewrite utility_noise.md from utility_noise.json
+says which utility ratios these sets can tell apart; no model runs (every cached calibration run).
 """
 
 from __future__ import annotations
@@ -129,8 +126,7 @@ app = harness.cli(__doc__)
 def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, STEM, render)
-        return
+        return harness.report_only(out, STEM, render)
     found = runs(worlds)
     for run in found:
         for role, value in ((r, v) for r, v in run["utility"].items() if r in run["reported_utility"]):
