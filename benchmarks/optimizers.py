@@ -16,11 +16,11 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from benchmarks import harness
-from benchmarks.common import (Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
-                               load_snapshot, method_config, pretrained_bench, smoke_bench, unlearn)
+from benchmarks.common import (Bench, UnlearnRun, demo_bench, fresh_copy, method_config, pretrained_bench,
+                               smoke_bench, unlearn)
 from benchmarks.harness import REPO, RESULTS, fmt, log, machine, mean_std, table
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
-from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, balance
+from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, balance, run_sweep as sweep_jobs
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
@@ -56,6 +56,19 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.optimizer.name} {self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} seed={self.seed}"
+
+    def unlearn(self, bench: Bench) -> UnlearnRun:
+        return run_job(bench, self)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self) | {"optimizer": self.optimizer.name, "lr": self.optimizer.lr,
+                               "momentum": self.optimizer.momentum}
+
+    def point(self, run: UnlearnRun, steps: int, eval_seconds: float) -> dict[str, Any]:
+        """The point's fields besides the metrics and diagnostics: the job, its step count and the update's means."""
+        rows = [d for d in run.diagnostics if d["step"] <= steps]
+        return ({k: v for k, v in self.params().items() if k != "eval_steps"} | {"steps": steps}
+                | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
 
 
 # With clipping at 1 and ||d|| mostly above it, an SGD step moves the weights by lr; AdamW at 1e-3
@@ -155,7 +168,7 @@ class UpdateMeter:
 # --------------------------------------------------------------------------- running
 
 
-def run_job(bench: Bench, job: Job) -> dict:
+def run_job(bench: Bench, job: Job) -> UnlearnRun:
     """Unlearn with the update meter on, keeping the weights at each evaluated step count."""
     method = method_config(bench.config, **job.overrides())
     model = fresh_copy(bench)
@@ -172,44 +185,14 @@ def run_job(bench: Bench, job: Job) -> dict:
         seconds, error = unlearn(bench, model, method, job.seed, on_step)
     finally:
         meter.close()
-    return {"snapshots": snapshots, "diagnostics": diagnostics, "error": error, "seconds": round(seconds, 1)}
+    return UnlearnRun(snapshots, diagnostics, round(seconds, 1), error)
 
 
 def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
     """Every job within the budget, each evaluated at its step counts; the raw results (one point per model)."""
-    started = time.perf_counter()
-    evaluator = CandidateEvaluator(bench)
-    reference = evaluator.reference()
-
-    def run_one(job: Job) -> dict:
-        job_started = time.perf_counter()
-        run = run_job(bench, job)
-        points, by_step = [], {}
-        for steps, state in sorted(run["snapshots"].items()):
-            metrics = evaluator(load_snapshot(bench, state))
-            rows = [d for d in run["diagnostics"] if d["step"] <= steps]
-            points.append({"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
-                           "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
-                           "seed": job.seed, "steps": steps} | {k: metrics.get(k) for k in POINT_METRICS}
-                          | diagnostics_summary(run["diagnostics"], steps)
-                          | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
-            by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if points:
-            log("    " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (
-                "forget_quality", "model_utility", "mean_direction_ratio", "mean_update_ratio", "mean_cos_u_d", "mean_kept")))
-        return {"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
-                "error": run["error"], "seconds": round(time.perf_counter() - job_started, 1), "points": points}
-
-    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
-                            spent=time.perf_counter() - started)
-    return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
-            "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-            "jobs": [_flat(j) for j in config.jobs], "points": [p for run in grid["runs"] for p in run.pop("points")],
-            "runs": grid["runs"], "skipped": grid["skipped"], "sweep_seconds": round(time.perf_counter() - started, 1)}
-
-
-def _flat(job: Job) -> dict:
-    return asdict(job) | {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum}
+    results = sweep_jobs(bench, config, POINT_METRICS, jobs=config.jobs, count_setup=False)
+    results.pop("config")
+    return results | {"benchmark": "optimizers", "jobs": [j.params() for j in config.jobs]}
 
 
 def _mean(values: Sequence[float]) -> float | None:
