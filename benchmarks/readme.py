@@ -184,22 +184,14 @@ def muse_matched(results: Path = RESULTS) -> str:
 
 def step_cost(results: Path = RESULTS) -> str:
     """Step-time ratios (medians over rounds) and peak extra memory over the parameter bytes, per model."""
-    rows = []
-    for name, model in _load(results, "step_cost")["models"].items():
-        ratios, memory = model["ratios"], model["memory"]
-        rows.append({"model": name, "params": f"{model['n_params'] / 1e6:.1f}M",
-                     "bw": ratios["blur_over_weighted_time"]["median"],
-                     "bf": ratios["blur_over_fused_weighted_time"]["median"],
-                     "nb": ratios["naive_over_blur_time"]["median"],
-                     "blur_mem": memory["blur_extra_bytes_over_param_bytes"],
-                     "naive_mem": memory["naive_extra_bytes_over_param_bytes"],
-                     "diff": model.get("naive_matches_blur_max_abs_diff")})
-    return table(rows, [("model", "model"), ("parameters", "params"),
-                        ("BLUR / engine weighted sum", "bw", 2),
-                        ("BLUR / fused weighted sum", "bf", 2), ("naive BLUR / BLUR", "nb", 2),
-                        ("BLUR extra memory / params", "blur_mem", 2),
-                        ("naive extra memory / params", "naive_mem", 2),
-                        ("naive vs engine weights, max abs diff", "diff", 1)]) + \
+    rows = [model | {"model": name} for name, model in _load(results, "step_cost")["models"].items()]
+    return table(rows, [("model", "model"), ("parameters", lambda m: f"{m['n_params'] / 1e6:.1f}M"),
+                        ("BLUR / engine weighted sum", ("ratios", "blur_over_weighted_time", "median"), 2),
+                        ("BLUR / fused weighted sum", ("ratios", "blur_over_fused_weighted_time", "median"), 2),
+                        ("naive BLUR / BLUR", ("ratios", "naive_over_blur_time", "median"), 2),
+                        ("BLUR extra memory / params", ("memory", "blur_extra_bytes_over_param_bytes"), 2),
+                        ("naive extra memory / params", ("memory", "naive_extra_bytes_over_param_bytes"), 2),
+                        ("naive vs engine weights, max abs diff", "naive_matches_blur_max_abs_diff", 1)]) + \
         ("\n\nFrom `step_cost.json` (`models.*.ratios.*.median`, `models.*.memory`); extra memory is over the "
          "fused weighted sum's peak.")
 
@@ -210,9 +202,7 @@ def step_cost(results: Path = RESULTS) -> str:
 def pretrained_models(results: Path = RESULTS) -> str:
     """SmolLM2: the target, the oracle and every fixed-step model evaluated with the full tier."""
     found = _load(results, "pretrained")
-    keys = ("forget_quality", "model_utility", "forget_prob", "forget_holdout_auc", "privleak", "world_facts_acc",
-            "retain_rouge")
-    rows = [{"model": role, **{k: found["reference"][role].get(k) for k in keys}} for role in ("target", "oracle")]
+    rows = [found["reference"][role] | {"model": role} for role in ("target", "oracle")]
     full = [c for c in found["analysis"]["configurations"]
             if c["kind"] == "fixed" and c.get("model_utility") is not None]
     full.sort(key=lambda c: (c["forget_loss"], c["steps"], c["combiner"], c["balance"]))
