@@ -329,8 +329,7 @@ def main(worlds: list[str] = list(WORLDS), seeds: list[int] = list(SEEDS), out: 
                                                 "only: use seeds the judged runs do not, and another --stem)"),
          stem: str = harness.typer.Option("calibration", help="results file name")) -> None:
     if report_only:
-        harness.report_only(out, stem, render)
-        return
+        return harness.report_only(out, stem, render)
     overrides = _parsed(set_)
     if overrides and stem == "calibration":
         raise SystemExit("--set changes the shipped defaults: give the tuning run its own --stem")

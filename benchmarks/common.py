@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -194,8 +194,6 @@ def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_st
     step ``t`` depend on ``(seed, t)`` only), so one run gives every step count of the sweep.
     A run that diverges (NaN/inf) keeps the snapshots taken before and reports the error.
     """
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
-
     if method.scheduler != "constant" or method.warmup_steps:
         raise ValueError("snapshots stand for shorter runs only with a constant learning rate and no warm-up")
     at = sorted(set(at_steps))
@@ -210,14 +208,23 @@ def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_st
         if record["step"] in at:
             snapshots[record["step"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    started = time.perf_counter()
-    error = None
+    seconds, error = unlearn(bench, model, method, seed, keep)
+    return UnlearnRun(snapshots, diagnostics, seconds, error)
+
+
+def unlearn(bench: Bench, model: torch.nn.Module, method: UnlearnConfig, seed: int,
+            on_step: Callable[[dict], None]) -> tuple[float, str | None]:
+    """Unlearn ``model`` in place on the bench's sets, ``on_step`` seeing each step's record; the seconds it
+    took and, when it diverged (NaN/inf), the first line of the error."""
+    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
+
+    started, error = time.perf_counter(), None
     try:
         run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=seed, outputs=RunOutputs(show_progress=False, on_step=keep))
+                       seed=seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
     except UnlearningDivergedError as diverged:
         error = str(diverged).splitlines()[0]
-    return UnlearnRun(snapshots, diagnostics, time.perf_counter() - started, error)
+    return time.perf_counter() - started, error
 
 
 def method_config(config: Config, **overrides: Any) -> UnlearnConfig:
@@ -240,11 +247,12 @@ class CandidateEvaluator:
     keys: tuple[str, ...] | None = None  # report only these keys (None: all)
     cache_dir: Path | None = CACHE / "eval"  # target and oracle outputs kept across runs (None: not kept)
 
-    def __init__(self, bench: Bench, config: EvalConfig | None = None, cache_dir: Path | None = CACHE / "eval"):
+    def __init__(self, bench: Bench, config: EvalConfig | None = None, cache_dir: Path | None = CACHE / "eval",
+                 splits: dict[str, list[Record]] | None = None):
         from components.evaluation import EvaluationContext
 
         self.bench, self.cache_dir = bench, cache_dir
-        splits = {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
+        splits = splits or {"forget": bench.forget, "retain": bench.retain, "holdout": bench.holdout}
         models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
         self.ctx = EvaluationContext(models, splits, with_relearn_lr(config or bench.config.eval, bench.config.finetune.lr),
                                      max_length=bench.max_length)

@@ -1,13 +1,9 @@
 """Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run.
 
-Mirrored arms (``blur``, ``weighted_sum`` with the same coefficient on the forget gradient,
-``weighted_sum`` at BLUR's own mean xi, ``blur_p``) under AdamW, and ``blur`` against
-``weighted_sum`` under plain SGD at two fixed rates; 3 seeds each; continuous measures at five
-points of every trajectory; utility read at three matched forgetting levels; the protocol's
-decision rule (a win needs a gap of more than 2 pooled seed SDs). Nothing here is tuned.
-
-    python -m benchmarks.comparison --worlds demo      # background; every run is cached, reruns resume
-    python -m benchmarks.comparison --report-only      # rewrite comparison.md from comparison.json
+Mirrored arms (``blur``, ``weighted_sum`` with the same coefficient on the forget gradient, ``weighted_sum`` at
+BLUR's own mean xi, ``blur_p``) under AdamW, and ``blur`` against ``weighted_sum`` under plain SGD; 3 seeds each;
+utility read at three matched forgetting levels; a win needs a gap of more than 2 pooled seed SDs. Every run is
+cached, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -284,17 +280,17 @@ def _final(run: dict, key: str) -> str:
     return fmt(run["points"][-1].get(key)) if run["points"] else "–"
 
 
-RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", lambda r: fmt(r["arm"]["g"], 2)),
-            ("gamma", lambda r: fmt(r["arm"]["gamma"], 4)),
+RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", ("arm", "g"), 2),
+            ("gamma", ("arm", "gamma"), 4),
             ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
             ("final forget prob", lambda r: _final(r, "forget_prob")), ("final retain NLL", lambda r: _final(r, "retain_nll")),
             ("final AUC", lambda r: _final(r, "forget_holdout_auc")), ("final TR distance", lambda r: _final(r, "tr_distance")),
-            ("mean xi", lambda r: fmt(r["mean_xi"])), ("s", lambda r: fmt(r["seconds"], 0)),
+            ("mean xi", "mean_xi"), ("s", "seconds", 0),
             ("error", lambda r: r["error"] or "")]
-VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", lambda r: fmt(r["g"], 2)), ("q", "q"),
-                ("forget prob level", lambda r: fmt(r["level"])), ("pair (A vs B)", "pair"),
-                ("retain NLL A", lambda r: r.get("a", "–")), ("retain NLL B", lambda r: r.get("b", "–")),
-                ("diff (B - A)", lambda r: fmt(r["diff"], 4)), ("pooled SD", lambda r: fmt(r["sd"], 4)),
+VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", "g", 2), ("q", "q"),
+                ("forget prob level", "level"), ("pair (A vs B)", "pair"),
+                ("retain NLL A", "a"), ("retain NLL B", "b"),
+                ("diff (B - A)", "diff", 4), ("pooled SD", "sd", 4),
                 ("verdict", "verdict")]
 
 
@@ -316,8 +312,7 @@ app = harness.cli(__doc__)
 @app.command()
 def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, STEM, render)
-        return
+        return harness.report_only(out, STEM, render)
     harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "1")))
     for world in worlds:
         if world not in STEPS:

@@ -1,17 +1,10 @@
 """Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
 
-``--flow``: the same with two ``blur process`` batches of the profile's request instead, after
-``dvc repro finetune`` (the models as the profile's pipeline leaves them; the first batch scores
-every model; its request, refused by the gate, is retried after the same ``unlearn.lr`` change, and
-the second batch reads the target and the oracle from the cache).
-
-In a scratch clone of this repository's committed HEAD (the fetched base model and any
-fine-tune cache of the profile copied in, so nothing is trained twice), the profile's
-pipeline runs once, then again after ``unlearn.lr`` is changed. Each run's evaluate record
-(``reports/resources.json``: cache hits and misses per model, the floor and the ratio to it)
-and metrics are kept; the write-up says whether the second run scored only the new unlearned
-model, how its evaluate time compares with the first, and whether the target's and the
-oracle's metrics are the same to the last digit.
+In a scratch clone of HEAD (the fetched base model and the profile's fine-tune cache copied in), the profile's
+pipeline runs once, then again after ``unlearn.lr`` is raised by half. The write-up says whether the second run
+scored only the new unlearned model, how its evaluate time compares with the first and with its floor, and
+whether the target's and oracle's metrics are identical. ``--flow``: two ``blur process`` batches of the
+profile's request instead (after ``dvc repro finetune``; the first, refused by the gate, is retried).
 """
 
 from __future__ import annotations
@@ -38,13 +31,14 @@ def stem(profile: str) -> str:
 PROFILES = {"smollm2": "pretrained", "demo": "."}
 
 
-def _repro(folder: Path, env: dict[str, str], log_file: Path) -> float:
+def _repro(folder: Path, env: dict[str, str], log_file: Path, *stages: str) -> float:
+    """``dvc repro [STAGES]`` in ``folder``, its output in ``log_file``; returns its wall seconds."""
     started = time.perf_counter()
     with log_file.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=folder, env=env, stdout=out,
+        done = subprocess.run([sys.executable, "-m", "dvc", "repro", *stages], cwd=folder, env=env, stdout=out,
                               stderr=subprocess.STDOUT)
     if done.returncode:
-        raise RuntimeError(f"dvc repro failed in {folder} (see {log_file})")
+        raise RuntimeError(f"dvc repro {' '.join(stages)} failed in {folder} (see {log_file})")
     return time.perf_counter() - started
 
 
@@ -152,11 +146,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
         folder, env = _clone(profile, scratch)
         # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the
         # fine-tune cache); the batches start from that target, and the evaluation cache is still empty
-        with log_file.open("w") as out:
-            done = subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=folder, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
-        if done.returncode:
-            raise RuntimeError(f"dvc repro finetune failed in {folder} (see {log_file})")
+        _repro(folder, env, log_file, "finetune")
     config = load_config(folder / "params.yaml")
     request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
     for label in ("first", "second")[len(batches):]:
@@ -182,17 +172,14 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
 
 
 ROWS = [
-    ("run", "run"), ("dvc repro s", lambda r: fmt(r["wall_seconds"], 0)),
-    ("evaluate s", lambda r: fmt(r["evaluate"]["floor"]["evaluate_seconds"], 1)),
-    ("floor s", lambda r: fmt(r["evaluate"]["floor"]["floor_seconds"], 1)),
-    ("ratio", lambda r: fmt(r["evaluate"]["floor"]["ratio"], 2)),
-    ("CPU ratio", lambda r: fmt(r["evaluate"]["floor"].get("cpu_ratio"), 2)),
+    ("run", "run"), ("dvc repro s", "wall_seconds", 0), ("evaluate s", ("evaluate", "floor", "evaluate_seconds"), 1),
+    ("floor s", ("evaluate", "floor", "floor_seconds"), 1), ("ratio", ("evaluate", "floor", "ratio"), 2),
+    ("CPU ratio", ("evaluate", "floor", "cpu_ratio"), 2),
     ("cache (reused / computed)", lambda r: ", ".join(f"{role} {c['hits']} / {c['misses']}"
                                                       for role, c in r["evaluate"]["cache"].items())),
 ]
-PHASES = [("run", "run"), ("phase", "phase"), ("s", lambda r: fmt(r["seconds"], 1)),
-          ("floor s", lambda r: fmt(r["floor_seconds"], 1)), ("CPU s", lambda r: fmt(r["cpu_seconds"], 1)),
-          ("CPU floor s", lambda r: fmt(r["cpu_floor_seconds"], 1))]
+PHASES = [("run", "run"), ("phase", "phase"), ("s", "seconds", 1), ("floor s", "floor_seconds", 1),
+          ("CPU s", "cpu_seconds", 1), ("CPU floor s", "cpu_floor_seconds", 1)]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -208,7 +195,7 @@ def render(results: dict[str, Any]) -> str:
                        s["reference_metrics_identical"].items()))
 
 
-FLOW_ROWS = [("batch", "run"), ("blur process s", lambda r: fmt(r["wall_seconds"], 0))] + ROWS[2:]
+FLOW_ROWS = [("batch", "run"), ("blur process s", "wall_seconds", 0)] + ROWS[2:]
 
 
 def render_flow(results: dict[str, Any]) -> str:
@@ -234,22 +221,12 @@ def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"),
          ) -> None:
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
-    if flow:
-        name = f"{stem(profile)}_flow"
-        if report_only:
-            harness.report_only(out, name, render_flow)
-            return
-        results = run_flow(profile, scratch, resume)
-        harness.write_report(results, out, name, render_flow)
-        log(f"second batch scored: {results['summary']['second_scored']}")
-        return
+    name, write_up = (f"{stem(profile)}_flow", render_flow) if flow else (stem(profile), render)
     if report_only:
-        harness.report_only(out, stem(profile), render)
-        return
-    results = run(profile, scratch)
-    harness.write_report(results, out, stem(profile), render)
-    log(f"second evaluate / first: {results['summary']['second_over_first']}")
-
+        return harness.report_only(out, name, write_up)
+    results = run_flow(profile, scratch, resume) if flow else run(profile, scratch)
+    harness.write_report(results, out, name, write_up)
+    log(f"second evaluate scored: {results['summary']['second_scored']}")
 
 if __name__ == "__main__":
     app()

@@ -128,14 +128,39 @@ def mean_std(row: Mapping[str, Any] | None, key: str) -> str:
 
 
 
-def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, Any]]) -> str:
-    """A Markdown table: one line per row, one cell per ``(header, key or function of the row)``;
-    numbers through :func:`fmt`, strings as they are."""
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+def value_at(row: Mapping[str, Any], key: Any) -> Any:
+    """A column's value: ``key`` is a field, a path of fields (tuple) or a function of the row."""
+    if callable(key):
+        return key(row)
+    for part in key if isinstance(key, tuple) else (key,):
+        row = row.get(part) if isinstance(row, Mapping) else None
+    return row
+
+
+def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple]) -> str:
+    """A Markdown table: one line per row, one cell per ``(header, key[, digits])`` (key as in :func:`value_at`);
+    numbers through :func:`fmt` with ``digits``, strings as they are."""
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        cells = [cell(row) if callable(cell) else row.get(cell) for _, cell in columns]
-        lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in cells) + " |")
+        cells = [(value_at(row, key), digits) for _, key, *digits in columns]
+        lines.append("| " + " | ".join(v if isinstance(v, str) else fmt(v, *d) for v, d in cells) + " |")
     return "\n".join(lines)
+
+
+def listing(title: str, items: Sequence[str]) -> str:
+    """A Markdown section of bullet points (nothing when there are none)."""
+    return f"\n## {title}\n\n" + "".join(f"- {item}\n" for item in items) if items else ""
+
+
+def tail(results: Mapping[str, Any], cut: str = "Cut for the time budget") -> str:
+    """The runs a sweep skipped for its budget and those that diverged, as sections."""
+    skipped, errors = results.get("skipped") or [], [r for r in results["runs"] if r.get("error")]
+    return (listing(f"{cut} ({len(skipped)} runs)", skipped)
+            + listing("Runs that diverged", [f"{r['name']}: {r['error']}" for r in errors]))
+
+
+def met(ok: Any) -> str:
+    return "met" if ok else "NOT met"
 
 
 # --------------------------------------------------------------------------- the report writer
@@ -163,12 +188,35 @@ def write_report(results: dict[str, Any], out: Path, stem: str, render: Callable
     return files + [Path(out) / f"{stem}.md"]
 
 
-def report_only(out: Path, stem: str, render: Callable[[dict], str]) -> Path:
+def report_only(out: Path, stem: str, render: Callable[[dict], str]) -> None:
     """Rewrite ``<stem>.md`` from ``<stem>.json``; nothing runs."""
     md = Path(out) / f"{stem}.md"
     md.write_text(render(read_json(Path(out) / f"{stem}.json")), encoding="utf-8")
     log(f"wrote {md}")
-    return md
+
+
+def write_sweep(results: dict[str, Any], analysis: dict[str, Any], out: Path, stem: str, render: Callable[[dict], str],
+                figures: Callable[[dict, Path], list[Path]] | None = None) -> list[Path]:
+    """A sweep's report: the results with their analysis, the per-step logs left to MLflow."""
+    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
+    return write_report(results | {"runs": runs, "analysis": analysis}, out, stem, render, figures)
+
+
+def run_study(config: Any, sweep: Callable[[], dict], analyse: Callable, write: Callable,
+              mlflow: Callable | None = None) -> tuple[dict, dict, list[Path]]:
+    """The skeleton of a sweep study: the process, the sweep, its wall time, the analysis, the report
+    and (``config.mlflow``) the MLflow runs. ``analyse(results, config)``, ``write(results, analysis, config)``,
+    ``mlflow(results, analysis, config, files)``."""
+    started = time.perf_counter()
+    init_process(config.threads)
+    results = sweep()
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    analysis = analyse(results, config)
+    files = write(results, analysis, config)
+    if config.mlflow and mlflow:
+        mlflow(results, analysis, config, files)
+        log(f"logged to MLflow ({Path(config.out_dir) / 'mlflow'})")
+    return results, analysis, files
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -205,6 +253,12 @@ def log_benchmark(out: Path, experiment: str, *, run_name: str, params: Mapping[
         client.set_terminated(run_id, finished)
     client.set_terminated(parent_id, finished)
     return parent_id
+
+
+def reference_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """The target's and the oracle's numeric metrics as ``role.key`` (a parent run's summary)."""
+    return {f"{role}.{k}": v for role, r in results["reference"].items() for k, v in r.items()
+            if isinstance(v, (int, float))}
 
 
 # --------------------------------------------------------------------------- the command line

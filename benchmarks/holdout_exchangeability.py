@@ -211,8 +211,7 @@ app = harness.cli(__doc__)
 def main(seeds: list[int] = [0, 1, 2], params: Path = REPO / "params.yaml", request: Path = DEMO_REQUEST,
          cache: Path = CACHE / STEM, out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, STEM, render)
-        return
+        return harness.report_only(out, STEM, render)
     results = run(seeds, params=params, request=request, cache=cache)
     harness.write_report(results, out, STEM, render)
     for r in results["seeds"]:

@@ -1,23 +1,18 @@
 """Real text: BLUR against the weighted sum on a small MUSE-News subset (BBC articles nobody here wrote).
 
-    python -m benchmarks.muse_news                      # ~15-20 min with 1 thread
-    python -m benchmarks.muse_news --smoke --out /tmp/m # a minimal run, to check that it runs
-    python -m benchmarks.muse_news --data DIR           # the data elsewhere than ../shared/data/muse_news
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.muse_news``.
+About 15-20 min with one thread; ``--smoke --out DIR`` for a minimal run, ``--data DIR`` for the data elsewhere
+than ../shared/data/muse_news. How it works: ``benchmarks/README.md``, appendix, ``benchmarks.muse_news``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.common import CACHE, trained_bench
-from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, mean_std, table
-from benchmarks.muse_subset import MUSE_DATA, MuseSubset, muse_subset
+from benchmarks.harness import RESULTS, fmt, jsonable, log, mean_std, table
+from benchmarks.muse_subset import MUSE_DATA, MuseSubset, muse_bench
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
 from benchmarks.sweep import BALANCE_NAME, COARSE, CONFIG_KEYS, DIAGNOSTICS, Sweep, jobs_of, run_sweep
 from components.data.records import TextRecord
@@ -93,9 +88,8 @@ def figures(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
 
 
 def write_report(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> list[Path]:
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    return harness.write_report(results | {"runs": runs, "analysis": analysis}, config.out_dir, config.stem,
-                                renderer(config.stem), lambda res, out: figures(res, out, config.stem))
+    return harness.write_sweep(results, analysis, config.out_dir, config.stem, renderer(config.stem),
+                               lambda res, out: figures(res, out, config.stem))
 
 
 def renderer(stem: str):
@@ -106,17 +100,17 @@ def renderer(stem: str):
 REFERENCE = [("model", "model"), *((h, k) for h, k in (
     ("forget verbmem", "forget_verbmem"), ("forget knowmem", "forget_knowmem"), ("retain knowmem", "retain_knowmem"),
     ("privleak", "privleak"), ("forget prob", "forget_prob"), ("retain prob", "retain_prob"), ("MIA AUC", "mia_auc")))]
-LEVELS = [("verbmem <=", lambda r: fmt(r["level"])), ("fraction", lambda r: fmt(r["fraction"], 2)),
+LEVELS = [("verbmem <=", "level"), ("fraction", "fraction", 2),
           ("BLUR retain knowmem", lambda r: mean_std(r["blur"], "retain_knowmem")), ("BLUR config", lambda r: _config(r["blur"])),
           ("weighted-sum retain knowmem", lambda r: mean_std(r["weighted_sum"], "retain_knowmem")),
           ("weighted-sum config", lambda r: _config(r["weighted_sum"]))]
 CONFIGURATIONS = [
-    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 2)),
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", "balance", 2),
     ("lr", lambda c: f"{c['lr']:g}"), ("steps", "steps"), ("seeds", "seeds"),
     *((h, lambda c, k=k: mean_std(c, k)) for h, k in (("forget verbmem", "forget_verbmem"),
                                                      ("forget knowmem", "forget_knowmem"), ("retain knowmem", "retain_knowmem"))),
-    ("privleak", lambda c: fmt(c["privleak"], 1)), ("forget prob", "forget_prob"), ("retain prob", "retain_prob"),
-    ("cos", lambda c: fmt(c["mean_cos"], 2)), ("xi", lambda c: fmt(c["mean_xi"], 3))]
+    ("privleak", "privleak", 1), ("forget prob", "forget_prob"), ("retain prob", "retain_prob"),
+    ("cos", "mean_cos", 2), ("xi", "mean_xi", 3)]
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConfig) -> str:
@@ -132,15 +126,13 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: MuseConf
             strict_prob=sum(at_least_strictly(r) for r in by_prob),
             shown="; ".join(f"verbmem <= {fmt(r['level'])}: {fmt(r['ours_y'])} vs {fmt(r['theirs_y'])}" for r in shown[:8]))
     rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["lr"], c["balance"], c["steps"]))
-    errors = [r for r in results["runs"] if r["error"]]
-    tail = "".join([f"\nSkipped for the time budget: {len(results['skipped'])} runs.\n" if results["skipped"] else "",
-                    "\nRuns that diverged:\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
     return parts["main"].format(
         stem=config.stem, m=results["machine"], w=world, c=config, wall=results["wall_seconds"] / 60,
         train=results["setup"].get("finetune", {}).get("seconds", 0), forget_qa=world["forget"] - world["forget_text"],
         target=results["setup"]["finetune"]["target"],
         reference=table([r | {"model": name} for name, r in results["reference"].items()], REFERENCE),
-        losses=losses, configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
+        losses=losses, configurations=table(rows, CONFIGURATIONS),
+        tail=harness.tail(results, "Skipped for the time budget")).rstrip("\n") + "\n"
 
 
 def _config(row: dict | None) -> str:
@@ -154,32 +146,25 @@ def _config(row: dict | None) -> str:
 
 
 def run(config: MuseConfig) -> tuple[dict, dict, list[Path]]:
-    from components.config import load_config
+    def sweep() -> dict:
+        bench = muse_bench(config)
+        trained = bench.info["finetune"]["target"]
+        log(f"MUSE-News subset: {len(bench.forget)} forget / {len(bench.retain)} retain / {len(bench.holdout)} holdout "
+            f"records; target {trained['epochs']} epochs, p {trained['mean_answer_prob']:.2f}")
+        results = run_sweep(bench, config, metrics_kept=MUSE_METRICS)
+        results["world"]["forget_text"] = sum(isinstance(r, TextRecord) for r in bench.forget)
+        return results | {"benchmark": "muse_news", "config": jsonable(asdict(config))}
 
-    started = time.perf_counter()
-    harness.init_process(config.threads)
-    forget, retain, holdout = muse_subset(config)
-    settings = load_config(REPO / "params.yaml").with_overrides(config.overrides)
-    bench = trained_bench(settings, forget, retain, holdout, CACHE, name="muse")
-    log(f"MUSE-News subset: {len(forget)} forget / {len(retain)} retain / {len(holdout)} holdout records; target "
-        f"{bench.info['finetune']['target']['epochs']} epochs, p {bench.info['finetune']['target']['mean_answer_prob']:.2f}")
-    results = run_sweep(bench, config, metrics_kept=MUSE_METRICS)
-    results |= {"benchmark": "muse_news", "config": jsonable(asdict(config)),
-                "wall_seconds": round(time.perf_counter() - started, 1)}
-    results["world"]["forget_text"] = sum(isinstance(r, TextRecord) for r in forget)
-    analysis = analyse(results, config)
-    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    files = write_report(results, analysis, config)
-    if config.mlflow:
-        harness.log_benchmark(config.out_dir, "benchmark-muse-news", run_name=config.stem,
-                      params={"subset": {k: getattr(config, k) for k in ("n_forget_articles", "n_retain_articles",
-                                                                           "n_holdout_articles", "chunk_words")},
-                              "sweeps": [asdict(s) for s in config.sweeps], "overrides": config.overrides},
-                      metrics={"wall_seconds": results["wall_seconds"],
-                               **{f"{role}.{k}": v for role, r in results["reference"].items() for k, v in r.items()
-                                  if isinstance(v, (int, float))}},
-                      children=results["runs"], artifacts=files)
-    return results, analysis, files
+    def mlflow(results: dict, analysis: dict, config: MuseConfig, files: list[Path]) -> str:
+        subset = {k: getattr(config, k) for k in ("n_forget_articles", "n_retain_articles", "n_holdout_articles",
+                                                   "chunk_words")}
+        return harness.log_benchmark(
+            config.out_dir, "benchmark-muse-news", run_name=config.stem,
+            params={"subset": subset, "sweeps": [asdict(s) for s in config.sweeps], "overrides": config.overrides},
+            metrics={"wall_seconds": results["wall_seconds"], **harness.reference_metrics(results)},
+            children=results["runs"], artifacts=files)
+
+    return harness.run_study(config, sweep, analyse, write_report, mlflow)
 
 
 app = harness.cli(__doc__)
@@ -192,8 +177,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke"),
          no_mlflow: bool = harness.NO_MLFLOW, report_only: bool = harness.REPORT_ONLY) -> None:
     stem = stem or ("muse_news_smoke" if smoke else "muse_news")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     config = MuseConfig(data=data, sweeps=SMOKE_SWEEPS if smoke else DEFAULT_SWEEPS, out_dir=out, stem=stem,
                         mlflow=not no_mlflow)
     results, _, files = run(config)

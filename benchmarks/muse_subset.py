@@ -31,6 +31,15 @@ class MuseSubset:
     })
 
 
+def muse_bench(config: MuseSubset):
+    """The subset's target and oracle on the demo model recipe (trained once, cached)."""
+    from benchmarks.common import CACHE, trained_bench
+    from components.config import load_config
+
+    settings = load_config(REPO / "params.yaml").with_overrides(config.overrides)
+    return trained_bench(settings, *muse_subset(config), CACHE, name="muse")
+
+
 def _read(data: Path, name: str) -> list:
     path = data / name
     if not path.is_file():

@@ -1,18 +1,8 @@
 """The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
 
-A perfect unlearning method gives a model indistinguishable from retraining without the
-forget set. Here that model is built: the world's oracle retrained with another training seed
-(same data, same recipe and epoch count), evaluated in the unlearned model's place against the
-world's oracle. How often it passes the calibration issue's oracle-based checks (forget quality,
-privleak, utility, relearning gap) is the most any oracle-free stopping rule can be expected to
-reach on these forget sets; a criterion a replicate oracle itself fails is below the noise floor.
-
-    python -m benchmarks.noise_floor                      # demo world, seeds 0-2, 3 replicates each
-    python -m benchmarks.noise_floor --replicates 1       # fewer
-    python -m benchmarks.noise_floor --report-only        # rewrite noise_floor.md from noise_floor.json
-
-The worlds and their target and oracle are calibration's (``benchmarks.calibration.trained_world``,
-cached); each replicate oracle and its evaluation are cached under the world's folder.
+The world's oracle retrained with another seed (same data, recipe and epochs) is the model a perfect method
+would give; how often it passes calibration's oracle-based checks is the most any oracle-free stopping rule can
+reach on these forget sets. The worlds are calibration's (cached); each replicate is cached under its world.
 """
 
 from __future__ import annotations
@@ -123,8 +113,7 @@ app = harness.cli(__doc__)
 def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS), replicates: int = 3,
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, STEM, render)
-        return
+        return harness.report_only(out, STEM, render)
     harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "1")))
     runs = []
     for name in worlds:

@@ -1,9 +1,5 @@
 """Optimizer: does BLUR separate from the weighted sum when the step keeps the direction (SGD) rather
-than rescaling it per coordinate (AdamW)?
-
-    python -m benchmarks.optimizers                    # the demo world (tiny model; minutes here, 1 thread)
-    python -m benchmarks.optimizers --smoke --out DIR  # seconds
-    python -m benchmarks.optimizers --report-only [--stem S]   # rewrite S.md from S.json
+than rescaling it per coordinate (AdamW)? The demo world (minutes, one thread); ``--world pretrained``: SmolLM2.
 
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.optimizers``.
 """
@@ -20,17 +16,17 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from benchmarks import harness
-from benchmarks.common import (CACHE, Bench, CandidateEvaluator, demo_bench, diagnostics_summary, fresh_copy,
-                               load_snapshot, method_config, pretrained_bench, smoke_bench)
+from benchmarks.common import (Bench, UnlearnRun, demo_bench, fresh_copy, method_config, pretrained_bench,
+                               smoke_bench, unlearn)
 from benchmarks.harness import REPO, RESULTS, fmt, log, machine, mean_std, table
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
+from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, balance, run_sweep as sweep_jobs
 
 POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob", "mia_auc",
                  "privleak", "forget_holdout_auc")
 UPDATE_METRICS = ("direction_ratio", "update_ratio", "cos_u_d", "cos_u_gf", "cos_d_gf", "kept")
 DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio") + tuple(f"mean_{k}" for k in UPDATE_METRICS)
 CONFIG_KEYS = ("optimizer", "forget_loss", "combiner", "balance", "lr", "steps")
-BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 
 
 @dataclass(frozen=True)
@@ -54,14 +50,25 @@ class Job:
 
     def overrides(self) -> dict[str, Any]:
         o = self.optimizer
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "optimizer": o.optimizer, "lr": o.lr,
-                  "momentum": o.momentum, "steps": max(self.eval_steps), "epochs": None, "checkpoint_every": 0,
-                  "scheduler": "constant", "warmup_steps": 0}
-        return method | ({"gamma": self.balance} if self.combiner == "blur" else {"gamma": 1.0, "alpha": self.balance})
+        return ({"forget_loss": self.forget_loss, "optimizer": o.optimizer, "lr": o.lr, "momentum": o.momentum,
+                 "steps": max(self.eval_steps)} | FIXED_LENGTH | balance(self.combiner, self.balance))
 
     @property
     def name(self) -> str:
         return f"{self.optimizer.name} {self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} seed={self.seed}"
+
+    def unlearn(self, bench: Bench) -> UnlearnRun:
+        return run_job(bench, self)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self) | {"optimizer": self.optimizer.name, "lr": self.optimizer.lr,
+                               "momentum": self.optimizer.momentum}
+
+    def point(self, run: UnlearnRun, steps: int, eval_seconds: float) -> dict[str, Any]:
+        """The point's fields besides the metrics and diagnostics: the job, its step count and the update's means."""
+        rows = [d for d in run.diagnostics if d["step"] <= steps]
+        return ({k: v for k, v in self.params().items() if k != "eval_steps"} | {"steps": steps}
+                | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
 
 
 # With clipping at 1 and ||d|| mostly above it, an SGD step moves the weights by lr; AdamW at 1e-3
@@ -161,10 +168,8 @@ class UpdateMeter:
 # --------------------------------------------------------------------------- running
 
 
-def run_job(bench: Bench, job: Job) -> dict:
+def run_job(bench: Bench, job: Job) -> UnlearnRun:
     """Unlearn with the update meter on, keeping the weights at each evaluated step count."""
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
-
     method = method_config(bench.config, **job.overrides())
     model = fresh_copy(bench)
     meter = UpdateMeter(model, method.gamma)
@@ -176,53 +181,18 @@ def run_job(bench: Bench, job: Job) -> dict:
         if record["step"] in job.eval_steps:
             snapshots[record["step"]] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    started, error = time.perf_counter(), None
     try:
-        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
-    except UnlearningDivergedError as diverged:
-        error = str(diverged).splitlines()[0]
+        seconds, error = unlearn(bench, model, method, job.seed, on_step)
     finally:
         meter.close()
-    return {"snapshots": snapshots, "diagnostics": diagnostics, "error": error,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return UnlearnRun(snapshots, diagnostics, round(seconds, 1), error)
 
 
 def run_sweep(bench: Bench, config: OptimizerConfig) -> dict[str, Any]:
     """Every job within the budget, each evaluated at its step counts; the raw results (one point per model)."""
-    started = time.perf_counter()
-    evaluator = CandidateEvaluator(bench)
-    reference = evaluator.reference()
-
-    def run_one(job: Job) -> dict:
-        job_started = time.perf_counter()
-        run = run_job(bench, job)
-        points, by_step = [], {}
-        for steps, state in sorted(run["snapshots"].items()):
-            metrics = evaluator(load_snapshot(bench, state))
-            rows = [d for d in run["diagnostics"] if d["step"] <= steps]
-            points.append({"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum,
-                           "forget_loss": job.forget_loss, "combiner": job.combiner, "balance": job.balance,
-                           "seed": job.seed, "steps": steps} | {k: metrics.get(k) for k in POINT_METRICS}
-                          | diagnostics_summary(run["diagnostics"], steps)
-                          | {f"mean_{k}": _mean([d[k] for d in rows]) for k in UPDATE_METRICS})
-            by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if points:
-            log("    " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (
-                "forget_quality", "model_utility", "mean_direction_ratio", "mean_update_ratio", "mean_cos_u_d", "mean_kept")))
-        return {"name": job.name, "params": _flat(job), "metrics_by_step": by_step, "diagnostics": run["diagnostics"],
-                "error": run["error"], "seconds": round(time.perf_counter() - job_started, 1), "points": points}
-
-    grid = harness.run_grid(config.jobs, run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
-                            spent=time.perf_counter() - started)
-    return {"benchmark": "optimizers", "machine": machine(), "setup": bench.info, "reference": reference,
-            "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
-            "jobs": [_flat(j) for j in config.jobs], "points": [p for run in grid["runs"] for p in run.pop("points")],
-            "runs": grid["runs"], "skipped": grid["skipped"], "sweep_seconds": round(time.perf_counter() - started, 1)}
-
-
-def _flat(job: Job) -> dict:
-    return asdict(job) | {"optimizer": job.optimizer.name, "lr": job.optimizer.lr, "momentum": job.optimizer.momentum}
+    results = sweep_jobs(bench, config, POINT_METRICS, jobs=config.jobs, count_setup=False)
+    results.pop("config")
+    return results | {"benchmark": "optimizers", "jobs": [j.params() for j in config.jobs]}
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -252,16 +222,13 @@ def analyse(results: dict[str, Any], config: OptimizerConfig) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> list[Path]:
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     configs = analysis["configurations"]
     panels = [(name, [c for c in configs if c["optimizer"] == name]) for name in dict.fromkeys(c["optimizer"] for c in configs)]
-    files = [pareto_figure(panels, x="forget_quality", y="model_utility", path=out / f"{config.stem}_fq_vs_utility.png",
+    files = [pareto_figure(panels, x="forget_quality", y="model_utility",
+                           path=Path(config.out_dir) / f"{config.stem}_fq_vs_utility.png",
                            xlabel="forget quality (KS p-value, log)", ylabel="model utility", log_x=True,
                            references=results["reference"], title="Demo world: BLUR vs weighted sum per optimizer")]
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem,
-                                        renderer(config.stem))
+    return files + harness.write_sweep(results, analysis, config.out_dir, config.stem, renderer(config.stem))
 
 
 def renderer(stem: str):
@@ -274,7 +241,7 @@ MATCHED = [("optimizer", "optimizer"), ("levels", "levels"), ("BLUR >= weighted 
            ("max margin", "max_margin"),
            ("by forget prob (±tol)", lambda b: f"{b['by_prob_within_tolerance']} of {b['by_prob_levels']}")]
 CONFIGURATIONS = [
-    ("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", "balance", 3), ("steps", "steps"),
     ("seeds", "seeds"), ("forget quality", lambda c: mean_std(c, "forget_quality")),
     ("model utility", lambda c: mean_std(c, "model_utility")), ("forget prob", "forget_prob"), ("fh AUC", "forget_holdout_auc"),
     *((h, lambda c, k=k: fmt(c[k], 3)) for h, k in (
@@ -285,34 +252,28 @@ CONFIGURATIONS = [
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: OptimizerConfig) -> str:
     """The write-up: prose from ``templates/optimizers.md``, every table rendered from ``results``."""
     rows = sorted(analysis["configurations"], key=lambda c: (c["optimizer"], c["combiner"], c["balance"], c["steps"]))
-    errors = [r for r in results["runs"] if r["error"]]
-    tail = "".join([f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
-                    + "".join(f"- {n}\n" for n in results["skipped"]) if results["skipped"] else "",
-                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
     matched = [b | {"optimizer": name, "blur_at_least_within_tolerance": str(b["blur_at_least_within_tolerance"]),
                     "blur_at_least_strictly": str(b["blur_at_least_strictly"])} for name, b in analysis["matched"].items()]
     return harness.template("optimizers")["main"].format(
         stem=config.stem, m=results["machine"], w=results["world"], wall=results["wall_seconds"] / 60,
-        matched=table(matched, MATCHED), configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
+        matched=table(matched, MATCHED), configurations=table(rows, CONFIGURATIONS),
+        tail=harness.tail(results)).rstrip("\n") + "\n"
 
 
 def run(config: OptimizerConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
-    started = time.perf_counter()
-    harness.init_process(config.threads)
-    if bench is None:
-        from components.config import load_config
+    from components.config import load_config
 
-        bench = demo_bench(load_config(config.params).with_overrides(config.overrides), cache_root=CACHE)
-    results = run_sweep(bench, config)
-    results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    analysis = analyse(results, config)
-    files = write_report(results, analysis, config)
-    if config.mlflow:
-        harness.log_benchmark(config.out_dir, "benchmark-optimizers", run_name=config.stem,
-                      params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
-                      metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
-                      children=results["runs"], artifacts=files)
-    return results, analysis, files
+    def sweep() -> dict:
+        return run_sweep(bench or demo_bench(load_config(config.params).with_overrides(config.overrides)), config)
+
+    def mlflow(results: dict, analysis: dict, config: OptimizerConfig, files: list[Path]) -> str:
+        return harness.log_benchmark(
+            config.out_dir, "benchmark-optimizers", run_name=config.stem,
+            params={"jobs": [j.name for j in config.jobs], "threads": config.threads},
+            metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"])},
+            children=results["runs"], artifacts=files)
+
+    return harness.run_study(config, sweep, analyse, write_report, mlflow)
 
 
 app = harness.cli(__doc__)
@@ -327,8 +288,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke"), out: Path = harne
     grid_name = "smoke" if smoke else ("pretrained" if world == "pretrained" else "default")
     stem = stem or {"smoke": "optimizers_smoke", "pretrained": "optimizers_pretrained"}.get(grid_name, "optimizers")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     jobs = GRIDS[grid_name]
     if only:
         jobs = tuple(j for j in jobs if j.name.startswith(tuple(p.strip() for p in only.split(","))))

@@ -1,12 +1,8 @@
 """Efficacy on a pretrained LLM: BLUR against the weighted sum on SmolLM2-135M-Instruct fine-tuned on
 fictitious authors (the pipeline's ``pretrained/params.yaml`` profile), with the oracle-free stop.
 
-    python -m benchmarks.pretrained                     # the CPU grid (one thread, background; see README)
-    python -m benchmarks.pretrained --grid gpu          # the wider grid of benchmarks/gpu/pretrained.sh
-    python -m benchmarks.pretrained --smoke --out DIR   # a tiny Llama trained in seconds (the test runs this)
-    python -m benchmarks.pretrained --report-only [--stem S]   # rewrite S.md from S.json (no models loaded)
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.pretrained``.
+``--grid gpu``: the wider grid of benchmarks/gpu/pretrained.sh; ``--world demo|muse``: the stop rule on the demo
+model; ``--smoke --out DIR``: a tiny Llama in seconds. How it works: ``benchmarks/README.md``, appendix.
 """
 
 from __future__ import annotations
@@ -22,15 +18,13 @@ import torch
 
 from benchmarks import harness
 from benchmarks.common import (CACHE, PROFILE, Bench, CandidateEvaluator, diagnostics_summary, fresh_copy, method_config,
-                               pretrained_bench, smoke_bench)
+                               pretrained_bench, smoke_bench, unlearn)
 from benchmarks.harness import REPO, RESULTS, fmt, jsonable, log, machine, mean_std, table, write_json
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
-from benchmarks.sweep import Run
-from components.config import with_relearn_lr
+from benchmarks.sweep import BALANCE_NAME, FIXED_LENGTH, Run, balance
 from components.data.records import Record, content_hash
 
 DEFAULT_ROOT = CACHE / "pretrained"
-BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
 # the light tier: every reported metric that needs no generation (what intermediate snapshots get)
 LIGHT = ("forget_prob", "forget_truth_ratio", "forget_quality", "retain_prob", "holdout_prob", "mia_auc",
          "privleak", "forget_holdout_ks_p", "forget_holdout_auc", "world_facts_acc", "world_facts_prob")
@@ -54,12 +48,8 @@ class Job(Run):
         return max((*self.light_steps, *self.full_steps))
 
     def overrides(self) -> dict[str, Any]:
-        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr, "steps": self.steps,
-                  "epochs": None, "checkpoint_every": 0, "scheduler": "constant", "warmup_steps": 0}
-        if self.combiner == "blur":
-            return method | {"gamma": self.balance}
-        return method | {"gamma": 1.0, "alpha": self.balance}
+        return {"forget_loss": self.forget_loss, "lr": self.lr, "steps": self.steps} | FIXED_LENGTH | balance(
+            self.combiner, self.balance)
 
     @property
     def name(self) -> str:
@@ -149,16 +139,12 @@ class PretrainedEvaluator(CandidateEvaluator):
     """The pipeline's evaluator with the knowledge sets, in a light tier (no generation) and a full one."""
 
     def __init__(self, bench: Bench, knowledge: dict[str, list[Record]], eval_retain: int | None):
-        from components.evaluation import EvaluationContext
         from components.evaluation.evaluator import KNOWLEDGE_PREFIX
 
-        self.bench, self.knowledge, self.keys = bench, list(knowledge), None
         splits = {"forget": bench.forget, "retain": _sample(bench.retain, eval_retain, 0), "holdout": bench.holdout}
         splits |= {KNOWLEDGE_PREFIX + name: records for name, records in knowledge.items()}
-        self.sizes = {name: len(records) for name, records in splits.items()}
-        models = {"target": bench.target, "oracle": bench.oracle, "unlearned": None}
-        self.ctx = EvaluationContext(models, splits, with_relearn_lr(bench.config.eval, bench.config.finetune.lr),
-                                     max_length=bench.max_length)
+        super().__init__(bench, splits=splits)
+        self.knowledge, self.sizes = list(knowledge), {name: len(records) for name, records in splits.items()}
 
     def metrics(self, role: str) -> dict[str, float | None]:
         from components.evaluation.evaluator import KNOWLEDGE_PREFIX, KNOWLEDGE_REPORTED, REPORTED
@@ -185,7 +171,6 @@ class PretrainedEvaluator(CandidateEvaluator):
 def run_job(bench: Bench, evaluator: PretrainedEvaluator, job: Job, config: PretrainedConfig) -> dict:
     """Unlearn, observing the holdout rule and evaluating in place; the run's points and logs."""
     from components.config import StopConfig
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
     from components.unlearning.stopping import build_stopper
 
     method = method_config(bench.config, **job.overrides())
@@ -217,14 +202,7 @@ def run_job(bench: Bench, evaluator: PretrainedEvaluator, job: Job, config: Pret
             f"mu {fmt(metrics.get('model_utility'))} wf {fmt(metrics.get('world_facts_acc'))} "
             f"({time.perf_counter() - started:.0f}s)")
 
-    started = time.perf_counter()
-    error = None
-    try:
-        run_unlearning(model, bench.tokenizer, bench.forget, bench.retain, method, max_length=bench.max_length,
-                       seed=job.seed, outputs=RunOutputs(show_progress=False, on_step=on_step))
-    except UnlearningDivergedError as diverged:
-        error = str(diverged).splitlines()[0]
-    seconds = time.perf_counter() - started
+    seconds, error = unlearn(bench, model, method, job.seed, on_step)
     return {"name": job.name, "params": asdict(job), "points": points, "diagnostics": diagnostics,
             "stop": stopper.summary() | {"curve": stopper.readings}, "error": error,
             "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -403,8 +381,7 @@ def write_report(results: dict[str, Any], analysis: dict[str, Any], config: Pret
                       maximize_x=False, references=reference,
                       guides={"y": wf - config.world_facts_points if wf is not None else None},
                       title=f"{results['setup'].get('base')}: forget probability vs world-facts accuracy (every evaluated step)"))
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    return files + harness.write_report(results | {"runs": runs, "analysis": analysis}, out, config.stem, render)
+    return files + harness.write_sweep(results, analysis, out, config.stem, render)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -415,7 +392,7 @@ def render(results: dict[str, Any]) -> str:
 REFERENCE = [("model", "model"), ("forget quality", "forget_quality"), ("model utility", "model_utility"),
              ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("world facts acc", "world_facts_acc"),
              ("real authors acc", "real_authors_acc"), ("MIA AUC (forget vs holdout)", "mia_auc")]
-MATCHED = [("level", lambda r: fmt(r["level"])), ("BLUR", "ours_y"), ("weighted sum", "theirs_y"), ("margin", "margin"),
+MATCHED = [("level", "level"), ("BLUR", "ours_y"), ("weighted sum", "theirs_y"), ("margin", "margin"),
            ("BLUR at least as good", lambda r: "yes" if r["ours_wins"] else "no")]
 MATCHED_LABELS = {"fq_vs_utility": "best model utility at forget quality >= level",
                   "fq_vs_world_facts": "best world-facts accuracy at forget quality >= level",
@@ -428,13 +405,13 @@ STOPS = [("run", "name"), ("stopped at", lambda s: s["stopped_at"] if s["stopped
          ("fq at fixed steps", lambda s: ", ".join(f"{p['steps']}: {fmt(p['forget_quality'])}" for p in s["fixed"])),
          ("utility at the last step", lambda s: s["fixed"][-1]["model_utility"] if s["fixed"] else None)]
 CONFIGURATIONS = [
-    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)), ("steps", "steps"),
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", "balance", 3), ("steps", "steps"),
     ("kind", "kind"), ("fq", lambda c: mean_std(c, "forget_quality")), ("utility", "model_utility"),
     ("forget prob", "forget_prob"), ("holdout prob", "holdout_prob"), ("retain prob", "retain_prob"),
     ("wf acc", "world_facts_acc"), ("ra acc", "real_authors_acc"), ("fh AUC", "forget_holdout_auc"), ("privleak", "privleak"),
-    ("cos", lambda c: fmt(c["mean_cos"], 2)), ("min cos", lambda c: fmt(c["min_cos"], 2)),
-    ("last cos", lambda c: fmt(c["last_cos"], 2)), ("xi", lambda c: fmt(c["mean_xi"], 3)),
-    ("ratio", lambda c: fmt(c["last_norm_ratio"], 1))]
+    ("cos", "mean_cos", 2), ("min cos", "min_cos", 2),
+    ("last cos", "last_cos", 2), ("xi", "mean_xi", 3),
+    ("ratio", "last_norm_ratio", 1)]
 RUN_TIMES = [("run", "name"), ("seconds", "seconds"), ("training s/step", "train_seconds_per_step"),
              ("evaluation s", "eval_seconds")]
 
@@ -445,11 +422,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: Pretrain
     matched = "".join(f"### {loss}: {label}\n\n{table(block[key], MATCHED)}\n\n"
                       for loss, block in analysis["matched"].items() for key, label in MATCHED_LABELS.items() if block[key])
     rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["balance"], c["kind"], c["steps"]))
-    errors = [r for r in runs if r.get("error")]
-    tail = "".join([f"\n## Run times\n\n{table(runs, RUN_TIMES)}\n" if runs else "",
-                    f"\n## Cut for the time budget ({len(results['skipped'])} runs)\n\n"
-                    + "".join(f"- {name}\n" for name in results["skipped"]) if results.get("skipped") else "",
-                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
+    tail = (f"\n## Run times\n\n{table(runs, RUN_TIMES)}\n" if runs else "") + harness.tail(results)
     best = (f" ({_describe(t['best_meeting'])})" if t["best_meeting"] else
             (f"; its highest forget quality: {_describe(t['best_blur_fq'])}" if t["best_blur_fq"] else ""))
     return parts["main"].format(
@@ -473,7 +446,7 @@ def _relearn_section(text: str, ref: dict, configs: list[dict]) -> str:
                   key=lambda c: (c["forget_loss"], c["steps"], c["combiner"], c["balance"]))
     oracle = ref.get("oracle", {})
     after = oracle.get("relearn_forget_prob")
-    columns = [("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 3)),
+    columns = [("loss", "forget_loss"), ("combiner", "combiner"), ("balance", "balance", 3),
                ("steps", "steps"), ("fq", lambda c: mean_std(c, "forget_quality")), ("forget prob", "forget_prob"),
                ("after", lambda c: mean_std(c, "relearn_forget_prob")), ("recovery", lambda c: mean_std(c, "relearn_recovery")),
                ("gap", lambda c: None if after is None else c["relearn_forget_prob"] - after)]
@@ -503,8 +476,7 @@ def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: Pre
                  "skipped": len(results["skipped"]),
                  "target_blur_npo_meets": float(t["blur_npo_meets_fq_utility_world_facts"]),
                  "target_blur_at_least_weighted": float(t["blur_at_least_weighted_within_tolerance"]),
-                 **{f"{role}.{k}": v for role, r in results["reference"].items() for k, v in r.items()
-                    if isinstance(v, (int, float))}},
+                 **harness.reference_metrics(results)},
         children=children, artifacts=files)
 
 
@@ -513,32 +485,21 @@ def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: Pre
 
 def run(config: PretrainedConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     """Sweep (resuming from the run cache), analyse, write the report; log to MLflow if asked."""
-    started = time.perf_counter()
-    harness.init_process(config.threads)
-    results = run_sweep(config, bench)
-    results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    results["partial"] = False
-    analysis = analyse(results, config)
-    files = write_report(results, analysis, config)
-    if config.mlflow:
-        log_to_mlflow(results, analysis, config, files)
-    return results, analysis, files
+    return harness.run_study(config, lambda: run_sweep(config, bench) | {"partial": False}, analyse, write_report,
+                             log_to_mlflow)
 
 
 def demo_bench_for(world: str) -> Bench:
     """The demo world's, or the MUSE-News subset's, target and oracle on the demo model (cached)."""
-    from benchmarks.common import demo_bench, trained_bench
+    from benchmarks.common import demo_bench
+    from benchmarks.muse_subset import MuseSubset, muse_bench
     from components.config import load_config
 
-    settings = load_config(REPO / "params.yaml")
     if world == "demo":
-        bench = demo_bench(settings, cache_root=CACHE)
+        bench = demo_bench(load_config(REPO / "params.yaml"))
         bench.info |= {"base": "demo tiny Llama (from scratch)", "max_length": bench.max_length}
         return bench
-    from benchmarks.muse_subset import MuseSubset, muse_subset
-
-    muse = MuseSubset()
-    bench = trained_bench(settings.with_overrides(muse.overrides), *muse_subset(muse), CACHE, name="muse")
+    bench = muse_bench(MuseSubset())
     bench.info |= {"base": "demo tiny Llama on MUSE-News (from scratch)", "max_length": bench.max_length}
     return bench
 
@@ -560,8 +521,7 @@ def main(grid: str = harness.typer.Option(None, help="cpu (default), gpu, smoke,
         stem = stem or f"pretrained_{world}_stop"
     stem = stem or ("pretrained" if grid_name == "cpu" else f"pretrained_{grid_name}")
     if report_only:
-        harness.report_only(out, stem, render)
-        return
+        return harness.report_only(out, stem, render)
     config = PretrainedConfig(jobs=GRIDS[grid_name], root=root, budget_minutes=budget_minutes,
                               eval_retain=eval_retain or None, out_dir=out, threads=threads, stem=stem,
                               mlflow=not no_mlflow, stop_tier="full" if grid_name == "gpu" else "light")

@@ -1,24 +1,17 @@
 """Quality: does BLUR keep more utility than the weighted sum at the same level of forgetting?
 
-    python -m benchmarks.quality                        # the full sweep on the demo world (1 thread)
-    python -m benchmarks.quality --smoke --out /tmp/q   # a minimal sweep, to check that it runs
-    python -m benchmarks.quality --sweep probe          # the NPO follow-up (quality_probe)
-    python -m benchmarks.quality --merge benchmarks/results/quality.json --merge benchmarks/results/quality_probe.json \
-        --stem quality_combined                         # both as one (no training)
-    python -m benchmarks.quality --report-only [--stem quality_probe]   # rewrite the .md from its .json
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.quality``.
+On the demo world (``--smoke``: a minimal sweep; ``--sweep probe``: the NPO follow-up; ``--merge A --merge B
+--stem S``: results as one, no training). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.quality``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks import harness
-from benchmarks.common import CACHE, Bench, demo_bench
+from benchmarks.common import Bench, demo_bench
 from benchmarks.harness import REPO, RESULTS, fmt, log, mean_std, table
 from benchmarks.pareto import at_least_strictly, comparison_rows, configurations, matched_comparison, pareto_figure
 from benchmarks.sweep import (BALANCE_NAME, CONFIG_KEYS, DIAGNOSTICS, POINT_METRICS, SWEEPS, DEFAULT_SWEEPS, jobs_of,
@@ -131,10 +124,8 @@ def figures(results: dict[str, Any], out: Path, stem: str, config: QualityConfig
 
 
 def write_report(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig) -> list[Path]:
-    """``<stem>.json`` (per-step logs go to MLflow only), the plots and ``<stem>.md`` rendered from the JSON."""
-    runs = [{k: v for k, v in r.items() if k != "diagnostics"} for r in results["runs"]]
-    return harness.write_report(results | {"runs": runs, "analysis": analysis}, config.out_dir, config.stem,
-                                renderer(config.stem), lambda res, out: figures(res, out, config.stem, config))
+    return harness.write_sweep(results, analysis, config.out_dir, config.stem, renderer(config.stem),
+                               lambda res, out: figures(res, out, config.stem, config))
 
 
 def renderer(stem: str):
@@ -145,25 +136,24 @@ def renderer(stem: str):
 
 REFERENCE = [("model", "model"), ("forget quality", "forget_quality"), ("model utility", "model_utility"),
              ("forget prob", "forget_prob"), ("retain prob", "retain_prob"), ("MIA AUC", "mia_auc")]
-LEVELS = [("forget quality >=", lambda r: fmt(r["level"])), ("BLUR utility", lambda r: mean_std(r["blur"], "model_utility")),
+LEVELS = [("forget quality >=", "level"), ("BLUR utility", lambda r: mean_std(r["blur"], "model_utility")),
           ("BLUR config", lambda r: _config(r["blur"])),
           ("weighted-sum utility", lambda r: mean_std(r["weighted_sum"], "model_utility")),
           ("weighted-sum config", lambda r: _config(r["weighted_sum"]))]
 CONFIGURATIONS = [
-    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", lambda c: fmt(c["balance"], 2)),
+    ("loss", "forget_loss"), ("combiner", "combiner"), ("balance", "balance", 2),
     ("lr", lambda c: f"{c['lr']:g}"), ("steps", "steps"), ("seeds", "seeds"),
     ("forget quality", lambda c: mean_std(c, "forget_quality")), ("model utility", lambda c: mean_std(c, "model_utility")),
-    ("forget prob", "forget_prob"), ("retain prob", "retain_prob"), ("cos", lambda c: fmt(c["mean_cos"], 2)),
-    ("xi", lambda c: fmt(c["mean_xi"], 3)), ("‖g_f‖/‖g_r‖", lambda c: fmt(c["mean_norm_ratio"], 1))]
+    ("forget prob", "forget_prob"), ("retain prob", "retain_prob"), ("cos", "mean_cos", 2),
+    ("xi", "mean_xi", 3), ("‖g_f‖/‖g_r‖", "mean_norm_ratio", 1)]
 
 
 def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityConfig) -> str:
     """The write-up: prose from ``templates/quality.md``, every table rendered from ``results``."""
     parts, ref, t = harness.template("quality"), results["reference"], analysis["targets"]
-    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     best = lambda row: f" (best: {_describe(row)})" if row else ""  # noqa: E731
     note = "" if not t["target_fq_already_met_by_target"] else parts["note"].format(
-        fq=fmt(ref["target"]["forget_quality"]), c=config, met=met(t["blur_reaches_it_while_forgetting"]),
+        fq=fmt(ref["target"]["forget_quality"]), c=config, met=harness.met(t["blur_reaches_it_while_forgetting"]),
         best=best(t["best_meeting_while_forgetting"]))
     below = t["levels_where_blur_is_below"]
     losses = ""
@@ -179,22 +169,19 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any], config: QualityC
             shortfall=f"; largest shortfall {fmt(-worst['margin'])} at forget prob <= {fmt(worst['level'])}"
             if worst and worst["margin"] < 0 else "")
     rows = sorted(analysis["configurations"], key=lambda c: (c["forget_loss"], c["combiner"], c["lr"], c["balance"], c["steps"]))
-    errors = [r for r in results["runs"] if r["error"]]
-    tail = "".join([f"\n## Skipped for the time budget ({len(results['skipped'])} runs)\n\n"
-                    + "".join(f"- {name}\n" for name in results["skipped"]) if results["skipped"] else "",
-                    "\n## Runs that diverged\n\n" + "".join(f"- {r['name']}: {r['error']}\n" for r in errors) if errors else ""])
     return parts["main"].format(
         c=config, m=results["machine"], w=results["world"], t=t, wall=results["wall_seconds"] / 60,
         merged=f" ({results['merged_from']} runs merged with --merge; times are their sums)"
         if results.get("merged_from", 1) > 1 else "",
         setup=results["setup"].get("setup_seconds", 0), sweep=results["sweep_seconds"] / 60,
         reference=table([r | {"model": name} for name, r in ref.items()], REFERENCE),
-        utility_bar=fmt(t["utility_bar"]), met_fq=met(t["blur_reaches_fq_and_utility"]), best=best(t["best_meeting"]),
-        note=note, met_matched=met(t["blur_at_least_weighted_at_every_level"]),
+        utility_bar=fmt(t["utility_bar"]), met_fq=harness.met(t["blur_reaches_fq_and_utility"]), best=best(t["best_meeting"]),
+        note=note, met_matched=harness.met(t["blur_at_least_weighted_at_every_level"]),
         median_std=fmt(t["median_seed_std_of_utility"]),
         below=f" (below at {len(below)} level(s): " + ", ".join(
             f"fq>={fmt(r['level'])}: {fmt(r['ours_y'])} vs {fmt(r['theirs_y'])}" for r in below[:8]) + ")" if below else "",
-        losses=losses, configurations=table(rows, CONFIGURATIONS), tail=tail).rstrip("\n") + "\n"
+        losses=losses, configurations=table(rows, CONFIGURATIONS),
+        tail=harness.tail(results, "Skipped for the time budget")).rstrip("\n") + "\n"
 
 
 def _describe(row: dict | None) -> str:
@@ -220,31 +207,18 @@ def log_to_mlflow(results: dict[str, Any], analysis: dict[str, Any], config: Qua
         metrics={"wall_seconds": results["wall_seconds"], "runs": len(results["runs"]),
                  "skipped": len(results["skipped"]), "target_blur_reaches_fq_and_utility": float(t["blur_reaches_fq_and_utility"]),
                  "target_blur_at_least_weighted": float(t["blur_at_least_weighted_at_every_level"]),
-                 **{f"{role}.{k}": v for role, r in results["reference"].items() for k, v in r.items()
-                    if isinstance(v, (int, float))}},
+                 **harness.reference_metrics(results)},
         children=results["runs"], artifacts=files)
-
-
-# --------------------------------------------------------------------------- entry point
 
 
 def run(config: QualityConfig, bench: Bench | None = None) -> tuple[dict, dict, list[Path]]:
     """Set up (or take) the world, sweep, analyse, write the report; log to MLflow if asked."""
-    started = time.perf_counter()
-    harness.init_process(config.threads)
-    if bench is None:
-        from components.config import load_config
+    from components.config import load_config
 
-        bench = demo_bench(load_config(config.params).with_overrides(config.overrides), cache_root=CACHE)
-    results = run_sweep(bench, config)
-    results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    analysis = analyse(results, config)
-    files = write_report(results, analysis, config)
-    if config.mlflow:
-        logging_started = time.perf_counter()
-        log_to_mlflow(results, analysis, config, files)
-        log(f"logged to MLflow ({Path(config.out_dir) / 'mlflow'}) in {time.perf_counter() - logging_started:.0f} s")
-    return results, analysis, files
+    def sweep() -> dict:
+        return run_sweep(bench or demo_bench(load_config(config.params).with_overrides(config.overrides)), config)
+
+    return harness.run_study(config, sweep, analyse, write_report, log_to_mlflow)
 
 
 app = harness.cli(__doc__)
@@ -263,8 +237,7 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke", help="a minimal sw
     sweep = "smoke" if smoke else sweep
     stem = stem or ("quality" if sweep == "default" else f"quality_{sweep}")
     if report_only:
-        harness.report_only(out, stem, renderer(stem))
-        return
+        return harness.report_only(out, stem, renderer(stem))
     if merge:
         results = merge_results([harness.read_json(p) for p in merge])
         config = QualityConfig(out_dir=out, stem=stem, mlflow=False)
@@ -277,8 +250,8 @@ def main(smoke: bool = harness.typer.Option(False, "--smoke", help="a minimal sw
     results, analysis, files = run(config)
     t = analysis["targets"]
     log(f"done in {results['wall_seconds'] / 60:.1f} min ({len(results['runs'])} runs, {len(results['skipped'])} skipped); "
-        f"targets: fq/utility {'met' if t['blur_reaches_fq_and_utility'] else 'NOT met'}, matched "
-        f"{'met' if t['blur_at_least_weighted_at_every_level'] else 'NOT met'}")
+        f"targets: fq/utility {harness.met(t['blur_reaches_fq_and_utility'])}, "
+        f"matched {harness.met(t['blur_at_least_weighted_at_every_level'])}")
 
 
 if __name__ == "__main__":

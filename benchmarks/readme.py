@@ -21,27 +21,18 @@ README = BENCH_DIR / "README.md"
 RESULTS = BENCH_DIR / "results"
 
 
-def _floor_rows(results: Path) -> list[dict[str, Any]]:
-    """One row per evaluate run of the evaluation-reuse write-ups (first and second run of each profile)."""
+def floors(results: Path = RESULTS) -> str:
+    """Evaluate's distance from its floor: one row per evaluate run of the evaluation-reuse write-ups."""
     rows = []
     for stem, profile in (("eval_reuse", "SmolLM2 profile"), ("eval_reuse_demo", "demo world")):
-        found = read_json(results / f"{stem}.json")
-        for run in (found or {}).get("runs", []):
-            floor, cache = run["evaluate"]["floor"], run["evaluate"]["cache"]
-            rows.append({"world": profile, "run": f"{run['run']} `dvc repro`", "file": f"`{stem}.json`",
-                         "evaluate": floor["evaluate_seconds"], "floor": floor["floor_seconds"],
-                         "ratio": floor["ratio"], "cpu_ratio": floor.get("cpu_ratio"),
-                         "scored": ", ".join(role for role, c in cache.items() if c["misses"]) or "none"})
-    return rows
-
-
-def floors(results: Path = RESULTS) -> str:
-    """Evaluate's distance from its floor on the demo world and the SmolLM2 profile."""
-    return table(_floor_rows(results), [
-        ("world", "world"), ("run", "run"), ("models scored", "scored"),
-        ("evaluate s", lambda r: fmt(r["evaluate"], 1)), ("floor s", lambda r: fmt(r["floor"], 1)),
-        ("ratio", lambda r: fmt(r["ratio"], 2)), ("CPU ratio", lambda r: fmt(r["cpu_ratio"], 2)),
-        ("from", "file")])
+        for run in (read_json(results / f"{stem}.json") or {}).get("runs", []):
+            cache = run["evaluate"]["cache"]
+            rows.append(run["evaluate"]["floor"] | {
+                "world": profile, "run": f"{run['run']} `dvc repro`", "file": f"`{stem}.json`",
+                "scored": ", ".join(role for role, c in cache.items() if c["misses"]) or "none"})
+    return table(rows, [("world", "world"), ("run", "run"), ("models scored", "scored"),
+                        ("evaluate s", "evaluate_seconds", 1), ("floor s", "floor_seconds", 1), ("ratio", "ratio", 2),
+                        ("CPU ratio", "cpu_ratio", 2), ("from", "file")])
 
 
 # --------------------------------------------------------------------------- helpers for the study blocks
@@ -68,10 +59,6 @@ def _balance(row: Mapping[str, Any]) -> str:
     """BLUR's gamma or the weighted sum's alpha, named."""
     name = "gamma" if row["combiner"] in ("blur", "blur_p") else "alpha"
     return f"{name} {row['balance']:g}"
-
-
-def _cell(key: str, digits: int = 3) -> Callable[[Mapping[str, Any]], str]:
-    return lambda r: fmt(r.get(key), digits)
 
 
 def _pm(key: str, digits: int = 3) -> Callable[[Mapping[str, Any]], str]:
@@ -112,24 +99,16 @@ def quality_runs(results: Path = RESULTS) -> str:
                      "wall": found["wall_seconds"] / 60, "setup": found["setup"]["setup_seconds"],
                      "sweep": found["sweep_seconds"] / 60, "file": f"`{stem}.json`"})
     return table(rows, [("study", "study"), ("unlearning runs", "runs"), ("evaluated models", "models"),
-                        ("wall min", _cell("wall", 1)), ("target and oracle s", _cell("setup", 0)),
-                        ("sweep min", _cell("sweep", 1)), ("from", "file")])
-
-
-def _reference_rows(results: Path, stem: str, keys: Sequence[str]) -> list[dict[str, Any]]:
-    reference = _load(results, stem)["reference"]
-    return [{"model": role, **{k: reference[role].get(k) for k in keys}, "file": f"`{stem}.json`"}
-            for role in ("target", "oracle")]
+                        ("wall min", "wall", 1), ("target and oracle s", "setup", 0),
+                        ("sweep min", "sweep", 1), ("from", "file")])
 
 
 def quality_reference(results: Path = RESULTS) -> str:
     """The demo target and oracle of the quality sweep."""
-    keys = ("forget_quality", "model_utility", "forget_prob", "retain_prob", "holdout_prob")
-    rows = _reference_rows(results, "quality", keys)
-    for row, role in zip(rows, ("target", "oracle")):
-        trained = _load(results, "quality")["setup"]["finetune"][role]
-        row["epochs"], row["answer_prob"] = trained["epochs"], trained["mean_answer_prob"]
-    return table(rows, [("model", "model"), ("epochs", "epochs"), ("mean answer prob when trained", "answer_prob"),
+    found = _load(results, "quality")
+    rows = [found["reference"][role] | found["setup"]["finetune"][role] | {"model": role, "file": "`quality.json`"}
+            for role in ("target", "oracle")]
+    return table(rows, [("model", "model"), ("epochs", "epochs"), ("mean answer prob when trained", "mean_answer_prob"),
                         ("forget quality", "forget_quality"), ("model utility", "model_utility"),
                         ("forget prob", "forget_prob"),
                         ("retain prob", "retain_prob"), ("holdout prob", "holdout_prob"), ("from", "file")])
@@ -142,8 +121,8 @@ def quality_npo(results: Path = RESULTS) -> str:
     rows.sort(key=lambda c: (c["combiner"], c["steps"], c["balance"] if c["combiner"] == "blur" else -c["balance"]))
     return table(rows, [("combiner", "combiner"), ("balance", _balance), ("steps", "steps"), ("seeds", "seeds"),
                         ("forget quality", _pm("forget_quality")), ("model utility", _pm("model_utility")),
-                        ("forget prob", _pm("forget_prob")), ("mean cos(g_r, g_f)", _cell("mean_cos")),
-                        ("mean xi", _cell("mean_xi")), ("mean ‖g_f‖/‖g_r‖", _cell("mean_norm_ratio", 1))]) + \
+                        ("forget prob", _pm("forget_prob")), ("mean cos(g_r, g_f)", "mean_cos"),
+                        ("mean xi", "mean_xi"), ("mean ‖g_f‖/‖g_r‖", "mean_norm_ratio", 1)]) + \
         ("\n\nFrom `quality_combined.json` (`analysis.configurations`); xi is the weighted sum's forget weight "
          "(1) for it.")
 
@@ -158,9 +137,9 @@ def quality_matched(results: Path = RESULTS) -> str:
         rows.append({"loss": loss, "fq": f"{fq[0]} of {fq[1]}", "fq_short": fq[2],
                      "prob": f"{prob[0]} of {prob[1]}", "prob_short": prob[2]})
     return table(rows, [("forget loss", "loss"), ("forget quality: BLUR >= weighted sum", "fq"),
-                        ("smallest margin (forget quality)", _cell("fq_short")),
+                        ("smallest margin (forget quality)", "fq_short"),
                         ("forget prob: BLUR >= weighted sum", "prob"),
-                        ("smallest margin (forget prob)", _cell("prob_short"))]) + \
+                        ("smallest margin (forget prob)", "prob_short")]) + \
         (f"\n\nFrom `quality_combined.json` (`analysis.matched`: `all_levels`, `by_forget_prob`); \"at least\" is "
          f"within the tolerance {fmt(tolerance)}; a margin is BLUR's utility minus the weighted sum's "
          "(negative: BLUR behind), over the levels both reach.")
@@ -178,10 +157,10 @@ def muse_news(results: Path = RESULTS) -> str:
     longest = max(c["steps"] for c in found["analysis"]["configurations"])
     for c in _configs(results, "muse_news", steps=longest):
         rows.append({**c, "model": f"{c['forget_loss']} {c['combiner']}", "balance": _balance(c)})
-    return table(rows, [("model", "model"), ("balance", "balance"), ("verbmem", _cell("forget_verbmem")),
-                        ("forget knowmem", _cell("forget_knowmem")), ("retain knowmem", _cell("retain_knowmem")),
-                        ("retain prob", _cell("retain_prob")), ("privleak", _cell("privleak", 1)),
-                        ("mean cos(g_r, g_f)", _cell("mean_cos"))]) + \
+    return table(rows, [("model", "model"), ("balance", "balance"), ("verbmem", "forget_verbmem"),
+                        ("forget knowmem", "forget_knowmem"), ("retain knowmem", "retain_knowmem"),
+                        ("retain prob", "retain_prob"), ("privleak", "privleak", 1),
+                        ("mean cos(g_r, g_f)", "mean_cos")]) + \
         (f"\n\nUnlearned rows at {longest} steps, means over seeds; from `muse_news.json` (`reference`, "
          "`analysis.configurations`).\n\n") + muse_matched(results)
 
@@ -205,22 +184,14 @@ def muse_matched(results: Path = RESULTS) -> str:
 
 def step_cost(results: Path = RESULTS) -> str:
     """Step-time ratios (medians over rounds) and peak extra memory over the parameter bytes, per model."""
-    rows = []
-    for name, model in _load(results, "step_cost")["models"].items():
-        ratios, memory = model["ratios"], model["memory"]
-        rows.append({"model": name, "params": f"{model['n_params'] / 1e6:.1f}M",
-                     "bw": ratios["blur_over_weighted_time"]["median"],
-                     "bf": ratios["blur_over_fused_weighted_time"]["median"],
-                     "nb": ratios["naive_over_blur_time"]["median"],
-                     "blur_mem": memory["blur_extra_bytes_over_param_bytes"],
-                     "naive_mem": memory["naive_extra_bytes_over_param_bytes"],
-                     "diff": model.get("naive_matches_blur_max_abs_diff")})
-    return table(rows, [("model", "model"), ("parameters", "params"),
-                        ("BLUR / engine weighted sum", _cell("bw", 2)),
-                        ("BLUR / fused weighted sum", _cell("bf", 2)), ("naive BLUR / BLUR", _cell("nb", 2)),
-                        ("BLUR extra memory / params", _cell("blur_mem", 2)),
-                        ("naive extra memory / params", _cell("naive_mem", 2)),
-                        ("naive vs engine weights, max abs diff", _cell("diff", 1))]) + \
+    rows = [model | {"model": name} for name, model in _load(results, "step_cost")["models"].items()]
+    return table(rows, [("model", "model"), ("parameters", lambda m: f"{m['n_params'] / 1e6:.1f}M"),
+                        ("BLUR / engine weighted sum", ("ratios", "blur_over_weighted_time", "median"), 2),
+                        ("BLUR / fused weighted sum", ("ratios", "blur_over_fused_weighted_time", "median"), 2),
+                        ("naive BLUR / BLUR", ("ratios", "naive_over_blur_time", "median"), 2),
+                        ("BLUR extra memory / params", ("memory", "blur_extra_bytes_over_param_bytes"), 2),
+                        ("naive extra memory / params", ("memory", "naive_extra_bytes_over_param_bytes"), 2),
+                        ("naive vs engine weights, max abs diff", "naive_matches_blur_max_abs_diff", 1)]) + \
         ("\n\nFrom `step_cost.json` (`models.*.ratios.*.median`, `models.*.memory`); extra memory is over the "
          "fused weighted sum's peak.")
 
@@ -231,18 +202,16 @@ def step_cost(results: Path = RESULTS) -> str:
 def pretrained_models(results: Path = RESULTS) -> str:
     """SmolLM2: the target, the oracle and every fixed-step model evaluated with the full tier."""
     found = _load(results, "pretrained")
-    keys = ("forget_quality", "model_utility", "forget_prob", "forget_holdout_auc", "privleak", "world_facts_acc",
-            "retain_rouge")
-    rows = [{"model": role, **{k: found["reference"][role].get(k) for k in keys}} for role in ("target", "oracle")]
+    rows = [found["reference"][role] | {"model": role} for role in ("target", "oracle")]
     full = [c for c in found["analysis"]["configurations"]
             if c["kind"] == "fixed" and c.get("model_utility") is not None]
     full.sort(key=lambda c: (c["forget_loss"], c["steps"], c["combiner"], c["balance"]))
     rows += [{**c, "model": f"{c['forget_loss']} {c['combiner']} {_balance(c)}"} for c in full]
-    return table(rows, [("model", "model"), ("steps", _cell("steps")), ("forget quality", _cell("forget_quality")),
-                        ("model utility", _cell("model_utility")), ("forget prob", _cell("forget_prob")),
-                        ("forget-vs-holdout AUC", _cell("forget_holdout_auc")), ("privleak", _cell("privleak", 1)),
-                        ("world facts", _cell("world_facts_acc")), ("retain ROUGE", _cell("retain_rouge")),
-                        ("mean xi", _cell("mean_xi")), ("min cos(g_r, g_f)", _cell("min_cos"))]) + \
+    return table(rows, [("model", "model"), ("steps", "steps"), ("forget quality", "forget_quality"),
+                        ("model utility", "model_utility"), ("forget prob", "forget_prob"),
+                        ("forget-vs-holdout AUC", "forget_holdout_auc"), ("privleak", "privleak", 1),
+                        ("world facts", "world_facts_acc"), ("retain ROUGE", "retain_rouge"),
+                        ("mean xi", "mean_xi"), ("min cos(g_r, g_f)", "min_cos")]) + \
         ("\n\nOne seed; from `pretrained.json` (`reference`, `analysis.configurations`); xi is the weighted "
          "sum's forget weight (1) for it.")
 
@@ -251,8 +220,8 @@ def pretrained_matched(results: Path = RESULTS) -> str:
     """SmolLM2, NPO: best utility of each combiner at each forget-quality level some run reached."""
     found = _load(results, "pretrained")
     rows = found["analysis"]["matched"]["npo"]["fq_vs_utility"]
-    return table(rows, [("forget quality >=", _cell("level")), ("BLUR utility", _cell("ours_y")),
-                        ("weighted-sum utility", _cell("theirs_y")), ("margin", _cell("margin")),
+    return table(rows, [("forget quality >=", "level"), ("BLUR utility", "ours_y"),
+                        ("weighted-sum utility", "theirs_y"), ("margin", "margin"),
                         ("BLUR at least (within tolerance)", "ours_wins")]) + \
         (f"\n\nOne seed; from `pretrained.json` (`analysis.matched.npo.fq_vs_utility`; tolerance "
          f"{fmt(found['analysis']['tie_tolerance'])}).")
@@ -284,9 +253,9 @@ def stops(results: Path = RESULTS) -> str:
     return table(rows, [("world", "world"), ("runs the rule stopped", "stopped"), ("criterion", "reasons"),
                         ("stop steps", "steps"), ("forget quality at the stop", "fq"),
                         ("forget-vs-holdout AUC at the stop", "auc"),
-                        ("oracle's forget-vs-holdout AUC", _cell("o_auc")),
-                        ("oracle's forget-vs-holdout KS p", _cell("o_ks")), ("highest probe KS p", _cell("probe_ks")),
-                        ("oracle's forget prob", _cell("o_forget")), ("oracle's holdout prob", _cell("o_holdout")),
+                        ("oracle's forget-vs-holdout AUC", "o_auc"),
+                        ("oracle's forget-vs-holdout KS p", "o_ks"), ("highest probe KS p", "probe_ks"),
+                        ("oracle's forget prob", "o_forget"), ("oracle's holdout prob", "o_holdout"),
                         ("from", "file")]) + \
         ("\n\n`analysis.stop_vs_fixed` and `reference.oracle` of each file; a run the rule did not stop ran to "
          "its step cap.")
@@ -310,10 +279,10 @@ def stops_smollm2(results: Path = RESULTS) -> str:
                      "fq": at.get("forget_quality"), "prob": at.get("forget_prob"),
                      "auc": at.get("forget_holdout_auc"), "privleak": at.get("privleak")})
     return table(rows, [("run", "run"), ("stopped at", "at"), ("criterion", "reason"),
-                        ("probe KS p there", _cell("ks_at_stop")),
-                        ("`criterion: ks` would stop at", "ks_step"), ("forget quality", _cell("fq")),
-                        ("forget prob", _cell("prob")), ("forget-vs-holdout AUC", _cell("auc")),
-                        ("privleak", _cell("privleak", 1))]) + \
+                        ("probe KS p there", "ks_at_stop"),
+                        ("`criterion: ks` would stop at", "ks_step"), ("forget quality", "fq"),
+                        ("forget prob", "prob"), ("forget-vs-holdout AUC", "auc"),
+                        ("privleak", "privleak", 1)]) + \
         ("\n\nOne seed; from `pretrained.json` (`analysis.stop_vs_fixed`, each run's `stop.curve` with its "
          f"`min_ks_p` {fmt(found['runs'][0]['stop']['min_ks_p'], 1)}); the model columns are the evaluation at the "
          "step the rule stopped.")
@@ -332,8 +301,8 @@ def scaling(results: Path = RESULTS) -> str:
                          "eval": r["eval_seconds_one_model"] / base["eval_seconds_one_model"],
                          "eval_s": r["eval_seconds_one_model"]})
     return table(rows, [("model, forget records", "what"),
-                        ("x parameters", _cell("params", 1)), ("x BLUR step time", _cell("step", 1)),
-                        ("x evaluation time", _cell("eval", 1)), ("evaluation s", _cell("eval_s", 1))]) + \
+                        ("x parameters", "params", 1), ("x BLUR step time", "step", 1),
+                        ("x evaluation time", "eval", 1), ("evaluation s", "eval_s", 1)]) + \
         ("\n\nEach row against the demo model (0.8M parameters) with 40 forget records (model sizes) or 10 (forget "
          "sizes); from `scaling.json` (`by_model_size`, `by_forget_size`: `n_params`, `blur_step_ms`, "
          "`eval_seconds_one_model`).")
@@ -348,11 +317,11 @@ def optimizers(results: Path = RESULTS) -> str:
     longest = max(c["steps"] for c in rows)
     rows = [c for c in rows if c["steps"] == longest]
     return table(rows, [("optimizer", "optimizer"), ("combiner", "combiner"), ("balance", _balance),
-                        ("seeds", "seeds"), ("forget quality", _cell("forget_quality")),
-                        ("model utility", _cell("model_utility")), ("forget prob", _cell("forget_prob")),
-                        ("mean xi", _cell("mean_xi")), ("cos(u, d)", _cell("mean_cos_u_d")),
-                        ("cos(d, g_f)", _cell("mean_cos_d_gf")), ("kept", _cell("mean_kept", 2)),
-                        ("upd", _cell("mean_update_ratio", 2))]) + \
+                        ("seeds", "seeds"), ("forget quality", "forget_quality"),
+                        ("model utility", "model_utility"), ("forget prob", "forget_prob"),
+                        ("mean xi", "mean_xi"), ("cos(u, d)", "mean_cos_u_d"),
+                        ("cos(d, g_f)", "mean_cos_d_gf"), ("kept", "mean_kept", 2),
+                        ("upd", "mean_update_ratio", 2)]) + \
         f"\n\nAt {longest} steps, means over seeds; from `optimizers.json` (`analysis.configurations`)."
 
 
@@ -362,7 +331,7 @@ def optimizers_matched(results: Path = RESULTS) -> str:
              "lo": m["min_margin"], "hi": m["max_margin"]}
             for name, m in _load(results, "optimizers")["analysis"]["matched"].items()]
     return table(rows, [("optimizer", "optimizer"), ("levels where BLUR >= weighted sum", "levels"),
-                        ("smallest margin", _cell("lo")), ("largest margin", _cell("hi"))]) + \
+                        ("smallest margin", "lo"), ("largest margin", "hi")]) + \
         "\n\nMargin: BLUR's utility minus the weighted sum's; from `optimizers.json` (`analysis.matched`)."
 
 
@@ -372,11 +341,11 @@ def optimizers_pretrained(results: Path = RESULTS) -> str:
     for stem in ("optimizers_pretrained", "optimizers_pretrained_sgd"):
         rows += [{**c, "file": f"`{stem}.json`"} for c in _configs(results, stem)]
     rows.sort(key=lambda c: (["adamw", "sgd", "sgd-momentum"].index(c["optimizer"]), c["combiner"], c["steps"]))
-    return table(rows, [("optimizer", "optimizer"), ("lr", _cell("lr", 5)), ("combiner", "combiner"),
-                        ("balance", _balance), ("steps", "steps"), ("forget quality", _cell("forget_quality")),
-                        ("model utility", _cell("model_utility")), ("mean xi", _cell("mean_xi", 3)),
-                        ("mean cos(g_r, g_f)", _cell("mean_cos")), ("cos(u, d)", _cell("mean_cos_u_d")),
-                        ("cos(d, g_f)", _cell("mean_cos_d_gf")), ("from", "file")]) + \
+    return table(rows, [("optimizer", "optimizer"), ("lr", "lr", 5), ("combiner", "combiner"),
+                        ("balance", _balance), ("steps", "steps"), ("forget quality", "forget_quality"),
+                        ("model utility", "model_utility"), ("mean xi", "mean_xi", 3),
+                        ("mean cos(g_r, g_f)", "mean_cos"), ("cos(u, d)", "mean_cos_u_d"),
+                        ("cos(d, g_f)", "mean_cos_d_gf"), ("from", "file")]) + \
         "\n\nOne seed; `analysis.configurations` of each file (model utility here is the retain set's alone)."
 
 
@@ -397,19 +366,16 @@ def relearn(results: Path = RESULTS) -> str:
                 gap = None if baseline is None else c["relearn_forget_prob"] - baseline
                 rows.append({**c, "world": world, "model": f"{c['forget_loss']} {c['combiner']} {_balance(c)}",
                              "recovery": c.get("relearn_recovery"), "gap": gap, "file": f"`{stem}.json`"})
-    return table(rows, [("world", "world"), ("model", "model"), ("steps", _cell("steps")),
-                        ("seeds", _cell("seeds")), ("after the attack", _pm("relearn_forget_prob")),
-                        ("gap to the oracle", _cell("gap")), ("recovery", _cell("recovery")), ("from", "file")]) + \
+    return table(rows, [("world", "world"), ("model", "model"), ("steps", "steps"),
+                        ("seeds", "seeds"), ("after the attack", _pm("relearn_forget_prob")),
+                        ("gap to the oracle", "gap"), ("recovery", "recovery"), ("from", "file")]) + \
         ("\n\n`reference.oracle` and `analysis.configurations` (`relearn_forget_prob`, `relearn_recovery`) of "
          "each file; the gap is the unlearned model's `relearn_forget_prob` minus the oracle's.")
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {
-    "floors": floors, "quality_runs": quality_runs, "quality_reference": quality_reference,
-    "quality_npo": quality_npo, "quality_matched": quality_matched, "muse_news": muse_news,
-    "step_cost": step_cost, "pretrained_models": pretrained_models, "pretrained_matched": pretrained_matched,
-    "stops": stops, "stops_smollm2": stops_smollm2, "scaling": scaling, "optimizers": optimizers,
-    "optimizers_matched": optimizers_matched, "optimizers_pretrained": optimizers_pretrained, "relearn": relearn}
+BLOCKS: dict[str, Callable[[Path], str]] = {block.__name__: block for block in (
+    floors, quality_runs, quality_reference, quality_npo, quality_matched, muse_news, step_cost, pretrained_models,
+    pretrained_matched, stops, stops_smollm2, scaling, optimizers, optimizers_matched, optimizers_pretrained, relearn)}
 
 
 def _pattern(name: str) -> re.Pattern:

@@ -1,9 +1,5 @@
-"""Scaling: how step time and evaluation time grow with the forget set and with the model.
-
-    python -m benchmarks.scaling                 # ~5-10 min with 1 thread
-    python -m benchmarks.scaling --report-only   # rewrite scaling.md from scaling.json
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``.
+"""Scaling: how step time and evaluation time grow with the forget set and with the model (~5-10 min, one
+thread). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``.
 """
 
 from __future__ import annotations
@@ -100,10 +96,10 @@ def run(config: ScalingConfig) -> dict[str, Any]:
 
 
 COLUMNS = [("model", "model"), ("parameters", lambda r: f"{r['n_params'] / 1e6:.1f}M"), ("forget records", "forget_records"),
-           ("BLUR ms/step", lambda r: fmt(r["blur_step_ms"], 0)),
-           ("weighted-sum ms/step", lambda r: fmt(r["weighted_step_ms"], 0)),
-           ("evaluation s (one model)", lambda r: fmt(r["eval_seconds_one_model"], 1)),
-           ("evaluation CPU s", lambda r: fmt(r["eval_cpu_seconds_one_model"], 1))]
+           ("BLUR ms/step", "blur_step_ms", 0),
+           ("weighted-sum ms/step", "weighted_step_ms", 0),
+           ("evaluation s (one model)", "eval_seconds_one_model", 1),
+           ("evaluation CPU s", "eval_cpu_seconds_one_model", 1)]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -118,8 +114,7 @@ app = harness.cli(__doc__)
 @app.command()
 def main(out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, "scaling", render)
-        return
+        return harness.report_only(out, "scaling", render)
     config = ScalingConfig(out_dir=out)
     result = run(config)
     harness.write_report(result, out, config.stem, render)

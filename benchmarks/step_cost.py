@@ -1,10 +1,5 @@
-"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum.
-
-    python -m benchmarks.step_cost --json          # one JSON object on stdout, progress on stderr
-    python -m benchmarks.step_cost --quick         # fewer rounds (a rough number in a minute)
-    python -m benchmarks.step_cost --report-only   # rewrite step_cost.md from step_cost.json
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.step_cost``.
+"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (``--json``: the result
+on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix.
 """
 
 from __future__ import annotations
@@ -115,9 +110,9 @@ TIMES = [("model", "name"), ("params", lambda m: f"{m['n_params'] / 1e6:.2f}M"),
          *((f"ms/step {k}", _ms(k)) for k in METHODS), ("blur / weighted", _ratio("blur_over_weighted_time")),
          ("naive / blur", _ratio("naive_over_blur_time")), ("blur / fused", _ratio("blur_over_fused_weighted_time")),
          ("naive matches blur (max abs diff)", lambda m: f"{m['naive_matches_blur_max_abs_diff']:.1e}")]
-MEMORY = [("model", "name"), ("blur", lambda m: fmt(m["memory"]["blur_extra_bytes_over_param_bytes"])),
-          ("weighted_sum (engine)", lambda m: fmt(m["memory"]["weighted_extra_bytes_over_param_bytes"])),
-          ("naive_blur", lambda m: fmt(m["memory"]["naive_extra_bytes_over_param_bytes"], 2))]
+MEMORY = [("model", "name"), ("blur", ("memory", "blur_extra_bytes_over_param_bytes")),
+          ("weighted_sum (engine)", ("memory", "weighted_extra_bytes_over_param_bytes")),
+          ("naive_blur", ("memory", "naive_extra_bytes_over_param_bytes"), 2)]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -139,8 +134,7 @@ def main(json: bool = harness.typer.Option(False, "--json", help="print the resu
          quick: bool = harness.typer.Option(False, "--quick", help="3 rounds x 2 steps instead of 7 x 3"),
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, "step_cost", render)
-        return
+        return harness.report_only(out, "step_cost", render)
     config = StepCostConfig(out=out / "step_cost.json")
     if quick:
         config.rounds, config.steps = 3, 2

@@ -7,7 +7,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from benchmarks.common import Bench, CandidateEvaluator, diagnostics_summary, load_snapshot, method_config, unlearn_with_snapshots
+from benchmarks.common import (Bench, CandidateEvaluator, UnlearnRun, diagnostics_summary, load_snapshot, method_config,
+                               unlearn_with_snapshots)
 from benchmarks import harness
 from benchmarks.harness import fmt, jsonable, log, machine
 
@@ -16,6 +17,16 @@ POINT_METRICS = ("forget_quality", "model_utility", "forget_prob", "retain_prob"
 DIAGNOSTICS = ("mean_cos", "mean_xi", "mean_norm_ratio")
 CONFIG_KEYS = ("forget_loss", "combiner", "balance", "lr", "steps")
 BALANCE_NAME = {"blur": "gamma", "weighted_sum": "alpha"}
+
+
+#: what makes a run of fixed length whose every step count is a shorter run (no schedule, no checkpoints)
+FIXED_LENGTH = {"epochs": None, "checkpoint_every": 0, "scheduler": "constant", "warmup_steps": 0}
+
+
+def balance(combiner: str, value: float) -> dict[str, Any]:
+    """The combiner and its balance as ``unlearn`` keys. BLUR: ``gamma`` = value. Weighted sum: forget weight 1,
+    retain weight ``alpha`` = value."""
+    return {"combiner": combiner} | ({"gamma": value} if combiner == "blur" else {"gamma": 1.0, "alpha": value})
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,22 @@ class Job(Run):
     eval_steps: tuple[int, ...]
 
     def overrides(self) -> dict[str, Any]:
-        """BLUR: ``gamma`` = balance. Weighted sum: forget weight 1, retain weight ``alpha`` = balance."""
-        method = {"forget_loss": self.forget_loss, "combiner": self.combiner, "lr": self.lr}
-        if self.combiner == "blur":
-            return method | {"gamma": self.balance}
-        return method | {"gamma": 1.0, "alpha": self.balance}
+        return {"forget_loss": self.forget_loss, "lr": self.lr} | balance(self.combiner, self.balance)
 
     @property
     def name(self) -> str:
         return f"{self.combiner}/{self.forget_loss} {BALANCE_NAME[self.combiner]}={self.balance:g} lr={self.lr:g} seed={self.seed}"
+
+    def unlearn(self, bench: Bench) -> UnlearnRun:
+        return unlearn_with_snapshots(bench, method_config(bench.config, **self.overrides()), self.seed, self.eval_steps)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self) | {"eval_steps": list(self.eval_steps)}
+
+    def point(self, run: UnlearnRun, steps: int, eval_seconds: float) -> dict[str, Any]:
+        """The point's fields besides the metrics and diagnostics: the job, its step count and timings."""
+        return self.params() | {"steps": steps, "unlearn_seconds": round(run.seconds * steps / max(self.eval_steps), 2),
+                                "eval_seconds": round(eval_seconds, 2)}
 
 
 BALANCED = dict(blur_gammas=(0.01, 0.03, 0.1, 0.3, 1.0), ws_alphas=(1.0, 3.0, 10.0, 30.0, 100.0))
@@ -89,33 +107,34 @@ def jobs_of(sweeps: Sequence[Sweep]) -> list[Job]:
     return [job for seed in seeds for sweep in sweeps if seed in sweep.seeds for job in sweep.jobs(seed)]
 
 
-def run_sweep(bench: Bench, config: Any, metrics_kept: Sequence[str] = POINT_METRICS) -> dict[str, Any]:
-    """Every job of ``config.jobs()`` within ``config.budget_minutes``, unlearned and evaluated at each of its step
-    counts; the raw results (one point per model). ``metrics_kept``: the evaluator's keys stored per point."""
+def run_sweep(bench: Bench, config: Any, metrics_kept: Sequence[str] = POINT_METRICS, *, jobs: Sequence | None = None,
+              count_setup: bool = True) -> dict[str, Any]:
+    """Every job (``config.jobs()`` unless given) within ``config.budget_minutes`` (the bench's setup counted
+    unless ``count_setup`` is False), unlearned once and evaluated at each of its step counts; the raw results
+    (one point per model). A job has ``name``, ``unlearn(bench)``, ``params()`` and ``point(run, steps,
+    eval_seconds)``; ``metrics_kept``: the evaluator's keys stored per point."""
     started = time.perf_counter()
     evaluator = CandidateEvaluator(bench)
     reference = evaluator.reference()
 
-    def run_one(job: Job) -> dict:
+    def run_one(job) -> dict:
         job_started = time.perf_counter()
-        run = unlearn_with_snapshots(bench, method_config(bench.config, **job.overrides()), job.seed, job.eval_steps)
+        run = job.unlearn(bench)
         points, by_step = [], {}
         for steps, state in sorted(run.snapshots.items()):
             eval_started = time.perf_counter()
             metrics = evaluator(load_snapshot(bench, state))
-            points.append(asdict(job) | {"steps": steps, "eval_steps": list(job.eval_steps)}
-                          | {k: metrics.get(k) for k in metrics_kept} | diagnostics_summary(run.diagnostics, steps)
-                          | {"unlearn_seconds": round(run.seconds * steps / max(job.eval_steps), 2),
-                             "eval_seconds": round(time.perf_counter() - eval_started, 2)})
+            points.append({k: metrics.get(k) for k in metrics_kept} | diagnostics_summary(run.diagnostics, steps)
+                          | job.point(run, steps, time.perf_counter() - eval_started))
             by_step[steps] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if points:
             log(f"    {job.name}: " + " ".join(f"{k} {fmt(points[-1].get(k))}" for k in (*metrics_kept[:2], "mean_cos", "mean_xi")))
-        return {"name": job.name, "params": asdict(job) | {"eval_steps": list(job.eval_steps)}, "metrics_by_step": by_step,
-                "diagnostics": run.diagnostics, "error": run.error, "seconds": round(time.perf_counter() - job_started, 1),
-                "points": points}
+        return {"name": job.name, "params": job.params(), "metrics_by_step": by_step, "diagnostics": run.diagnostics,
+                "error": run.error, "seconds": round(time.perf_counter() - job_started, 1), "points": points}
 
-    grid = harness.run_grid(config.jobs(), run_one, name=lambda job: job.name, budget_minutes=config.budget_minutes,
-                            spent=bench.info.get("setup_seconds", 0.0) + time.perf_counter() - started)
+    setup = bench.info.get("setup_seconds", 0.0) if count_setup else 0.0
+    grid = harness.run_grid(jobs or config.jobs(), run_one, name=lambda job: job.name,
+                            budget_minutes=config.budget_minutes, spent=setup + time.perf_counter() - started)
     return {"benchmark": "quality", "config": jsonable(asdict(config)), "machine": machine(), "setup": bench.info,
             "world": {"forget": len(bench.forget), "retain": len(bench.retain), "holdout": len(bench.holdout)},
             "reference": reference, "points": [p for run in grid["runs"] for p in run.pop("points")],

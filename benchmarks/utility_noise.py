@@ -5,10 +5,7 @@ probability, ROUGE, truth-ratio score), so its smallest part weighs most: on Smo
 real authors' ROUGE, about 6 right names in 100 questions. This study resamples the records of
 every set (the same records for both models: paired) from the per-record reports of calibration's
 runs and recomputes unlearned / target and oracle / target utility each time. Its 95% interval
-says which utility ratios these sets can tell apart; no model runs.
-
-    python -m benchmarks.utility_noise                # every cached calibration run
-    python -m benchmarks.utility_noise --report-only  # rewrite utility_noise.md from utility_noise.json
+says which utility ratios these sets can tell apart; no model runs (every cached calibration run).
 """
 
 from __future__ import annotations
@@ -107,12 +104,12 @@ ROWS = [
     ("records (retain / real authors / world facts)", lambda r: " / ".join(str(v) for v in r["n_records"].values())),
     ("utility: target / unlearned / oracle", lambda r: " / ".join(fmt(r["utility"][k]) for k in
                                                                  ("target", "unlearned", "oracle"))),
-    ("unlearned / target", lambda r: fmt(r["unlearned_ratio"], 2)),
+    ("unlearned / target", "unlearned_ratio", 2),
     ("95% interval", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_ratio_ci"]))),
-    ("share of draws < 0.95", lambda r: fmt(r["unlearned_ratio_below_095"], 2)),
-    ("oracle / target", lambda r: fmt(r["oracle_ratio"], 2)),
+    ("share of draws < 0.95", "unlearned_ratio_below_095", 2),
+    ("oracle / target", "oracle_ratio", 2),
     ("95% interval ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["oracle_ratio_ci"]))),
-    ("retain part only: unlearned / target", lambda r: fmt(r["unlearned_retain_ratio"], 2)),
+    ("retain part only: unlearned / target", "unlearned_retain_ratio", 2),
     ("95% interval  ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_retain_ratio_ci"]))),
 ]
 
@@ -129,8 +126,7 @@ app = harness.cli(__doc__)
 def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
-        harness.report_only(out, STEM, render)
-        return
+        return harness.report_only(out, STEM, render)
     found = runs(worlds)
     for run in found:
         for role, value in ((r, v) for r, v in run["utility"].items() if r in run["reported_utility"]):

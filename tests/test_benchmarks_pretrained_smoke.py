@@ -71,13 +71,13 @@ def test_update_meter_measures_what_the_optimizer_keeps_of_blurs_direction(bench
     job = Job(Optimizer(optimizer, optimizer, 1e-3 if optimizer == "adamw" else 0.1, momentum), "npo", "blur",
               0.1, 0, (3,))
     run_ = run_job(bench, job)
-    for record in run_["diagnostics"]:
+    for record in run_.diagnostics:
         clip = min(1.0, 1.0 / (record["grad_norm"] + 1e-6))
         assert record["direction_ratio"] == pytest.approx(clip, rel=1e-3)
         if optimizer == "sgd" and momentum == 0:
             assert record["update_ratio"] == pytest.approx(record["direction_ratio"], rel=1e-3)
             assert record["cos_u_d"] == pytest.approx(1.0, abs=1e-4)
             assert record["kept"] == pytest.approx(1.0, abs=1e-3)
-    later = run_["diagnostics"][1:]
+    later = run_.diagnostics[1:]
     if optimizer == "adamw" or momentum:
         assert all(r["cos_u_d"] < 0.999 for r in later)

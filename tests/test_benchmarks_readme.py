@@ -85,3 +85,24 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
             for q, v in ((0.8, "win"), (0.8, "win"), (0.8, "tie"), (0.5, "tie"))]
     assert helps(rows, "w")["helps"] is True
     assert helps(rows + [{**rows[0], "q": 1.0, "verdict": "loss"}], "w")["helps"] is False
+
+
+def _renderer(stem: str):
+    """The study function that writes ``results/<stem>.md`` from ``results/<stem>.json``."""
+    from benchmarks import (calibration, comparison, eval_reuse, holdout_exchangeability, muse_news, noise_floor,
+                            optimizers, pretrained, quality, scaling, step_cost, utility_noise)
+
+    if stem == "eval_reuse_flow":
+        return eval_reuse.render_flow
+    for module in (calibration, comparison, eval_reuse, holdout_exchangeability, muse_news, noise_floor, optimizers,
+                   pretrained, quality, scaling, step_cost, utility_noise):
+        if stem.startswith(module.__name__.rsplit(".", 1)[1]):
+            return module.renderer(stem) if hasattr(module, "renderer") else module.render
+    raise LookupError(f"no study renders {stem}.md")
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in readme.RESULTS.glob("*.md")
+                                        if p.with_suffix(".json").exists()))
+def test_every_results_write_up_is_rendered_from_its_json_alone(stem):
+    data = json.loads((readme.RESULTS / f"{stem}.json").read_text(encoding="utf-8"))
+    assert _renderer(stem)(data) == (readme.RESULTS / f"{stem}.md").read_text(encoding="utf-8")
