@@ -198,7 +198,9 @@ def unlearn_with_snapshots(bench: Bench, method: UnlearnConfig, seed: int, at_st
         raise ValueError("snapshots stand for shorter runs only with a constant learning rate and no warm-up")
     at = sorted(set(at_steps))
     model = fresh_copy(bench)
-    method = method.model_copy(update={"steps": at[-1], "epochs": None, "checkpoint_every": 0})
+    # a fixed-length trajectory: the holdout stop (the shipped default) would end it at its own step
+    method = method.model_copy(update={"steps": at[-1], "epochs": None, "checkpoint_every": 0,
+                                       "stop": method.stop.model_copy(update={"rule": "none"})})
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     diagnostics: list[dict] = []

@@ -116,3 +116,13 @@ def test_muse_subset_is_disjoint_and_carries_text_and_questions():
     ids = [{r.record_id for r in split} for split in (forget, retain, holdout)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert {r.kind for r in forget} == {"text", "qa"} and {r.kind for r in holdout} == {"text", "qa"}
+
+
+def test_snapshots_follow_the_whole_trajectory_when_the_shipped_config_stops_on_the_holdout(tiny_bench):
+    """params.yaml stops on the holdout by default; a sweep's fixed-length trajectory must not (it has no
+    holdout to probe, and a stop would end it before its last snapshot)."""
+    from benchmarks.common import unlearn_with_snapshots
+
+    method = tiny_bench.config.with_overrides({"unlearn.stop.rule": "holdout", "unlearn.lr": 1e-2}).unlearn
+    run = unlearn_with_snapshots(tiny_bench, method, seed=0, at_steps=(1, 3))
+    assert run.error is None and sorted(run.snapshots) == [1, 3]
