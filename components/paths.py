@@ -111,7 +111,9 @@ class Paths:
     failed = _under("requests", "failed")
     cancelled = _under("requests", "cancelled")
     settling = _under("requests", ".settling.json")     # the inbox's move under way: artifacts.SettlingJournal
-    inbox_lock = _under("requests", ".inbox.lock")
+    inbox_lock = _under("requests", ".inbox.lock")      # held while files move in and out of the inbox
+    run_lock = _under("requests", ".run.lock")          # held for a whole batch: one run per inbox
+    running_batch = _under("requests", ".running.json")  # what the batch under way took: artifacts.RunningBatch
     push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`: artifacts.PushPending
 
     def earlier_forget(self, request_id: str) -> Path:

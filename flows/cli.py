@@ -51,21 +51,23 @@ def _load(root: Path, params: str):
 @request_app.command("add")
 def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSON file."),
                 root: Path = ROOT, params: str = PARAMS) -> None:
-    """Validate a request and put a copy into the inbox; refuse it with the reason if invalid."""
+    """Validate a request and put a copy into the inbox; refuse it with the reason if invalid.
+
+    Reads no tracking store (MLflow): the erasures it checks against are the local ones (notes and
+    certificates). The batch that takes the request checks it again against the registry too."""
     _environment(root)
     from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
     from components.erasure.ledger import LedgerError, erased_forget_ids
-    from components.registry import RegistryError
     from flows.batch import check_request
 
     config, paths = _load(root, params)
     inbox = Inbox(paths)
     try:
         request = inbox.check(file)
-        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox))
+        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox, registry=()))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
-    except (RequestError, InboxError, LedgerError, RegistryError) as error:
+    except (RequestError, InboxError, LedgerError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
         err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
@@ -104,16 +106,15 @@ def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a
 def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
                    root: Path = ROOT) -> None:
     """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/.
-    An erased request (result, certificate, or a registry record) is refused."""
+    An erased request (result or certificate) is refused, and so is one a batch took and has not
+    decided: only such a batch can have erased it without a certificate yet (the alias moved), so
+    no tracking store (MLflow) is read."""
     from components.data.inbox import Inbox, InboxError
-    from components.erasure.ledger import registry_erasures
     from components.paths import Paths
-    from components.registry import RegistryError
 
     try:
-        registry = registry_erasures(root.resolve())  # fails closed: an unreachable registry refuses
-        destination = Inbox(Paths(root.resolve())).cancel(request_id, registry=registry)
-    except (FileNotFoundError, InboxError, RegistryError) as error:
+        destination = Inbox(Paths(root.resolve())).cancel(request_id)
+    except (FileNotFoundError, InboxError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} cancelled: {destination}")
