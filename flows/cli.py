@@ -187,9 +187,14 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     table.add_column("state")
     table.add_column("count", justify="right")
     table.add_column("requests")
+    settling = set(state["settling"])  # erased, its file still in the inbox: shown once, as processed
+    state["processed"] = [f"{i} (settling)" if i in settling else i for i in state["processed"]]
     for key in ("pending", "processed", "rejected", "failed", "cancelled"):
         table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
     console.print(table)
+    if settling:
+        console.print(f"Settling: {len(settling)} erased request(s) still have their file in the inbox; "
+                      "the next `blur process` moves it to processed/ (nothing is unlearned again).")
     if state["unreadable"]:
         err.print(f"[red]Unreadable result files in {paths.processed}: {escape(', '.join(state['unreadable']))}; "
                   "restore them (git or `dvc checkout`): no batch runs until then.[/red]")

@@ -84,6 +84,23 @@ def test_blur_request_cancel_refuses_a_certified_request_with_a_clear_message(in
     assert inbox.files() == [inbox.paths.inbox / "req-r.json"]
 
 
+def test_blur_status_shows_a_certified_request_still_waiting_once_as_erased_and_settling(inbox):
+    """Its certificate was issued but its file did not move (a run died, or `dvc move` failed): `blur status`
+    shows it once, as processed (erased) with its settle pending, never also as pending."""
+    subject = subject_of()
+    data = waiting(inbox, "req-r", subject)
+    certify(inbox.paths.root, "req-r", data, forget_ids_of(subject))
+    state = inbox.status()
+    assert state["pending"] == [] and state["processed"] == ["req-r"] and state["settling"] == ["req-r"]
+    from pipeline_repo import write_params
+
+    write_params(inbox.paths.root, {})
+    shown = blur("status", root=inbox.paths.root)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("req-r") == 1, shown.output
+    assert "req-r (settling)" in shown.output
+
+
 @pytest.fixture
 def registry_root(tmp_path, migrated_mlflow_db, monkeypatch) -> Path:
     """A pipeline root with the embedded MLflow SQLite store (migrated)."""

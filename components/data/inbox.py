@@ -326,9 +326,15 @@ class Inbox:
         return self._processed_ids() | self._failed_ids()
 
     def status(self) -> dict[str, list[str]]:
+        """Each request once, in its true state. An erased request whose file still waits in the inbox
+        (certified, then its run died or `dvc move` failed) is processed, and listed in ``settling`` too:
+        the next run moves its file. ``pending`` holds the other waiting files."""
+        erased = self._processed_ids()
+        waiting = {p: self._peek_id(p) for p in self.files()}
         return {
-            "pending": [p.name for p in self.files()],
-            "processed": sorted(self._processed_ids()),
+            "pending": [p.name for p, request_id in waiting.items() if request_id not in erased],
+            "settling": sorted({request_id for request_id in waiting.values() if request_id in erased}),
+            "processed": sorted(erased),
             "rejected": self._with_reason(self.paths.rejected),
             "failed": sorted(self._failed_ids()),
             "cancelled": self._with_reason(self.cancelled),
