@@ -101,6 +101,7 @@ class Paths:
     certificate_head = _under("certificates", "chain.head.json")  # artifacts.ChainHead (request ids have no dots)
     mlflow_db = _under(None, "mlflow.db")
     mlflow_artifacts = _under(None, "mlartifacts")
+    record_id_key = _under(None, "data", ".record-id-key")  # the secret record ids leave keyed by (erasure.safe)
     schemas = _under(None, "docs", "schemas")         # the artifacts' JSON Schemas, for auditors
     prefect_home = _under(None, ".prefect")
     # the request folders of the production flow
