@@ -247,9 +247,24 @@ def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
         console.print(table)
     elif processed:
         console.print("Erased data: no older model version or batch folder holds it.")
+    if processed:
+        console.print(f"By design, erased data stays in: {_holders_by_design(config, paths)}.")
     uncertified = missing_certificates(paths.root, [r.request_id for r in processed])
     if uncertified:
         err.print(f"[yellow]Processed without a deletion certificate: {', '.join(uncertified)}[/yellow]")
+
+
+def _holders_by_design(config, paths) -> str:
+    """What keeps erased records whatever retention does: the training data, the target model trained
+    on it (the pipeline unlearns from it, never retrains it), the caches and the request files."""
+    world = "the world (demo world, generated from the seed)" if config.world.source == "demo" else \
+        f"the world ({escape(str(config.world.path))})"
+    target = escape(str(config.model.base)) if config.model.base else "models/target"
+    parts = [world, f"the target model ({target})", "the fine-tune and evaluation caches (.cache/)",
+             "the request files (data/requests/)", "the DVC cache and remote"]
+    if paths.prepared.exists():
+        parts.insert(2, "the last `dvc repro`'s splits (data/prepared/)")
+    return ", ".join(parts)
 
 
 @app.command("report")

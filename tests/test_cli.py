@@ -165,3 +165,13 @@ def test_request_add_and_cancel_never_touch_the_tracking_store(tmp_path):
     assert not said["mlflow imported"]
     assert not (repo / "mlflow.db").exists()
     assert [p.name for p in (repo / "data" / "requests" / "cancelled").glob("*.json")] == ["cli-nomlflow.json"]
+
+
+def test_status_names_what_holds_erased_data_by_design(cli_repo):
+    """Issue 21: `blur status` said no copy held an erased request, while the world, the target model
+    (trained on it), the prepared splits, the request files and the DVC cache and remote still do."""
+    output = " ".join(cli_repo[2]["status_after"].output.split())
+    assert "no older model version or batch folder holds it" in output
+    for holder in ("the world (demo world, generated from the seed)", "models/target", "data/requests/",
+                   "the DVC cache and remote", ".cache/"):
+        assert holder in output, holder

@@ -62,7 +62,7 @@ def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_stor
     import subprocess
     from pathlib import Path
 
-    from components.erasure.safe import public_record_id, record_id_key
+    from components.erasure.safe import keyed_hash, record_id_key
     from components.paths import Paths
 
     root = tmp_path / "deployment"
@@ -81,7 +81,11 @@ def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_stor
                                   record_id_key=key)
     client = mlflow_store.client()
     logged = json.loads(Path(client.download_artifacts(decision.run_id, "requests.json", str(tmp_path))).read_text())
-    assert logged["forget_ids"] == [public_record_id(key, record_id) for record_id in inside]
+    assert logged["forget_ids"] == [keyed_hash(key, record_id) for record_id in inside]
     assert not set(logged["forget_ids"]) & set(inside), "no record id leaves unkeyed"
     assert logged["forget_ids"][0] == hmac.new(key, inside[0].encode(), "sha256").hexdigest()[:16]
-    assert key.hex() not in json.dumps(logged) and summary["forget_ids"] == inside
+    assert logged["digests"] == {k: keyed_hash(key, summary[k]) for k in ("forget_digest", "retain_digest")}
+    run = client.get_run(decision.run_id)
+    assert run.data.params["request.forget_digest"] == logged["digests"]["forget_digest"]
+    assert key.hex() not in json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert summary["forget_ids"] == inside, "the pipeline's own ids are not changed"

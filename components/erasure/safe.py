@@ -8,8 +8,8 @@ So a summary that one day carries record text by mistake still cannot leak it.
 
 A record id is a hash of the record's text, so anyone who can guess a person's facts could
 compute it and find it in MLflow. Record ids therefore leave keyed by a secret of this
-deployment (:func:`record_id_key`, :func:`public_record_id`); inside the pipeline (notes,
-sampling, caches, certificates' digests) the ids stay as they are.
+deployment (:func:`record_id_key`, :func:`keyed_hash`), and so do the digests of sets of them;
+inside the pipeline (notes, sampling, caches, certificates' digests) they stay as they are.
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ def record_id_key(paths: "Paths") -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def public_record_id(key: bytes, record_id: str) -> str:
-    """How a record id is shown outside the pipeline: an HMAC-SHA256 of it under ``key``, 16 hex digits."""
-    return hmac.new(key, str(record_id).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+def keyed_hash(key: bytes, value: str) -> str:
+    """How a record id (or a digest of record ids) is shown outside the pipeline: an HMAC-SHA256 of it
+    under ``key``, 16 hex digits."""
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
 def safe_request_summary(summary: Mapping[str, Any] | None,
@@ -86,7 +87,8 @@ def safe_request_summary(summary: Mapping[str, Any] | None,
     Accepts the batch form (``request_ids``, ``request_hashes``) and the single-request
     form (``request_id``, ``request_hash``). ``dvc_hashes`` maps request id to the md5 DVC
     recorded for the request file. ``record_id_key``: the deployment's secret
-    (:func:`record_id_key`); the forget set's record ids are keyed with it (:func:`public_record_id`).
+    (:func:`record_id_key`); the forget set's record ids and the forget and retain digests are keyed
+    with it (:func:`keyed_hash`).
     """
     summary = dict(summary or {})
     dvc_hashes = dict(dvc_hashes or {})
@@ -118,8 +120,9 @@ def safe_request_summary(summary: Mapping[str, Any] | None,
               if isinstance(summary.get(key), int) and not isinstance(summary.get(key), bool)}
     digests = {key: _hex(summary[key]) for key in ("forget_digest", "retain_digest") if summary.get(key)}
     forget_ids = [_hex(record_id) for record_id in summary.get("forget_ids") or []]
-    if record_id_key is not None:
-        forget_ids = [public_record_id(record_id_key, record_id) for record_id in forget_ids]
+    if record_id_key is not None:  # a digest of the ids can be checked against a guess as well as the ids
+        forget_ids = [keyed_hash(record_id_key, record_id) for record_id in forget_ids]
+        digests = {key: keyed_hash(record_id_key, value) for key, value in digests.items()}
     earlier = [_request_id(request_id) for request_id in summary.get("earlier_requests") or []]
     return {
         "requests": requests,
