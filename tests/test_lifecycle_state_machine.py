@@ -1,7 +1,7 @@
 """The request lifecycle under random interleavings (issue 21, item 2): hypothesis drives add, cancel,
 retry, batches whose gate passes or fails, a crash at each named fault point of the flow, a DVC lock
-taken by another command mid-run, a lost result note and an unreadable inbox file, and after every
-step checks the invariants of docs/guarantees.md (each listed there with this test):
+taken by another command mid-run, a person's add, cancel and retry while a run holds the run lock, a
+lost result note and an unreadable inbox file, and after every step checks the invariants of docs/guarantees.md (each listed there with this test):
 
 - every request is in exactly one place (its file, followed by inode, in inbox/, processed/, failed/,
   rejected/ or cancelled/; a file in the inbox whose request is certified counts as erased, not pending);
