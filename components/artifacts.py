@@ -7,7 +7,7 @@ Beside them, the files the stages and the flow keep for themselves: prepare's :c
 and :class:`EarlierLevels`, finetune's :class:`FinetuneSummary` (a demo model's :class:`TrainedModel`),
 unlearn's :class:`UnlearnSummary` and step log (:func:`read_unlearn_log`), a model folder's
 :class:`ModelRef`, the flow's :class:`BatchFailures`, :class:`PushPending` and the inbox's
-:class:`SettlingJournal`, and the certificate chain's :class:`ChainHead`.
+:class:`SettlingJournal` and :class:`RunningBatch`, and the certificate chain's :class:`ChainHead`.
 
 Each artifact names its file in :class:`~components.paths.Paths` (or ``ReportFiles``, ``ModelFiles``),
 validates when it is built and when it is read back (:meth:`load`), and writes the same JSON as
@@ -749,6 +749,19 @@ class SettlingJournal(Artifact):
         if not value or Path(value).is_absolute() or ".." in Path(value).parts:
             raise ValueError("must be a path relative to data/requests")
         return value
+
+
+class RunningBatch(Artifact):
+    """``data/requests/.running.json``: what the batch under way took from the inbox (request ids and file
+    names) and, once chosen, its id. Written when the inbox is taken, removed when the run ends; left by a
+    run that stopped mid-batch until the next run takes the inbox. `blur request cancel` refuses what it names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    taken_at: str = Field(description="ISO 8601 time the inbox was taken")
+    request_ids: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list, description="names of the inbox files taken (never logged)")
+    batch_id: str | None = None
 
 
 class RequestIdPeek(BaseModel):

@@ -101,6 +101,7 @@ class Paths:
     certificate_head = _under("certificates", "chain.head.json")  # artifacts.ChainHead (request ids have no dots)
     mlflow_db = _under(None, "mlflow.db")
     mlflow_artifacts = _under(None, "mlartifacts")
+    record_id_key = _under(None, "data", ".record-id-key")  # the secret record ids leave keyed by (erasure.safe)
     schemas = _under(None, "docs", "schemas")         # the artifacts' JSON Schemas, for auditors
     prefect_home = _under(None, ".prefect")
     # the request folders of the production flow
@@ -111,7 +112,9 @@ class Paths:
     failed = _under("requests", "failed")
     cancelled = _under("requests", "cancelled")
     settling = _under("requests", ".settling.json")     # the inbox's move under way: artifacts.SettlingJournal
-    inbox_lock = _under("requests", ".inbox.lock")
+    inbox_lock = _under("requests", ".inbox.lock")      # held while files move in and out of the inbox
+    run_lock = _under("requests", ".run.lock")          # held for a whole batch: one run per inbox
+    running_batch = _under("requests", ".running.json")  # what the batch under way took: artifacts.RunningBatch
     push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`: artifacts.PushPending
 
     def earlier_forget(self, request_id: str) -> Path:

@@ -51,21 +51,23 @@ def _load(root: Path, params: str):
 @request_app.command("add")
 def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSON file."),
                 root: Path = ROOT, params: str = PARAMS) -> None:
-    """Validate a request and put a copy into the inbox; refuse it with the reason if invalid."""
+    """Validate a request and put a copy into the inbox; refuse it with the reason if invalid.
+
+    Reads no tracking store (MLflow): the erasures it checks against are the local ones (notes and
+    certificates). The batch that takes the request checks it again against the registry too."""
     _environment(root)
     from components.data.inbox import Inbox, InboxError
     from components.data.requests import RequestError
     from components.erasure.ledger import LedgerError, erased_forget_ids
-    from components.registry import RegistryError
     from flows.batch import check_request
 
     config, paths = _load(root, params)
     inbox = Inbox(paths)
     try:
         request = inbox.check(file)
-        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox))
+        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox, registry=()))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
-    except (RequestError, InboxError, LedgerError, RegistryError) as error:
+    except (RequestError, InboxError, LedgerError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
         err.print(f"{refused}{escape(str(error))}")  # the request's own text is not markup
         err.print(f"The file {escape(str(file))} was left unchanged.")
@@ -104,16 +106,15 @@ def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a
 def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
                    root: Path = ROOT) -> None:
     """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/.
-    An erased request (result, certificate, or a registry record) is refused."""
+    An erased request (result or certificate) is refused, and so is one a batch took and has not
+    decided: only such a batch can have erased it without a certificate yet (the alias moved), so
+    no tracking store (MLflow) is read."""
     from components.data.inbox import Inbox, InboxError
-    from components.erasure.ledger import registry_erasures
     from components.paths import Paths
-    from components.registry import RegistryError
 
     try:
-        registry = registry_erasures(root.resolve())  # fails closed: an unreachable registry refuses
-        destination = Inbox(Paths(root.resolve())).cancel(request_id, registry=registry)
-    except (FileNotFoundError, InboxError, RegistryError) as error:
+        destination = Inbox(Paths(root.resolve())).cancel(request_id)
+    except (FileNotFoundError, InboxError) as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1)
     console.print(f"Request {request_id} cancelled: {destination}")
@@ -186,9 +187,14 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     table.add_column("state")
     table.add_column("count", justify="right")
     table.add_column("requests")
+    settling = set(state["settling"])  # erased, its file still in the inbox: shown once, as processed
+    state["processed"] = [f"{i} (settling)" if i in settling else i for i in state["processed"]]
     for key in ("pending", "processed", "rejected", "failed", "cancelled"):
         table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
     console.print(table)
+    if settling:
+        console.print(f"Settling: {len(settling)} erased request(s) still have their file in the inbox; "
+                      "the next `blur process` moves it to processed/ (nothing is unlearned again).")
     if state["unreadable"]:
         err.print(f"[red]Unreadable result files in {paths.processed}: {escape(', '.join(state['unreadable']))}; "
                   "restore them (git or `dvc checkout`): no batch runs until then.[/red]")
@@ -241,9 +247,24 @@ def _show_erased_data_holders(config, paths, *, registry: bool) -> None:
         console.print(table)
     elif processed:
         console.print("Erased data: no older model version or batch folder holds it.")
+    if processed:
+        console.print(f"By design, erased data stays in: {_holders_by_design(config, paths)}.")
     uncertified = missing_certificates(paths.root, [r.request_id for r in processed])
     if uncertified:
         err.print(f"[yellow]Processed without a deletion certificate: {', '.join(uncertified)}[/yellow]")
+
+
+def _holders_by_design(config, paths) -> str:
+    """What keeps erased records whatever retention does: the training data, the target model trained
+    on it (the pipeline unlearns from it, never retrains it), the caches and the request files."""
+    world = "the world (demo world, generated from the seed)" if config.world.source == "demo" else \
+        f"the world ({escape(str(config.world.path))})"
+    target = escape(str(config.model.base)) if config.model.base else "models/target"
+    parts = [world, f"the target model ({target})", "the fine-tune and evaluation caches (.cache/)",
+             "the request files (data/requests/)", "the DVC cache and remote"]
+    if paths.prepared.exists():
+        parts.insert(2, "the last `dvc repro`'s splits (data/prepared/)")
+    return ", ".join(parts)
 
 
 @app.command("report")

@@ -120,7 +120,7 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     logger = get_run_logger()
     limit = batch.config.flow.max_batch_requests
     erased = _registry_erased(batch) - inbox.certified_ids() if len(inbox.files()) > limit else set()
-    valid, invalid = inbox.take(limit=limit, erased=erased)
+    valid, invalid = inbox.take(limit=limit, erased=erased, claim=True)
     crash_point("take")
     invalid = _quarantine(batch, inbox, invalid)
     files = [p.path for p in valid] + [path for path, _ in invalid]
@@ -248,6 +248,7 @@ def _open_batch(batch: Batch, champion: dict | None) -> tuple[Paths, str | None]
     start = champion["model_dir"] if champion else None
     batch_id = _batch_id([p.request.request_id for p in batch.accepted], champion["version"] if champion else None)
     batch.summary["batch_id"] = batch_id
+    Inbox(batch.repo).name_batch(batch_id)
     get_run_logger().info("batch %s: %d request(s) from %s", batch_id, len(batch.accepted),
                           f"champion v{champion['version']}" if champion else "the target model")
     return batch.repo.batch(batch.config.flow.runs_dir, batch_id), start
@@ -364,6 +365,7 @@ def _promoted(batch: Batch, champion: dict | None) -> tuple[Paths, GateDecision,
     resolution = Resolution.load(paths.resolution)
     batch.accepted = [p for p in batch.accepted if p.request.request_id in resolution.forget_ids_by_request]
     batch.summary.update(batch_id=batch_id, n_forget=resolution.n_forget)
+    Inbox(batch.repo).name_batch(batch_id)
     get_run_logger().info("batch %s already serves as the champion: settling its %d request(s)", batch_id,
                           len(batch.accepted))
     return paths, GateDecision.load(paths.gate), Metrics.load(paths.metrics), resolution.forget_ids_by_request
@@ -445,7 +447,7 @@ def _server_slot(config: Config):
     several machines, and a slot whose holder was killed is reclaimed when its lease
     (``flow.lease_seconds``) expires. Prefect's embedded ephemeral API never reclaims one
     (it runs no lease reaper, and its leases die with the process), so there a killed run
-    would block every later run for good; the inbox file lock alone serialises the runs
+    would block every later run for good; the run lock file alone serialises the runs
     on one machine.
     """
     from prefect.concurrency.sync import concurrency
@@ -466,15 +468,16 @@ def process_requests(root: str = ".", params: str = "params.yaml",
                      overrides: dict[str, Any] | None = None) -> dict:
     """Process the pending requests of ``<root>/data/requests/inbox`` as one batch.
 
-    One run at a time per inbox: the inbox file lock (released by the operating system
-    if the process dies), then the Prefect concurrency slot (see :func:`_server_slot`).
+    One run at a time per inbox: the run lock file (released by the operating system if the
+    process dies), then the Prefect concurrency slot (see :func:`_server_slot`). The inbox lock
+    is taken only while files move, so people's add, cancel and retry work during the batch.
     """
     repo = Paths(Path(root).resolve())
     config = load_config(repo.root / params)
     config = config.with_overrides(overrides) if overrides else config
     apply_threads(config)
     batch, inbox = Batch(repo, config), Inbox(repo)
-    with inbox.lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config):
+    with inbox.run_lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config), inbox.batch_run():
         if pending_push(repo):
             _push(repo)  # a previous run's failed push first
         valid = _take(batch, inbox)

@@ -127,3 +127,51 @@ def test_request_retry_never_replaces_a_waiting_file(tmp_path):
     assert result.exit_code == 1 and "already has a file r-2.json" in result.output
     assert waiting.read_text() == "{a newer file with the same name"
     assert (inbox.failed / "r-2.json").exists()
+
+
+ADD_AND_CANCEL = """
+import json, sys
+from pathlib import Path
+from typer.testing import CliRunner
+from flows.cli import app
+root, request = sys.argv[1], sys.argv[2]
+runner = CliRunner()
+added = runner.invoke(app, ["request", "add", request, "--root", root])
+cancelled = runner.invoke(app, ["request", "cancel", "cli-nomlflow", "--root", root])
+print(json.dumps({"add": [added.exit_code, added.output], "cancel": [cancelled.exit_code, cancelled.output],
+                  "mlflow imported": "mlflow" in sys.modules}))
+"""
+
+
+def test_request_add_and_cancel_never_touch_the_tracking_store(tmp_path):
+    """Issue 21: `blur request add` and `cancel` read no MLflow store (slow to open, and needless): they
+    work with the tracking URI pointing at a server that does not answer, never import mlflow, and
+    create no mlflow.db."""
+    import os
+    import subprocess
+    import sys
+
+    repo = make_flow_repo(tmp_path / "repo")
+    request = tmp_path / "nomlflow.json"
+    request.write_text(request_json("cli-nomlflow", [tiny_subjects()[1]]))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", ADD_AND_CANCEL, str(repo), str(request)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["add"][0] == 0, said["add"][1]
+    assert said["cancel"][0] == 0, said["cancel"][1]
+    assert not said["mlflow imported"]
+    assert not (repo / "mlflow.db").exists()
+    assert [p.name for p in (repo / "data" / "requests" / "cancelled").glob("*.json")] == ["cli-nomlflow.json"]
+
+
+def test_status_names_what_holds_erased_data_by_design(cli_repo):
+    """Issue 21: `blur status` said no copy held an erased request, while the world, the target model
+    (trained on it), the prepared splits, the request files and the DVC cache and remote still do."""
+    output = " ".join(cli_repo[2]["status_after"].output.split())
+    assert "no older model version or batch folder holds it" in output
+    for holder in ("the world (demo world, generated from the seed)", "models/target", "data/requests/",
+                   "the DVC cache and remote", ".cache/"):
+        assert holder in output, holder

@@ -84,6 +84,23 @@ def test_blur_request_cancel_refuses_a_certified_request_with_a_clear_message(in
     assert inbox.files() == [inbox.paths.inbox / "req-r.json"]
 
 
+def test_blur_status_shows_a_certified_request_still_waiting_once_as_erased_and_settling(inbox):
+    """Its certificate was issued but its file did not move (a run died, or `dvc move` failed): `blur status`
+    shows it once, as processed (erased) with its settle pending, never also as pending."""
+    subject = subject_of()
+    data = waiting(inbox, "req-r", subject)
+    certify(inbox.paths.root, "req-r", data, forget_ids_of(subject))
+    state = inbox.status()
+    assert state["pending"] == [] and state["processed"] == ["req-r"] and state["settling"] == ["req-r"]
+    from pipeline_repo import write_params
+
+    write_params(inbox.paths.root, {})
+    shown = blur("status", root=inbox.paths.root)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("req-r") == 1, shown.output
+    assert "req-r (settling)" in shown.output
+
+
 @pytest.fixture
 def registry_root(tmp_path, migrated_mlflow_db, monkeypatch) -> Path:
     """A pipeline root with the embedded MLflow SQLite store (migrated)."""
@@ -110,12 +127,18 @@ def champion_erasing(root: Path, request_ids: str) -> None:
 
 
 def test_blur_request_cancel_refuses_a_request_the_champion_already_erased(registry_root):
+    """The run took R, moved the alias to R's version and died before the certificates: only the registry
+    says R is erased, and cancel reads no registry. What the run took is still on record (it stopped
+    mid-batch), so cancel refuses R until the next run decides its batch."""
     inbox = Inbox(Paths(registry_root))
     waiting(inbox, "req-r", subject_of())
+    inbox.take(claim=True)
+    inbox.name_batch("batch-0123456789ab")
     champion_erasing(registry_root, "req-r,req-s")
     assert set(registry_erasures(registry_root)) == {"req-r", "req-s"}
     result = blur("request", "cancel", "req-r", root=registry_root)
-    assert result.exit_code == 1 and "already erased" in result.output
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "was taken into batch batch-0123456789ab" in said and "blur process" in said
     assert inbox.files() == [inbox.paths.inbox / "req-r.json"]
 
 
@@ -268,6 +291,10 @@ def test_a_request_the_champion_erased_is_settled_before_an_older_request_moves_
             with pytest.raises(Exception):
                 process_requests(root=str(repo))
         assert "req-r" in registry_erasures(repo) and not (repo / "data" / "certificates" / "req-r.json").exists()
+        with monkeypatch.context() as patch:  # cancel reads no registry: the stopped batch's record refuses it
+            patch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+            refused = blur("request", "cancel", "req-r", root=repo)
+        assert refused.exit_code == 1 and "was taken into batch" in " ".join(refused.output.split())
 
         older = json.loads(request_json("req-s", [tiny_subjects()[2]]))
         older["received_at"] = "2026-11-01T09:00:00Z"

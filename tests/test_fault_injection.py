@@ -108,11 +108,18 @@ def test_sigkill_at_every_point_then_a_rerun_keeps_every_invariant(tmp_path, pre
     assert verify_chain(repo) == []
     assert all(load_certificate(repo, request_id) for request_id in results)
 
+    # A request is erased from its certificate on, also while its file still waited to settle (a kill at
+    # 'settle' or 'push' leaves it certified, and the next run settles it): the earlier of the two times.
+    erased_since = {request_id: min(datetime.fromisoformat(result["processed_at"]),
+                                    datetime.fromisoformat(load_certificate(repo, request_id)["times"]["erased_at"]))
+                    for request_id, result in results.items()}
+    assert any(erased_since[r] < datetime.fromisoformat(results[r]["processed_at"]) for r in results), \
+        "no erasure was certified before it settled: the window is not exercised"
     for batch in (repo / "runs").iterdir():  # no batch trained on a record erased by an earlier run
         retain = batch / "reports" / "per_item" / "unlearned_retain.csv"
         if not retain.exists():
             continue
         started = datetime.fromtimestamp((batch / "reports" / "unlearn_log.jsonl").stat().st_mtime, timezone.utc)
-        erased = {record for result in results.values()
-                  if datetime.fromisoformat(result["processed_at"]) < started for record in result["forget_ids"]}
+        erased = {record for request_id, result in results.items()
+                  if erased_since[request_id] < started for record in result["forget_ids"]}
         assert not (_retain_ids(batch) & erased), f"batch {batch.name} retrained on erased records"

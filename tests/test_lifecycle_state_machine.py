@@ -1,7 +1,7 @@
 """The request lifecycle under random interleavings (issue 21, item 2): hypothesis drives add, cancel,
 retry, batches whose gate passes or fails, a crash at each named fault point of the flow, a DVC lock
-taken by another command mid-run, a lost result note and an unreadable inbox file, and after every
-step checks the invariants of docs/guarantees.md (each listed there with this test):
+taken by another command mid-run, a person's add, cancel and retry while a run holds the run lock, a
+lost result note and an unreadable inbox file, and after every step checks the invariants of docs/guarantees.md (each listed there with this test):
 
 - every request is in exactly one place (its file, followed by inode, in inbox/, processed/, failed/,
   rejected/ or cancelled/; a file in the inbox whose request is certified counts as erased, not pending);
@@ -346,6 +346,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.lock_from: str | None = None
         self.dvc_locked = False
         self.counter = 0
+        self.mid_run = None  # what a person does at a fault point while a run is under way: (point) -> None
 
     def teardown(self):
         """Liveness: with no faults and a passing gate, a few runs empty the inbox."""
@@ -368,6 +369,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ what the flow calls into
 
     def fault(self, point: str) -> None:
+        if self.mid_run is not None:
+            self.mid_run(point)
         if point == self.lock_from:
             self.dvc_locked = True
         if point == self.crash_at:
@@ -478,18 +481,25 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.cancel_request(data.draw(st.sampled_from(self._ids())))
 
     def cancel_request(self, request_id: str) -> None:
-        """What `blur request cancel` does (the CLI passes the registry's erasures): an erased request
-        is refused and stays where it is, a pending one moves to cancelled/, any other is not found."""
+        """What `blur request cancel` does (it reads no registry): an erased request is refused and stays
+        where it is, and so is one a batch took and has not decided (a run under way, or one that stopped
+        mid-batch, whose alias may have moved already); a pending one moves to cancelled/, any other is
+        not found."""
         request = next(r for r in self.requests if r.request_id == request_id)
         self._observe()
         erased = request_id in self.erased
         before = self._place(request)
+        taken = self.inbox.running()
         try:
-            self.inbox.cancel(request_id, registry=self.registry.erasures(), timeout=1)
+            self.inbox.cancel(request_id, timeout=1)
         except InboxError as error:
-            assert erased and "already erased" in str(error), f"cancel of {request_id} refused: {error}"
+            if "was taken into" in str(error):
+                assert before == "inbox" and request_id in taken.request_ids, f"cancel of {request_id}: {error}"
+                event(f"cancel: refused, taken by an undecided batch{' (erased)' if erased else ''}")
+            else:
+                assert erased and "already erased" in str(error), f"cancel of {request_id} refused: {error}"
+                event(f"cancel: refused, erased ({before})")
             assert self._place(request) in (before, "processed"), "a refused cancel moved the file"
-            event(f"cancel: refused, erased ({before})")
             return
         except FileNotFoundError:
             assert before != "inbox" and not erased, f"{request_id} ({before}/) was not found to cancel"
@@ -545,6 +555,31 @@ class LifecycleMachine(RuleBasedStateMachine):
             event(f"crashed at {point}")
         finally:
             self.crash_at = None
+
+    @rule(point=st.sampled_from([p for p in POINTS if p != "settle"]), gate_passes=st.booleans(),
+          subject=st.integers(0, WORLD["world.n_subjects"] - 1), data=st.data())
+    def a_person_acts_while_a_batch_runs(self, point, gate_passes, subject, data):
+        """While a run holds the run lock (at a named point outside the file moves), a person adds a request,
+        cancels one and retries every failed one: each works at once (never "busy"), what a batch took is
+        not cancelled, and what is added or retried waits for the next batch."""
+        acted: list[str] = []
+
+        def person(at: str) -> None:
+            if at != point or acted:
+                return
+            acted.append(at)
+            self.add_valid_request(subject=subject, received=data.draw(st.sampled_from(DATES)))
+            self.retry(data, every=True)
+            if self._ids():
+                self.cancel_request(data.draw(st.sampled_from(self._ids())))
+
+        self.registry.gate_passes, self.mid_run = gate_passes, person
+        try:
+            self._run()
+        finally:
+            self.mid_run = None
+        if acted:
+            event("a person acted mid-batch")
 
     @rule(point=st.sampled_from(POINTS), gate_passes=st.booleans())
     def dvc_lock_held(self, point, gate_passes):
@@ -614,7 +649,7 @@ def test_a_request_the_champion_erased_stays_erased_when_an_older_request_is_tak
         machine.process_batch(gate_passes=True)
         assert "req-1" in machine.inbox.erased_ids(machine.registry.erasures()), "R's erasure was forgotten"
         with pytest.raises(InboxError, match="already erased"):
-            machine.inbox.cancel("req-1", registry=machine.registry.erasures(), timeout=1)
+            machine.inbox.cancel("req-1", timeout=1)
         assert machine.inbox.certified_ids() == {"req-1"}, "R's batch was finished first"
     finally:
         machine.teardown()
@@ -628,4 +663,5 @@ def test_the_request_lifecycle_keeps_every_invariant_under_random_interleavings(
     print("\n".join(f"{count:6d}  {outcome}" for outcome, count in sorted(OUTCOMES.items())))
     reached = {outcome.split(" (")[0].split(" at ")[0].split(" from ")[0] for outcome in OUTCOMES}
     assert {"run: processed", "run: failed", "crashed", "DVC lock held", "cancel: cancelled",
-            "cancel: refused, erased", "a result note deleted"} <= reached, f"the examples never reached {reached}"
+            "cancel: refused, erased", "cancel: refused, taken by an undecided batch", "a result note deleted",
+            "a person acted mid-batch"} <= reached, f"the examples never reached {reached}"

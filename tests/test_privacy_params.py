@@ -49,3 +49,43 @@ def test_dvc_errors_name_a_request_file_by_a_hash_never_by_its_path(tmp_path, mo
         versioning.move(tmp_path, source, Paths(tmp_path).processed / "req-1.json")
     message = str(raised.value)
     assert "jane" not in message.lower() and message.startswith("dvc move failed: ERROR: failed to move 'file-")
+
+
+def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_store, tiny_model_dir, tmp_path):
+    """Issue 21, privacy: a record id is a hash of the record's text, so anyone who can guess a person's
+    facts could find them in MLflow's ``requests.json``. What leaves is an HMAC of the id under a secret of
+    this deployment (``Paths.record_id_key``: created once, owner-only, ignored by git and DVC); the ids
+    inside the pipeline, and so sampling, caches and metrics, are unchanged."""
+    import hmac
+    import json
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    from components.erasure.safe import keyed_hash, record_id_key
+    from components.paths import Paths
+
+    root = tmp_path / "deployment"
+    key = record_id_key(Paths(root))
+    assert len(key) >= 32 and record_id_key(Paths(root)) == key, "created once, then read"
+    assert stat.S_IMODE(Paths(root).record_id_key.stat().st_mode) == 0o600
+    assert record_id_key(Paths(tmp_path / "other")) != key, "each deployment has its own"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/.record-id-key"], cwd=Paths().root.resolve())
+    assert ignored.returncode == 0, "the key is git-ignored"
+
+    summary = sample_summary("req-0001")
+    inside = list(summary["forget_ids"])
+    config = registry_config(max_forget_prob_ratio=0.5)
+    candidate = Candidate(sample_metrics(), sample_diagnostics(3), summary, {}, tiny_model_dir)
+    decision = register_candidate(config, candidate, tmp_path / "reports", store=mlflow_store, processed_requests={},
+                                  record_id_key=key)
+    client = mlflow_store.client()
+    logged = json.loads(Path(client.download_artifacts(decision.run_id, "requests.json", str(tmp_path))).read_text())
+    assert logged["forget_ids"] == [keyed_hash(key, record_id) for record_id in inside]
+    assert not set(logged["forget_ids"]) & set(inside), "no record id leaves unkeyed"
+    assert logged["forget_ids"][0] == hmac.new(key, inside[0].encode(), "sha256").hexdigest()[:16]
+    assert logged["digests"] == {k: keyed_hash(key, summary[k]) for k in ("forget_digest", "retain_digest")}
+    run = client.get_run(decision.run_id)
+    assert run.data.params["request.forget_digest"] == logged["digests"]["forget_digest"]
+    assert key.hex() not in json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert summary["forget_ids"] == inside, "the pipeline's own ids are not changed"

@@ -2,9 +2,12 @@
 
 A request file is never deleted: it moves from ``inbox/`` to ``processed/`` (with a result
 file), ``rejected/`` (invalid; with a reason file), ``failed/`` (valid, but unlearning
-failed or did not pass the gate; with a reason file, retriable) or ``cancelled/``. One lock
-file serialises every process that changes the inbox, so each request is processed exactly
-once.
+failed or did not pass the gate; with a reason file, retriable) or ``cancelled/``. Two lock
+files: the run lock, held by a batch from start to end, lets one run at a time take the inbox,
+so each request is processed exactly once; the inbox lock is held only while files move (a
+take, a settle, a person's add, cancel or retry), so those commands work while a batch trains.
+What a batch took is recorded (:class:`~components.artifacts.RunningBatch`) until it ends, and
+cannot be cancelled before.
 
 Settling a request is crash-safe: the file is DVC-tracked first (in a DVC repository), the
 move is written to a journal, the note (result or reason) is written atomically, then the
@@ -31,7 +34,7 @@ from filelock import FileLock, Timeout
 
 from pydantic import ValidationError
 
-from components.artifacts import ArtifactError, ErasureRecord, RequestIdPeek, SettlingJournal
+from components.artifacts import ArtifactError, ErasureRecord, RequestIdPeek, RunningBatch, SettlingJournal
 from components.data import versioning
 from components.data.records import content_hash
 from components.data.requests import MAX_REQUEST_BYTES, DeletionRequest, RequestError, is_request_id, read_request
@@ -41,7 +44,8 @@ from components.paths import Paths
 RESULT_SUFFIX = ".result.json"
 REASON_SUFFIX = ".reason.txt"
 NOTE_SUFFIXES = (RESULT_SUFFIX, REASON_SUFFIX)
-USER_LOCK_SECONDS = 60.0  # how long `blur request add/cancel/retry` wait for a running batch
+USER_LOCK_SECONDS = 60.0  # how long `blur request add/cancel/retry` wait while files move
+MOVE_LOCK_SECONDS = 600.0  # how long a batch waits for a person's command to finish moving files
 _COUNTER = re.compile(r"\.\d+$")  # the ".1" that _free_name adds to a taken name
 
 
@@ -165,24 +169,63 @@ class Inbox:
         self.journal = paths.settling
         for folder in (paths.inbox, paths.processed, paths.rejected, paths.failed, self.cancelled):
             folder.mkdir(parents=True, exist_ok=True)
+        self._moving = self.lock()  # one instance: nested holds (a cancel's settle) are re-entrant
 
     def lock(self, timeout: float = -1) -> FileLock:
-        """The inbox lock; hold it while taking and finishing a batch."""
+        """The inbox lock: held only while files move in or out of the inbox."""
         return FileLock(str(self.paths.inbox_lock), timeout=timeout)
+
+    def run_lock(self, timeout: float = -1) -> FileLock:
+        """The run lock: held by a batch from start to end, so one run at a time takes this inbox."""
+        return FileLock(str(self.paths.run_lock), timeout=timeout)
 
     @contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
-        """The lock for a person's command: a clear error instead of waiting for ever."""
-        lock = self.lock(timeout)
+        """The inbox lock, re-entrant within this object: a clear error instead of waiting for ever."""
         try:
-            lock.acquire()
+            self._moving.acquire(timeout=timeout)
         except Timeout:
-            raise InboxError(f"the inbox is busy (a batch is being processed; waited {timeout:g} s): "
-                             "try again when it ends") from None
+            raise InboxError(f"the inbox is busy (files are being moved; waited {timeout:g} s): "
+                             "try again in a moment") from None
         try:
             yield
         finally:
-            lock.release()
+            self._moving.release()
+
+    # ------------------------------------------------------------------ the batch under way
+
+    def running(self) -> RunningBatch | None:
+        """What the batch under way took (or a run that stopped mid-batch left), or None."""
+        try:
+            return RunningBatch.load(self.paths.running_batch)
+        except FileNotFoundError:
+            return None
+        except ArtifactError as error:
+            raise InboxError(f"{error}: delete it once no `blur process` runs") from None
+
+    def name_batch(self, batch_id: str) -> None:
+        """Record the id of the batch under way (chosen after the take), for `cancel`'s refusal."""
+        taken = self.running()
+        if taken is not None:
+            taken.model_copy(update={"batch_id": batch_id}).save(self.paths.running_batch)
+
+    @contextmanager
+    def batch_run(self) -> Iterator[None]:
+        """Around a run's batch: when it ends, its record goes (its requests were decided or wait again
+        for the next run). A run that raises leaves the record, so what it took stays uncancellable until
+        the next run decides it (the registry may hold it as erased: only that run reads it)."""
+        yield
+        self.paths.running_batch.unlink(missing_ok=True)
+
+    def _is_running(self) -> bool:
+        """Whether a run holds the run lock now."""
+        probe = self.run_lock(timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return True
+        probe.release()
+        return False
 
     # ------------------------------------------------------------------ listing
 
@@ -283,9 +326,15 @@ class Inbox:
         return self._processed_ids() | self._failed_ids()
 
     def status(self) -> dict[str, list[str]]:
+        """Each request once, in its true state. An erased request whose file still waits in the inbox
+        (certified, then its run died or `dvc move` failed) is processed, and listed in ``settling`` too:
+        the next run moves its file. ``pending`` holds the other waiting files."""
+        erased = self._processed_ids()
+        waiting = {p: self._peek_id(p) for p in self.files()}
         return {
-            "pending": [p.name for p in self.files()],
-            "processed": sorted(self._processed_ids()),
+            "pending": [p.name for p, request_id in waiting.items() if request_id not in erased],
+            "settling": sorted({request_id for request_id in waiting.values() if request_id in erased}),
+            "processed": sorted(erased),
             "rejected": self._with_reason(self.paths.rejected),
             "failed": sorted(self._failed_ids()),
             "cancelled": self._with_reason(self.cancelled),
@@ -348,8 +397,8 @@ class Inbox:
                                 "put the request file itself into the inbox (blur request add)"], source=path.name)
         return self.check(path, known)
 
-    def take(self, limit: int | None = None,
-             erased: Collection[str] = ()) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
+    def take(self, limit: int | None = None, erased: Collection[str] = (), *,
+             claim: bool = False) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
         """Split the inbox into valid pending requests and invalid ones (with their errors).
 
         Finishes a settle a crash interrupted first. Never raises for one file: a file that
@@ -363,7 +412,20 @@ class Inbox:
         holds as erased without a certificate). They come first and beyond ``limit``: their batch
         must be settled before any other. Left waiting, a request erased only by the champion's tag
         would lose its erasure as soon as another batch moved the alias.
+
+        ``claim``: record what was taken as the running batch's (:meth:`running`), under the same hold of
+        the inbox lock, so a cancel either moved a file before the take or is refused after it.
         """
+        with self._locked(MOVE_LOCK_SECONDS):
+            valid, invalid = self._take(limit, erased)
+            if claim:
+                RunningBatch(taken_at=_now(), request_ids=[p.request_id for p in valid],
+                             files=[p.path.name for p in valid] + [path.name for path, _ in invalid]
+                             ).save(self.paths.running_batch)
+        return valid, invalid
+
+    def _take(self, limit: int | None,
+              erased: Collection[str]) -> tuple[list[Pending], list[tuple[Path, RequestError]]]:
         self._finish_interrupted()
         known = self._noted_ids() | self._failed_ids()  # a certified request still waiting is taken (settled by the flow)
         parsed: list[Pending] = []
@@ -403,6 +465,11 @@ class Inbox:
 
         ``note``: how the note is named, its suffix and its text; ``track``: `dvc add` it first.
         """
+        with self._locked(MOVE_LOCK_SECONDS):
+            return self._settle_locked(path, folder, note, name, track=track)
+
+    def _settle_locked(self, path: Path, folder: Path, note: tuple[Callable[[Path, str], Path], str, str],
+                       name: str | None, *, track: bool) -> Path:
         note_of, suffix, text = note
         if track and versioning.is_repo(self.paths.root) and not path.is_symlink():
             versioning.track(self.paths.root, [path])  # a tracking failure leaves the request pending
@@ -504,10 +571,24 @@ class Inbox:
             if not matches:
                 raise FileNotFoundError(f"no pending request with id '{request_id}' in {self.paths.inbox} "
                                         "(see `blur status`)")
+            self._refuse_if_taken(request_id, matches)
             text = f"cancelled at {_now()}\n"
             for path in matches[1:]:
                 self._settle(path, self.cancelled, (_name_note, REASON_SUFFIX, text))
             return self._settle(matches[0], self.cancelled, (_name_note, REASON_SUFFIX, text))
+
+    def _refuse_if_taken(self, request_id: str, matches: list[Path]) -> None:
+        """A request a batch took cannot be cancelled until that batch is decided: it may be unlearned,
+        promoted and certified at any moment (and a run that stopped may have moved the alias already)."""
+        taken = self.running()
+        if taken is None or (request_id not in taken.request_ids and not {p.name for p in matches} & set(taken.files)):
+            return
+        batch = f"batch {taken.batch_id}" if taken.batch_id else "the batch taken at " + taken.taken_at
+        if self._is_running():
+            raise InboxError(f"request '{request_id}' was taken into {batch}, which is being processed now: "
+                             "it cannot be cancelled until that batch is decided (see `blur status` after it)")
+        raise InboxError(f"request '{request_id}' was taken into {batch}, whose run stopped before deciding it: "
+                         "run `blur process` to decide it first; a request it does not erase can be cancelled then")
 
     def retry(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
         """Move a failed request back to the inbox."""

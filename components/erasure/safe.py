@@ -5,16 +5,29 @@ registry descriptions, ``reports/gate.json``) goes through :func:`safe_request_s
 an allow-list: only known keys are read, and every identifier must look like one (a
 request id, a hex hash, an ISO time); anything else is replaced by its content hash.
 So a summary that one day carries record text by mistake still cannot leak it.
+
+A record id is a hash of the record's text, so anyone who can guess a person's facts could
+compute it and find it in MLflow. Record ids therefore leave keyed by a secret of this
+deployment (:func:`record_id_key`, :func:`keyed_hash`), and so do the digests of sets of them;
+inside the pipeline (notes, sampling, caches, certificates' digests) they stay as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
+import secrets
+import uuid
 from datetime import datetime
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from components.data.records import content_hash
 from components.artifacts import REQUEST_ID
+
+if TYPE_CHECKING:
+    from components.paths import Paths
 
 HEX_ID = re.compile(r"\A[0-9a-f]{8,64}\Z")  # \Z, not $: "$" also matches before a trailing newline
 DVC_HASH = re.compile(r"\A[0-9a-f]{32}(\.dir)?\Z")
@@ -38,13 +51,44 @@ def _time(value: Any) -> str | None:
         return None
 
 
+def record_id_key(paths: "Paths") -> bytes:
+    """This deployment's secret for the record ids that leave it (``paths.record_id_key``): 32 random
+    bytes, created once (owner-only, appearing whole or not at all), then read. Never logged; git- and
+    DVC-ignored. Losing it changes only the ids MLflow shows from then on, nothing the pipeline reads."""
+    path = paths.record_id_key
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(handle, secrets.token_hex(32).encode())
+        finally:
+            os.close(handle)
+        try:
+            os.link(tmp, path)  # atomic, never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def keyed_hash(key: bytes, value: str) -> str:
+    """How a record id (or a digest of record ids) is shown outside the pipeline: an HMAC-SHA256 of it
+    under ``key``, 16 hex digits."""
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
 def safe_request_summary(summary: Mapping[str, Any] | None,
-                         dvc_hashes: Mapping[str, str] | None = None) -> dict[str, Any]:
+                         dvc_hashes: Mapping[str, str] | None = None, *,
+                         record_id_key: bytes | None = None) -> dict[str, Any]:
     """Ids, hashes, counts and times from a ``Resolution.summary()`` dict (or ``resolution.json``).
 
     Accepts the batch form (``request_ids``, ``request_hashes``) and the single-request
     form (``request_id``, ``request_hash``). ``dvc_hashes`` maps request id to the md5 DVC
-    recorded for the request file.
+    recorded for the request file. ``record_id_key``: the deployment's secret
+    (:func:`record_id_key`); the forget set's record ids and the forget and retain digests are keyed
+    with it (:func:`keyed_hash`).
     """
     summary = dict(summary or {})
     dvc_hashes = dict(dvc_hashes or {})
@@ -76,6 +120,9 @@ def safe_request_summary(summary: Mapping[str, Any] | None,
               if isinstance(summary.get(key), int) and not isinstance(summary.get(key), bool)}
     digests = {key: _hex(summary[key]) for key in ("forget_digest", "retain_digest") if summary.get(key)}
     forget_ids = [_hex(record_id) for record_id in summary.get("forget_ids") or []]
+    if record_id_key is not None:  # a digest of the ids can be checked against a guess as well as the ids
+        forget_ids = [keyed_hash(record_id_key, record_id) for record_id in forget_ids]
+        digests = {key: keyed_hash(record_id_key, value) for key, value in digests.items()}
     earlier = [_request_id(request_id) for request_id in summary.get("earlier_requests") or []]
     return {
         "requests": requests,

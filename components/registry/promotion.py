@@ -435,6 +435,7 @@ def register_candidate(
     batch_id: str | None = None,
     processed_requests: Mapping[str, Collection[str]] | None = None,
     tags: Mapping[str, str] | None = None,
+    record_id_key: bytes | None = None,
 ) -> GateDecision:
     """Gate, record and (if it passed) promote one unlearned model; see the module docstring.
 
@@ -442,7 +443,9 @@ def register_candidate(
     reproduction, which may serve only if it forgot every request in ``processed_requests``
     (request id -> the record ids it erased: ``Inbox.earlier()``; None fails closed). ``store``
     defaults to :func:`tracking_store` of the current folder; ``tags`` are extra run tags (ids
-    and hashes only). Returns the completed decision (also in ``<reports_dir>/gate.json``).
+    and hashes only); ``record_id_key``: the deployment's secret the logged record ids are keyed by
+    (:func:`~components.erasure.safe.record_id_key`). Returns the completed decision (also in
+    ``<reports_dir>/gate.json``).
     """
     reports_dir = Path(reports_dir)
     files = ReportFiles(reports_dir)
@@ -455,7 +458,8 @@ def register_candidate(
     candidate = candidate._replace(model_dir=check_model_dir(candidate.model_dir))
     store = store or tracking_store()
     reg = _Registration(config, candidate, decision, store, connect(store), batch_id, tags,
-                        safe=safe_request_summary(candidate.summary, candidate.dvc_hashes))
+                        safe=safe_request_summary(candidate.summary, candidate.dvc_hashes,
+                                                  record_id_key=record_id_key))
     with _part(reg, "run"):
         _open_run(reg)
     for part, action in _parts(reg, reports_dir):

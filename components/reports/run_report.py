@@ -117,7 +117,7 @@ def render_report(safe_summary: Mapping[str, Any], metrics: Metrics, decision: G
     if forget_ids:
         shown = ", ".join(f"`{i}`" for i in forget_ids[:MAX_LISTED_IDS])
         more = f" … and {len(forget_ids) - MAX_LISTED_IDS} more" if len(forget_ids) > MAX_LISTED_IDS else ""
-        lines += ["", f"Forgotten record ids ({len(forget_ids)}, content hashes): {shown}{more}"]
+        lines += ["", f"Forgotten record ids ({len(forget_ids)}, keyed hashes): {shown}{more}"]
     lines += ["", "## Metrics", ""] + metric_table(metrics) + _earlier_tables(metrics)
     lines += ["", "## Gate", ""] + gate_lines(decision)
     return "\n".join(lines) + "\n"

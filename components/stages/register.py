@@ -30,6 +30,7 @@ def register(
     """
     from components.data.inbox import Inbox
     from components.erasure.ledger import erased_forget_ids
+    from components.erasure.safe import record_id_key
     from components.registry import Candidate, register_candidate, tracking_store
     from components.stages.evaluate import evaluated_fingerprint
 
@@ -45,5 +46,5 @@ def register(
                           evaluated_fingerprint(paths, "unlearned"))
     return register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
-        processed_requests=processed_requests, tags=tags,
+        processed_requests=processed_requests, tags=tags, record_id_key=record_id_key(Paths(paths.config_root)),
     )
