@@ -33,6 +33,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, RootModel, Se
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from components.jsonfiles import read_json, write_json
+from components.paths import schema_file
 
 # The three models every evaluation compares, in the order every table shows them.
 ROLES = ("target", "oracle", "unlearned")
@@ -713,6 +714,20 @@ class ModelRef(Artifact):
     source: str | None
 
 
+class FetchedSource(Artifact):
+    """A fetched model folder's ``source.json`` (``ModelFiles.fetched_source``): the registry wheel it was
+    converted from, checked on the next fetch (written last: the folder is complete once it exists)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    package: str
+    version: str
+    sha256: str
+    file: str  # the GGUF member of the wheel
+    license: str
+    converted_at: str = Field(description="ISO 8601 time of the conversion")
+
+
 class BatchFailures(Artifact):
     """A flow batch folder's ``failures.json``: how many runs of the batch failed in a row and the
     last one's error type (never its message: it may quote a record)."""
@@ -910,7 +925,7 @@ def write_json_schemas(folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in json_schemas().items():
-        path = folder / f"{name}.schema.json"
+        path = schema_file(folder, name)
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written

@@ -14,7 +14,7 @@ from components.modeling.demo import train_demo_tokenizer, train_target, trained
 from components.modeling.io import copy_model_dir, write_model_ref
 from components.modeling.resolve import (link_user_models, load_tokenizer, model_plan, target_source,
                                          with_local_paths, with_max_length)
-from components.paths import Paths
+from components.paths import RUN_ARTIFACTS, FinetuneEntry, Paths
 from components.stages import train_oracle
 
 
@@ -71,7 +71,7 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
     plan = model_plan(config, repo.root)
     cached = finetuned_before(config, paths) if plan.is_demo else None
     if cached is not None and target_source(plan, repo) is None:
-        copy_model_dir(cached / "target", repo.target)  # what training the production target would give
+        copy_model_dir(FinetuneEntry(cached).target, repo.target)  # what training the production target would give
     target = ensure_target(config, repo, show_progress=show_progress)
     write_model_ref(paths.start, str(Path(start).resolve()) if start else target)
     if not plan.is_demo:
@@ -79,7 +79,7 @@ def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str |
         return {"oracle": plan.oracle}
     write_model_ref(paths.target, target)
     if cached is not None:
-        copy_model_dir(cached / "oracle", paths.oracle)
+        copy_model_dir(FinetuneEntry(cached).oracle, paths.oracle)
         return {"oracle": str(paths.oracle), "cached": cached.name}
     oracle = train_oracle(config, paths, load_tokenizer(target, config.model),
                           epochs=trained_epochs(repo.target), show_progress=show_progress)
@@ -95,12 +95,11 @@ def finetuned_before(config: Config, paths: Paths) -> Path | None:
     tens of minutes per batch. The key is the finetune stage's, so a `dvc repro` of the same request
     (or an earlier batch's stage run) fills it.
     """
-    from components.paths import ReportFiles
     from components.stages.finetune import finetune_cache
     from components.stages.prepare import resolved_config
 
     cached = finetune_cache(resolved_config(config, paths), paths)
-    return cached if ReportFiles(cached).finetune_summary.exists() else None
+    return cached if FinetuneEntry(cached).summary.exists() else None
 
 
 def current_champion(config: Config, repo: Paths, *, download: bool = True) -> dict | None:
@@ -118,7 +117,6 @@ def current_champion(config: Config, repo: Paths, *, download: bool = True) -> d
 def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | None:
     """The markdown report of an MLflow run (the latest run of the experiment by default)."""
     from components.registry import connect, tracking_store
-    from components.registry.promotion import REPORT_FILE
     from components.registry.tracking import experiment_id
 
     store = tracking_store(repo.root)
@@ -130,7 +128,7 @@ def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | 
             return None
         run_id = runs[0].info.run_id
     try:
-        return Path(client.download_artifacts(run_id, REPORT_FILE)).read_text(encoding="utf-8")
+        return Path(client.download_artifacts(run_id, RUN_ARTIFACTS.report)).read_text(encoding="utf-8")
     except Exception:
         return None
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from components.paths import Paths
+from components.paths import PARAMS_FILE, Paths
 from rich.console import Console
 from rich.markup import escape
 from rich.markdown import Markdown
@@ -25,7 +25,7 @@ console = Console()
 err = Console(stderr=True)
 
 ROOT = typer.Option(Path("."), "--root", help="Pipeline folder (holds params.yaml and data/).")
-PARAMS = typer.Option("params.yaml", "--params", help="Configuration file, relative to --root.")
+PARAMS = typer.Option(PARAMS_FILE, "--params", help="Configuration file, relative to --root.")
 
 
 def _environment(root: Path) -> None:

@@ -25,7 +25,6 @@ from components.artifacts import ArtifactError, UnlearnSummary
 from components.config import Config
 from components.paths import Paths
 
-EFFECTIVE_PARAMS = "unlearn-params.yaml"
 STDERR_TAIL_LINES = 40
 
 
@@ -42,7 +41,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
 
 def write_effective_params(config: Config, paths: Paths) -> Path:
     """The configuration the flow runs with (overrides included), as a params file in the batch folder."""
-    path = paths.root / EFFECTIVE_PARAMS
+    path = paths.effective_params
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     return path

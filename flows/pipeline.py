@@ -30,7 +30,7 @@ from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
 from components.faults import crash_point
-from components.paths import Paths
+from components.paths import PARAMS_FILE, Paths
 from components.registry.promotion import promoted_batch
 from components.reports.run_report import gate_lines
 from components.runtime import apply_threads
@@ -462,7 +462,7 @@ def _server_slot(config: Config):
 
 
 @flow(name="process-deletion-requests")
-def process_requests(root: str = ".", params: str = "params.yaml",
+def process_requests(root: str = ".", params: str = PARAMS_FILE,
                      overrides: dict[str, Any] | None = None) -> dict:
     """Process the pending requests of ``<root>/data/requests/inbox`` as one batch.
 

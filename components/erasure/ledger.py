@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 CERTIFICATE_TAG = "certificate."
 REQUESTS_TAG = "requests"
-HEAD_NAME = "chain.head.json"
 
 
 class CertifiedRequest(BaseModel):
@@ -51,13 +50,8 @@ class CertifiedRequest(BaseModel):
 def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
     """Every request with a certificate file, by request id. An unreadable certificate counts
     as erased under its file name's id (fail closed: it was issued, so its request was erased)."""
-    folder = Paths(Path(root)).certificates
     found: dict[str, CertifiedRequest] = {}
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.glob("*.json")):
-        if path.name == HEAD_NAME:
-            continue
+    for path in Paths(Path(root)).certificate_files():
         certificate = _read_certificate(path)
         found[certificate.request_id] = certificate
     return found

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config
-from components.paths import Paths, resolve_local
+from components.paths import ModelFiles, Paths, resolve_local
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def target_source(plan: ModelPlan, repo: Paths) -> str | None:
     (None while the demo target has not been trained yet)."""
     if plan.target is not None:
         return plan.target
-    return str(repo.target.resolve()) if (repo.target / "config.json").exists() else None
+    return str(repo.target.resolve()) if ModelFiles(repo.target).hf_config.exists() else None
 
 
 def longest_example(tokenizer, records) -> int:

@@ -17,12 +17,12 @@ import typer
 from components import stages
 from components.artifacts import ROLES, GateDecision, Metrics, Resources
 from components.config import Config, ConfigError, load_config
-from components.paths import Paths
+from components.paths import PARAMS_FILE, Paths
 from components.runtime import apply_threads, offline_by_default
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Run one pipeline stage (what dvc.yaml calls).")
-PARAMS = typer.Option(Path("params.yaml"), help="Configuration file.")
+PARAMS = typer.Option(Path(PARAMS_FILE), help="Configuration file.")
 ROOT = typer.Option(Path("."), help="Pipeline folder.")
 CONFIG_ROOT = typer.Option(None, help="Where relative paths in the configuration are found (default: the pipeline "
                                       "folder); the flow's batch folders use the repository.")

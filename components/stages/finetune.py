@@ -18,7 +18,7 @@ from components.artifacts import FinetuneSummary
 from components.config import Config
 from components.modeling.demo import train_model, train_target
 from components.modeling.resolve import link_user_models, model_plan
-from components.paths import Paths, ReportFiles
+from components.paths import FinetuneEntry, Paths
 from components.stages.prepare import load_splits, resolved_config
 
 
@@ -36,7 +36,7 @@ def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dic
         summary = {"target": {"source": plan.target}, "oracle": {"source": plan.oracle}}
     else:
         cached = finetune_cache(config, paths)
-        if ReportFiles(cached).finetune_summary.exists():
+        if FinetuneEntry(cached).summary.exists():
             summary = restore_finetuned(cached, paths)
         else:
             summary = _train(config, paths, show_progress=show_progress)
@@ -84,8 +84,8 @@ def store_finetuned(paths: Paths, cached: Path, summary: dict) -> None:
     tmp = cached.with_name(cached.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
-        shutil.copytree(folder, tmp / role)
-    FinetuneSummary.model_validate(summary).save(ReportFiles(tmp).finetune_summary)
+        shutil.copytree(folder, FinetuneEntry(tmp).model(role))
+    FinetuneSummary.model_validate(summary).save(FinetuneEntry(tmp).summary)
     shutil.rmtree(cached, ignore_errors=True)
     tmp.rename(cached)
 
@@ -95,9 +95,9 @@ def restore_finetuned(cached: Path, paths: Paths) -> dict:
     A cache entry whose summary does not load is an :class:`~components.artifacts.ArtifactError` naming it."""
     from components.modeling.io import copy_model_dir
 
-    stored = FinetuneSummary.load(ReportFiles(cached).finetune_summary)
+    stored = FinetuneSummary.load(FinetuneEntry(cached).summary)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
-        copy_model_dir(cached / role, folder)
+        copy_model_dir(FinetuneEntry(cached).model(role), folder)
     return stored.to_dict() | {"cached": cached.name}  # the cache key: no path (it may be a name)
 
 
