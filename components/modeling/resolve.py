@@ -31,14 +31,6 @@ class ModelPlan:
         return self.target is None
 
 
-def with_local_paths(config: Config, config_root: Path) -> Config:
-    """``config`` with ``model.base`` / ``oracle`` / ``pretrained`` resolved against the pipeline root."""
-    keys = ("base", "oracle", "pretrained")
-    found = {f"model.{key}": resolve_local(getattr(config.model, key), config_root)
-             for key in keys if getattr(config.model, key)}
-    return config.with_overrides(found) if found else config
-
-
 def model_plan(config: Config, config_root: Path) -> ModelPlan:
     """Resolve ``model.base`` / ``model.oracle`` against the pipeline root (hub names pass through)."""
     if not config.model.base:
@@ -76,15 +68,6 @@ def longest_example(tokenizer, records) -> int:
         for answer in answers:
             longest = max(longest, len(encode_record(tokenizer, record, 1 << 30, answer=answer).input_ids))
     return longest
-
-
-def with_max_length(config: Config, tokenizer, records) -> Config:
-    """``config`` with ``model.max_length: auto`` replaced by the longest example, capped at
-    ``model.max_length_cap`` (records longer than the cap are then refused by validation)."""
-    if config.model.max_length != "auto":
-        return config
-    length = min(max(longest_example(tokenizer, records), 8), config.model.max_length_cap)
-    return config.with_overrides({"model.max_length": length})
 
 
 def load_tokenizer(source: str | Path, model_config):
