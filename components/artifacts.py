@@ -38,7 +38,7 @@ from components.paths import schema_file
 # The three models every evaluation compares, in the order every table shows them.
 ROLES = ("target", "oracle", "unlearned")
 Role = Literal["target", "oracle", "unlearned"]
-A = TypeVar("A", bound="Artifact")
+A = TypeVar("A", bound="StoredFile")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -83,20 +83,25 @@ def load_file(model: type[M], path: str | Path) -> M:
     return parse_file(model, read_file(path), path)
 
 
-class Artifact(BaseModel):
-    """A stage output with its file: :meth:`save` writes it atomically, :meth:`load` validates it
-    (a bad file is an :class:`ArtifactError` that names it)."""
+class StoredFile:
+    """What a pydantic model with a file gains (:class:`Artifact`, and root models such as
+    :class:`EarlierLevels`): :meth:`save` writes it atomically, :meth:`load` validates it (a bad
+    file is an :class:`ArtifactError` that names it)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The file's content, in JSON types."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json")  # type: ignore[attr-defined]
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
-        return load_file(cls, path)
+        return load_file(cls, path)  # type: ignore[type-var]
+
+
+class Artifact(StoredFile, BaseModel):
+    """A stage output with its file (see :class:`StoredFile`)."""
 
 
 # --------------------------------------------------------------------------- the request
@@ -275,7 +280,7 @@ class PreparedSettings(Artifact):
 _RequestKey = Annotated[str, Field(pattern=f"^{REQUEST_ID.pattern[2:-2]}$")]
 
 
-class EarlierLevels(RootModel[dict[_RequestKey, float]]):
+class EarlierLevels(StoredFile, RootModel[dict[_RequestKey, float]]):
     """``data/prepared/earlier/levels.json``: earlier request id -> the unlearned ``forget_prob`` its
     certificate recorded (what the gate's ``max_earlier_regain_ratio`` compares with)."""
 
@@ -283,13 +288,6 @@ class EarlierLevels(RootModel[dict[_RequestKey, float]]):
 
     def get(self, request_id: str) -> float | None:
         return self.root.get(request_id)
-
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.model_dump(mode="json"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "EarlierLevels":
-        return load_file(cls, path)
 
     @classmethod
     def read(cls, path: str | Path) -> "EarlierLevels":

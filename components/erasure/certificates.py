@@ -282,6 +282,8 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
 
 def render_markdown(certificate: Mapping[str, Any]) -> str:
     """The human-readable rendering of a certificate (what ``blur certificate ID`` prints)."""
+    # Read by key from the stored content, not from a Certificate: the rendering must match what the hash
+    # covers (times as the strings they were issued as), and verify_chain renders files that do not validate.
     c = certificate
     request, forget, model, retention = c["request"], c["forget_set"], c["model"], c["retention"]
     lines = [
@@ -448,6 +450,8 @@ def verify_chain(root: str | Path) -> list[str]:
 
 
 def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: int, previous: str) -> list[str]:
+    # The stored content, read by key: the hash covers exactly what was written, and a damaged file that
+    # fails Certificate's validation must still have its sequence and hashes checked.
     problems = []
     name = path.name
     if certificate.get("sequence") != expected:
