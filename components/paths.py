@@ -204,7 +204,6 @@ class Paths:
     inbox_lock = _under("requests", ".inbox.lock")
     push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`: artifacts.PushPending
     effective_params = _under(None, "unlearn-params.yaml")  # a flow batch's configuration for torchrun
-    params = _under("config_root", PARAMS_FILE)
 
     @staticmethod
     def request_name(request_id: str) -> str:
