@@ -63,11 +63,6 @@ class ReportFiles:
         """The per-item CSVs written here (an earlier run's included)."""
         return sorted(self.per_item.glob("*.csv"))
 
-    @property
-    def data_docs_index(self) -> Path:
-        """The page of the Data Docs site that Great Expectations builds in ``data_docs``."""
-        return data_docs_index(self.data_docs)
-
 
 def data_docs_index(site: Path) -> Path:
     """The start page of a Great Expectations Data Docs site built in ``site``."""
@@ -217,6 +212,7 @@ class Paths:
 
     @staticmethod
     def is_request_file(path: Path) -> bool:
+        """Whether ``path`` is named like a request file (what the inbox accepts)."""
         return Path(path).suffix == REQUEST_SUFFIX
 
     def inbox_upload(self, token: str) -> Path:
