@@ -92,7 +92,7 @@ def trained_world(world: World, seed: int, train: bool = True):
         started = time.perf_counter()
         stages.validate(config, paths)
         summary = stages.finetune(config, paths, show_progress=False)
-        write_json(paths.root / "trained.json", {"finetune": summary, "seconds": round(time.perf_counter() - started, 1)})
+        write_json(paths.root / "trained.json", {"finetune": summary.to_dict(), "seconds": round(time.perf_counter() - started, 1)})
     shutil.rmtree(scratch.root, ignore_errors=True)
     return config, paths
 
@@ -158,8 +158,8 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     result = {
         "world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
         "n_holdout": len(stages.load_splits(paths)["holdout"]),
-        "stop": {k: summary["stop"][k] for k in ("stopped_at", "reason")} if summary.get("stop") else None,
-        "steps": summary["steps"], "unlearn_seconds": round(unlearn_seconds, 1),
+        "stop": {k: summary.stop[k] for k in ("stopped_at", "reason")} if summary.stop else None,
+        "steps": summary.steps, "unlearn_seconds": round(unlearn_seconds, 1),
         "evaluate_seconds": round(evaluate_seconds, 1),
         "cache": {role: {"hits": c["hits"], "misses": c["misses"]} for role, c in cost["cache"].items()},
         "floor": cost.get("floor"),

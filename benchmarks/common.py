@@ -76,7 +76,7 @@ def demo_bench(config: Config, request: Path = DEMO_REQUEST, cache_root: Path = 
         log(f"training the demo target and oracle once (cached in {paths.root}) ...")
         stages.prepare(config, paths, request_paths=[Path(request)])
         summary = stages.finetune(config, paths, show_progress=False)
-        write_json(done, summary)
+        write_json(done, summary.to_dict())
     summary = json.loads(done.read_text(encoding="utf-8"))
     splits = stages.load_splits(paths)
     target, oracle = _load(paths.target), _load(paths.oracle)

@@ -33,11 +33,12 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, RootModel, Se
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from components.jsonfiles import read_json, write_json
+from components.paths import schema_file
 
 # The three models every evaluation compares, in the order every table shows them.
 ROLES = ("target", "oracle", "unlearned")
 Role = Literal["target", "oracle", "unlearned"]
-A = TypeVar("A", bound="Artifact")
+A = TypeVar("A", bound="StoredFile")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -82,20 +83,25 @@ def load_file(model: type[M], path: str | Path) -> M:
     return parse_file(model, read_file(path), path)
 
 
-class Artifact(BaseModel):
-    """A stage output with its file: :meth:`save` writes it atomically, :meth:`load` validates it
-    (a bad file is an :class:`ArtifactError` that names it)."""
+class StoredFile:
+    """What a pydantic model with a file gains (:class:`Artifact`, and root models such as
+    :class:`EarlierLevels`): :meth:`save` writes it atomically, :meth:`load` validates it (a bad
+    file is an :class:`ArtifactError` that names it)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The file's content, in JSON types."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json")  # type: ignore[attr-defined]
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
-        return load_file(cls, path)
+        return load_file(cls, path)  # type: ignore[type-var]
+
+
+class Artifact(StoredFile, BaseModel):
+    """A stage output with its file (see :class:`StoredFile`)."""
 
 
 # --------------------------------------------------------------------------- the request
@@ -274,7 +280,7 @@ class PreparedSettings(Artifact):
 _RequestKey = Annotated[str, Field(pattern=f"^{REQUEST_ID.pattern[2:-2]}$")]
 
 
-class EarlierLevels(RootModel[dict[_RequestKey, float]]):
+class EarlierLevels(StoredFile, RootModel[dict[_RequestKey, float]]):
     """``data/prepared/earlier/levels.json``: earlier request id -> the unlearned ``forget_prob`` its
     certificate recorded (what the gate's ``max_earlier_regain_ratio`` compares with)."""
 
@@ -282,13 +288,6 @@ class EarlierLevels(RootModel[dict[_RequestKey, float]]):
 
     def get(self, request_id: str) -> float | None:
         return self.root.get(request_id)
-
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.model_dump(mode="json"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "EarlierLevels":
-        return load_file(cls, path)
 
     @classmethod
     def read(cls, path: str | Path) -> "EarlierLevels":
@@ -713,6 +712,20 @@ class ModelRef(Artifact):
     source: str | None
 
 
+class FetchedSource(Artifact):
+    """A fetched model folder's ``source.json`` (``ModelFiles.fetched_source``): the registry wheel it was
+    converted from, checked on the next fetch (written last: the folder is complete once it exists)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    package: str
+    version: str
+    sha256: str
+    file: str  # the GGUF member of the wheel
+    license: str
+    converted_at: str = Field(description="ISO 8601 time of the conversion")
+
+
 class BatchFailures(Artifact):
     """A flow batch folder's ``failures.json``: how many runs of the batch failed in a row and the
     last one's error type (never its message: it may quote a record)."""
@@ -923,7 +936,7 @@ def write_json_schemas(folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in json_schemas().items():
-        path = folder / f"{name}.schema.json"
+        path = schema_file(folder, name)
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written

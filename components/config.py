@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.paths import DEMO_REQUEST, KNOWLEDGE_SETS, PARAMS_FILE
+
 
 class ConfigError(ValueError):
     """params.yaml is missing, unreadable or has a bad key or value."""
@@ -228,7 +230,7 @@ class EvalConfig(_Section):
     # TOFU's general-knowledge sets, in model utility. auto: on for a pretrained model (model.base or
     # model.pretrained set); the tiny demo model trained from scratch knows none of it.
     knowledge: Literal["auto", "on", "off"] = "auto"
-    knowledge_sets: tuple[str, ...] = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
+    knowledge_sets: tuple[str, ...] = KNOWLEDGE_SETS
     relearn: RelearnConfig = RelearnConfig()
     sample: SampleConfig = SampleConfig()
     cache: bool = True  # reuse a model's outputs scored before with the same sets and settings (.cache/eval)
@@ -310,7 +312,7 @@ class Config(_Section):
     seed: int = 0
     threads: int | None = Field(default=None, ge=1)
     world: WorldConfig = Field(default_factory=WorldConfig)
-    request: str = "data/requests/demo-request.json"
+    request: str = DEMO_REQUEST
     model: ModelConfig = Field(default_factory=ModelConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
@@ -356,7 +358,7 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> Con
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_config(path: str | Path = "params.yaml") -> Config:
+def load_config(path: str | Path = PARAMS_FILE) -> Config:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     try:

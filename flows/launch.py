@@ -23,9 +23,9 @@ import yaml
 from components import stages
 from components.artifacts import ArtifactError, UnlearnSummary
 from components.config import Config
+from components.context import RunContext
 from components.paths import Paths
 
-EFFECTIVE_PARAMS = "unlearn-params.yaml"
 STDERR_TAIL_LINES = 40
 
 
@@ -33,16 +33,17 @@ class LaunchError(RuntimeError):
     """The processes launched by ``torchrun`` did not finish the unlearning stage."""
 
 
-def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_progress: bool = False) -> dict:
-    """The unlearning stage's summary; in this process when ``unlearn.nproc`` is 1, else under torchrun."""
-    if config.unlearn.nproc == 1:
-        return stages.unlearn(config, paths, start=start, show_progress=show_progress)
-    return unlearn_with_torchrun(config, paths, start=start, log=_log_line)
+def unlearn(ctx: RunContext, *, start: Path | None = None, show_progress: bool = False) -> UnlearnSummary:
+    """The unlearning stage's summary; in this process when ``unlearn.nproc`` is 1, else under torchrun
+    (whose processes derive their own context from the configuration as given)."""
+    if ctx.config.unlearn.nproc == 1:
+        return stages.unlearn(ctx, start=start, show_progress=show_progress)
+    return unlearn_with_torchrun(ctx.given, ctx.paths, start=start, log=_log_line)
 
 
 def write_effective_params(config: Config, paths: Paths) -> Path:
     """The configuration the flow runs with (overrides included), as a params file in the batch folder."""
-    path = paths.root / EFFECTIVE_PARAMS
+    path = paths.effective_params
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     return path
@@ -59,7 +60,7 @@ def torchrun_command(params: Path, paths: Paths, *, nproc: int) -> list[str]:
 
 
 def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = None,
-                          log: Callable[[str], None] = print) -> dict:
+                          log: Callable[[str], None] = print) -> UnlearnSummary:
     """Run the stage under torchrun with ``unlearn.nproc`` processes; its summary (reports/unlearn.json).
 
     Each line the processes print goes to ``log``; on failure :class:`LaunchError` carries
@@ -80,7 +81,7 @@ def unlearn_with_torchrun(config: Config, paths: Paths, *, start: Path | None = 
     if not summary_path.exists():
         raise LaunchError(f"torchrun finished but wrote no summary at {summary_path}; see the log above")
     try:
-        return UnlearnSummary.load(summary_path).to_dict()
+        return UnlearnSummary.load(summary_path)
     except ArtifactError as error:
         raise LaunchError(f"torchrun finished but its summary is not one: {error}") from None
 

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from components import stages
 from components.artifacts import ROLES, ErasureRecord, GateDecision, Metrics, Resolution
 from components.config import Config, load_config
+from components.context import RunContext, run_context
 from components.data import versioning
 from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
@@ -30,7 +31,7 @@ from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
 from components.faults import crash_point
-from components.paths import Paths
+from components.paths import PARAMS_FILE, Paths
 from components.registry.promotion import promoted_batch
 from components.reports.run_report import gate_lines
 from components.runtime import apply_threads
@@ -58,16 +59,16 @@ purge_batch_copies = _task(purge_copies, "purge-copies")
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_batch(config: Config, paths: Paths, data: list[bytes], earlier: dict[str, list[str]],
+def prepare_batch(run: RunContext, data: list[bytes], earlier: dict[str, list[str]],
                   levels: dict[str, float] | None = None) -> Resolution:
     """The batch's splits (``levels``: the forget_prob each earlier request was erased to); only the
     resolution's ids and counts become the task's result, no record text."""
-    stages.prepare(config, paths, request_data=data, earlier=earlier, earlier_levels=levels)
-    return Resolution.load(paths.resolution)
+    stages.prepare(run, request_data=data, earlier=earlier, earlier_levels=levels)
+    return Resolution.load(run.paths.resolution)
 
 
 @task(name="check-request", cache_policy=NO_CACHE)
-def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[str, list[str]],
+def check_request(ctx: RunContext, pending: Pending, earlier: dict[str, list[str]],
                   batch: dict[str, list[str]]) -> dict:
     """Resolve one request against the world and validate it, after the requests accepted
     before it in this batch (``batch``: their forget ids by request id).
@@ -78,13 +79,13 @@ def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[s
     """
     request_id = pending.request.request_id
     try:
-        resolution = batch_steps.check_request(config, repo, pending.request, earlier={**earlier, **batch})
+        resolution = batch_steps.check_request(ctx, pending.request, earlier={**earlier, **batch})
     except RequestError as error:
         reasons = list(error.reasons)
         if batch:
             reasons.append(f"checked together with the request(s) accepted before it in this batch: "
                            f"{', '.join(batch)}")
-        Inbox(repo).reject(pending.path, RequestError(reasons, source=error.source))
+        Inbox(ctx.paths).reject(pending.path, RequestError(reasons, source=error.source))
         return {"request_id": request_id, "accepted": False, "n_reasons": len(reasons)}
     return {"request_id": request_id, "accepted": True,
             "forget_ids": [record.record_id for record in resolution.forget]}
@@ -97,14 +98,21 @@ def check_request(config: Config, repo: Paths, pending: Pending, earlier: dict[s
 class Batch:
     """What one run knows about its batch; the summary it returns is built from it."""
 
-    repo: Paths
-    config: Config
+    ctx: RunContext  # the repository's: its folders and the effective configuration
     hashes: dict[str, str] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
     registry_erased: set[str] | None = None  # request ids the registry holds as erased, read once per run
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
+
+    @property
+    def repo(self) -> Paths:
+        return self.ctx.paths
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
 
     @property
     def retry(self) -> dict[str, float]:
@@ -222,13 +230,13 @@ def _check_each(batch: Batch, inbox: Inbox, valid: list[Pending]) -> None:
     """Validate each request on its own, after those accepted before it; reject the bad ones.
     A request already erased is settled from its certificate, never checked or unlearned again."""
     logger = get_run_logger()
-    target_model(batch.config, batch.repo, show_progress=False)
+    target_model(batch.ctx, show_progress=False)
     earlier = _erased_before(batch, inbox)
     valid = _settle_certified(batch, inbox, valid, earlier)
     accepted_forget: dict[str, list[str]] = {}
     for pending in valid:
         own = pending.request.request_id  # erased in the registry but not yet certified: checked against the others
-        verdict = check_request(batch.config, batch.repo, pending, {k: v for k, v in earlier.items() if k != own},
+        verdict = check_request(batch.ctx, pending, {k: v for k, v in earlier.items() if k != own},
                                 accepted_forget)
         if verdict["accepted"]:
             batch.accepted.append(pending)
@@ -269,11 +277,11 @@ def _failures_counted(batch: Batch, inbox: Inbox, paths: Paths):
         raise
 
 
-def _unlearn(batch: Batch, inbox: Inbox, paths: Paths) -> None:
+def _unlearn(batch: Batch, inbox: Inbox, run: RunContext) -> None:
     """Validate the batch and unlearn it; on any error every request of it goes to failed/."""
     try:
-        validate_batch(batch.config, paths)
-        unlearn_batch(batch.config, paths, start=paths.start, show_progress=False)
+        validate_batch(run)
+        unlearn_batch(run, start=run.paths.start, show_progress=False)
     except Exception as error:
         _fail_all(batch, inbox, f"{type(error).__name__}: {error}")
         raise
@@ -327,27 +335,28 @@ def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str
 def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
                start: str | None) -> tuple[Resolution, Metrics, GateDecision]:
     """Prepare, provide the models, validate, unlearn, evaluate, register: (resolution, metrics, gate)."""
-    config, repo = batch.config, batch.repo
+    repo = batch.repo
     ids = {p.request.request_id for p in batch.accepted}
     earlier = {k: v for k, v in _erased_before(batch, inbox).items() if k not in ids}
     levels = {rid: c.erased_forget_prob for rid, c in certified_requests(repo.root).items()
               if rid in earlier and c.erased_forget_prob is not None}
-    resolution = prepare_batch(config, paths, [batch.data[p.request.request_id] for p in batch.accepted], earlier,
-                               levels)
+    batch_ctx = batch.ctx.at(paths)
+    resolution = prepare_batch(batch_ctx, [batch.data[p.request.request_id] for p in batch.accepted], earlier, levels)
     crash_point("resolve")
     batch.summary["n_forget"] = resolution.n_forget
-    models = batch_models(config, repo, paths, start=start, show_progress=False)
+    run = batch_ctx.prepared()  # model.max_length as prepare derived it
+    models = batch_models(batch.ctx, run, start=start, show_progress=False)
     if models.get("cached"):
         batch.summary["oracle_from_cache"] = models["cached"]
         get_run_logger().info("oracle: from the fine-tune cache (%s), not trained again", models["cached"])
-    _unlearn(batch, inbox, paths)
+    _unlearn(batch, inbox, run)
     crash_point("unlearn")
-    metrics = evaluate_batch(config, paths, show_progress=False)
+    metrics = evaluate_batch(run, show_progress=False)
     get_run_logger().info("evaluate: %s", stages.evaluate_cost_summary(paths))
     crash_point("evaluate")
     dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
     gate = register_batch.with_options(**batch.retry)(
-        config, paths, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
+        run, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
         dvc_hashes=dvc_hashes)
     crash_point("alias")
     return resolution, metrics, gate
@@ -463,8 +472,15 @@ def _server_slot(config: Config):
 # --------------------------------------------------------------------------- flow
 
 
+def flow_context(root: str, params: str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> RunContext:
+    """The flow's context: ``<root>/<params>`` with the run's ``overrides``, derived once."""
+    repo = Paths(Path(root).resolve())
+    config = load_config(repo.root / params)
+    return run_context(config.with_overrides(overrides) if overrides else config, repo)
+
+
 @flow(name="process-deletion-requests")
-def process_requests(root: str = ".", params: str = "params.yaml",
+def process_requests(root: str = ".", params: str = PARAMS_FILE,
                      overrides: dict[str, Any] | None = None) -> dict:
     """Process the pending requests of ``<root>/data/requests/inbox`` as one batch.
 
@@ -472,11 +488,10 @@ def process_requests(root: str = ".", params: str = "params.yaml",
     process dies), then the Prefect concurrency slot (see :func:`_server_slot`). The inbox lock
     is taken only while files move, so people's add, cancel and retry work during the batch.
     """
-    repo = Paths(Path(root).resolve())
-    config = load_config(repo.root / params)
-    config = config.with_overrides(overrides) if overrides else config
+    ctx = flow_context(root, params, overrides)
+    repo, config = ctx.paths, ctx.config
     apply_threads(config)
-    batch, inbox = Batch(repo, config), Inbox(repo)
+    batch, inbox = Batch(ctx), Inbox(repo)
     with inbox.run_lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config), inbox.batch_run():
         if pending_push(repo):
             _push(repo)  # a previous run's failed push first

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from components.config import Config, load_config
+from components.context import run_context
 from components.data.records import content_hash
 from components.paths import Paths
 
@@ -72,6 +73,6 @@ def _train(config: Config, repo: Path) -> None:
     before = torch.get_num_threads()
     apply_threads(config)
     try:
-        ensure_target(config, Paths(repo), show_progress=False)
+        ensure_target(run_context(config, Paths(repo)), show_progress=False)
     finally:
         torch.set_num_threads(before)

@@ -27,6 +27,7 @@ import pytest
 
 from components.artifacts import Metrics
 from components.config import Config
+from components.context import RunContext, as_context
 from components.jsonfiles import write_json
 from components.modeling.io import resolve_model_source, write_model_ref
 from components.paths import Paths
@@ -42,8 +43,11 @@ def stub_oracle(config: Config, paths: Paths, tokenizer, *, epochs: int, show_pr
     return {"epochs": epochs, "n_records": len(load_splits(paths)["retain"]), "trained_by": STUB}
 
 
-def stub_unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_progress: bool = False) -> dict:
+def stub_unlearn(run: RunContext | Config, paths: Paths | None = None, *, start: Path | None = None,
+                 show_progress: bool = False) -> dict:
     """``models/unlearned`` as a copy of the starting model; reports/unlearn.json and the step log."""
+    ctx = as_context(run, paths)
+    config, paths = ctx.config, ctx.paths
     source = resolve_model_source(start or paths.target)
     shutil.rmtree(paths.unlearned, ignore_errors=True)
     shutil.copytree(source, paths.unlearned)
@@ -55,8 +59,9 @@ def stub_unlearn(config: Config, paths: Paths, *, start: Path | None = None, sho
     return summary
 
 
-def stub_evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Metrics:
+def stub_evaluate(run: RunContext | Config, paths: Paths | None = None, *, show_progress: bool = True) -> Metrics:
     """Metrics that pass the tiny flow world's gate, earlier requests still forgotten; the retain set per item."""
+    paths = as_context(run, paths).paths
     metrics = sample_metrics()
     earlier = sorted(load_earlier(paths))
     metrics["target"]["earlier"] = {request_id: {"forget_prob": 0.8, "forget_rouge": 0.8} for request_id in earlier}

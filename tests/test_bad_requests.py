@@ -299,6 +299,7 @@ def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batc
     """Two requests that each leave something to retain, but not both: the flow's check of
     the second counts the first, so the batch never erases the whole world."""
     from components.config import load_config
+    from components.context import run_context
     from components.data.inbox import Inbox, Pending
     from components.data.requests import read_request
     from components.paths import Paths
@@ -313,9 +314,10 @@ def test_a_request_is_checked_together_with_those_accepted_before_it_in_the_batc
     first, second = (Pending(inbox / n, read_request(inbox / n)) for n in ("first.json", "second.json"))
     earlier = Inbox(paths).earlier()  # what req-alpha and req-beta erased
 
-    alone = check_request.fn(config, paths, second, earlier, {})
-    accepted = check_request.fn(config, paths, first, earlier, {})
-    together = check_request.fn(config, paths, second, earlier, {"req-first": accepted["forget_ids"]})
+    ctx = run_context(config, paths)
+    alone = check_request.fn(ctx, second, earlier, {})
+    accepted = check_request.fn(ctx, first, earlier, {})
+    together = check_request.fn(ctx, second, earlier, {"req-first": accepted["forget_ids"]})
 
     assert alone["accepted"] and accepted["accepted"] and not together["accepted"]
     reason = (repo / "data" / "requests" / "rejected" / "second.json.reason.txt").read_text()

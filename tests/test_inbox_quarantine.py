@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from components.config import Config
+from components.context import run_context
 from components.data.inbox import Inbox, Unversionable
 from components.paths import Paths
 
@@ -76,7 +77,7 @@ def take_in_flow(root: Path) -> tuple[list[str], dict]:
 
     @flow(name="take-only")
     def take_only() -> tuple[list[str], dict]:
-        batch = Batch(Paths(root), Config())
+        batch = Batch(run_context(Config(), Paths(root)))
         taken = _take(batch, Inbox(Paths(root)))
         return [p.request_id for p in taken], batch.summary
 

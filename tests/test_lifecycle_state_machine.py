@@ -139,7 +139,8 @@ class RegistryDouble:
         return {"version": str(version.number), "run_id": version.run_id, "model_dir": str(version.source)}
 
     # the flow's register task: gate, version (resumed by batch id), then the alias
-    def register(self, config, paths: Paths, *, tracking_root=None, tags=None, dvc_hashes=None) -> GateDecision:
+    def register(self, ctx, *, tracking_root=None, tags=None, dvc_hashes=None) -> GateDecision:
+        paths = ctx.paths
         batch_id = tags["batch_id"]
         run_id = next((run for run, t in self.runs.items() if t.get("batch_id") == batch_id), None)
         if run_id is None:
@@ -248,17 +249,19 @@ def _track(root, files):
     return {f.name: versioning.file_md5(f) for f in files}
 
 
-def _unlearn(config, paths: Paths, *, start=None, show_progress=False) -> dict:
+def _unlearn(run, *, start=None, show_progress=False) -> dict:
+    paths = run.paths
     paths.unlearned.mkdir(parents=True, exist_ok=True)
     (paths.unlearned / "model.safetensors").write_bytes(os.urandom(16))
     return {"unlearned_by": "test double"}
 
 
-def _evaluate(config, paths: Paths, *, show_progress=True):
+def _evaluate(run, *, show_progress=True):
     """tests/stub_stages.py's metrics; the batch's retain set and re-checked requests are recorded."""
     from stub_stages import stub_evaluate
 
-    metrics = stub_evaluate(config, paths)
+    paths = run.paths
+    metrics = stub_evaluate(run)
     with (paths.reports / "per_item" / "unlearned_retain.csv").open() as handle:
         retain = {row["record_id"] for row in csv.DictReader(handle)}
     rechecked = set(Resolution.load(paths.resolution).earlier_requests)
@@ -292,7 +295,7 @@ def patched_flow(monkeypatch):
     monkeypatch.setattr(versioning, "push", push)
     monkeypatch.setattr(inbox_module, "crash_point", HARNESS.crash_point)
     monkeypatch.setattr(pipeline, "crash_point", HARNESS.crash_point)
-    monkeypatch.setattr(prepare_module, "_prepare_model_inputs", lambda config, paths, records: config)
+    monkeypatch.setattr(prepare_module, "_prepare_model_inputs", lambda ctx, records: ctx)
     monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("lifecycle"))
     monkeypatch.setattr(pipeline, "create_markdown_artifact", lambda **_: None)
     monkeypatch.setattr(pipeline, "create_table_artifact", lambda **_: None)

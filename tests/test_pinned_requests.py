@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from components.config import Config
+from components.context import run_context
 from components.paths import Paths
 from pipeline_repo import make_flow_repo, request_json, tiny_subjects
 
@@ -38,7 +39,7 @@ def test_a_request_changed_after_it_was_versioned_is_rejected_and_kept(tmp_path)
     request = inbox.paths.inbox / "changed.json"
     request.write_text(request_json("req-changed", [tiny_subjects()[0]]))
     valid, _ = inbox.take()
-    batch = Batch(paths, Config())
+    batch = Batch(run_context(Config(), paths))
     batch.hashes = versioning.track(repo, [request])
     request.write_text(request_json("req-changed", [tiny_subjects()[1]]))  # edited after `dvc add`
 

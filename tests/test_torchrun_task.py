@@ -145,7 +145,7 @@ def test_the_summary_the_launched_stage_wrote_is_read_through_its_type(tmp_path,
     monkeypatch.setattr(flows.launch, "_check_devices", lambda nproc: None)
     config = Config().with_overrides({"unlearn.nproc": 2})
     if expected is None:
-        assert unlearn_with_torchrun(config, paths, log=lambda line: None) == written
+        assert unlearn_with_torchrun(config, paths, log=lambda line: None).to_dict() == written
     else:
         with pytest.raises(LaunchError, match=expected):
             unlearn_with_torchrun(config, paths, log=lambda line: None)

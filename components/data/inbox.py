@@ -39,10 +39,8 @@ from components.data import versioning
 from components.data.records import content_hash
 from components.data.requests import MAX_REQUEST_BYTES, DeletionRequest, RequestError, is_request_id, read_request
 from components.faults import crash_point
-from components.paths import Paths
+from components.paths import REASON_SUFFIX, REQUEST_SUFFIX, RESULT_SUFFIX, RETRIED_SUFFIX, Paths
 
-RESULT_SUFFIX = ".result.json"
-REASON_SUFFIX = ".reason.txt"
 NOTE_SUFFIXES = (RESULT_SUFFIX, REASON_SUFFIX)
 USER_LOCK_SECONDS = 60.0  # how long `blur request add/cancel/retry` wait while files move
 MOVE_LOCK_SECONDS = 600.0  # how long a batch waits for a person's command to finish moving files
@@ -101,7 +99,7 @@ def _write_new(path: Path, text: str) -> None:
 def _id_note(destination: Path, suffix: str) -> Path:
     """processed/ and failed/ hold ``<request_id>.json``: the note is ``<request_id><suffix>``
     (ids have no dots, so names and notes map one-to-one)."""
-    return destination.with_name(destination.name.removesuffix(".json") + suffix)
+    return destination.with_name(destination.name.removesuffix(REQUEST_SUFFIX) + suffix)
 
 
 def _name_note(destination: Path, suffix: str) -> Path:
@@ -300,7 +298,7 @@ class Inbox:
             return {}
         holders: dict[str, Path] = {}
         for folder in (self.paths.processed, self.failed, self.cancelled):
-            for path in sorted(folder.glob("*.json")):
+            for path in Paths.request_files(folder):
                 if not path.name.endswith(NOTE_SUFFIXES):
                     holders.setdefault(self._peek_id(path) or "", path)
         for path in self.files():
@@ -314,7 +312,7 @@ class Inbox:
         """Failed requests: a reason file or a request file in failed/ (a retry renames the
         reason before it moves the file, so a crash between the two leaves it failed)."""
         reasons = {_id_of_note(p.name, REASON_SUFFIX) for p in self.failed.glob(f"*{REASON_SUFFIX}")}
-        return reasons | {_COUNTER.sub("", p.stem) for p in self.failed.glob("*.json")}
+        return reasons | {_COUNTER.sub("", p.stem) for p in Paths.request_files(self.failed)}
 
     @staticmethod
     def _with_reason(folder: Path) -> list[str]:
@@ -346,7 +344,7 @@ class Inbox:
     def check(self, path: Path, known: set[str] | None = None) -> DeletionRequest:
         """Parse a request file and refuse ids seen before (``known``: :meth:`known_ids`, if
         already read); raises :class:`RequestError`."""
-        if path.suffix != ".json":
+        if not Paths.is_request_file(path):
             raise RequestError([f"request files must be .json files, got '{path.name}'"], source=path.name)
         request = read_request(path)
         if request.request_id in (self.known_ids() if known is None else known):
@@ -369,8 +367,8 @@ class Inbox:
             if request.request_id in {self._peek_id(p) for p in self.files()}:
                 raise RequestError([f"duplicate request_id '{request.request_id}': already waiting in the inbox"],
                                    source=path.name)
-            destination = self.paths.inbox / f"{request.request_id}.json"
-            tmp = self.paths.inbox / f".add-{uuid.uuid4().hex}.tmp"  # hidden: never taken half-written
+            destination = self.paths.inbox / Paths.request_name(request.request_id)
+            tmp = self.paths.inbox_upload(uuid.uuid4().hex)  # hidden: never taken half-written
             try:
                 with path.open("rb") as source, tmp.open("xb") as copy:
                     shutil.copyfileobj(source, copy)
@@ -540,7 +538,7 @@ class Inbox:
         """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
         text = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
         return self._settle(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
-                            name=f"{pending.request.request_id}.json")
+                            name=Paths.request_name(pending.request.request_id))
 
     def complete(self, pending: Pending, result: ErasureRecord | Mapping[str, Any]) -> Path:
         """Move a request to ``processed/`` with its :class:`ErasureRecord` (ids, counts, hashes; no
@@ -550,7 +548,7 @@ class Inbox:
                                               | {k: v for k, v in fields.items() if k != "request_id"})
         return self._settle(pending.path, self.paths.processed,
                             (_id_note, RESULT_SUFFIX, json.dumps(record.model_dump(mode="json"), indent=2) + "\n"),
-                            name=f"{pending.request.request_id}.json")
+                            name=Paths.request_name(pending.request.request_id))
 
     # ------------------------------------------------------------------ a person's commands
 
@@ -613,7 +611,7 @@ class Inbox:
         if not is_request_id(request_id):  # '../processed/x' must not reach another folder
             raise FileNotFoundError(f"no failed request with id '{request_id}': request ids are letters, "
                                     "digits, '-' or '_'")
-        source = self.failed / f"{request_id}.json"
+        source = self.failed / Paths.request_name(request_id)
         if not source.exists():
             raise FileNotFoundError(f"no failed request with id '{request_id}' in {self.failed}")
         waiting = self.paths.inbox / source.name
@@ -622,7 +620,7 @@ class Inbox:
                                   f"then retry '{request_id}'")
         reason = self.failed / f"{request_id}{REASON_SUFFIX}"
         if reason.exists():  # first: a crash before the move leaves the request failed, not both
-            reason.rename(_free_name(self.failed, f"{request_id}.retried.txt", _name_note, REASON_SUFFIX))
+            reason.rename(_free_name(self.failed, f"{request_id}{RETRIED_SUFFIX}", _name_note, REASON_SUFFIX))
         return versioning.move(self.paths.root, source, waiting)
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from components.paths import DVC_DIR
+
 if TYPE_CHECKING:
     from components.artifacts import PushPending
     from components.paths import Paths
@@ -40,7 +42,7 @@ def is_repo(root: Path) -> bool:
     """Whether ``root`` is in a DVC repository (request files there must be tracked): the repository's
     root itself or a folder inside it, such as the SmolLM2 profile's ``pretrained/``."""
     root = Path(root).resolve()
-    return any((folder / ".dvc").is_dir() for folder in (root, *root.parents))
+    return any((folder / DVC_DIR).is_dir() for folder in (root, *root.parents))
 
 
 def _dvc(root: Path, *args: str) -> str:

@@ -37,7 +37,7 @@ from components.artifacts import (HEX_ID, ROLES, ArtifactError, Certificate, Cha
                                   is_request_id)
 from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
-from components.paths import Paths
+from components.paths import RUN_ARTIFACTS, Paths
 from components.registry.retention import RETENTION_POLICIES
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ GENESIS_HASH = "0" * 64
 CERTIFIED_METRICS = ("forget_prob", "forget_truth_ratio", "forget_quality", "forget_holdout_ks_p",
                      "forget_holdout_auc", "mia_auc", "privleak", "relearn_forget_prob", "relearn_recovery",
                      "model_utility")
-MLFLOW_ARTIFACT_DIR = "certificates"
 
 class CertificateError(ValueError):
     """A certificate could not be issued or read; the message names the field or file."""
@@ -283,6 +282,8 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
 
 def render_markdown(certificate: Mapping[str, Any]) -> str:
     """The human-readable rendering of a certificate (what ``blur certificate ID`` prints)."""
+    # Read by key from the stored content, not from a Certificate: the rendering must match what the hash
+    # covers (times as the strings they were issued as), and verify_chain renders files that do not validate.
     c = certificate
     request, forget, model, retention = c["request"], c["forget_set"], c["model"], c["retention"]
     lines = [
@@ -403,8 +404,8 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
 def _write_rendering_and_head(paths: Paths, certificate: Mapping[str, Any]) -> None:
     """The Markdown of ``certificate`` (its stored content) beside it, then the chain head on it."""
     certified = Certificate.model_validate(certificate)
-    markdown = paths.certificate(certified.request.request_id, ".md")
-    tmp = markdown.with_suffix(".md.tmp")
+    markdown = paths.rendering(paths.certificate(certified.request.request_id))
+    tmp = markdown.with_name(markdown.name + ".tmp")
     tmp.write_text(render_markdown(certificate), encoding="utf-8")
     tmp.replace(markdown)
     ChainHead(sequence=certified.sequence, request_id=certified.request.request_id,
@@ -426,8 +427,7 @@ def verify_chain(root: str | Path) -> list[str]:
     predecessor's; a file named for another request) and a missing or stale head.
     """
     paths = Paths(Path(root))
-    folder = paths.certificates
-    files = sorted(p for p in folder.glob("*.json") if p.name != HEAD_FILE) if folder.is_dir() else []
+    files = paths.certificate_files()
     problems: list[str] = []
     chain: list[tuple[Path, dict]] = []
     for path in files:
@@ -450,6 +450,8 @@ def verify_chain(root: str | Path) -> list[str]:
 
 
 def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: int, previous: str) -> list[str]:
+    # The stored content, read by key: the hash covers exactly what was written, and a damaged file that
+    # fails Certificate's validation must still have its sequence and hashes checked.
     problems = []
     name = path.name
     if certificate.get("sequence") != expected:
@@ -472,7 +474,7 @@ def _certificate_problems(path: Path, certificate: Mapping[str, Any], expected: 
     except ArtifactError as error:  # names the keys, never their values
         problems.append(str(error))
         return problems
-    markdown = path.with_suffix(".md")
+    markdown = Paths.rendering(path)
     if actual is not None and actual == certificate.get("certificate_hash"):
         if not markdown.exists() or markdown.read_text(encoding="utf-8") != render_markdown(certificate):
             problems.append(f"{markdown.name}: missing or does not match {name} (edited rendering)")
@@ -514,9 +516,9 @@ def log_certificate_to_mlflow(client: "MlflowClient", model_name: str, version: 
     if digest is None:
         raise CertificateError(f"{cert_path.name} has no certificate_hash: it was not issued into the chain")
     run_id = client.get_model_version(model_name, str(version)).run_id
-    for path in (cert_path, cert_path.with_suffix(".md")):
+    for path in (cert_path, Paths.rendering(cert_path)):
         if path.exists():
-            client.log_artifact(run_id, str(path), MLFLOW_ARTIFACT_DIR)
+            client.log_artifact(run_id, str(path), RUN_ARTIFACTS.certificates)
     client.set_model_version_tag(model_name, str(version), f"certificate.{request_id}", digest)
     client.set_tag(run_id, f"certificate.{request_id}", digest)
     return digest

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 CERTIFICATE_TAG = "certificate."
 REQUESTS_TAG = "requests"
-HEAD_NAME = "chain.head.json"
 
 
 class CertifiedRequest(BaseModel):
@@ -51,13 +50,8 @@ class CertifiedRequest(BaseModel):
 def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
     """Every request with a certificate file, by request id. An unreadable certificate counts
     as erased under its file name's id (fail closed: it was issued, so its request was erased)."""
-    folder = Paths(Path(root)).certificates
     found: dict[str, CertifiedRequest] = {}
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.glob("*.json")):
-        if path.name == HEAD_NAME:
-            continue
+    for path in Paths(Path(root)).certificate_files():
         certificate = _read_certificate(path)
         found[certificate.request_id] = certificate
     return found
@@ -145,14 +139,14 @@ def _recover(config: "Config", repo: Paths, request_id: str, source: Path | None
     from components.data.requests import RequestError, read_request, resolve_request
     from components.data.world import load_world
     from components.erasure.certificates import ids_digest
-    from components.modeling.resolve import with_local_paths
+    from components.context import run_context
 
     what = (f"request '{request_id}' was erased (it has a certificate or a registry tag) but its result note "
             "in data/requests/processed/ is missing")
     if source is None:
         raise LedgerError(f"{what}, and so is its request file: restore the note or the file "
                           "(git or `dvc checkout`) before processing more requests")
-    config = with_local_paths(config, repo.root)
+    config = run_context(config, repo).config
     try:
         request = read_request(source)
         world = load_world(config.world, config.seed, repo.root)

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from components.data.records import Record
+from components.paths import eval_cache_entry
 
 # Bump when what an entry holds, or how it is computed, changes: old entries then miss.
 CACHE_FORMAT = 1
@@ -108,7 +109,7 @@ class EvalCache:
         if kind not in KINDS:
             raise ValueError(f"unknown cache kind '{kind}' (have: {', '.join(KINDS)})")
         key = hashlib.sha256(f"{split_fp}|{settings}".encode()).hexdigest()[:32]
-        return self.root / model_fp / f"{kind}-{key}.npz"  # type: ignore[operator]
+        return eval_cache_entry(self.root, model_fp, kind, key)  # type: ignore[arg-type]
 
     def get(self, model_fp: str, kind: str, split_fp: str, settings: str) -> dict[str, np.ndarray] | None:
         """The arrays of an entry, or None when absent (or unreadable: a torn write counts as a miss)."""

@@ -43,16 +43,15 @@ def write_reports(result: EvaluationResult, reports_dir: str | Path) -> dict[str
     so the folder always describes this evaluation only.
     """
     files = ReportFiles(Path(reports_dir))
-    per_item_dir = files.per_item
-    per_item_dir.mkdir(parents=True, exist_ok=True)
-    for stale in per_item_dir.glob("*.csv"):
+    files.per_item.mkdir(parents=True, exist_ok=True)
+    for stale in files.per_item_files():
         stale.unlink()
 
     written: dict[str, Path] = {"metrics": Metrics.parse(result.metrics).save(files.metrics)}
 
     for role, tables in result.per_item.items():
         for split, rows in tables.items():
-            path = per_item_dir / f"{role}_{split_file_stem(split)}.csv"
+            path = files.per_item_file(role, split_file_stem(split))
             _write_csv(path, rows)
             written[f"{role}/{split}"] = path
     return written

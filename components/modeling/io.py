@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from components.artifacts import ArtifactError, ModelRef
 from components.modeling.encoding import ensure_pad_token
-from components.paths import ModelFiles
+from components.paths import HF_CONFIG, ModelFiles
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROMPTS = ("chat", "plain")
@@ -98,7 +98,7 @@ def _checkpoint_activations(model) -> None:
     model.config.use_cache = False  # the cache is useless while training and conflicts with recompute
 
 
-CONFIG_FILE = "config.json"  # what marks a folder as a saved model (resolve.py, fetch.py): written last
+CONFIG_FILE = HF_CONFIG  # what marks a folder as a saved model (resolve.py, fetch.py): written last
 
 
 def save_model(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:

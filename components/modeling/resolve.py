@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config
-from components.paths import Paths, resolve_local
+from components.paths import ModelFiles, Paths, resolve_local
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,6 @@ class ModelPlan:
     @property
     def is_demo(self) -> bool:
         return self.target is None
-
-
-def with_local_paths(config: Config, config_root: Path) -> Config:
-    """``config`` with ``model.base`` / ``oracle`` / ``pretrained`` resolved against the pipeline root."""
-    keys = ("base", "oracle", "pretrained")
-    found = {f"model.{key}": resolve_local(getattr(config.model, key), config_root)
-             for key in keys if getattr(config.model, key)}
-    return config.with_overrides(found) if found else config
 
 
 def model_plan(config: Config, config_root: Path) -> ModelPlan:
@@ -60,7 +52,7 @@ def target_source(plan: ModelPlan, repo: Paths) -> str | None:
     (None while the demo target has not been trained yet)."""
     if plan.target is not None:
         return plan.target
-    return str(repo.target.resolve()) if (repo.target / "config.json").exists() else None
+    return str(repo.target.resolve()) if ModelFiles(repo.target).hf_config.exists() else None
 
 
 def longest_example(tokenizer, records) -> int:
@@ -76,15 +68,6 @@ def longest_example(tokenizer, records) -> int:
         for answer in answers:
             longest = max(longest, len(encode_record(tokenizer, record, 1 << 30, answer=answer).input_ids))
     return longest
-
-
-def with_max_length(config: Config, tokenizer, records) -> Config:
-    """``config`` with ``model.max_length: auto`` replaced by the longest example, capped at
-    ``model.max_length_cap`` (records longer than the cap are then refused by validation)."""
-    if config.model.max_length != "auto":
-        return config
-    length = min(max(longest_example(tokenizer, records), 8), config.model.max_length_cap)
-    return config.with_overrides({"model.max_length": length})
 
 
 def load_tokenizer(source: str | Path, model_config):

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, NamedTuple, Sequence
 
 from components.faults import crash_point
-from components.paths import Paths, ReportFiles
+from components.paths import RUN_ARTIFACTS, Paths, ReportFiles
 from components.artifacts import BATCH_ID, GateDecision, Metrics
 from components.erasure.safe import safe_request_summary
 from components.gate import coverage_check, evaluate_gate
@@ -81,10 +81,6 @@ if TYPE_CHECKING:
 
     from components.config import Config
 
-# What the run holds as artifacts (the same names as the files in reports/).
-GATE_FILE = "gate.json"
-REPORT_FILE = "run_report.md"
-PLOTS_DIR = "plots"
 MAX_DESCRIPTION = 5000
 MAX_REGISTRY_TAG = 5000
 BATCH_TAG = "batch_id"
@@ -284,14 +280,14 @@ def _log_record(reg: _Registration) -> None:
     log_params_and_tags(reg.client, reg.run_id, params, request_tags(reg.safe) | reg.tags)
     diagnostics = reg.candidate.diagnostics
     log_metric_values(reg.client, reg.run_id, diagnostic_series(diagnostics))
-    log_text(reg.client, reg.run_id, _numeric_rows(diagnostics), "diagnostics/unlearn_log.jsonl")
-    log_text(reg.client, reg.run_id, json.dumps(reg.safe, indent=2), "requests.json")
+    log_text(reg.client, reg.run_id, _numeric_rows(diagnostics), RUN_ARTIFACTS.diagnostics)
+    log_text(reg.client, reg.run_id, json.dumps(reg.safe, indent=2), RUN_ARTIFACTS.requests)
 
 
 def _log_plots(reg: _Registration, reports_dir: Path) -> None:
     plots_dir = ReportFiles(reports_dir).plots
     save_plots(reg.candidate.diagnostics, reg.candidate.metrics, plots_dir)
-    reg.client.log_artifacts(reg.run_id, str(plots_dir), PLOTS_DIR)
+    reg.client.log_artifacts(reg.run_id, str(plots_dir), RUN_ARTIFACTS.plots)
 
 
 def _gate_word(reg: _Registration) -> str:
@@ -370,8 +366,8 @@ def _completed(reg: _Registration) -> GateDecision:
 def _log_report(reg: _Registration, report: str) -> None:
     """The report and gate.json as artifacts, the outcome as tags; the run ends FINISHED."""
     decision = _completed(reg)
-    log_text(reg.client, reg.run_id, report, REPORT_FILE)
-    log_text(reg.client, reg.run_id, json.dumps(decision.to_dict(), indent=2), GATE_FILE)
+    log_text(reg.client, reg.run_id, report, RUN_ARTIFACTS.report)
+    log_text(reg.client, reg.run_id, json.dumps(decision.to_dict(), indent=2), RUN_ARTIFACTS.gate)
     outcome = {"gate": _gate_word(reg)}
     if decision.reasons:
         outcome["gate.reasons"] = "; ".join(decision.reasons)

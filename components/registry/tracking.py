@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from components.paths import Paths
+from components.paths import ModelFiles, Paths
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -334,7 +334,7 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
 def check_model_dir(model_dir: str | Path) -> Path:
     """The saved Hugging Face directory, or a :class:`RegistryError` saying what is missing."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not ModelFiles(model_dir).hf_config.is_file():
         raise RegistryError(
             f"{model_dir} is not a saved Hugging Face model directory (no config.json); "
             "run the unlearn stage first"

@@ -1,4 +1,4 @@
-"""One module per pipeline stage: config and paths in, files out.
+"""One module per pipeline stage: a run's context (:mod:`components.context`) in, files and their artifact out.
 
 ``dvc.yaml`` runs them through ``python -m components.stages NAME`` (see ``__main__``); the
 Prefect flow calls the same functions. Nothing here imports Prefect.

@@ -15,14 +15,15 @@ from typing import Callable, Optional
 import typer
 
 from components import stages
-from components.artifacts import ROLES, GateDecision, Metrics, Resources
-from components.config import Config, ConfigError, load_config
-from components.paths import Paths
+from components.artifacts import ROLES, FinetuneSummary, GateDecision, Metrics, Resources, TrainedModel, UnlearnSummary
+from components.config import ConfigError, load_config
+from components.context import RunContext, run_context
+from components.paths import PARAMS_FILE, Paths
 from components.runtime import apply_threads, offline_by_default
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Run one pipeline stage (what dvc.yaml calls).")
-PARAMS = typer.Option(Path("params.yaml"), help="Configuration file.")
+PARAMS = typer.Option(Path(PARAMS_FILE), help="Configuration file.")
 ROOT = typer.Option(Path("."), help="Pipeline folder.")
 CONFIG_ROOT = typer.Option(None, help="Where relative paths in the configuration are found (default: the pipeline "
                                       "folder); the flow's batch folders use the repository.")
@@ -49,56 +50,57 @@ def _record_resources(root: Path, stage: str, seconds: float) -> None:
     record.with_stage(stage, extra | {"seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}).save(path)
 
 
-def _setup(params: Path, root: Path, config_root: Path | None = None) -> tuple[Config, Paths]:
+def stage_context(params: Path, root: Path, config_root: Path | None = None) -> RunContext:
+    """This process's context: ``params`` read once, the effective configuration derived once."""
     offline_by_default()
     config = load_config(params)
     apply_threads(config)
-    return config, Paths(root, config_root=config_root)
+    return run_context(config, Paths(root, config_root=config_root))
 
 
-def _unlearn(config: Config, paths: Paths) -> dict:
+def _unlearn(ctx: RunContext) -> UnlearnSummary:
     """From ``models/start`` where the folder has one (a flow batch folder: the model the batch
     starts from, the current champion), else from ``models/target``."""
-    start = paths.start
-    return stages.unlearn(config, paths, start=start if start.exists() else None)
+    start = ctx.paths.start
+    return stages.unlearn(ctx, start=start if start.exists() else None)
 
 
 # What each stage prints when it is done (one line or a few; None prints nothing).
 
-def _prepared(config: Config, resolution, paths: Paths) -> str:
+def _prepared(ctx: RunContext, resolution) -> str:
     summary = resolution.summary()
     return (f"request {', '.join(summary['request_ids'])}: {summary['n_forget']} records to forget "
             f"({summary['n_subjects']} subjects), {summary['n_retain']} to retain")
 
 
-def _finetuned(config: Config, summary: dict, paths: Paths) -> str | None:
-    target = summary["target"]
-    if "mean_answer_prob" not in target:
+def _finetuned(ctx: RunContext, summary: FinetuneSummary) -> str | None:
+    target = summary.target
+    if not isinstance(target, TrainedModel):
         return None
-    return (f"target: mean answer probability {target['mean_answer_prob']:.3f} after {target['epochs']} epochs "
-            f"(stopped by {target['stop_reason']}; goal finetune.target_prob={config.finetune.target_prob})")
+    return (f"target: mean answer probability {target.mean_answer_prob:.3f} after {target.epochs} epochs "
+            f"(stopped by {target.stop_reason}; goal finetune.target_prob={ctx.config.finetune.target_prob})")
 
 
-def _validated(config: Config, report: dict, paths: Paths) -> str:
+def _validated(ctx: RunContext, report: dict) -> str:
     return f"validation passed: {len(report['suites'])} suites (reports/data_docs/index.html)"
 
 
-def _unlearned(config: Config, summary: dict, paths: Paths) -> str:
-    return (f"unlearned in {summary['steps']} steps: forget loss {summary['first_forget_loss']:.3f} -> "
-            f"{summary['final_forget_loss']:.3f}, retain loss {summary['first_retain_loss']:.3f} -> "
-            f"{summary['final_retain_loss']:.3f}")
+def _unlearned(ctx: RunContext, summary: UnlearnSummary) -> str:
+    return (f"unlearned in {summary.steps} steps: forget loss {summary.first_forget_loss:.3f} -> "
+            f"{summary.final_forget_loss:.3f}, retain loss {summary.first_retain_loss:.3f} -> "
+            f"{summary.final_retain_loss:.3f}")
 
 
-def _evaluated(config: Config, metrics: Metrics, paths: Paths) -> str:
+def _evaluated(ctx: RunContext, metrics: Metrics) -> str:
     keys = ("forget_prob", "forget_quality", "forget_holdout_auc", "retain_prob", "model_utility")
     from components.stages.evaluate import cost_summary
 
-    return cost_summary(paths) + "\n" + "\n".join(
+    return cost_summary(ctx.paths) + "\n" + "\n".join(
         f"{role:10s} " + "  ".join(f"{key}={metrics.value(role, key):.3f}" for key in keys
                                    if metrics.value(role, key) is not None) for role in ROLES)
 
 
-def _registered(config: Config, gate: GateDecision, paths: Paths) -> str:
+def _registered(ctx: RunContext, gate: GateDecision) -> str:
     if gate.passed:
         return f"gate passed: {gate.model_name} version {gate.version} is now '{gate.alias}'"
     return "gate FAILED; the serving alias did not move:\n  " + "\n  ".join(gate.reasons)
@@ -122,15 +124,15 @@ def _command(name: str, run: Callable, describe: Callable) -> Callable:
     def command(params: Path = PARAMS, root: Path = ROOT, config_root: Optional[Path] = CONFIG_ROOT) -> None:
         started = time.perf_counter()
         try:
-            config, paths = _setup(params, root, config_root)
-            result = run(config, paths)
+            ctx = stage_context(params, root, config_root)
+            result = run(ctx)
         except _known_errors() as error:
             typer.echo(f"{name} failed; nothing after it runs:\n{error}", err=True)
             raise typer.Exit(1)
         if int(os.environ.get("RANK", "0")) != 0:
             return
         _record_resources(root, name, time.perf_counter() - started)
-        line = describe(config, result, paths)
+        line = describe(ctx, result)
         if line:
             typer.echo(line)
     return command

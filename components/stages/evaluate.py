@@ -8,14 +8,15 @@ from typing import Any
 
 from components.artifacts import Metrics, Resources
 from components.config import Config
+from components.context import RunContext, as_context
 from components.data.loaders import load_records
 from components.paths import Paths, resolve_local
-from components.stages.prepare import load_earlier, load_splits, resolved_config, with_erased_levels
+from components.stages.prepare import load_earlier, load_splits, with_erased_levels
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Metrics:
+def evaluate(run: RunContext | Config, paths: Paths | None = None, *, show_progress: bool = True) -> Metrics:
     """Evaluate target, oracle and unlearned models; write reports/metrics.json and per-item CSVs.
 
     Earlier processed requests (data/prepared/earlier/) are evaluated too: still forgotten.
@@ -27,7 +28,8 @@ def evaluate(config: Config, paths: Paths, *, show_progress: bool = True) -> Met
     from components.evaluation.knowledge import knowledge_wanted, load_knowledge_sets
     from components.modeling.io import load_model_dir, model_options
 
-    config = resolved_config(config, paths)
+    ctx = as_context(run, paths).prepared()
+    config, paths = ctx.config, ctx.paths
     splits = load_splits(paths)
     options = model_options(config.model)
     loaders = {role: FromDisk(lambda folder=folder: load_model_dir(folder, **options))

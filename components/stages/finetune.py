@@ -16,34 +16,37 @@ from pathlib import Path
 
 from components.artifacts import FinetuneSummary
 from components.config import Config
+from components.context import RunContext, as_context
 from components.modeling.demo import train_model, train_target
 from components.modeling.resolve import link_user_models, model_plan
-from components.paths import Paths, ReportFiles
-from components.stages.prepare import load_splits, resolved_config
+from components.paths import FinetuneEntry, Paths
+from components.stages.prepare import load_splits
 
 
-def finetune(config: Config, paths: Paths, *, show_progress: bool = True) -> dict:
-    """Produce models/target and models/oracle, and reports/finetune.json.
+def finetune(run: RunContext | Config, paths: Paths | None = None, *, show_progress: bool = True) -> FinetuneSummary:
+    """Produce models/target and models/oracle, and reports/finetune.json (returned).
 
     With ``model.base`` set, the target is that model and nothing is trained; the oracle
     is ``model.oracle`` or absent.
     """
     started = time.perf_counter()
-    config = resolved_config(config, paths)
+    ctx = as_context(run, paths).prepared()
+    config, paths = ctx.config, ctx.paths
     plan = model_plan(config, paths.config_root)
     if not plan.is_demo:
         link_user_models(plan, paths)
         summary = {"target": {"source": plan.target}, "oracle": {"source": plan.oracle}}
     else:
         cached = finetune_cache(config, paths)
-        if ReportFiles(cached).finetune_summary.exists():
+        if FinetuneEntry(cached).summary.exists():
             summary = restore_finetuned(cached, paths)
         else:
             summary = _train(config, paths, show_progress=show_progress)
             store_finetuned(paths, cached, summary)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    FinetuneSummary.model_validate(summary).save(paths.report_files.finetune_summary)
-    return summary
+    written = FinetuneSummary.model_validate(summary)
+    written.save(paths.report_files.finetune_summary)
+    return written
 
 
 def _train(config: Config, paths: Paths, *, show_progress: bool) -> dict:
@@ -84,8 +87,8 @@ def store_finetuned(paths: Paths, cached: Path, summary: dict) -> None:
     tmp = cached.with_name(cached.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
-        shutil.copytree(folder, tmp / role)
-    FinetuneSummary.model_validate(summary).save(ReportFiles(tmp).finetune_summary)
+        shutil.copytree(folder, FinetuneEntry(tmp).model(role))
+    FinetuneSummary.model_validate(summary).save(FinetuneEntry(tmp).summary)
     shutil.rmtree(cached, ignore_errors=True)
     tmp.rename(cached)
 
@@ -95,14 +98,14 @@ def restore_finetuned(cached: Path, paths: Paths) -> dict:
     A cache entry whose summary does not load is an :class:`~components.artifacts.ArtifactError` naming it."""
     from components.modeling.io import copy_model_dir
 
-    stored = FinetuneSummary.load(ReportFiles(cached).finetune_summary)
+    stored = FinetuneSummary.load(FinetuneEntry(cached).summary)
     for role, folder in (("target", paths.target), ("oracle", paths.oracle)):
-        copy_model_dir(cached / role, folder)
+        copy_model_dir(FinetuneEntry(cached).model(role), folder)
     return stored.to_dict() | {"cached": cached.name}  # the cache key: no path (it may be a name)
 
 
 def train_oracle(config: Config, paths: Paths, tokenizer, *, epochs: int, show_progress: bool = True) -> dict:
     """Retrain the demo reference model on the current retain set (the target's recipe)."""
-    config = resolved_config(config, paths)
+    config = as_context(config, paths).prepared().config
     return train_model(config, load_splits(paths)["retain"], tokenizer, paths.oracle, epochs=epochs,
                        label="oracle", show_progress=show_progress)

@@ -7,19 +7,20 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from components.artifacts import ArtifactError, EarlierLevels, PreparedSettings
-from components.config import Config, with_relearn_lr
+from components.artifacts import Resolution as ResolutionFile
+from components.config import Config
+from components.context import RunContext, as_context, run_context
 from components.data.loaders import load_records, save_records
 from components.data.records import Record
 from components.data.requests import (DeletionRequest, Resolution, parse_request_bytes, read_request,
                                      resolve_requests)
 from components.data.world import load_world
-from components.jsonfiles import write_json
 from components.paths import Paths
 
 
 def prepare(
-    config: Config,
-    paths: Paths,
+    run: RunContext | Config,
+    paths: Paths | None = None,
     *,
     request_paths: Sequence[str | Path] | None = None,
     request_data: Sequence[bytes] | None = None,
@@ -36,9 +37,8 @@ def prepare(
     "still forgotten" checks. ``earlier_levels``: the forget probability each was erased to (from
     its certificate), for the gate's ``max_earlier_regain_ratio``.
     """
-    from components.modeling.resolve import with_local_paths
-
-    config = with_local_paths(config, paths.config_root)
+    ctx = as_context(run, paths)
+    config, paths = ctx.config, ctx.paths
     if request_data is None:
         request_paths = list(request_paths or [paths.config_root / config.request])
         request_data = [Path(path).read_bytes() for path in request_paths]
@@ -50,7 +50,7 @@ def prepare(
     forgotten = {record_id for ids in earlier.values() for record_id in ids}
     resolution = resolve_requests(requests, world.records, already_forgotten=forgotten)
 
-    derived = _prepare_model_inputs(config, paths, list(world.records) + list(world.holdout))
+    derived = _prepare_model_inputs(ctx, list(world.records) + list(world.holdout))
     save_records(world.records, paths.world)
     save_records(world.holdout, paths.holdout)
     save_records(resolution.forget, paths.forget)
@@ -59,22 +59,22 @@ def prepare(
     EarlierLevels({rid: float(level) for rid, level in (earlier_levels or {}).items()
                    if rid in earlier and level is not None}).save(paths.earlier_levels)
     _copy_requests(paths, request_data, requests)
-    summary = resolution.summary() | {
+    ResolutionFile.model_validate(resolution.summary() | {
         "n_world": len(world.records),
         "n_holdout": len(world.holdout),
         "earlier_requests": sorted(earlier),
-        "max_length": derived.model.max_length,
-    }
-    write_json(paths.resolution, summary)
+        "max_length": derived.config.model.max_length,
+    }).save(paths.resolution)
     return resolution
 
 
-def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record]) -> Config:
+def _prepare_model_inputs(ctx: RunContext, records: Sequence[Record]) -> RunContext:
     """Everything the data checks need before any training: the tokenizer the model will use
     (the demo's trained here, or the user's model's), saved under data/prepared/tokenizer, and
     ``model.max_length`` when it is ``auto``."""
-    from components.modeling.resolve import load_tokenizer, model_plan, with_max_length
+    from components.modeling.resolve import load_tokenizer, model_plan
 
+    config, paths = ctx.config, ctx.paths
     plan = model_plan(config, paths.config_root)
     if plan.is_demo:
         from components.modeling.demo import train_demo_tokenizer
@@ -85,22 +85,15 @@ def _prepare_model_inputs(config: Config, paths: Paths, records: Sequence[Record
     if paths.tokenizer.exists():
         shutil.rmtree(paths.tokenizer)
     tokenizer.save_pretrained(paths.tokenizer)
-    derived = with_max_length(config, tokenizer, records)
-    PreparedSettings(max_length=derived.model.max_length).save(paths.settings)
+    derived = ctx.with_max_length(tokenizer, records)
+    PreparedSettings(max_length=derived.config.model.max_length).save(paths.settings)
     return derived
 
 
 def resolved_config(config: Config, paths: Paths) -> Config:
-    """``config`` with local model paths resolved against the pipeline root, the settings
-    ``prepare`` derived from the data (``model.max_length: auto``) and the relearning attack's
-    learning rate (``eval.relearn.lr: null`` = ``finetune.lr``)."""
-    from components.modeling.resolve import with_local_paths
-
-    config = with_local_paths(config, paths.config_root)
-    config = config.model_copy(update={"eval": with_relearn_lr(config.eval, config.finetune.lr)})
-    if config.model.max_length != "auto":
-        return config
-    return config.with_overrides({"model.max_length": PreparedSettings.load(paths.settings).max_length})
+    """The effective configuration of a stage after ``prepare`` (:mod:`components.context`), for
+    callers that hold a configuration and its folders (the benchmarks)."""
+    return run_context(config, paths).prepared().config
 
 
 def _write_earlier(paths: Paths, records: Sequence[Record], earlier: Mapping[str, Sequence[str]]) -> None:

@@ -7,13 +7,14 @@ from typing import Collection, Mapping
 
 from components.artifacts import GateDecision, Metrics, Resolution, read_unlearn_log
 from components.config import Config
+from components.context import RunContext, as_context
 from components.data.versioning import file_md5
 from components.paths import Paths
 
 
 def register(
-    config: Config,
-    paths: Paths,
+    run: RunContext | Config,
+    paths: Paths | None = None,
     *,
     tracking_root: Path | None = None,
     tags: Mapping[str, str] | None = None,
@@ -34,6 +35,8 @@ def register(
     from components.registry import Candidate, register_candidate, tracking_store
     from components.stages.evaluate import evaluated_fingerprint
 
+    ctx = as_context(run, paths)
+    config, paths = ctx.given, ctx.paths  # MLflow records the configuration as written, not as derived
     diagnostics = read_unlearn_log(paths.unlearn_log)
     if dvc_hashes is None:
         dvc_hashes = {p.stem: file_md5(p) for p in paths.prepared_request_files()}

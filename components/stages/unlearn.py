@@ -9,15 +9,18 @@ from pathlib import Path
 
 from components.artifacts import UnlearnSummary
 from components.config import Config
+from components.context import RunContext, as_context
 from components.paths import Paths
-from components.stages.prepare import load_splits, resolved_config
+from components.stages.prepare import load_splits
 
 STEP_COLUMNS = ["step", "forget_loss", "retain_loss", "inner", "forget_norm_sq", "retain_norm_sq",
                 "cos", "xi", "grad_norm", "lr"]
 
 
-def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_progress: bool = True) -> dict:
-    """Unlearn the forget set from ``start`` (default models/target) into models/unlearned.
+def unlearn(run: RunContext | Config, paths: Paths | None = None, *, start: Path | None = None,
+            show_progress: bool = True) -> UnlearnSummary:
+    """Unlearn the forget set from ``start`` (default models/target) into models/unlearned; its summary
+    (also ``reports/unlearn.json``).
 
     Checkpoints go to checkpoints/unlearn/ and are resumed after a crash; on NaN/inf the
     run stops with :class:`UnlearningDivergedError` and no model is written.
@@ -27,7 +30,8 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
     from components.unlearning.distributed import init_distributed
 
     started = time.perf_counter()
-    config = resolved_config(config, paths)
+    ctx = as_context(run, paths).prepared()
+    config, paths = ctx.config, ctx.paths
     rank, device = init_distributed()
     splits = load_splits(paths)
     loaded = load_model_dir(start or paths.target, **model_options(config.model) | {"device": device})
@@ -45,7 +49,7 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
         holdout=splits["holdout"],
     )
     if rank != 0:
-        return result.summary()
+        return UnlearnSummary.model_validate(result.summary())
     save_model(result.model, loaded.tokenizer, paths.unlearned)
     write_steps_csv(result.diagnostics, paths.report_files.unlearn_steps)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
@@ -53,8 +57,9 @@ def unlearn(config: Config, paths: Paths, *, start: Path | None = None, show_pro
                                                        "gamma", "alpha", "lr")}
     summary = result.summary() | {"method": method, "start_model": str(loaded.source),
                                   "seconds": round(time.perf_counter() - started, 1)}
-    UnlearnSummary.model_validate(summary).save(paths.report_files.unlearn_summary)
-    return summary
+    written = UnlearnSummary.model_validate(summary)
+    written.save(paths.report_files.unlearn_summary)
+    return written
 
 
 def write_steps_csv(diagnostics: list[dict], path: Path) -> Path:

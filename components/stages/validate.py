@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from components.config import Config
+from components.context import RunContext, as_context
 from components.paths import Paths
-from components.stages.prepare import load_prepared_requests, load_splits, resolved_config
+from components.stages.prepare import load_prepared_requests, load_splits
 
 
 def tokenizer_for(config: Config, paths: Paths):
@@ -14,7 +15,7 @@ def tokenizer_for(config: Config, paths: Paths):
     return load_tokenizer(paths.tokenizer, config.model)
 
 
-def validate(config: Config, paths: Paths) -> dict:
+def validate(run: RunContext | Config, paths: Paths | None = None) -> dict:
     """Great Expectations suites over the request(s), world, forget and retain sets.
 
     Writes reports/validation.json and Data Docs under reports/data_docs/; raises
@@ -22,7 +23,8 @@ def validate(config: Config, paths: Paths) -> dict:
     """
     from components.validation import validate_request_data
 
-    config = resolved_config(config, paths)
+    ctx = as_context(run, paths).prepared()
+    config, paths = ctx.config, ctx.paths
     splits = load_splits(paths)
     report = validate_request_data(
         world=splits["world"], holdout=splits["holdout"] or None,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from components.data.records import Record, content_hash
+from components.paths import data_docs_index
 from components.data.requests import DeletionRequest, is_request_id
 from components.validation import frames as fr
 from components.validation.report import MAX_LISTED, ValidationReport, describe_failure
@@ -85,7 +86,7 @@ def validate_request_data(
             "n_retain": len(retain),
             "n_holdout": len(holdout) if holdout is not None else 0,
         },
-        data_docs=str(docs_dir / "index.html") if docs_dir is not None else None,
+        data_docs=str(data_docs_index(docs_dir)) if docs_dir is not None else None,
         great_expectations_version=gx_version(),
     )
     report.seconds = round(time.perf_counter() - started, 2)
