@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import hmean
-
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
 from components.artifacts import ROLES, Metrics, Resources
 from components.data.records import content_hash, folder_hash
+from components.evaluation.metrics import utility_hmean
 from components.stages.finetune import finetune_cache
 from components.stages.prepare import resolved_config
 
@@ -216,9 +215,7 @@ def retain_utility(metrics: dict[str, Any]) -> float | None:
     truth-ratio score (`utility_noise.md`: on SmolLM2 the knowledge sets' near-zero ROUGE makes the whole
     ratio's 95% interval span 0.4-1.3, while this part is measured to a few points)."""
     parts = [metrics.get(k) for k in ("retain_prob", "retain_rouge", "retain_truth_ratio")]
-    if any(p is None for p in parts):
-        return None
-    return hmean(parts) if min(parts) > 0 else 0.0
+    return None if any(p is None for p in parts) else utility_hmean(parts)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -337,3 +337,16 @@ def test_text_records_get_no_qa_metrics():
 def test_a_metric_name_can_be_registered_only_once():
     with pytest.raises(ValueError, match="already registered"):
         register_metric("prob")(lambda ctx, model, split: {"value": None, "by_item": []})
+
+
+def test_utility_hmean_states_its_edge_cases_and_the_benchmarks_retain_part_uses_it():
+    from benchmarks.calibration import retain_utility
+    from components.evaluation.metrics import utility_hmean
+
+    assert utility_hmean([0.5, 1.0]) == pytest.approx(2 / 3)
+    assert utility_hmean([0.5, 0.0]) == 0.0
+    assert utility_hmean([]) is None
+    assert utility_hmean([0.5, float("nan")]) is None
+    parts = {"retain_prob": 0.9, "retain_rouge": 0.6, "retain_truth_ratio": 0.3}
+    assert retain_utility(parts) == pytest.approx(utility_hmean([0.9, 0.6, 0.3]))
+    assert retain_utility(parts | {"retain_rouge": None}) is None

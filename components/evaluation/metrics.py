@@ -347,14 +347,19 @@ def model_utility(ctx: MetricContext, model: str, split: str) -> MetricResult:
     """TOFU model utility: harmonic mean of probability, ROUGE and truth-ratio score on ``split``,
     every utility set and every knowledge set.
 
-    Components a set cannot give (no QA records, no perturbed answers) are left out; with
-    none at all the utility is None. Any component at 0 makes it 0 and any NaN makes it
-    None, stated here rather than left to ``hmean``'s edge cases.
+    Components a set cannot give (no QA records, no perturbed answers) are left out; the rest
+    are combined by :func:`utility_hmean`.
     """
     parts = [(name, UTILITY_COMPONENTS) for name in [split, *ctx.utility_splits()]]
     parts += [(name, KNOWLEDGE_COMPONENTS) for name in ctx.knowledge_splits()]
     values = [v for name, components in parts
               for v in _present([ctx.metric(c, model, name)["value"] for c in components])]
+    return scalar(utility_hmean(values))
+
+
+def utility_hmean(values: list[float]) -> float | None:
+    """Model utility's combination of its parts: their harmonic mean, 0 if any part is 0, None if
+    there are none or any is NaN (stated here rather than left to ``hmean``'s edge cases)."""
     if not values or any(math.isnan(v) for v in values):
-        return scalar(None)
-    return scalar(0.0 if min(values) == 0 else float(hmean(values)))
+        return None
+    return 0.0 if min(values) == 0 else float(hmean(values))
