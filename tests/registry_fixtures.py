@@ -22,6 +22,7 @@ from typing import Any, Collection, Mapping
 
 import pytest
 
+from components.artifacts import Resolution
 from components.config import Config, TinyModelConfig
 from components.registry.tracking import TrackingStore
 
@@ -104,17 +105,17 @@ def sample_diagnostics(steps: int = 12) -> list[dict]:
     return rows
 
 
-def sample_summary(request_id: str = "req-0001") -> dict:
-    """A ``Resolution.summary()``-shaped dict (ids, hashes and counts only)."""
+def sample_summary(request_id: str = "req-0001", **fields) -> Resolution:
+    """A batch's :class:`Resolution` (ids, hashes and counts only); ``fields`` replace its values."""
     ids = ["0123456789abcdef", "fedcba9876543210"]
-    return {
+    return Resolution.model_validate({
         "request_ids": [request_id],
         "request_hashes": {request_id: "a1b2c3d4e5f60718"},
         "received_at": {request_id: "2026-11-28T09:30:00+00:00"},
         "n_subjects": 1, "n_forget": len(ids), "n_retain": 78, "n_previously_forgotten": 0,
         "forget_digest": "00112233445566ff", "retain_digest": "ffeeddccbbaa9988",
         "forget_ids": ids, "forget_ids_by_request": {request_id: ids},
-    }
+    } | fields)
 
 
 def registry_config(**gate) -> Config:
@@ -126,7 +127,7 @@ def registry_config(**gate) -> Config:
 
 
 def register_sample(store: TrackingStore, model_dir: Path, reports_dir: Path, *, gate: Mapping[str, Any],
-                    request_id: str = "req-0001", metrics: dict | None = None, summary: dict | None = None,
+                    request_id: str = "req-0001", metrics: dict | None = None, summary: Resolution | None = None,
                     dvc_hashes: Mapping[str, str] | None = None, steps: int = 12, batch_id: str | None = None,
                     tags: Mapping[str, str] | None = None, processed: Mapping[str, Collection[str]] | None = None):
     """The register step on a sample candidate (``sample_metrics()``, ``steps`` diagnostics and

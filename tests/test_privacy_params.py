@@ -74,7 +74,7 @@ def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_stor
     assert ignored.returncode == 0, "the key is git-ignored"
 
     summary = sample_summary("req-0001")
-    inside = list(summary["forget_ids"])
+    inside = list(summary.forget_ids)
     config = registry_config(max_forget_prob_ratio=0.5)
     candidate = Candidate(sample_metrics(), sample_diagnostics(3), summary, {}, tiny_model_dir)
     decision = register_candidate(config, candidate, tmp_path / "reports", store=mlflow_store, processed_requests={},
@@ -84,8 +84,8 @@ def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_stor
     assert logged["forget_ids"] == [keyed_hash(key, record_id) for record_id in inside]
     assert not set(logged["forget_ids"]) & set(inside), "no record id leaves unkeyed"
     assert logged["forget_ids"][0] == hmac.new(key, inside[0].encode(), "sha256").hexdigest()[:16]
-    assert logged["digests"] == {k: keyed_hash(key, summary[k]) for k in ("forget_digest", "retain_digest")}
+    assert logged["digests"] == {k: keyed_hash(key, getattr(summary, k)) for k in ("forget_digest", "retain_digest")}
     run = client.get_run(decision.run_id)
     assert run.data.params["request.forget_digest"] == logged["digests"]["forget_digest"]
     assert key.hex() not in json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags)
-    assert summary["forget_ids"] == inside, "the pipeline's own ids are not changed"
+    assert summary.forget_ids == inside, "the pipeline's own ids are not changed"

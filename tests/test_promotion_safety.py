@@ -38,7 +38,7 @@ register = partial(register_sample, gate=GATE)
 
 
 def candidate(model_dir, request_id="req-0001", **summary) -> Candidate:
-    return Candidate(sample_metrics(), sample_diagnostics(), sample_summary(request_id) | summary, {}, model_dir)
+    return Candidate(sample_metrics(), sample_diagnostics(), sample_summary(request_id, **summary), {}, model_dir)
 
 
 def runs(store) -> list:
@@ -186,11 +186,11 @@ def test_a_reproduction_not_told_what_was_processed_fails_closed(mlflow_store, t
 def test_a_flow_batch_covers_the_requests_it_resolved_and_re_checked(mlflow_store, tiny_model_dir, tmp_path):
     processed = {"req-earlier": ["00000000000000aa"], "req-0001": ["0123456789abcdef"]}
     decision = register(mlflow_store, tiny_model_dir, tmp_path / "r", batch_id="batch-a", processed=processed,
-                        summary=sample_summary() | {"earlier_requests": ["req-earlier"]})
+                        summary=sample_summary(earlier_requests=["req-earlier"]))
     assert decision.passed
     missed = register(mlflow_store, tiny_model_dir, tmp_path / "r2", batch_id="batch-b",
                       processed=processed | {"req-lost": ["00000000000000bb"]},
-                      summary=sample_summary("req-0002") | {"earlier_requests": ["req-earlier"]})
+                      summary=sample_summary("req-0002", earlier_requests=["req-earlier"]))
     # req-0001's record is in this batch's forget set too; req-lost is neither resolved nor forgotten
     assert not missed.passed and "1 processed request(s) not forgotten by this batch: req-lost" in missed.reasons[0]
 
@@ -242,7 +242,7 @@ def stage_root(tmp_path, migrated_mlflow_db, tiny_model_dir, monkeypatch):
     paths.prepared.mkdir(parents=True)
     (paths.reports / "metrics.json").write_text(json.dumps(sample_metrics()))
     (paths.reports / "unlearn_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sample_diagnostics()))
-    paths.resolution.write_text(json.dumps(sample_summary()))
+    sample_summary().save(paths.resolution)
     shutil.copytree(tiny_model_dir, paths.unlearned)
     shutil.copyfile(migrated_mlflow_db, root / "mlflow.db")
     (root / "params.yaml").write_text(yaml.safe_dump(registry_config(**GATE).model_dump(mode="json")))

@@ -9,6 +9,9 @@ from functools import partial
 
 import pytest
 
+from pydantic import ValidationError
+
+from components.artifacts import Resolution
 from components.config import GateConfig
 from components.registry import (
     Candidate,
@@ -228,10 +231,11 @@ def test_no_forget_text_reaches_the_store_the_artifacts_or_the_reports(mlflow_st
     request = parse_request({"request_id": "req-privacy", "received_at": "2026-11-28T09:30:00+00:00",
                              "subjects": [PLANTED_SUBJECT]})
     summary = resolve_request(request, world).summary()
-    # A summary that carries text by mistake must still not leak it.
-    summary["forget_text"] = [PLANTED_QUESTION, PLANTED_ANSWER]
-    summary["forget_ids"] = summary["forget_ids"] + [PLANTED_ANSWER]
-    summary["received_at"]["req-privacy"] = PLANTED_SUBJECT
+    with pytest.raises(ValidationError, match="forget_text"):  # a field for text does not exist
+        Resolution.model_validate(summary | {"forget_text": [PLANTED_QUESTION, PLANTED_ANSWER]})
+    # A batch whose id fields carry text by mistake must still not leak it.
+    summary = Resolution.model_validate(summary | {"forget_ids": summary["forget_ids"] + [PLANTED_ANSWER],
+                                                  "received_at": {"req-privacy": PLANTED_SUBJECT}})
     reports = tmp_path / "reports"
     register(mlflow_store, tiny_model_dir, reports, summary=summary,
              dvc_hashes={"req-privacy": PLANTED_QUESTION})

@@ -2,7 +2,7 @@
 
 Everything the registry writes about requests (MLflow params and tags, the run report,
 registry descriptions, ``reports/gate.json``) goes through :func:`safe_request_summary`,
-an allow-list: only known keys are read, and every identifier must look like one (a
+an allow-list: only known fields are read, and every identifier must look like one (a
 request id, a hex hash, an ISO time); anything else is replaced by its content hash.
 So a summary that one day carries record text by mistake still cannot leak it.
 
@@ -27,6 +27,7 @@ from components.data.records import content_hash
 from components.artifacts import REQUEST_ID
 
 if TYPE_CHECKING:
+    from components.artifacts import Resolution
     from components.paths import Paths
 
 HEX_ID = re.compile(r"\A[0-9a-f]{8,64}\Z")  # \Z, not $: "$" also matches before a trailing newline
@@ -79,51 +80,39 @@ def keyed_hash(key: bytes, value: str) -> str:
     return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-def safe_request_summary(summary: Mapping[str, Any] | None,
+def safe_request_summary(resolution: "Resolution | None",
                          dvc_hashes: Mapping[str, str] | None = None, *,
                          record_id_key: bytes | None = None) -> dict[str, Any]:
-    """Ids, hashes, counts and times from a ``Resolution.summary()`` dict (or ``resolution.json``).
+    """Ids, hashes, counts and times of a batch's :class:`~components.artifacts.Resolution`.
 
-    Accepts the batch form (``request_ids``, ``request_hashes``) and the single-request
-    form (``request_id``, ``request_hash``). ``dvc_hashes`` maps request id to the md5 DVC
-    recorded for the request file. ``record_id_key``: the deployment's secret
-    (:func:`record_id_key`); the forget set's record ids and the forget and retain digests are keyed
-    with it (:func:`keyed_hash`).
+    ``dvc_hashes`` maps request id to the md5 DVC recorded for the request file. ``record_id_key``: the
+    deployment's secret (:func:`record_id_key`); the forget set's record ids and the forget and retain
+    digests are keyed with it (:func:`keyed_hash`). Every value is checked for its shape again, although
+    the model validated the file: this is the last gate before MLflow.
     """
-    summary = dict(summary or {})
+    if resolution is None:
+        return {"requests": [], "counts": {}, "digests": {}, "forget_ids": [], "earlier_requests": []}
     dvc_hashes = dict(dvc_hashes or {})
-    ids = summary.get("request_ids")
-    if ids is None:
-        ids = [summary["request_id"]] if summary.get("request_id") is not None else []
-    if isinstance(ids, str):
-        ids = [ids]
-    hashes = summary.get("request_hashes") or {}
-    if not hashes and summary.get("request_hash") is not None and len(ids) == 1:
-        hashes = {ids[0]: summary["request_hash"]}
-    received = summary.get("received_at") if isinstance(summary.get("received_at"), Mapping) else {}
-    by_request = summary.get("forget_ids_by_request") or {}
-
     requests = []
-    for raw_id in ids:
+    for raw_id in resolution.request_ids:
         request = {"request_id": _request_id(raw_id)}
-        if raw_id in hashes:
-            request["request_hash"] = _hex(hashes[raw_id])
-        if raw_id in dvc_hashes and dvc_hashes[raw_id]:
+        if raw_id in resolution.request_hashes:
+            request["request_hash"] = _hex(resolution.request_hashes[raw_id])
+        if dvc_hashes.get(raw_id):
             request["dvc_md5"] = _hex(dvc_hashes[raw_id], DVC_HASH)
-        if raw_id in received and _time(received[raw_id]):
-            request["received_at"] = _time(received[raw_id])
-        if raw_id in by_request:
-            request["n_forget"] = len(by_request[raw_id])
+        if raw_id in resolution.received_at and _time(resolution.received_at[raw_id]):
+            request["received_at"] = _time(resolution.received_at[raw_id])
+        if raw_id in resolution.forget_ids_by_request:
+            request["n_forget"] = len(resolution.forget_ids_by_request[raw_id])
         requests.append(request)
 
-    counts = {key: int(summary[key]) for key in COUNT_KEYS
-              if isinstance(summary.get(key), int) and not isinstance(summary.get(key), bool)}
-    digests = {key: _hex(summary[key]) for key in ("forget_digest", "retain_digest") if summary.get(key)}
-    forget_ids = [_hex(record_id) for record_id in summary.get("forget_ids") or []]
+    counts = {key: getattr(resolution, key) for key in COUNT_KEYS if getattr(resolution, key) is not None}
+    digests = {key: _hex(getattr(resolution, key)) for key in ("forget_digest", "retain_digest")}
+    forget_ids = [_hex(record_id) for record_id in resolution.forget_ids]
     if record_id_key is not None:  # a digest of the ids can be checked against a guess as well as the ids
         forget_ids = [keyed_hash(record_id_key, record_id) for record_id in forget_ids]
         digests = {key: keyed_hash(record_id_key, value) for key, value in digests.items()}
-    earlier = [_request_id(request_id) for request_id in summary.get("earlier_requests") or []]
+    earlier = [_request_id(request_id) for request_id in resolution.earlier_requests]
     return {
         "requests": requests,
         "counts": counts,

@@ -11,28 +11,27 @@ candidate's forget set.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from typing import Collection, Mapping
 
-from components.artifacts import GateCheck
+from components.artifacts import GateCheck, Resolution
 
 METRIC = "uncovered_processed_requests"
 SETTING = "registry.processed_requests"  # not a params.yaml key: the registry's own check
 MAX_NAMED = 20
 
 
-def uncovered_requests(summary: Mapping[str, Any] | None, processed: Mapping[str, Collection[str]],
+def uncovered_requests(resolution: Resolution | None, processed: Mapping[str, Collection[str]],
                        *, reproduction: bool) -> list[str]:
     """Ids of processed requests the candidate did not forget, sorted.
 
-    ``summary`` is the candidate's ``Resolution.summary()``; ``processed`` maps every
-    processed request id to the record ids it erased (``Inbox.earlier()``). A request is
-    covered when all its records are in the candidate's forget set; in a batch of the flow
-    also when the batch resolved it (``request_ids``) or re-checked it (``earlier_requests``).
+    ``resolution`` is the candidate's batch; ``processed`` maps every processed request id to the
+    record ids it erased (``Inbox.earlier()``). A request is covered when all its records are in the
+    candidate's forget set; in a batch of the flow also when the batch resolved it (``request_ids``)
+    or re-checked it (``earlier_requests``).
     """
-    summary = summary or {}
-    forgotten = set(summary.get("forget_ids") or [])
-    resolved = set() if reproduction else set(summary.get("request_ids") or []) | set(
-        summary.get("earlier_requests") or [])
+    forgotten = set(resolution.forget_ids) if resolution else set()
+    resolved = set() if reproduction or resolution is None else set(resolution.request_ids) | set(
+        resolution.earlier_requests)
     return sorted(request_id for request_id, record_ids in processed.items()
                   if request_id not in resolved and not set(record_ids) <= forgotten)
 
@@ -41,7 +40,7 @@ def _check(value: float | None, passed: bool, reason: str | None) -> GateCheck:
     return GateCheck(metric=METRIC, op="<=", threshold=0.0, value=value, passed=passed, setting=SETTING, reason=reason)
 
 
-def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Collection[str]] | None,
+def coverage_check(resolution: Resolution | None, processed: Mapping[str, Collection[str]] | None,
                    *, reproduction: bool) -> GateCheck | None:
     """The check, or None when there is nothing to decide (a flow batch given no ``processed``).
 
@@ -54,7 +53,7 @@ def coverage_check(summary: Mapping[str, Any] | None, processed: Mapping[str, Co
                   "forgets every processed request, and the processed requests were not given: nothing promoted. "
                   "Pass them (the inbox's processed requests, Inbox.earlier()) or process requests with the flow")
         return _check(None, False, reason)
-    missing = uncovered_requests(summary, processed, reproduction=reproduction)
+    missing = uncovered_requests(resolution, processed, reproduction=reproduction)
     if not missing:
         return _check(0.0, True, None)
     named = ", ".join(missing[:MAX_NAMED]) + (f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else "")

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, 
 
 from components.faults import crash_point
 from components.paths import RUN_ARTIFACTS, Paths, ReportFiles
-from components.artifacts import BATCH_ID, GateDecision, Metrics
+from components.artifacts import BATCH_ID, GateDecision, Metrics, Resolution
 from components.erasure.safe import safe_request_summary
 from components.gate import coverage_check, evaluate_gate
 from components.registry.retention import EVAL_FINGERPRINT_TAG
@@ -108,13 +108,13 @@ class Candidate(NamedTuple):
     """What the register step records: the measurements and the model they measured.
 
     ``metrics`` is evaluate's :class:`~components.artifacts.Metrics`; ``diagnostics`` the per-step records of the
-    unlearning loop; ``summary`` a ``Resolution.summary()`` dict (or ``resolution.json``);
+    unlearning loop; ``summary`` the batch's :class:`~components.artifacts.Resolution`;
     ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved model.
     """
 
     metrics: Metrics
     diagnostics: Sequence[Mapping[str, Any]]
-    summary: Mapping[str, Any] | None
+    summary: Resolution | None
     dvc_hashes: Mapping[str, str] | None
     model_dir: str | Path
     eval_fingerprint: str | None = None  # the model's evaluation-cache key: retention purges its entries

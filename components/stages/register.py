@@ -45,7 +45,7 @@ def register(
         known = repo.processed.is_dir() or repo.certificates.is_dir()
         processed_requests = erased_forget_ids(config, repo, Inbox(repo)) if known else {}
     candidate = Candidate(Metrics.load(paths.metrics), diagnostics,
-                          Resolution.load(paths.resolution).model_dump(), dvc_hashes, paths.unlearned,
+                          Resolution.load(paths.resolution), dvc_hashes, paths.unlearned,
                           evaluated_fingerprint(paths, "unlearned"))
     return register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
