@@ -87,5 +87,6 @@ def test_another_dvc_failure_is_not_retried(dvc_root, caplog, tmp_path_factory):
     caplog.set_level(logging.INFO, logger=RETRIES)
     with pytest.raises(versioning.VersioningError, match="dvc push failed") as raised:
         versioning.push(dvc_root)
+    assert "Not a directory" in str(raised.value), "DVC's reason, not its 'Having any troubles?' footer"
     assert "still held" not in str(raised.value)
     assert not [r for r in caplog.records if "trying again" in r.getMessage()]

@@ -79,7 +79,8 @@ def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
         logger.info("dvc %s: another DVC command holds the repository lock; trying again in %g s", args[0], delay)
         time.sleep(delay)
         delay = min(2 * delay, 8.0)
-    message = output.strip().splitlines()
+    lines = output.strip().splitlines()
+    message = [line for line in lines if line.startswith("ERROR")] or lines  # not DVC's "Having any troubles?"
     said = scrub_paths(message[-1], root, args[1:]) if message else str(result.returncode)
     waited = f" (the repository lock was still held after {lock_wait:g} s of retries)" if locked else ""
     raise VersioningError(f"dvc {args[0]} failed: {said}{waited}")
