@@ -842,6 +842,9 @@ class CertifiedEvidence(_Strict):
     measured_on: str
     oracle: bool
     metrics: dict[str, dict[Role, float]]
+    # the unlearned forget_prob of this request's records alone (the gate's max_earlier_regain_ratio
+    # compares later batches with it); absent from certificates issued before it was recorded
+    request_forget_prob: float | None = Field(default=None, ge=0, le=1)
 
 
 class CertifiedCheck(_Strict):

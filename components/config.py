@@ -256,8 +256,10 @@ class GateConfig(_Section):
     max_abs_privleak: float | None = Field(default=None, ge=0)
     # Earlier requests must stay forgotten: worst unlearned/target forget probability among them.
     max_earlier_forget_prob_ratio: float | None = Field(default=0.5, ge=0)
-    # ... and against the level each was erased to: worst unlearned forget probability / the one its
-    # certificate recorded (off by default; 2.0 lets an erased request come back at most 2x).
+    # ... and against the level each was erased to: worst unlearned forget probability of its records / the
+    # one its certificate recorded for them. Both params files ship 2.0 (an erased request may come back at
+    # most 2x; the ratio above alone lets one forgotten to 0.05 come back 9x, to 0.45, half a target's 0.9).
+    # Null here: a params.yaml without the key keeps the check off, as before it existed.
     max_earlier_regain_ratio: float | None = Field(default=None, ge=1)
     # Oracle-free: the forget set against the holdout (records never trained on).
     min_forget_holdout_ks_p: float | None = Field(default=None, ge=0, le=1)

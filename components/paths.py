@@ -258,6 +258,15 @@ class Paths:
         """The Markdown rendering kept beside a certificate file."""
         return Path(certificate).with_suffix(".md")
 
+    def erasure_proofs(self) -> list[Path]:
+        """What proves the erasures made here, pushed with every batch: the processed result notes,
+        every certificate with its rendering, and the chain head."""
+        notes = sorted(self.processed.glob(f"*{RESULT_SUFFIX}")) if self.processed.is_dir() else []
+        certificates = self.certificate_files()
+        renderings = [self.rendering(c) for c in certificates]
+        found = notes + certificates + renderings + [self.certificate_head]
+        return [p for p in found if p.is_file() and not p.is_symlink()]
+
     def runs(self, runs_dir: str) -> Path:
         """The folder of the flow's batch folders (``flow.runs_dir``)."""
         return self.root / runs_dir

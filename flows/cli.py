@@ -142,10 +142,22 @@ def model_fetch(name: str = typer.Argument(..., help="Which model: smollm2 (Smol
 def process(root: Path = ROOT, params: str = PARAMS) -> None:
     """Process every pending request now (the same flow the schedule runs)."""
     _environment(root)
-    from flows.pipeline import process_requests
+    from flows.pipeline import PushFailedError, process_requests
 
     _load(root, params)
-    summary = process_requests(root=str(root.resolve()), params=params)
+    try:
+        summary = process_requests(root=str(root.resolve()), params=params)
+    except PushFailedError as error:  # the batch is settled; only the remote lags
+        _show_batch(error.summary)
+        err.print(f"[red]The run failed: {escape(str(error))}[/red]")
+        raise typer.Exit(1)
+    _show_batch(summary)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def _show_batch(summary: dict) -> None:
+    """The batch's requests by outcome and the gate's verdict."""
     table = Table(title=f"Batch {summary['batch_id'] or '(none)'}")
     for column in ("processed", "rejected", "failed"):
         table.add_column(column)
@@ -154,11 +166,6 @@ def process(root: Path = ROOT, params: str = PARAMS) -> None:
     if summary.get("gate"):
         state = "[green]passed[/green]" if summary["gate"]["passed"] else "[red]FAILED[/red]"
         console.print(f"Gate {state}; model version {summary['gate']['version']}")
-    if summary.get("push_pending"):
-        err.print("[yellow]dvc push failed: the remote lags (see `blur status`); the next run retries it "
-                  "(or run `dvc push`).[/yellow]")
-    if summary["failed"]:
-        raise typer.Exit(1)
 
 
 @app.command("serve")

@@ -25,7 +25,8 @@ from components.data import versioning
 from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
-from components.data.versioning import bytes_md5, mark_push_pending, pending_push, push_or_record
+from components.data.versioning import (VersioningError, bytes_md5, mark_push_pending, pending_push,
+                                         push_or_record)
 from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
@@ -398,15 +399,41 @@ def _finish(batch: Batch, inbox: Inbox, paths: Paths, gate: GateDecision, metric
     _push(repo, batch.summary)
 
 
-def _push(repo: Paths, summary: dict | None = None) -> None:
-    """Push the versioned requests; a failure is recorded (``push_pending`` in the summary, the
-    marker file), shown by ``blur status`` and ``blur process``, and retried by the next run."""
+class PushFailedError(VersioningError):
+    """The run decided and settled its batch, but ``dvc push`` failed: the remote lacks what the run
+    versioned (request files, result notes, certificates). The run ends Failed, not Completed; the
+    failure is recorded (``push-pending.json``) and the next run pushes first. ``summary`` is the
+    run's summary, as a completed run returns it."""
+
+    def __init__(self, summary: dict, message: str):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # Prefect may pickle a failed flow's exception: keep the summary
+        return type(self), (self.summary, str(self))
+
+
+def _push(repo: Paths, summary: dict) -> None:
+    """Push the versioned requests and what proves their erasure; a failure is recorded
+    (``push_pending`` in the summary, the marker file), shown by ``blur status`` and ``blur process``,
+    retried by the next run, and fails this run once its batch is settled (:class:`PushFailedError`)."""
     error = push_or_record(repo)
-    if error and summary is not None:
-        summary["push_pending"] = True
-    if error:
-        get_run_logger().warning("dvc push failed (%s); recorded in %s, retried by the next run "
-                                 "(or run `dvc push`)", error, repo.push_pending.relative_to(repo.root))
+    if error is None:
+        summary.pop("push_pending", None)
+        return
+    summary["push_pending"] = error
+    get_run_logger().warning("dvc push failed (%s); recorded in %s, retried by the next run "
+                             "(or run `dvc push`)", error, repo.push_pending.relative_to(repo.root))
+
+
+def _fail_if_push_pending(repo: Paths, summary: dict) -> None:
+    """Raise :class:`PushFailedError` when this run's last push failed: its batch is settled, the remote lags."""
+    if summary.get("push_pending"):
+        decided = len(summary["processed"]) + len(summary["rejected"]) + len(summary["failed"])
+        raise PushFailedError(summary, (
+            f"batch {summary['batch_id'] or '(none)'}: {decided} request(s) decided and settled, but the remote "
+            f"lags: {summary['push_pending']}; recorded in {repo.push_pending.relative_to(repo.root)}, the next "
+            "run pushes first (or run `dvc push`)"))
 
 
 def _publish(summary: dict, gate: GateDecision | None, metrics: Metrics | None) -> None:
@@ -487,32 +514,41 @@ def process_requests(root: str = ".", params: str = PARAMS_FILE,
     One run at a time per inbox: the run lock file (released by the operating system if the
     process dies), then the Prefect concurrency slot (see :func:`_server_slot`). The inbox lock
     is taken only while files move, so people's add, cancel and retry work during the batch.
+    Returns the run's summary; a run whose last ``dvc push`` failed ends Failed once its batch is
+    settled (:class:`PushFailedError`, carrying the summary): the remote lags until a push succeeds.
     """
     ctx = flow_context(root, params, overrides)
     repo, config = ctx.paths, ctx.config
     apply_threads(config)
     batch, inbox = Batch(ctx), Inbox(repo)
     with inbox.run_lock(timeout=config.flow.lock_timeout_seconds), _server_slot(config), inbox.batch_run():
-        if pending_push(repo):
-            _push(repo)  # a previous run's failed push first
-        valid = _take(batch, inbox)
-        if not valid and not batch.summary["rejected"] and not batch.summary.get("skipped"):
-            get_run_logger().info("inbox is empty: nothing to process")
-            return batch.summary
-        _check_each(batch, inbox, valid)
-        if not batch.accepted:
-            _publish(batch.summary, None, None)
-            if batch.summary["processed"]:  # settled from their certificates: purge their copies, version them
-                purge_batch_copies(config, repo)
-                _push(repo, batch.summary)
-            return batch.summary
-        champion = find_champion.with_options(**batch.retry)(config, repo)
-        promoted = _promoted(batch, champion)
-        if promoted is not None:  # a previous run's candidate serves: finish it, do not unlearn again
-            _finish(batch, inbox, *promoted)
-            return batch.summary
-        paths, start = _open_batch(batch, champion)
-        with _failures_counted(batch, inbox, paths):
-            resolution, metrics, gate = _run_batch(batch, inbox, paths, start)
-        _finish(batch, inbox, paths, gate, metrics, resolution.forget_ids_by_request)
+        _process(batch, inbox)
+    _fail_if_push_pending(repo, batch.summary)
     return batch.summary
+
+
+def _process(batch: Batch, inbox: Inbox) -> None:
+    """The run's work under its locks: a pending push first, then take, check, unlearn or finish."""
+    config, repo = batch.config, batch.repo
+    if pending_push(repo):
+        _push(repo, batch.summary)  # a previous run's failed push first
+    valid = _take(batch, inbox)
+    if not valid and not batch.summary["rejected"] and not batch.summary.get("skipped"):
+        get_run_logger().info("inbox is empty: nothing to process")
+        return
+    _check_each(batch, inbox, valid)
+    if not batch.accepted:
+        _publish(batch.summary, None, None)
+        if batch.summary["processed"]:  # settled from their certificates: purge their copies, version them
+            purge_batch_copies(config, repo)
+            _push(repo, batch.summary)
+        return
+    champion = find_champion.with_options(**batch.retry)(config, repo)
+    promoted = _promoted(batch, champion)
+    if promoted is not None:  # a previous run's candidate serves: finish it, do not unlearn again
+        _finish(batch, inbox, *promoted)
+        return
+    paths, start = _open_batch(batch, champion)
+    with _failures_counted(batch, inbox, paths):
+        resolution, metrics, gate = _run_batch(batch, inbox, paths, start)
+    _finish(batch, inbox, paths, gate, metrics, resolution.forget_ids_by_request)

@@ -23,8 +23,9 @@ the real inbox (real files, locks, journal and moves), the real ledger, the real
 - The training steps: no oracle, a copy-free unlearn (one small ``.safetensors`` file) and the metrics of
   ``tests/stub_stages.py`` (evaluate); ``prepare`` skips training the demo tokenizer.
 - DVC: the folder is not a DVC repository; ``dvc add`` is a double returning each file's md5 (what
-  DVC records) and moves are renames. "DVC lock held" makes both raise ``VersioningError`` from a
-  chosen fault point on, like an operator's ``dvc push`` starting mid-run.
+  DVC records; the erasure proofs' ``dvc add`` before a push does nothing), moves are renames and a
+  push does nothing. "DVC lock held" makes them raise ``VersioningError`` from a chosen fault point
+  on, like an operator's ``dvc push`` starting mid-run (a failed push then fails the run, settled).
 - MLflow: :class:`RegistryDouble` stands for the registry behind ``register``, ``find-champion``,
   ``record-erasure`` (retention ``delete``, ``log_certificate_to_mlflow``'s version check kept),
   ``registry_erasures`` and ``promoted_batch``. It behaves like the real one where the lifecycle
@@ -290,9 +291,14 @@ def patched_flow(monkeypatch):
         HARNESS.machine.dvc_step("push")
         return False
 
+    def track_proofs(paths):  # `dvc add` of the result notes and certificates before each push
+        HARNESS.machine.dvc_step("add")
+        return []
+
     real_move = versioning.move
     monkeypatch.setattr(versioning, "move", move)
     monkeypatch.setattr(versioning, "push", push)
+    monkeypatch.setattr(versioning, "track_proofs", track_proofs)
     monkeypatch.setattr(inbox_module, "crash_point", HARNESS.crash_point)
     monkeypatch.setattr(pipeline, "crash_point", HARNESS.crash_point)
     monkeypatch.setattr(prepare_module, "_prepare_model_inputs", lambda ctx, records: ctx)
@@ -587,7 +593,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(point=st.sampled_from(POINTS), gate_passes=st.booleans())
     def dvc_lock_held(self, point, gate_passes):
         """Another DVC command (an operator's `dvc push`) takes the repository lock at a named point of a
-        run: every later `dvc add`/`dvc move` of the run fails at once."""
+        run: every later `dvc add`/`move`/`push` of the run fails (as once the retries of
+        components/data/versioning.py run out); a failed push fails the run after its batch settled."""
         self.registry.gate_passes, self.lock_from = gate_passes, point
         try:
             self._run()

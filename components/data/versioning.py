@@ -1,16 +1,20 @@
-"""Version request files with DVC: every request is hashed, cached and pushed to the remote.
+"""Version request files with DVC: every request is hashed, cached and pushed to the remote, and
+so is what proves its erasure (its result note and certificate).
 
 Runs the ``dvc`` command line in the repository that holds the inbox (a separate process:
 DVC resolves paths against the working directory, which a long-running flow must not
 change). Moving a tracked file goes through ``dvc move`` so its ``.dvc`` file and
-``.gitignore`` entry follow.
+``.gitignore`` entry follow. A command that meets another DVC command's repository lock is
+tried again for up to :data:`LOCK_WAIT_SECONDS` (:func:`_dvc`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,15 +49,41 @@ def is_repo(root: Path) -> bool:
     return any((folder / DVC_DIR).is_dir() for folder in (root, *root.parents))
 
 
-def _dvc(root: Path, *args: str) -> str:
+logger = logging.getLogger(__name__)
+
+# What DVC says when another DVC command (an operator's `dvc push`, say) holds the repository lock
+# (`.dvc/tmp/lock`) past the 3 s DVC itself waits: the start of dvc.lock.FAILED_TO_LOCK_MESSAGE (DVC 3).
+DVC_LOCK_ERROR = "Unable to acquire lock"
+# A command that meets that lock is started again (back-off 1, 2, 4, 8, 8 ... s) while less than this many
+# seconds have passed since its first try; each try itself waits DVC's 3 s, so it gives up at most about 45 s
+# after it began: within the 60 s a person's `blur request add` waits for the inbox lock while a request's
+# file moves (inbox.USER_LOCK_SECONDS). A move that still fails leaves a certified request settling, finished
+# by the next run; a failed push is recorded, fails the run and is retried by the next one.
+LOCK_WAIT_SECONDS = 30.0
+
+
+def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
+    """Run ``dvc ARGS`` in ``root``; on DVC's lock error only, start it again with back-off while less
+    than ``lock_wait`` seconds have passed. Any other failure raises at once (:class:`VersioningError`)."""
     if not is_repo(root):
         raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip().splitlines()
-        said = scrub_paths(message[-1], root, args[1:]) if message else str(result.returncode)
-        raise VersioningError(f"dvc {args[0]} failed: {said}")
-    return result.stdout
+    deadline, delay = time.monotonic() + lock_wait, 1.0
+    while True:
+        result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+        if result.returncode == 0:
+            return result.stdout
+        output = result.stderr or result.stdout
+        locked = DVC_LOCK_ERROR in output
+        if not locked or time.monotonic() + delay > deadline:
+            break
+        logger.info("dvc %s: another DVC command holds the repository lock; trying again in %g s", args[0], delay)
+        time.sleep(delay)
+        delay = min(2 * delay, 8.0)
+    lines = output.strip().splitlines()
+    message = [line for line in lines if line.startswith("ERROR")] or lines  # not DVC's "Having any troubles?"
+    said = scrub_paths(message[-1], root, args[1:]) if message else str(result.returncode)
+    waited = f" (the repository lock was still held after {lock_wait:g} s of retries)" if locked else ""
+    raise VersioningError(f"dvc {args[0]} failed: {said}{waited}")
 
 
 def file_token(name: str) -> str:
@@ -101,7 +131,7 @@ def track(root: Path, files: list[Path]) -> dict[str, str | None]:
     """
     untracked = [f for f in files if not f.is_symlink() and tracked_hash(f) is None]
     if untracked:
-        _dvc(root, "add", "--quiet", *(_relative(root, f) for f in untracked))
+        _dvc(root, "add", *(_relative(root, f) for f in untracked))
     return {f.name: tracked_hash(f) for f in files}
 
 
@@ -111,7 +141,7 @@ def move(root: Path, source: Path, destination: Path) -> Path:
     if tracked_hash(source) is None:
         source.rename(destination)
         return destination
-    _dvc(root, "move", "--quiet", _relative(root, source), _relative(root, destination))
+    _dvc(root, "move", _relative(root, source), _relative(root, destination))
     return destination
 
 
@@ -119,14 +149,26 @@ def push(root: Path) -> bool:
     """``dvc push`` to the default remote; False (nothing done) when no remote is configured."""
     if not _dvc(root, "remote", "default").strip():
         return False
-    _dvc(root, "push", "--quiet")
+    _dvc(root, "push")
     return True
 
 
+def track_proofs(paths: "Paths") -> list[Path]:
+    """``dvc add`` what proves the erasures (:meth:`Paths.erasure_proofs`: result notes, certificates,
+    their renderings, the chain head) where DVC has not recorded its current bytes, so the next push
+    takes it to the remote; returns the files added."""
+    changed = [p for p in paths.erasure_proofs() if tracked_hash(p) != file_md5(p)]
+    if changed:
+        _dvc(paths.root, "add", *(_relative(paths.root, p) for p in changed))
+    return changed
+
+
 def push_or_record(paths: "Paths") -> str | None:
-    """``dvc push``; on failure record it in ``paths.push_pending`` (shown by ``blur status``, retried
-    by the next run) and return the error; on success clear any record."""
+    """Track the erasure proofs (:func:`track_proofs`) and ``dvc push``; on failure record it in
+    ``paths.push_pending`` (shown by ``blur status``, retried by the next run) and return the error;
+    on success clear any record."""
     try:
+        track_proofs(paths)
         push(paths.root)
     except Exception as error:  # the batch is done and versioned locally; only the remote copy lags
         _record_pending(paths, f"{type(error).__name__}: {error}")

@@ -73,6 +73,7 @@ class ErasureEvidence:
     weights_sha256: str
     metrics: Metrics
     gate: GateDecision
+    request_forget_prob: float | None = None  # the unlearned forget_prob of this request's records alone
     received_at: str | None = None
     erased_at: str | None = None
     request_dvc_md5: str | None = None
@@ -269,7 +270,8 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
         "model": {"name": _text(e.model_name), "version": _text(e.model_version), "run_id": _text(e.run_id),
                   "weights_sha256": _text(e.weights_sha256)},
         "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
-                     "oracle": "forget_quality" in metrics, "metrics": metrics},
+                     "oracle": "forget_quality" in metrics, "metrics": metrics,
+                     "request_forget_prob": _number(e.request_forget_prob)},
         "gate": certified_gate(e.gate if isinstance(e.gate, GateDecision) else GateDecision.model_validate(e.gate)),
         "retention": {"policy": e.retention,
                       "versions_superseded": [str(v) for v in e.versions_superseded],
@@ -303,6 +305,9 @@ def render_markdown(certificate: Mapping[str, Any]) -> str:
     ]
     for key, values in c["evidence"]["metrics"].items():
         lines.append(f"| {key} | " + " | ".join(_cell(values.get(role)) for role in ROLES) + " |")
+    if c["evidence"].get("request_forget_prob") is not None:  # absent from certificates issued before it
+        lines.append(f"\nThis request's records alone: unlearned forget_prob "
+                     f"{_cell(c['evidence']['request_forget_prob'])} (what later batches must stay near).")
     if not c["evidence"]["oracle"]:
         lines.append("\nNo oracle model: forget quality was not measured.")
     gate = c["gate"]

@@ -44,7 +44,7 @@ class CertifiedRequest(BaseModel):
     model_version: str | None = None
     run_id: str | None = None
     certificate_hash: str | None = None
-    erased_forget_prob: float | None = None  # the unlearned forget_prob its certificate recorded
+    erased_forget_prob: float | None = None  # the unlearned forget_prob its certificate recorded (its own records)
 
 
 def certified_requests(root: str | Path) -> dict[str, CertifiedRequest]:
@@ -70,7 +70,16 @@ def _read_certificate(path: Path) -> CertifiedRequest:
         request_id=request.request_id, content_sha256=request.content_sha256, ids_digest=forget.ids_digest,
         n_records=forget.n_records, batch_id=forget.batch_id, model_name=model.name, model_version=model.version,
         run_id=model.run_id, certificate_hash=certificate.certificate_hash,
-        erased_forget_prob=certificate.evidence.metrics.get("forget_prob", {}).get("unlearned"))
+        erased_forget_prob=_erased_level(certificate))
+
+
+def _erased_level(certificate: Certificate) -> float | None:
+    """The forget_prob the request was erased to: of its own records where the certificate recorded it,
+    else (a certificate issued before that) of its batch's whole forget set."""
+    evidence = certificate.evidence
+    if evidence.request_forget_prob is not None:
+        return evidence.request_forget_prob
+    return evidence.metrics.get("forget_prob", {}).get("unlearned")
 
 
 def registry_erasures(root: str | Path) -> dict[str, str]:

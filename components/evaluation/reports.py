@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Mapping
 
 from components.artifacts import Metrics
 from components.evaluation.evaluator import (
@@ -72,3 +72,19 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def per_item_means(files: ReportFiles, role: str, split: str, column: str,
+                   groups: Mapping[str, Collection[str]]) -> dict[str, float | None]:
+    """The mean of ``column`` over each group's records (by record id) in ``role``'s per-item CSV of
+    ``split``, as evaluate aggregates a metric; None for a group without a value (or no CSV)."""
+    path = files.per_item_file(role, split_file_stem(split))
+    if not path.is_file():
+        return {name: None for name in groups}
+    with path.open(newline="", encoding="utf-8") as handle:
+        values = {row["record_id"]: row.get(column) for row in csv.DictReader(handle)}
+    means: dict[str, float | None] = {}
+    for name, record_ids in groups.items():
+        found = [float(values[i]) for i in record_ids if values.get(i) not in (None, "")]
+        means[name] = sum(found) / len(found) if found else None
+    return means
