@@ -63,19 +63,21 @@ LOCK_WAIT_SECONDS = 30.0
 
 
 def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
-    """Run ``dvc ARGS`` in ``root``; on DVC's lock error only, start it again with back-off while less
-    than ``lock_wait`` seconds have passed. Any other failure raises at once (:class:`VersioningError`)."""
+    """Run ``dvc ARGS`` in ``root``; on DVC's lock error only, start it again with back-off: once in any
+    case (one attempt alone can outlast ``lock_wait`` on a loaded machine), then while less than
+    ``lock_wait`` seconds have passed. Any other failure raises at once (:class:`VersioningError`)."""
     if not is_repo(root):
         raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
-    deadline, delay = time.monotonic() + lock_wait, 1.0
+    deadline, delay, retried = time.monotonic() + lock_wait, 1.0, False
     while True:
         result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
         if result.returncode == 0:
             return result.stdout
         output = result.stderr or result.stdout
         locked = DVC_LOCK_ERROR in output
-        if not locked or time.monotonic() + delay > deadline:
+        if not locked or (retried and time.monotonic() + delay > deadline):
             break
+        retried = True
         logger.info("dvc %s: another DVC command holds the repository lock; trying again in %g s", args[0], delay)
         time.sleep(delay)
         delay = min(2 * delay, 8.0)
