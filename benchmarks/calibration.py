@@ -266,6 +266,20 @@ def _by_role(key: str):
     return lambda run: " / ".join(_f(run["metrics"][role].get(key)) for role in ("target", "unlearned", "oracle"))
 
 
+def margin(check: dict[str, Any]) -> float | None:
+    """How far inside its threshold a gate check's value is, as a fraction of the threshold (negative: failed)."""
+    value, threshold = check["value"], check["threshold"]
+    if value is None or not threshold:
+        return None
+    return (value - threshold) / abs(threshold) if check["op"] == ">=" else (threshold - value) / abs(threshold)
+
+
+def _tightest(run: dict[str, Any]) -> str:
+    """The deciding gate check closest to its threshold, with its margin (the make-run criterion asks 10%)."""
+    found = [(m, c["metric"]) for c in run["gate"]["checks"] if c.get("decides") and (m := margin(c)) is not None]
+    return "-" if not found else f"{min(found)[1]} {min(found)[0]:+.0%}"
+
+
 def _judged(key: str):
     return lambda run: _f(judged(run)[key])
 
@@ -285,6 +299,7 @@ RUNS = [
     ("retain part ratio", _judged("retain_utility_ratio")),
     ("world facts drop", _judged("world_facts_drop")), ("relearn gap", _judged("relearn_gap")),
     ("gate (oracle-free / oracle)", lambda r: f"{_f(r['gate']['oracle_free'])} / {_f(r['gate']['oracle'])}"),
+    ("tightest deciding check", _tightest),
     ("unlearn s", lambda r: f"{r['unlearn_seconds']:.0f}"), ("evaluate s", lambda r: f"{r['evaluate_seconds']:.0f}"),
 ]
 FLOORS = [
