@@ -89,7 +89,7 @@ def tiny_setup() -> TinySetup:
     return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
 
 
-pytest_plugins = ["registry_fixtures", "reliability_runs"]
+pytest_plugins = ["registry_fixtures", "reliability_runs", "operator_server"]
 
 
 @pytest.fixture(scope="session")
@@ -103,17 +103,22 @@ def seed_target(tmp_path_factory):
 
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the test files of the shared `blur process` runs (tests/reliability_runs.py) as one
-    unit on one worker: each run is built once per session instead of once per worker that needs it."""
+    unit on one worker, and those of the operator's Prefect server (tests/operator_server.py) as another: each run
+    or server is started once per session instead of once per worker that needs it."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    from operator_server import OPERATOR_SERVER_FILES
     from reliability_runs import SHARED_RUN_FILES
 
     class SharedRunsTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = super()._split_scope(nodeid)
-            return "the shared blur runs" if file.rsplit("/", 1)[-1] in SHARED_RUN_FILES else file
+            name = file.rsplit("/", 1)[-1]
+            if name in SHARED_RUN_FILES:
+                return "the shared blur runs"
+            return "the operator's Prefect server" if name in OPERATOR_SERVER_FILES else file
 
     return SharedRunsTogether(config, log)
 
