@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,7 +14,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 import absl.logging  # rouge_score's logger, imported by components.evaluation
 import prefect.main  # noqa: F401  sets up Prefect's logging now (`import prefect` alone is lazy and does not)
 import pytest
-import torch
 
 # Logging is reconfigured during the session (Prefect's setup_logging on the first `from prefect import flow`):
 # logging.config.dictConfig closes every handler ever made, attached or not. absl's handler, made on
@@ -24,13 +24,14 @@ import torch
 # handler is made above, outside any CliRunner call, so it never holds a CliRunner's temporary stream.
 absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
+# torch, transformers and the modeling code are imported by the fixtures that use them, not here: xdist's
+# controller imports this file too and runs no test (8 CPU-s of imports there before, 1.7 now).
 from components.config import Config, FinetuneConfig, TinyModelConfig
-from components.data.demo_world import generate_world
-from components.data.records import QARecord
-from components.modeling.finetune import finetune
-from components.modeling.tiny_model import build_tiny_model
-from components.modeling.tokenizer import train_tokenizer
-from components.modeling.encoding import answer_texts
+
+if TYPE_CHECKING:
+    import torch
+
+    from components.data.records import QARecord
 
 TINY_SIZES = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4)
 MAX_LENGTH = 64
@@ -53,6 +54,8 @@ class TinySetup:
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train fastest on one thread, and far faster than on two when the cores are shared."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -61,6 +64,14 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_setup() -> TinySetup:
+    import torch
+
+    from components.data.demo_world import generate_world
+    from components.modeling.encoding import answer_texts
+    from components.modeling.finetune import finetune
+    from components.modeling.tiny_model import build_tiny_model
+    from components.modeling.tokenizer import train_tokenizer
+
     torch.set_num_threads(1)  # tiny models; more threads only thrash when cores are shared
     world, holdout = generate_world(seed=1, n_subjects=8, n_holdout_subjects=2, facts_per_subject=8)
     forget_subject = world[0].subject
@@ -78,7 +89,7 @@ def tiny_setup() -> TinySetup:
     return TinySetup(world, holdout, forget, retain, tokenizer, target, oracle, config)
 
 
-pytest_plugins = ["registry_fixtures", "reliability_runs"]
+pytest_plugins = ["registry_fixtures", "reliability_runs", "operator_server"]
 
 
 @pytest.fixture(scope="session")
@@ -92,17 +103,22 @@ def seed_target(tmp_path_factory):
 
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the test files of the shared `blur process` runs (tests/reliability_runs.py) as one
-    unit on one worker: each run is built once per session instead of once per worker that needs it."""
+    unit on one worker, and those of the operator's Prefect server (tests/operator_server.py) as another: each run
+    or server is started once per session instead of once per worker that needs it."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    from operator_server import OPERATOR_SERVER_FILES
     from reliability_runs import SHARED_RUN_FILES
 
     class SharedRunsTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = super()._split_scope(nodeid)
-            return "the shared blur runs" if file.rsplit("/", 1)[-1] in SHARED_RUN_FILES else file
+            name = file.rsplit("/", 1)[-1]
+            if name in SHARED_RUN_FILES:
+                return "the shared blur runs"
+            return "the operator's Prefect server" if name in OPERATOR_SERVER_FILES else file
 
     return SharedRunsTogether(config, log)
 

@@ -26,6 +26,17 @@ from stub_stages import stubbed_stages
 pytestmark = pytest.mark.slow
 
 
+def _import_what_each_run_imports() -> None:
+    """Import here what a flow run imports on first use (Great Expectations alone takes seconds of CPU),
+    so each forked run inherits it instead of importing it again; what the runs do is unchanged."""
+    import great_expectations  # noqa: F401  (components/validation/gx_run.py)
+    import matplotlib.figure  # noqa: F401  (components/reports/plots.py)
+
+    import components.erasure.certificates  # noqa: F401  (components/erasure/record.py)
+    import components.evaluation.cache  # noqa: F401
+    import components.registry.retention  # noqa: F401
+
+
 def _run(repo: Path, point: str | None) -> int:
     def target() -> None:
         if point:
@@ -77,6 +88,7 @@ def test_sigkill_at_every_point_then_a_rerun_keeps_every_invariant(tmp_path, pre
     repo = make_flow_repo(tmp_path / "repo", {"flow.concurrency_limit": limit}, mlflow_db=migrated_mlflow_db)
     seed_target(repo)
     world, _ = generate_world(seed=0, n_subjects=6, n_holdout_subjects=2, facts_per_subject=8)
+    _import_what_each_run_imports()
     with stubbed_stages():  # the invariants are about orchestration: no training in the forked runs
         for index, point in enumerate(POINTS):
             _request(repo, index, world[index * 5])

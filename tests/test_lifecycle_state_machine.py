@@ -19,7 +19,8 @@ the real inbox (real files, locks, journal and moves), the real ledger, the real
 ``prepare`` stage, and real hash-chained certificates, with these doubles:
 
 - Prefect: tasks are called as plain functions (no retries, no task runs), the run logger is a plain
-  logger and artifacts are dropped. The lifecycle does not depend on Prefect's bookkeeping.
+  logger, artifacts are dropped and no global concurrency slot is taken (the run lock file serialises
+  the runs, as without a Prefect server). The lifecycle does not depend on Prefect's bookkeeping.
 - The training steps: no oracle, a copy-free unlearn (one small ``.safetensors`` file) and the metrics of
   ``tests/stub_stages.py`` (evaluate); ``prepare`` skips training the demo tokenizer.
 - DVC: the folder is not a DVC repository; ``dvc add`` is a double returning each file's md5 (what
@@ -53,6 +54,7 @@ import stat
 import tempfile
 import uuid
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,6 +305,9 @@ def patched_flow(monkeypatch):
     monkeypatch.setattr(pipeline, "crash_point", HARNESS.crash_point)
     monkeypatch.setattr(prepare_module, "_prepare_model_inputs", lambda ctx, records: ctx)
     monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("lifecycle"))
+    # no Prefect concurrency slot, as without a Prefect server: else, once another test on this process has
+    # started the session's test server, every step would take and renew one over HTTP (8x the CPU)
+    monkeypatch.setattr(pipeline, "_server_slot", lambda config: nullcontext())
     monkeypatch.setattr(pipeline, "create_markdown_artifact", lambda **_: None)
     monkeypatch.setattr(pipeline, "create_table_artifact", lambda **_: None)
     monkeypatch.setattr(pipeline, "registry_erasures", registry("erasures"))

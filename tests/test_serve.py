@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from operator_server import BIN
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -33,29 +26,14 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def test_blur_serve_schedules_the_flow_on_a_real_server(tmp_path):
-    api = f"http://127.0.0.1:{_free_port()}/api"
+def test_blur_serve_schedules_the_flow_on_a_real_server(tmp_path, operator_server):
+    api = operator_server  # the session's `prefect server start` (tests/operator_server.py)
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false", HF_HUB_OFFLINE="1")
-    port = api.split(":")[2].split("/")[0]
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    served = None
+    served = subprocess.Popen([str(BIN / "blur"), "serve", "--cron", "*/7 * * * *", "--root", str(tmp_path)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait(lambda: _healthy(api), 180, "the Prefect server")
-        served = subprocess.Popen([str(bin_dir / "blur"), "serve", "--cron", "*/7 * * * *", "--root", str(tmp_path)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -71,13 +49,11 @@ def test_blur_serve_schedules_the_flow_on_a_real_server(tmp_path):
         assert found.parameters["root"] == str(tmp_path)
         assert found.global_concurrency_limit is not None and found.global_concurrency_limit.limit == 1
     finally:
-        for process in (served, server):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        served.terminate()
+        try:
+            served.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            served.kill()
 
 
 def test_serve_without_a_server_says_how_to_start_one(tmp_path, monkeypatch):

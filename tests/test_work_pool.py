@@ -1,10 +1,10 @@
 """prefect.yaml deploys the inbox flow to a process work pool; a worker claims the run and finishes it.
 
-Everything is real and on loopback: `prefect server start` on 127.0.0.1 (a free port, a
-temporary PREFECT_HOME), `prefect work-pool create`, `prefect deploy` from the repository's
-prefect.yaml, `prefect deployment run`, and `prefect worker start --run-once` running the
-flow on a tiny flow repository (unlearning on 2 gloo ranks under torchrun). The server and the worker run in their own process groups,
-which are killed at the end whatever happens.
+Everything is real and on loopback: `prefect server start` on 127.0.0.1 (the session's, shared with
+tests/test_serve.py: tests/operator_server.py), `prefect work-pool create`, `prefect deploy` from the
+repository's prefect.yaml, `prefect deployment run`, and `prefect worker start --run-once` running the
+flow on a tiny flow repository (unlearning on 2 gloo ranks under torchrun). The server and the worker run
+in their own process groups, which are killed at the end whatever happens.
 """
 
 from __future__ import annotations
@@ -13,63 +13,22 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
+from operator_server import BIN, start, stop
 from pipeline_repo import make_flow_repo, request_json, tiny_subjects
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 POOL = "blur-pool"
 DEPLOYMENT = "process-deletion-requests/nightly-pool"
 CRON = "17 3 * * *"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _start(args: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """A process in its own group (so its children die with it), output to ``log``."""
-    with log.open("wb") as handle:
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Terminate the process group; kill it if it has not gone within 30 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-    else:  # the leader is gone; take any child it left behind
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _prefect(args: list[str], env: dict, cwd: Path, timeout: int = 300) -> str:
@@ -81,25 +40,14 @@ def _prefect(args: list[str], env: dict, cwd: Path, timeout: int = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A real Prefect server on 127.0.0.1 and the environment that points at it."""
+def prefect_api(operator_server, tmp_path_factory):
+    """The session's `prefect server start` (tests/operator_server.py) and the environment that points at it."""
     home = tmp_path_factory.mktemp("prefect-home")
-    api = f"http://127.0.0.1:{_free_port()}/api"
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false", PREFECT_CLI_PROMPT="false", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    port = api.split(":")[2].split("/")[0]
-    server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
-                    env, home / "server.log")
-    try:
-        deadline = time.monotonic() + 180
-        while not _healthy(api):
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Prefect server did not start within 180 s"
-            time.sleep(1)
-        yield api, env
-    finally:
-        _stop(server)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=operator_server,
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false", PREFECT_CLI_PROMPT="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return operator_server, env
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +69,12 @@ def worker_run(prefect_api, tmp_path_factory, migrated_mlflow_db, seed_target):
     output = _prefect(["deployment", "run", DEPLOYMENT], env, repo)
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
     assert match, output
-    worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
-                    env, repo.parent / "worker.log", cwd=repo.parent)
+    worker = start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
+                   env, repo.parent / "worker.log", cwd=repo.parent)
     try:
         worker.wait(timeout=900)
     finally:
-        _stop(worker)
+        stop(worker)
     return {"repo": repo, "api": api, "flow_run_id": match.group(1), "worker_log": repo.parent / "worker.log",
             "deploy_seconds": deployed - started, "run_seconds": time.monotonic() - deployed}
 
