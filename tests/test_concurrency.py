@@ -47,7 +47,8 @@ def test_every_request_is_processed_exactly_once(two_at_once):
     assert sorted(result["request_id"] for result in results) == REQUEST_IDS
     assert len({result["batch_id"] for result in results}) == 1
     assert {result["model_version"] for result in results} == {"1"}
-    assert sorted(p.name for p in (requests / "processed").glob("*.json.dvc")) == [f"{i}.json.dvc" for i in REQUEST_IDS]
+    tracked = sorted(p.name for p in (requests / "processed").glob("*.json.dvc"))  # each request and its result note
+    assert tracked == sorted([f"{i}.json.dvc" for i in REQUEST_IDS] + [f"{i}.result.json.dvc" for i in REQUEST_IDS])
     for folder in ("inbox", "rejected", "failed"):
         assert not [p for p in (requests / folder).iterdir() if not p.name.startswith(".")], folder
 
