@@ -177,6 +177,7 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
     if result.get("floor") is None and paths.resources.exists():  # runs recorded before the floor was kept here
         result = result | {"floor": Resources.read(paths.resources).floor()}
     return result | {
+        "run": paths.root.relative_to(ROOT).as_posix(),  # --from-cache finds this very run again
         "metrics": {role: {k: metrics.value(role, k) for k in KEEP} | {"forget_truth_ratio_median": _median_tr(paths, role)}
                     for role in ROLES},
         "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
@@ -196,6 +197,24 @@ def _median_tr(paths, role: str) -> float | None:
     with file.open(newline="") as handle:
         values = [float(row["truth_ratio"]) for row in csv.DictReader(handle) if row.get("truth_ratio")]
     return statistics.median(values) if values else None
+
+
+def recorded_runs(out: Path, stem: str) -> dict[tuple[str, int], str]:
+    """The cached run folders a results file names (``run``), by (world, seed). ``--from-cache`` rebuilds
+    from exactly these, so a tuning stem is not re-resolved against defaults that changed since."""
+    stored = harness.read_json(Path(out) / f"{stem}.json") or {}
+    return {(run["world"], run["seed"]): run["run"] for run in stored.get("runs", []) if run.get("run")}
+
+
+def recorded_run(world: World, seed: int, folder: str) -> dict[str, Any] | None:
+    """A run recorded under ``ROOT / folder``, the profile's gate re-applied; None when the folder is gone."""
+    from components.paths import Paths
+
+    paths = Paths(ROOT / folder, config_root=world.root)
+    done = paths.root / "result.json"
+    if not done.exists():
+        return None
+    return with_gate(json.loads(done.read_text()), paths, _config(world, seed).with_overrides({"seed": seed}))
 
 
 # --------------------------------------------------------------------------- judging
@@ -277,7 +296,7 @@ def margin(check: dict[str, Any]) -> float | None:
 def _tightest(run: dict[str, Any]) -> str:
     """The deciding gate check closest to its threshold, with its margin (the make-run criterion asks 10%)."""
     found = [(m, c["metric"]) for c in run["gate"]["checks"] if c.get("decides") and (m := margin(c)) is not None]
-    return "-" if not found else f"{min(found)[1]} {min(found)[0]:+.0%}"
+    return "-" if not found else f"{min(found)[1]} {min(found)[0]:+.1%}"
 
 
 def _judged(key: str):
@@ -360,7 +379,8 @@ JUDGED = ("demo", "smollm2", "tofu")  # the issue's three worlds; smollm2_tuning
 def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
          from_cache: bool = harness.typer.Option(False, help="rebuild the results from the cached runs of these settings "
-                                                 "(the gate re-applied; nothing is trained or run, missing runs are listed)"),
+                                                 "(those the results file names, else today's; the gate re-applied; "
+                                                 "nothing is trained or run, missing runs are listed)"),
          train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle"),
          set_: list[str] = harness.typer.Option([], "--set", help="KEY=VALUE off the shipped defaults (tuning runs "
                                                 "only: use seeds the judged runs do not, and another --stem)"),
@@ -374,7 +394,10 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
               for name, w in WORLDS.items()}
     planned = [(name, seed) for name in worlds for seed in seeds]
     if from_cache:
-        runs = [run for name, seed in planned if (run := run_one(chosen[name], seed, cached_only=True))]
+        recorded = recorded_runs(out, stem)
+        runs = [run for name, seed in planned
+                if (run := recorded_run(chosen[name], seed, recorded[name, seed]) if (name, seed) in recorded
+                    else run_one(chosen[name], seed, cached_only=True))]
         write(runs, out, stem, overrides, planned)
         return
     harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "2")))
