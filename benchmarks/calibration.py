@@ -373,6 +373,7 @@ app = harness.cli(__doc__)
 
 
 JUDGED = ("demo", "smollm2", "tofu")  # the three worlds; smollm2_tuning is for tuning runs only
+JUDGED_STEM = "calibration"
 
 
 @app.command()
@@ -384,17 +385,18 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
          train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle"),
          set_: list[str] = harness.typer.Option([], "--set", help="KEY=VALUE off the shipped defaults (tuning runs "
                                                 "only: use seeds the judged runs do not, and another --stem)"),
-         stem: str = harness.typer.Option("calibration", help="results file name")) -> None:
+         stem: str = harness.typer.Option(JUDGED_STEM, help="results file name")) -> None:
     if report_only:
         return harness.report_only(out, stem, render)
     overrides = _parsed(set_)
-    if overrides and stem == "calibration":
+    if overrides and stem == JUDGED_STEM:
         raise SystemExit("--set changes the shipped defaults: give the tuning run its own --stem")
     chosen = {name: World(w.name, w.params, w.root, {**w.overrides, **overrides}, w.train_per_seed)
               for name, w in WORLDS.items()}
     planned = [(name, seed) for name in worlds for seed in seeds]
     if from_cache:
-        recorded = recorded_runs(out, stem)
+        # the judged stem is today's shipped defaults by definition; a tuning stem keeps the runs it was written from
+        recorded = recorded_runs(out, stem) if stem != JUDGED_STEM else {}
         runs = [run for name, seed in planned
                 if (run := recorded_run(chosen[name], seed, recorded[name, seed]) if (name, seed) in recorded
                     else run_one(chosen[name], seed, cached_only=True))]
