@@ -138,6 +138,9 @@ class StopConfig(_Section):
     min_ks_p: float = Field(default=0.2, gt=0, le=1)
     confirm: int = Field(default=2, ge=1)  # landed: probes in a row
     max_steps: int | None = Field(default=None, ge=1)
+    # landed: once the forget set is past the holdout (AUC below 0.5 - band) at `confirm` probes in a row, or at
+    # the cap without landing: restore (stop and return the weights of the probe nearest the holdout) | continue
+    overshoot: Literal["restore", "continue"] = "restore"
     statistic: Literal["mean", "mink"] = "mean"  # a record's score in the probe and match's targets: mean answer NLL |
     mink_k: float = Field(default=0.4, gt=0, le=1)  #   mink: mean NLL of its least likely mink_k fraction of tokens
 

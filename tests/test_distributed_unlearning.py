@@ -6,7 +6,8 @@ after three steps match a one-rank run with the same effective batch (8 = 2 rank
 micro-batches x 2) to ``ATOL`` = 1e-6 absolute (measured on a tiny model: 7.5e-9 at most for
 both strategies and both combiners, i.e. fp32 rounding; the weights are of order 0.01-1); BLUR-P, under
 AdamW, to 2 * lr * steps. Under FSDP a run killed with SIGKILL resumes from its (gathered) checkpoint
-to the weights of an uninterrupted run.
+to the weights of an uninterrupted run, and a run that overshoots the holdout gives back the weights
+of its nearest probe (kept as shards, gathered into each checkpoint).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ STRATEGIES = ("ddp", "fsdp")
 RESUME = dict(steps=4, optimizer="adamw", lr=1e-3, checkpoint_every=1, batch_size=2, grad_accum=2,
               distributed="fsdp", combiner="blur", forget_loss="npo", retain_loss="nll")
 
+# unlearn.stop.overshoot under FSDP: gradient ascent with a KS bar it cannot meet crosses the holdout and is
+# stopped there, the nearest probe's sharded weights restored (and gathered into every step's checkpoint)
+OVERSHOOT = dict(steps=40, optimizer="adamw", lr=1e-3, checkpoint_every=1, batch_size=2, grad_accum=2,
+                 distributed="fsdp", combiner="blur", forget_loss="ga", retain_loss="nll",
+                 stop={"rule": "holdout", "every": 1, "probe": 16, "criterion": "landed", "min_ks_p": 0.999})
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs on one torch thread
 
@@ -60,11 +67,13 @@ def torchrun(root: Path, runs: dict, tag: str) -> subprocess.CompletedProcess:
 def two_rank_run(tiny_setup, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     save_model(tiny_setup.target, tiny_setup.tokenizer, root / "model")
-    records = {"forget": [r.to_dict() for r in tiny_setup.forget], "retain": [r.to_dict() for r in tiny_setup.retain]}
+    records = {"forget": [r.to_dict() for r in tiny_setup.forget], "retain": [r.to_dict() for r in tiny_setup.retain],
+               "holdout": [r.to_dict() for r in tiny_setup.holdout]}
     (root / "records.json").write_text(json.dumps(records))
     runs = {f"{strategy}_{name}": {"config": dict(config, batch_size=2, grad_accum=2, distributed=strategy)}
             for name, config in CONFIGS.items() for strategy in STRATEGIES}
     runs["fsdp_uninterrupted"] = {"config": RESUME, "checkpoint_dir": str(root / "uninterrupted")}
+    runs["fsdp_overshoot"] = {"config": OVERSHOOT, "checkpoint_dir": str(root / "overshoot"), "replay_fixed": True}
     done = torchrun(root, runs, "equivalence")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
@@ -116,6 +125,20 @@ def test_fsdp_run_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted
     after_resume = torch.load(two_rank_run / "fsdp_resumed.pt")
     for key in uninterrupted:
         torch.testing.assert_close(after_resume[key], uninterrupted[key], rtol=0.0, atol=0.0, msg=key)
+
+
+def test_fsdp_run_past_the_holdout_gives_back_its_nearest_probes_weights(two_rank_run):
+    stop = json.loads((two_rank_run / "fsdp_overshoot.json").read_text())["stop"]
+    assert stop["reason"].startswith("overshot") and stop["stopped_at"] < stop["ended_at"]
+    restored = torch.load(two_rank_run / "fsdp_overshoot.pt")
+    fixed = torch.load(two_rank_run / "fsdp_overshoot_fixed.pt")  # the same run, stopped at that step
+    for key in fixed:
+        torch.testing.assert_close(restored[key], fixed[key], rtol=0.0, atol=0.0, msg=key)
+    checkpoint = torch.load(two_rank_run / "overshoot" / "last.pt", weights_only=False)
+    kept = checkpoint["stopper"]["nearest_weights"]  # whole tensors, gathered from both ranks' shards
+    assert checkpoint["stopper"]["nearest"]["step"] == stop["stopped_at"]
+    assert {name: tuple(t.shape) for name, t in kept.items()} == {
+        name: tuple(t.shape) for name, t in fixed.items() if name in kept}
 
 
 def _records(root: Path):

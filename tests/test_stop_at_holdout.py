@@ -103,11 +103,15 @@ def test_reached_counts_a_forget_set_past_the_holdout_and_landed_does_not():
     from components.config import StopConfig
     from components.unlearning.stopping import HoldoutStopper
 
-    def verdicts(criterion):
-        stopper = HoldoutStopper(None, [], [], 0, StopConfig(rule="holdout", criterion=criterion, confirm=2))
+    def verdicts(criterion, overshoot="restore"):
+        stopper = HoldoutStopper(None, [], [], 0, StopConfig(rule="holdout", criterion=criterion, confirm=2,
+                                                              overshoot=overshoot))
+        stopper.nearest = {"step": 2, "probe_auc": 0.7, "probe_ks_p": 0.01}
         return [stopper._verdict(ks_p=0.5, auc=auc, forget_mean=0.0, holdout_mean=0.0) for auc in (0.7, 0.4, 0.38)]
 
-    assert verdicts("landed") == [None, None, None]  # jumped past the band: landed waits for ever
+    assert verdicts("landed", "continue") == [None, None, None]  # jumped past the band: landed waits for ever
+    landed = verdicts("landed")  # ... unless it gives the nearest probe back once the forget set stays past
+    assert landed[:2] == [None, None] and landed[2].startswith("overshot") and "step 2" in landed[2]
     reached = verdicts("reached")
     assert reached[:2] == [None, None] and reached[2].startswith("reached")
 
@@ -196,3 +200,90 @@ def test_ks_criterion_ignores_the_mean_crossing(tiny_setup):
     assert ks_only.steps > both.steps
     crossed = [r for r in ks_only.summary()["stop"]["curve"] if r["probe_forget_nll"] >= r["probe_holdout_nll"]]
     assert crossed and all(r["probe_stop"] == 0.0 for r in crossed if r["probe_ks_p"] < 0.999)
+
+
+# ---- unlearn.stop.overshoot: a run that does not land returns the probe nearest the holdout ----
+
+def overshooting(**stop) -> UnlearnConfig:
+    """Gradient ascent (no floor) under `landed` with a KS bar it cannot meet: it crosses the holdout and goes on."""
+    return UnlearnConfig(**FAST, steps=CAP, stop={"rule": "holdout", "every": 1, "probe": 16, "criterion": "landed",
+                                                  "min_ks_p": 0.999} | stop)
+
+
+def fixed_run(setup, steps: int):
+    return unlearn(setup, UnlearnConfig(**FAST, steps=steps))
+
+
+def assert_same_weights(a, b):
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+def test_a_run_past_the_holdout_stops_and_returns_the_weights_of_the_probe_nearest_it(tiny_setup):
+    from components.unlearning.stopping import nearness
+
+    result = unlearn(tiny_setup, overshooting())
+    stop = result.summary()["stop"]
+    curve, config = stop["curve"], overshooting().stop
+
+    assert stop["reason"].startswith("overshot") and "restored the weights of step" in stop["reason"]
+    assert stop["ended_at"] == curve[-1]["step"] < CAP
+    assert all(r["probe_auc"] < 0.45 for r in curve[-2:])  # past the holdout at two probes in a row
+    nearest = max(curve, key=lambda r: nearness(r, config))
+    assert stop["stopped_at"] == result.steps == nearest["step"] < stop["ended_at"]
+    assert [r["step"] for r in curve if r["probe_nearest"]][-1] == nearest["step"]
+    assert len(result.diagnostics) == stop["ended_at"]  # the log keeps every step trained
+    assert_same_weights(result.model, fixed_run(tiny_setup, nearest["step"]).model)
+
+
+def test_at_the_cap_without_landing_the_nearest_probe_is_the_result(tiny_setup):
+    overshot = unlearn(tiny_setup, overshooting())
+    cap = overshot.summary()["stop"]["ended_at"] + 3
+    result = unlearn(tiny_setup, overshooting(confirm=1000, max_steps=cap))
+    stop = result.summary()["stop"]
+
+    assert stop["ended_at"] == cap and stop["reason"].startswith("cap") and "restored" in stop["reason"]
+    assert stop["stopped_at"] == result.steps == overshot.steps
+    assert_same_weights(result.model, overshot.model)
+
+
+def test_overshoot_continue_keeps_the_last_weights(tiny_setup):
+    overshot = unlearn(tiny_setup, overshooting())
+    cap = overshot.summary()["stop"]["ended_at"] + 3
+    result = unlearn(tiny_setup, overshooting(overshoot="continue", max_steps=cap))
+    stop = result.summary()["stop"]
+
+    assert stop["stopped_at"] is None and stop["reason"].startswith("cap: the step cap came first")
+    assert result.steps == cap and all("probe_nearest" not in r for r in stop["curve"])
+    assert_same_weights(result.model, fixed_run(tiny_setup, cap).model)
+
+
+def test_a_resumed_run_restores_the_same_probe_as_an_uninterrupted_one(tiny_setup, tmp_path):
+    whole = unlearn(tiny_setup, overshooting())
+    nearest, ended = whole.steps, whole.summary()["stop"]["ended_at"]
+    crash_at = ended  # at the probe that ends the run: the checkpoint before it holds the kept weights
+
+    def crash(record):
+        if record["step"] == crash_at:
+            raise KeyboardInterrupt
+
+    config = overshooting().model_copy(update={"checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(tiny_setup, config, checkpoint_dir=tmp_path, on_step=crash)
+    resumed = unlearn(tiny_setup, config, checkpoint_dir=tmp_path)
+
+    assert nearest < crash_at - 1 and resumed.resumed_from == crash_at - 1  # the kept weights came from the file
+    assert resumed.summary()["stop"] == whole.summary()["stop"]
+    assert_same_weights(resumed.model, whole.model)
+
+
+def test_replaying_a_runs_probe_curve_gives_the_rules_decision(tiny_setup):
+    """`replay` decides on a recorded curve as the run did (what tells whether a cached run stands under a new rule)."""
+    from components.unlearning.stopping import replay
+
+    config = overshooting()
+    stop = unlearn(tiny_setup, config).summary()["stop"]
+    assert replay(stop["curve"], config.stop, stop["ended_at"]) == {
+        key: stop[key] for key in ("stopped_at", "ended_at", "reason")}
+    kept_going = replay(stop["curve"], config.stop.model_copy(update={"overshoot": "continue"}), CAP)
+    assert kept_going == {"stopped_at": None, "ended_at": CAP, "reason": "cap: the step cap came first"}

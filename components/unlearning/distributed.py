@@ -128,14 +128,27 @@ def shard_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (its shard under FSDP, sharing the storage; else the tensor)."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def copy_locals(destinations: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """Copy each source into its destination, shard by shard (no communication)."""
+    with torch.no_grad():
+        for destination, source in zip(destinations, sources, strict=True):
+            local(destination).copy_(local(source))
+
+
+def load_weights(params: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    """Copy full ``weights`` into (possibly sharded) ``params``."""
+    copy_locals(params, [shard_like(value, param) for param, value in zip(params, weights, strict=True)])
+
+
 def load_full_state(params: list[torch.Tensor], weights: list[torch.Tensor], optimizer: torch.optim.Optimizer,
                     optimizer_state: dict) -> None:
     """Copy full ``weights`` into (possibly sharded) ``params`` and load the optimizer state alike."""
-    with torch.no_grad():
-        for param, value in zip(params, weights, strict=True):
-            shard = shard_like(value, param)
-            (param.to_local() if is_sharded(param) else param).copy_(
-                shard.to_local() if is_sharded(shard) else shard)
+    load_weights(params, weights)
     optimizer_state["state"] = {index: {key: shard_like(value, params[index]) if isinstance(value, torch.Tensor)
                                         else value for key, value in entry.items()}
                                 for index, entry in optimizer_state["state"].items()}

@@ -137,9 +137,15 @@ def run_unlearning(
     restore = master_weights(model, config)
     data = prepare_data(model, tokenizer, forget, retain, config, max_length=max_length, seed=seed, holdout=holdout)
     engine = build_engine(model, data, config, outputs.checkpoint_dir, restore)
-    stopper = build_stopper(engine.model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed,
+    # under FSDP the probe goes through the sharded root module, which gathers each layer's weights for it
+    probe_model = engine.module if engine.ranks.sharded else engine.model
+    stopper = build_stopper(probe_model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed,
                             targets=data.forget_extra.get("target_nll"))
+    if stopper is not None:
+        stopper.load_state(engine.stopper_state)
     train(engine, data, config, outputs, stopper)
+    if stopper is not None:
+        restore_nearest(engine, stopper, data.steps)
     steps = stopper.stopped_at if stopper is not None and stopper.stopped_at is not None else data.steps
     return UnlearnResult(model=finish(engine, config), diagnostics=engine.diagnostics, steps=steps,
                          resumed_from=engine.resumed_from, fingerprint=data.fingerprint,
@@ -223,6 +229,8 @@ class Engine:
     diagnostics: list[dict] = field(default_factory=list)
     start_step: int = 0
     resumed_from: int | None = None
+    nearest: list[torch.Tensor] | None = None  # unlearn.stop.overshoot restore: the nearest probe's weights (local shards)
+    stopper_state: dict | None = None  # the stopping rule's state as the resumed checkpoint left it
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -278,6 +286,12 @@ def _resume(engine: Engine, state: dict | None) -> None:
     engine.scheduler.load_state_dict(state["scheduler"])
     engine.diagnostics = list(state["diagnostics"])
     engine.start_step = engine.resumed_from = state["step"]
+    stopper_state = state.get("stopper")
+    if stopper_state and stopper_state.get("nearest_weights") is not None:
+        engine.nearest = [p.detach().clone() for p in engine.params]  # laid out like the params, then filled
+        distributed.copy_locals(engine.nearest, [distributed.shard_like(stopper_state["nearest_weights"][name], p)
+                                                 for name, p in engine.named])
+    engine.stopper_state = stopper_state
 
 
 # ---- 3. train ----
@@ -299,6 +313,8 @@ def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: Run
         def log(record: dict) -> None:
             if stopper is not None:
                 record.update(stopper.check(record["step"]))
+                if record.get("probe_nearest"):
+                    keep_nearest(engine)
             engine.diagnostics.append(record)
             if main and log_path is not None:
                 with log_path.open("a", encoding="utf-8") as stream:
@@ -307,11 +323,11 @@ def train(engine: Engine, data: UnlearnData, config: UnlearnConfig, outputs: Run
                                                     f"retain {record['retain_loss']:.3f}  xi {record['xi']:.2f}")
             if outputs.on_step is not None:
                 outputs.on_step(record)
-            if stopper is not None and stopper.stopped_at == record["step"]:
+            if stopper is not None and stopper.ended_at == record["step"]:
                 raise StopUnlearning(record["step"], stopper.reason or "")
 
         checkpoint_dir = Path(outputs.checkpoint_dir) if outputs.checkpoint_dir is not None else None
-        hooks = StepHooks(log=log, checkpoint=lambda step: _checkpoint(engine, data, checkpoint_dir, step),
+        hooks = StepHooks(log=log, checkpoint=lambda step: _checkpoint(engine, data, checkpoint_dir, step, stopper),
                           checkpoint_every=config.checkpoint_every if checkpoint_dir is not None else 0)
         rule = StepRule(combiner=config.combiner, lower=config.lower, gamma=config.gamma, alpha=config.alpha,
                         grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm, seed=data.seed)
@@ -355,7 +371,27 @@ def precision_context(config: UnlearnConfig, device: torch.device):
     return nullcontext()
 
 
-def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step: int) -> None:
+def keep_nearest(engine: Engine) -> None:
+    """Keep the weights as they are now: the nearest probe so far (``unlearn.stop.overshoot: restore``)."""
+    if engine.nearest is None:
+        engine.nearest = [p.detach().clone() for p in engine.params]
+    else:
+        distributed.copy_locals(engine.nearest, engine.params)
+
+
+def restore_nearest(engine: Engine, stopper: HoldoutStopper, steps: int) -> None:
+    """After training: where the rule (or the cap) chose an earlier probe's weights, put them back."""
+    last = engine.diagnostics[-1]["step"] if engine.diagnostics else 0
+    if stopper.ended_at is None and last == steps:
+        stopper.at_cap(last)
+    if stopper.stopped_at is not None and stopper.stopped_at != last:
+        if engine.nearest is None:
+            raise RuntimeError(f"unlearn.stop chose the weights of step {stopper.stopped_at}, but none were kept")
+        distributed.copy_locals(engine.params, engine.nearest)
+
+
+def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step: int,
+                stopper: HoldoutStopper | None = None) -> None:
     """Rank 0 writes the whole state; under FSDP every rank first takes part in gathering it."""
     if directory is None:
         return
@@ -364,6 +400,10 @@ def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step:
     keep = data.rank == 0
     weights = {name: distributed.full(p.detach(), keep) for name, p in engine.named}
     optimizer = distributed.full_optimizer_state(engine.optimizer, keep)
+    stopper_state = stopper.state() if stopper is not None else None
+    if stopper_state is not None and engine.nearest is not None:
+        stopper_state["nearest_weights"] = {name: distributed.full(kept, keep)
+                                            for (name, _), kept in zip(engine.named, engine.nearest)}
     if data.rank == 0:
         save_checkpoint(directory, {
             "fingerprint": data.fingerprint,
@@ -374,6 +414,7 @@ def _checkpoint(engine: Engine, data: UnlearnData, directory: Path | None, step:
             "diagnostics": engine.diagnostics,
             # what changes during the run besides the weights: match's targets, refreshed at each probe
             "forget_extra": {k: v.clone() for k, v in data.forget_extra.items() if k == "target_nll"},
+            "stopper": stopper_state,  # the rule's readings and streaks, and the nearest probe's weights
         })
 
 

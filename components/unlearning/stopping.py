@@ -20,6 +20,16 @@ no gradients, the model in eval mode and then back in train mode). The criteria:
 - ``ks``: the KS p-value alone reaches ``stop.min_ks_p``; ``ks_or_mean``: or the forget mean NLL
   reaches the holdout's (the earlier rules; the mean can cross while most records are remembered).
 
+A run that does not land is not left wherever the cap finds it. Under ``landed`` with
+``stop.overshoot: restore`` (the default) each probe is ranked by how near the holdout it is
+(:func:`nearness`: inside the band by its KS p-value, outside by its distance from 0.5), the
+caller keeps the weights of the nearest probe so far, and the run ends when the forget set has
+been past the holdout (AUC below ``0.5 - band``) at ``stop.confirm`` probes in a row - or at the
+cap without landing - with those weights restored. A forget set that crossed between two probes
+(a fast step jumps the band, or the KS spread never matched) then comes back as the model that
+was nearest, not the most over-forgotten one. ``stopped_at`` is the step whose weights are the
+result; ``ended_at`` the last step trained.
+
 Under ``unlearn.forget_loss: match`` each probe also refreshes every forget record's target NLL
 (:func:`matched_targets`). ``unlearn.steps`` (or ``stop.max_steps``) is the cap. Under
 ``torchrun`` every rank scores the probe (FSDP needs every rank in each forward pass) and rank 0's
@@ -72,9 +82,20 @@ def matched_targets(forget_nll: torch.Tensor, holdout_nll: torch.Tensor) -> torc
     return torch.quantile(holdout_nll.to(torch.float64), levels).to(torch.float32)
 
 
+def nearness(reading: dict, stop: StopConfig) -> tuple[int, float]:
+    """How near the holdout a probe's forget set is (larger is nearer): a probe inside the band beats any
+    outside it, and is ranked by its KS p-value; outside, by its AUC's distance from 0.5."""
+    distance = abs(reading["probe_auc"] - 0.5)
+    return (1, reading["probe_ks_p"]) if distance <= stop.band else (0, -distance)
+
+
 @dataclass
 class HoldoutStopper:
-    """The probe and the rule; :meth:`check` after each step returns what to log and whether to stop."""
+    """The probe and the rule; :meth:`check` after each step returns what to log and whether to stop.
+
+    Under ``overshoot: restore`` a reading that is the nearest so far carries ``probe_nearest: 1.0``: the
+    caller keeps that step's weights, and restores them when :attr:`stopped_at` is before :attr:`ended_at`.
+    """
 
     model: torch.nn.Module
     forget: list[Encoded]
@@ -84,15 +105,26 @@ class HoldoutStopper:
     targets: torch.Tensor | None = None  # forget_loss match: the per-record targets, refreshed in place
     readings: list[dict] = field(default_factory=list)
     reason: str | None = None
-    stopped_at: int | None = None
+    stopped_at: int | None = None  # the step whose weights are the result
+    ended_at: int | None = None  # the last step trained (after stopped_at when the nearest probe was restored)
     streak: int = 0
+    past: int = 0  # probes in a row with the forget set past the holdout
+    nearest: dict | None = None  # overshoot restore: the nearest probe so far (its weights are kept)
     _last_verdict: str | None = None
+
+    @property
+    def restores(self) -> bool:
+        """Whether this rule keeps the nearest probe's weights (``landed`` with ``overshoot: restore``)."""
+        return self.stop.criterion == "landed" and self.stop.overshoot == "restore"
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The score (``stop.statistic``) of every forget record and of the holdout probe, now."""
         k = self.stop.score_k
         forget = mean_token_nll(self.model, self.forget, self.pad_token_id, mink_k=k)
         holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id, mink_k=k)
+        reshard = getattr(self.model, "reshard", None)
+        if reshard is not None:  # FSDP keeps the root's weights gathered after a forward with no backward
+            reshard()
         return forget, holdout
 
     def read(self, step: int) -> dict:
@@ -104,9 +136,19 @@ class HoldoutStopper:
         forget_mean, holdout_mean = sum(forget_list) / len(forget_list), sum(holdout_list) / len(holdout_list)
         ks_p = ks_p_value(forget_list, holdout_list)
         auc = membership_auc([-v for v in forget_list], [-v for v in holdout_list])
-        verdict = self._last_verdict = self._verdict(ks_p, auc, forget_mean, holdout_mean)
-        reading = {"step": step, "probe_forget_nll": forget_mean, "probe_holdout_nll": holdout_mean,
-                   "probe_ks_p": ks_p, "probe_auc": auc, "probe_stop": float(_agreed(verdict is not None))}
+        return self.decide({"step": step, "probe_forget_nll": forget_mean, "probe_holdout_nll": holdout_mean,
+                            "probe_ks_p": ks_p, "probe_auc": auc})
+
+    def decide(self, reading: dict) -> dict:
+        """The rule on one probe's reading (step, means, KS p, AUC): the reading with its verdict added."""
+        if self.restores:
+            nearer = self.nearest is None or nearness(reading, self.stop) > nearness(self.nearest, self.stop)
+            if _agreed(nearer):
+                self.nearest = dict(reading)
+            reading["probe_nearest"] = float(nearer)
+        verdict = self._last_verdict = self._verdict(reading["probe_ks_p"], reading["probe_auc"],
+                                                     reading["probe_forget_nll"], reading["probe_holdout_nll"])
+        reading["probe_stop"] = float(_agreed(verdict is not None))
         self.readings.append(reading)
         return reading
 
@@ -116,11 +158,15 @@ class HoldoutStopper:
             near = abs(auc - 0.5) <= stop.band if stop.criterion == "landed" else auc <= 0.5 + stop.band
             landed = near and ks_p >= stop.min_ks_p
             self.streak = self.streak + 1 if landed else 0
+            self.past = self.past + 1 if auc < 0.5 - stop.band else 0
             if self.streak >= stop.confirm:
                 where = (f"within {stop.band} of 0.5" if stop.criterion == "landed"
                          else f"at most 0.5 + {stop.band}: no more familiar than the holdout")
                 return (f"{stop.criterion}: forget set like the holdout at {stop.confirm} probe(s) in a row "
                         f"(AUC {auc:.3f} {where}, KS p {ks_p:.3f} >= {stop.min_ks_p})")
+            if self.restores and self.past >= stop.confirm:
+                return (f"overshot: forget set past the holdout at {stop.confirm} probe(s) in a row (AUC {auc:.3f} "
+                        f"< 0.5 - {stop.band}); {self._restoring()}")
             return None
         if ks_p >= stop.min_ks_p:
             return f"ks: forget probe like the holdout (KS p {ks_p:.3f} >= {stop.min_ks_p})"
@@ -135,19 +181,64 @@ class HoldoutStopper:
         """
         if step % self.stop.every:
             return {}
-        reading = self.read(step)
+        return self._settle(self.read(step))
+
+    def _settle(self, reading: dict) -> dict:
+        step = reading["step"]
         if reading["probe_stop"] and self.reason is None:
             self.reason = self._last_verdict or "rank 0's probe met the rule"
-            self.stopped_at = step
+            self.ended_at = step
+            self.stopped_at = self.nearest["step"] if self.restores and self.reason.startswith("overshot") else step
         return {k: v for k, v in reading.items() if k != "step"}
+
+    def at_cap(self, step: int) -> None:
+        """The cap ended the run at ``step`` before the rule did: under ``overshoot: restore`` the nearest
+        probe's weights become the result (:attr:`stopped_at`), else the last step's do."""
+        if self.reason is not None:
+            return
+        self.ended_at = step
+        if self.restores and self.nearest is not None and self.nearest["step"] != step:
+            self.stopped_at = self.nearest["step"]
+            self.reason = f"cap: the step cap came first; {self._restoring()}"
+
+    def _restoring(self) -> str:
+        near = self.nearest
+        return (f"restored the weights of step {near['step']}, the probe nearest the holdout (AUC "
+                f"{near['probe_auc']:.3f}, KS p {near['probe_ks_p']:.3f})")
+
+    def state(self) -> dict:
+        """What a checkpoint keeps so a resumed run decides as an uninterrupted one would."""
+        return {"readings": list(self.readings), "streak": self.streak, "past": self.past, "nearest": self.nearest}
+
+    def load_state(self, state: dict | None) -> None:
+        if state:
+            self.readings, self.streak, self.past = list(state["readings"]), state["streak"], state["past"]
+            self.nearest = state["nearest"]
 
     def summary(self) -> dict:
         """What the run's summary records: the rule, where and why it stopped, the probe's curve."""
         return {"rule": "holdout", "criterion": self.stop.criterion, "every": self.stop.every,
                 "band": self.stop.band, "min_ks_p": self.stop.min_ks_p, "confirm": self.stop.confirm,
                 "probe_forget": len(self.forget), "probe_holdout": len(self.holdout),
-                "stopped_at": self.stopped_at, "reason": self.reason or "cap: the step cap came first",
-                "curve": list(self.readings)}
+                "overshoot": self.stop.overshoot if self.stop.criterion == "landed" else None,
+                "stopped_at": self.stopped_at, "ended_at": self.ended_at,
+                "reason": self.reason or "cap: the step cap came first", "curve": list(self.readings)}
+
+
+def replay(curve: Sequence[dict], stop: StopConfig, last_step: int) -> dict:
+    """Where the rule ``stop`` would have ended a run whose probes read ``curve`` and that trained up to
+    ``last_step``: its ``stopped_at``, ``ended_at`` and ``reason``. The probe only reads the model, so up to
+    the first step where two rules decide differently their runs are the same run."""
+    stopper = HoldoutStopper(None, [], [], 0, stop)
+    for reading in curve:
+        fields = ("step", "probe_forget_nll", "probe_holdout_nll", "probe_ks_p", "probe_auc")
+        stopper._settle(stopper.decide({key: reading[key] for key in fields}))
+        if stopper.ended_at is not None:
+            break
+    else:
+        stopper.at_cap(last_step)
+    return {"stopped_at": stopper.stopped_at, "ended_at": stopper.ended_at,
+            "reason": stopper.reason or "cap: the step cap came first"}
 
 
 def encode_probe(tokenizer, forget: Sequence[Record], holdout: Sequence[Record], config: UnlearnConfig, *,
@@ -175,7 +266,7 @@ def build_stopper(model: torch.nn.Module, tokenizer, forget: Sequence[Record], h
     forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length, seed=seed)
     stop = config.stop
     if stop.rule == "none":  # only the targets' refresh: a rule that never fires
-        stop = stop.model_copy(update={"criterion": "landed", "confirm": 10**9})
+        stop = stop.model_copy(update={"criterion": "landed", "confirm": 10**9, "overshoot": "continue"})
     return HoldoutStopper(model, forget_probe, holdout_probe, pad, stop, targets)
 
 
