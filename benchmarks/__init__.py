@@ -1,4 +1,4 @@
-"""Measurements of BLUR against the weighted-sum methods: quality, real text, step cost, scaling, calibration.
+"""Measurements of the pipeline: calibration of its defaults, BLUR against the weighted sum, step cost, scaling.
 
 Each study is a module run as ``python -m benchmarks.<name>`` on ``benchmarks/harness.py`` (grid, cache and
 resume, report writer, MLflow, CLI); its results go to ``benchmarks/results/<stem>.json`` and its write-up,

@@ -61,31 +61,30 @@ def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict
     if cached.exists():
         log(f"seed {seed}: cached ({cached.name})")
         return read_json(cached)
-    from benchmarks.common import demo_bench
     from components.evaluation import evaluate_models
 
     started = time.perf_counter()
     log(f"seed {seed}: preparing the world and training the target and oracle (pipeline recipe) ...")
-    # models cached by demo_bench under a folder named by the records too: its own key knows the
-    # world's config, not what the generator made of it
-    bench = demo_bench(config, request=request, cache_root=cache / f"models-{world}")
+    # models cached under a folder named by the records too: trained()'s own key knows the world's config,
+    # not what the generator made of it
+    splits, oracle, finetune = trained(config, request, cache / f"models-{world}")
+    forget, retain, holdout = splits["forget"], splits["retain"], splits["holdout"]
     log(f"seed {seed}: scoring the oracle ...")
-    result = evaluate_models({"oracle": lambda: bench.oracle}, forget=bench.forget, retain=bench.retain,
-                             holdout=bench.holdout, config=config.eval, max_length=bench.max_length,
-                             show_progress=False)
+    result = evaluate_models({"oracle": lambda: oracle}, forget=forget, retain=retain, holdout=holdout,
+                             config=config.eval, max_length=config.model.max_length, show_progress=False)
     metrics = result.metrics["oracle"]
     rows = result.per_item["oracle"]
     forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
     row = {
         "seed": seed,
         "world_digest": world,
-        "n_forget": len(bench.forget),
-        "n_forget_subjects": len({r.subject for r in bench.forget}),
-        "n_holdout": len(bench.holdout),
-        "n_holdout_subjects": len({r.subject for r in bench.holdout}),
-        "n_retain": len(bench.retain),
-        "finetune_epochs": bench.info["finetune"]["target"]["epochs"],
-        "target_train_prob": bench.info["finetune"]["target"]["mean_answer_prob"],
+        "n_forget": len(forget),
+        "n_forget_subjects": len({r.subject for r in forget}),
+        "n_holdout": len(holdout),
+        "n_holdout_subjects": len({r.subject for r in holdout}),
+        "n_retain": len(retain),
+        "finetune_epochs": finetune["target"]["epochs"],
+        "target_train_prob": finetune["target"]["mean_answer_prob"],
         "oracle_forget_prob": forget_prob,
         "oracle_holdout_prob": holdout_prob,
         "oracle_retain_prob": metrics["retain_prob"],
@@ -96,13 +95,39 @@ def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict
         "forget_holdout_ks_p": metrics["forget_holdout_ks_p"],
         "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
         "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
-        "null": subject_permutation_null(bench.forget, bench.holdout, rows, seed=seed),
-        "train_seconds": bench.info["finetune"]["seconds"],  # target and oracle, when first trained
+        "null": subject_permutation_null(forget, holdout, rows, seed=seed),
+        "train_seconds": finetune["seconds"],  # target and oracle, when first trained
         "seconds": round(time.perf_counter() - started, 1),  # this measurement (training only if not cached)
     }
     row["pass"] = verdict(row)
     write_json(cached, row)
     return row
+
+
+def trained(config, request: Path, cache_root: Path) -> tuple[dict, Any, dict]:
+    """The demo world's splits for ``request``, its oracle and the finetune summary: ``prepare`` + ``finetune``
+    once, in a folder under ``cache_root`` named by everything that decides them (the records, the model and
+    fine-tuning config, the seed, the request, the torch version)."""
+    import torch
+
+    from components import stages
+    from components.data.records import content_hash, records_digest
+    from components.data.world import load_world
+    from components.modeling.io import load_model_dir
+    from components.paths import Paths
+
+    world = load_world(config.world, config.seed, REPO)
+    key = content_hash({
+        "world": config.world.model_dump(mode="json"), "records": records_digest(list(world.records)),
+        "holdout": records_digest(list(world.holdout)), "model": config.model.model_dump(mode="json"),
+        "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
+        "request": Path(request).read_text(encoding="utf-8"), "torch": torch.__version__,
+    })
+    paths = Paths(Path(cache_root) / f"demo-{key}")
+    if not (paths.root / "trained.json").exists():
+        stages.prepare(config, paths, request_paths=[Path(request)])
+        write_json(paths.root / "trained.json", stages.finetune(config, paths, show_progress=False).to_dict())
+    return stages.load_splits(paths), load_model_dir(paths.oracle), read_json(paths.root / "trained.json")
 
 
 def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
