@@ -391,7 +391,7 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
                     else run_one(chosen[name], seed, cached_only=True))]
         write(runs, out, stem, overrides, planned)
         return
-    harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "2")))
+    harness.init_process(2)
     runs = []
     for name in worlds:
         for seed in seeds:

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 

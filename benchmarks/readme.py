@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks import harness
-from benchmarks.harness import BENCH_DIR, fmt, log, read_json, table
+from benchmarks.harness import BENCH_DIR, log, read_json, table
 
 README = BENCH_DIR / "README.md"
 RESULTS = BENCH_DIR / "results"

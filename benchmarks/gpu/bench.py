@@ -9,7 +9,6 @@ How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from contextlib import nullcontext
