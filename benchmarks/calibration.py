@@ -135,16 +135,7 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
         return with_gate(json.loads(done.read_text()), paths, config)
     if cached_only:
         return None
-    for name in ("prepared",):
-        (paths.root / "data").mkdir(parents=True, exist_ok=True)
-        link = paths.root / "data" / name
-        if not link.exists():
-            link.symlink_to(trained.prepared, target_is_directory=True)
-    paths.models.mkdir(parents=True, exist_ok=True)
-    for role in ("target", "oracle"):
-        link = paths.models / role
-        if not link.exists():
-            link.symlink_to(trained.models / role, target_is_directory=True)
+    linked(world, trained, paths.root)
     log(f"[{world.name} seed {seed}] unlearn ...")
     started = time.perf_counter()
     summary = stages.unlearn(config, paths, show_progress=False)
@@ -166,6 +157,17 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     write_json(done, result)
     shutil.rmtree(paths.unlearned, ignore_errors=True)  # SmolLM2 weights: 0.5 GB a run
     return with_gate(result, paths, config)
+
+
+def linked(world: World, trained, root: Path):
+    """Paths of a run's folder ``root`` on a trained world, the world's data and models linked in."""
+    from components.paths import Paths
+
+    paths = Paths(root, config_root=world.root)
+    harness.link(paths.prepared, trained.prepared)
+    for role in ("target", "oracle"):
+        harness.link(paths.models / role, trained.models / role)
+    return paths
 
 
 def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
@@ -277,10 +279,6 @@ def _f(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _unl(key: str, digits: int = 3):
-    return lambda run: _f(run["metrics"]["unlearned"][key], digits)
-
-
 def _by_role(key: str):
     return lambda run: " / ".join(_f(run["metrics"][role].get(key)) for role in ("target", "unlearned", "oracle"))
 
@@ -299,24 +297,15 @@ def _tightest(run: dict[str, Any]) -> str:
     return "-" if not found else f"{min(found)[1]} {min(found)[0]:+.1%}"
 
 
-def _judged(key: str):
-    return lambda run: _f(judged(run)[key])
-
-
-def _floor(key: str, digits: int):
-    return lambda run: _f((run.get("floor") or {}).get(key), digits)
-
-
 RUNS = [
     ("world", "world"), ("seed", "seed"), ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
     ("stopped at", "steps"), ("why", lambda r: ((r["stop"] or {}).get("reason", "") or "").split(":")[0]),
-    ("forget quality", _unl("forget_quality")), ("privleak", _unl("privleak", 1)),
-    ("AUC vs holdout", _unl("forget_holdout_auc")),
+    ("forget quality", ("metrics", "unlearned", "forget_quality")), ("privleak", ("metrics", "unlearned", "privleak"), 1),
+    ("AUC vs holdout", ("metrics", "unlearned", "forget_holdout_auc")),
     ("forget prob: target / unlearned / oracle", _by_role("forget_prob")),
     ("forget TR median: target / unlearned / oracle", _by_role("forget_truth_ratio_median")),
-    ("utility ratio", _judged("utility_ratio")),
-    ("retain part ratio", _judged("retain_utility_ratio")),
-    ("world facts drop", _judged("world_facts_drop")), ("relearn gap", _judged("relearn_gap")),
+    ("utility ratio", ("judged", "utility_ratio")), ("retain part ratio", ("judged", "retain_utility_ratio")),
+    ("world facts drop", ("judged", "world_facts_drop")), ("relearn gap", ("judged", "relearn_gap")),
     ("gate (oracle-free / oracle)", lambda r: f"{_f(r['gate']['oracle_free'])} / {_f(r['gate']['oracle'])}"),
     ("tightest deciding check", _tightest),
     ("unlearn s", lambda r: f"{r['unlearn_seconds']:.0f}"), ("evaluate s", lambda r: f"{r['evaluate_seconds']:.0f}"),
@@ -324,8 +313,8 @@ RUNS = [
 FLOORS = [
     ("world", "world"), ("seed", "seed"),
     ("models scored", lambda r: ", ".join(role for role, c in r["cache"].items() if c["misses"]) or "none"),
-    ("evaluate s", _floor("evaluate_seconds", 1)), ("floor s", _floor("floor_seconds", 1)), ("ratio", _floor("ratio", 2)),
-    ("CPU ratio", _floor("cpu_ratio", 2)),
+    ("evaluate s", ("floor", "evaluate_seconds"), 1), ("floor s", ("floor", "floor_seconds"), 1),
+    ("ratio", ("floor", "ratio"), 2), ("CPU ratio", ("floor", "cpu_ratio"), 2),
 ]
 
 
@@ -344,8 +333,8 @@ def render(results: dict[str, Any]) -> str:
         overrides=", ".join(f"`{k}: {v}`" for k, v in (results.get("overrides") or {}).items())
         or "none (the shipped defaults)",
         r=results["rule"], facts_points=results["rule"]["max_world_facts_drop"] * 100, s=s, p=s["passing"],
-        m=results["machine"], runs=table(runs, RUNS), criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]),
-        floors=table(runs, FLOORS), not_run=_not_run(results.get("not_run") or []), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
+        m=results["machine"], runs=table([r | {"judged": judged(r)} for r in runs], RUNS, _f),
+        criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]), floors=table(runs, FLOORS, _f), not_run=_not_run(results.get("not_run") or []), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
 
 
 def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
@@ -402,7 +391,7 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
                     else run_one(chosen[name], seed, cached_only=True))]
         write(runs, out, stem, overrides, planned)
         return
-    harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "2")))
+    harness.init_process(2)
     runs = []
     for name in worlds:
         for seed in seeds:

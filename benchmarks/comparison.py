@@ -9,7 +9,6 @@ cached, so a rerun resumes.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from benchmarks import calibration, harness
-from benchmarks.harness import CACHE, fmt, log, machine, read_json, table, write_json
+from benchmarks.harness import CACHE, fmt, log, machine, table
 from components.data.records import content_hash
 
 STEM = "comparison"
@@ -145,6 +144,7 @@ def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Score
                        outputs=RunOutputs(show_progress=False, on_step=keep), holdout=loaded["splits"]["holdout"])
     except UnlearningDivergedError as diverged:
         error = str(diverged).splitlines()[0]
+    log(f"[{world}] {arm.name} g {arm.g} {arm.label} seed {seed}: {time.perf_counter() - started:.0f}s")
     return {"world": world, "arm": asdict(arm), "seed": seed, "points": points, "error": error,
             "mean_xi": statistics.fmean(xis) if xis else None, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -218,40 +218,35 @@ def grid(world: str) -> list[Arm]:
 
 
 def load_world(world: str) -> tuple[Any, dict]:
+    """Calibration's trained world (seed 0): its resolved config, target, oracle, splits and cache key."""
     from components import stages
     from components.modeling.io import load_model_dir
-
-    config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
     from components.stages.prepare import resolved_config
 
-    config = resolved_config(config, trained)
-    return config, {"target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
-                    "splits": stages.load_splits(trained), "key": trained.root.name}
+    config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
+    return resolved_config(config, trained), {
+        "target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
+        "splits": stages.load_splits(trained), "key": trained.root.name}
 
 
 def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
     config, loaded = load_world(world)
     scorer = Scorer.build(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
     root = CACHE / STEM / f"{world}-{loaded['key']}"
-    ref_file = root / "reference.json"
-    reference = read_json(ref_file)
-    if reference is None:
-        reference = {"oracle": scorer.measure(loaded["oracle"].model, None)}
-        reference["target"] = scorer.measure(loaded["target"].model, reference["oracle"]["log_truth_ratios"])
-        write_json(ref_file, reference)
+
+    def measure_reference() -> dict:
+        oracle = scorer.measure(loaded["oracle"].model, None)
+        return {"oracle": oracle, "target": scorer.measure(loaded["target"].model, oracle["log_truth_ratios"])}
+
+    reference = harness.cached(root / "reference.json", measure_reference)
     runs: list[dict] = []
     jobs = [(arm, seed) for arm in grid(world) for seed in SEEDS]
     jobs += [(None, seed) for seed in SEEDS]  # placeholders: the weighted sum at blur's mean xi, per g, after blur
     for arm, seed in jobs:
         for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, g, seed)) for g in G]):
             key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
-            path = root / f"{concrete.name}-{key}-s{seed}.json"
-            run = read_json(path)
-            if run is None:
-                run = run_arm(world, concrete, seed, loaded, config, scorer, reference)
-                write_json(path, run)
-                log(f"[{world}] {concrete.name} g {concrete.g} {concrete.label} seed {seed}: {run['seconds']:.0f}s")
-            runs.append(run)
+            runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}.json", lambda: run_arm(
+                world, concrete, seed, loaded, config, scorer, reference)))
         write_report(runs, {world: reference}, out)
     return runs, reference
 
@@ -313,12 +308,11 @@ app = harness.cli(__doc__)
 def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, STEM, render)
-    harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "1")))
+    harness.init_process(1)
     for world in worlds:
         if world not in STEPS:
             raise SystemExit(f"unknown world '{world}'; choose from {sorted(STEPS)}")
         run_world(world, out)
-    log(f"wrote {out / (STEM + '.md')}")
 
 
 if __name__ == "__main__":

@@ -83,18 +83,29 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
         if label == "second":
             _scale_lr(folder / "params.yaml", 1.5)
         log(f"{profile}: {label} dvc repro in {folder}")
-        seconds = _repro(folder, env, folder / f"{label}.log")
-        paths = Paths(folder)
-        runs.append({"run": label, "wall_seconds": round(seconds, 1),
-                     "evaluate": Resources.read(paths.resources).stage("evaluate"),
-                     "metrics": Metrics.load(paths.metrics).model_dump(mode="json")})
-    first, second = runs
-    same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
+        runs.append(_record(Paths(folder), label, _repro(folder, env, folder / f"{label}.log")))
     evaluate = [r["evaluate"]["floor"]["evaluate_seconds"] + r["evaluate"]["floor"]["measure_seconds"] for r in runs]
-    return {"profile": profile, "machine": harness.machine(), "runs": runs,
-            "summary": {"reference_metrics_identical": same, "evaluate_seconds": evaluate,
-                        "second_over_first": round(evaluate[1] / evaluate[0], 3),
-                        "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]]}}
+    results = _compared(profile, runs)
+    results["summary"] |= {"evaluate_seconds": evaluate, "second_over_first": round(evaluate[1] / evaluate[0], 3)}
+    return results
+
+
+def _record(paths: Paths, label: str, seconds: float | None) -> dict[str, Any]:
+    """A run's wall time, its evaluate stage's record (cache hits, floor) and its metrics."""
+    return {"run": label, "wall_seconds": None if seconds is None else round(seconds, 1),
+            "evaluate": Resources.read(paths.resources).stage("evaluate"),
+            "metrics": Metrics.load(paths.metrics).model_dump(mode="json")}
+
+
+def _compared(profile: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two runs' results: are the target's and oracle's metrics identical, what did the second score or reuse."""
+    first, second = runs
+    cache = second["evaluate"]["cache"].items()
+    return {"profile": profile, "machine": harness.machine(), "runs": runs, "summary": {
+        "reference_metrics_identical": {role: first["metrics"][role] == second["metrics"][role]
+                                        for role in ("target", "oracle")},
+        "second_scored": [role for role, c in cache if c["misses"]],
+        "second_reused": [role for role, c in cache if c["hits"] and not c["misses"]]}}
 
 
 def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str, refused_ok: bool = False) -> float:
@@ -118,12 +129,9 @@ def _batch(folder: Path, label: str, seconds: float | None, output: str) -> dict
     """A batch's record: the newest batch folder's evaluate record and metrics, and the flow's cache lines."""
     batch_dirs = sorted((p for p in (folder / "runs").iterdir() if (p / "reports" / "resources.json").exists()),
                         key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
-    paths = Paths(batch_dirs[-1])
-    return {"run": label, "batch": batch_dirs[-1].name, "wall_seconds": None if seconds is None else round(seconds, 1),
-            "evaluate": Resources.read(paths.resources).stage("evaluate"),
-            "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line
-                    or "cache miss" in line],
-            "metrics": Metrics.load(paths.metrics).model_dump(mode="json")}
+    return _record(Paths(batch_dirs[-1]), label, seconds) | {
+        "batch": batch_dirs[-1].name,
+        "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line or "cache miss" in line]}
 
 
 def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any]:
@@ -162,13 +170,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
         mark = log_file.stat().st_size
         seconds = _blur(folder, env, log_file, "process", refused_ok=True)
         batches.append(_batch(folder, label, seconds, log_file.read_text(errors="replace")[mark:]))
-    first, second = batches
-    same = {role: first["metrics"][role] == second["metrics"][role] for role in ("target", "oracle")}
-    return {"profile": profile, "machine": harness.machine(), "runs": batches,
-            "summary": {"reference_metrics_identical": same,
-                        "second_scored": [role for role, c in second["evaluate"]["cache"].items() if c["misses"]],
-                        "second_reused": [role for role, c in second["evaluate"]["cache"].items()
-                                          if c["hits"] and not c["misses"]]}}
+    return _compared(profile, batches)
 
 
 ROWS = [
@@ -182,17 +184,21 @@ PHASES = [("run", "run"), ("phase", "phase"), ("s", "seconds", 1), ("floor s", "
           ("CPU s", "cpu_seconds", 1), ("CPU floor s", "cpu_floor_seconds", 1)]
 
 
+def _fields(results: dict[str, Any]) -> dict[str, Any]:
+    """What both write-ups say: the profile, the machine, what the second run scored, the reference metrics."""
+    s = results["summary"]
+    return {"profile": results["profile"], "m": results["machine"], "scored": ", ".join(s["second_scored"]) or "none",
+            "same": ", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}"
+                              for role, ok in s["reference_metrics_identical"].items())}
+
+
 def render(results: dict[str, Any]) -> str:
     """The write-up, every figure read from ``results``."""
-    s = results["summary"]
     phases = [{"run": r["run"], "phase": name, **phase} for r in results["runs"]
               for name, phase in (r["evaluate"]["floor"].get("phases") or {}).items()]
     return harness.template(STEM)["main"].format(
-        profile=results["profile"], stem=stem(results["profile"]), m=results["machine"], runs=table(results["runs"], ROWS),
-        phases=table(phases, PHASES), ratio=fmt(s["second_over_first"], 2),
-        scored=", ".join(s["second_scored"]) or "none",
-        same=", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}" for role, ok in
-                       s["reference_metrics_identical"].items()))
+        **_fields(results), stem=stem(results["profile"]), runs=table(results["runs"], ROWS),
+        phases=table(phases, PHASES), ratio=fmt(results["summary"]["second_over_first"], 2))
 
 
 FLOW_ROWS = [("batch", "run"), ("blur process s", "wall_seconds", 0)] + ROWS[2:]
@@ -200,14 +206,11 @@ FLOW_ROWS = [("batch", "run"), ("blur process s", "wall_seconds", 0)] + ROWS[2:]
 
 def render_flow(results: dict[str, Any]) -> str:
     """The flow write-up, every figure and log line read from ``results``."""
-    s = results["summary"]
     logs = "\n".join(f"- {r['run']} batch (`{r['batch']}`): `{line}`" for r in results["runs"] for line in r["log"])
     return harness.template(STEM)["flow"].format(
-        profile=results["profile"], stem=f"{stem(results['profile'])}_flow", m=results["machine"],
-        runs=table(results["runs"], FLOW_ROWS), logs=logs or "- (no cache line in the flow's log)",
-        scored=", ".join(s["second_scored"]) or "none", reused=", ".join(s["second_reused"]) or "none",
-        same=", ".join(f"{role} {'identical' if ok else 'DIFFERENT'}" for role, ok in
-                       s["reference_metrics_identical"].items()))
+        **_fields(results), stem=f"{stem(results['profile'])}_flow", runs=table(results["runs"], FLOW_ROWS),
+        logs=logs or "- (no cache line in the flow's log)",
+        reused=", ".join(results["summary"]["second_reused"]) or "none")
 
 
 app = harness.cli(__doc__)
@@ -227,6 +230,7 @@ def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"),
     results = run_flow(profile, scratch, resume) if flow else run(profile, scratch)
     harness.write_report(results, out, name, write_up)
     log(f"second evaluate scored: {results['summary']['second_scored']}")
+
 
 if __name__ == "__main__":
     app()

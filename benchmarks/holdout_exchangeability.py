@@ -32,77 +32,85 @@ def _config(seed: int, params: Path):
     return load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
 
 
-def _world_digest(config) -> str:
-    """A hash of the generated records themselves (the demo world's config does not name its generator)."""
+def _keys(config, request: Path) -> tuple[str, str]:
+    """A hash of the generated records themselves (the demo world's config does not name its generator), and
+    the cache key of a seed's result: those records, the request and every setting that decides it."""
+    import torch
+
     from components.data.records import content_hash, records_digest
     from components.data.world import load_world
 
-    world = load_world(config.world, config.seed, REPO)
-    return content_hash({"world": records_digest(world.records), "holdout": records_digest(world.holdout)})
-
-
-def _key(config, request: Path, world: str) -> str:
-    import torch
-
-    from components.data.records import content_hash
-
-    return content_hash({
-        "version": VERSION, "world": world, "request": request.read_text(encoding="utf-8"), "model": config.model.model_dump(mode="json"),
-        "finetune": config.finetune.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
-        "seed": config.seed, "torch": torch.__version__,
-    })
+    generated = load_world(config.world, config.seed, REPO)
+    world = content_hash({"world": records_digest(generated.records), "holdout": records_digest(generated.holdout)})
+    return world, content_hash({
+        "version": VERSION, "world": world, "request": request.read_text(encoding="utf-8"),
+        "model": config.model.model_dump(mode="json"), "finetune": config.finetune.model_dump(mode="json"),
+        "eval": config.eval.model_dump(mode="json"), "seed": config.seed, "torch": torch.__version__})
 
 
 def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
     """One seed: train (or load) the target and oracle, score the oracle; cached by content."""
     config = _config(seed, params)
-    world = _world_digest(config)
-    cached = cache / f"seed-{seed}-{_key(config, request, world)}.json"
-    if cached.exists():
-        log(f"seed {seed}: cached ({cached.name})")
-        return read_json(cached)
-    from benchmarks.common import demo_bench
+    world, key = _keys(config, request)
+    return harness.cached(cache / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, request, cache, world))
+
+
+def _measure(seed: int, config, request: Path, cache: Path, world: str) -> dict[str, Any]:
     from components.evaluation import evaluate_models
 
     started = time.perf_counter()
     log(f"seed {seed}: preparing the world and training the target and oracle (pipeline recipe) ...")
-    # models cached by demo_bench under a folder named by the records too: its own key knows the
-    # world's config, not what the generator made of it
-    bench = demo_bench(config, request=request, cache_root=cache / f"models-{world}")
+    # models cached under a folder named by the records too: trained()'s own key knows the world's config,
+    # not what the generator made of it
+    splits, oracle, finetune = trained(config, request, cache / f"models-{world}")
+    forget, retain, holdout = splits["forget"], splits["retain"], splits["holdout"]
     log(f"seed {seed}: scoring the oracle ...")
-    result = evaluate_models({"oracle": lambda: bench.oracle}, forget=bench.forget, retain=bench.retain,
-                             holdout=bench.holdout, config=config.eval, max_length=bench.max_length,
-                             show_progress=False)
-    metrics = result.metrics["oracle"]
-    rows = result.per_item["oracle"]
+    result = evaluate_models({"oracle": lambda: oracle}, forget=forget, retain=retain, holdout=holdout,
+                             config=config.eval, max_length=config.model.max_length, show_progress=False)
+    metrics, rows = result.metrics["oracle"], result.per_item["oracle"]
     forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
     row = {
-        "seed": seed,
-        "world_digest": world,
-        "n_forget": len(bench.forget),
-        "n_forget_subjects": len({r.subject for r in bench.forget}),
-        "n_holdout": len(bench.holdout),
-        "n_holdout_subjects": len({r.subject for r in bench.holdout}),
-        "n_retain": len(bench.retain),
-        "finetune_epochs": bench.info["finetune"]["target"]["epochs"],
-        "target_train_prob": bench.info["finetune"]["target"]["mean_answer_prob"],
-        "oracle_forget_prob": forget_prob,
-        "oracle_holdout_prob": holdout_prob,
+        "seed": seed, "world_digest": world,
+        "n_forget": len(forget), "n_forget_subjects": len({r.subject for r in forget}),
+        "n_holdout": len(holdout), "n_holdout_subjects": len({r.subject for r in holdout}), "n_retain": len(retain),
+        "finetune_epochs": finetune["target"]["epochs"], "target_train_prob": finetune["target"]["mean_answer_prob"],
+        "oracle_forget_prob": forget_prob, "oracle_holdout_prob": holdout_prob,
         "oracle_retain_prob": metrics["retain_prob"],
         "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
-        "forget_holdout_auc": metrics["forget_holdout_auc"],
-        "mia_auc_loss": metrics["mia_auc_loss"],
-        "mia_auc_zlib": metrics["mia_auc_zlib"],
-        "forget_holdout_ks_p": metrics["forget_holdout_ks_p"],
+        **{k: metrics[k] for k in ("forget_holdout_auc", "mia_auc_loss", "mia_auc_zlib", "forget_holdout_ks_p")},
         "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
         "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
-        "null": subject_permutation_null(bench.forget, bench.holdout, rows, seed=seed),
-        "train_seconds": bench.info["finetune"]["seconds"],  # target and oracle, when first trained
+        "null": subject_permutation_null(forget, holdout, rows, seed=seed),
+        "train_seconds": finetune["seconds"],  # target and oracle, when first trained
         "seconds": round(time.perf_counter() - started, 1),  # this measurement (training only if not cached)
     }
-    row["pass"] = verdict(row)
-    write_json(cached, row)
-    return row
+    return row | {"pass": verdict(row)}
+
+
+def trained(config, request: Path, cache_root: Path) -> tuple[dict, Any, dict]:
+    """The demo world's splits for ``request``, its oracle and the finetune summary: ``prepare`` + ``finetune``
+    once, in a folder under ``cache_root`` named by everything that decides them (the records, the model and
+    fine-tuning config, the seed, the request, the torch version)."""
+    import torch
+
+    from components import stages
+    from components.data.records import content_hash, records_digest
+    from components.data.world import load_world
+    from components.modeling.io import load_model_dir
+    from components.paths import Paths
+
+    world = load_world(config.world, config.seed, REPO)
+    key = content_hash({
+        "world": config.world.model_dump(mode="json"), "records": records_digest(list(world.records)),
+        "holdout": records_digest(list(world.holdout)), "model": config.model.model_dump(mode="json"),
+        "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
+        "request": Path(request).read_text(encoding="utf-8"), "torch": torch.__version__,
+    })
+    paths = Paths(Path(cache_root) / f"demo-{key}")
+    if not (paths.root / "trained.json").exists():
+        stages.prepare(config, paths, request_paths=[Path(request)])
+        write_json(paths.root / "trained.json", stages.finetune(config, paths, show_progress=False).to_dict())
+    return stages.load_splits(paths), load_model_dir(paths.oracle), read_json(paths.root / "trained.json")
 
 
 def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
@@ -174,8 +182,8 @@ def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> di
 
 # --------------------------------------------------------------------------- the write-up (from the JSON)
 
-def _f(digits: int = 3):
-    return lambda value: "n/a" if value is None else f"{value:.{digits}f}"
+def _number(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _pass(row: dict) -> str:
@@ -185,12 +193,11 @@ def _pass(row: dict) -> str:
 COLUMNS = [
     ("seed", "seed"), ("forget (subjects)", lambda r: f"{r['n_forget']} ({r['n_forget_subjects']})"),
     ("holdout (subjects)", lambda r: f"{r['n_holdout']} ({r['n_holdout_subjects']})"), ("epochs", "finetune_epochs"),
-    ("oracle forget prob", lambda r: _f()(r["oracle_forget_prob"])),
-    ("oracle holdout prob", lambda r: _f()(r["oracle_holdout_prob"])), ("ratio", lambda r: _f(2)(r["prob_ratio"])),
-    ("AUC min-k", lambda r: _f()(r["forget_holdout_auc"])), ("AUC loss", lambda r: _f()(r["mia_auc_loss"])),
-    ("AUC zlib", lambda r: _f()(r["mia_auc_zlib"])), ("KS p", lambda r: _f()(r["forget_holdout_ks_p"])),
-    ("chance AUC 5-95%", lambda r: "-".join(_f(2)(v) for v in r["null"]["auc_5_95"])),
-    ("AUC percentile", lambda r: _f(2)(r["null"]["observed_auc_percentile"])), ("pass", _pass),
+    ("oracle forget prob", "oracle_forget_prob"), ("oracle holdout prob", "oracle_holdout_prob"),
+    ("ratio", "prob_ratio", 2), ("AUC min-k", "forget_holdout_auc"), ("AUC loss", "mia_auc_loss"),
+    ("AUC zlib", "mia_auc_zlib"), ("KS p", "forget_holdout_ks_p"),
+    ("chance AUC 5-95%", lambda r: "-".join(_number(v, 2) for v in r["null"]["auc_5_95"])),
+    ("AUC percentile", ("null", "observed_auc_percentile"), 2), ("pass", _pass),
 ]
 
 
@@ -199,7 +206,7 @@ def render(results: dict[str, Any]) -> str:
     seeds = results["seeds"]
     return harness.template("holdout_exchangeability")["main"].format(
         w=results["world"], c=results["criteria"], m=results["machine"], request=results["request"],
-        table=table(seeds, COLUMNS), draws=seeds[0]["null"]["draws"] if seeds else 0,
+        table=table(seeds, COLUMNS, _number), draws=seeds[0]["null"]["draws"] if seeds else 0,
         verdict="All seeds meet the criteria." if results["all_pass"] else "Not every seed meets the criteria.",
         train=", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in seeds))
 

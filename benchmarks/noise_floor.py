@@ -7,63 +7,47 @@ reach on these forget sets. The worlds are calibration's (cached); each replicat
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import calibration, harness
-from benchmarks.harness import fmt, log, machine, table, write_json
-from components.artifacts import Metrics
+from benchmarks.harness import fmt, log, machine, read_json, table
 
 STEM = "noise_floor"
 REPLICATE_SEED = 1000  # replicate r of world seed s trains with seed s + 1000 * r
-
-
-def _link(link: Path, target: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(target.resolve(), target_is_directory=True)
 
 
 def replicate(world: calibration.World, seed: int, index: int) -> dict[str, Any]:
     """Replicate oracle ``index`` of ``world`` at ``seed``: trained (once), evaluated against the world's
     oracle in the unlearned model's place, the shipped gate applied. Cached as ``result.json``."""
     from components import stages
-    from components.jsonfiles import read_json
     from components.modeling.demo import train_model
     from components.modeling.resolve import load_tokenizer
-    from components.paths import Paths
     from components.stages.prepare import resolved_config
 
     config, trained = calibration.trained_world(world, seed)
     config = config.with_overrides({"seed": seed})
-    root = trained.root / "replicates" / f"r{index}"
-    done = root / "result.json"
-    if done.exists():
-        return calibration.with_gate(json.loads(done.read_text()), Paths(root, config_root=world.root), config)
-    paths = Paths(root, config_root=world.root)
-    _link(paths.root / "data" / "prepared", trained.prepared)
-    _link(paths.target, trained.models / "target")
-    _link(paths.oracle, trained.models / "oracle")
-    started = time.perf_counter()
-    if not (paths.unlearned / "training.json").exists():
-        resolved = resolved_config(config.with_overrides({"seed": seed + REPLICATE_SEED * index}), paths)
-        epochs = read_json(trained.root / "trained.json")["finetune"]["target"]["epochs"]
-        log(f"[{world.name} seed {seed}] replicate oracle {index}: training ({epochs} epochs) ...")
-        train_model(resolved, stages.load_splits(paths)["retain"], load_tokenizer(paths.tokenizer, resolved.model),
-                    paths.unlearned, epochs=epochs, label=f"oracle r{index}", show_progress=False)
-    train_seconds = time.perf_counter() - started
-    log(f"[{world.name} seed {seed}] replicate oracle {index}: evaluate ...")
-    started = time.perf_counter()
-    metrics = stages.evaluate(config, paths, show_progress=False)
-    result = {"world": world.name, "seed": seed, "replicate": index, "n_forget": metrics["unlearned"]["n_forget"],
-              "n_holdout": len(stages.load_splits(paths)["holdout"]), "stop": None, "steps": 0,
-              "unlearn_seconds": round(train_seconds, 1), "evaluate_seconds": round(time.perf_counter() - started, 1),
-              "cache": {}, "floor": None}
-    write_json(done, result)
-    return calibration.with_gate(result, paths, config)
+    paths = calibration.linked(world, trained, trained.root / "replicates" / f"r{index}")
+
+    def compute() -> dict[str, Any]:
+        started = time.perf_counter()
+        if not (paths.unlearned / "training.json").exists():
+            resolved = resolved_config(config.with_overrides({"seed": seed + REPLICATE_SEED * index}), paths)
+            epochs = read_json(trained.root / "trained.json")["finetune"]["target"]["epochs"]
+            log(f"[{world.name} seed {seed}] replicate oracle {index}: training ({epochs} epochs) ...")
+            train_model(resolved, stages.load_splits(paths)["retain"], load_tokenizer(paths.tokenizer, resolved.model),
+                        paths.unlearned, epochs=epochs, label=f"oracle r{index}", show_progress=False)
+        train_seconds = time.perf_counter() - started
+        log(f"[{world.name} seed {seed}] replicate oracle {index}: evaluate ...")
+        started = time.perf_counter()
+        metrics = stages.evaluate(config, paths, show_progress=False)
+        return {"world": world.name, "seed": seed, "replicate": index, "n_forget": metrics["unlearned"]["n_forget"],
+                "n_holdout": len(stages.load_splits(paths)["holdout"]), "stop": None, "steps": 0,
+                "unlearn_seconds": round(train_seconds, 1),
+                "evaluate_seconds": round(time.perf_counter() - started, 1), "cache": {}, "floor": None}
+
+    return calibration.with_gate(harness.cached(paths.root / "result.json", compute), paths, config)
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -76,25 +60,18 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "pass_rate": {k: round(v / len(runs), 3) if runs else None for k, v in passing.items()}}
 
 
-def _m(role: str, key: str, digits: int = 3):
-    return lambda run: fmt(run["metrics"][role][key], digits)
-
-
-def _j(key: str):
-    return lambda run: fmt(calibration.judged(run)[key])
-
-
 ROWS = [
     ("world", "world"), ("seed", "seed"), ("replicate", "replicate"),
     ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
-    ("forget quality", _m("unlearned", "forget_quality")), ("privleak", _m("unlearned", "privleak", 1)),
+    ("forget quality", ("metrics", "unlearned", "forget_quality")),
+    ("privleak", ("metrics", "unlearned", "privleak"), 1),
     ("AUC: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_holdout_auc'])} / "
                                           f"{fmt(r['metrics']['unlearned']['forget_holdout_auc'])}"),
     ("forget prob: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_prob'])} / "
                                                   f"{fmt(r['metrics']['unlearned']['forget_prob'])}"),
-    ("utility ratio", _j("utility_ratio")), ("relearn gap", _j("relearn_gap")),
-    ("forgotten", _j("forgotten")), ("gate (oracle-free / oracle)",
-                                     lambda r: f"{fmt(r['gate']['oracle_free'])} / {fmt(r['gate']['oracle'])}"),
+    ("utility ratio", ("judged", "utility_ratio")), ("relearn gap", ("judged", "relearn_gap")),
+    ("forgotten", ("judged", "forgotten")), ("gate (oracle-free / oracle)",
+                                              lambda r: f"{fmt(r['gate']['oracle_free'])} / {fmt(r['gate']['oracle'])}"),
 ]
 
 
@@ -102,8 +79,8 @@ def render(results: dict[str, Any]) -> str:
     """The write-up, every figure read from ``results``."""
     s = results["summary"]
     return harness.template(STEM)["main"].format(
-        rule=calibration.RULE, runs=table(results["runs"], ROWS), s=s, p=s["passing"], m=results["machine"],
-        rate={k: fmt(v, 2) for k, v in s["pass_rate"].items()})
+        rule=calibration.RULE, runs=table([r | {"judged": calibration.judged(r)} for r in results["runs"]], ROWS),
+        s=s, p=s["passing"], m=results["machine"], rate={k: fmt(v, 2) for k, v in s["pass_rate"].items()})
 
 
 app = harness.cli(__doc__)
@@ -114,7 +91,7 @@ def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, STEM, render)
-    harness.init_process(threads=int(os.environ.get("BLUR_BENCH_THREADS", "1")))
+    harness.init_process(1)
     runs = []
     for name in worlds:
         for seed in seeds:
@@ -122,7 +99,6 @@ def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS
                 runs.append(replicate(calibration.WORLDS[name], seed, index))
                 harness.write_report({"rule": calibration.RULE, "runs": runs, "summary": summary(runs),
                                       "machine": machine()}, out, STEM, render)
-    log(f"wrote {out / (STEM + '.md')}")
 
 
 if __name__ == "__main__":

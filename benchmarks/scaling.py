@@ -12,7 +12,7 @@ from typing import Any
 
 
 from benchmarks import harness
-from benchmarks.harness import RESULTS, fmt, log, machine, table
+from benchmarks.harness import RESULTS, log, machine, table
 from benchmarks.workload import DEMO, LLAMA_20M, ModelSize, StepCostConfig, build_workload, time_steps
 
 MID_5M = ModelSize("llama-5M", 256, 704, 6, 4)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks import harness
-from benchmarks.harness import fmt, log, machine, table
+from benchmarks.harness import log, machine, table
 from benchmarks.workload import (METHODS, ModelSize, StepCostConfig, build_workload, check_naive_matches_blur,
                                  peak_memory, time_steps)
 

@@ -38,10 +38,10 @@ def test_a_changed_result_changes_the_block_and_a_missing_marker_is_an_error(tmp
 
 def test_a_study_block_follows_its_json_and_a_missing_results_file_is_an_error(tmp_path):
     results = _copy_results(tmp_path)
-    data = json.loads((results / "pretrained.json").read_text())
-    data["reference"]["oracle"]["forget_holdout_auc"] = 0.4321
-    (results / "pretrained.json").write_text(json.dumps(data))
-    assert "| 0.432 |" in readme.stops(results)
+    data = json.loads((results / "scaling.json").read_text())
+    data["by_model_size"][1]["eval_seconds_one_model"] = 98.76
+    (results / "scaling.json").write_text(json.dumps(data))
+    assert "| 98.8 |" in readme.scaling(results)
     (results / "step_cost.json").unlink()
     with pytest.raises(FileNotFoundError):
         readme.step_cost(results)
@@ -53,20 +53,6 @@ def test_the_readme_has_no_table_outside_a_generated_block():
     outside = re.sub(r"<!-- generated: (\w+) -->\n.*?<!-- /generated: \1 -->", "", text, flags=re.DOTALL)
     rows = [line for line in outside.splitlines() if line.lstrip().startswith("|")]
     assert not rows, f"hand-typed table rows in {readme.README}: {rows[:3]}"
-
-
-def test_matched_levels_are_counted_with_the_largest_shortfall_over_levels_both_reach():
-    levels = [{"margin": 0.01, "ours_wins": True}, {"margin": -0.002, "ours_wins": True},
-              {"margin": -0.03, "ours_wins": False}, {"margin": None, "ours_wins": False}]
-    assert readme._wins(levels) == (2, 4, -0.03)
-    assert readme._wins([]) == (0, 0, None)
-
-
-def test_the_ks_criterion_stops_at_the_first_probe_that_reaches_min_ks_p():
-    curve = [{"step": 2, "probe_ks_p": 0.01}, {"step": 4, "probe_ks_p": None},
-             {"step": 6, "probe_ks_p": 0.6}, {"step": 8, "probe_ks_p": 0.9}]
-    assert readme._first_ks_step(curve, 0.5) == 6
-    assert readme._first_ks_step(curve, 0.95) is None
 
 
 def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_rule():
@@ -89,13 +75,13 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
 
 def _renderer(stem: str):
     """The study function that writes ``results/<stem>.md`` from ``results/<stem>.json``."""
-    from benchmarks import (calibration, comparison, eval_reuse, holdout_exchangeability, muse_news, noise_floor,
-                            optimizers, pretrained, quality, scaling, step_cost, utility_noise)
+    from benchmarks import (calibration, comparison, eval_reuse, holdout_exchangeability, noise_floor, scaling,
+                            step_cost, utility_noise)
 
     if stem == "eval_reuse_flow":
         return eval_reuse.render_flow
-    for module in (calibration, comparison, eval_reuse, holdout_exchangeability, muse_news, noise_floor, optimizers,
-                   pretrained, quality, scaling, step_cost, utility_noise):
+    for module in (calibration, comparison, eval_reuse, holdout_exchangeability, noise_floor, scaling, step_cost,
+                   utility_noise):
         if stem.startswith(module.__name__.rsplit(".", 1)[1]):
             return module.renderer(stem) if hasattr(module, "renderer") else module.render
     raise LookupError(f"no study renders {stem}.md")

@@ -9,14 +9,13 @@ How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import typer
@@ -24,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from benchmarks import harness
 from benchmarks.harness import REPO, RESULTS, log, write_json
-from benchmarks.naive_blur import naive_blur_train
+from benchmarks.workload import StepCostConfig, run_method
 
 METHODS = ("blur", "weighted_sum", "naive_blur")
 SMOLLM2 = REPO / "models" / "base" / "smollm2-135m-instruct"
@@ -160,18 +159,9 @@ def level_losses(model: torch.nn.Module, plan: Plan, precision: str):
 
 def run_steps(method: str, params: list[torch.Tensor], losses, optimizer, start: int, stop: int,
               log_step: Callable[[dict], None] | None = None) -> None:
-    """Optimizer steps ``start + 1 .. stop`` of ``method``."""
-    from components.unlearning import train_bilevel
-    from components.unlearning.loop import StepHooks, StepRule
-
-    forget_loss, retain_loss = losses
-    if method == "naive_blur":
-        naive_blur_train(params, forget_loss, retain_loss, optimizer, steps=stop, start_step=start, gamma=0.1,
-                         max_grad_norm=1.0, log=log_step)
-        return
-    rule = StepRule(combiner=method, gamma=0.1 if method == "blur" else 1.0, max_grad_norm=1.0)
-    train_bilevel(params, forget_loss, retain_loss, optimizer, steps=stop, start_step=start, rule=rule,
-                  hooks=StepHooks(log=log_step))
+    """Optimizer steps ``start + 1 .. stop`` of ``method`` (gamma 0.1, clipping at 1.0: step_cost's settings)."""
+    work = SimpleNamespace(params=params, forget_loss=losses[0], retain_loss=losses[1])
+    run_method(method, work, optimizer, StepCostConfig(), start=start, stop=stop, log_step=log_step)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -213,11 +203,6 @@ def measure_method(method: str, model: torch.nn.Module, losses, plan: Plan) -> d
             "peak_memory_bytes": peak, "host_syncs_per_step_total": counter.count}
 
 
-def measure_round(order: Sequence[str], model: torch.nn.Module, losses, plan: Plan) -> dict[str, dict]:
-    """Every method once, in ``order`` (two rounds in opposite orders cancel warm-up and drift)."""
-    return {method: measure_method(method, model, losses, plan) for method in order}
-
-
 def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -> dict:
     """Every method of ``plan`` on one model in one precision."""
     model = build_model(source, precision, plan.device)
@@ -227,7 +212,8 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
               "batch_size": plan.batch_size, "seq_len": plan.seq_len, "methods": {}}
     losses = level_losses(model, plan, precision)
     result["model_and_optimizer_host_syncs_per_step"] = baseline = baseline_syncs(params, losses, plan.device)
-    rounds = [measure_round(order, model, losses, plan) for order in (plan.methods, plan.methods[::-1])]
+    # two rounds, the methods in opposite orders (to cancel warm-up and drift)
+    rounds = [{m: measure_method(m, model, losses, plan) for m in order} for order in (plan.methods, plan.methods[::-1])]
     for method in plan.methods:
         times = [t for measured in rounds for t in measured[method]["step_seconds"]]
         peaks = [measured[method]["peak_memory_bytes"] for measured in rounds]
@@ -280,31 +266,23 @@ def _device_name(device: str) -> str:
 # --------------------------------------------------------------------------- plans
 
 
-def gpu_plan(args: SimpleNamespace) -> Plan:
+def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
+    """The run asked for: tiny shapes on the CPU, the CPU precision table, or (the default) the CUDA run."""
+    if cpu_smoke:
+        return Plan(device="cpu", models=[(TINY.name, TINY)], batch_size=2, seq_len=16, steps=1, budget_seconds=60.0,
+                    out=RESULTS / "gpu_smoke.json", notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
+    if cpu_precision:
+        return Plan(device="cpu", models=[(LLAMA_20M.name, LLAMA_20M)], precisions=("fp32", "bf16", "autocast-bf16"),
+                    methods=("blur", "weighted_sum"), batch_size=8, seq_len=128, steps=3, budget_seconds=600.0,
+                    out=RESULTS / "precision_cpu.json")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu: no CUDA device here. Run it on a GPU machine, or pass --cpu-smoke "
                          "(tiny shapes, checks the machinery) or --cpu-precision (CPU figures).")
-    models: list[tuple[str, Shape | Path]] = []
-    notes = []
-    if SMOLLM2.is_dir():
-        models.append(("smollm2-135m", SMOLLM2))
-    else:
-        notes.append(f"smollm2-135m: {SMOLLM2.relative_to(REPO)} not found (blur model fetch smollm2); skipped")
-    models.append((LLAMA_1B.name, LLAMA_1B))
-    return Plan(device="cuda", models=models, steps=args.steps or 5, budget_seconds=args.budget or 360.0,
-                out=args.out or RESULTS / "gpu.json", notes=notes)
-
-
-def cpu_smoke_plan(args: SimpleNamespace) -> Plan:
-    return Plan(device="cpu", models=[(TINY.name, TINY)], batch_size=2, seq_len=16, steps=args.steps or 1,
-                budget_seconds=args.budget or 60.0, out=args.out or RESULTS / "gpu_smoke.json",
-                notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
-
-
-def cpu_precision_plan(args: SimpleNamespace) -> Plan:
-    return Plan(device="cpu", models=[(LLAMA_20M.name, LLAMA_20M)], precisions=("fp32", "bf16", "autocast-bf16"),
-                methods=("blur", "weighted_sum"), batch_size=8, seq_len=128, steps=args.steps or 3,
-                budget_seconds=args.budget or 600.0, out=args.out or RESULTS / "precision_cpu.json")
+    found = SMOLLM2.is_dir()
+    return Plan(device="cuda", models=([("smollm2-135m", SMOLLM2)] if found else []) + [(LLAMA_1B.name, LLAMA_1B)],
+                budget_seconds=360.0, out=RESULTS / "gpu.json",
+                notes=[] if found else [f"smollm2-135m: {SMOLLM2.relative_to(REPO)} not found (blur model fetch "
+                                        "smollm2); skipped"])
 
 
 app = harness.cli(__doc__)
@@ -319,12 +297,12 @@ def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes 
          threads: int = typer.Option(1, help="torch threads on the CPU")) -> None:
     if cpu_smoke and cpu_precision:
         raise typer.BadParameter("--cpu-smoke and --cpu-precision exclude each other")
-    args = SimpleNamespace(cpu_smoke=cpu_smoke, cpu_precision=cpu_precision, out=out, steps=steps, budget=budget)
     torch.set_num_threads(threads)
-    plan = cpu_smoke_plan(args) if cpu_smoke else cpu_precision_plan(args) if cpu_precision else gpu_plan(args)
-    result = run(plan)
-    write_json(plan.out, result)
-    log(f"wrote {plan.out} in {result['wall_seconds']:.0f} s")
+    chosen = choose_plan(cpu_smoke, cpu_precision)
+    chosen.steps, chosen.budget_seconds, chosen.out = steps or chosen.steps, budget or chosen.budget_seconds, out or chosen.out
+    result = run(chosen)
+    write_json(chosen.out, result)
+    log(f"wrote {chosen.out} in {result['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":
