@@ -127,9 +127,7 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
         return None
     config, trained = found
     config = config.with_overrides({"seed": seed})
-    key = content_hash({"unlearn": config.unlearn.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
-                        "seed": seed})  # the gate is re-applied to the stored metrics: changing it reruns nothing
-    paths = Paths(trained.root / "runs" / f"seed{seed}-{key}", config_root=world.root)
+    paths = cached_run(trained.root / "runs", config, seed, world.root)
     done = paths.root / "result.json"
     if done.exists():
         return with_gate(json.loads(done.read_text()), paths, config)
@@ -157,6 +155,41 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     write_json(done, result)
     shutil.rmtree(paths.unlearned, ignore_errors=True)  # SmolLM2 weights: 0.5 GB a run
     return with_gate(result, paths, config)
+
+
+# Stop-rule settings added after runs were cached, with the value the runs had (the behaviour before the setting
+# existed). A run recorded without one stands for today's value when today's rule, replayed on its probe curve,
+# stops it at the same step: the probe only reads the model, so up to that step the two runs are one run.
+ADDED_SINCE = {"overshoot": "continue"}
+
+
+def run_key(config, seed: int, *, before_added: bool = False) -> str:
+    """The cache key of a run: its unlearn and eval settings and seed (the gate is re-applied to the stored
+    metrics, so changing it reruns nothing); ``before_added``: as recorded before :data:`ADDED_SINCE`."""
+    unlearn = config.unlearn.model_dump(mode="json")
+    if before_added:
+        for name in ADDED_SINCE:
+            unlearn["stop"].pop(name)
+    return content_hash({"unlearn": unlearn, "eval": config.eval.model_dump(mode="json"), "seed": seed})
+
+
+def cached_run(runs: Path, config, seed: int, config_root: Path):
+    """The run folder of these settings: the one recorded before a stop setting was added when it stands for
+    today's (see :data:`ADDED_SINCE`), else today's key's (run or not)."""
+    from components.artifacts import UnlearnSummary
+    from components.paths import Paths
+    from components.unlearning.stopping import replay
+
+    stop = config.unlearn.stop
+    earlier = Paths(runs / f"seed{seed}-{run_key(config, seed, before_added=True)}", config_root=config_root)
+    summary_file = earlier.report_files.unlearn_summary
+    if (any(getattr(stop, name) != value for name, value in ADDED_SINCE.items()) and stop.rule == "holdout"
+            and (earlier.root / "result.json").exists() and summary_file.exists()):
+        recorded = UnlearnSummary.load(summary_file).stop or {}
+        last = recorded.get("stopped_at") or recorded.get("ended_at") or UnlearnSummary.load(summary_file).steps
+        if recorded.get("curve") and replay(recorded["curve"], stop, last)["stopped_at"] == recorded.get("stopped_at"):
+            return earlier
+    return Paths(runs / f"seed{seed}-{run_key(config, seed)}", config_root=config_root)
 
 
 def linked(world: World, trained, root: Path):
