@@ -826,7 +826,7 @@ class CertifiedRequest(_Strict):
 
 class CertifiedForgetSet(_Strict):
     n_records: int
-    ids_digest: str = _matching(HEX_ID, "a hex hash")
+    ids_digest: str = _matching(HEX_ID, "a hex hash (format 2: keyed by the deployment's secret)")
     batch_id: str | None = _matching(BATCH_ID.pattern[2:-2], "a batch id")
     batch_dvc_md5: str | None = _matching(MD5, "a DVC md5")
 
@@ -879,7 +879,8 @@ class Certificate(_Strict):
     erased, which model version forgot it, the measurements, the gate's decision, the purge and the
     times, in ids, hashes, numbers and times only; hash-chained (:mod:`components.erasure.certificates`)."""
 
-    format: Literal["blur-deletion-certificate/1"]
+    format: Literal["blur-deletion-certificate/1", "blur-deletion-certificate/2"] = Field(
+        description="2: forget_set.ids_digest is keyed by the deployment's secret; 1: it is plain (older)")
     request: CertifiedRequest
     forget_set: CertifiedForgetSet
     model: CertifiedModel
