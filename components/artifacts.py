@@ -775,6 +775,16 @@ class RunningBatch(Artifact):
     request_ids: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list, description="names of the inbox files taken (never logged)")
     batch_id: str | None = None
+    # who took it (what `blur status` shows of a run that stopped; absent from records written before)
+    pid: int | None = None
+    host: str | None = None
+
+    def describe(self) -> str:
+        """The batch as `blur status` and the logs name it: its id (or when it was taken), its requests
+        by id and the process that took it; never a file name."""
+        who = f", by process {self.pid} on {self.host}" if self.pid is not None else ""
+        return (f"batch {self.batch_id or '(no id yet)'} (taken at {self.taken_at}{who}; "
+                f"{len(self.request_ids)} request(s): {', '.join(self.request_ids) or 'none'})")
 
 
 class RequestIdPeek(BaseModel):
