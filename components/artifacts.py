@@ -775,6 +775,16 @@ class RunningBatch(Artifact):
     request_ids: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list, description="names of the inbox files taken (never logged)")
     batch_id: str | None = None
+    # who took it (what `blur status` shows of a run that stopped; absent from records written before)
+    pid: int | None = None
+    host: str | None = None
+
+    def describe(self) -> str:
+        """The batch as `blur status` and the logs name it: its id (or when it was taken), its requests
+        by id and the process that took it; never a file name."""
+        who = f", by process {self.pid} on {self.host}" if self.pid is not None else ""
+        return (f"batch {self.batch_id or '(no id yet)'} (taken at {self.taken_at}{who}; "
+                f"{len(self.request_ids)} request(s): {', '.join(self.request_ids) or 'none'})")
 
 
 class RequestIdPeek(BaseModel):
@@ -826,7 +836,7 @@ class CertifiedRequest(_Strict):
 
 class CertifiedForgetSet(_Strict):
     n_records: int
-    ids_digest: str = _matching(HEX_ID, "a hex hash")
+    ids_digest: str = _matching(HEX_ID, "a hex hash (format 2: keyed by the deployment's secret)")
     batch_id: str | None = _matching(BATCH_ID.pattern[2:-2], "a batch id")
     batch_dvc_md5: str | None = _matching(MD5, "a DVC md5")
 
@@ -879,7 +889,8 @@ class Certificate(_Strict):
     erased, which model version forgot it, the measurements, the gate's decision, the purge and the
     times, in ids, hashes, numbers and times only; hash-chained (:mod:`components.erasure.certificates`)."""
 
-    format: Literal["blur-deletion-certificate/1"]
+    format: Literal["blur-deletion-certificate/1", "blur-deletion-certificate/2"] = Field(
+        description="2: forget_set.ids_digest is keyed by the deployment's secret; 1: it is plain (older)")
     request: CertifiedRequest
     forget_set: CertifiedForgetSet
     model: CertifiedModel

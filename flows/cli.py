@@ -211,6 +211,7 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     models, size = EvalCache(paths.eval_cache).size()
     console.print(f"Evaluation cache: {models} model(s), {size / 2**20:.1f} MiB in {paths.eval_cache} "
                   "(purged with the models it scored)")
+    _show_batch_record(Inbox(paths))
     push = pending_push(paths)
     if push:
         err.print(f"[yellow]dvc push pending since {push.since}: {escape(str(push.error))}; "
@@ -227,6 +228,26 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     else:
         console.print(f"No champion yet for '{config.registry.model_name}': the next batch starts from the target.")
     _show_erased_data_holders(config, paths, registry=True)
+
+
+def _show_batch_record(inbox) -> None:
+    """The batch a run took (``.running.json``): under way, or stopped before it was decided (its
+    requests stay uncancellable until the next `blur process` decides them), or unreadable."""
+    from components.data.inbox import InboxError
+
+    try:
+        taken = inbox.running()
+    except InboxError as error:
+        err.print(f"[yellow]{escape(str(error))}[/yellow]")
+        return
+    if taken is None:
+        return
+    if inbox.stopped_batch() is None:
+        console.print(f"Under way: {escape(taken.describe())} is being processed now.")
+        return
+    err.print(f"[yellow]Stopped: the run that took {escape(taken.describe())} stopped before it was decided. "
+              "Its requests cannot be cancelled until it is (its model may serve already): run `blur process`, "
+              "which decides them, or takes them again.[/yellow]")
 
 
 def _show_erased_data_holders(config, paths, *, registry: bool) -> None:

@@ -22,7 +22,7 @@ from components.artifacts import ROLES, ErasureRecord, GateDecision, Metrics, Re
 from components.config import Config, load_config
 from components.context import RunContext, run_context
 from components.data import versioning
-from components.data.inbox import Inbox, Pending, Unversionable, label, unversionable_reason
+from components.data.inbox import Inbox, InboxError, Pending, Unversionable, label, unversionable_reason
 from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.data.versioning import (VersioningError, bytes_md5, mark_push_pending, pending_push,
@@ -127,6 +127,7 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
     rejected/. Logs and the summary name a file by its request id or a hash (:func:`label`), never by
     its file name. A certified request needs no such care: its certificate outlives any alias move."""
     logger = get_run_logger()
+    _recognise_stopped_batch(batch, inbox)
     limit = batch.config.flow.max_batch_requests
     erased = _registry_erased(batch) - inbox.certified_ids() if len(inbox.files()) > limit else set()
     valid, invalid = inbox.take(limit=limit, erased=erased, claim=True)
@@ -141,6 +142,23 @@ def _take(batch: Batch, inbox: Inbox) -> list[Pending]:
         batch.summary["rejected"].append(name)
         logger.warning("rejected %s: %d problem(s), see rejected/", name, len(error.reasons))
     return _pin(batch, inbox, valid)
+
+
+def _recognise_stopped_batch(batch: Batch, inbox: Inbox) -> None:
+    """A batch record found before this run's take (this run holds the run lock) is a stopped run's: say
+    so (ids only). The take replaces it: what that run took is taken again or, beyond the limit, read
+    from the registry as not erased (:meth:`Inbox.stopped_batch`)."""
+    try:
+        stopped = inbox.running()
+    except InboxError as error:
+        get_run_logger().warning("a previous run's batch record cannot be read (%s); this run takes the inbox "
+                                 "again under a new one", type(error).__name__)
+        batch.summary["stopped_batch"] = "unreadable"
+        return
+    if stopped is not None:
+        get_run_logger().warning("a previous run stopped before deciding %s; this run takes the inbox again",
+                                 stopped.describe())
+        batch.summary["stopped_batch"] = stopped.batch_id or stopped.taken_at
 
 
 def _quarantine(batch: Batch, inbox: Inbox,

@@ -181,3 +181,36 @@ def test_inbox_file_names_never_reach_prefect(named_inbox_run):
     rejected = named_inbox_run["repo"] / "data" / "requests" / "rejected"
     assert {p.name for p in rejected.glob("*.reason.txt")} == {f"{name}.json.reason.txt" for name in names}
     assert (rejected / "john-roe-link.json").is_symlink()
+
+
+# --------------------------------------------------------------------------- record ids leave keyed
+
+
+def _unkeyed_ids(repo: Path) -> set[str]:
+    """What a person's guess could be checked against, computed without the deployment's key: each erased
+    record's id, each request's ids digest (what a certificate held before format 2), the batch's forget
+    digest and the erased subject's hash (Great Expectations' ``subject_hash``)."""
+    from components.data.records import content_hash
+    from components.erasure.certificates import ids_digest
+
+    notes = [json.loads(p.read_text()) for p in (repo / "data" / "requests" / "processed").glob("*.result.json")]
+    ids = {record_id for note in notes for record_id in note["forget_ids"]}
+    return ids | {ids_digest(note["forget_ids"]) for note in notes} | {ids_digest(ids), content_hash(forgotten_subject())}
+
+
+def test_record_ids_and_their_digests_leave_the_machine_only_keyed(reference_run):
+    """Issue 21, privacy: what leaves the machine (MLflow's database and artifacts, certificates included;
+    the Prefect database, which a Prefect server holds elsewhere) names erased records only by ids keyed
+    with the deployment's secret. The local per-item reports and Data Docs keep the plain ids (they stay on
+    the machine, git-ignored, never logged; docs/guarantees.md says why)."""
+    repo = reference_run["repo"]
+    unkeyed = _unkeyed_ids(repo)
+    assert len(unkeyed) >= 10
+    prefect_db = _prefect_database()
+    leaving = [root for root in (repo / "mlflow.db", repo / "mlartifacts") if root.exists()]
+    leaving += sorted(prefect_db.parent.glob(prefect_db.name + "*"))
+    assert {root.name for root in leaving} >= {"mlflow.db", "mlartifacts"}
+    found = find(unkeyed, leaving)
+    assert found == [], found
+    local = [batch / "reports" / "per_item" for batch in sorted((repo / "runs").glob("batch-*"))]
+    assert find(unkeyed, local), "the local per-item reports keep the plain ids (the search would find them)"

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from components.paths import REASON_SUFFIX, REQUEST_SUFFIX, RESULT_SUFFIX, RETRI
 NOTE_SUFFIXES = (RESULT_SUFFIX, REASON_SUFFIX)
 USER_LOCK_SECONDS = 60.0  # how long `blur request add/cancel/retry` wait while files move
 MOVE_LOCK_SECONDS = 600.0  # how long a batch waits for a person's command to finish moving files
+UNREADABLE_RECORD = "do not delete it: a request it took may be erased by the champion already"
 _COUNTER = re.compile(r"\.\d+$")  # the ".1" that _free_name adds to a taken name
 
 
@@ -198,8 +200,21 @@ class Inbox:
             return RunningBatch.load(self.paths.running_batch)
         except FileNotFoundError:
             return None
-        except ArtifactError as error:
-            raise InboxError(f"{error}: delete it once no `blur process` runs") from None
+        except ArtifactError as error:  # it cannot say what its run took: refuse every cancel (fail closed)
+            raise InboxError(f"{error}: it records what a batch took and cannot be read, so no request can be "
+                             f"cancelled until `blur process` takes the inbox again under a new record ({UNREADABLE_RECORD})"
+                             ) from None
+
+    def stopped_batch(self) -> RunningBatch | None:
+        """The record of a batch whose run stopped before deciding it (crashed, killed, or raised): the
+        record is there and no run holds the run lock. None when there is none, or while a run is under
+        way. :class:`InboxError` when the record cannot be read. The next run takes the inbox again under
+        its own record: each request the stopped batch took is taken again, or (beyond
+        ``flow.max_batch_requests``) read from the registry as not erased, so nothing it may have erased
+        becomes cancellable."""
+        if self._is_running():
+            return None
+        return self.running()
 
     def name_batch(self, batch_id: str) -> None:
         """Record the id of the batch under way (chosen after the take), for `cancel`'s refusal."""
@@ -416,10 +431,10 @@ class Inbox:
         """
         with self._locked(MOVE_LOCK_SECONDS):
             valid, invalid = self._take(limit, erased)
-            if claim:
+            if claim:  # replaces a stopped batch's record (or one that cannot be read): this run decides them now
                 RunningBatch(taken_at=_now(), request_ids=[p.request_id for p in valid],
-                             files=[p.path.name for p in valid] + [path.name for path, _ in invalid]
-                             ).save(self.paths.running_batch)
+                             files=[p.path.name for p in valid] + [path.name for path, _ in invalid],
+                             pid=os.getpid(), host=socket.gethostname()).save(self.paths.running_batch)
         return valid, invalid
 
     def _take(self, limit: int | None,

@@ -1,8 +1,8 @@
 """Deletion certificates: one per processed request, hash-chained, free of erased text.
 
 A certificate says what was asked (the sha256 of the request file's bytes), what was
-erased (how many records and the digest of their ids; the DVC md5 of the batch's forget
-set), which model version forgot it (the sha256 of its weights), the measurements that
+erased (how many records and the digest of their ids, keyed by the deployment's secret; the
+DVC md5 of the batch's forget set), which model version forgot it (the sha256 of its weights), the measurements that
 show it, the gate's decision, the times, and which older versions holding the data were
 purged. It holds ids, hashes, counts, numbers and times only: every field is checked
 against an allow-list when it is issued, and a field that does not look like what it
@@ -43,7 +43,8 @@ from components.registry.retention import RETENTION_POLICIES
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-FORMAT = "blur-deletion-certificate/1"
+FORMAT_1 = "blur-deletion-certificate/1"  # ids_digest: the plain digest of the record ids (still verified)
+FORMAT = "blur-deletion-certificate/2"  # ids_digest keyed by the deployment's secret (erasure.safe.record_id_key)
 HEAD_FILE = Paths().certificate_head.name  # the chain head's file name, beside the certificates
 GENESIS_HASH = "0" * 64
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
@@ -119,6 +120,21 @@ def ids_digest(record_ids: Iterable[str]) -> str:
     """The digest of a set of record ids (order-independent; what ``records_digest`` computes)."""
     blob = json.dumps(sorted(record_ids), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def certified_ids_digest(format: str, record_ids: Iterable[str], key: bytes | None) -> str:
+    """The ``forget_set.ids_digest`` a certificate of ``format`` holds for ``record_ids``: format 2 keys
+    :func:`ids_digest` with the deployment's secret (``key``; a record id is a hash of a record's text, so
+    a plain digest of a person's records can be checked against a guess, and certificates leave the
+    machine: MLflow, the DVC remote); format 1 (certificates issued before) holds it plain."""
+    digest = ids_digest(record_ids)
+    if format == FORMAT_1:
+        return digest
+    if key is None:
+        raise CertificateError("the deployment's record-id key is missing: a keyed ids digest cannot be computed")
+    from components.erasure.safe import keyed_hash
+
+    return keyed_hash(key, digest)
 
 
 def canonical_json(data: Any) -> str:
@@ -251,8 +267,9 @@ def certified_gate(gate: GateDecision) -> dict[str, Any]:
 # --------------------------------------------------------------------------- building one
 
 
-def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
-    """The certificate's content from ``evidence``, every field through the allow-list."""
+def _body(evidence: ErasureEvidence, issued_at: str, key: bytes) -> dict[str, Any]:
+    """The certificate's content from ``evidence``, every field through the allow-list (``key``: the
+    deployment's record-id secret the ids digest is keyed with)."""
     e = evidence
     if e.retention not in RETENTION_POLICIES:
         raise CertificateError(f"certificate field 'retention' must be one of {list(RETENTION_POLICIES)}")
@@ -265,7 +282,7 @@ def _body(evidence: ErasureEvidence, issued_at: str) -> dict[str, Any]:
         "format": FORMAT,
         "request": {"request_id": _text(e.request_id), "content_sha256": _text(e.request_sha256),
                     "dvc_md5": _text(e.request_dvc_md5)},
-        "forget_set": {"n_records": len(forget_ids), "ids_digest": ids_digest(forget_ids),
+        "forget_set": {"n_records": len(forget_ids), "ids_digest": certified_ids_digest(FORMAT, forget_ids, key),
                        "batch_id": _text(e.batch_id), "batch_dvc_md5": _text(e.forget_dvc_md5)},
         "model": {"name": _text(e.model_name), "version": _text(e.model_version), "run_id": _text(e.run_id),
                   "weights_sha256": _text(e.weights_sha256)},
@@ -295,7 +312,8 @@ def render_markdown(certificate: Mapping[str, Any]) -> str:
         "## What was asked and erased", "",
         f"- request file sha256: `{request['content_sha256']}`" + (f" (DVC md5 `{request['dvc_md5']}`)"
                                                                   if request["dvc_md5"] else ""),
-        f"- records erased: {forget['n_records']} (ids digest `{forget['ids_digest']}`)",
+        f"- records erased: {forget['n_records']} (ids digest `{forget['ids_digest']}`"
+        + (")" if c["format"] == FORMAT_1 else ", keyed by this deployment's secret)"),
         f"- batch: {forget['batch_id'] or '-'}; forget set DVC md5 `{forget['batch_dvc_md5'] or '-'}`",
         "", "## Which model forgot it", "",
         f"- `{model['name']}` version {model['version']} (run `{model['run_id'] or '-'}`)",
@@ -385,7 +403,7 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     """Append the certificate of one processed request to the chain; returns its JSON path.
 
     Writes ``<request_id>.json``, then ``<request_id>.md``, then the chain head, each
-    atomically. Idempotent: a request that already has a certificate keeps it (one per
+    atomically. The ids digest is keyed with the deployment's secret (created if it is the first). Idempotent: a request that already has a certificate keeps it (one per
     request; a retried flow gets the same path back), and a certificate written just
     before a crash, with the head not yet moved, is completed rather than written again.
     """
@@ -398,7 +416,9 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
             _write_rendering_and_head(paths, existing)
         return path
     issued_at = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-    certificate = {**_body(evidence, issued_at), "sequence": head.sequence + 1,
+    from components.erasure.safe import record_id_key
+
+    certificate = {**_body(evidence, issued_at, record_id_key(paths)), "sequence": head.sequence + 1,
                    "previous_hash": head.certificate_hash}
     certificate["certificate_hash"] = certificate_hash(certificate)
     write_json(path, certificate)

@@ -36,6 +36,7 @@ class CertifiedRequest(BaseModel):
 
     request_id: str
     readable: bool = True
+    format: str | None = None  # the certificate's format: 2 keys its ids digest (certificates.certified_ids_digest)
     content_sha256: str | None = None
     ids_digest: str | None = None
     n_records: int | None = None
@@ -67,7 +68,7 @@ def _read_certificate(path: Path) -> CertifiedRequest:
         return CertifiedRequest(request_id=path.stem, readable=False)
     request, forget, model = certificate.request, certificate.forget_set, certificate.model
     return CertifiedRequest(
-        request_id=request.request_id, content_sha256=request.content_sha256, ids_digest=forget.ids_digest,
+        request_id=request.request_id, format=certificate.format, content_sha256=request.content_sha256, ids_digest=forget.ids_digest,
         n_records=forget.n_records, batch_id=forget.batch_id, model_name=model.name, model_version=model.version,
         run_id=model.run_id, certificate_hash=certificate.certificate_hash,
         erased_forget_prob=_erased_level(certificate))
@@ -147,7 +148,6 @@ def _recover(config: "Config", repo: Paths, request_id: str, source: Path | None
     """The record ids an erased request without a note names, from its request file."""
     from components.data.requests import RequestError, read_request, resolve_request
     from components.data.world import load_world
-    from components.erasure.certificates import ids_digest
     from components.context import run_context
 
     what = (f"request '{request_id}' was erased (it has a certificate or a registry tag) but its result note "
@@ -164,7 +164,22 @@ def _recover(config: "Config", repo: Paths, request_id: str, source: Path | None
         raise LedgerError(f"{what}, and its request file no longer resolves against the world: restore the "
                           "note (git or `dvc checkout`) before processing more requests") from None
     certificate = certified_requests(repo.root).get(request_id)
-    if certificate is not None and certificate.readable and certificate.ids_digest != ids_digest(forget_ids):
+    if certificate is not None and certificate.readable and certificate.ids_digest != _digest(repo, certificate,
+                                                                                              forget_ids, what):
         raise LedgerError(f"{what}, and its request file resolves to other records than its certificate names: "
                           "restore the note (git or `dvc checkout`) before processing more requests")
     return forget_ids
+
+
+def _digest(repo: Paths, certificate: CertifiedRequest, forget_ids: list[str], what: str) -> str:
+    """The ids digest ``certificate`` would hold for ``forget_ids`` (keyed for format 2, with the key as it
+    is: never a new one); :class:`LedgerError` when the key it needs is gone."""
+    from components.erasure.certificates import FORMAT_1, certified_ids_digest
+    from components.erasure.safe import stored_record_id_key
+
+    key = stored_record_id_key(repo)
+    if key is None and certificate.format != FORMAT_1:
+        raise LedgerError(f"{what}, and its certificate's ids digest is keyed by the deployment's secret "
+                          f"({repo.record_id_key.relative_to(repo.root)}), which is missing: restore the key "
+                          "from its backup, or the note (git or `dvc checkout`), before processing more requests")
+    return certified_ids_digest(certificate.format or FORMAT_1, forget_ids, key)

@@ -8,8 +8,9 @@ So a summary that one day carries record text by mistake still cannot leak it.
 
 A record id is a hash of the record's text, so anyone who can guess a person's facts could
 compute it and find it in MLflow. Record ids therefore leave keyed by a secret of this
-deployment (:func:`record_id_key`, :func:`keyed_hash`), and so do the digests of sets of them;
-inside the pipeline (notes, sampling, caches, certificates' digests) they stay as they are.
+deployment (:func:`record_id_key`, :func:`keyed_hash`), and so do the digests of sets of them,
+a certificate's ids digest included (it is logged to MLflow and pushed with the batch); inside the
+pipeline (notes, sampling, caches) they stay as they are.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def _time(value: Any) -> str | None:
 def record_id_key(paths: "Paths") -> bytes:
     """This deployment's secret for the record ids that leave it (``paths.record_id_key``): 32 random
     bytes, created once (owner-only, appearing whole or not at all), then read. Never logged; git- and
-    DVC-ignored. Losing it changes only the ids MLflow shows from then on, nothing the pipeline reads."""
+    DVC-ignored. Losing it changes the ids MLflow shows from then on, and a certificate's keyed ids digest
+    (format 2) can no longer be checked: a lost result note is then not recovered (fail closed)."""
     path = paths.record_id_key
-    if not path.exists():
+    if stored_record_id_key(paths) is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -72,6 +74,15 @@ def record_id_key(paths: "Paths") -> bytes:
         finally:
             tmp.unlink()
     return bytes.fromhex(path.read_text().strip())
+
+
+def stored_record_id_key(paths: "Paths") -> bytes | None:
+    """This deployment's secret if it exists (never created here: what checks a keyed digest must not
+    make a new key that matches nothing); None when ``paths.record_id_key`` is missing."""
+    try:
+        return bytes.fromhex(paths.record_id_key.read_text().strip())
+    except FileNotFoundError:
+        return None
 
 
 def keyed_hash(key: bytes, value: str) -> str:
