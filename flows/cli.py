@@ -288,11 +288,14 @@ def _holders_by_design(config, paths) -> str:
     on it (the pipeline unlearns from it, never retrains it), the caches and the request files."""
     world = "the world (demo world, generated from the seed)" if config.world.source == "demo" else \
         f"the world ({escape(str(config.world.path))})"
-    target = escape(str(config.model.base)) if config.model.base else "models/target"
+    def shown(path) -> str:
+        return escape(str(path.relative_to(paths.root)))
+
+    target = escape(str(config.model.base)) if config.model.base else shown(paths.target)
     parts = [world, f"the target model ({target})", "the fine-tune and evaluation caches (.cache/)",
-             "the request files (data/requests/)", "the DVC cache and remote"]
+             f"the request files ({shown(paths.requests)}/)", "the DVC cache and remote"]
     if paths.prepared.exists():
-        parts.insert(2, "the last `dvc repro`'s splits (data/prepared/)")
+        parts.insert(2, f"the last `dvc repro`'s splits ({shown(paths.prepared)}/)")
     return ", ".join(parts)
 
 
