@@ -56,7 +56,7 @@ def test_the_readme_has_no_table_outside_a_generated_block():
 
 
 def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_rule():
-    from benchmarks.comparison import at_level, helps, verdict
+    from benchmarks.compare import at_level, helps, verdict
 
     points = [{"forget_prob": 0.9, "retain_nll": 1.0}, {"forget_prob": 0.5, "retain_nll": 1.4},
               {"forget_prob": 0.1, "retain_nll": 2.2}]
@@ -75,12 +75,12 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
 
 def _renderer(stem: str):
     """The study function that writes ``results/<stem>.md`` from ``results/<stem>.json``."""
-    from benchmarks import (calibration, comparison, eval_reuse, holdout_exchangeability, noise_floor, scaling,
+    from benchmarks import (calibration, compare, eval_reuse, holdout_exchangeability, noise_floor, scaling,
                             step_cost, utility_noise)
 
     if stem == "eval_reuse_flow":
         return eval_reuse.render_flow
-    for module in (calibration, comparison, eval_reuse, holdout_exchangeability, noise_floor, scaling, step_cost,
+    for module in (calibration, compare, eval_reuse, holdout_exchangeability, noise_floor, scaling, step_cost,
                    utility_noise):
         if stem.startswith(module.__name__.rsplit(".", 1)[1]):
             return module.renderer(stem) if hasattr(module, "renderer") else module.render

@@ -21,7 +21,8 @@ from benchmarks import calibration, harness
 from benchmarks.harness import CACHE, fmt, log, machine, table
 from components.data.records import content_hash
 
-STEM = "comparison"
+STEM = "compare"
+CACHED_AS = "comparison"  # the runs' cache folder, named before the module was renamed (issue 20 names it compare)
 G = (0.03, 0.1, 0.3)
 SEEDS = (0, 1, 2)
 STEPS = {"demo": 60, "smollm2": 40}
@@ -232,7 +233,7 @@ def load_world(world: str) -> tuple[Any, dict]:
 def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
     config, loaded = load_world(world)
     scorer = Scorer.build(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
-    root = CACHE / STEM / f"{world}-{loaded['key']}"
+    root = CACHE / CACHED_AS / f"{world}-{loaded['key']}"
 
     def measure_reference() -> dict:
         oracle = scorer.measure(loaded["oracle"].model, None)
