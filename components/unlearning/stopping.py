@@ -111,6 +111,7 @@ class HoldoutStopper:
     past: int = 0  # probes in a row with the forget set past the holdout
     nearest: dict | None = None  # overshoot restore: the nearest probe so far (its weights are kept)
     _last_verdict: str | None = None
+    _overshot: bool = False  # rank 0's last verdict was an overshoot (the nearest probe's weights are restored)
 
     @property
     def restores(self) -> bool:
@@ -141,14 +142,17 @@ class HoldoutStopper:
 
     def decide(self, reading: dict) -> dict:
         """The rule on one probe's reading (step, means, KS p, AUC): the reading with its verdict added."""
-        if self.restores:
-            nearer = self.nearest is None or nearness(reading, self.stop) > nearness(self.nearest, self.stop)
-            if _agreed(nearer):
+        if self.restores:  # rank 0 decides, so every rank keeps (and restores) the same step's weights
+            nearer = _from_rank0(self.nearest is None or nearness(reading, self.stop) > nearness(self.nearest,
+                                                                                                self.stop))
+            if nearer:
                 self.nearest = dict(reading)
             reading["probe_nearest"] = float(nearer)
         verdict = self._last_verdict = self._verdict(reading["probe_ks_p"], reading["probe_auc"],
                                                      reading["probe_forget_nll"], reading["probe_holdout_nll"])
-        reading["probe_stop"] = float(_agreed(verdict is not None))
+        kind = _from_rank0(0 if verdict is None else 2 if verdict.startswith("overshot") else 1)
+        self._overshot = kind == 2
+        reading["probe_stop"] = float(kind > 0)
         self.readings.append(reading)
         return reading
 
@@ -188,7 +192,7 @@ class HoldoutStopper:
         if reading["probe_stop"] and self.reason is None:
             self.reason = self._last_verdict or "rank 0's probe met the rule"
             self.ended_at = step
-            self.stopped_at = self.nearest["step"] if self.restores and self.reason.startswith("overshot") else step
+            self.stopped_at = self.nearest["step"] if self._overshot else step
         return {k: v for k, v in reading.items() if k != "step"}
 
     def at_cap(self, step: int) -> None:
@@ -283,14 +287,14 @@ def _broadcast(values: torch.Tensor) -> torch.Tensor:
     return moved.to(values.device)
 
 
-def _agreed(flag: bool) -> bool:
-    """Rank 0's verdict on every rank (no-op in a single process)."""
+def _from_rank0(value: int) -> int:
+    """Rank 0's verdict (a small integer or a flag) on every rank (no-op in a single process)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
+        return int(value)
     backend = dist.get_backend()
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+    tensor = torch.tensor([float(value)], device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
