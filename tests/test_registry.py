@@ -353,3 +353,21 @@ def test_a_missing_model_directory_is_refused_before_anything_is_written(mlflow_
     with pytest.raises(RegistryError, match="not a saved Hugging Face model directory"):
         register(mlflow_store, tmp_path / "models" / "unlearned", tmp_path / "reports")
     assert mlflow_store.client().get_experiment_by_name("blur-unlearning") is None
+
+
+def test_the_run_records_where_unlearning_stopped_and_why(mlflow_store, tiny_model_dir, tmp_path):
+    """unlearn.stop's record reaches MLflow: the step whose weights were registered, the last step trained,
+    the rule's kind of stop and its reason (numbers only: the probe's AUC and KS p-value)."""
+    stop = {"rule": "holdout", "criterion": "landed", "stopped_at": 6, "ended_at": 8,
+            "reason": "overshot: forget set past the holdout at 2 probe(s) in a row (AUC 0.219 < 0.5 - 0.05); "
+                      "restored the weights of step 6, the probe nearest the holdout (AUC 0.469, KS p 0.656)",
+            "curve": [{"step": 6, "probe_auc": 0.469}]}
+    candidate = Candidate(sample_metrics(), sample_diagnostics(8), sample_summary("req-0001"), {}, tiny_model_dir,
+                          stop=stop)
+    register_candidate(registry_config(), candidate, tmp_path, store=mlflow_store)
+
+    client = mlflow_store.client()
+    run = client.search_runs([client.get_experiment_by_name(registry_config().registry.experiment).experiment_id])[0]
+    assert run.data.params["unlearn.stopped_at"] == "6" and run.data.params["unlearn.ended_at"] == "8"
+    assert run.data.tags["unlearn.stop"] == "overshot"
+    assert run.data.tags["unlearn.stop_reason"] == stop["reason"]

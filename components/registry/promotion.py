@@ -109,7 +109,8 @@ class Candidate(NamedTuple):
 
     ``metrics`` is evaluate's :class:`~components.artifacts.Metrics`; ``diagnostics`` the per-step records of the
     unlearning loop; ``summary`` the batch's :class:`~components.artifacts.Resolution`;
-    ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved model.
+    ``dvc_hashes`` maps request id to the DVC md5 of its file; ``model_dir`` the saved model; ``stop`` the
+    stopping rule's record of the run (``reports/unlearn.json``'s ``stop``: where and why it ended).
     """
 
     metrics: Metrics
@@ -118,6 +119,7 @@ class Candidate(NamedTuple):
     dvc_hashes: Mapping[str, str] | None
     model_dir: str | Path
     eval_fingerprint: str | None = None  # the model's evaluation-cache key: retention purges its entries
+    stop: Mapping[str, Any] | None = None
 
 
 def champion_version(client: "MlflowClient", model_name: str, alias: str) -> str | None:
@@ -276,12 +278,28 @@ def _numeric_rows(diagnostics: Sequence[Mapping[str, Any]]) -> str:
 
 def _log_record(reg: _Registration) -> None:
     """Params, request tags, the per-step diagnostics and the safe request summary."""
-    params = flatten_config(reg.config) | request_params(reg.safe)
-    log_params_and_tags(reg.client, reg.run_id, params, request_tags(reg.safe) | reg.tags)
+    params = flatten_config(reg.config) | request_params(reg.safe) | stop_params(reg.candidate.stop)
+    log_params_and_tags(reg.client, reg.run_id, params,
+                        request_tags(reg.safe) | stop_tags(reg.candidate.stop) | reg.tags)
     diagnostics = reg.candidate.diagnostics
     log_metric_values(reg.client, reg.run_id, diagnostic_series(diagnostics))
     log_text(reg.client, reg.run_id, _numeric_rows(diagnostics), RUN_ARTIFACTS.diagnostics)
     log_text(reg.client, reg.run_id, json.dumps(reg.safe, indent=2), RUN_ARTIFACTS.requests)
+
+
+def stop_params(stop: Mapping[str, Any] | None) -> dict[str, str]:
+    """Where unlearning stopped: the step whose weights were registered and the last step trained."""
+    if not stop:
+        return {}
+    return {f"unlearn.{key}": str(stop.get(key)) for key in ("stopped_at", "ended_at") if key in stop}
+
+
+def stop_tags(stop: Mapping[str, Any] | None) -> dict[str, str]:
+    """Why: the kind of stop (``landed``, ``overshot``, ``cap`` ...) and the rule's reason (numbers only)."""
+    if not stop or not stop.get("reason"):
+        return {}
+    reason = str(stop["reason"])
+    return {"unlearn.stop": reason.split(":")[0], "unlearn.stop_reason": reason[:MAX_REGISTRY_TAG]}
 
 
 def _log_plots(reg: _Registration, reports_dir: Path) -> None:

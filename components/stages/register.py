@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Collection, Mapping
 
-from components.artifacts import GateDecision, Metrics, Resolution, read_unlearn_log
+from components.artifacts import GateDecision, Metrics, Resolution, UnlearnSummary, read_unlearn_log
 from components.config import Config
 from components.context import RunContext, as_context
 from components.data.versioning import file_md5
@@ -44,9 +44,11 @@ def register(
         repo = Paths(paths.config_root)  # no inbox yet: nothing processed (and no folders made)
         known = repo.processed.is_dir() or repo.certificates.is_dir()
         processed_requests = erased_forget_ids(config, repo, Inbox(repo)) if known else {}
+    unlearned = paths.report_files.unlearn_summary
     candidate = Candidate(Metrics.load(paths.metrics), diagnostics,
                           Resolution.load(paths.resolution), dvc_hashes, paths.unlearned,
-                          evaluated_fingerprint(paths, "unlearned"))
+                          evaluated_fingerprint(paths, "unlearned"),
+                          stop=UnlearnSummary.load(unlearned).stop if unlearned.exists() else None)
     return register_candidate(
         config, candidate, paths.reports, store=tracking_store(tracking_root or paths.config_root),
         processed_requests=processed_requests, tags=tags, record_id_key=record_id_key(Paths(paths.config_root)),
