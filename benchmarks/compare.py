@@ -86,11 +86,13 @@ class Scorer:
 
     def log_truth_ratios(self, model) -> list[float]:
         """log TR of every forget record: paraphrase NLL minus the mean NLL of its perturbed answers."""
+        from components.evaluation.formulas import log_truth_ratio
+
         sizes = [len(p) for p in self.perturbed]
         perturbed = self._nll(model, [e for group in self.perturbed for e in group]).tolist()
         para, out, at = self._nll(model, self.para).tolist(), [], 0
         for nll, size in zip(para, sizes):
-            out.append(nll - statistics.fmean(perturbed[at:at + size]))
+            out.append(log_truth_ratio(nll, perturbed[at:at + size]))
             at += size
         return out
 

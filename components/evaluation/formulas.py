@@ -46,16 +46,20 @@ def answer_probability(token_logps: np.ndarray) -> float:
     return math.exp(-mean_nll(token_logps))
 
 
+def log_truth_ratio(paraphrased_nll: float, perturbed_nlls: Sequence[float]) -> float:
+    """log TR from mean-token NLLs: the paraphrase's NLL minus the mean of its perturbed answers' NLLs."""
+    if not len(perturbed_nlls):
+        raise ValueError("a truth ratio needs at least one perturbed answer")
+    return paraphrased_nll - float(np.mean(perturbed_nlls))
+
+
 def truth_ratio(paraphrased_logps: np.ndarray, perturbed_logps: Sequence[np.ndarray]) -> float:
     """Mean-token probability of the perturbed answers over that of the paraphrase.
 
     The perturbed answers are combined by a geometric mean of their mean-token
     probabilities, i.e. exp(-mean_j NLL_j). Below 1 the model prefers the true fact.
     """
-    if not perturbed_logps:
-        raise ValueError("a truth ratio needs at least one perturbed answer")
-    perturbed_nll = float(np.mean([mean_nll(lp) for lp in perturbed_logps]))
-    log_ratio = mean_nll(paraphrased_logps) - perturbed_nll
+    log_ratio = log_truth_ratio(mean_nll(paraphrased_logps), [mean_nll(lp) for lp in perturbed_logps])
     # A collapsed model (e.g. after runaway gradient ascent) can put the log-ratio past what
     # a float holds; clamp so the ratio stays finite (its scores are then 0 or 1 anyway).
     return math.exp(min(max(log_ratio, -MAX_LOG_RATIO), MAX_LOG_RATIO))
