@@ -27,7 +27,7 @@ from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.data.versioning import (VersioningError, bytes_md5, mark_push_pending, pending_push,
                                          push_or_record)
-from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
+from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures, same_request_file
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
@@ -221,8 +221,6 @@ def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
     `dvc move` failed, between the certificate and the settle): its erasure was made, so it is
     never unlearned, checked or cancelled again. A different file reusing its id is rejected.
     Returns the other requests."""
-    from components.erasure.certificates import file_sha256
-
     certified = certified_requests(batch.repo.root)
     rest = []
     for pending in valid:
@@ -230,7 +228,7 @@ def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
         certificate = certified.get(request_id)
         if certificate is None:
             rest.append(pending)
-        elif certificate.readable and certificate.content_sha256 != file_sha256(pending.path):
+        elif certificate.readable and not same_request_file(batch.repo, certificate, pending.path):
             inbox.reject(pending.path, RequestError(
                 [f"duplicate request_id '{request_id}': a request with this id was already erased"],
                 source=request_id))
