@@ -60,7 +60,7 @@ def test_a_retried_request_gets_fresh_runs_before_it_fails_again(tmp_path, prefe
         with pytest.raises(Exception):
             process_requests(root=str(repo))
     state = Inbox(Paths(repo)).status()
-    assert state["pending"] == ["req-stuck.json"] and state["failed"] == [], "one failure after the retry: still pending"
+    assert state["pending"] == ["req-stuck"] and state["failed"] == [], "one failure after the retry: still pending"
 
 
 def test_the_failure_count_is_kept_through_its_type_and_an_unreadable_one_starts_again(tmp_path):

@@ -338,21 +338,29 @@ class Inbox:
         """Request ids already processed or failed (a new request with one is a duplicate)."""
         return self._processed_ids() | self._failed_ids()
 
-    def status(self) -> dict[str, list[str]]:
-        """Each request once, in its true state. An erased request whose file still waits in the inbox
-        (certified, then its run died or `dvc move` failed) is processed, and listed in ``settling`` too:
-        the next run moves its file. ``pending`` holds the other waiting files."""
+    def status(self, *, file_names: bool = False) -> dict[str, Any]:
+        """Each request once, in its true state, by request id (a file without a well-formed one by a hash
+        of its name: :func:`label`), never by file name, which can name a person. An erased request whose
+        file still waits in the inbox (certified, then its run died or `dvc move` failed) is processed, and
+        listed in ``settling`` too: the next run moves its file. ``pending`` holds the other waiting files.
+        ``file_names``: also ``files``, the names of the pending, rejected and cancelled files (what
+        `blur status --show-files` prints for the operator, on this machine only)."""
         erased = self._processed_ids()
         waiting = {p: self._peek_id(p) for p in self.files()}
-        return {
-            "pending": [p.name for p, request_id in waiting.items() if request_id not in erased],
+        pending = [p for p, request_id in waiting.items() if request_id not in erased]
+        settled = {"rejected": self._with_reason(self.paths.rejected), "cancelled": self._with_reason(self.cancelled)}
+        state: dict[str, Any] = {
+            "pending": sorted(label(p) for p in pending),
             "settling": sorted({request_id for request_id in waiting.values() if request_id in erased}),
             "processed": sorted(erased),
-            "rejected": self._with_reason(self.paths.rejected),
+            "rejected": sorted(label(self.paths.rejected / name) for name in settled["rejected"]),
             "failed": sorted(self._failed_ids()),
-            "cancelled": self._with_reason(self.cancelled),
+            "cancelled": sorted(label(self.cancelled / name) for name in settled["cancelled"]),
             "unreadable": self.unreadable(),
         }
+        if file_names:
+            state["files"] = {"pending": sorted(p.name for p in pending), **settled}
+        return state
 
     # ------------------------------------------------------------------ intake
 
