@@ -104,6 +104,7 @@ class Batch:
     data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
     registry_erased: set[str] | None = None  # request ids the registry holds as erased, read once per run
+    registering: bool = False  # the batch reached the registry: from here its alias may move
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
 
@@ -305,9 +306,12 @@ def _unlearn(batch: Batch, inbox: Inbox, run: RunContext) -> None:
 
 
 def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
-    """Every request of the batch to failed/ with ``reason`` (retriable); publish the outcome."""
+    """Every request of the batch to failed/ with ``reason`` (retriable); publish the outcome. Before the
+    batch reached the registry nothing of it can serve, so the batch record lets them go (a retried one can
+    be cancelled although this run raises and leaves its record); after, the record keeps them until a run
+    reads the registry (the alias may have moved before the failure)."""
     for pending in batch.accepted:
-        inbox.fail(pending, reason)
+        inbox.fail(pending, reason, release=not batch.registering)
         batch.summary["failed"].append(pending.request.request_id)
     _spend_failures(batch)
     _publish(batch.summary, None, None)
@@ -342,7 +346,7 @@ def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str
             batch.summary["processed"].append(request_id)
         else:
             reasons = "; ".join(gate.reasons) or "the promotion gate did not pass"
-            inbox.fail(pending, f"gate failed: {reasons}")
+            inbox.fail(pending, f"gate failed: {reasons}", release=True)  # a failed gate moves no alias
             batch.summary["failed"].append(request_id)
     if not gate.passed:
         _spend_failures(batch)
@@ -372,6 +376,7 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
     get_run_logger().info("evaluate: %s", stages.evaluate_cost_summary(paths))
     crash_point("evaluate")
     dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
+    batch.registering = True  # set before the step that may move the alias: a failure from here keeps the record
     gate = register_batch.with_options(**batch.retry)(
         run, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
         dvc_hashes=dvc_hashes)

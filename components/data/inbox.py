@@ -557,11 +557,32 @@ class Inbox:
         except FileNotFoundError:  # vanished during the move: its note says why
             return None
 
-    def fail(self, pending: Pending, reason: str) -> Path:
-        """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
+    def fail(self, pending: Pending, reason: str, *, release: bool = False) -> Path:
+        """Move a valid request whose unlearning failed to ``failed/`` (retriable).
+
+        ``release``: the batch decided it without reaching the registry (or its gate failed), so it cannot
+        have erased it: the batch record (:meth:`running`) lets it go in the same hold of the inbox lock,
+        and once retried it can be cancelled although the run that failed it stopped (it raises, leaving
+        its record). Without it the record keeps it, as for a request the run may have erased in the
+        registry before it failed (the alias moved): only a run reads the registry."""
         text = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
-        return self._settle(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
-                            name=Paths.request_name(pending.request.request_id))
+        with self._locked(MOVE_LOCK_SECONDS):
+            destination = self._settle_locked(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
+                                              Paths.request_name(pending.request.request_id), track=True)
+            if release:
+                self._release(pending)
+        return destination
+
+    def _release(self, pending: Pending) -> None:
+        """Drop a request its batch decided from the batch record (an unreadable record stays: fail closed)."""
+        try:
+            taken = self.running()
+        except InboxError:
+            return
+        if taken is not None and pending.request.request_id in taken.request_ids:
+            taken.model_copy(update={
+                "request_ids": [r for r in taken.request_ids if r != pending.request.request_id],
+                "files": [f for f in taken.files if f != pending.path.name]}).save(self.paths.running_batch)
 
     def complete(self, pending: Pending, result: ErasureRecord | Mapping[str, Any]) -> Path:
         """Move a request to ``processed/`` with its :class:`ErasureRecord` (ids, counts, hashes; no
@@ -608,8 +629,11 @@ class Inbox:
         if self._is_running():
             raise InboxError(f"request '{request_id}' was taken into {batch}, which is being processed now: "
                              "it cannot be cancelled until that batch is decided (see `blur status` after it)")
-        raise InboxError(f"request '{request_id}' was taken into {batch}, whose run stopped before deciding it: "
-                         "run `blur process` to decide it first; a request it does not erase can be cancelled then")
+        raise InboxError(f"request '{request_id}' was taken into {batch}, whose run stopped before deciding it; "
+                         "that run may have reached the registry and erased it (its model may serve already), which "
+                         "only a run can tell: cancel reads no registry. It cannot be cancelled now. `blur process` "
+                         "decides it: it settles it if it was erased, else it takes it again and processes it; if "
+                         "that run sends it to failed/, `blur request retry` then `cancel` withdraws it")
 
     def retry(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
         """Move a failed request back to the inbox."""
