@@ -812,6 +812,7 @@ class RequestIdPeek(BaseModel):
 SHA256 = r"[0-9a-f]{64}"
 MD5 = r"[0-9a-f]{32}(\.dir)?"
 HEX_ID = r"[0-9a-f]{8,64}"
+KEYED = r"[0-9a-f]{16}"  # an HMAC-SHA256 under the deployment's secret (erasure.safe.keyed_hash)
 VERSION = r"[0-9]{1,12}"
 RUN_ID = r"[0-9a-f]{32}"
 RELATIVE_PATH = r"[A-Za-z0-9_.-]{1,200}(/[A-Za-z0-9_.-]{1,200})*"
@@ -830,15 +831,15 @@ class _Strict(BaseModel):
 
 class CertifiedRequest(_Strict):
     request_id: str = _matching(REQUEST_ID.pattern[2:-2], "a request id")
-    content_sha256: str = _matching(SHA256, "a sha256 hex digest")
-    dvc_md5: str | None = _matching(MD5, "a DVC md5")
+    content_sha256: str = _matching(f"{SHA256}|{KEYED}", "a sha256 hex digest (format 3: keyed by the deployment's secret)")
+    dvc_md5: str | None = _matching(f"{MD5}|{KEYED}", "a DVC md5 (format 3: keyed by the deployment's secret)")
 
 
 class CertifiedForgetSet(_Strict):
     n_records: int
-    ids_digest: str = _matching(HEX_ID, "a hex hash (format 2: keyed by the deployment's secret)")
+    ids_digest: str = _matching(HEX_ID, "a hex hash (formats 2 and 3: keyed by the deployment's secret)")
     batch_id: str | None = _matching(BATCH_ID.pattern[2:-2], "a batch id")
-    batch_dvc_md5: str | None = _matching(MD5, "a DVC md5")
+    batch_dvc_md5: str | None = _matching(f"{MD5}|{KEYED}", "a DVC md5 (format 3: keyed by the deployment's secret)")
 
 
 class CertifiedModel(_Strict):
@@ -889,8 +890,9 @@ class Certificate(_Strict):
     erased, which model version forgot it, the measurements, the gate's decision, the purge and the
     times, in ids, hashes, numbers and times only; hash-chained (:mod:`components.erasure.certificates`)."""
 
-    format: Literal["blur-deletion-certificate/1", "blur-deletion-certificate/2"] = Field(
-        description="2: forget_set.ids_digest is keyed by the deployment's secret; 1: it is plain (older)")
+    format: Literal["blur-deletion-certificate/1", "blur-deletion-certificate/2", "blur-deletion-certificate/3"] = Field(
+        description="3: forget_set.ids_digest, request.content_sha256, request.dvc_md5 and forget_set.batch_dvc_md5 "
+                    "are keyed by the deployment's secret; 2 (older): the ids digest only; 1 (older): none")
     request: CertifiedRequest
     forget_set: CertifiedForgetSet
     model: CertifiedModel
@@ -902,6 +904,19 @@ class Certificate(_Strict):
     previous_hash: str | None = _matching(SHA256, "the previous certificate's hash (zeros for the first)",
                                           default=None)
     certificate_hash: str | None = _matching(SHA256, "sha256 of its canonical JSON without this field", default=None)
+
+    @model_validator(mode="after")
+    def _file_hashes_as_the_format_says(self) -> "Certificate":
+        """Format 3 holds the request file's and the forget set's hashes keyed (16 hex digits); formats 1 and
+        2 hold them plain. The error names the field, never its value."""
+        keyed = self.format == "blur-deletion-certificate/3"
+        fields = {"request.content_sha256": self.request.content_sha256, "request.dvc_md5": self.request.dvc_md5,
+                  "forget_set.batch_dvc_md5": self.forget_set.batch_dvc_md5}  # each a plain hash or a keyed one
+        for name, value in fields.items():
+            if value is not None and bool(re.fullmatch(KEYED, value)) != keyed:
+                raise ValueError(f"{name} must be {'keyed (16 hex digits)' if keyed else 'a plain hash'} in a "
+                                 f"certificate of format {self.format[-1]}")
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> "Certificate":

@@ -181,8 +181,12 @@ def serve(cron: Optional[str] = typer.Option(None, help="Cron schedule; default 
 
 
 @app.command("status")
-def status(root: Path = ROOT, params: str = PARAMS) -> None:
-    """Pending, processed, rejected and failed requests, and the current champion."""
+def status(root: Path = ROOT, params: str = PARAMS,
+           show_files: bool = typer.Option(False, "--show-files", help="Also print the names of the pending, "
+                                           "rejected and cancelled files. A file name can name a person: "
+                                           "keep the output on this machine.")) -> None:
+    """Pending, processed, rejected and failed requests (by request id, never by file name), and the
+    current champion."""
     _environment(root)
     from components.data.inbox import Inbox
     from components.data.versioning import pending_push
@@ -190,7 +194,7 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
 
     ctx = _load(root, params)
     config, paths = ctx.config, ctx.paths
-    state = Inbox(paths).status()
+    state = Inbox(paths).status(file_names=show_files)
     table = Table(title="Deletion requests")
     table.add_column("state")
     table.add_column("count", justify="right")
@@ -200,6 +204,8 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     for key in ("pending", "processed", "rejected", "failed", "cancelled"):
         table.add_row(key, str(len(state[key])), ", ".join(state[key][:10]) + (" ..." if len(state[key]) > 10 else ""))
     console.print(table)
+    if show_files:
+        _show_file_names(state["files"])
     if settling:
         console.print(f"Settling: {len(settling)} erased request(s) still have their file in the inbox; "
                       "the next `blur process` moves it to processed/ (nothing is unlearned again).")
@@ -228,6 +234,16 @@ def status(root: Path = ROOT, params: str = PARAMS) -> None:
     else:
         console.print(f"No champion yet for '{config.registry.model_name}': the next batch starts from the target.")
     _show_erased_data_holders(config, paths, registry=True)
+
+
+def _show_file_names(files: dict[str, list[str]]) -> None:
+    """What `--show-files` asked for: the file names, which can name a person (so only on request)."""
+    table = Table(title="Request files (--show-files: file names can name a person; keep this on this machine)")
+    table.add_column("state")
+    table.add_column("files")
+    for key, names in files.items():
+        table.add_row(key, escape(", ".join(names)) or "-")
+    console.print(table)
 
 
 def _show_batch_record(inbox) -> None:

@@ -27,7 +27,7 @@ from components.data.records import content_hash
 from components.data.requests import RequestError, parse_request_bytes
 from components.data.versioning import (VersioningError, bytes_md5, mark_push_pending, pending_push,
                                          push_or_record)
-from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures
+from components.erasure.ledger import certified_requests, erased_forget_ids, registry_erasures, same_request_file
 from components.erasure.record import ErasedRequest
 from components.erasure.record import purge_batch_copies as purge_copies
 from components.erasure.record import record_erasure as erasure_record
@@ -104,6 +104,7 @@ class Batch:
     data: dict[str, bytes] = field(default_factory=dict)  # request bytes as versioned, by request id
     accepted: list[Pending] = field(default_factory=list)
     registry_erased: set[str] | None = None  # request ids the registry holds as erased, read once per run
+    registering: bool = False  # the batch reached the registry: from here its alias may move
     summary: dict[str, Any] = field(default_factory=lambda: {
         "batch_id": None, "processed": [], "rejected": [], "failed": []})
 
@@ -221,8 +222,6 @@ def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
     `dvc move` failed, between the certificate and the settle): its erasure was made, so it is
     never unlearned, checked or cancelled again. A different file reusing its id is rejected.
     Returns the other requests."""
-    from components.erasure.certificates import file_sha256
-
     certified = certified_requests(batch.repo.root)
     rest = []
     for pending in valid:
@@ -230,7 +229,7 @@ def _settle_certified(batch: Batch, inbox: Inbox, valid: list[Pending],
         certificate = certified.get(request_id)
         if certificate is None:
             rest.append(pending)
-        elif certificate.readable and certificate.content_sha256 != file_sha256(pending.path):
+        elif certificate.readable and not same_request_file(batch.repo, certificate, pending.path):
             inbox.reject(pending.path, RequestError(
                 [f"duplicate request_id '{request_id}': a request with this id was already erased"],
                 source=request_id))
@@ -307,9 +306,12 @@ def _unlearn(batch: Batch, inbox: Inbox, run: RunContext) -> None:
 
 
 def _fail_all(batch: Batch, inbox: Inbox, reason: str) -> None:
-    """Every request of the batch to failed/ with ``reason`` (retriable); publish the outcome."""
+    """Every request of the batch to failed/ with ``reason`` (retriable); publish the outcome. Before the
+    batch reached the registry nothing of it can serve, so the batch record lets them go (a retried one can
+    be cancelled although this run raises and leaves its record); after, the record keeps them until a run
+    reads the registry (the alias may have moved before the failure)."""
     for pending in batch.accepted:
-        inbox.fail(pending, reason)
+        inbox.fail(pending, reason, release=not batch.registering)
         batch.summary["failed"].append(pending.request.request_id)
     _spend_failures(batch)
     _publish(batch.summary, None, None)
@@ -344,7 +346,7 @@ def _settle(batch: Batch, inbox: Inbox, gate: GateDecision, forget_ids: dict[str
             batch.summary["processed"].append(request_id)
         else:
             reasons = "; ".join(gate.reasons) or "the promotion gate did not pass"
-            inbox.fail(pending, f"gate failed: {reasons}")
+            inbox.fail(pending, f"gate failed: {reasons}", release=True)  # a failed gate moves no alias
             batch.summary["failed"].append(request_id)
     if not gate.passed:
         _spend_failures(batch)
@@ -374,6 +376,7 @@ def _run_batch(batch: Batch, inbox: Inbox, paths: Paths,
     get_run_logger().info("evaluate: %s", stages.evaluate_cost_summary(paths))
     crash_point("evaluate")
     dvc_hashes = {p.request.request_id: batch.hashes.get(p.path.name, "") for p in batch.accepted}
+    batch.registering = True  # set before the step that may move the alias: a failure from here keeps the record
     gate = register_batch.with_options(**batch.retry)(
         run, tracking_root=repo.root, tags={"batch_id": batch.summary["batch_id"]},
         dvc_hashes=dvc_hashes)

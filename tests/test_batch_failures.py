@@ -60,7 +60,7 @@ def test_a_retried_request_gets_fresh_runs_before_it_fails_again(tmp_path, prefe
         with pytest.raises(Exception):
             process_requests(root=str(repo))
     state = Inbox(Paths(repo)).status()
-    assert state["pending"] == ["req-stuck.json"] and state["failed"] == [], "one failure after the retry: still pending"
+    assert state["pending"] == ["req-stuck"] and state["failed"] == [], "one failure after the retry: still pending"
 
 
 def test_the_failure_count_is_kept_through_its_type_and_an_unreadable_one_starts_again(tmp_path):
@@ -78,3 +78,26 @@ def test_the_failure_count_is_kept_through_its_type_and_an_unreadable_one_starts
         BatchFailures.load(paths.failures)
     assert count_failure(paths, ValueError("z")) == 1  # counting a failure never fails on its record
     assert BatchFailures.load(paths.failures) == BatchFailures(failures=1, last_error="ValueError")
+
+
+def test_a_request_its_failed_batch_sent_to_failed_can_be_cancelled_once_retried(tmp_path, prefect_server,
+                                                                                   migrated_mlflow_db, seed_target):
+    """Issue 21: the run that sends a batch to failed/ raises, so its batch record (``.running.json``) stays.
+    A request it failed before reaching the registry was decided by it (not erased: nothing was registered),
+    so a person who retries it can cancel it; it used to be refused as "taken into a batch whose run
+    stopped" until the next run, which takes it again."""
+    from components.data.inbox import Inbox
+    from components.paths import Paths
+    from flows.pipeline import process_requests
+
+    repo, _ = stuck_repo(tmp_path, migrated_mlflow_db, seed_target)
+    inbox = Inbox(Paths(repo))
+    with stubbed_stages(evaluate=False):
+        for _ in range(2):
+            with pytest.raises(Exception):
+                process_requests(root=str(repo))
+    assert inbox.status()["failed"] == ["req-stuck"]
+    assert inbox.stopped_batch() is not None and "req-stuck" not in inbox.stopped_batch().request_ids
+    inbox.retry("req-stuck")
+    assert inbox.cancel("req-stuck").parent == inbox.cancelled
+    assert inbox.status()["cancelled"] == ["req-stuck"] and inbox.status()["pending"] == []

@@ -40,7 +40,7 @@ def test_a_new_certificates_ids_digest_is_keyed_by_the_deployments_secret(tmp_pa
         certificates[deployment] = load_certificate(root, "req-r")
         assert verify_chain(root) == []
     one = certificates["one"]
-    assert one["format"] == FORMAT == "blur-deletion-certificate/2"
+    assert one["format"] == FORMAT == "blur-deletion-certificate/3"  # keyed from format 2 on
     assert one["forget_set"]["ids_digest"] == keyed_hash(record_id_key(Paths(tmp_path / "one")), ids_digest(ids))
     assert ids_digest(ids) not in (tmp_path / "one" / "data" / "certificates" / "req-r.json").read_text()
     assert ids_digest(ids) not in (tmp_path / "one" / "data" / "certificates" / "req-r.md").read_text()

@@ -189,13 +189,21 @@ def test_inbox_file_names_never_reach_prefect(named_inbox_run):
 def _unkeyed_ids(repo: Path) -> set[str]:
     """What a person's guess could be checked against, computed without the deployment's key: each erased
     record's id, each request's ids digest (what a certificate held before format 2), the batch's forget
-    digest and the erased subject's hash (Great Expectations' ``subject_hash``)."""
+    digest, the erased subject's hash (Great Expectations' ``subject_hash``), and each processed request
+    file's sha256 and DVC md5 and the request's content hash (what certificates and MLflow held before
+    format 3: whoever can reproduce a request file could compute them)."""
     from components.data.records import content_hash
-    from components.erasure.certificates import ids_digest
+    from components.data.requests import read_request
+    from components.data.versioning import file_md5
+    from components.erasure.certificates import file_sha256, ids_digest
 
-    notes = [json.loads(p.read_text()) for p in (repo / "data" / "requests" / "processed").glob("*.result.json")]
+    processed = repo / "data" / "requests" / "processed"
+    notes = [json.loads(p.read_text()) for p in processed.glob("*.result.json")]
     ids = {record_id for note in notes for record_id in note["forget_ids"]}
-    return ids | {ids_digest(note["forget_ids"]) for note in notes} | {ids_digest(ids), content_hash(forgotten_subject())}
+    files = [p for p in processed.glob("*.json") if not p.name.endswith(".result.json")]
+    assert files, "the processed request files are there to hash"
+    hashes = {h for p in files for h in (file_sha256(p), file_md5(p), read_request(p).fingerprint())}
+    return ids | {ids_digest(note["forget_ids"]) for note in notes} | {ids_digest(ids), content_hash(forgotten_subject())} | hashes
 
 
 def test_record_ids_and_their_digests_leave_the_machine_only_keyed(reference_run):

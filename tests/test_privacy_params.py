@@ -89,3 +89,31 @@ def test_record_ids_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_stor
     assert run.data.params["request.forget_digest"] == logged["digests"]["forget_digest"]
     assert key.hex() not in json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert summary.forget_ids == inside, "the pipeline's own ids are not changed"
+
+
+def test_request_file_hashes_leave_for_mlflow_keyed_by_the_deployments_secret(mlflow_store, tiny_model_dir, tmp_path):
+    """Issue 21, privacy: a request's content hash (``request_hash``, a hash of its id, subjects and records)
+    and its file's DVC md5 can be checked against a guessed request; in MLflow's ``requests.json``, the run's
+    ``request.<id>.*`` tags and the run report they are keyed like the record ids."""
+    import json
+    from pathlib import Path
+
+    from components.erasure.safe import keyed_hash, record_id_key
+    from components.paths import Paths
+
+    key = record_id_key(Paths(tmp_path / "deployment"))
+    summary, md5 = sample_summary("req-0001"), "0123456789abcdef0123456789abcdef"
+    plain = summary.request_hashes["req-0001"]
+    candidate = Candidate(sample_metrics(), sample_diagnostics(3), summary, {"req-0001": md5}, tiny_model_dir)
+    decision = register_candidate(registry_config(max_forget_prob_ratio=0.5), candidate, tmp_path / "reports",
+                                  store=mlflow_store, processed_requests={}, record_id_key=key)
+    client = mlflow_store.client()
+    logged = json.loads(Path(client.download_artifacts(decision.run_id, "requests.json", str(tmp_path))).read_text())
+    assert logged["requests"][0]["request_hash"] == keyed_hash(key, plain)
+    assert logged["requests"][0]["dvc_md5"] == keyed_hash(key, md5)
+    run = client.get_run(decision.run_id)
+    assert run.data.tags["request.req-0001.request_hash"] == keyed_hash(key, plain)
+    assert run.data.tags["request.req-0001.dvc_md5"] == keyed_hash(key, md5)
+    report = (tmp_path / "reports" / "run_report.md").read_text()
+    everything = json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags) + report
+    assert plain not in everything and md5 not in everything

@@ -136,7 +136,7 @@ def test_unreachable_store_promotes_nothing(failures):
 
 def test_unreachable_store_leaves_the_request_pending(failures):
     status = failures["unreachable"]["status"]
-    assert status["pending"] == ["delta.json"] and "req-delta" not in status["failed"] + status["processed"]
+    assert status["pending"] == ["req-delta"] and "req-delta" not in status["failed"] + status["processed"]
 
 
 # --------------------------------------------------------------------------- NaN during unlearning
@@ -165,7 +165,7 @@ def test_nan_moves_the_request_to_failed_with_the_reason_and_how_to_retry(failur
 def test_a_failed_request_can_be_retried(failures):
     retry = failures["retry"]
     assert retry["code"] == 0, retry["output"]
-    assert retry["status"]["pending"] == ["req-delta.json"] and retry["status"]["failed"] == []
+    assert retry["status"]["pending"] == ["req-delta"] and retry["status"]["failed"] == []
 
 
 # --------------------------------------------------------------------------- a failing gate in the flow

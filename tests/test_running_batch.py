@@ -121,3 +121,30 @@ def test_the_next_run_recognises_the_stopped_batch_and_takes_the_inbox_again(inb
     with inbox.run_lock(timeout=0), caplog.at_level(logging.WARNING, "blur-test"):
         pipeline._recognise_stopped_batch(batch, inbox)
     assert batch.summary["stopped_batch"] == "unreadable" and "cannot be read" in caplog.text
+
+
+def test_a_request_failed_after_its_batch_reached_the_registry_stays_refused_and_the_message_says_why(inbox):
+    """Issue 21: a request the run sent to failed/ after its batch reached the registry (where the alias may
+    have moved) stays in the stopped batch's record. A person who retries it cannot cancel it until a run
+    reads the registry; the refusal says so, and what `blur process` will do with it (take it again), not
+    that it can be cancelled once that run is over."""
+    stopped_batch(inbox)
+    (pending,) = inbox.take(claim=False)[0]
+    inbox.fail(pending, "after the registry", release=False)
+    inbox.retry("req-r")
+    with pytest.raises(InboxError) as refused:
+        inbox.cancel("req-r")
+    message = str(refused.value)
+    assert "batch-0123456789ab" in message and "registry" in message and "takes it again" in message
+    assert "can be cancelled then" not in message
+
+
+def test_a_request_failed_before_its_batch_reached_the_registry_leaves_the_record(inbox):
+    """The flow fails a request with ``release=True`` when its batch never reached the registry: the record
+    lets it go in the same hold of the inbox lock as the move, so after a retry it can be cancelled."""
+    stopped_batch(inbox)
+    (pending,) = inbox.take(claim=False)[0]
+    inbox.fail(pending, "unlearning diverged", release=True)
+    assert inbox.running().request_ids == [] and "jane-doe.json" not in inbox.running().files
+    inbox.retry("req-r")
+    assert inbox.cancel("req-r").parent == inbox.cancelled

@@ -338,21 +338,29 @@ class Inbox:
         """Request ids already processed or failed (a new request with one is a duplicate)."""
         return self._processed_ids() | self._failed_ids()
 
-    def status(self) -> dict[str, list[str]]:
-        """Each request once, in its true state. An erased request whose file still waits in the inbox
-        (certified, then its run died or `dvc move` failed) is processed, and listed in ``settling`` too:
-        the next run moves its file. ``pending`` holds the other waiting files."""
+    def status(self, *, file_names: bool = False) -> dict[str, Any]:
+        """Each request once, in its true state, by request id (a file without a well-formed one by a hash
+        of its name: :func:`label`), never by file name, which can name a person. An erased request whose
+        file still waits in the inbox (certified, then its run died or `dvc move` failed) is processed, and
+        listed in ``settling`` too: the next run moves its file. ``pending`` holds the other waiting files.
+        ``file_names``: also ``files``, the names of the pending, rejected and cancelled files (what
+        `blur status --show-files` prints for the operator, on this machine only)."""
         erased = self._processed_ids()
         waiting = {p: self._peek_id(p) for p in self.files()}
-        return {
-            "pending": [p.name for p, request_id in waiting.items() if request_id not in erased],
+        pending = [p for p, request_id in waiting.items() if request_id not in erased]
+        settled = {"rejected": self._with_reason(self.paths.rejected), "cancelled": self._with_reason(self.cancelled)}
+        state: dict[str, Any] = {
+            "pending": sorted(label(p) for p in pending),
             "settling": sorted({request_id for request_id in waiting.values() if request_id in erased}),
             "processed": sorted(erased),
-            "rejected": self._with_reason(self.paths.rejected),
+            "rejected": sorted(label(self.paths.rejected / name) for name in settled["rejected"]),
             "failed": sorted(self._failed_ids()),
-            "cancelled": self._with_reason(self.cancelled),
+            "cancelled": sorted(label(self.cancelled / name) for name in settled["cancelled"]),
             "unreadable": self.unreadable(),
         }
+        if file_names:
+            state["files"] = {"pending": sorted(p.name for p in pending), **settled}
+        return state
 
     # ------------------------------------------------------------------ intake
 
@@ -549,11 +557,32 @@ class Inbox:
         except FileNotFoundError:  # vanished during the move: its note says why
             return None
 
-    def fail(self, pending: Pending, reason: str) -> Path:
-        """Move a valid request whose unlearning failed to ``failed/`` (retriable)."""
+    def fail(self, pending: Pending, reason: str, *, release: bool = False) -> Path:
+        """Move a valid request whose unlearning failed to ``failed/`` (retriable).
+
+        ``release``: the batch decided it without reaching the registry (or its gate failed), so it cannot
+        have erased it: the batch record (:meth:`running`) lets it go in the same hold of the inbox lock,
+        and once retried it can be cancelled although the run that failed it stopped (it raises, leaving
+        its record). Without it the record keeps it, as for a request the run may have erased in the
+        registry before it failed (the alias moved): only a run reads the registry."""
         text = f"failed at {_now()}\n{reason}\nRetry with: blur request retry {pending.request.request_id}\n"
-        return self._settle(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
-                            name=Paths.request_name(pending.request.request_id))
+        with self._locked(MOVE_LOCK_SECONDS):
+            destination = self._settle_locked(pending.path, self.failed, (_id_note, REASON_SUFFIX, text),
+                                              Paths.request_name(pending.request.request_id), track=True)
+            if release:
+                self._release(pending)
+        return destination
+
+    def _release(self, pending: Pending) -> None:
+        """Drop a request its batch decided from the batch record (an unreadable record stays: fail closed)."""
+        try:
+            taken = self.running()
+        except InboxError:
+            return
+        if taken is not None and pending.request.request_id in taken.request_ids:
+            taken.model_copy(update={
+                "request_ids": [r for r in taken.request_ids if r != pending.request.request_id],
+                "files": [f for f in taken.files if f != pending.path.name]}).save(self.paths.running_batch)
 
     def complete(self, pending: Pending, result: ErasureRecord | Mapping[str, Any]) -> Path:
         """Move a request to ``processed/`` with its :class:`ErasureRecord` (ids, counts, hashes; no
@@ -600,8 +629,11 @@ class Inbox:
         if self._is_running():
             raise InboxError(f"request '{request_id}' was taken into {batch}, which is being processed now: "
                              "it cannot be cancelled until that batch is decided (see `blur status` after it)")
-        raise InboxError(f"request '{request_id}' was taken into {batch}, whose run stopped before deciding it: "
-                         "run `blur process` to decide it first; a request it does not erase can be cancelled then")
+        raise InboxError(f"request '{request_id}' was taken into {batch}, whose run stopped before deciding it; "
+                         "that run may have reached the registry and erased it (its model may serve already), which "
+                         "only a run can tell: cancel reads no registry. It cannot be cancelled now. `blur process` "
+                         "decides it: it settles it if it was erased, else it takes it again and processes it; if "
+                         "that run sends it to failed/, `blur request retry` then `cancel` withdraws it")
 
     def retry(self, request_id: str, *, timeout: float = USER_LOCK_SECONDS) -> Path:
         """Move a failed request back to the inbox."""

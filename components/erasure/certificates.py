@@ -1,12 +1,18 @@
 """Deletion certificates: one per processed request, hash-chained, free of erased text.
 
-A certificate says what was asked (the sha256 of the request file's bytes), what was
-erased (how many records and the digest of their ids, keyed by the deployment's secret; the
-DVC md5 of the batch's forget set), which model version forgot it (the sha256 of its weights), the measurements that
-show it, the gate's decision, the times, and which older versions holding the data were
+A certificate says what was asked (the sha256 and the DVC md5 of the request file's bytes), what
+was erased (how many records, the digest of their ids and the DVC md5 of the batch's forget set),
+which model version forgot it (the sha256 of its weights), the measurements that show it, the gate's decision, the times, and which older versions holding the data were
 purged. It holds ids, hashes, counts, numbers and times only: every field is checked
 against an allow-list when it is issued, and a field that does not look like what it
 should be is refused (the error names the field, never its value).
+
+What a guess could be tested against is keyed by the deployment's secret (format 3, HMAC-SHA256 under
+``data/.record-id-key``: :func:`certified_ids_digest`, :func:`certified_file_hash`): the ids digest, a
+hash of one person's records, and the file hashes, since the request file's bytes and the batch's
+``forget.jsonl`` (which the world determines) can be reproduced by whoever guesses them. Certificates
+leave the machine (MLflow artifacts, the DVC remote). Those of formats 1 and 2 (issued before) keep
+their bytes and verify in the same chain.
 
 Certificates live in ``<root>/data/certificates/<request_id>.json`` with a Markdown
 rendering beside it (``<request_id>.md``). Each holds its place in the chain
@@ -33,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from components.artifacts import (HEX_ID, ROLES, ArtifactError, Certificate, ChainHead, GateDecision, Metrics,
-                                  is_request_id)
+from components.artifacts import (HEX_ID, MD5, ROLES, SHA256, ArtifactError, Certificate, ChainHead, GateDecision,
+                                  Metrics, is_request_id)
 from components.data.versioning import file_md5  # noqa: F401  (a file's DVC md5, as callers knew it here)
 from components.jsonfiles import write_json
 from components.paths import RUN_ARTIFACTS, Paths
@@ -43,8 +49,9 @@ from components.registry.retention import RETENTION_POLICIES
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-FORMAT_1 = "blur-deletion-certificate/1"  # ids_digest: the plain digest of the record ids (still verified)
-FORMAT = "blur-deletion-certificate/2"  # ids_digest keyed by the deployment's secret (erasure.safe.record_id_key)
+FORMAT_1 = "blur-deletion-certificate/1"  # everything plain (still verified)
+FORMAT_2 = "blur-deletion-certificate/2"  # the ids digest keyed, the file hashes plain (still verified)
+FORMAT = "blur-deletion-certificate/3"  # the ids digest and the file hashes keyed by the deployment's secret
 HEAD_FILE = Paths().certificate_head.name  # the chain head's file name, beside the certificates
 GENESIS_HASH = "0" * 64
 # The metrics that show forgetting (and that the model still works), as metrics.json names them.
@@ -123,18 +130,29 @@ def ids_digest(record_ids: Iterable[str]) -> str:
 
 
 def certified_ids_digest(format: str, record_ids: Iterable[str], key: bytes | None) -> str:
-    """The ``forget_set.ids_digest`` a certificate of ``format`` holds for ``record_ids``: format 2 keys
-    :func:`ids_digest` with the deployment's secret (``key``; a record id is a hash of a record's text, so
-    a plain digest of a person's records can be checked against a guess, and certificates leave the
+    """The ``forget_set.ids_digest`` a certificate of ``format`` holds for ``record_ids``: formats 2 and 3
+    key :func:`ids_digest` with the deployment's secret (``key``; a record id is a hash of a record's text,
+    so a plain digest of a person's records can be checked against a guess, and certificates leave the
     machine: MLflow, the DVC remote); format 1 (certificates issued before) holds it plain."""
-    digest = ids_digest(record_ids)
-    if format == FORMAT_1:
-        return digest
+    return _keyed(format != FORMAT_1, ids_digest(record_ids), key, "ids digest")
+
+
+def certified_file_hash(format: str, value: str | None, key: bytes | None) -> str | None:
+    """What a certificate of ``format`` holds for a file's plain hash ``value`` (``request.content_sha256``,
+    ``request.dvc_md5``, ``forget_set.batch_dvc_md5``): format 3 keys it with the deployment's secret
+    (``key``: whoever can reproduce the file, a person's request or the batch's forget set, could test a
+    guess against the plain hash); formats 1 and 2 hold it plain. None stays None."""
+    return None if value is None else _keyed(format == FORMAT, value, key, "file hash")
+
+
+def _keyed(keyed: bool, value: str, key: bytes | None, what: str) -> str:
+    if not keyed:
+        return value
     if key is None:
-        raise CertificateError("the deployment's record-id key is missing: a keyed ids digest cannot be computed")
+        raise CertificateError(f"the deployment's record-id key is missing: a keyed {what} cannot be computed")
     from components.erasure.safe import keyed_hash
 
-    return keyed_hash(key, digest)
+    return keyed_hash(key, value)
 
 
 def canonical_json(data: Any) -> str:
@@ -182,7 +200,7 @@ def _validated(body: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         item = error.errors()[0]
         loc = tuple(part for part in item["loc"] if not isinstance(part, int))
-        name = _EVIDENCE_NAMES.get(loc[:2]) or (loc[-1] if loc[0] == "retention" else ".".join(map(str, loc)))
+        name = _EVIDENCE_NAMES.get(loc[:2]) or (loc[-1] if loc[:1] == ("retention",) else ".".join(map(str, loc)))
         if item.get("input") is None:
             raise CertificateError(f"certificate field '{name}' is missing") from None
         kind = _field_kind(loc)
@@ -207,6 +225,17 @@ def _field_kind(loc: tuple) -> str:
         described = next((m.description for a in getattr(field.annotation, "__args__", ())
                           for m in getattr(a, "__metadata__", ()) if getattr(m, "description", None)), None)
     return described or "an id"
+
+
+def _plain_hash(value: Any, name: str, pattern: str) -> str | None:
+    """An evidence hash checked for its shape (``pattern``) before it is keyed; the error names the field."""
+    value = _text(value)
+    if value is None and name == "request_sha256":
+        raise CertificateError(f"certificate field '{name}' is missing")
+    if value is not None and not re.fullmatch(pattern, value):
+        raise CertificateError(f"certificate field '{name}' does not look like a hash; "
+                               "certificates hold ids, hashes and numbers only")
+    return value
 
 
 def _time(value: Any, name: str) -> str | None:
@@ -278,12 +307,15 @@ def _body(evidence: ErasureEvidence, issued_at: str, key: bytes) -> dict[str, An
         raise CertificateError("certificate field 'forget_ids' does not look like a hex hash; "
                                "certificates hold ids, hashes and numbers only")
     metrics = certified_metrics(Metrics.parse(e.metrics))
+    hashes = {name: _plain_hash(getattr(e, name), name, pattern)  # checked before keying hides what they were
+              for name, pattern in (("request_sha256", SHA256), ("request_dvc_md5", MD5), ("forget_dvc_md5", MD5))}
+    keyed = {name: certified_file_hash(FORMAT, value, key) for name, value in hashes.items()}
     return _validated({
         "format": FORMAT,
-        "request": {"request_id": _text(e.request_id), "content_sha256": _text(e.request_sha256),
-                    "dvc_md5": _text(e.request_dvc_md5)},
+        "request": {"request_id": _text(e.request_id), "content_sha256": keyed["request_sha256"],
+                    "dvc_md5": keyed["request_dvc_md5"]},
         "forget_set": {"n_records": len(forget_ids), "ids_digest": certified_ids_digest(FORMAT, forget_ids, key),
-                       "batch_id": _text(e.batch_id), "batch_dvc_md5": _text(e.forget_dvc_md5)},
+                       "batch_id": _text(e.batch_id), "batch_dvc_md5": keyed["forget_dvc_md5"]},
         "model": {"name": _text(e.model_name), "version": _text(e.model_version), "run_id": _text(e.run_id),
                   "weights_sha256": _text(e.weights_sha256)},
         "evidence": {"measured_on": "the batch's forget set (this request's records and those erased with it)",
@@ -310,11 +342,11 @@ def render_markdown(certificate: Mapping[str, Any]) -> str:
         f"Certificate {c['sequence']} of the chain; hash `{c['certificate_hash']}`, "
         f"previous `{c['previous_hash']}`.", "",
         "## What was asked and erased", "",
-        f"- request file sha256: `{request['content_sha256']}`" + (f" (DVC md5 `{request['dvc_md5']}`)"
-                                                                  if request["dvc_md5"] else ""),
+        *_request_lines(c),
         f"- records erased: {forget['n_records']} (ids digest `{forget['ids_digest']}`"
         + (")" if c["format"] == FORMAT_1 else ", keyed by this deployment's secret)"),
-        f"- batch: {forget['batch_id'] or '-'}; forget set DVC md5 `{forget['batch_dvc_md5'] or '-'}`",
+        f"- batch: {forget['batch_id'] or '-'}; forget set DVC md5 `{forget['batch_dvc_md5'] or '-'}`"
+        + (" (keyed by this deployment's secret)" if c["format"] == FORMAT and forget["batch_dvc_md5"] else ""),
         "", "## Which model forgot it", "",
         f"- `{model['name']}` version {model['version']} (run `{model['run_id'] or '-'}`)",
         f"- weights sha256: `{model['weights_sha256']}`",
@@ -339,6 +371,17 @@ def render_markdown(certificate: Mapping[str, Any]) -> str:
               "", "## Times", ""]
     lines += [f"- {key.replace('_', ' ')}: {value or '-'}" for key, value in c["times"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _request_lines(certificate: Mapping[str, Any]) -> list[str]:
+    """The request file's hashes as the rendering shows them (formats 1 and 2 as they always were)."""
+    request = certificate["request"]
+    if certificate["format"] != FORMAT:
+        return [f"- request file sha256: `{request['content_sha256']}`"
+                + (f" (DVC md5 `{request['dvc_md5']}`)" if request["dvc_md5"] else "")]
+    return [f"- request file sha256 `{request['content_sha256']}`"
+            + (f", DVC md5 `{request['dvc_md5']}`" if request["dvc_md5"] else "")
+            + " (keyed by this deployment's secret)"]
 
 
 def _cell(value: Any) -> str:
@@ -403,7 +446,8 @@ def issue_certificate(root: str | Path, evidence: ErasureEvidence, *, now: datet
     """Append the certificate of one processed request to the chain; returns its JSON path.
 
     Writes ``<request_id>.json``, then ``<request_id>.md``, then the chain head, each
-    atomically. The ids digest is keyed with the deployment's secret (created if it is the first). Idempotent: a request that already has a certificate keeps it (one per
+    atomically. The ids digest and the file hashes are keyed with the deployment's secret (created if it is
+    the first). Idempotent: a request that already has a certificate keeps it (one per
     request; a retried flow gets the same path back), and a certificate written just
     before a crash, with the head not yet moved, is completed rather than written again.
     """

@@ -36,8 +36,8 @@ class CertifiedRequest(BaseModel):
 
     request_id: str
     readable: bool = True
-    format: str | None = None  # the certificate's format: 2 keys its ids digest (certificates.certified_ids_digest)
-    content_sha256: str | None = None
+    format: str | None = None  # 2 keys its ids digest, 3 its file hashes too (certificates.certified_*)
+    content_sha256: str | None = None  # the request file's sha256 as the certificate holds it (keyed in format 3)
     ids_digest: str | None = None
     n_records: int | None = None
     batch_id: str | None = None
@@ -172,14 +172,36 @@ def _recover(config: "Config", repo: Paths, request_id: str, source: Path | None
 
 
 def _digest(repo: Paths, certificate: CertifiedRequest, forget_ids: list[str], what: str) -> str:
-    """The ids digest ``certificate`` would hold for ``forget_ids`` (keyed for format 2, with the key as it
+    """The ids digest ``certificate`` would hold for ``forget_ids`` (keyed from format 2, with the key as it
     is: never a new one); :class:`LedgerError` when the key it needs is gone."""
     from components.erasure.certificates import FORMAT_1, certified_ids_digest
+
+    key = _stored_key(repo, certificate.format != FORMAT_1, f"{what}, and its certificate's ids digest",
+                      "or the note (git or `dvc checkout`), ")
+    return certified_ids_digest(certificate.format or FORMAT_1, forget_ids, key)
+
+
+def same_request_file(repo: Paths, certificate: CertifiedRequest, path: Path) -> bool:
+    """Whether ``path`` holds the bytes ``certificate`` certified (its ``request.content_sha256``: plain in
+    formats 1 and 2, keyed in format 3, checked with the key as it is: never a new one). :class:`LedgerError`
+    (fail closed) when the key it needs is gone: a file that cannot be matched is neither settled as erased
+    nor processed again."""
+    from components.erasure.certificates import FORMAT, FORMAT_1, certified_file_hash, file_sha256
+
+    key = _stored_key(repo, certificate.format == FORMAT,
+                      f"request '{certificate.request_id}' waits in the inbox with a deletion certificate, whose "
+                      "request file hash", "")
+    return certificate.content_sha256 == certified_file_hash(certificate.format or FORMAT_1, file_sha256(path), key)
+
+
+def _stored_key(repo: Paths, needed: bool, what: str, or_restore: str) -> bytes | None:
+    """The deployment's record-id secret as it is (never created here: a new key matches nothing);
+    :class:`LedgerError` naming it when ``needed`` and it is gone."""
     from components.erasure.safe import stored_record_id_key
 
     key = stored_record_id_key(repo)
-    if key is None and certificate.format != FORMAT_1:
-        raise LedgerError(f"{what}, and its certificate's ids digest is keyed by the deployment's secret "
-                          f"({repo.record_id_key.relative_to(repo.root)}), which is missing: restore the key "
-                          "from its backup, or the note (git or `dvc checkout`), before processing more requests")
-    return certified_ids_digest(certificate.format or FORMAT_1, forget_ids, key)
+    if key is None and needed:
+        raise LedgerError(f"{what} is keyed by the deployment's secret ({repo.record_id_key.relative_to(repo.root)}), "
+                          f"which is missing: restore the key from its backup, {or_restore}before processing more "
+                          "requests")
+    return key

@@ -9,8 +9,9 @@ So a summary that one day carries record text by mistake still cannot leak it.
 A record id is a hash of the record's text, so anyone who can guess a person's facts could
 compute it and find it in MLflow. Record ids therefore leave keyed by a secret of this
 deployment (:func:`record_id_key`, :func:`keyed_hash`), and so do the digests of sets of them,
-a certificate's ids digest included (it is logged to MLflow and pushed with the batch); inside the
-pipeline (notes, sampling, caches) they stay as they are.
+a certificate's ids digest included (it is logged to MLflow and pushed with the batch), and the hashes of
+a request (its content hash, its file's DVC md5), which anyone who can reproduce a guessed request could
+compute; inside the pipeline (notes, sampling, caches, DVC's own ``.dvc`` files) they stay as they are.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def safe_request_summary(resolution: "Resolution | None",
     """Ids, hashes, counts and times of a batch's :class:`~components.artifacts.Resolution`.
 
     ``dvc_hashes`` maps request id to the md5 DVC recorded for the request file. ``record_id_key``: the
-    deployment's secret (:func:`record_id_key`); the forget set's record ids and the forget and retain
-    digests are keyed with it (:func:`keyed_hash`). Every value is checked for its shape again, although
+    deployment's secret (:func:`record_id_key`); the forget set's record ids, the forget and retain digests
+    and each request's content hash and DVC md5 are keyed with it (:func:`keyed_hash`). Every value is checked for its shape again, although
     the model validated the file: this is the last gate before MLflow.
     """
     if resolution is None:
@@ -111,6 +112,8 @@ def safe_request_summary(resolution: "Resolution | None",
             request["request_hash"] = _hex(resolution.request_hashes[raw_id])
         if dvc_hashes.get(raw_id):
             request["dvc_md5"] = _hex(dvc_hashes[raw_id], DVC_HASH)
+        if record_id_key is not None:  # a hash of the request's content can be checked against a guessed request
+            request.update({k: keyed_hash(record_id_key, request[k]) for k in ("request_hash", "dvc_md5") if k in request})
         if raw_id in resolution.received_at and _time(resolution.received_at[raw_id]):
             request["received_at"] = _time(resolution.received_at[raw_id])
         if raw_id in resolution.forget_ids_by_request:
