@@ -41,7 +41,9 @@ from flows import launch
 
 
 def _task(function, name: str):
-    return task(function, name=name, cache_policy=NO_CACHE)
+    """A stage as a Prefect task whose return value Prefect never stores (``persist_result=False``, whatever
+    PREFECT_RESULTS_PERSIST_BY_DEFAULT says): some carry request file names, which can name a person."""
+    return task(function, name=name, cache_policy=NO_CACHE, persist_result=False)
 
 
 # Tasks: the stage functions themselves, as Prefect tasks (retries are added where the flow
@@ -59,7 +61,7 @@ record_erasure = _task(erasure_record, "record-erasure")
 purge_batch_copies = _task(purge_copies, "purge-copies")
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+@task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
 def prepare_batch(run: RunContext, data: list[bytes], earlier: dict[str, list[str]],
                   levels: dict[str, float] | None = None) -> Resolution:
     """The batch's splits (``levels``: the forget_prob each earlier request was erased to); only the
@@ -68,7 +70,7 @@ def prepare_batch(run: RunContext, data: list[bytes], earlier: dict[str, list[st
     return Resolution.load(run.paths.resolution)
 
 
-@task(name="check-request", cache_policy=NO_CACHE)
+@task(name="check-request", cache_policy=NO_CACHE, persist_result=False)
 def check_request(ctx: RunContext, pending: Pending, earlier: dict[str, list[str]],
                   batch: dict[str, list[str]]) -> dict:
     """Resolve one request against the world and validate it, after the requests accepted

@@ -117,3 +117,15 @@ def test_request_file_hashes_leave_for_mlflow_keyed_by_the_deployments_secret(ml
     report = (tmp_path / "reports" / "run_report.md").read_text()
     everything = json.dumps(logged) + json.dumps(run.data.params) + json.dumps(run.data.tags) + report
     assert plain not in everything and md5 not in everything
+
+
+def test_prefect_never_stores_a_pipeline_tasks_return_value():
+    """Task results can carry request file names (track-requests returns {file name: md5}); with result
+    persistence on by default (PREFECT_RESULTS_PERSIST_BY_DEFAULT) Prefect would write them to its storage."""
+    from prefect import Task
+
+    from flows import pipeline
+
+    tasks = {name: value for name, value in vars(pipeline).items() if isinstance(value, Task)}
+    assert "track_requests" in tasks and len(tasks) >= 10
+    assert {name: task.persist_result for name, task in tasks.items()} == {name: False for name in tasks}
