@@ -10,14 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks.pretrained import GRIDS, LIGHT, PretrainedConfig, run, smoke_bench
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    torch.set_num_threads(1)
+def bench(tmp_path_factory, one_thread):
     return smoke_bench(tmp_path_factory.mktemp("cache"))
 
 

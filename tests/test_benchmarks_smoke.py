@@ -27,8 +27,7 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_bench(tmp_path_factory):
-    torch.set_num_threads(1)
+def tiny_bench(tmp_path_factory, one_thread):
     world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
     first = world[0].subject
     forget = [r for r in world if r.subject == first]
