@@ -13,11 +13,10 @@ from components.config import Config
 from components.data.demo_world import generate_world
 
 
-def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_buffer():
+def test_naive_blur_computes_the_engines_direction_and_the_meter_sees_one_extra_buffer(one_thread):
     from benchmarks.workload import ModelSize, StepCostConfig, build_workload, check_naive_matches_blur, peak_memory
     from components.modeling.demo import train_demo_tokenizer
 
-    torch.set_num_threads(1)
     world, holdout = generate_world(seed=3, n_subjects=4, n_holdout_subjects=1, facts_per_subject=8)
     forget = [r for r in world if r.subject == world[0].subject]
     retain = [r for r in world if r.subject != world[0].subject]

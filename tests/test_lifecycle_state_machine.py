@@ -347,6 +347,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.root = Path(tempfile.mkdtemp(prefix="lifecycle-"))
         write_params(self.root, {**PARAMS, **(overrides or {})})
         self.config = load_config(self.root / "params.yaml")
+        self.world = load_world(self.config.world, self.config.seed, self.root).records  # the root's, fixed
         self.paths = Paths(self.root)
         self.inbox = Inbox(self.paths)
         self.outside = self.root / "handed-in"
@@ -448,7 +449,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(subject=st.integers(0, WORLD["world.n_subjects"] - 1), received=st.sampled_from(DATES))
     def add_valid_request(self, subject, received):
         """`blur request add` of a request naming one subject of the world."""
-        world = load_world(self.config.world, self.config.seed, self.root).records
+        world = self.world
         name = list(dict.fromkeys(r.subject for r in world))[subject]
         request_id = self._new_id()
         source = self.outside / f"{request_id}.json"
@@ -479,7 +480,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(subject=st.integers(0, WORLD["world.n_subjects"] - 1))
     def add_unreadable_file(self, subject):
         """A request file the service cannot read (chmod 000): quarantined, never blocking the others."""
-        world = load_world(self.config.world, self.config.seed, self.root).records
+        world = self.world
         name = list(dict.fromkeys(r.subject for r in world))[subject]
         request_id = self._new_id()
         path = self._hand_in(f"{request_id}.json", json.dumps(

