@@ -7,8 +7,6 @@ The benchmarks themselves (``python -m benchmarks.<name>``) are not part of the 
 
 from __future__ import annotations
 
-import torch
-
 from components.config import Config
 from components.data.demo_world import generate_world
 
