@@ -96,6 +96,7 @@ FLOW_PARAMS = {
     # the tiny flow world (6 authors, 2 held out) is too small to calibrate on: orchestration tests run NPO for a
     # fixed 12 steps (as before the calibrated defaults) and gate on the ratios only
     "unlearn.forget_loss": "npo",
+    "unlearn.gamma": 0.1,  # the NPO-era rate these 12 steps were sized for (the shipped match + stop uses 0.03)
     "unlearn.stop.rule": "none",
     "gate.min_forget_holdout_ks_p": None,
     "gate.max_forget_holdout_auc_gap": None,
