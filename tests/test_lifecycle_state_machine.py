@@ -72,7 +72,7 @@ from components.faults import POINTS
 from components.paths import Paths
 from pipeline_repo import write_params
 
-ROOT_USER = os.geteuid() == 0  # chmod 000 does not stop root from reading: the unreadable-file rule is skipped
+ROOT_USER = os.geteuid() == 0  # chmod 000 does not stop root from reading: root gets the PermissionError by inode
 WORLD = {"world.n_subjects": 6, "world.n_holdout_subjects": 2, "world.facts_per_subject": 8}
 PARAMS = {**WORLD, "flow.max_batch_requests": 2, "flow.max_batch_failures": 2, "registry.retention": "delete"}
 FOLDERS = ("inbox", "processed", "failed", "rejected", "cancelled")
@@ -238,6 +238,7 @@ class Harness:
     """What the patched flow calls into: the current example's machine."""
 
     machine: "LifecycleMachine | None" = None
+    unreadable: set[int] = field(default_factory=set)  # inodes chmod 000 made unreadable; root is refused them by hand
 
     def crash_point(self, name: str) -> None:
         self.machine.fault(name)
@@ -297,6 +298,20 @@ def patched_flow(monkeypatch):
         HARNESS.machine.dvc_step("add")
         return []
 
+    if ROOT_USER:  # what chmod 000 gives everyone but root: PermissionError on open, following the file (inode)
+        real_open = Path.open
+
+        def refuse(self, *args, **kwargs):
+            try:
+                inode = os.stat(self).st_ino
+            except OSError:
+                inode = None
+            if inode is not None and inode in HARNESS.unreadable:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refuse)
+
     real_move = versioning.move
     monkeypatch.setattr(versioning, "move", move)
     monkeypatch.setattr(versioning, "push", push)
@@ -355,6 +370,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.registry = RegistryDouble(self.root)
         self.registry.hook = self.fault
         HARNESS.machine = self
+        HARNESS.unreadable = set()
         self.requests: list[Request] = []
         self.erased: set[str] = set()  # every request any source ever said was erased: never shrinks
         self.crash_at: str | None = None
@@ -476,7 +492,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         path = self._hand_in(f"{request_id}-by-hand.json", data)
         self.requests.append(Request(None, path.stat().st_ino))
 
-    @precondition(lambda self: not ROOT_USER)
     @rule(subject=st.integers(0, WORLD["world.n_subjects"] - 1))
     def add_unreadable_file(self, subject):
         """A request file the service cannot read (chmod 000): quarantined, never blocking the others."""
@@ -486,6 +501,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         path = self._hand_in(f"{request_id}.json", json.dumps(
             {"request_id": request_id, "received_at": DATES[0], "subjects": [name]}).encode())
         path.chmod(0)
+        if ROOT_USER:
+            HARNESS.unreadable.add(path.stat().st_ino)
         self.requests.append(Request(None, path.stat().st_ino))  # never read: it cannot be erased
         event("an unreadable file handed in")
 
