@@ -185,8 +185,9 @@ def cached_run(runs: Path, config, seed: int, config_root: Path):
     summary_file = earlier.report_files.unlearn_summary
     if (any(getattr(stop, name) != value for name, value in ADDED_SINCE.items()) and stop.rule == "holdout"
             and (earlier.root / "result.json").exists() and summary_file.exists()):
-        recorded = UnlearnSummary.load(summary_file).stop or {}
-        last = recorded.get("stopped_at") or recorded.get("ended_at") or UnlearnSummary.load(summary_file).steps
+        summary = UnlearnSummary.load(summary_file)
+        recorded = summary.stop or {}
+        last = recorded.get("stopped_at") or recorded.get("ended_at") or summary.steps
         if recorded.get("curve") and replay(recorded["curve"], stop, last)["stopped_at"] == recorded.get("stopped_at"):
             return earlier
     return Paths(runs / f"seed{seed}-{run_key(config, seed)}", config_root=config_root)

@@ -289,8 +289,7 @@ def _resume(engine: Engine, state: dict | None) -> None:
     stopper_state = state.get("stopper")
     if stopper_state and stopper_state.get("nearest_weights") is not None:
         engine.nearest = [p.detach().clone() for p in engine.params]  # laid out like the params, then filled
-        distributed.copy_locals(engine.nearest, [distributed.shard_like(stopper_state["nearest_weights"][name], p)
-                                                 for name, p in engine.named])
+        distributed.load_weights(engine.nearest, [stopper_state["nearest_weights"][name] for name, _ in engine.named])
     engine.stopper_state = stopper_state
 
 
