@@ -235,21 +235,23 @@ def _median_tr(paths, role: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def recorded_runs(out: Path, stem: str) -> dict[tuple[str, int], str]:
-    """The cached run folders a results file names (``run``), by (world, seed). ``--from-cache`` rebuilds
-    from exactly these, so a tuning stem is not re-resolved against defaults that changed since."""
+def recorded_runs(out: Path, stem: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """The runs a results file records, by (world, seed), each naming its cached folder (``run``).
+    ``--from-cache`` rebuilds from exactly these, so a tuning stem is not re-resolved against defaults
+    that changed since."""
     stored = harness.read_json(Path(out) / f"{stem}.json") or {}
-    return {(run["world"], run["seed"]): run["run"] for run in stored.get("runs", []) if run.get("run")}
+    return {(run["world"], run["seed"]): run for run in stored.get("runs", []) if run.get("run")}
 
 
-def recorded_run(world: World, seed: int, folder: str) -> dict[str, Any] | None:
-    """A run recorded under ``ROOT / folder``, the profile's gate re-applied; None when the folder is gone."""
+def recorded_run(world: World, seed: int, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run from its folder under ``ROOT``, the profile's gate re-applied; as the results file
+    recorded it when that folder is gone (the cache is a machine's, the results file is the record)."""
     from components.paths import Paths
 
-    paths = Paths(ROOT / folder, config_root=world.root)
+    paths = Paths(ROOT / recorded["run"], config_root=world.root)
     done = paths.root / "result.json"
     if not done.exists():
-        return None
+        return recorded
     return with_gate(json.loads(done.read_text()), paths, _config(world, seed).with_overrides({"seed": seed}))
 
 

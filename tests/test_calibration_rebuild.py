@@ -1,10 +1,12 @@
 """`python -m benchmarks.calibration --from-cache` rebuilds a tuning results file from the very runs it names,
 not from today's defaults (a tuning stem written under other defaults keeps its rows), and the judged stem
-always from today's shipped defaults."""
+always from today's shipped defaults. A run whose cached folder is gone (another machine) stands as recorded."""
 
 from __future__ import annotations
 
 import json
+
+import shutil
 
 import pytest
 
@@ -28,8 +30,8 @@ def results(tmp_path, monkeypatch):
     out = tmp_path / "results"
     out.mkdir()
 
-    def rebuild(stem: str, settings: list[str]) -> dict:
-        (out / f"{stem}.json").write_text(json.dumps({"runs": [{"world": "demo", "seed": 10, "run": RUN}]}))
+    def rebuild(stem: str, settings: list[str], recorded: dict | None = None) -> dict:
+        (out / f"{stem}.json").write_text(json.dumps({"runs": [recorded or {"world": "demo", "seed": 10, "run": RUN}]}))
         calibration.main(worlds=["demo"], seeds=[10], out=out, report_only=False, from_cache=True,
                          train_only=False, set_=settings, stem=stem)
         return json.loads((out / f"{stem}.json").read_text()) | {"md": (out / f"{stem}.md").read_text()}
@@ -48,3 +50,10 @@ def test_the_judged_stem_is_always_rebuilt_from_todays_defaults(results):
     rebuilt = results(calibration.JUDGED_STEM, [])
     assert rebuilt["runs"] == [] and rebuilt["not_run"] == [{"world": "demo", "seed": 10}], \
         "a run of other settings is not shown as the shipped defaults'"
+
+
+def test_a_recorded_run_whose_cache_folder_is_gone_stands_as_recorded(results, tmp_path):
+    first = results("tuning_x", ["unlearn.gamma=0.7"])["runs"][0]
+    shutil.rmtree(tmp_path / "cache")
+    again = results("tuning_x", ["unlearn.gamma=0.7"], recorded=first)
+    assert again["runs"] == [first] and "0.420" in again["md"]
