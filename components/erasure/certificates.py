@@ -63,7 +63,7 @@ class CertificateError(ValueError):
     """A certificate could not be issued or read; the message names the field or file."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ErasureEvidence:
     """What one processed request leaves on record (ids, hashes, numbers, times; no text).
 
@@ -73,21 +73,25 @@ class ErasureEvidence:
     count and digest go into the certificate.
     """
 
+    # the request
     request_id: str
     request_sha256: str
+    request_dvc_md5: str | None = None
+    received_at: str | None = None
     forget_ids: Sequence[str]
+    forget_dvc_md5: str | None = None
+    # the model that erased it, and where
     model_name: str
     model_version: str
     weights_sha256: str
+    batch_id: str | None = None
+    run_id: str | None = None
+    erased_at: str | None = None
+    # the measurements
     metrics: Metrics
     gate: GateDecision
     request_forget_prob: float | None = None  # the unlearned forget_prob of this request's records alone
-    received_at: str | None = None
-    erased_at: str | None = None
-    request_dvc_md5: str | None = None
-    forget_dvc_md5: str | None = None
-    batch_id: str | None = None
-    run_id: str | None = None
+    # what happened to the older copies
     retention: str = "delete"
     versions_superseded: Sequence[str] = field(default_factory=tuple)
     versions_purged: Sequence[str] = field(default_factory=tuple)
