@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
 from benchmarks import harness
-from benchmarks.harness import RESULTS, log, machine, table
+from benchmarks.harness import log, machine, table
 from benchmarks.workload import DEMO, LLAMA_20M, ModelSize, StepCostConfig, build_workload, time_steps
 
 MID_5M = ModelSize("llama-5M", 256, 704, 6, 4)
@@ -29,22 +28,20 @@ class ScalingConfig:
     eval_repeats: int = 2  # evaluation time is the fastest repeat (the machine is shared)
     steps: int = 3
     threads: int = 1
-    out_dir: Path = RESULTS
-    stem: str = "scaling"
 
 
 def world(config: ScalingConfig):
     """``(forget_by_authors, retain, holdout, tokenizer)``: forget sets nest (1 author is in 4 is in 16)."""
     from components.config import Config
     from components.data.demo_world import generate_world
-    from components.modeling.demo import train_demo_tokenizer as _train_tokenizer
+    from components.modeling.demo import train_demo_tokenizer
 
     most = max(config.forget_authors)
     records, holdout = generate_world(0, most + config.retain_authors, config.holdout_authors)
     subjects = list(dict.fromkeys(r.subject for r in records))
     retain = [r for r in records if r.subject in set(subjects[most:])]
     forget = {k: [r for r in records if r.subject in set(subjects[:k])] for k in config.forget_authors}
-    return forget, retain, holdout, _train_tokenizer(Config(), records + holdout)
+    return forget, retain, holdout, train_demo_tokenizer(Config(), records + holdout)
 
 
 def measure(size: ModelSize, forget, retain, holdout, tokenizer, config: ScalingConfig) -> dict[str, Any]:
@@ -90,22 +87,22 @@ def run(config: ScalingConfig) -> dict[str, Any]:
     by_size = [next(r for r in by_forget if r["forget_records"] == len(fixed))] + [
         measure(size, fixed, retain, holdout, tokenizer, config) for size in config.sizes[1:]]
     return {"benchmark": "scaling", "by_forget_size": by_forget, "by_model_size": by_size,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "config": asdict(config),
             "machine": machine(), "gpu": "none lent to this session: CPU figures only",
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
-COLUMNS = [("model", "model"), ("parameters", lambda r: f"{r['n_params'] / 1e6:.1f}M"), ("forget records", "forget_records"),
-           ("BLUR ms/step", "blur_step_ms", 0),
-           ("weighted-sum ms/step", "weighted_step_ms", 0),
-           ("evaluation s (one model)", "eval_seconds_one_model", 1),
+COLUMNS = [("model", "model"), ("parameters", lambda r: f"{r['n_params'] / 1e6:.1f}M"),
+           ("forget records", "forget_records"), ("BLUR ms/step", "blur_step_ms", 0),
+           ("weighted-sum ms/step", "weighted_step_ms", 0), ("evaluation s (one model)", "eval_seconds_one_model", 1),
            ("evaluation CPU s", "eval_cpu_seconds_one_model", 1)]
 
 
 def render(result: dict[str, Any]) -> str:
-    return harness.template("scaling")["main"].format(m=result["machine"], minutes=result["wall_seconds"] / 60, first=result["by_forget_size"][0],
-                           repeats=result["config"]["eval_repeats"], by_forget=table(result["by_forget_size"], COLUMNS),
-                           by_size=table(result["by_model_size"], COLUMNS))
+    return harness.template("scaling")["main"].format(
+        m=result["machine"], minutes=result["wall_seconds"] / 60, first=result["by_forget_size"][0],
+        repeats=result["config"]["eval_repeats"], by_forget=table(result["by_forget_size"], COLUMNS),
+        by_size=table(result["by_model_size"], COLUMNS))
 
 
 app = harness.cli(__doc__)
@@ -115,10 +112,9 @@ app = harness.cli(__doc__)
 def main(out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, "scaling", render)
-    config = ScalingConfig(out_dir=out)
-    result = run(config)
-    harness.write_report(result, out, config.stem, render)
-    log(f"wrote {out / config.stem}.{{json,md}} in {result['wall_seconds'] / 60:.1f} min")
+    result = run(ScalingConfig())
+    harness.write_report(result, out, "scaling", render)
+    log(f"wrote {out / 'scaling'}.{{json,md}} in {result['wall_seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md`
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import asdict
+from json import dumps
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,42 +16,29 @@ from benchmarks.harness import log, machine, table
 from benchmarks.workload import (METHODS, ModelSize, StepCostConfig, build_workload, check_naive_matches_blur,
                                  peak_memory, time_steps)
 
+SHORT = {"blur": "blur", "weighted_sum": "weighted", "naive_blur": "naive", "fused_weighted": "fused_weighted"}
+RATIOS = (("blur", "weighted_sum"), ("naive_blur", "blur"), ("blur", "fused_weighted"), ("weighted_sum", "fused_weighted"))
+
+
 def summarise(times: dict[str, list[list[float]]], peaks: dict[str, int], param_bytes: int,
               n_params: int) -> dict[str, Any]:
+    """Step times (all steps), per-round time ratios and the peaks' extra bytes over the fused weighted sum's."""
     def stats(values: list[float]) -> dict[str, float]:
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "min": min(values),
                 "max": max(values), "n": len(values)}
 
-    def ratio(a: str, b: str) -> dict[str, float]:
-        per_round = [statistics.median(x) / statistics.median(y) for x, y in zip(times[a], times[b])]
-        return stats(per_round)
-
-    step = {m: stats([t for r in rounds for t in r]) for m, rounds in times.items()}
-    ratios = {
-        "blur_over_weighted_time": ratio("blur", "weighted_sum"),
-        "naive_over_blur_time": ratio("naive_blur", "blur"),
-        "blur_over_fused_weighted_time": ratio("blur", "fused_weighted"),
-        "weighted_over_fused_weighted_time": ratio("weighted_sum", "fused_weighted"),
-    }
-    floor = peaks["fused_weighted"]
-    memory = {
-        "peak_extra_bytes": peaks,
-        "blur_extra_bytes_over_param_bytes": (peaks["blur"] - floor) / param_bytes,
-        "weighted_extra_bytes_over_param_bytes": (peaks["weighted_sum"] - floor) / param_bytes,
-        "naive_extra_bytes_over_param_bytes": (peaks["naive_blur"] - floor) / param_bytes,
-        "blur_over_weighted_peak_bytes": peaks["blur"] / peaks["weighted_sum"],
-    }
-    return {
-        "n_params": n_params,
-        "param_bytes": param_bytes,
-        "step_seconds": step,
-        "ratios": ratios,
-        "memory": memory,
-        "blur_over_weighted_time": ratios["blur_over_weighted_time"]["median"],
-        "naive_over_blur_time": ratios["naive_over_blur_time"]["median"],
-        "blur_extra_bytes_over_param_bytes": memory["blur_extra_bytes_over_param_bytes"],
-    }
+    ratios = {f"{SHORT[a]}_over_{SHORT[b]}_time": stats([statistics.median(x) / statistics.median(y)
+                                                         for x, y in zip(times[a], times[b])]) for a, b in RATIOS}
+    memory = {"peak_extra_bytes": peaks} | {
+        f"{SHORT[m]}_extra_bytes_over_param_bytes": (peaks[m] - peaks["fused_weighted"]) / param_bytes
+        for m in ("blur", "weighted_sum", "naive_blur")}
+    memory["blur_over_weighted_peak_bytes"] = peaks["blur"] / peaks["weighted_sum"]
+    return {"n_params": n_params, "param_bytes": param_bytes, "ratios": ratios, "memory": memory,
+            "step_seconds": {m: stats([t for r in rounds for t in r]) for m, rounds in times.items()},
+            "blur_over_weighted_time": ratios["blur_over_weighted_time"]["median"],
+            "naive_over_blur_time": ratios["naive_over_blur_time"]["median"],
+            "blur_extra_bytes_over_param_bytes": memory["blur_extra_bytes_over_param_bytes"]}
 
 
 def measure(size: ModelSize, config: StepCostConfig, methods: Sequence[str] = METHODS) -> dict[str, Any]:
@@ -75,26 +62,19 @@ def run(config: StepCostConfig) -> dict[str, Any]:
     started = time.perf_counter()
     harness.init_process(config.threads)
     models = {size.name: measure(size, config) for size in config.sizes}
-    worst = {
-        "blur_over_weighted_time": max(m["blur_over_weighted_time"] for m in models.values()),
-        "blur_extra_bytes_over_param_bytes": max(m["blur_extra_bytes_over_param_bytes"] for m in models.values()),
-        "naive_over_blur_time": min(m["naive_over_blur_time"] for m in models.values()),
-    }
-    return {
-        "benchmark": "step_cost",
-        **worst,
-        "top_level_keys_are": "the worst case over the models (max of the blur ratios, min of naive/blur)",
-        "targets": {"blur_over_weighted_time_at_most_1.05": worst["blur_over_weighted_time"] <= 1.05,
-                    "blur_extra_bytes_over_param_bytes_at_most_1.0": worst["blur_extra_bytes_over_param_bytes"] <= 1.0},
-        "models": models,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "machine": machine(),
-        "memory_method": "peak live tensor bytes of one step beyond weights, gradients and AdamW state, counted "
-                         "per operator with a TorchDispatchMode (benchmarks/memory.py); extra = that peak minus "
-                         "the fused weighted sum's",
-        "gpu": "none lent to this session: CPU figures only",
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+    worst = {"blur_over_weighted_time": max(m["blur_over_weighted_time"] for m in models.values()),
+             "blur_extra_bytes_over_param_bytes": max(m["blur_extra_bytes_over_param_bytes"] for m in models.values()),
+             "naive_over_blur_time": min(m["naive_over_blur_time"] for m in models.values())}
+    return {"benchmark": "step_cost", **worst,
+            "top_level_keys_are": "the worst case over the models (max of the blur ratios, min of naive/blur)",
+            "targets": {"blur_over_weighted_time_at_most_1.05": worst["blur_over_weighted_time"] <= 1.05,
+                        "blur_extra_bytes_over_param_bytes_at_most_1.0":
+                            worst["blur_extra_bytes_over_param_bytes"] <= 1.0},
+            "models": models, "config": asdict(config), "machine": machine(),
+            "memory_method": "peak live tensor bytes of one step beyond weights, gradients and AdamW state, counted "
+                             "per operator with a TorchDispatchMode (benchmarks/workload.py: LiveBytes); extra = that "
+                             "peak minus the fused weighted sum's",
+            "gpu": "none lent to this session: CPU figures only", "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _ms(method: str):
@@ -119,11 +99,11 @@ def render(results: dict[str, Any]) -> str:
     models = [m | {"name": name} for name, m in results["models"].items()]
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     targets = list(results["targets"].values())
-    return harness.template("step_cost")["main"].format(m=results["machine"], c=results["config"], minutes=results["wall_seconds"] / 60,
-                           gpu=results["gpu"], times=table(models, TIMES), memory=table(models, MEMORY),
-                           memory_method=results["memory_method"], t_time=met(targets[0]), t_memory=met(targets[1]),
-                           worst_time=results["blur_over_weighted_time"],
-                           worst_memory=results["blur_extra_bytes_over_param_bytes"], naive=results["naive_over_blur_time"])
+    return harness.template("step_cost")["main"].format(
+        m=results["machine"], c=results["config"], minutes=results["wall_seconds"] / 60, gpu=results["gpu"],
+        times=table(models, TIMES), memory=table(models, MEMORY), memory_method=results["memory_method"],
+        t_time=met(targets[0]), t_memory=met(targets[1]), worst_time=results["blur_over_weighted_time"],
+        worst_memory=results["blur_extra_bytes_over_param_bytes"], naive=results["naive_over_blur_time"])
 
 
 app = harness.cli(__doc__)
@@ -135,16 +115,11 @@ def main(json: bool = harness.typer.Option(False, "--json", help="print the resu
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, "step_cost", render)
-    config = StepCostConfig(out=out / "step_cost.json")
-    if quick:
-        config.rounds, config.steps = 3, 2
-    result = run(config)
+    result = run(StepCostConfig(rounds=3, steps=2) if quick else StepCostConfig())
     harness.write_report(result, out, "step_cost", render)
     log(f"wrote {out / 'step_cost'}.{{json,md}} in {result['wall_seconds']:.0f} s")
     if json:
-        import json as json_module
-
-        sys.stdout.write(json_module.dumps(result) + "\n")
+        print(dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""The step-cost workload shared by ``step_cost`` and ``scaling``: a tiny Llama of a given size on the demo
-world's records, the two levels' losses on fixed batches, and each method's steps (the engine's BLUR and
-weighted sum, the naive BLUR of :mod:`benchmarks.naive_blur`, the fused weighted sum) timed and metered."""
+"""The cost family's one workload (``step_cost``, ``scaling``, ``gpu.bench``): a model with the two levels' losses on
+fixed batches, each method's optimizer steps and the meters (step times, live tensor bytes, host syncs).
+
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.workload``.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
+import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
-
-from benchmarks.harness import RESULTS
-from benchmarks.naive_blur import naive_blur_train
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 METHODS = ("blur", "weighted_sum", "naive_blur", "fused_weighted")
+Log = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,6 @@ class StepCostConfig:
     lr: float = 1e-3
     seed: int = 0
     threads: int = 1
-    out: Path = RESULTS / "step_cost.json"
 
 
 # --------------------------------------------------------------------------- the workload
@@ -58,7 +60,7 @@ class Workload:
     params: list[torch.Tensor]
     forget_loss: Callable[[int, int], torch.Tensor]
     retain_loss: Callable[[int, int], torch.Tensor]
-    initial: dict[str, torch.Tensor]
+    initial: dict[str, torch.Tensor] | None  # None: the weights go on from where the last method left them
     lr: float
 
     @property
@@ -67,16 +69,16 @@ class Workload:
 
     def reset(self, optimizer: str = "adamw") -> torch.optim.Optimizer:
         """The initial weights again, no gradients, and a fresh optimizer."""
-        self.model.load_state_dict(self.initial)
+        if self.initial is not None:
+            self.model.load_state_dict(self.initial)
         for p in self.params:
             p.grad = None
-        if optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=self.lr)
-        return torch.optim.AdamW(self.params, lr=self.lr)
+        return (torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)(self.params, lr=self.lr)
 
 
 def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokenizer=None) -> Workload:
-    """The engine's own pieces: encoding, batch streams, NPO/NLL losses, the loss model."""
+    """A tiny Llama of ``size`` on the demo world's records, with the engine's own pieces: encoding, batch
+    streams, NPO/NLL losses, the loss model."""
     from components.config import Config, TinyModelConfig
     from components.data.demo_world import generate_world
     from components.modeling.encoding import encode_record
@@ -91,9 +93,9 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
         records = (world[:40], world[40:])
     forget, retain = records
     if tokenizer is None:
-        from components.modeling.demo import train_demo_tokenizer as _train_tokenizer
+        from components.modeling.demo import train_demo_tokenizer
 
-        tokenizer = _train_tokenizer(base, forget + retain)
+        tokenizer = train_demo_tokenizer(base, forget + retain)
     sizes = TinyModelConfig(hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
                             num_layers=size.num_layers, num_heads=size.num_heads)
     model = build_tiny_model(sizes, tokenizer, config.max_length, config.seed).train()
@@ -123,8 +125,9 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
 
 
 def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
-               start: int, stop: int, log_step: Callable[[dict], None] | None = None) -> None:
-    """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``."""
+               start: int, stop: int, log_step: Log | None = None) -> None:
+    """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``: the engine's ``train_bilevel`` (``blur``,
+    ``weighted_sum``) or a reference written here (``naive_blur``, ``fused_weighted``), clipped, one micro-batch."""
     from components.unlearning import train_bilevel
     from components.unlearning.loop import StepHooks, StepRule
 
@@ -133,26 +136,42 @@ def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, co
                         max_grad_norm=config.max_grad_norm)
         train_bilevel(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
                       rule=rule, hooks=StepHooks(log=log_step))
-    elif method == "naive_blur":
-        naive_blur_train(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
-                         gamma=config.gamma, max_grad_norm=config.max_grad_norm, log=log_step)
-    elif method == "fused_weighted":
-        fused_weighted_train(work, optimizer, config, start=start, stop=stop, log_step=log_step)
-    else:
+        return
+    if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
-
-
-def fused_weighted_train(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
-                         start: int, stop: int, log_step: Callable[[dict], None] | None = None) -> None:
-    """The leanest weighted sum: both backward passes accumulate into ``.grad``; clip; step."""
     for step in range(start, stop):
-        optimizer.zero_grad(set_to_none=False)
-        (1.0 * work.forget_loss(step, 0)).backward()
-        (config.alpha * work.retain_loss(step, 0)).backward()
+        record: dict[str, Any] = {"step": step + 1}
+        if method == "naive_blur":
+            record |= naive_blur_direction(work, optimizer, config, step, log_step is not None)
+        else:  # fused_weighted, the leanest weighted sum: both backward passes accumulate into ``.grad``
+            optimizer.zero_grad(set_to_none=False)
+            (1.0 * work.forget_loss(step, 0)).backward()
+            (config.alpha * work.retain_loss(step, 0)).backward()
         torch.nn.utils.clip_grad_norm_(work.params, config.max_grad_norm)
         optimizer.step()
         if log_step is not None:
-            log_step({"step": step + 1})
+            log_step(record)
+
+
+def naive_blur_direction(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, step: int,
+                         losses: bool) -> dict[str, float]:
+    """A NAIVE BLUR direction (the baseline, not the product) into ``.grad``: the engine's
+    ``g_r + (gamma - <g_r, g_f> / ||g_f||^2) * g_f``, computed as the paper's reference code goes about it (two
+    gradient copies, per-tensor ``.item()``); its ``xi`` and (``losses``: one host sync each) both losses."""
+    grads, values = [], []
+    for loss in (work.forget_loss, work.retain_loss):
+        optimizer.zero_grad(set_to_none=True)
+        values.append(loss(step, 0))
+        values[-1].backward()
+        grads.append([p.grad.detach().clone() for p in work.params])  # copy 1 (g_f), then copy 2 (g_r)
+    inner, forget_sq = 0.0, 0.0
+    for a, b in zip(*grads):  # per tensor, each partial sum synchronised with the host
+        inner += torch.sum(a * b).item()
+        forget_sq += torch.sum(a * a).item()
+    xi = config.gamma - inner / forget_sq if forget_sq > 0 else 0.0
+    for p, a, b in zip(work.params, *grads):
+        p.grad = b + xi * a
+    return {"forget_loss": values[0].item(), "retain_loss": values[1].item(), "xi": xi} if losses else {"xi": xi}
 
 
 def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int = 2) -> float:
@@ -163,36 +182,116 @@ def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int 
     """
     results = []
     for method in ("blur", "naive_blur"):
-        optimizer = work.reset("sgd")
-        run_method(method, work, optimizer, config, start=0, stop=steps)
+        run_method(method, work, work.reset("sgd"), config, start=0, stop=steps)
         results.append([p.detach().clone() for p in work.params])
     return max(float((a - b).abs().max()) for a, b in zip(*results))
 
 
+# --------------------------------------------------------------------------- the meters
+
+
+def step_times(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, steps: int,
+               sync: Callable[[], Any] | None = None, warmed: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds of ``steps`` steps after one untimed warm-up step, in one run of ``method``: each from the end of the
+    previous step to its own (``sync``: wait for the device before each stamp; ``warmed``: after the warm-up)."""
+    stamps: list[float] = []
+
+    def stamp(record: dict) -> None:
+        if sync is not None:
+            sync()
+        if record["step"] == 1 and warmed is not None:
+            warmed()
+        stamps.append(time.perf_counter())
+
+    run_method(method, work, optimizer, config, start=0, stop=1 + steps, log_step=stamp)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def time_steps(work: Workload, config: StepCostConfig, methods: Sequence[str]) -> dict[str, list[list[float]]]:
-    """Seconds per timed step, per method, per round (rounds interleave the methods)."""
+    """Seconds per timed step, per method, per round (rounds interleave the methods, in rotated order)."""
     times: dict[str, list[list[float]]] = {m: [] for m in methods}
     for round_index in range(config.rounds):
-        order = list(methods[round_index % len(methods):]) + list(methods[:round_index % len(methods)])
-        for method in order:
-            stamps: list[float] = []  # the end of each step; the first step (warm-up) is not timed
-            run_method(method, work, work.reset(), config, start=0, stop=1 + config.steps,
-                       log_step=lambda record: stamps.append(time.perf_counter()))
-            times[method].append([b - a for a, b in zip(stamps, stamps[1:])])
+        shift = round_index % len(methods)
+        for method in [*methods[shift:], *methods[:shift]]:
+            times[method].append(step_times(method, work, work.reset(), config, config.steps))
     return times
 
 
 def peak_memory(work: Workload, config: StepCostConfig, methods: Sequence[str]) -> dict[str, int]:
     """Peak live tensor bytes of one step beyond weights, gradients and optimizer state."""
-    from benchmarks.memory import LiveBytes
-
     peaks = {}
     for method in methods:
         optimizer = work.reset()
         run_method(method, work, optimizer, config, start=0, stop=1)  # gradients and AdamW state exist now
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-        existing = [*work.params, *(p.grad for p in work.params), *state]
-        with LiveBytes(adopt=existing) as meter:
+        with LiveBytes(adopt=[*work.params, *(p.grad for p in work.params), *state]) as meter:
             run_method(method, work, optimizer, config, start=1, stop=2)
         peaks[method] = meter.peak_extra
     return peaks
+
+
+class LiveBytes(TorchDispatchMode):
+    """Live and peak bytes of tensor storage on the CPU while the mode is active, counted from what torch's
+    operators allocate and free; ``adopt``: tensors that exist already, the baseline."""
+
+    def __init__(self, adopt: Iterable[torch.Tensor] = ()):
+        super().__init__()
+        self.live = self.peak = 0
+        self._tracked: set[int] = set()
+        for tensor in adopt:
+            if tensor is not None:
+                self._track(tensor)
+        self.baseline = self.peak = self.live
+
+    @property
+    def peak_extra(self) -> int:
+        """The most bytes live at once beyond the baseline."""
+        return self.peak - self.baseline
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        pointer, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or pointer in self._tracked:
+            return
+        self._tracked.add(pointer)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._release, pointer, size)
+
+    def _release(self, pointer: int, size: int) -> None:
+        if pointer in self._tracked:
+            self._tracked.discard(pointer)
+            self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        out = func(*args, **kwargs)
+        for tensor in _tensors(out):
+            if tensor.untyped_storage().data_ptr() not in inputs:  # views and in-place results are not new
+                self._track(tensor)
+        return out
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors among the leaves of an operator's (nested) arguments or outputs."""
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """Counts tensor-to-Python conversions, the calls that make the host wait for the device: on a GPU only those
+    of device tensors (reading a CPU tensor, such as AdamW's step counter, does not wait), on the CPU all."""
+
+    SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        self.count = 0
+        self.cpu_only = torch.device(device).type == "cpu"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if self.cpu_only or any(t.device.type != "cpu" for t in tensors):
+                self.count += 1
+        return func(*args, **(kwargs or {}))

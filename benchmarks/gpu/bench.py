@@ -14,30 +14,24 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import typer
-from torch.overrides import TorchFunctionMode
 
 from benchmarks import harness
 from benchmarks.harness import REPO, RESULTS, log, write_json
-from benchmarks.workload import StepCostConfig, run_method
+from benchmarks.workload import HostSyncCounter, ModelSize, StepCostConfig, Workload, run_method, step_times
 
 METHODS = ("blur", "weighted_sum", "naive_blur")
+RULE = StepCostConfig()  # gamma 0.1, clipping at 1.0: step_cost's settings
 SMOLLM2 = REPO / "models" / "base" / "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
-class Shape:
+class Shape(ModelSize):
     """A Llama configuration (the 1B one is Llama-3.2-1B's shape)."""
 
-    name: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
     num_kv_heads: int
     vocab_size: int
 
@@ -63,40 +57,15 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-class HostSyncCounter(TorchFunctionMode):
-    """Counts tensor-to-Python conversions: the calls that make the host wait for the device.
-
-    On a GPU only conversions of device tensors count (reading a CPU tensor, such as AdamW's
-    step counter, does not wait for the device); on the CPU every conversion counts.
-    """
-
-    SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
-
-    def __init__(self, device: str = "cpu"):
-        super().__init__()
-        self.count = 0
-        self.cpu_only = torch.device(device).type == "cpu"
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.SYNCS:
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if self.cpu_only or any(t.device.type != "cpu" for t in tensors):
-                self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def baseline_syncs(params: list[torch.Tensor], losses, device: str) -> int:
+def baseline_syncs(work: Workload, device: str) -> int:
     """Host syncs of what every method does anyway: both levels' forward and backward, an AdamW step."""
-    optimizer = torch.optim.AdamW(params, lr=0.0)
-    for loss in losses:  # warm-up: AdamW's state exists from here on
-        loss(0, 0).backward()
-    optimizer.step()
-    with HostSyncCounter(device) as counter:
-        for loss in losses:
-            loss(0, 0).backward()
-        optimizer.step()
-    for p in params:
-        p.grad = None
+    optimizer = torch.optim.AdamW(work.params, lr=0.0)
+    for _ in range(2):  # the first round is a warm-up: AdamW's state exists from then on
+        with HostSyncCounter(device) as counter:
+            work.forget_loss(0, 0).backward()
+            work.retain_loss(0, 0).backward()
+            optimizer.step()
+    work.reset()
     return counter.count
 
 
@@ -121,17 +90,18 @@ def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.M
     return model.to(device).train()
 
 
-def level_losses(model: torch.nn.Module, plan: Plan, precision: str):
-    """NPO on one fixed forget batch, NLL on one fixed retain batch (random tokens, answers = 2nd half)."""
+def random_workload(model: torch.nn.Module, plan: Plan, precision: str) -> Workload:
+    """NPO on one fixed forget batch, NLL on one fixed retain batch (random tokens, answers = 2nd half); the
+    weights go on from one method to the next (AdamW at 1e-5)."""
     from components.config import UnlearnConfig
+    from components.modeling.scoring import token_scores
     from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
     from components.unlearning.modules import LossModel
 
-    vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
 
     def batch() -> dict[str, torch.Tensor]:
-        ids = torch.randint(vocab, (plan.batch_size, plan.seq_len), generator=generator)
+        ids = torch.randint(model.config.vocab_size, (plan.batch_size, plan.seq_len), generator=generator)
         labels = ids.clone()
         labels[:, : plan.seq_len // 2] = -100
         return {"input_ids": ids.to(plan.device), "attention_mask": torch.ones_like(ids).to(plan.device),
@@ -142,8 +112,6 @@ def level_losses(model: torch.nn.Module, plan: Plan, precision: str):
     autocast = (lambda: torch.autocast(torch.device(plan.device).type, dtype=torch.bfloat16)) \
         if precision == "autocast-bf16" else nullcontext
     with torch.no_grad(), autocast():
-        from components.modeling.scoring import token_scores
-
         forget["ref_logp"] = token_scores(loss_model, forget).sum_logp.float()
 
     def forget_loss(step: int, micro: int) -> torch.Tensor:
@@ -154,66 +122,33 @@ def level_losses(model: torch.nn.Module, plan: Plan, precision: str):
         with autocast():
             return RETAIN_LOSSES["nll"](loss_model, retain, context).mean()
 
-    return forget_loss, retain_loss
-
-
-def run_steps(method: str, params: list[torch.Tensor], losses, optimizer, start: int, stop: int,
-              log_step: Callable[[dict], None] | None = None) -> None:
-    """Optimizer steps ``start + 1 .. stop`` of ``method`` (gamma 0.1, clipping at 1.0: step_cost's settings)."""
-    work = SimpleNamespace(params=params, forget_loss=losses[0], retain_loss=losses[1])
-    run_method(method, work, optimizer, StepCostConfig(), start=start, stop=stop, log_step=log_step)
+    return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss, None, 1e-5)
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def _synchronize(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_method(method: str, model: torch.nn.Module, losses, plan: Plan) -> dict:
+def measure_method(method: str, work: Workload, plan: Plan) -> dict:
     """Warm-up step, ``plan.steps`` timed steps (peak memory over them), one step with syncs counted."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = None
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
     cuda = torch.device(plan.device).type == "cuda"
-    run_steps(method, params, losses, optimizer, 0, 1)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    stamps: list[float] = []
-
-    def stamp(record: dict) -> None:
-        _synchronize(plan.device)
-        stamps.append(time.perf_counter())
-
-    _synchronize(plan.device)
-    stamps.append(time.perf_counter())
-    run_steps(method, params, losses, optimizer, 1, 1 + plan.steps, log_step=stamp)
+    optimizer = work.reset()
+    times = step_times(method, work, optimizer, RULE, plan.steps, torch.cuda.synchronize if cuda else None,
+                       torch.cuda.reset_peak_memory_stats if cuda else None)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     with HostSyncCounter(plan.device) as counter:
-        run_steps(method, params, losses, optimizer, 1 + plan.steps, 2 + plan.steps)
-    times = [b - a for a, b in zip(stamps, stamps[1:])]
-    del optimizer
-    for p in params:
-        p.grad = None
+        run_method(method, work, optimizer, RULE, start=1 + plan.steps, stop=2 + plan.steps)
     return {"step_seconds_median": statistics.median(times), "step_seconds": times,
             "peak_memory_bytes": peak, "host_syncs_per_step_total": counter.count}
 
 
 def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -> dict:
     """Every method of ``plan`` on one model in one precision."""
-    model = build_model(source, precision, plan.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    result = {"model": name, "precision": precision, "n_params": sum(p.numel() for p in params),
-              "param_bytes": sum(p.numel() * p.element_size() for p in params),
-              "batch_size": plan.batch_size, "seq_len": plan.seq_len, "methods": {}}
-    losses = level_losses(model, plan, precision)
-    result["model_and_optimizer_host_syncs_per_step"] = baseline = baseline_syncs(params, losses, plan.device)
+    work = random_workload(build_model(source, precision, plan.device), plan, precision)
+    result = {"model": name, "precision": precision, "n_params": sum(p.numel() for p in work.params),
+              "param_bytes": work.param_bytes, "batch_size": plan.batch_size, "seq_len": plan.seq_len, "methods": {}}
+    result["model_and_optimizer_host_syncs_per_step"] = baseline = baseline_syncs(work, plan.device)
     # two rounds, the methods in opposite orders (to cancel warm-up and drift)
-    rounds = [{m: measure_method(m, model, losses, plan) for m in order} for order in (plan.methods, plan.methods[::-1])]
+    rounds = [{m: measure_method(m, work, plan) for m in order} for order in (plan.methods, plan.methods[::-1])]
     for method in plan.methods:
         times = [t for measured in rounds for t in measured[method]["step_seconds"]]
         peaks = [measured[method]["peak_memory_bytes"] for measured in rounds]
@@ -226,13 +161,12 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
             f"{syncs - baseline} host syncs/step beyond the model's and AdamW's own {baseline}")
     methods = result["methods"]
     if "blur" in methods and "weighted_sum" in methods:
-        result["blur_over_weighted_time"] = methods["blur"]["step_seconds_median"] / \
-            methods["weighted_sum"]["step_seconds_median"]
-        if methods["blur"]["peak_memory_bytes"] is not None:
+        blur, weighted = methods["blur"], methods["weighted_sum"]
+        result["blur_over_weighted_time"] = blur["step_seconds_median"] / weighted["step_seconds_median"]
+        if blur["peak_memory_bytes"] is not None:
             result["blur_extra_memory_over_param_bytes"] = (
-                methods["blur"]["peak_memory_bytes"] - methods["weighted_sum"]["peak_memory_bytes"]) / \
-                result["param_bytes"]
-    del model, losses
+                blur["peak_memory_bytes"] - weighted["peak_memory_bytes"]) / result["param_bytes"]
+    del work
     if torch.device(plan.device).type == "cuda":
         torch.cuda.empty_cache()
     return result
