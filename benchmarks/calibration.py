@@ -1,30 +1,34 @@
 """Does forgetting calibrate itself? The shipped defaults, stopped by the oracle-free rule, judged by the oracle.
 
-    python -m benchmarks.calibration                 # every world, 3 seeds (resumes; run it in the background)
-    python -m benchmarks.calibration --worlds demo   # one world (repeat --worlds for more)
-    python -m benchmarks.calibration --report-only   # rewrite calibration.md from calibration.json
-    python -m benchmarks.calibration --from-cache    # rebuild calibration.{json,md} from the cached runs
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.calibration``.
+How it works, and the options: ``benchmarks/README.md``, *Calibration* and appendix, ``benchmarks.calibration``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
-from components.artifacts import ROLES, Metrics, Resources
+from components import stages
+from components.artifacts import ROLES, Metrics, Resources, UnlearnSummary
+from components.config import load_config
 from components.data.records import content_hash, folder_hash
 from components.evaluation.metrics import utility_hmean
+from components.gate import evaluate_gate
+from components.paths import Paths
 from components.stages.finetune import finetune_cache
 from components.stages.prepare import resolved_config
+from components.unlearning.stopping import replay
 
 ROOT = CACHE / "calibration"
 SEEDS = (0, 1, 2)
@@ -59,8 +63,6 @@ WORLDS = {
 
 
 def _config(world: World, seed: int):
-    from components.config import load_config
-
     config = load_config(world.params).with_overrides(world.overrides)
     return config.with_overrides({"seed": seed}) if world.train_per_seed else config
 
@@ -69,9 +71,6 @@ def trained_world(world: World, seed: int, train: bool = True):
     """``prepare`` (cheap) into a scratch folder, then the world's folder named by the prepared data's
     content, where ``finetune`` ran once. Returns (config, Paths of that folder); None when the world
     was never fine-tuned and ``train`` is False."""
-    from components import stages
-    from components.paths import Paths
-
     config = _config(world, seed)
     scratch = Paths(ROOT / "scratch" / f"{world.name}-{os.getpid()}", config_root=world.root)
     shutil.rmtree(scratch.root, ignore_errors=True)
@@ -119,9 +118,6 @@ def _adopt(world: World, scratch, paths) -> None:
 def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any] | None:
     """One seed of one world: unlearn with the shipped defaults, evaluate, gate (cached by its inputs).
     ``cached_only``: the cached run of exactly these settings, or None (nothing is trained or run)."""
-    from components import stages
-    from components.paths import Paths
-
     found = trained_world(world, seed, train=not cached_only)
     if found is None:
         return None
@@ -176,10 +172,6 @@ def run_key(config, seed: int, *, before_added: bool = False) -> str:
 def cached_run(runs: Path, config, seed: int, config_root: Path):
     """The run folder of these settings: the one recorded before a stop setting was added when it stands for
     today's (see :data:`ADDED_SINCE`), else today's key's (run or not)."""
-    from components.artifacts import UnlearnSummary
-    from components.paths import Paths
-    from components.unlearning.stopping import replay
-
     stop = config.unlearn.stop
     earlier = Paths(runs / f"seed{seed}-{run_key(config, seed, before_added=True)}", config_root=config_root)
     summary_file = earlier.report_files.unlearn_summary
@@ -195,8 +187,6 @@ def cached_run(runs: Path, config, seed: int, config_root: Path):
 
 def linked(world: World, trained, root: Path):
     """Paths of a run's folder ``root`` on a trained world, the world's data and models linked in."""
-    from components.paths import Paths
-
     paths = Paths(root, config_root=world.root)
     harness.link(paths.prepared, trained.prepared)
     for role in ("target", "oracle"):
@@ -206,8 +196,6 @@ def linked(world: World, trained, root: Path):
 
 def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
     """The run's metrics (``reports/metrics.json`` of its folder) and the profile's gate applied to them now."""
-    from components.gate import evaluate_gate
-
     metrics = Metrics.load(paths.metrics)
     decision = evaluate_gate(metrics, config.gate)
     if result.get("floor") is None and paths.resources.exists():  # runs recorded before the floor was kept here
@@ -224,9 +212,6 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
 def _median_tr(paths, role: str) -> float | None:
     """Median truth ratio over the forget records (``per_item``): where forget quality's KS test looks. Beside
     the forget probability it tells a shallow erasure (answer unlikely, the fact still preferred) from a deep one."""
-    import csv
-    import statistics
-
     file = paths.report_files.per_item_file(role, "forget")
     if not file.exists():
         return None
@@ -246,8 +231,6 @@ def recorded_runs(out: Path, stem: str) -> dict[tuple[str, int], dict[str, Any]]
 def recorded_run(world: World, seed: int, recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded run from its folder under ``ROOT``, the profile's gate re-applied; as the results file
     recorded it when that folder is gone (the cache is a machine's, the results file is the record)."""
-    from components.paths import Paths
-
     paths = Paths(ROOT / recorded["run"], config_root=world.root)
     done = paths.root / "result.json"
     if not done.exists():
@@ -383,8 +366,6 @@ def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
 
 def _parsed(settings: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` settings (values read as YAML) for a tuning run off the shipped defaults."""
-    import yaml
-
     out = {}
     for item in settings:
         key, sep, value = item.partition("=")

@@ -1,25 +1,30 @@
-"""Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run.
+"""Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run (every run cached).
 
-Mirrored arms (``blur``, ``weighted_sum`` with the same coefficient on the forget gradient, ``weighted_sum`` at
-BLUR's own mean xi, ``blur_p``) under AdamW, and ``blur`` against ``weighted_sum`` under plain SGD; 3 seeds each;
-utility read at three matched forgetting levels; a win needs a gap of more than 2 pooled seed SDs. Every run is
-cached, so a rerun resumes.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.compare``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from benchmarks import calibration, harness
 from benchmarks.harness import CACHE, fmt, log, machine, table
+from components import stages
 from components.data.records import content_hash
+from components.evaluation.formulas import log_truth_ratio, membership_auc
+from components.modeling.encoding import encode_record
+from components.modeling.io import load_model_dir
+from components.modeling.scoring import mean_token_nll
+from components.stages.prepare import resolved_config
+from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
 
 STEM = "compare"
 CACHED_AS = "comparison"  # the runs' cache folder, named before the module was renamed (issue 20 names it compare)
@@ -55,39 +60,25 @@ class Arm:
 # --------------------------------------------------------------------------- a world's sets, scored
 
 
-@dataclass
 class Scorer:
     """Every record of the world encoded once, and the measures of the protocol on any model."""
 
-    forget: list
-    para: list
-    perturbed: list[list]
-    holdout: list
-    retain: list
-    pad: int
-
-    @classmethod
-    def build(cls, tokenizer, splits: dict, max_length: int) -> "Scorer":
-        from components.modeling.encoding import encode_record
+    def __init__(self, tokenizer, splits: dict, max_length: int):
+        def encode(records: list, answer=lambda r: None) -> list:
+            return [encode_record(tokenizer, r, max_length, answer=answer(r)) for r in records]
 
         forget = splits["forget"]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(forget=[encode_record(tokenizer, r, max_length) for r in forget],
-                   para=[encode_record(tokenizer, r, max_length, answer=r.paraphrased_answer) for r in forget],
-                   perturbed=[[encode_record(tokenizer, r, max_length, answer=a) for a in r.perturbed_answers]
-                              for r in forget],
-                   holdout=[encode_record(tokenizer, r, max_length) for r in splits["holdout"]],
-                   retain=[encode_record(tokenizer, r, max_length) for r in splits["retain"]], pad=pad)
+        self.forget, self.holdout, self.retain = encode(forget), encode(splits["holdout"]), encode(splits["retain"])
+        self.para = encode(forget, lambda r: r.paraphrased_answer)
+        self.perturbed = [[encode_record(tokenizer, r, max_length, answer=a) for a in r.perturbed_answers]
+                          for r in forget]
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _nll(self, model, encoded: list, k: float | None = None) -> torch.Tensor:
-        from components.modeling.scoring import mean_token_nll
-
         return mean_token_nll(model, encoded, self.pad, mink_k=k)
 
     def log_truth_ratios(self, model) -> list[float]:
         """log TR of every forget record: paraphrase NLL minus the mean NLL of its perturbed answers."""
-        from components.evaluation.formulas import log_truth_ratio
-
         sizes = [len(p) for p in self.perturbed]
         perturbed = self._nll(model, [e for group in self.perturbed for e in group]).tolist()
         para, out, at = self._nll(model, self.para).tolist(), [], 0
@@ -97,8 +88,6 @@ class Scorer:
         return out
 
     def measure(self, model, oracle_log_tr: Sequence[float] | None) -> dict[str, Any]:
-        from components.evaluation.formulas import membership_auc
-
         forget = self._nll(model, self.forget)
         log_tr = self.log_truth_ratios(model)
         out = {"retain_nll": float(self._nll(model, self.retain).mean()),
@@ -117,10 +106,6 @@ class Scorer:
 def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Scorer,
             reference: dict) -> dict[str, Any]:
     """One trajectory: unlearn ``STEPS[world]`` steps, measured at ``POINTS`` evenly spaced steps."""
-    import copy
-
-    from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
-
     steps = STEPS[world]
     at = sorted({round(i * steps / (POINTS - 1)) for i in range(POINTS)})
     method = config.unlearn.model_copy(update={
@@ -203,7 +188,7 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
 def helps(rows: list[dict], world: str) -> dict[str, Any]:
     """The protocol's conclusion for a world under AdamW: wins at q = 0.8 for at least two of three g
     against the mirrored weighted sum, and loses nowhere."""
-    mirrored = [r for r in rows if r["world"] == world and r["optimizer"] == "adamw" and r["pair"] == "blur vs weighted_sum"]
+    mirrored = [r for r in rows if (r["world"], r["optimizer"], r["pair"]) == (world, "adamw", "blur vs weighted_sum")]
     wins = sum(r["verdict"] == "win" for r in mirrored if r["q"] == 0.8)
     losses = sum(r["verdict"] == "loss" for r in mirrored)
     return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins >= 2 and losses == 0}
@@ -214,18 +199,12 @@ def helps(rows: list[dict], world: str) -> dict[str, Any]:
 
 def grid(world: str) -> list[Arm]:
     """The protocol's arms, ``weighted_sum_xi`` after the ``blur`` arm it reads its weight from."""
-    arms = [Arm(name, g, g) for g in G for name in ("blur", "weighted_sum", "blur_p")]
-    arms += [Arm("blur", 0.1, 0.1, "sgd", lr) for lr in SGD_RATES[world]]
-    arms += [Arm("weighted_sum", 0.1, 0.1, "sgd", lr) for lr in SGD_RATES[world]]
-    return arms
+    return [Arm(name, g, g) for g in G for name in ("blur", "weighted_sum", "blur_p")] + [
+        Arm(name, 0.1, 0.1, "sgd", lr) for name in ("blur", "weighted_sum") for lr in SGD_RATES[world]]
 
 
 def load_world(world: str) -> tuple[Any, dict]:
     """Calibration's trained world (seed 0): its resolved config, target, oracle, splits and cache key."""
-    from components import stages
-    from components.modeling.io import load_model_dir
-    from components.stages.prepare import resolved_config
-
     config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
     return resolved_config(config, trained), {
         "target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
@@ -234,7 +213,7 @@ def load_world(world: str) -> tuple[Any, dict]:
 
 def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
     config, loaded = load_world(world)
-    scorer = Scorer.build(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
+    scorer = Scorer(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
     root = CACHE / CACHED_AS / f"{world}-{loaded['key']}"
 
     def measure_reference() -> dict:
@@ -256,8 +235,8 @@ def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
 
 def _xi(runs: list[dict], g: float, seed: int) -> float:
     """BLUR's mean xi in its AdamW run at ``g`` and ``seed`` (the weight of the ``weighted_sum_xi`` arm)."""
-    found = [r for r in runs if r["arm"]["name"] == "blur" and r["arm"]["g"] == g and r["arm"]["optimizer"] == "adamw"
-             and r["seed"] == seed]
+    found = [r for r in runs
+             if (r["arm"]["name"], r["arm"]["g"], r["arm"]["optimizer"], r["seed"]) == ("blur", g, "adamw", seed)]
     if not found or found[0]["mean_xi"] is None:
         raise RuntimeError(f"no blur run at g {g}, seed {seed} to read its mean xi from")
     return round(found[0]["mean_xi"], 6)
@@ -274,22 +253,19 @@ def write_report(runs: list[dict], reference: dict, out: Path) -> None:
         "conclusion": [helps(rows, w) for w in reference], "machine": machine()}, out, STEM, render)
 
 
-def _final(run: dict, key: str) -> str:
-    return fmt(run["points"][-1].get(key)) if run["points"] else "–"
+def _final(key: str) -> Callable[[dict], str]:
+    """A run's last measured ``key``."""
+    return lambda run: fmt(run["points"][-1].get(key)) if run["points"] else "–"
 
 
 RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", ("arm", "g"), 2),
-            ("gamma", ("arm", "gamma"), 4),
-            ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
-            ("final forget prob", lambda r: _final(r, "forget_prob")), ("final retain NLL", lambda r: _final(r, "retain_nll")),
-            ("final AUC", lambda r: _final(r, "forget_holdout_auc")), ("final TR distance", lambda r: _final(r, "tr_distance")),
-            ("mean xi", "mean_xi"), ("s", "seconds", 0),
-            ("error", lambda r: r["error"] or "")]
+            ("gamma", ("arm", "gamma"), 4), ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
+            ("final forget prob", _final("forget_prob")), ("final retain NLL", _final("retain_nll")),
+            ("final AUC", _final("forget_holdout_auc")), ("final TR distance", _final("tr_distance")),
+            ("mean xi", "mean_xi"), ("s", "seconds", 0), ("error", lambda r: r["error"] or "")]
 VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", "g", 2), ("q", "q"),
-                ("forget prob level", "level"), ("pair (A vs B)", "pair"),
-                ("retain NLL A", "a"), ("retain NLL B", "b"),
-                ("diff (B - A)", "diff", 4), ("pooled SD", "sd", 4),
-                ("verdict", "verdict")]
+                ("forget prob level", "level"), ("pair (A vs B)", "pair"), ("retain NLL A", "a"), ("retain NLL B", "b"),
+                ("diff (B - A)", "diff", 4), ("pooled SD", "sd", 4), ("verdict", "verdict")]
 
 
 def render(results: dict[str, Any]) -> str:

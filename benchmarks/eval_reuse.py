@@ -1,10 +1,5 @@
-"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change.
-
-In a scratch clone of HEAD (the fetched base model and the profile's fine-tune cache copied in), the profile's
-pipeline runs once, then again after ``unlearn.lr`` is raised by half. The write-up says whether the second run
-scored only the new unlearned model, how its evaluate time compares with the first and with its floor, and
-whether the target's and oracle's metrics are identical. ``--flow``: two ``blur process`` batches of the
-profile's request instead (after ``dvc repro finetune``; the first, refused by the gate, is retried).
+"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change
+(``--flow``: two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.eval_reuse``.
 """
 
 from __future__ import annotations
@@ -20,26 +15,36 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.harness import REPO, fmt, log, table
 from components.artifacts import Metrics, Resources
+from components.config import load_config
 from components.paths import Paths
 
 STEM = "eval_reuse"
+PROFILES = {"smollm2": "pretrained", "demo": "."}
 
 
 def stem(profile: str) -> str:
     """``eval_reuse`` for the SmolLM2 profile (the acceptance run), ``eval_reuse_<profile>`` for another."""
     return STEM if profile == "smollm2" else f"{STEM}_{profile}"
-PROFILES = {"smollm2": "pretrained", "demo": "."}
 
 
-def _repro(folder: Path, env: dict[str, str], log_file: Path, *stages: str) -> float:
-    """``dvc repro [STAGES]`` in ``folder``, its output in ``log_file``; returns its wall seconds."""
+def _call(folder: Path, env: dict[str, str], log_file: Path, *argv: str, refused_ok: bool = False) -> float:
+    """``python -m ARGV`` (``dvc repro``, ``flows.cli``: blur) in ``folder``, its output appended to ``log_file``;
+    its wall seconds. ``refused_ok``: exit status 1 with a request in ``failed/`` (the gate refused) is expected."""
     started = time.perf_counter()
-    with log_file.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "dvc", "repro", *stages], cwd=folder, env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise RuntimeError(f"dvc repro {' '.join(stages)} failed in {folder} (see {log_file})")
+    with log_file.open("a") as out:
+        code = subprocess.run([sys.executable, "-m", *argv], cwd=folder, env=env, stdout=out,
+                              stderr=subprocess.STDOUT).returncode
+    if code and not (refused_ok and code == 1 and _failed_requests(folder)):
+        raise RuntimeError(f"{' '.join(argv)} failed in {folder} (see {log_file})")
     return time.perf_counter() - started
+
+
+def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str, refused_ok: bool = False) -> float:
+    return _call(folder, env, log_file, "flows.cli", *args, "--root", ".", refused_ok=refused_ok)
+
+
+def _failed_requests(folder: Path) -> list[Path]:
+    return sorted((folder / "data" / "requests" / "failed").glob("*.json"))
 
 
 def _scale_lr(params: Path, factor: float) -> float:
@@ -83,7 +88,7 @@ def run(profile: str, scratch: Path) -> dict[str, Any]:
         if label == "second":
             _scale_lr(folder / "params.yaml", 1.5)
         log(f"{profile}: {label} dvc repro in {folder}")
-        runs.append(_record(Paths(folder), label, _repro(folder, env, folder / f"{label}.log")))
+        runs.append(_record(Paths(folder), label, _call(folder, env, folder / f"{label}.log", "dvc", "repro")))
     evaluate = [r["evaluate"]["floor"]["evaluate_seconds"] + r["evaluate"]["floor"]["measure_seconds"] for r in runs]
     results = _compared(profile, runs)
     results["summary"] |= {"evaluate_seconds": evaluate, "second_over_first": round(evaluate[1] / evaluate[0], 3)}
@@ -108,23 +113,6 @@ def _compared(profile: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "second_reused": [role for role, c in cache if c["hits"] and not c["misses"]]}}
 
 
-def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str, refused_ok: bool = False) -> float:
-    """``blur ARGS`` in ``folder`` (its output appended to ``log_file``); returns its wall seconds.
-    ``refused_ok``: exit status 1 with a request in ``failed/`` (the gate refused the batch) is expected."""
-    started = time.perf_counter()
-    with log_file.open("a") as out:
-        done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", "."], cwd=folder, env=env,
-                              stdout=out, stderr=subprocess.STDOUT)
-    refused = refused_ok and done.returncode == 1 and _failed_requests(folder)
-    if done.returncode and not refused:
-        raise RuntimeError(f"blur {' '.join(args)} failed in {folder} (see {log_file})")
-    return time.perf_counter() - started
-
-
-def _failed_requests(folder: Path) -> list[Path]:
-    return sorted((folder / "data" / "requests" / "failed").glob("*.json"))
-
-
 def _batch(folder: Path, label: str, seconds: float | None, output: str) -> dict[str, Any]:
     """A batch's record: the newest batch folder's evaluate record and metrics, and the flow's cache lines."""
     batch_dirs = sorted((p for p in (folder / "runs").iterdir() if (p / "reports" / "resources.json").exists()),
@@ -138,8 +126,6 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
     """Two `blur process` batches of the profile's request in a fresh clone: the second after the
     gate refused the first and ``unlearn.lr`` was raised by half (``blur request retry --all``).
     ``resume``: ``scratch`` already holds the first batch, refused (its wall time is then unknown)."""
-    from components.config import load_config
-
     folder = scratch / PROFILES[profile]
     log_file = folder / "flow.log"
     batches = []
@@ -154,7 +140,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
         folder, env = _clone(profile, scratch)
         # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the
         # fine-tune cache); the batches start from that target, and the evaluation cache is still empty
-        _repro(folder, env, log_file, "finetune")
+        _call(folder, env, log_file, "dvc", "repro", "finetune")
     config = load_config(folder / "params.yaml")
     request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
     for label in ("first", "second")[len(batches):]:

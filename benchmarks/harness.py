@@ -1,11 +1,5 @@
-"""The skeleton every study shares: the process, cached runs (so a rerun resumes), the report writer
-(tables rendered from the results JSON through ``templates/<name>.md``) and the command line.
-
-A study is a module with its grid, a function that runs it into a results dict, and ``render``: the
-Markdown write-up from that dict alone. ``harness.cli`` gives it a typer command whose ``--report-only``
-rewrites ``results/<stem>.md`` from ``results/<stem>.json`` without running anything. (The MLflow logging
-of the retired sweeps is at commit 538d967; see ``benchmarks/README.md``, *Retired studies*.)
-"""
+"""The skeleton every study shares: the process, cached runs (so a rerun resumes), the report writer (tables
+rendered from the results JSON through ``templates/<name>.md``) and the command line. See ``benchmarks/README.md``."""
 
 from __future__ import annotations
 

@@ -1,20 +1,27 @@
-"""Is the demo world's holdout exchangeable with a forgotten subject?
-
-    .venv/bin/python -m benchmarks.holdout_exchangeability                 # seeds 0 1 2
-    .venv/bin/python -m benchmarks.holdout_exchangeability --report-only   # the .md from the .json
+"""Is the demo world's holdout exchangeable with a forgotten subject? (``--seeds``: 0 1 2.)
 
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks import harness
-from benchmarks.harness import CACHE, REPO, log, machine, read_json, table, write_json
+import torch
+
+from benchmarks import calibration, harness
+from benchmarks.harness import CACHE, REPO, log, machine, read_json, table
+from components import stages
+from components.config import load_config
+from components.data.records import content_hash, records_digest
+from components.data.world import load_world
+from components.evaluation import evaluate_models
+from components.evaluation.formulas import membership_auc
+from components.modeling.io import load_model_dir
 
 STEM = "holdout_exchangeability"
 VERSION = 3  # of what a cached seed result holds
@@ -26,8 +33,6 @@ DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
 
 
 def _config(seed: int, params: Path):
-    from components.config import load_config
-
     # The relearning attack measures something else and costs minutes: off here.
     return load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
 
@@ -35,11 +40,6 @@ def _config(seed: int, params: Path):
 def _keys(config, request: Path) -> tuple[str, str]:
     """A hash of the generated records themselves (the demo world's config does not name its generator), and
     the cache key of a seed's result: those records, the request and every setting that decides it."""
-    import torch
-
-    from components.data.records import content_hash, records_digest
-    from components.data.world import load_world
-
     generated = load_world(config.world, config.seed, REPO)
     world = content_hash({"world": records_digest(generated.records), "holdout": records_digest(generated.holdout)})
     return world, content_hash({
@@ -52,28 +52,29 @@ def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict
     """One seed: train (or load) the target and oracle, score the oracle; cached by content."""
     config = _config(seed, params)
     world, key = _keys(config, request)
-    return harness.cached(cache / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, request, cache, world))
+    return harness.cached(cache / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, params, request, world))
 
 
-def _measure(seed: int, config, request: Path, cache: Path, world: str) -> dict[str, Any]:
-    from components.evaluation import evaluate_models
-
+def _measure(seed: int, config, params: Path, request: Path, world: str) -> dict[str, Any]:
     started = time.perf_counter()
     log(f"seed {seed}: preparing the world and training the target and oracle (pipeline recipe) ...")
-    # models cached under a folder named by the records too: trained()'s own key knows the world's config,
-    # not what the generator made of it
-    splits, oracle, finetune = trained(config, request, cache / f"models-{world}")
+    # calibration's trained demo world: prepare + finetune once, in a folder named by the prepared data's content
+    demo = calibration.World("demo", params, REPO, {"request": str(request)}, train_per_seed=True)
+    trained = calibration.trained_world(demo, seed)[1]
+    splits, finetune = stages.load_splits(trained), read_json(trained.root / "trained.json")
     forget, retain, holdout = splits["forget"], splits["retain"], splits["holdout"]
     log(f"seed {seed}: scoring the oracle ...")
-    result = evaluate_models({"oracle": lambda: oracle}, forget=forget, retain=retain, holdout=holdout,
-                             config=config.eval, max_length=config.model.max_length, show_progress=False)
+    result = evaluate_models({"oracle": lambda: load_model_dir(trained.oracle)}, forget=forget, retain=retain,
+                             holdout=holdout, config=config.eval, max_length=config.model.max_length,
+                             show_progress=False)
     metrics, rows = result.metrics["oracle"], result.per_item["oracle"]
     forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
+    target = finetune["finetune"]["target"]
     row = {
         "seed": seed, "world_digest": world,
         "n_forget": len(forget), "n_forget_subjects": len({r.subject for r in forget}),
         "n_holdout": len(holdout), "n_holdout_subjects": len({r.subject for r in holdout}), "n_retain": len(retain),
-        "finetune_epochs": finetune["target"]["epochs"], "target_train_prob": finetune["target"]["mean_answer_prob"],
+        "finetune_epochs": target["epochs"], "target_train_prob": target["mean_answer_prob"],
         "oracle_forget_prob": forget_prob, "oracle_holdout_prob": holdout_prob,
         "oracle_retain_prob": metrics["retain_prob"],
         "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
@@ -87,32 +88,6 @@ def _measure(seed: int, config, request: Path, cache: Path, world: str) -> dict[
     return row | {"pass": verdict(row)}
 
 
-def trained(config, request: Path, cache_root: Path) -> tuple[dict, Any, dict]:
-    """The demo world's splits for ``request``, its oracle and the finetune summary: ``prepare`` + ``finetune``
-    once, in a folder under ``cache_root`` named by everything that decides them (the records, the model and
-    fine-tuning config, the seed, the request, the torch version)."""
-    import torch
-
-    from components import stages
-    from components.data.records import content_hash, records_digest
-    from components.data.world import load_world
-    from components.modeling.io import load_model_dir
-    from components.paths import Paths
-
-    world = load_world(config.world, config.seed, REPO)
-    key = content_hash({
-        "world": config.world.model_dump(mode="json"), "records": records_digest(list(world.records)),
-        "holdout": records_digest(list(world.holdout)), "model": config.model.model_dump(mode="json"),
-        "finetune": config.finetune.model_dump(mode="json"), "seed": config.seed,
-        "request": Path(request).read_text(encoding="utf-8"), "torch": torch.__version__,
-    })
-    paths = Paths(Path(cache_root) / f"demo-{key}")
-    if not (paths.root / "trained.json").exists():
-        stages.prepare(config, paths, request_paths=[Path(request)])
-        write_json(paths.root / "trained.json", stages.finetune(config, paths, show_progress=False).to_dict())
-    return stages.load_splits(paths), load_model_dir(paths.oracle), read_json(paths.root / "trained.json")
-
-
 def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
     """How far from 0.5 and 1 the AUC and the probability ratio fall by chance, for this oracle.
 
@@ -121,10 +96,6 @@ def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = N
     spread of the two statistics, and where the real forget set falls in it (percentile of its
     AUC; 0.5 = typical). Subject numbers only, never names.
     """
-    import random
-
-    from components.evaluation.formulas import membership_auc
-
     scored = [(record.subject, row["mia_mink"], row["prob"])
               for split, records in (("forget", forget), ("holdout", holdout))
               for record, row in zip(records, rows[split])]
@@ -163,8 +134,6 @@ def verdict(row: dict[str, Any]) -> dict[str, bool]:
 def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
     started = time.perf_counter()
     harness.init_process(1)
-    from components.config import load_config
-
     base = load_config(params)
     rows = [measure_seed(seed, params=params, request=request, cache=cache) for seed in seeds]
     return {

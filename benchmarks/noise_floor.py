@@ -1,8 +1,6 @@
 """The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
 
-The world's oracle retrained with another seed (same data, recipe and epochs) is the model a perfect method
-would give; how often it passes calibration's oracle-based checks is the most any oracle-free stopping rule can
-reach on these forget sets. The worlds are calibration's (cached); each replicate is cached under its world.
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``.
 """
 
 from __future__ import annotations
@@ -13,6 +11,10 @@ from typing import Any
 
 from benchmarks import calibration, harness
 from benchmarks.harness import fmt, log, machine, read_json, table
+from components import stages
+from components.modeling.demo import train_model
+from components.modeling.resolve import load_tokenizer
+from components.stages.prepare import resolved_config
 
 STEM = "noise_floor"
 REPLICATE_SEED = 1000  # replicate r of world seed s trains with seed s + 1000 * r
@@ -21,11 +23,6 @@ REPLICATE_SEED = 1000  # replicate r of world seed s trains with seed s + 1000 *
 def replicate(world: calibration.World, seed: int, index: int) -> dict[str, Any]:
     """Replicate oracle ``index`` of ``world`` at ``seed``: trained (once), evaluated against the world's
     oracle in the unlearned model's place, the shipped gate applied. Cached as ``result.json``."""
-    from components import stages
-    from components.modeling.demo import train_model
-    from components.modeling.resolve import load_tokenizer
-    from components.stages.prepare import resolved_config
-
     config, trained = calibration.trained_world(world, seed)
     config = config.with_overrides({"seed": seed})
     paths = calibration.linked(world, trained, trained.root / "replicates" / f"r{index}")

@@ -1,12 +1,5 @@
-"""The figures in ``benchmarks/README.md`` that come from results files, written between markers.
-
-A block ``<!-- generated: NAME -->`` ... ``<!-- /generated: NAME -->`` in the README is rendered
-by :data:`BLOCKS` from the JSON under ``benchmarks/results/``; nothing between the markers is
-typed by hand. After a benchmark writes new results:
-
-    python -m benchmarks.readme           # rewrite every block
-    python -m benchmarks.readme --check   # exit 1 when a block differs from its results (the suite runs this)
-"""
+"""Writes the figures of ``benchmarks/README.md`` that come from results files, each block between its generated
+markers, with :data:`BLOCKS` (``--check``: exit 1 when a block differs from its results; the suite runs this)."""
 
 from __future__ import annotations
 

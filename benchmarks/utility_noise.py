@@ -1,11 +1,6 @@
 """How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over their records.
 
-Model utility (TOFU) is the harmonic mean of nine set means (retain, real authors, world facts:
-probability, ROUGE, truth-ratio score), so its smallest part weighs most: on SmolLM2 that is the
-real authors' ROUGE, about 6 right names in 100 questions. This study resamples the records of
-every set (the same records for both models: paired) from the per-record reports of calibration's
-runs and recomputes unlearned / target and oracle / target utility each time. Its 95% interval
-says which utility ratios these sets can tell apart; no model runs (every cached calibration run).
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``.
 """
 
 from __future__ import annotations

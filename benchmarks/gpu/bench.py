@@ -1,10 +1,6 @@
-"""Step time, peak memory and host synchronisations per step: BLUR, weighted sum, naive BLUR.
-
-    python -m benchmarks.gpu.bench                 # CUDA: SmolLM2-135M (if present) and a 1B-shaped Llama, bf16
-    python -m benchmarks.gpu.bench --cpu-smoke     # tiny shapes on the CPU, seconds (the test suite runs this)
-    python -m benchmarks.gpu.bench --cpu-precision # CPU: fp32 vs bf16 weights vs autocast-bf16, ~20M Llama
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
+"""Step time, peak memory and host synchronisations per step: BLUR, weighted sum, naive BLUR (CUDA: SmolLM2-135M
+if present and a 1B-shaped Llama in bf16; ``--cpu-smoke``: tiny shapes on the CPU; ``--cpu-precision``: fp32 vs
+bf16 vs autocast-bf16 on the CPU). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
 """
 
 from __future__ import annotations
