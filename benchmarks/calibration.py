@@ -316,44 +316,37 @@ def _tightest(run: dict[str, Any]) -> str:
     return "-" if not found else f"{min(found)[1]} {min(found)[0]:+.1%}"
 
 
-RUNS = [
-    ("world", "world"), ("seed", "seed"), ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
-    ("stopped at", "steps"), ("why", lambda r: ((r["stop"] or {}).get("reason", "") or "").split(":")[0]),
-    ("forget quality", ("metrics", "unlearned", "forget_quality")), ("privleak", ("metrics", "unlearned", "privleak"), 1),
-    ("AUC vs holdout", ("metrics", "unlearned", "forget_holdout_auc")),
-    ("forget prob: target / unlearned / oracle", _by_role("forget_prob")),
-    ("forget TR median: target / unlearned / oracle", _by_role("forget_truth_ratio_median")),
-    ("utility ratio", ("judged", "utility_ratio")), ("retain part ratio", ("judged", "retain_utility_ratio")),
-    ("world facts drop", ("judged", "world_facts_drop")), ("relearn gap", ("judged", "relearn_gap")),
-    ("gate (oracle-free / oracle)", lambda r: f"{_f(r['gate']['oracle_free'])} / {_f(r['gate']['oracle'])}"),
-    ("tightest deciding check", _tightest),
-    ("unlearn s", lambda r: f"{r['unlearn_seconds']:.0f}"), ("evaluate s", lambda r: f"{r['evaluate_seconds']:.0f}"),
-]
-FLOORS = [
-    ("world", "world"), ("seed", "seed"),
-    ("models scored", lambda r: ", ".join(role for role, c in r["cache"].items() if c["misses"]) or "none"),
-    ("evaluate s", ("floor", "evaluate_seconds"), 1), ("floor s", ("floor", "floor_seconds"), 1),
-    ("ratio", ("floor", "ratio"), 2), ("CPU ratio", ("floor", "cpu_ratio"), 2),
-]
-
-
-def _not_run(missing: list[dict[str, Any]]) -> str:
-    if not missing:
-        return ""
-    names = ", ".join(f"{m['world']} seed {m['seed']}" for m in missing)
-    return (f"**Not run yet ({len(missing)} of the planned runs): {names}.** The counts below are over the runs "
-            "above only; `python -m benchmarks.calibration` resumes from its cache.\n\n")
+RUNS = [("world", "world"), ("seed", "seed"), ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
+        ("stopped at", "steps"), ("why", lambda r: ((r["stop"] or {}).get("reason", "") or "").split(":")[0]),
+        ("forget quality", ("metrics", "unlearned", "forget_quality")),
+        ("privleak", ("metrics", "unlearned", "privleak"), 1),
+        ("AUC vs holdout", ("metrics", "unlearned", "forget_holdout_auc")),
+        ("forget prob: target / unlearned / oracle", _by_role("forget_prob")),
+        ("forget TR median: target / unlearned / oracle", _by_role("forget_truth_ratio_median")),
+        ("utility ratio", ("judged", "utility_ratio")), ("retain part ratio", ("judged", "retain_utility_ratio")),
+        ("world facts drop", ("judged", "world_facts_drop")), ("relearn gap", ("judged", "relearn_gap")),
+        ("gate (oracle-free / oracle)", lambda r: f"{_f(r['gate']['oracle_free'])} / {_f(r['gate']['oracle'])}"),
+        ("tightest deciding check", _tightest), ("unlearn s", lambda r: f"{r['unlearn_seconds']:.0f}"),
+        ("evaluate s", lambda r: f"{r['evaluate_seconds']:.0f}")]
+FLOORS = [("world", "world"), ("seed", "seed"),
+          ("models scored", lambda r: ", ".join(role for role, c in r["cache"].items() if c["misses"]) or "none"),
+          ("evaluate s", ("floor", "evaluate_seconds"), 1), ("floor s", ("floor", "floor_seconds"), 1),
+          ("ratio", ("floor", "ratio"), 2), ("CPU ratio", ("floor", "cpu_ratio"), 2)]
 
 
 def render(results: dict[str, Any]) -> str:
-    runs, s = results["runs"], results["summary"]
+    runs, s, missing = results["runs"], results["summary"], results.get("not_run") or []
     criteria = [{"criterion": name, "met": _f(met)} for name, met in s["criteria_met"].items()]
-    return harness.template("calibration")["main"].format(
+    not_run = ", ".join(f"{m['world']} seed {m['seed']}" for m in missing)
+    parts = harness.template("calibration")
+    return parts["main"].format(
         overrides=", ".join(f"`{k}: {v}`" for k, v in (results.get("overrides") or {}).items())
         or "none (the shipped defaults)",
         r=results["rule"], facts_points=results["rule"]["max_world_facts_drop"] * 100, s=s, p=s["passing"],
         m=results["machine"], runs=table([r | {"judged": judged(r)} for r in runs], RUNS, _f),
-        criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]), floors=table(runs, FLOORS, _f), not_run=_not_run(results.get("not_run") or []), minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
+        criteria=table(criteria, [("criterion", "criterion"), ("met", "met")]), floors=table(runs, FLOORS, _f),
+        not_run=parts["not_run"].format(n=len(missing), names=not_run) if missing else "",
+        minutes=sum(r["unlearn_seconds"] + r["evaluate_seconds"] for r in runs) / 60)
 
 
 def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
@@ -366,13 +359,9 @@ def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
 
 def _parsed(settings: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` settings (values read as YAML) for a tuning run off the shipped defaults."""
-    out = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got '{item}'")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    if bad := [item for item in settings if "=" not in item]:
+        raise SystemExit(f"--set takes KEY=VALUE, got '{bad[0]}'")
+    return {key.strip(): yaml.safe_load(value) for key, _, value in (item.partition("=") for item in settings)}
 
 
 app = harness.cli(__doc__)
@@ -385,9 +374,8 @@ JUDGED_STEM = "calibration"
 @app.command()
 def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
-         from_cache: bool = harness.typer.Option(False, help="rebuild the results from the cached runs of these settings "
-                                                 "(those the results file names, else today's; the gate re-applied; "
-                                                 "nothing is trained or run, missing runs are listed)"),
+         from_cache: bool = harness.typer.Option(False, help="rebuild the results from the cached runs (those the "
+                                                 "results file names, else today's); nothing is trained or run"),
          train_only: bool = harness.typer.Option(False, help="only fine-tune each world's target and oracle"),
          set_: list[str] = harness.typer.Option([], "--set", help="KEY=VALUE off the shipped defaults (tuning runs "
                                                 "only: use seeds the judged runs do not, and another --stem)"),

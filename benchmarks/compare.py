@@ -79,13 +79,9 @@ class Scorer:
 
     def log_truth_ratios(self, model) -> list[float]:
         """log TR of every forget record: paraphrase NLL minus the mean NLL of its perturbed answers."""
-        sizes = [len(p) for p in self.perturbed]
-        perturbed = self._nll(model, [e for group in self.perturbed for e in group]).tolist()
-        para, out, at = self._nll(model, self.para).tolist(), [], 0
-        for nll, size in zip(para, sizes):
-            out.append(log_truth_ratio(nll, perturbed[at:at + size]))
-            at += size
-        return out
+        perturbed = iter(self._nll(model, [e for group in self.perturbed for e in group]).tolist())
+        return [log_truth_ratio(nll, [next(perturbed) for _ in group])
+                for nll, group in zip(self._nll(model, self.para).tolist(), self.perturbed)]
 
     def measure(self, model, oracle_log_tr: Sequence[float] | None) -> dict[str, Any]:
         forget = self._nll(model, self.forget)

@@ -32,11 +32,6 @@ NULL_DRAWS = 2000
 DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
 
 
-def _config(seed: int, params: Path):
-    # The relearning attack measures something else and costs minutes: off here.
-    return load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
-
-
 def _keys(config, request: Path) -> tuple[str, str]:
     """A hash of the generated records themselves (the demo world's config does not name its generator), and
     the cache key of a seed's result: those records, the request and every setting that decides it."""
@@ -50,7 +45,8 @@ def _keys(config, request: Path) -> tuple[str, str]:
 
 def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
     """One seed: train (or load) the target and oracle, score the oracle; cached by content."""
-    config = _config(seed, params)
+    # the relearning attack measures something else and costs minutes: off here
+    config = load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
     world, key = _keys(config, request)
     return harness.cached(cache / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, params, request, world))
 
@@ -113,22 +109,17 @@ def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = N
     aucs = sorted(auc for auc, _ in null)
     ratios = [max(r, 1 / r) for _, r in null]
     observed = stats(chosen)[0]
-    return {
-        "draws": draws,
-        "auc_sd": statistics.pstdev(aucs),
-        "auc_5_95": [aucs[int(0.05 * draws)], aucs[int(0.95 * draws)]],
-        "p_auc_outside_band": sum(not AUC_BAND[0] <= a <= AUC_BAND[1] for a in aucs) / draws,
-        "p_ratio_over_max": sum(r > MAX_PROB_RATIO for r in ratios) / draws,
-        "observed_auc_percentile": sum(a <= observed for a in aucs) / draws,
-    }
+    return {"draws": draws, "auc_sd": statistics.pstdev(aucs),
+            "auc_5_95": [aucs[int(0.05 * draws)], aucs[int(0.95 * draws)]],
+            "p_auc_outside_band": sum(not AUC_BAND[0] <= a <= AUC_BAND[1] for a in aucs) / draws,
+            "p_ratio_over_max": sum(r > MAX_PROB_RATIO for r in ratios) / draws,
+            "observed_auc_percentile": sum(a <= observed for a in aucs) / draws}
 
 
 def verdict(row: dict[str, Any]) -> dict[str, bool]:
-    return {
-        "auc_in_band": AUC_BAND[0] <= row["forget_holdout_auc"] <= AUC_BAND[1],
-        "prob_ratio_ok": row["prob_ratio"] <= MAX_PROB_RATIO,
-        "forget_size_ok": row["n_forget"] >= MIN_FORGET,
-    }
+    """The criteria, each met or not."""
+    return {"auc_in_band": AUC_BAND[0] <= row["forget_holdout_auc"] <= AUC_BAND[1],
+            "prob_ratio_ok": row["prob_ratio"] <= MAX_PROB_RATIO, "forget_size_ok": row["n_forget"] >= MIN_FORGET}
 
 
 def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
@@ -136,20 +127,15 @@ def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> di
     harness.init_process(1)
     base = load_config(params)
     rows = [measure_seed(seed, params=params, request=request, cache=cache) for seed in seeds]
-    return {
-        "benchmark": STEM,
-        "criteria": {"auc_band": list(AUC_BAND), "max_prob_ratio": MAX_PROB_RATIO, "min_forget_records": MIN_FORGET},
-        "world": base.world.model_dump(mode="json"),
-        "request": str(request.relative_to(REPO) if request.is_relative_to(REPO) else request),
-        "finetune": base.finetune.model_dump(mode="json"),
-        "seeds": rows,
-        "all_pass": all(all(row["pass"].values()) for row in rows),
-        "machine": machine(),
-        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-    }
+    return {"benchmark": STEM,
+            "criteria": {"auc_band": list(AUC_BAND), "max_prob_ratio": MAX_PROB_RATIO,
+                         "min_forget_records": MIN_FORGET},
+            "world": base.world.model_dump(mode="json"),
+            "request": str(request.relative_to(REPO) if request.is_relative_to(REPO) else request),
+            "finetune": base.finetune.model_dump(mode="json"), "seeds": rows,
+            "all_pass": all(all(row["pass"].values()) for row in rows), "machine": machine(),
+            "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
 
-
-# --------------------------------------------------------------------------- the write-up (from the JSON)
 
 def _number(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -159,15 +145,14 @@ def _pass(row: dict) -> str:
     return "yes" if all(row["pass"].values()) else "no (" + ", ".join(k for k, v in row["pass"].items() if not v) + ")"
 
 
-COLUMNS = [
-    ("seed", "seed"), ("forget (subjects)", lambda r: f"{r['n_forget']} ({r['n_forget_subjects']})"),
-    ("holdout (subjects)", lambda r: f"{r['n_holdout']} ({r['n_holdout_subjects']})"), ("epochs", "finetune_epochs"),
-    ("oracle forget prob", "oracle_forget_prob"), ("oracle holdout prob", "oracle_holdout_prob"),
-    ("ratio", "prob_ratio", 2), ("AUC min-k", "forget_holdout_auc"), ("AUC loss", "mia_auc_loss"),
-    ("AUC zlib", "mia_auc_zlib"), ("KS p", "forget_holdout_ks_p"),
-    ("chance AUC 5-95%", lambda r: "-".join(_number(v, 2) for v in r["null"]["auc_5_95"])),
-    ("AUC percentile", ("null", "observed_auc_percentile"), 2), ("pass", _pass),
-]
+COLUMNS = [("seed", "seed"), ("forget (subjects)", lambda r: f"{r['n_forget']} ({r['n_forget_subjects']})"),
+           ("holdout (subjects)", lambda r: f"{r['n_holdout']} ({r['n_holdout_subjects']})"),
+           ("epochs", "finetune_epochs"), ("oracle forget prob", "oracle_forget_prob"),
+           ("oracle holdout prob", "oracle_holdout_prob"), ("ratio", "prob_ratio", 2),
+           ("AUC min-k", "forget_holdout_auc"), ("AUC loss", "mia_auc_loss"), ("AUC zlib", "mia_auc_zlib"),
+           ("KS p", "forget_holdout_ks_p"),
+           ("chance AUC 5-95%", lambda r: "-".join(_number(v, 2) for v in r["null"]["auc_5_95"])),
+           ("AUC percentile", ("null", "observed_auc_percentile"), 2), ("pass", _pass)]
 
 
 def render(results: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ markers, with :data:`BLOCKS` (``--check``: exit 1 when a block differs from its 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +30,8 @@ def floors(results: Path = RESULTS) -> str:
 
 
 def _load(results: Path, stem: str) -> dict[str, Any]:
-    """``<stem>.json`` under ``results``; a missing file is an error (the block would silently go empty)."""
-    found = read_json(results / f"{stem}.json")
-    if found is None:
-        raise FileNotFoundError(results / f"{stem}.json")
-    return found
+    """``<stem>.json`` under ``results``; a missing file raises (the block would silently go empty)."""
+    return json.loads((results / f"{stem}.json").read_text(encoding="utf-8"))
 
 
 def step_cost(results: Path = RESULTS) -> str:
@@ -45,9 +43,7 @@ def step_cost(results: Path = RESULTS) -> str:
                         ("naive BLUR / BLUR", ("ratios", "naive_over_blur_time", "median"), 2),
                         ("BLUR extra memory / params", ("memory", "blur_extra_bytes_over_param_bytes"), 2),
                         ("naive extra memory / params", ("memory", "naive_extra_bytes_over_param_bytes"), 2),
-                        ("naive vs engine weights, max abs diff", "naive_matches_blur_max_abs_diff", 1)]) + \
-        ("\n\nFrom `step_cost.json` (`models.*.ratios.*.median`, `models.*.memory`); extra memory is over the "
-         "fused weighted sum's peak.")
+                        ("naive vs engine weights, max abs diff", "naive_matches_blur_max_abs_diff", 1)])
 
 
 def scaling(results: Path = RESULTS) -> str:
@@ -64,24 +60,17 @@ def scaling(results: Path = RESULTS) -> str:
                          "eval_s": r["eval_seconds_one_model"]})
     return table(rows, [("model, forget records", "what"),
                         ("x parameters", "params", 1), ("x BLUR step time", "step", 1),
-                        ("x evaluation time", "eval", 1), ("evaluation s", "eval_s", 1)]) + \
-        ("\n\nEach row against the demo model (0.8M parameters) with 40 forget records (model sizes) or 10 (forget "
-         "sizes); from `scaling.json` (`by_model_size`, `by_forget_size`: `n_params`, `blur_step_ms`, "
-         "`eval_seconds_one_model`).")
+                        ("x evaluation time", "eval", 1), ("evaluation s", "eval_s", 1)])
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {block.__name__: block for block in (floors, step_cost, scaling)}
-
-
-def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- generated: {name} -->\n)(.*?)(<!-- /generated: {name} -->)", re.DOTALL)
 
 
 def rendered(text: str, results: Path = RESULTS) -> str:
     """``text`` with every generated block rewritten from ``results``; a block whose markers are
     missing is an error (the README would silently stop showing it)."""
     for name, render in BLOCKS.items():
-        pattern = _pattern(name)
+        pattern = re.compile(rf"(<!-- generated: {name} -->\n)(.*?)(<!-- /generated: {name} -->)", re.DOTALL)
         if not pattern.search(text):
             raise ValueError(f"{README} has no block '{name}' (<!-- generated: {name} --> ... "
                              f"<!-- /generated: {name} -->)")
@@ -98,13 +87,12 @@ def main(check: bool = harness.typer.Option(False, help="only compare; exit 1 wh
          readme: Path = README, results: Path = RESULTS) -> None:
     text = readme.read_text(encoding="utf-8")
     new = rendered(text, results)
-    if check:
-        if new != text:
-            log(f"{readme}: generated blocks differ from {results}; run `python -m benchmarks.readme`")
-            raise SystemExit(1)
-        return
-    readme.write_text(new, encoding="utf-8")
-    log(f"wrote {readme}")
+    if check and new != text:
+        log(f"{readme}: generated blocks differ from {results}; run `python -m benchmarks.readme`")
+        raise SystemExit(1)
+    if not check:
+        readme.write_text(new, encoding="utf-8")
+        log(f"wrote {readme}")
 
 
 if __name__ == "__main__":

@@ -24,26 +24,15 @@ SETS = {"retain": ("retain", ("prob", "rouge", "truth_ratio")),
         "world_facts": ("knowledge_world_facts", ("option_prob", "rouge", "truth_ratio"))}
 
 
-def _columns(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """record id -> the columns' values (truth ratios turned into TOFU's utility score)."""
-    rows = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            values = {c: float(row[c]) for c in columns}
-            values["truth_ratio"] = max(0.0, 1.0 - values["truth_ratio"])
-            rows[row["record_id"]] = values
-    return rows
-
-
 def _parts(per_item: Path, role: str) -> dict[str, np.ndarray]:
     """Per set the run scored, an (records x 3) array of the role's per-record utility parts, rows in
     record-id order (the demo has no knowledge sets)."""
     out = {}
     for name, (suffix, columns) in SETS.items():
-        if not (per_item / f"{role}_{suffix}.csv").exists():
-            continue
-        rows = _columns(per_item / f"{role}_{suffix}.csv", columns)
-        out[name] = np.array([[rows[i][c] for c in columns] for i in sorted(rows)])
+        if (per_item / f"{role}_{suffix}.csv").exists():
+            with (per_item / f"{role}_{suffix}.csv").open(newline="", encoding="utf-8") as handle:
+                rows = {row["record_id"]: [float(row[c]) for c in columns] for row in csv.DictReader(handle)}
+            out[name] = np.array([[*rows[i][:2], max(0.0, 1.0 - rows[i][2])] for i in sorted(rows)])
     return out
 
 

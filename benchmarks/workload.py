@@ -83,8 +83,8 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
     from components.data.demo_world import generate_world
     from components.modeling.encoding import encode_record
     from components.modeling.tiny_model import build_tiny_model
-    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
     from components.unlearning.batches import BatchStream
+    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
     from components.unlearning.modules import LossModel, sequence_logps
 
     base = Config()
@@ -175,11 +175,8 @@ def naive_blur_direction(work: Workload, optimizer: torch.optim.Optimizer, confi
 
 
 def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int = 2) -> float:
-    """Max absolute weight difference between the engine's BLUR and the naive one after ``steps`` steps.
-
-    With SGD, so the weights move exactly along the two directions (AdamW would amplify
-    rounding differences in near-zero gradient coordinates up to a whole learning rate).
-    """
+    """Max absolute weight difference between the engine's BLUR and the naive one after ``steps`` SGD steps (SGD
+    moves the weights exactly along the directions; AdamW would amplify rounding in near-zero coordinates)."""
     results = []
     for method in ("blur", "naive_blur"):
         run_method(method, work, work.reset("sgd"), config, start=0, stop=steps)

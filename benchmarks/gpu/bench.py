@@ -5,6 +5,7 @@ bf16 vs autocast-bf16 on the CPU). How it works: ``benchmarks/README.md``, appen
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -179,18 +180,12 @@ def run(plan: Plan) -> dict:
                 continue
             log(f"{name} ({precision}) on {plan.device} ...")
             runs.append(measure_model(name, source, precision, plan))
-    return {"benchmark": "gpu_step_cost", "device": _device_name(plan.device), "runs": runs, "notes": notes,
+    device = torch.cuda.get_device_name(torch.device(plan.device)) if torch.device(plan.device).type == "cuda" \
+        else f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)"
+    return {"benchmark": "gpu_step_cost", "device": device, "runs": runs, "notes": notes,
             "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if k != "models"},
             "models": [name for name, _ in plan.models], "torch": torch.__version__,
             "wall_seconds": round(time.perf_counter() - started, 1)}
-
-
-def _device_name(device: str) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    import platform
-
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 # --------------------------------------------------------------------------- plans
@@ -229,7 +224,8 @@ def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes 
         raise typer.BadParameter("--cpu-smoke and --cpu-precision exclude each other")
     torch.set_num_threads(threads)
     chosen = choose_plan(cpu_smoke, cpu_precision)
-    chosen.steps, chosen.budget_seconds, chosen.out = steps or chosen.steps, budget or chosen.budget_seconds, out or chosen.out
+    chosen.steps, chosen.budget_seconds = steps or chosen.steps, budget or chosen.budget_seconds
+    chosen.out = out or chosen.out
     result = run(chosen)
     write_json(chosen.out, result)
     log(f"wrote {chosen.out} in {result['wall_seconds']:.0f} s")
