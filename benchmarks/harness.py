@@ -18,8 +18,6 @@ REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
 CACHE = BENCH_DIR / ".cache"
 
-# --------------------------------------------------------------------------- the process
-
 
 def init_process(threads: int = 1) -> int:
     """``threads`` torch threads, or ``BLUR_BENCH_THREADS`` when set (the machine is shared; oversubscription
@@ -76,9 +74,6 @@ def link(link: Path, target: Path) -> None:
         link.symlink_to(Path(target).resolve(), target_is_directory=True)
 
 
-# --------------------------------------------------------------------------- tables from rows of dicts
-
-
 def fmt(value: Any, digits: int = 3, none: str = "–") -> str:
     """A number for a table: ``digits`` decimals, scientific below ``10**-digits``, ``none`` for None."""
     if value is None:
@@ -109,9 +104,6 @@ def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple], number: C
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- the report writer
-
-
 def template(name: str) -> dict[str, str]:
     """The parts of ``templates/<name>.md``: the text before the first ``<!-- part: X -->`` line is "main"."""
     parts, key = {"main": []}, "main"
@@ -136,8 +128,6 @@ def report_only(out: Path, stem: str, render: Callable[[dict], str], results: di
     md.write_text(render(results if results is not None else read_json(md.with_suffix(".json"))), encoding="utf-8")
     log(f"wrote {md}")
 
-
-# --------------------------------------------------------------------------- the command line
 
 OUT = typer.Option(RESULTS, "--out", help="where results go (default benchmarks/results)")
 REPORT_ONLY = typer.Option(False, "--report-only", help="rewrite the write-up from the results JSON; run nothing")

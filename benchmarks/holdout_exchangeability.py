@@ -85,13 +85,8 @@ def _measure(seed: int, config, params: Path, request: Path, world: str) -> dict
 
 
 def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
-    """How far from 0.5 and 1 the AUC and the probability ratio fall by chance, for this oracle.
-
-    The forget and holdout subjects are all unseen by the oracle; relabelling as many of them
-    "forget" as the request has, at random, gives what exchangeable subjects look like: the
-    spread of the two statistics, and where the real forget set falls in it (percentile of its
-    AUC; 0.5 = typical). Subject numbers only, never names.
-    """
+    """How far from 0.5 and 1 the AUC and the probability ratio fall by chance, for this oracle, and where the
+    real forget set falls in that spread (README appendix). Subject numbers only, never names."""
     scored = [(record.subject, row["mia_mink"], row["prob"])
               for split, records in (("forget", forget), ("holdout", holdout))
               for record, row in zip(records, rows[split])]

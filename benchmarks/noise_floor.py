@@ -57,19 +57,17 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "pass_rate": {k: round(v / len(runs), 3) if runs else None for k, v in passing.items()}}
 
 
-ROWS = [
-    ("world", "world"), ("seed", "seed"), ("replicate", "replicate"),
-    ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
-    ("forget quality", ("metrics", "unlearned", "forget_quality")),
-    ("privleak", ("metrics", "unlearned", "privleak"), 1),
-    ("AUC: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_holdout_auc'])} / "
-                                          f"{fmt(r['metrics']['unlearned']['forget_holdout_auc'])}"),
-    ("forget prob: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_prob'])} / "
-                                                  f"{fmt(r['metrics']['unlearned']['forget_prob'])}"),
-    ("utility ratio", ("judged", "utility_ratio")), ("relearn gap", ("judged", "relearn_gap")),
-    ("forgotten", ("judged", "forgotten")), ("gate (oracle-free / oracle)",
-                                              lambda r: f"{fmt(r['gate']['oracle_free'])} / {fmt(r['gate']['oracle'])}"),
-]
+ROWS = [("world", "world"), ("seed", "seed"), ("replicate", "replicate"),
+        ("forget / holdout", lambda r: f"{r['n_forget']} / {r['n_holdout']}"),
+        ("forget quality", ("metrics", "unlearned", "forget_quality")),
+        ("privleak", ("metrics", "unlearned", "privleak"), 1),
+        ("AUC: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_holdout_auc'])} / "
+                                              f"{fmt(r['metrics']['unlearned']['forget_holdout_auc'])}"),
+        ("forget prob: oracle / replicate", lambda r: f"{fmt(r['metrics']['oracle']['forget_prob'])} / "
+                                                      f"{fmt(r['metrics']['unlearned']['forget_prob'])}"),
+        ("utility ratio", ("judged", "utility_ratio")), ("relearn gap", ("judged", "relearn_gap")),
+        ("forgotten", ("judged", "forgotten")),
+        ("gate (oracle-free / oracle)", lambda r: f"{fmt(r['gate']['oracle_free'])} / {fmt(r['gate']['oracle'])}")]
 
 
 def render(results: dict[str, Any]) -> str:

@@ -86,8 +86,7 @@ def run(config: ScalingConfig) -> dict[str, Any]:
     fixed = forget[config.size_table_forget_authors]
     by_size = [next(r for r in by_forget if r["forget_records"] == len(fixed))] + [
         measure(size, fixed, retain, holdout, tokenizer, config) for size in config.sizes[1:]]
-    return {"benchmark": "scaling", "by_forget_size": by_forget, "by_model_size": by_size,
-            "config": asdict(config),
+    return {"benchmark": "scaling", "by_forget_size": by_forget, "by_model_size": by_size, "config": asdict(config),
             "machine": machine(), "gpu": "none lent to this session: CPU figures only",
             "wall_seconds": round(time.perf_counter() - started, 1)}
 

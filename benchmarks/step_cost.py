@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from json import dumps
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import log, machine, table
@@ -41,17 +41,16 @@ def summarise(times: dict[str, list[list[float]]], peaks: dict[str, int], param_
             "blur_extra_bytes_over_param_bytes": memory["blur_extra_bytes_over_param_bytes"]}
 
 
-def measure(size: ModelSize, config: StepCostConfig, methods: Sequence[str] = METHODS) -> dict[str, Any]:
+def measure(size: ModelSize, config: StepCostConfig) -> dict[str, Any]:
+    """One model: the naive BLUR checked against the engine's, then every method timed and metered."""
     work = build_workload(size, config)
     n_params = sum(p.numel() for p in work.params)
     log(f"{size.name}: {n_params / 1e6:.2f}M parameters; checking the naive BLUR against the engine ...")
     difference = check_naive_matches_blur(work, config)
     log(f"  max weight difference after 2 SGD steps: {difference:.2e}; timing {config.rounds} rounds x "
-        f"{config.steps} steps x {len(methods)} methods ...")
-    times = time_steps(work, config, methods)
-    peaks = peak_memory(work, config, methods)
-    result = summarise(times, peaks, work.param_bytes, n_params)
-    result |= {"size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
+        f"{config.steps} steps x {len(METHODS)} methods ...")
+    result = summarise(time_steps(work, config, METHODS), peak_memory(work, config, METHODS), work.param_bytes,
+                       n_params) | {"size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
     log(f"  blur/weighted time {result['blur_over_weighted_time']:.3f}, naive/blur time "
         f"{result['naive_over_blur_time']:.3f}, blur extra bytes / param bytes "
         f"{result['blur_extra_bytes_over_param_bytes']:.3f}")

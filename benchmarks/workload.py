@@ -49,9 +49,6 @@ class StepCostConfig:
     threads: int = 1
 
 
-# --------------------------------------------------------------------------- the workload
-
-
 @dataclass
 class Workload:
     """A model, its trainable parameters and the two levels' loss callables (fixed batches)."""
@@ -121,9 +118,6 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
                     copy.deepcopy(model.state_dict()), config.lr)
 
 
-# --------------------------------------------------------------------------- the methods
-
-
 def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
                start: int, stop: int, log_step: Log | None = None) -> None:
     """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``: the engine's ``train_bilevel`` (``blur``,
@@ -155,9 +149,8 @@ def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, co
 
 def naive_blur_direction(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, step: int,
                          losses: bool) -> dict[str, float]:
-    """A NAIVE BLUR direction (the baseline, not the product) into ``.grad``: the engine's
-    ``g_r + (gamma - <g_r, g_f> / ||g_f||^2) * g_f``, computed as the paper's reference code goes about it (two
-    gradient copies, per-tensor ``.item()``); its ``xi`` and (``losses``: one host sync each) both losses."""
+    """A NAIVE BLUR direction into ``.grad`` (the baseline, not the product): the engine's, computed as the paper's
+    reference code does (two gradient copies, per-tensor ``.item()``); its ``xi`` and (``losses``) both losses."""
     grads, values = [], []
     for loss in (work.forget_loss, work.retain_loss):
         optimizer.zero_grad(set_to_none=True)
@@ -182,9 +175,6 @@ def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int 
         run_method(method, work, work.reset("sgd"), config, start=0, stop=steps)
         results.append([p.detach().clone() for p in work.params])
     return max(float((a - b).abs().max()) for a, b in zip(*results))
-
-
-# --------------------------------------------------------------------------- the meters
 
 
 def step_times(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, steps: int,

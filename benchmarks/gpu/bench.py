@@ -66,9 +66,6 @@ def baseline_syncs(work: Workload, device: str) -> int:
     return counter.count
 
 
-# --------------------------------------------------------------------------- models and losses
-
-
 def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.Module:
     """A random Llama of ``source``'s shape, or the model directory, in the precision's weight dtype."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -120,9 +117,6 @@ def random_workload(model: torch.nn.Module, plan: Plan, precision: str) -> Workl
             return RETAIN_LOSSES["nll"](loss_model, retain, context).mean()
 
     return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss, None, 1e-5)
-
-
-# --------------------------------------------------------------------------- measuring
 
 
 def measure_method(method: str, work: Workload, plan: Plan) -> dict:
@@ -186,9 +180,6 @@ def run(plan: Plan) -> dict:
             "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items() if k != "models"},
             "models": [name for name, _ in plan.models], "torch": torch.__version__,
             "wall_seconds": round(time.perf_counter() - started, 1)}
-
-
-# --------------------------------------------------------------------------- plans
 
 
 def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
