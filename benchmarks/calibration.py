@@ -30,6 +30,7 @@ from components.stages.finetune import finetune_cache
 from components.stages.prepare import resolved_config
 from components.unlearning.stopping import replay
 
+app = harness.cli(__doc__)  # the command: main, at the end
 ROOT = CACHE / "calibration"
 SEEDS = (0, 1, 2)
 RULE = {"min_forget_quality": 0.05, "max_abs_privleak": 25.0, "min_utility_ratio": 0.95,
@@ -362,9 +363,6 @@ def _parsed(settings: list[str]) -> dict[str, Any]:
     if bad := [item for item in settings if "=" not in item]:
         raise SystemExit(f"--set takes KEY=VALUE, got '{bad[0]}'")
     return {key.strip(): yaml.safe_load(value) for key, _, value in (item.partition("=") for item in settings)}
-
-
-app = harness.cli(__doc__)
 
 
 JUDGED = ("demo", "smollm2", "tofu")  # the three worlds; smollm2_tuning is for tuning runs only

@@ -26,6 +26,7 @@ from components.modeling.scoring import mean_token_nll
 from components.stages.prepare import resolved_config
 from components.unlearning import RunOutputs, UnlearningDivergedError, run_unlearning
 
+app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "compare"
 CACHED_AS = "comparison"  # the runs' cache folder, named before the module was renamed (issue 20 names it compare)
 G = (0.03, 0.1, 0.3)
@@ -55,9 +56,6 @@ class Arm:
     @property
     def label(self) -> str:
         return f"{self.optimizer}{'' if self.lr is None else f' lr {self.lr:g}'}"
-
-
-# --------------------------------------------------------------------------- a world's sets, scored
 
 
 class Scorer:
@@ -96,9 +94,6 @@ class Scorer:
         return out
 
 
-# --------------------------------------------------------------------------- one run
-
-
 def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Scorer,
             reference: dict) -> dict[str, Any]:
     """One trajectory: unlearn ``STEPS[world]`` steps, measured at ``POINTS`` evenly spaced steps."""
@@ -131,9 +126,6 @@ def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Score
     log(f"[{world}] {arm.name} g {arm.g} {arm.label} seed {seed}: {time.perf_counter() - started:.0f}s")
     return {"world": world, "arm": asdict(arm), "seed": seed, "points": points, "error": error,
             "mean_xi": statistics.fmean(xis) if xis else None, "seconds": round(time.perf_counter() - started, 1)}
-
-
-# --------------------------------------------------------------------------- analysis
 
 
 def at_level(points: Sequence[dict], level: float, key: str = "retain_nll") -> float | None:
@@ -190,9 +182,6 @@ def helps(rows: list[dict], world: str) -> dict[str, Any]:
     return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins >= 2 and losses == 0}
 
 
-# --------------------------------------------------------------------------- the grid
-
-
 def grid(world: str) -> list[Arm]:
     """The protocol's arms, ``weighted_sum_xi`` after the ``blur`` arm it reads its weight from."""
     return [Arm(name, g, g) for g in G for name in ("blur", "weighted_sum", "blur_p")] + [
@@ -238,9 +227,6 @@ def _xi(runs: list[dict], g: float, seed: int) -> float:
     return round(found[0]["mean_xi"], 6)
 
 
-# --------------------------------------------------------------------------- the write-up
-
-
 def write_report(runs: list[dict], reference: dict, out: Path) -> None:
     rows = analyse(runs, reference)
     harness.write_report({"protocol": "benchmarks/protocols/comparison.md", "reference": {
@@ -274,9 +260,6 @@ def render(results: dict[str, Any]) -> str:
         conclusion=table(results["conclusion"], [("world", "world"), ("wins at q = 0.8", "wins_at_0.8"),
                                                  ("losses", "losses"), ("BLUR helps", "helps")]),
         n=len(results["runs"]), m=results["machine"])
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

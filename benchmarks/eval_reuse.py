@@ -18,6 +18,7 @@ from components.artifacts import Metrics, Resources
 from components.config import load_config
 from components.paths import Paths
 
+app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "eval_reuse"
 PROFILES = {"smollm2": "pretrained", "demo": "."}
 
@@ -197,9 +198,6 @@ def render_flow(results: dict[str, Any]) -> str:
         **_fields(results), stem=f"{stem(results['profile'])}_flow", runs=table(results["runs"], FLOW_ROWS),
         logs=logs or "- (no cache line in the flow's log)",
         reused=", ".join(results["summary"]["second_reused"]) or "none")
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

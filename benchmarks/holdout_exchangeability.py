@@ -23,6 +23,7 @@ from components.evaluation import evaluate_models
 from components.evaluation.formulas import membership_auc
 from components.modeling.io import load_model_dir
 
+app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "holdout_exchangeability"
 VERSION = 3  # of what a cached seed result holds
 AUC_BAND = (0.4, 0.6)
@@ -158,9 +159,6 @@ def render(results: dict[str, Any]) -> str:
         table=table(seeds, COLUMNS, _number), draws=seeds[0]["null"]["draws"] if seeds else 0,
         verdict="All seeds meet the criteria." if results["all_pass"] else "Not every seed meets the criteria.",
         train=", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in seeds))
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from components.modeling.demo import train_model
 from components.modeling.resolve import load_tokenizer
 from components.stages.prepare import resolved_config
 
+app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "noise_floor"
 REPLICATE_SEED = 1000  # replicate r of world seed s trains with seed s + 1000 * r
 
@@ -76,9 +77,6 @@ def render(results: dict[str, Any]) -> str:
     return harness.template(STEM)["main"].format(
         rule=calibration.RULE, runs=table([r | {"judged": calibration.judged(r)} for r in results["runs"]], ROWS),
         s=s, p=s["passing"], m=results["machine"], rate={k: fmt(v, 2) for k, v in s["pass_rate"].items()})
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from benchmarks import harness
 from benchmarks.harness import BENCH_DIR, log, read_json, table
 
+app = harness.cli(__doc__)  # the command: main, at the end
 README = BENCH_DIR / "README.md"
 RESULTS = BENCH_DIR / "results"
 
@@ -77,9 +78,6 @@ def rendered(text: str, results: Path = RESULTS) -> str:
         body = render(results).rstrip("\n") + "\n"
         text = pattern.sub(lambda m: m.group(1) + body + m.group(3), text)
     return text
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

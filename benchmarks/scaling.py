@@ -14,6 +14,7 @@ from benchmarks import harness
 from benchmarks.harness import log, machine, table
 from benchmarks.workload import DEMO, LLAMA_20M, ModelSize, StepCostConfig, build_workload, time_steps
 
+app = harness.cli(__doc__)  # the command: main, at the end
 MID_5M = ModelSize("llama-5M", 256, 704, 6, 4)
 
 
@@ -102,9 +103,6 @@ def render(result: dict[str, Any]) -> str:
         m=result["machine"], minutes=result["wall_seconds"] / 60, first=result["by_forget_size"][0],
         repeats=result["config"]["eval_repeats"], by_forget=table(result["by_forget_size"], COLUMNS),
         by_size=table(result["by_model_size"], COLUMNS))
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

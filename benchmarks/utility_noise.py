@@ -16,6 +16,7 @@ from scipy.stats import hmean
 from benchmarks import calibration, harness
 from benchmarks.harness import fmt, log, machine, table
 
+app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "utility_noise"
 DRAWS = 2000
 # per set: (file suffix, the columns whose means enter model utility; truth ratios as TOFU's max(0, 1 - TR))
@@ -101,9 +102,6 @@ ROWS = [
 def render(results: dict[str, Any]) -> str:
     return harness.template(STEM)["main"].format(runs=table(results["runs"], ROWS), draws=results["draws"],
                                                  m=results["machine"])
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()

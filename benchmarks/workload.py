@@ -131,40 +131,45 @@ def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, co
         train_bilevel(work.params, work.forget_loss, work.retain_loss, optimizer, steps=stop, start_step=start,
                       rule=rule, hooks=StepHooks(log=log_step))
         return
-    if method not in METHODS:
+    if method == "naive_blur":
+        return naive_blur_steps(work, optimizer, config, start=start, stop=stop, log_step=log_step)
+    if method != "fused_weighted":
         raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
-    for step in range(start, stop):
-        record: dict[str, Any] = {"step": step + 1}
-        if method == "naive_blur":
-            record |= naive_blur_direction(work, optimizer, config, step, log_step is not None)
-        else:  # fused_weighted, the leanest weighted sum: both backward passes accumulate into ``.grad``
-            optimizer.zero_grad(set_to_none=False)
-            (1.0 * work.forget_loss(step, 0)).backward()
-            (config.alpha * work.retain_loss(step, 0)).backward()
+    for step in range(start, stop):  # the leanest weighted sum: both backward passes accumulate into ``.grad``
+        optimizer.zero_grad(set_to_none=False)
+        (1.0 * work.forget_loss(step, 0)).backward()
+        (config.alpha * work.retain_loss(step, 0)).backward()
         torch.nn.utils.clip_grad_norm_(work.params, config.max_grad_norm)
         optimizer.step()
         if log_step is not None:
-            log_step(record)
+            log_step({"step": step + 1})
 
 
-def naive_blur_direction(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, step: int,
-                         losses: bool) -> dict[str, float]:
-    """A NAIVE BLUR direction into ``.grad`` (the baseline, not the product): the engine's, computed as the paper's
-    reference code does (two gradient copies, per-tensor ``.item()``); its ``xi`` and (``losses``) both losses."""
-    grads, values = [], []
-    for loss in (work.forget_loss, work.retain_loss):
+def naive_blur_steps(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *, start: int,
+                     stop: int, log_step: Log | None = None) -> None:
+    """Steps of a NAIVE BLUR (the baseline, not the product): the engine's direction, computed as the paper's
+    reference code does (two gradient copies, per-tensor ``.item()``; README appendix)."""
+    for step in range(start, stop):
         optimizer.zero_grad(set_to_none=True)
-        values.append(loss(step, 0))
-        values[-1].backward()
-        grads.append([p.grad.detach().clone() for p in work.params])  # copy 1 (g_f), then copy 2 (g_r)
-    inner, forget_sq = 0.0, 0.0
-    for a, b in zip(*grads):  # per tensor, each partial sum synchronised with the host
-        inner += torch.sum(a * b).item()
-        forget_sq += torch.sum(a * a).item()
-    xi = config.gamma - inner / forget_sq if forget_sq > 0 else 0.0
-    for p, a, b in zip(work.params, *grads):
-        p.grad = b + xi * a
-    return {"forget_loss": values[0].item(), "retain_loss": values[1].item(), "xi": xi} if losses else {"xi": xi}
+        forget_value = work.forget_loss(step, 0)
+        forget_value.backward()
+        g_f = [p.grad.detach().clone() for p in work.params]  # copy 1
+        optimizer.zero_grad(set_to_none=True)
+        retain_value = work.retain_loss(step, 0)
+        retain_value.backward()
+        g_r = [p.grad.detach().clone() for p in work.params]  # copy 2
+        inner, forget_sq = 0.0, 0.0
+        for a, b in zip(g_f, g_r):  # per tensor, each partial sum synchronised with the host
+            inner += torch.sum(a * b).item()
+            forget_sq += torch.sum(a * a).item()
+        xi = config.gamma - inner / forget_sq if forget_sq > 0 else 0.0
+        for p, a, b in zip(work.params, g_f, g_r):
+            p.grad = b + xi * a
+        torch.nn.utils.clip_grad_norm_(work.params, config.max_grad_norm)
+        optimizer.step()
+        if log_step is not None:
+            log_step({"step": step + 1, "forget_loss": forget_value.item(), "retain_loss": retain_value.item(),
+                      "xi": xi})
 
 
 def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int = 2) -> float:
@@ -211,7 +216,8 @@ def peak_memory(work: Workload, config: StepCostConfig, methods: Sequence[str]) 
         optimizer = work.reset()
         run_method(method, work, optimizer, config, start=0, stop=1)  # gradients and AdamW state exist now
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-        with LiveBytes(adopt=[*work.params, *(p.grad for p in work.params), *state]) as meter:
+        existing = [*work.params, *(p.grad for p in work.params), *state]  # held through the step, as measured
+        with LiveBytes(adopt=existing) as meter:
             run_method(method, work, optimizer, config, start=1, stop=2)
         peaks[method] = meter.peak_extra
     return peaks

@@ -20,6 +20,7 @@ from benchmarks import harness
 from benchmarks.harness import REPO, RESULTS, log, write_json
 from benchmarks.workload import HostSyncCounter, ModelSize, StepCostConfig, Workload, run_method, step_times
 
+app = harness.cli(__doc__)  # the command: main, at the end
 METHODS = ("blur", "weighted_sum", "naive_blur")
 RULE = StepCostConfig()  # gamma 0.1, clipping at 1.0: step_cost's settings
 SMOLLM2 = REPO / "models" / "base" / "smollm2-135m-instruct"
@@ -199,9 +200,6 @@ def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
                 budget_seconds=360.0, out=RESULTS / "gpu.json",
                 notes=[] if found else [f"smollm2-135m: {SMOLLM2.relative_to(REPO)} not found (blur model fetch "
                                         "smollm2); skipped"])
-
-
-app = harness.cli(__doc__)
 
 
 @app.command()
