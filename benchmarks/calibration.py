@@ -252,18 +252,14 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
              else tgt["world_facts_acc"] - unl["world_facts_acc"])
     gap = (None if unl.get("relearn_forget_prob") is None or orc.get("relearn_forget_prob") is None
            else unl["relearn_forget_prob"] - orc["relearn_forget_prob"])
-    return {
-        "forgotten": fq is not None and privleak is not None and fq >= RULE["min_forget_quality"]
-        and abs(privleak) <= RULE["max_abs_privleak"],
-        "utility_ratio": utility,
-        "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
-        and (facts is None or facts <= RULE["max_world_facts_drop"]),
-        "world_facts_drop": facts,
-        "retain_utility_ratio": retain_part,
-        "verdicts_agree": run["gate"]["agree"] is True,
-        "relearn_gap": gap,
-        "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"],
-    }
+    return {"forgotten": fq is not None and privleak is not None and fq >= RULE["min_forget_quality"]
+            and abs(privleak) <= RULE["max_abs_privleak"],
+            "utility_ratio": utility,
+            "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
+            and (facts is None or facts <= RULE["max_world_facts_drop"]),
+            "world_facts_drop": facts, "retain_utility_ratio": retain_part,
+            "verdicts_agree": run["gate"]["agree"] is True, "relearn_gap": gap,
+            "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"]}
 
 
 def retain_utility(metrics: dict[str, Any]) -> float | None:

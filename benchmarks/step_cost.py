@@ -18,7 +18,8 @@ from benchmarks.workload import (METHODS, ModelSize, StepCostConfig, build_workl
 
 app = harness.cli(__doc__)  # the command: main, at the end
 SHORT = {"blur": "blur", "weighted_sum": "weighted", "naive_blur": "naive", "fused_weighted": "fused_weighted"}
-RATIOS = (("blur", "weighted_sum"), ("naive_blur", "blur"), ("blur", "fused_weighted"), ("weighted_sum", "fused_weighted"))
+RATIOS = (("blur", "weighted_sum"), ("naive_blur", "blur"), ("blur", "fused_weighted"),
+          ("weighted_sum", "fused_weighted"))
 
 
 def summarise(times: dict[str, list[list[float]]], peaks: dict[str, int], param_bytes: int,
@@ -75,7 +76,8 @@ def run(config: StepCostConfig) -> dict[str, Any]:
             "memory_method": "peak live tensor bytes of one step beyond weights, gradients and AdamW state, counted "
                              "per operator with a TorchDispatchMode (benchmarks/workload.py: LiveBytes); extra = that "
                              "peak minus the fused weighted sum's",
-            "gpu": "none lent to this session: CPU figures only", "wall_seconds": round(time.perf_counter() - started, 1)}
+            "gpu": "none lent to this session: CPU figures only",
+            "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _ms(method: str):
