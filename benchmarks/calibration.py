@@ -20,15 +20,14 @@ import yaml
 from benchmarks import harness
 from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
 from components import stages
-from components.artifacts import ROLES, Metrics, Resources, UnlearnSummary
+from components.artifacts import ROLES, Metrics, Resources
 from components.config import load_config
-from components.data.records import content_hash, folder_hash
+from components.data.records import content_hash
 from components.evaluation.metrics import utility_hmean
 from components.gate import evaluate_gate
 from components.paths import Paths
 from components.stages.finetune import finetune_cache
 from components.stages.prepare import resolved_config
-from components.unlearning.stopping import replay
 
 app = harness.cli(__doc__)  # the command: main, at the end
 ROOT = CACHE / "calibration"
@@ -78,42 +77,17 @@ def trained_world(world: World, seed: int, train: bool = True):
     stages.prepare(config, scratch)
     key = finetune_cache(resolved_config(config, scratch), scratch).name  # the finetune stage's own key
     paths = Paths(ROOT / f"{world.name}-{key}", config_root=world.root)
-    if not (paths.root / "trained.json").exists():
-        _adopt(world, scratch, paths)
-    if not (paths.root / "trained.json").exists() and not train:
-        shutil.rmtree(scratch.root, ignore_errors=True)
-        return None
-    if not (paths.root / "trained.json").exists():
+    done = (paths.root / "trained.json").exists()
+    if train and not done:
         shutil.rmtree(paths.prepared, ignore_errors=True)
-        paths.prepared.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(scratch.prepared, paths.prepared)
         log(f"[{world.name}] fine-tuning the target and oracle once (in {paths.root}) ...")
         started = time.perf_counter()
         stages.validate(config, paths)
-        summary = stages.finetune(config, paths, show_progress=False)
-        write_json(paths.root / "trained.json", {"finetune": summary.to_dict(), "seconds": round(time.perf_counter() - started, 1)})
+        finetune = {"finetune": stages.finetune(config, paths, show_progress=False).to_dict()}
+        write_json(paths.root / "trained.json", finetune | {"seconds": round(time.perf_counter() - started, 1)})
     shutil.rmtree(scratch.root, ignore_errors=True)
-    return config, paths
-
-
-TRAINED_FROM = ("world.jsonl", "holdout.jsonl", "retain.jsonl", "settings.json", "tokenizer")
-
-
-def _adopt(world: World, scratch, paths) -> None:
-    """A world trained under an earlier key formula, from the very data ``scratch`` holds (the files
-    training reads, byte for byte), moves to its key now instead of fine-tuning again (SmolLM2: 49 min)."""
-    wanted = {name: folder_hash(scratch.prepared / name) if (scratch.prepared / name).is_dir()
-              else (scratch.prepared / name).read_bytes() for name in TRAINED_FROM}
-    for folder in sorted(ROOT.glob(f"{world.name}-*")):
-        prepared = folder / "data" / "prepared"
-        if folder == paths.root or not (folder / "trained.json").exists() or not prepared.is_dir():
-            continue
-        found = {name: folder_hash(prepared / name) if (prepared / name).is_dir()
-                 else (prepared / name).read_bytes() if (prepared / name).exists() else None for name in TRAINED_FROM}
-        if found == wanted:
-            log(f"[{world.name}] the world trained in {folder.name} is this one: moved to {paths.root.name}")
-            folder.rename(paths.root)
-            return
+    return (config, paths) if done or train else None
 
 
 def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any] | None:
@@ -124,7 +98,7 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
         return None
     config, trained = found
     config = config.with_overrides({"seed": seed})
-    paths = cached_run(trained.root / "runs", config, seed, world.root)
+    paths = Paths(trained.root / "runs" / f"seed{seed}-{run_key(config, seed)}", config_root=world.root)
     done = paths.root / "result.json"
     if done.exists():
         return with_gate(json.loads(done.read_text()), paths, config)
@@ -154,36 +128,11 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     return with_gate(result, paths, config)
 
 
-# Stop-rule settings added after runs were cached, with the value the runs had (the behaviour before the setting
-# existed). A run recorded without one stands for today's value when today's rule, replayed on its probe curve,
-# stops it at the same step: the probe only reads the model, so up to that step the two runs are one run.
-ADDED_SINCE = {"overshoot": "continue"}
-
-
-def run_key(config, seed: int, *, before_added: bool = False) -> str:
+def run_key(config, seed: int) -> str:
     """The cache key of a run: its unlearn and eval settings and seed (the gate is re-applied to the stored
-    metrics, so changing it reruns nothing); ``before_added``: as recorded before :data:`ADDED_SINCE`."""
-    unlearn = config.unlearn.model_dump(mode="json")
-    if before_added:
-        for name in ADDED_SINCE:
-            unlearn["stop"].pop(name)
-    return content_hash({"unlearn": unlearn, "eval": config.eval.model_dump(mode="json"), "seed": seed})
-
-
-def cached_run(runs: Path, config, seed: int, config_root: Path):
-    """The run folder of these settings: the one recorded before a stop setting was added when it stands for
-    today's (see :data:`ADDED_SINCE`), else today's key's (run or not)."""
-    stop = config.unlearn.stop
-    earlier = Paths(runs / f"seed{seed}-{run_key(config, seed, before_added=True)}", config_root=config_root)
-    summary_file = earlier.report_files.unlearn_summary
-    if (any(getattr(stop, name) != value for name, value in ADDED_SINCE.items()) and stop.rule == "holdout"
-            and (earlier.root / "result.json").exists() and summary_file.exists()):
-        summary = UnlearnSummary.load(summary_file)
-        recorded = summary.stop or {}
-        last = recorded.get("stopped_at") or recorded.get("ended_at") or summary.steps
-        if recorded.get("curve") and replay(recorded["curve"], stop, last)["stopped_at"] == recorded.get("stopped_at"):
-            return earlier
-    return Paths(runs / f"seed{seed}-{run_key(config, seed)}", config_root=config_root)
+    metrics, so changing it reruns nothing)."""
+    return content_hash({"unlearn": config.unlearn.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
+                         "seed": seed})
 
 
 def linked(world: World, trained, root: Path):
