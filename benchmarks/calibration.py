@@ -6,7 +6,6 @@ How it works, and the options: ``benchmarks/README.md``, *Calibration* and appen
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import statistics
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from benchmarks import harness
-from benchmarks.harness import CACHE, REPO, log, machine, table, write_json
+from benchmarks.harness import CACHE, REPO, log, machine, read_json, table, write_json
 from components import stages
 from components.artifacts import ROLES, Metrics, Resources
 from components.config import load_config
@@ -100,29 +99,23 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     config = config.with_overrides({"seed": seed})
     paths = Paths(trained.root / "runs" / f"seed{seed}-{run_key(config, seed)}", config_root=world.root)
     done = paths.root / "result.json"
-    if done.exists():
-        return with_gate(json.loads(done.read_text()), paths, config)
-    if cached_only:
-        return None
+    if done.exists() or cached_only:
+        return with_gate(read_json(done), paths, config) if done.exists() else None
     linked(world, trained, paths.root)
-    log(f"[{world.name} seed {seed}] unlearn ...")
-    started = time.perf_counter()
-    summary = stages.unlearn(config, paths, show_progress=False)
-    unlearn_seconds = time.perf_counter() - started
-    log(f"[{world.name} seed {seed}] evaluate ...")
-    started = time.perf_counter()
-    metrics = stages.evaluate(config, paths, show_progress=False)
-    evaluate_seconds = time.perf_counter() - started
+    timed = {}
+    for stage in ("unlearn", "evaluate"):
+        log(f"[{world.name} seed {seed}] {stage} ...")
+        started = time.perf_counter()
+        timed[stage] = getattr(stages, stage)(config, paths, show_progress=False), time.perf_counter() - started
+    (summary, unlearn_seconds), (metrics, evaluate_seconds) = timed.values()
     cost = Resources.read(paths.resources).stage("evaluate")
-    result = {
-        "world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
-        "n_holdout": len(stages.load_splits(paths)["holdout"]),
-        "stop": {k: summary.stop[k] for k in ("stopped_at", "reason")} if summary.stop else None,
-        "steps": summary.steps, "unlearn_seconds": round(unlearn_seconds, 1),
-        "evaluate_seconds": round(evaluate_seconds, 1),
-        "cache": {role: {"hits": c["hits"], "misses": c["misses"]} for role, c in cost["cache"].items()},
-        "floor": cost.get("floor"),
-    }
+    result = {"world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
+              "n_holdout": len(stages.load_splits(paths)["holdout"]),
+              "stop": {k: summary.stop[k] for k in ("stopped_at", "reason")} if summary.stop else None,
+              "steps": summary.steps, "unlearn_seconds": round(unlearn_seconds, 1),
+              "evaluate_seconds": round(evaluate_seconds, 1),
+              "cache": {role: {"hits": c["hits"], "misses": c["misses"]} for role, c in cost["cache"].items()},
+              "floor": cost.get("floor")}
     write_json(done, result)
     shutil.rmtree(paths.unlearned, ignore_errors=True)  # SmolLM2 weights: 0.5 GB a run
     return with_gate(result, paths, config)
@@ -131,8 +124,8 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
 def run_key(config, seed: int) -> str:
     """The cache key of a run: its unlearn and eval settings and seed (the gate is re-applied to the stored
     metrics, so changing it reruns nothing)."""
-    return content_hash({"unlearn": config.unlearn.model_dump(mode="json"), "eval": config.eval.model_dump(mode="json"),
-                         "seed": seed})
+    dump = {name: getattr(config, name).model_dump(mode="json") for name in ("unlearn", "eval")}
+    return content_hash(dump | {"seed": seed})
 
 
 def linked(world: World, trained, root: Path):
@@ -152,8 +145,8 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
         result = result | {"floor": Resources.read(paths.resources).floor()}
     return result | {
         "run": paths.root.relative_to(ROOT).as_posix(),  # --from-cache finds this very run again
-        "metrics": {role: {k: metrics.value(role, k) for k in KEEP} | {"forget_truth_ratio_median": _median_tr(paths, role)}
-                    for role in ROLES},
+        "metrics": {role: {k: metrics.value(role, k) for k in KEEP}
+                    | {"forget_truth_ratio_median": _median_tr(paths, role)} for role in ROLES},
         "gate": {"passed": decision.passed, "oracle_free": decision.verdict("oracle-free"),
                  "oracle": decision.verdict("oracle"), "agree": decision.agreement,
                  "checks": [c.to_dict() for c in decision.checks]}}
@@ -170,25 +163,12 @@ def _median_tr(paths, role: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def recorded_runs(out: Path, stem: str) -> dict[tuple[str, int], dict[str, Any]]:
-    """The runs a results file records, by (world, seed), each naming its cached folder (``run``).
-    ``--from-cache`` rebuilds from exactly these, so a tuning stem is not re-resolved against defaults
-    that changed since."""
-    stored = harness.read_json(Path(out) / f"{stem}.json") or {}
-    return {(run["world"], run["seed"]): run for run in stored.get("runs", []) if run.get("run")}
-
-
 def recorded_run(world: World, seed: int, recorded: dict[str, Any]) -> dict[str, Any]:
-    """A recorded run from its folder under ``ROOT``, the profile's gate re-applied; as the results file
-    recorded it when that folder is gone (the cache is a machine's, the results file is the record)."""
+    """A run a results file records, from the cached folder it names (``run``), the profile's gate re-applied;
+    as recorded when that folder is gone (the cache is a machine's, the results file is the record)."""
     paths = Paths(ROOT / recorded["run"], config_root=world.root)
-    done = paths.root / "result.json"
-    if not done.exists():
-        return recorded
-    return with_gate(json.loads(done.read_text()), paths, _config(world, seed).with_overrides({"seed": seed}))
-
-
-# --------------------------------------------------------------------------- judging
+    found = read_json(paths.root / "result.json")
+    return recorded if found is None else with_gate(found, paths, _config(world, seed).with_overrides({"seed": seed}))
 
 
 def judged(run: dict[str, Any]) -> dict[str, Any]:
@@ -196,17 +176,16 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
     unl, tgt, orc = (run["metrics"][r] for r in ("unlearned", "target", "oracle"))
     fq, privleak = unl["forget_quality"], unl["privleak"]
     utility = unl["model_utility"] / tgt["model_utility"] if unl["model_utility"] and tgt["model_utility"] else None
-    retain_part = _ratio(retain_utility(unl), retain_utility(tgt))
-    facts = (None if unl.get("world_facts_acc") is None or tgt.get("world_facts_acc") is None
-             else tgt["world_facts_acc"] - unl["world_facts_acc"])
-    gap = (None if unl.get("relearn_forget_prob") is None or orc.get("relearn_forget_prob") is None
-           else unl["relearn_forget_prob"] - orc["relearn_forget_prob"])
+    retain, retain_tgt = retain_utility(unl), retain_utility(tgt)
+    facts, gap = (None if a is None or b is None else a - b for a, b in (
+        (tgt.get("world_facts_acc"), unl.get("world_facts_acc")),
+        (unl.get("relearn_forget_prob"), orc.get("relearn_forget_prob"))))
     return {"forgotten": fq is not None and privleak is not None and fq >= RULE["min_forget_quality"]
             and abs(privleak) <= RULE["max_abs_privleak"],
             "utility_ratio": utility,
             "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
             and (facts is None or facts <= RULE["max_world_facts_drop"]),
-            "world_facts_drop": facts, "retain_utility_ratio": retain_part,
+            "world_facts_drop": facts, "retain_utility_ratio": retain / retain_tgt if retain is not None and retain_tgt else None,
             "verdicts_agree": run["gate"]["agree"] is True, "relearn_gap": gap,
             "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"]}
 
@@ -219,10 +198,6 @@ def retain_utility(metrics: dict[str, Any]) -> float | None:
     return None if any(p is None for p in parts) else utility_hmean(parts)
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tests = [judged(r) for r in runs]
     count = {k: sum(bool(t[k]) for t in tests) for k in ("forgotten", "utility_kept", "verdicts_agree", "relearn_ok")}
@@ -231,8 +206,6 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "criteria_met": {"forgotten": count["forgotten"] >= need, "utility_kept": count["utility_kept"] == len(runs),
                              "verdicts_agree": count["verdicts_agree"] >= need, "relearn_ok": count["relearn_ok"] >= need}}
 
-
-# --------------------------------------------------------------------------- the write-up (from the JSON)
 
 def _f(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -333,24 +306,23 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
     planned = [(name, seed) for name in worlds for seed in seeds]
     if from_cache:
         # the judged stem is today's shipped defaults by definition; a tuning stem keeps the runs it was written from
-        recorded = recorded_runs(out, stem) if stem != JUDGED_STEM else {}
+        stored = (harness.read_json(out / f"{stem}.json") if stem != JUDGED_STEM else None) or {}
+        recorded = {(run["world"], run["seed"]): run for run in stored.get("runs", []) if run.get("run")}
         runs = [run for name, seed in planned
                 if (run := recorded_run(chosen[name], seed, recorded[name, seed]) if (name, seed) in recorded
                     else run_one(chosen[name], seed, cached_only=True))]
         write(runs, out, stem, overrides, planned)
         return
     harness.init_process(2)
+    if train_only:
+        for name in worlds:
+            trained_world(chosen[name], seeds[0])  # one seed a world (a demo seed's world trains when its run needs it)
+        return
     runs = []
-    for name in worlds:
-        for seed in seeds:
-            if train_only:
-                trained_world(chosen[name], seed)
-                break
-            runs.append(run_one(chosen[name], seed))
-            write(runs, out, stem, overrides, planned)
-    if not train_only:
+    for name, seed in planned:
+        runs.append(run_one(chosen[name], seed))
         write(runs, out, stem, overrides, planned)
-        log(f"wrote {out / (stem + '.md')}")
+    log(f"wrote {out / (stem + '.md')}")
 
 
 if __name__ == "__main__":
