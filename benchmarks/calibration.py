@@ -1,7 +1,5 @@
 """Does forgetting calibrate itself? The shipped defaults, stopped by the oracle-free rule, judged by the oracle.
-
-How it works, and the options: ``benchmarks/README.md``, *Calibration* and appendix, ``benchmarks.calibration``.
-"""
+How it works, and the options: ``benchmarks/README.md``, *Calibration* and appendix, ``benchmarks.calibration``."""
 
 from __future__ import annotations
 
@@ -185,7 +183,8 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
             "utility_ratio": utility,
             "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
             and (facts is None or facts <= RULE["max_world_facts_drop"]),
-            "world_facts_drop": facts, "retain_utility_ratio": retain / retain_tgt if retain is not None and retain_tgt else None,
+            "world_facts_drop": facts,
+            "retain_utility_ratio": retain / retain_tgt if retain is not None and retain_tgt else None,
             "verdicts_agree": run["gate"]["agree"] is True, "relearn_gap": gap,
             "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"]}
 
@@ -201,10 +200,8 @@ def retain_utility(metrics: dict[str, Any]) -> float | None:
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tests = [judged(r) for r in runs]
     count = {k: sum(bool(t[k]) for t in tests) for k in ("forgotten", "utility_kept", "verdicts_agree", "relearn_ok")}
-    need = RULE["min_runs_of_9"] * len(runs) / 9
-    return {"runs": len(runs), "passing": count,
-            "criteria_met": {"forgotten": count["forgotten"] >= need, "utility_kept": count["utility_kept"] == len(runs),
-                             "verdicts_agree": count["verdicts_agree"] >= need, "relearn_ok": count["relearn_ok"] >= need}}
+    need = {k: len(runs) if k == "utility_kept" else RULE["min_runs_of_9"] * len(runs) / 9 for k in count}
+    return {"runs": len(runs), "passing": count, "criteria_met": {k: count[k] >= need[k] for k in count}}
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -287,7 +284,7 @@ JUDGED = ("demo", "smollm2", "tofu")  # the issue's three worlds; smollm2_tuning
 JUDGED_STEM = "calibration"
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
          from_cache: bool = harness.typer.Option(False, help="rebuild the results from the cached runs (those the "
@@ -322,8 +319,3 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
     for name, seed in planned:
         runs.append(run_one(chosen[name], seed))
         write(runs, out, stem, overrides, planned)
-    log(f"wrote {out / (stem + '.md')}")
-
-
-if __name__ == "__main__":
-    app()

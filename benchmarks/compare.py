@@ -1,7 +1,5 @@
 """Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run (every run cached).
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.compare``.
-"""
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.compare``."""
 
 from __future__ import annotations
 
@@ -262,7 +260,7 @@ def render(results: dict[str, Any]) -> str:
         n=len(results["runs"]), m=results["machine"])
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, STEM, render)
@@ -271,7 +269,3 @@ def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: boo
         if world not in STEPS:
             raise SystemExit(f"unknown world '{world}'; choose from {sorted(STEPS)}")
         run_world(world, out)
-
-
-if __name__ == "__main__":
-    app()

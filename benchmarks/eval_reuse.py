@@ -1,6 +1,5 @@
-"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change
-(``--flow``: two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.eval_reuse``.
-"""
+"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change (``--flow``:
+two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.eval_reuse``."""
 
 from __future__ import annotations
 
@@ -200,7 +199,7 @@ def render_flow(results: dict[str, Any]) -> str:
         reused=", ".join(results["summary"]["second_reused"]) or "none")
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
          flow: bool = harness.typer.Option(False, help="two `blur process` batches instead of two `dvc repro` runs"),
@@ -214,7 +213,3 @@ def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"),
     results = run_flow(profile, scratch, resume) if flow else run(profile, scratch)
     harness.write_report(results, out, name, write_up)
     log(f"second evaluate scored: {results['summary']['second_scored']}")
-
-
-if __name__ == "__main__":
-    app()

@@ -139,6 +139,17 @@ def cli(doc: str | None) -> typer.Typer:
                        rich_markup_mode=None)
 
 
+def command(app: typer.Typer, module: str) -> Callable[[Callable], Callable]:
+    """``@app.command()`` for a study's ``main`` (the last thing its module defines), and the app run at once when
+    ``module`` (the study's ``__name__``) is ``__main__``, as under ``python -m benchmarks.<study>``."""
+    def register(function: Callable) -> Callable:
+        app.command()(function)
+        if module == "__main__":
+            app()
+        return function
+    return register
+
+
 def invoke(app: typer.Typer, argv: Sequence[str] | None = None) -> None:
     """Run ``app`` on ``argv`` (None: the process arguments) without exiting the interpreter."""
     typer.main.get_command(app).main(list(argv) if argv is not None else None, standalone_mode=False)

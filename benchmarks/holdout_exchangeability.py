@@ -1,7 +1,5 @@
 """Is the demo world's holdout exchangeable with a forgotten subject? (``--seeds``: 0 1 2.)
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``.
-"""
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``."""
 
 from __future__ import annotations
 
@@ -161,7 +159,7 @@ def render(results: dict[str, Any]) -> str:
         train=", ".join(f"seed {r['seed']} {r['train_seconds'] / 60:.1f} min" for r in seeds))
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(seeds: list[int] = [0, 1, 2], params: Path = REPO / "params.yaml", request: Path = DEMO_REQUEST,
          cache: Path = CACHE / STEM, out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
@@ -170,7 +168,3 @@ def main(seeds: list[int] = [0, 1, 2], params: Path = REPO / "params.yaml", requ
     harness.write_report(results, out, STEM, render)
     for r in results["seeds"]:
         log(f"seed {r['seed']}: AUC {r['forget_holdout_auc']:.3f}, ratio {r['prob_ratio']:.2f}, pass {r['pass']}")
-
-
-if __name__ == "__main__":
-    app()

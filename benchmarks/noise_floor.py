@@ -1,7 +1,5 @@
 """The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``.
-"""
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``."""
 
 from __future__ import annotations
 
@@ -79,7 +77,7 @@ def render(results: dict[str, Any]) -> str:
         s=s, p=s["passing"], m=results["machine"], rate={k: fmt(v, 2) for k, v in s["pass_rate"].items()})
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS), replicates: int = 3,
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
@@ -92,7 +90,3 @@ def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS
                 runs.append(replicate(calibration.WORLDS[name], seed, index))
                 harness.write_report({"rule": calibration.RULE, "runs": runs, "summary": summary(runs),
                                       "machine": machine()}, out, STEM, render)
-
-
-if __name__ == "__main__":
-    app()

@@ -80,7 +80,7 @@ def rendered(text: str, results: Path = RESULTS) -> str:
     return text
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(check: bool = harness.typer.Option(False, help="only compare; exit 1 when a block is stale"),
          readme: Path = README, results: Path = RESULTS) -> None:
     text = readme.read_text(encoding="utf-8")
@@ -91,7 +91,3 @@ def main(check: bool = harness.typer.Option(False, help="only compare; exit 1 wh
     if not check:
         readme.write_text(new, encoding="utf-8")
         log(f"wrote {readme}")
-
-
-if __name__ == "__main__":
-    app()

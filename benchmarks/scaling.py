@@ -1,6 +1,5 @@
 """Scaling: how step time and evaluation time grow with the forget set and with the model (~5-10 min, one
-thread). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``.
-"""
+thread). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``."""
 
 from __future__ import annotations
 
@@ -105,14 +104,9 @@ def render(result: dict[str, Any]) -> str:
         by_size=table(result["by_model_size"], COLUMNS))
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, "scaling", render)
     result = run(ScalingConfig())
     harness.write_report(result, out, "scaling", render)
-    log(f"wrote {out / 'scaling'}.{{json,md}} in {result['wall_seconds'] / 60:.1f} min")
-
-
-if __name__ == "__main__":
-    app()

@@ -1,6 +1,5 @@
 """Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (``--json``: the result
-on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix.
-"""
+on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix."""
 
 from __future__ import annotations
 
@@ -109,7 +108,7 @@ def render(results: dict[str, Any]) -> str:
         worst_memory=results["blur_extra_bytes_over_param_bytes"], naive=results["naive_over_blur_time"])
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(json: bool = harness.typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
          quick: bool = harness.typer.Option(False, "--quick", help="3 rounds x 2 steps instead of 7 x 3"),
          out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
@@ -117,10 +116,5 @@ def main(json: bool = harness.typer.Option(False, "--json", help="print the resu
         return harness.report_only(out, "step_cost", render)
     result = run(StepCostConfig(rounds=3, steps=2) if quick else StepCostConfig())
     harness.write_report(result, out, "step_cost", render)
-    log(f"wrote {out / 'step_cost'}.{{json,md}} in {result['wall_seconds']:.0f} s")
     if json:
         print(dumps(result))
-
-
-if __name__ == "__main__":
-    app()

@@ -1,7 +1,5 @@
 """How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over their records.
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``.
-"""
+How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import numpy as np
 from scipy.stats import hmean
 
 from benchmarks import calibration, harness
-from benchmarks.harness import fmt, log, machine, table
+from benchmarks.harness import fmt, machine, table
 
 app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "utility_noise"
@@ -104,7 +102,7 @@ def render(results: dict[str, Any]) -> str:
                                                  m=results["machine"])
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
@@ -117,8 +115,3 @@ def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
                 raise SystemExit(f"{run['world']} seed {run['seed']}: {role} utility from the per-record files "
                                  f"{value} is not the reported {reported}: the bootstrap would measure another metric")
     harness.write_report({"draws": DRAWS, "runs": found, "machine": machine()}, out, STEM, render)
-    log(f"wrote {out / (STEM + '.md')}")
-
-
-if __name__ == "__main__":
-    app()

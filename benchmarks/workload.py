@@ -1,8 +1,6 @@
 """The cost family's one workload (``step_cost``, ``scaling``, ``gpu.bench``): a model with the two levels' losses on
-fixed batches, each method's optimizer steps and the meters (step times, live tensor bytes, host syncs).
-
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.workload``.
-"""
+fixed batches, each method's optimizer steps and the meters (step times, live tensor bytes, host syncs). How it
+works: ``benchmarks/README.md``, appendix, ``benchmarks.workload``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Step time, peak memory and host synchronisations per step: BLUR, weighted sum, naive BLUR (CUDA: SmolLM2-135M
 if present and a 1B-shaped Llama in bf16; ``--cpu-smoke``: tiny shapes on the CPU; ``--cpu-precision``: fp32 vs
-bf16 vs autocast-bf16 on the CPU). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``.
-"""
+bf16 vs autocast-bf16 on the CPU). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``."""
 
 from __future__ import annotations
 
@@ -202,7 +201,7 @@ def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
                                         "smollm2); skipped"])
 
 
-@app.command()
+@harness.command(app, __name__)
 def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes on the CPU (seconds)"),
          cpu_precision: bool = typer.Option(False, "--cpu-precision", help="fp32 / bf16 / autocast-bf16 step cost on CPU"),
          out: Optional[Path] = typer.Option(None, help="where to write the JSON result"),
@@ -218,7 +217,3 @@ def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes 
     result = run(chosen)
     write_json(chosen.out, result)
     log(f"wrote {chosen.out} in {result['wall_seconds']:.0f} s")
-
-
-if __name__ == "__main__":
-    app()
