@@ -65,9 +65,7 @@ def _config(world: World, seed: int):
 
 
 def trained_world(world: World, seed: int, train: bool = True):
-    """``prepare`` (cheap) into a scratch folder, then the world's folder named by the prepared data's
-    content, where ``finetune`` ran once. Returns (config, Paths of that folder); None when the world
-    was never fine-tuned and ``train`` is False."""
+    """(config, Paths) of the world's folder, named by its prepared data, where ``finetune`` ran once (README)."""
     config = _config(world, seed)
     scratch = Paths(ROOT / "scratch" / f"{world.name}-{os.getpid()}", config_root=world.root)
     shutil.rmtree(scratch.root, ignore_errors=True)
@@ -88,8 +86,7 @@ def trained_world(world: World, seed: int, train: bool = True):
 
 
 def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any] | None:
-    """One seed of one world: unlearn with the shipped defaults, evaluate, gate (cached by its inputs).
-    ``cached_only``: the cached run of exactly these settings, or None (nothing is trained or run)."""
+    """One seed of one world, unlearned, evaluated and gated (cached); ``cached_only``: cached or None."""
     found = trained_world(world, seed, train=not cached_only)
     if found is None:
         return None
@@ -120,8 +117,7 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
 
 
 def run_key(config, seed: int) -> str:
-    """The cache key of a run: its unlearn and eval settings and seed (the gate is re-applied to the stored
-    metrics, so changing it reruns nothing)."""
+    """The cache key of a run: its unlearn and eval settings and seed (the gate is re-applied)."""
     dump = {name: getattr(config, name).model_dump(mode="json") for name in ("unlearn", "eval")}
     return content_hash(dump | {"seed": seed})
 
@@ -151,8 +147,7 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
 
 
 def _median_tr(paths, role: str) -> float | None:
-    """Median truth ratio over the forget records (``per_item``): where forget quality's KS test looks. Beside
-    the forget probability it tells a shallow erasure (answer unlikely, the fact still preferred) from a deep one."""
+    """Median truth ratio over the forget records (``per_item``), where forget quality's KS test looks."""
     file = paths.report_files.per_item_file(role, "forget")
     if not file.exists():
         return None
@@ -162,8 +157,7 @@ def _median_tr(paths, role: str) -> float | None:
 
 
 def recorded_run(world: World, seed: int, recorded: dict[str, Any]) -> dict[str, Any]:
-    """A run a results file records, from the cached folder it names (``run``), the profile's gate re-applied;
-    as recorded when that folder is gone (the cache is a machine's, the results file is the record)."""
+    """A recorded run from the folder it names (``run``), gate re-applied; as recorded if that is gone."""
     paths = Paths(ROOT / recorded["run"], config_root=world.root)
     found = read_json(paths.root / "result.json")
     return recorded if found is None else with_gate(found, paths, _config(world, seed).with_overrides({"seed": seed}))
@@ -190,9 +184,7 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def retain_utility(metrics: dict[str, Any]) -> float | None:
-    """Model utility's retain part alone: the harmonic mean of the retain set's probability, ROUGE-L and
-    truth-ratio score (`utility_noise.md`: on SmolLM2 the knowledge sets' near-zero ROUGE makes the whole
-    ratio's 95% interval span 0.4-1.3, while this part is measured to a few points)."""
+    """Model utility's retain part alone (README appendix): its probability, ROUGE-L and TR score."""
     parts = [metrics.get(k) for k in ("retain_prob", "retain_rouge", "retain_truth_ratio")]
     return None if any(p is None for p in parts) else utility_hmean(parts)
 

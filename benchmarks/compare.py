@@ -172,8 +172,7 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
 
 
 def helps(rows: list[dict], world: str) -> dict[str, Any]:
-    """The protocol's conclusion for a world under AdamW: wins at q = 0.8 for at least two of three g
-    against the mirrored weighted sum, and loses nowhere."""
+    """The protocol's conclusion for a world under AdamW (two wins of three g at q = 0.8, no loss)."""
     mirrored = [r for r in rows if (r["world"], r["optimizer"], r["pair"]) == (world, "adamw", "blur vs weighted_sum")]
     wins = sum(r["verdict"] == "win" for r in mirrored if r["q"] == 0.8)
     losses = sum(r["verdict"] == "loss" for r in mirrored)

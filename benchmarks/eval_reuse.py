@@ -4,6 +4,7 @@ two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix,
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,16 +21,11 @@ from components.paths import Paths
 app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "eval_reuse"
 PROFILES = {"smollm2": "pretrained", "demo": "."}
-
-
-def stem(profile: str) -> str:
-    """``eval_reuse`` for the SmolLM2 profile (the acceptance run), ``eval_reuse_<profile>`` for another."""
-    return STEM if profile == "smollm2" else f"{STEM}_{profile}"
+STEMS = {"smollm2": STEM, "demo": f"{STEM}_demo"}  # the SmolLM2 profile's is the acceptance run
 
 
 def _call(folder: Path, env: dict[str, str], log_file: Path, *argv: str, refused_ok: bool = False) -> float:
-    """``python -m ARGV`` (``dvc repro``, ``flows.cli``: blur) in ``folder``, its output appended to ``log_file``;
-    its wall seconds. ``refused_ok``: exit status 1 with a request in ``failed/`` (the gate refused) is expected."""
+    """``python -m ARGV`` in ``folder``, logged to ``log_file``; its seconds (``refused_ok``: a gate refusal)."""
     started = time.perf_counter()
     with log_file.open("a") as out:
         code = subprocess.run([sys.executable, "-m", *argv], cwd=folder, env=env, stdout=out,
@@ -39,32 +35,19 @@ def _call(folder: Path, env: dict[str, str], log_file: Path, *argv: str, refused
     return time.perf_counter() - started
 
 
-def _blur(folder: Path, env: dict[str, str], log_file: Path, *args: str, refused_ok: bool = False) -> float:
-    return _call(folder, env, log_file, "flows.cli", *args, "--root", ".", refused_ok=refused_ok)
-
-
 def _failed_requests(folder: Path) -> list[Path]:
     return sorted((folder / "data" / "requests" / "failed").glob("*.json"))
 
 
-def _scale_lr(params: Path, factor: float) -> float:
-    """Multiply ``unlearn.lr`` in a params file (its one line under ``unlearn:``); returns the new value."""
-    lines, section, new = params.read_text().splitlines(keepends=True), None, None
-    for i, line in enumerate(lines):
-        if line.strip() and not line[0].isspace():
-            section = line.split(":")[0]
-        elif section == "unlearn" and line.startswith("  lr:"):
-            new = float(line.split(":", 1)[1].split("#")[0]) * factor
-            lines[i] = f"  lr: {new!r}\n"
-    if new is None:
-        raise ValueError(f"no unlearn.lr in {params}")
-    params.write_text("".join(lines))
-    return new
+def _scale_lr(params: Path, factor: float) -> None:
+    """Multiply ``unlearn.lr`` in a params file in place (the ``  lr:`` line after its ``unlearn:`` line)."""
+    text = params.read_text()
+    lr = re.compile(r"^  lr: *([^\s#]+).*$", re.M).search(text, re.search(r"^unlearn:", text, re.M).end())
+    params.write_text(f"{text[:lr.start()]}  lr: {float(lr[1]) * factor!r}{text[lr.end():]}")
 
 
 def _clone(profile: str, scratch: Path) -> tuple[Path, dict[str, str]]:
-    """A fresh clone of HEAD at ``scratch`` with the fetched base model and the profile's fine-tune
-    cache copied in (never its evaluation cache); returns the profile's folder and the environment."""
+    """A fresh clone of HEAD with the base model and fine-tune cache copied in; (profile folder, env)."""
     shutil.rmtree(scratch, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(scratch)], check=True)
     for shared in (Path("models/base"), Path(PROFILES[profile]) / ".cache" / "finetune"):
@@ -117,55 +100,51 @@ def _batch(folder: Path, label: str, seconds: float | None, output: str) -> dict
     """A batch's record: the newest batch folder's evaluate record and metrics, and the flow's cache lines."""
     batch_dirs = sorted((p for p in (folder / "runs").iterdir() if (p / "reports" / "resources.json").exists()),
                         key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
-    return _record(Paths(batch_dirs[-1]), label, seconds) | {
-        "batch": batch_dirs[-1].name,
-        "log": [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line or "cache miss" in line]}
+    lines = [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line or "cache miss" in line]
+    return _record(Paths(batch_dirs[-1]), label, seconds) | {"batch": batch_dirs[-1].name, "log": lines}
 
 
 def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any]:
-    """Two `blur process` batches of the profile's request in a fresh clone: the second after the
-    gate refused the first and ``unlearn.lr`` was raised by half (``blur request retry --all``).
-    ``resume``: ``scratch`` already holds the first batch, refused (its wall time is then unknown)."""
+    """Two `blur process` batches, the second a retry of the refused first (``resume``: from it)."""
     folder = scratch / PROFILES[profile]
     log_file = folder / "flow.log"
-    batches = []
     if resume and not (_failed_requests(folder) and log_file.exists()):
         raise SystemExit(f"--resume: {folder} holds no refused first batch (a request in data/requests/failed/ and "
                          "flow.log); run without --resume to start in a fresh clone")
     if resume:
-        env = _env(scratch)
-        batches.append(_batch(folder, "first", None, log_file.read_text(errors="replace")))
+        env, batches = _env(scratch), [_batch(folder, "first", None, log_file.read_text(errors="replace"))]
         log(f"{profile}: resuming after the first batch ({batches[0]['batch']})")
     else:
-        folder, env = _clone(profile, scratch)
+        (folder, env), batches = _clone(profile, scratch), []
         # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the
         # fine-tune cache); the batches start from that target, and the evaluation cache is still empty
         _call(folder, env, log_file, "dvc", "repro", "finetune")
-    config = load_config(folder / "params.yaml")
-    request = Path(config.request) if Path(config.request).is_absolute() else folder / config.request
+
+    def blur(*args: str, refused_ok: bool = False) -> float:
+        return _call(folder, env, log_file, "flows.cli", *args, "--root", ".", refused_ok=refused_ok)
+
     for label in ("first", "second")[len(batches):]:
-        if label == "first":
-            _blur(folder, env, log_file, "request", "add", str(request))
+        if label == "first":  # a relative request path is the profile folder's (an absolute one stays as it is)
+            blur("request", "add", str(folder / load_config(folder / "params.yaml").request))
+        elif not _failed_requests(folder):
+            raise RuntimeError("the first batch's request was not refused by the gate, so there is nothing to "
+                               "retry: this measurement needs a profile whose first batch fails its gate")
         else:
-            if not _failed_requests(folder):
-                raise RuntimeError("the first batch's request was not refused by the gate, so there is nothing to "
-                                   "retry: this measurement needs a profile whose first batch fails its gate")
             _scale_lr(folder / "params.yaml", 1.5)
-            _blur(folder, env, log_file, "request", "retry", "--all")
+            blur("request", "retry", "--all")
         log(f"{profile}: {label} blur process in {folder}")
         mark = log_file.stat().st_size
-        seconds = _blur(folder, env, log_file, "process", refused_ok=True)
+        seconds = blur("process", refused_ok=True)
         batches.append(_batch(folder, label, seconds, log_file.read_text(errors="replace")[mark:]))
     return _compared(profile, batches)
 
 
-ROWS = [
-    ("run", "run"), ("dvc repro s", "wall_seconds", 0), ("evaluate s", ("evaluate", "floor", "evaluate_seconds"), 1),
-    ("floor s", ("evaluate", "floor", "floor_seconds"), 1), ("ratio", ("evaluate", "floor", "ratio"), 2),
-    ("CPU ratio", ("evaluate", "floor", "cpu_ratio"), 2),
-    ("cache (reused / computed)", lambda r: ", ".join(f"{role} {c['hits']} / {c['misses']}"
-                                                      for role, c in r["evaluate"]["cache"].items())),
-]
+ROWS = [("run", "run"), ("dvc repro s", "wall_seconds", 0),
+        ("evaluate s", ("evaluate", "floor", "evaluate_seconds"), 1),
+        ("floor s", ("evaluate", "floor", "floor_seconds"), 1), ("ratio", ("evaluate", "floor", "ratio"), 2),
+        ("CPU ratio", ("evaluate", "floor", "cpu_ratio"), 2),
+        ("cache (reused / computed)", lambda r: ", ".join(f"{role} {c['hits']} / {c['misses']}"
+                                                          for role, c in r["evaluate"]["cache"].items()))]
 PHASES = [("run", "run"), ("phase", "phase"), ("s", "seconds", 1), ("floor s", "floor_seconds", 1),
           ("CPU s", "cpu_seconds", 1), ("CPU floor s", "cpu_floor_seconds", 1)]
 
@@ -183,7 +162,7 @@ def render(results: dict[str, Any]) -> str:
     phases = [{"run": r["run"], "phase": name, **phase} for r in results["runs"]
               for name, phase in (r["evaluate"]["floor"].get("phases") or {}).items()]
     return harness.template(STEM)["main"].format(
-        **_fields(results), stem=stem(results["profile"]), runs=table(results["runs"], ROWS),
+        **_fields(results), stem=STEMS[results["profile"]], runs=table(results["runs"], ROWS),
         phases=table(phases, PHASES), ratio=fmt(results["summary"]["second_over_first"], 2))
 
 
@@ -194,7 +173,7 @@ def render_flow(results: dict[str, Any]) -> str:
     """The flow write-up, every figure and log line read from ``results``."""
     logs = "\n".join(f"- {r['run']} batch (`{r['batch']}`): `{line}`" for r in results["runs"] for line in r["log"])
     return harness.template(STEM)["flow"].format(
-        **_fields(results), stem=f"{stem(results['profile'])}_flow", runs=table(results["runs"], FLOW_ROWS),
+        **_fields(results), stem=f"{STEMS[results['profile']]}_flow", runs=table(results["runs"], FLOW_ROWS),
         logs=logs or "- (no cache line in the flow's log)",
         reused=", ".join(results["summary"]["second_reused"]) or "none")
 
@@ -203,11 +182,11 @@ def render_flow(results: dict[str, Any]) -> str:
 def main(profile: str = "smollm2", scratch: Path = Path("/tmp/blur-eval-reuse"), out: Path = harness.OUT,
          report_only: bool = harness.REPORT_ONLY,
          flow: bool = harness.typer.Option(False, help="two `blur process` batches instead of two `dvc repro` runs"),
-         resume: bool = harness.typer.Option(False, help="--flow: go on from the refused first batch already in --scratch")
+         resume: bool = harness.typer.Option(False, help="--flow: go on from the refused first batch in --scratch")
          ) -> None:
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile '{profile}'; choose one of {sorted(PROFILES)}")
-    name, write_up = (f"{stem(profile)}_flow", render_flow) if flow else (stem(profile), render)
+    name, write_up = (f"{STEMS[profile]}_flow", render_flow) if flow else (STEMS[profile], render)
     if report_only:
         return harness.report_only(out, name, write_up)
     results = run_flow(profile, scratch, resume) if flow else run(profile, scratch)

@@ -20,8 +20,7 @@ CACHE = BENCH_DIR / ".cache"
 
 
 def init_process(threads: int = 1) -> int:
-    """``threads`` torch threads, or ``BLUR_BENCH_THREADS`` when set (the machine is shared; oversubscription
-    made runs ~5x slower), offline HF, no progress bars."""
+    """``threads`` torch threads (``BLUR_BENCH_THREADS`` wins), offline HF, no progress bars."""
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(key, "1")
     torch.set_num_threads(int(os.environ.get("BLUR_BENCH_THREADS", threads)))
@@ -95,8 +94,7 @@ def value_at(row: Mapping[str, Any], key: Any) -> Any:
 
 
 def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple], number: Callable[..., str] = fmt) -> str:
-    """A Markdown table: one line per row, one cell per ``(header, key[, digits])`` (key as in :func:`value_at`);
-    values through ``number`` (default :func:`fmt`) with ``digits``, strings as they are."""
+    """A Markdown table, one cell per ``(header, key[, digits])`` (key: :func:`value_at`; via ``number``)."""
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         cells = [(value_at(row, key), digits) for _, key, *digits in columns]
@@ -117,8 +115,7 @@ def template(name: str) -> dict[str, str]:
 
 
 def write_report(results: dict[str, Any], out: Path, stem: str, render: Callable[[dict], str]) -> None:
-    """``<stem>.json`` (the results) and ``<stem>.md`` rendered from exactly that JSON, as a later
-    ``--report-only`` sees it."""
+    """``<stem>.json`` and ``<stem>.md`` rendered from exactly that JSON, as ``--report-only`` would."""
     report_only(out, stem, render, read_json(write_json(Path(out) / f"{stem}.json", results)))
 
 
@@ -140,8 +137,7 @@ def cli(doc: str | None) -> typer.Typer:
 
 
 def command(app: typer.Typer, module: str) -> Callable[[Callable], Callable]:
-    """``@app.command()`` for a study's ``main`` (the last thing its module defines), and the app run at once when
-    ``module`` (the study's ``__name__``) is ``__main__``, as under ``python -m benchmarks.<study>``."""
+    """``@app.command()`` for a study's ``main`` (its last definition), run when ``module`` is ``__main__``."""
     def register(function: Callable) -> Callable:
         app.command()(function)
         if module == "__main__":

@@ -32,8 +32,7 @@ DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
 
 
 def _keys(config, request: Path) -> tuple[str, str]:
-    """A hash of the generated records themselves (the demo world's config does not name its generator), and
-    the cache key of a seed's result: those records, the request and every setting that decides it."""
+    """The generated records' hash, and a seed result's cache key (records, request, settings)."""
     generated = load_world(config.world, config.seed, REPO)
     world = content_hash({"world": records_digest(generated.records), "holdout": records_digest(generated.holdout)})
     return world, content_hash({
@@ -84,8 +83,7 @@ def _measure(seed: int, config, params: Path, request: Path, world: str) -> dict
 
 
 def subject_permutation_null(forget, holdout, rows, *, seed: int, draws: int = NULL_DRAWS) -> dict[str, Any]:
-    """How far from 0.5 and 1 the AUC and the probability ratio fall by chance, for this oracle, and where the
-    real forget set falls in that spread (README appendix). Subject numbers only, never names."""
+    """The chance baseline of the AUC and ratio, subject numbers only (README appendix)."""
     scored = [(record.subject, row["mia_mink"], row["prob"])
               for split, records in (("forget", forget), ("holdout", holdout))
               for record, row in zip(records, rows[split])]

@@ -20,8 +20,7 @@ REPLICATE_SEED = 1000  # replicate r of world seed s trains with seed s + 1000 *
 
 
 def replicate(world: calibration.World, seed: int, index: int) -> dict[str, Any]:
-    """Replicate oracle ``index`` of ``world`` at ``seed``: trained (once), evaluated against the world's
-    oracle in the unlearned model's place, the shipped gate applied. Cached as ``result.json``."""
+    """Replicate oracle ``index`` of ``world`` at ``seed``, judged as the unlearned model (cached)."""
     config, trained = calibration.trained_world(world, seed)
     config = config.with_overrides({"seed": seed})
     paths = calibration.linked(world, trained, trained.root / "replicates" / f"r{index}")

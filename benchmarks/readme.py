@@ -68,8 +68,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {block.__name__: block for block in (
 
 
 def rendered(text: str, results: Path = RESULTS) -> str:
-    """``text`` with every generated block rewritten from ``results``; a block whose markers are
-    missing is an error (the README would silently stop showing it)."""
+    """``text`` with every generated block rewritten from ``results`` (missing markers: an error)."""
     for name, render in BLOCKS.items():
         pattern = re.compile(rf"(<!-- generated: {name} -->\n)(.*?)(<!-- /generated: {name} -->)", re.DOTALL)
         if not pattern.search(text):

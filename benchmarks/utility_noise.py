@@ -24,8 +24,7 @@ SETS = {"retain": ("retain", ("prob", "rouge", "truth_ratio")),
 
 
 def _parts(per_item: Path, role: str) -> dict[str, np.ndarray]:
-    """Per set the run scored, an (records x 3) array of the role's per-record utility parts, rows in
-    record-id order (the demo has no knowledge sets)."""
+    """Per scored set, the role's per-record utility parts (records x 3), in record-id order."""
     out = {}
     for name, (suffix, columns) in SETS.items():
         if (per_item / f"{role}_{suffix}.csv").exists():
@@ -42,8 +41,7 @@ def _utility(parts: dict[str, np.ndarray], picks: dict[str, np.ndarray] | None =
 
 
 def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """The paired bootstrap of one run: point ratios, 95% intervals, and the utility recomputed from the
-    per-record files beside the reported one (they must agree)."""
+    """One run's paired bootstrap: ratios, 95% intervals, and the utility recomputed per record."""
     per_item = run_dir / "reports" / "per_item"
     roles = {role: _parts(per_item, role) for role in ("target", "oracle", "unlearned")}
     reported = json.loads((run_dir / "reports" / "metrics.json").read_text())

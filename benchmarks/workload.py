@@ -72,8 +72,7 @@ class Workload:
 
 
 def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokenizer=None) -> Workload:
-    """A tiny Llama of ``size`` on the demo world's records, with the engine's own pieces: encoding, batch
-    streams, NPO/NLL losses, the loss model."""
+    """A tiny Llama of ``size`` on the demo world's records, with the engine's own pieces."""
     from components.config import Config, TinyModelConfig
     from components.data.demo_world import generate_world
     from components.modeling.encoding import encode_record
@@ -118,8 +117,7 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
 
 def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
                start: int, stop: int, log_step: Log | None = None) -> None:
-    """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``: the engine's ``train_bilevel`` (``blur``,
-    ``weighted_sum``) or a reference written here (``naive_blur``, ``fused_weighted``), clipped, one micro-batch."""
+    """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``, clipped, one micro-batch."""
     from components.unlearning import train_bilevel
     from components.unlearning.loop import StepHooks, StepRule
 
@@ -145,8 +143,7 @@ def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, co
 
 def naive_blur_steps(work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *, start: int,
                      stop: int, log_step: Log | None = None) -> None:
-    """Steps of a NAIVE BLUR (the baseline, not the product): the engine's direction, computed as the paper's
-    reference code does (two gradient copies, per-tensor ``.item()``; README appendix)."""
+    """Steps of the NAIVE BLUR, the baseline (README appendix): two gradient copies, per-tensor syncs."""
     for step in range(start, stop):
         optimizer.zero_grad(set_to_none=True)
         forget_value = work.forget_loss(step, 0)
@@ -171,8 +168,7 @@ def naive_blur_steps(work: Workload, optimizer: torch.optim.Optimizer, config: S
 
 
 def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int = 2) -> float:
-    """Max absolute weight difference between the engine's BLUR and the naive one after ``steps`` SGD steps (SGD
-    moves the weights exactly along the directions; AdamW would amplify rounding in near-zero coordinates)."""
+    """Max absolute weight difference between the engine's and the naive BLUR after ``steps`` SGD steps."""
     results = []
     for method in ("blur", "naive_blur"):
         run_method(method, work, work.reset("sgd"), config, start=0, stop=steps)
@@ -182,8 +178,7 @@ def check_naive_matches_blur(work: Workload, config: StepCostConfig, steps: int 
 
 def step_times(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, steps: int,
                sync: Callable[[], Any] | None = None, warmed: Callable[[], Any] | None = None) -> list[float]:
-    """Seconds of ``steps`` steps after one untimed warm-up step, in one run of ``method``: each from the end of the
-    previous step to its own (``sync``: wait for the device before each stamp; ``warmed``: after the warm-up)."""
+    """Seconds of ``steps`` steps of ``method`` after an untimed warm-up (``sync``, ``warmed``: hooks)."""
     stamps: list[float] = []
 
     def stamp(record: dict) -> None:
@@ -222,8 +217,7 @@ def peak_memory(work: Workload, config: StepCostConfig, methods: Sequence[str]) 
 
 
 class LiveBytes(TorchDispatchMode):
-    """Live and peak bytes of tensor storage on the CPU while the mode is active, counted from what torch's
-    operators allocate and free; ``adopt``: tensors that exist already, the baseline."""
+    """Live and peak bytes of CPU tensor storage while active (README appendix); ``adopt``: the baseline."""
 
     def __init__(self, adopt: Iterable[torch.Tensor] = ()):
         super().__init__()
@@ -270,8 +264,7 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 
 class HostSyncCounter(TorchFunctionMode):
-    """Counts tensor-to-Python conversions, the calls that make the host wait for the device: on a GPU only those
-    of device tensors (reading a CPU tensor, such as AdamW's step counter, does not wait), on the CPU all."""
+    """Counts tensor-to-Python conversions, the host's waits for the device (README appendix)."""
 
     SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
 

@@ -85,8 +85,7 @@ def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.M
 
 
 def random_workload(model: torch.nn.Module, plan: Plan, precision: str) -> Workload:
-    """NPO on one fixed forget batch, NLL on one fixed retain batch (random tokens, answers = 2nd half); the
-    weights go on from one method to the next (AdamW at 1e-5)."""
+    """NPO and NLL on fixed random-token batches; the weights go on from method to method."""
     from components.config import UnlearnConfig
     from components.modeling.scoring import token_scores
     from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
