@@ -28,32 +28,32 @@ AUC_BAND = (0.4, 0.6)
 MAX_PROB_RATIO = 1.25
 MIN_FORGET = 40
 NULL_DRAWS = 2000
-DEMO_REQUEST = REPO / "data" / "requests" / "demo-request.json"
+PARAMS, REQUEST = REPO / "params.yaml", REPO / "data" / "requests" / "demo-request.json"
 
 
-def _keys(config, request: Path) -> tuple[str, str]:
+def _keys(config) -> tuple[str, str]:
     """The generated records' hash, and a seed result's cache key (records, request, settings)."""
     generated = load_world(config.world, config.seed, REPO)
     world = content_hash({"world": records_digest(generated.records), "holdout": records_digest(generated.holdout)})
     return world, content_hash({
-        "version": VERSION, "world": world, "request": request.read_text(encoding="utf-8"),
+        "version": VERSION, "world": world, "request": REQUEST.read_text(encoding="utf-8"),
         "model": config.model.model_dump(mode="json"), "finetune": config.finetune.model_dump(mode="json"),
         "eval": config.eval.model_dump(mode="json"), "seed": config.seed, "torch": torch.__version__})
 
 
-def measure_seed(seed: int, *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
+def measure_seed(seed: int) -> dict[str, Any]:
     """One seed: train (or load) the target and oracle, score the oracle; cached by content."""
     # the relearning attack measures something else and costs minutes: off here
-    config = load_config(params).with_overrides({"seed": seed, "eval.relearn.enabled": False})
-    world, key = _keys(config, request)
-    return harness.cached(cache / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, params, request, world))
+    config = load_config(PARAMS).with_overrides({"seed": seed, "eval.relearn.enabled": False})
+    world, key = _keys(config)
+    return harness.cached(CACHE / STEM / f"seed-{seed}-{key}.json", lambda: _measure(seed, config, world))
 
 
-def _measure(seed: int, config, params: Path, request: Path, world: str) -> dict[str, Any]:
+def _measure(seed: int, config, world: str) -> dict[str, Any]:
     started = time.perf_counter()
     log(f"seed {seed}: preparing the world and training the target and oracle (pipeline recipe) ...")
     # calibration's trained demo world: prepare + finetune once, in a folder named by the prepared data's content
-    demo = calibration.World("demo", params, REPO, {"request": str(request)}, train_per_seed=True)
+    demo = calibration.World("demo", PARAMS, REPO, {"request": str(REQUEST)}, train_per_seed=True)
     trained = calibration.trained_world(demo, seed)[1]
     splits, finetune = stages.load_splits(trained), read_json(trained.root / "trained.json")
     forget, retain, holdout = splits["forget"], splits["retain"], splits["holdout"]
@@ -64,21 +64,19 @@ def _measure(seed: int, config, params: Path, request: Path, world: str) -> dict
     metrics, rows = result.metrics["oracle"], result.per_item["oracle"]
     forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
     target = finetune["finetune"]["target"]
-    row = {
-        "seed": seed, "world_digest": world,
-        "n_forget": len(forget), "n_forget_subjects": len({r.subject for r in forget}),
-        "n_holdout": len(holdout), "n_holdout_subjects": len({r.subject for r in holdout}), "n_retain": len(retain),
-        "finetune_epochs": target["epochs"], "target_train_prob": target["mean_answer_prob"],
-        "oracle_forget_prob": forget_prob, "oracle_holdout_prob": holdout_prob,
-        "oracle_retain_prob": metrics["retain_prob"],
-        "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
-        **{k: metrics[k] for k in ("forget_holdout_auc", "mia_auc_loss", "mia_auc_zlib", "forget_holdout_ks_p")},
-        "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
-        "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
-        "null": subject_permutation_null(forget, holdout, rows, seed=seed),
-        "train_seconds": finetune["seconds"],  # target and oracle, when first trained
-        "seconds": round(time.perf_counter() - started, 1),  # this measurement (training only if not cached)
-    }
+    row = {"seed": seed, "world_digest": world, "n_forget": len(forget),
+           "n_forget_subjects": len({r.subject for r in forget}), "n_holdout": len(holdout),
+           "n_holdout_subjects": len({r.subject for r in holdout}), "n_retain": len(retain),
+           "finetune_epochs": target["epochs"], "target_train_prob": target["mean_answer_prob"],
+           "oracle_forget_prob": forget_prob, "oracle_holdout_prob": holdout_prob,
+           "oracle_retain_prob": metrics["retain_prob"],
+           "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
+           **{k: metrics[k] for k in ("forget_holdout_auc", "mia_auc_loss", "mia_auc_zlib", "forget_holdout_ks_p")},
+           "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
+           "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
+           "null": subject_permutation_null(forget, holdout, rows, seed=seed),
+           "train_seconds": finetune["seconds"],  # target and oracle, when first trained
+           "seconds": round(time.perf_counter() - started, 1)}  # this measurement (training only if not cached)
     return row | {"pass": verdict(row)}
 
 
@@ -114,16 +112,14 @@ def verdict(row: dict[str, Any]) -> dict[str, bool]:
             "prob_ratio_ok": row["prob_ratio"] <= MAX_PROB_RATIO, "forget_size_ok": row["n_forget"] >= MIN_FORGET}
 
 
-def run(seeds: Sequence[int], *, params: Path, request: Path, cache: Path) -> dict[str, Any]:
+def run(seeds: Sequence[int]) -> dict[str, Any]:
     started = time.perf_counter()
     harness.init_process(1)
-    base = load_config(params)
-    rows = [measure_seed(seed, params=params, request=request, cache=cache) for seed in seeds]
+    base, rows = load_config(PARAMS), [measure_seed(seed) for seed in seeds]
     return {"benchmark": STEM,
             "criteria": {"auc_band": list(AUC_BAND), "max_prob_ratio": MAX_PROB_RATIO,
                          "min_forget_records": MIN_FORGET},
-            "world": base.world.model_dump(mode="json"),
-            "request": str(request.relative_to(REPO) if request.is_relative_to(REPO) else request),
+            "world": base.world.model_dump(mode="json"), "request": str(REQUEST.relative_to(REPO)),
             "finetune": base.finetune.model_dump(mode="json"), "seeds": rows,
             "all_pass": all(all(row["pass"].values()) for row in rows), "machine": machine(),
             "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
@@ -158,11 +154,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 @harness.command(app, __name__)
-def main(seeds: list[int] = [0, 1, 2], params: Path = REPO / "params.yaml", request: Path = DEMO_REQUEST,
-         cache: Path = CACHE / STEM, out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
+def main(seeds: list[int] = [0, 1, 2], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, STEM, render)
-    results = run(seeds, params=params, request=request, cache=cache)
-    harness.write_report(results, out, STEM, render)
-    for r in results["seeds"]:
-        log(f"seed {r['seed']}: AUC {r['forget_holdout_auc']:.3f}, ratio {r['prob_ratio']:.2f}, pass {r['pass']}")
+    harness.write_report(run(seeds), out, STEM, render)
