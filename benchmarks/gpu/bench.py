@@ -8,7 +8,7 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +49,7 @@ class Plan:
     batch_size: int = 8
     seq_len: int = 512
     steps: int = 5
-    budget_seconds: float = 420.0
+    budget_seconds: float = 360.0
     out: Path = RESULTS / "gpu.json"
     notes: list[str] = field(default_factory=list)
 
@@ -118,8 +118,8 @@ def random_workload(model: torch.nn.Module, plan: Plan, precision: str) -> Workl
     return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss, None, 1e-5)
 
 
-def measure_method(method: str, work: Workload, plan: Plan) -> dict:
-    """Warm-up step, ``plan.steps`` timed steps (peak memory over them), one step with syncs counted."""
+def measure_method(method: str, work: Workload, plan: Plan) -> tuple[list[float], int | None, int]:
+    """Step seconds (``plan.steps`` after a warm-up), their peak memory, and the syncs of one more step."""
     cuda = torch.device(plan.device).type == "cuda"
     optimizer = work.reset()
     times = step_times(method, work, optimizer, RULE, plan.steps, torch.cuda.synchronize if cuda else None,
@@ -127,8 +127,7 @@ def measure_method(method: str, work: Workload, plan: Plan) -> dict:
     peak = torch.cuda.max_memory_allocated() if cuda else None
     with HostSyncCounter(plan.device) as counter:
         run_method(method, work, optimizer, RULE, start=1 + plan.steps, stop=2 + plan.steps)
-    return {"step_seconds_median": statistics.median(times), "step_seconds": times,
-            "peak_memory_bytes": peak, "host_syncs_per_step_total": counter.count}
+    return times, peak, counter.count
 
 
 def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -> dict:
@@ -140,22 +139,19 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
     # two rounds, the methods in opposite orders (to cancel warm-up and drift)
     rounds = [{m: measure_method(m, work, plan) for m in order} for order in (plan.methods, plan.methods[::-1])]
     for method in plan.methods:
-        times = [t for measured in rounds for t in measured[method]["step_seconds"]]
-        peaks = [measured[method]["peak_memory_bytes"] for measured in rounds]
-        syncs = rounds[0][method]["host_syncs_per_step_total"]
+        times, peaks = [t for r in rounds for t in r[method][0]], [r[method][1] for r in rounds]
+        syncs = rounds[0][method][2]
         result["methods"][method] = {
             "step_seconds_median": statistics.median(times), "step_seconds": times,
             "peak_memory_bytes": None if None in peaks else max(peaks),
             "host_syncs_per_step": syncs - baseline, "host_syncs_per_step_total": syncs}
         log(f"  {name} {precision} {method}: {statistics.median(times) * 1e3:.1f} ms/step, "
             f"{syncs - baseline} host syncs/step beyond the model's and AdamW's own {baseline}")
-    methods = result["methods"]
-    if "blur" in methods and "weighted_sum" in methods:
-        blur, weighted = methods["blur"], methods["weighted_sum"]
-        result["blur_over_weighted_time"] = blur["step_seconds_median"] / weighted["step_seconds_median"]
-        if blur["peak_memory_bytes"] is not None:
-            result["blur_extra_memory_over_param_bytes"] = (
-                blur["peak_memory_bytes"] - weighted["peak_memory_bytes"]) / result["param_bytes"]
+    blur, weighted = result["methods"]["blur"], result["methods"]["weighted_sum"]  # in every plan
+    result["blur_over_weighted_time"] = blur["step_seconds_median"] / weighted["step_seconds_median"]
+    if blur["peak_memory_bytes"] is not None:
+        result["blur_extra_memory_over_param_bytes"] = (
+            blur["peak_memory_bytes"] - weighted["peak_memory_bytes"]) / result["param_bytes"]
     del work
     if torch.device(plan.device).type == "cuda":
         torch.cuda.empty_cache()
@@ -185,7 +181,8 @@ def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
     """The run asked for: tiny shapes on the CPU, the CPU precision table, or (the default) the CUDA run."""
     if cpu_smoke:
         return Plan(device="cpu", models=[(TINY.name, TINY)], batch_size=2, seq_len=16, steps=1, budget_seconds=60.0,
-                    out=RESULTS / "gpu_smoke.json", notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
+                    out=RESULTS / "gpu_smoke.json",
+                    notes=["--cpu-smoke: tiny shapes on the CPU; the numbers mean nothing"])
     if cpu_precision:
         return Plan(device="cpu", models=[(LLAMA_20M.name, LLAMA_20M)], precisions=("fp32", "bf16", "autocast-bf16"),
                     methods=("blur", "weighted_sum"), batch_size=8, seq_len=128, steps=3, budget_seconds=600.0,
@@ -195,14 +192,13 @@ def choose_plan(cpu_smoke: bool, cpu_precision: bool) -> Plan:
                          "(tiny shapes, checks the machinery) or --cpu-precision (CPU figures).")
     found = SMOLLM2.is_dir()
     return Plan(device="cuda", models=([("smollm2-135m", SMOLLM2)] if found else []) + [(LLAMA_1B.name, LLAMA_1B)],
-                budget_seconds=360.0, out=RESULTS / "gpu.json",
                 notes=[] if found else [f"smollm2-135m: {SMOLLM2.relative_to(REPO)} not found (blur model fetch "
                                         "smollm2); skipped"])
 
 
 @harness.command(app, __name__)
 def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes on the CPU (seconds)"),
-         cpu_precision: bool = typer.Option(False, "--cpu-precision", help="fp32 / bf16 / autocast-bf16 step cost on CPU"),
+         cpu_precision: bool = typer.Option(False, "--cpu-precision", help="fp32 / bf16 / autocast-bf16 on the CPU"),
          out: Optional[Path] = typer.Option(None, help="where to write the JSON result"),
          steps: Optional[int] = typer.Option(None, help="timed steps per method"),
          budget: Optional[float] = typer.Option(None, help="seconds after which no new model is started"),
@@ -210,9 +206,8 @@ def main(cpu_smoke: bool = typer.Option(False, "--cpu-smoke", help="tiny shapes 
     if cpu_smoke and cpu_precision:
         raise typer.BadParameter("--cpu-smoke and --cpu-precision exclude each other")
     torch.set_num_threads(threads)
-    chosen = choose_plan(cpu_smoke, cpu_precision)
-    chosen.steps, chosen.budget_seconds = steps or chosen.steps, budget or chosen.budget_seconds
-    chosen.out = out or chosen.out
+    plan = choose_plan(cpu_smoke, cpu_precision)
+    chosen = replace(plan, steps=steps or plan.steps, budget_seconds=budget or plan.budget_seconds, out=out or plan.out)
     result = run(chosen)
     write_json(chosen.out, result)
     log(f"wrote {chosen.out} in {result['wall_seconds']:.0f} s")
