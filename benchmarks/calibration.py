@@ -1,8 +1,6 @@
 """Does forgetting calibrate itself? The shipped defaults, stopped by the oracle-free rule, judged by the oracle.
 How it works, and the options: ``benchmarks/README.md``, *Calibration* and appendix, ``benchmarks.calibration``."""
 
-from __future__ import annotations
-
 import csv
 import os
 import shutil

@@ -1,8 +1,6 @@
 """Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run (every run cached).
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.compare``."""
 
-from __future__ import annotations
-
 import copy
 import math
 import statistics

@@ -1,8 +1,6 @@
 """Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change (``--flow``:
 two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.eval_reuse``."""
 
-from __future__ import annotations
-
 import os
 import re
 import shutil

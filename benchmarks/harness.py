@@ -1,8 +1,6 @@
 """The skeleton every study shares: the process, cached runs (so a rerun resumes), the report writer (tables
 rendered from the results JSON through ``templates/<name>.md``) and the command line. See ``benchmarks/README.md``."""
 
-from __future__ import annotations
-
 import json
 import os
 import platform

@@ -1,8 +1,6 @@
 """Is the demo world's holdout exchangeable with a forgotten subject? (``--seeds``: 0 1 2.)
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``."""
 
-from __future__ import annotations
-
 import random
 import statistics
 import time

@@ -1,8 +1,6 @@
 """The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Any

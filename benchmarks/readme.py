@@ -1,8 +1,6 @@
 """Writes the figures of ``benchmarks/README.md`` that come from results files, each block between its generated
 markers, with :data:`BLOCKS` (``--check``: exit 1 when a block differs from its results; the suite runs this)."""
 
-from __future__ import annotations
-
 import json
 import re
 from pathlib import Path

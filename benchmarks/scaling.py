@@ -1,8 +1,6 @@
 """Scaling: how step time and evaluation time grow with the forget set and with the model (~5-10 min, one
 thread). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``."""
 
-from __future__ import annotations
-
 import statistics
 import time
 from dataclasses import asdict, dataclass

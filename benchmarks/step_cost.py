@@ -1,8 +1,6 @@
 """Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (``--json``: the result
 on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix."""
 
-from __future__ import annotations
-
 import statistics
 import time
 from dataclasses import asdict

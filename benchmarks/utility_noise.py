@@ -1,8 +1,6 @@
 """How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over their records.
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``."""
 
-from __future__ import annotations
-
 import csv
 import json
 from pathlib import Path

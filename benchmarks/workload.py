@@ -2,8 +2,6 @@
 fixed batches, each method's optimizer steps and the meters (step times, live tensor bytes, host syncs). How it
 works: ``benchmarks/README.md``, appendix, ``benchmarks.workload``."""
 
-from __future__ import annotations
-
 import copy
 import time
 import weakref

@@ -2,8 +2,6 @@
 if present and a 1B-shaped Llama in bf16; ``--cpu-smoke``: tiny shapes on the CPU; ``--cpu-precision``: fp32 vs
 bf16 vs autocast-bf16 on the CPU). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.gpu.bench``."""
 
-from __future__ import annotations
-
 import platform
 import statistics
 import time
