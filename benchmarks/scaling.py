@@ -10,6 +10,11 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.harness import log, machine, table
 from benchmarks.workload import DEMO, LLAMA_20M, ModelSize, StepCostConfig, build_workload, time_steps
+from components.config import Config, EvalConfig
+from components.data.demo_world import generate_world
+from components.evaluation import evaluate_models
+from components.modeling.demo import train_demo_tokenizer
+from components.modeling.io import LoadedModel
 
 app = harness.cli(__doc__)  # the command: main, at the end
 MID_5M = ModelSize("llama-5M", 256, 704, 6, 4)
@@ -30,10 +35,6 @@ class ScalingConfig:
 
 def world(config: ScalingConfig):
     """``(forget_by_authors, retain, holdout, tokenizer)``: forget sets nest (1 author is in 4 is in 16)."""
-    from components.config import Config
-    from components.data.demo_world import generate_world
-    from components.modeling.demo import train_demo_tokenizer
-
     most = max(config.forget_authors)
     records, holdout = generate_world(0, most + config.retain_authors, config.holdout_authors)
     subjects = list(dict.fromkeys(r.subject for r in records))
@@ -43,10 +44,6 @@ def world(config: ScalingConfig):
 
 
 def measure(size: ModelSize, forget, retain, holdout, tokenizer, config: ScalingConfig) -> dict[str, Any]:
-    from components.config import EvalConfig
-    from components.evaluation import evaluate_models
-    from components.modeling.io import LoadedModel
-
     step_config = StepCostConfig(rounds=config.rounds, steps=config.steps)
     work = build_workload(size, step_config, records=(forget, retain), tokenizer=tokenizer)
     times = time_steps(work, step_config, ("blur", "weighted_sum"))

@@ -45,16 +45,10 @@ def measure(size: ModelSize, config: StepCostConfig) -> dict[str, Any]:
     """One model: the naive BLUR checked against the engine's, then every method timed and metered."""
     work = build_workload(size, config)
     n_params = sum(p.numel() for p in work.params)
-    log(f"{size.name}: {n_params / 1e6:.2f}M parameters; checking the naive BLUR against the engine ...")
+    log(f"{size.name}: {n_params / 1e6:.2f}M parameters; the naive BLUR checked, then {config.rounds} rounds ...")
     difference = check_naive_matches_blur(work, config)
-    log(f"  max weight difference after 2 SGD steps: {difference:.2e}; timing {config.rounds} rounds x "
-        f"{config.steps} steps x {len(METHODS)} methods ...")
-    result = summarise(time_steps(work, config, METHODS), peak_memory(work, config, METHODS), work.param_bytes,
-                       n_params) | {"size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
-    log(f"  blur/weighted time {result['blur_over_weighted_time']:.3f}, naive/blur time "
-        f"{result['naive_over_blur_time']:.3f}, blur extra bytes / param bytes "
-        f"{result['blur_extra_bytes_over_param_bytes']:.3f}")
-    return result
+    return summarise(time_steps(work, config, METHODS), peak_memory(work, config, METHODS), work.param_bytes,
+                     n_params) | {"size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
 
 
 def run(config: StepCostConfig) -> dict[str, Any]:

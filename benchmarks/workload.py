@@ -13,6 +13,17 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from components.config import Config, TinyModelConfig
+from components.data.demo_world import generate_world
+from components.modeling.demo import train_demo_tokenizer
+from components.modeling.encoding import encode_record
+from components.modeling.tiny_model import build_tiny_model
+from components.unlearning import train_bilevel
+from components.unlearning.batches import BatchStream
+from components.unlearning.loop import StepHooks, StepRule
+from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
+from components.unlearning.modules import LossModel, sequence_logps
+
 METHODS = ("blur", "weighted_sum", "naive_blur", "fused_weighted")
 Log = Callable[[dict], None]
 
@@ -71,23 +82,12 @@ class Workload:
 
 def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokenizer=None) -> Workload:
     """A tiny Llama of ``size`` on the demo world's records, with the engine's own pieces."""
-    from components.config import Config, TinyModelConfig
-    from components.data.demo_world import generate_world
-    from components.modeling.encoding import encode_record
-    from components.modeling.tiny_model import build_tiny_model
-    from components.unlearning.batches import BatchStream
-    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-    from components.unlearning.modules import LossModel, sequence_logps
-
     base = Config()
     if records is None:
         world, _ = generate_world(config.seed, base.world.n_subjects, 0, base.world.facts_per_subject)
         records = (world[:40], world[40:])
     forget, retain = records
-    if tokenizer is None:
-        from components.modeling.demo import train_demo_tokenizer
-
-        tokenizer = train_demo_tokenizer(base, forget + retain)
+    tokenizer = tokenizer if tokenizer is not None else train_demo_tokenizer(base, forget + retain)
     sizes = TinyModelConfig(hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
                             num_layers=size.num_layers, num_heads=size.num_heads)
     model = build_tiny_model(sizes, tokenizer, config.max_length, config.seed).train()
@@ -116,9 +116,6 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
 def run_method(method: str, work: Workload, optimizer: torch.optim.Optimizer, config: StepCostConfig, *,
                start: int, stop: int, log_step: Log | None = None) -> None:
     """Optimizer steps ``start + 1 .. stop`` of ``method`` on ``work``, clipped, one micro-batch."""
-    from components.unlearning import train_bilevel
-    from components.unlearning.loop import StepHooks, StepRule
-
     if method in ("blur", "weighted_sum"):
         rule = StepRule(combiner=method, gamma=config.gamma if method == "blur" else 1.0, alpha=config.alpha,
                         max_grad_norm=config.max_grad_norm)

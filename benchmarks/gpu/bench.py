@@ -12,10 +12,15 @@ from typing import Optional
 
 import torch
 import typer
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from benchmarks import harness
 from benchmarks.harness import REPO, RESULTS, log, write_json
 from benchmarks.workload import HostSyncCounter, ModelSize, StepCostConfig, Workload, run_method, step_times
+from components.config import UnlearnConfig
+from components.modeling.scoring import token_scores
+from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
+from components.unlearning.modules import LossModel
 
 app = harness.cli(__doc__)  # the command: main, at the end
 METHODS = ("blur", "weighted_sum", "naive_blur")
@@ -66,8 +71,6 @@ def baseline_syncs(work: Workload, device: str) -> int:
 
 def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.Module:
     """A random Llama of ``source``'s shape, or the model directory, in the precision's weight dtype."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
     dtype = torch.float32 if precision in ("fp32", "autocast-bf16") else torch.bfloat16
     if isinstance(source, Path):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -84,11 +87,6 @@ def build_model(source: Shape | Path, precision: str, device: str) -> torch.nn.M
 
 def random_workload(model: torch.nn.Module, plan: Plan, precision: str) -> Workload:
     """NPO and NLL on fixed random-token batches; the weights go on from method to method."""
-    from components.config import UnlearnConfig
-    from components.modeling.scoring import token_scores
-    from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
-    from components.unlearning.modules import LossModel
-
     generator = torch.Generator().manual_seed(0)
 
     def batch() -> dict[str, torch.Tensor]:
