@@ -59,7 +59,7 @@ def read_json(path: Path) -> Any:
 
 
 def cached(path: Path, compute: Callable[[], Any]) -> Any:
-    """A run's result: ``path``'s JSON when an earlier run wrote it (a rerun resumes), else ``compute()``, kept there."""
+    """``path``'s JSON when an earlier run wrote it (a rerun resumes), else ``compute()``, written there."""
     found = read_json(path)
     return found if found is not None else read_json(write_json(path, compute()))
 

@@ -1,6 +1,7 @@
 """The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``."""
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,13 @@ def replicate(world: calibration.World, seed: int, index: int) -> dict[str, Any]
             log(f"[{world.name} seed {seed}] replicate oracle {index}: training ({epochs} epochs) ...")
             train_model(resolved, stages.load_splits(paths)["retain"], load_tokenizer(paths.tokenizer, resolved.model),
                         paths.unlearned, epochs=epochs, label=f"oracle r{index}", show_progress=False)
-        train_seconds = time.perf_counter() - started
         log(f"[{world.name} seed {seed}] replicate oracle {index}: evaluate ...")
-        started = time.perf_counter()
+        trained_at = time.perf_counter()
         metrics = stages.evaluate(config, paths, show_progress=False)
         return {"world": world.name, "seed": seed, "replicate": index, "n_forget": metrics["unlearned"]["n_forget"],
                 "n_holdout": len(stages.load_splits(paths)["holdout"]), "stop": None, "steps": 0,
-                "unlearn_seconds": round(train_seconds, 1),
-                "evaluate_seconds": round(time.perf_counter() - started, 1), "cache": {}, "floor": None}
+                "unlearn_seconds": round(trained_at - started, 1),
+                "evaluate_seconds": round(time.perf_counter() - trained_at, 1), "cache": {}, "floor": None}
 
     return calibration.with_gate(harness.cached(paths.root / "result.json", compute), paths, config)
 
@@ -46,10 +46,9 @@ def replicate(world: calibration.World, seed: int, index: int) -> dict[str, Any]
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """How many replicates pass each of calibration's tests, per world and overall."""
     tests = [calibration.judged(r) for r in runs]
-    keys = ("forgotten", "utility_kept", "relearn_ok")
-    passing = {k: sum(bool(t[k]) for t in tests) for k in keys}
-    both = sum(bool(t["forgotten"] and t["relearn_ok"]) for t in tests)
-    return {"replicates": len(runs), "passing": passing, "forgotten_and_relearn_ok": both,
+    passing = {k: sum(bool(t[k]) for t in tests) for k in ("forgotten", "utility_kept", "relearn_ok")}
+    return {"replicates": len(runs), "passing": passing,
+            "forgotten_and_relearn_ok": sum(bool(t["forgotten"] and t["relearn_ok"]) for t in tests),
             "pass_rate": {k: round(v / len(runs), 3) if runs else None for k, v in passing.items()}}
 
 
@@ -81,9 +80,7 @@ def main(worlds: list[str] = ["demo"], seeds: list[int] = list(calibration.SEEDS
         return harness.report_only(out, STEM, render)
     harness.init_process(1)
     runs = []
-    for name in worlds:
-        for seed in seeds:
-            for index in range(1, replicates + 1):
-                runs.append(replicate(calibration.WORLDS[name], seed, index))
-                harness.write_report({"rule": calibration.RULE, "runs": runs, "summary": summary(runs),
-                                      "machine": machine()}, out, STEM, render)
+    for name, seed, index in itertools.product(worlds, seeds, range(1, replicates + 1)):
+        runs.append(replicate(calibration.WORLDS[name], seed, index))
+        harness.write_report({"rule": calibration.RULE, "runs": runs, "summary": summary(runs), "machine": machine()},
+                             out, STEM, render)

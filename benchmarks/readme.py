@@ -4,14 +4,13 @@ markers, with :data:`BLOCKS` (``--check``: exit 1 when a block differs from its 
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from benchmarks import harness
-from benchmarks.harness import BENCH_DIR, log, read_json, table
+from benchmarks.harness import BENCH_DIR, RESULTS, log, read_json, table
 
 app = harness.cli(__doc__)  # the command: main, at the end
 README = BENCH_DIR / "README.md"
-RESULTS = BENCH_DIR / "results"
 
 
 def floors(results: Path = RESULTS) -> str:
@@ -28,14 +27,10 @@ def floors(results: Path = RESULTS) -> str:
                         ("CPU ratio", "cpu_ratio", 2), ("from", "file")])
 
 
-def _load(results: Path, stem: str) -> dict[str, Any]:
-    """``<stem>.json`` under ``results``; a missing file raises (the block would silently go empty)."""
-    return json.loads((results / f"{stem}.json").read_text(encoding="utf-8"))
-
-
 def step_cost(results: Path = RESULTS) -> str:
     """Step-time ratios (medians over rounds) and peak extra memory over the parameter bytes, per model."""
-    rows = [model | {"model": name} for name, model in _load(results, "step_cost")["models"].items()]
+    models = json.loads((results / "step_cost.json").read_text(encoding="utf-8"))["models"]  # missing: raises
+    rows = [model | {"model": name} for name, model in models.items()]
     return table(rows, [("model", "model"), ("parameters", lambda m: f"{m['n_params'] / 1e6:.1f}M"),
                         ("BLUR / engine weighted sum", ("ratios", "blur_over_weighted_time", "median"), 2),
                         ("BLUR / fused weighted sum", ("ratios", "blur_over_fused_weighted_time", "median"), 2),
@@ -47,7 +42,7 @@ def step_cost(results: Path = RESULTS) -> str:
 
 def scaling(results: Path = RESULTS) -> str:
     """Step and evaluation time against the demo model, by model size and by forget-set size."""
-    found = _load(results, "scaling")
+    found = json.loads((results / "scaling.json").read_text(encoding="utf-8"))
     rows = []
     for key in ("by_model_size", "by_forget_size"):
         base = found[key][0]

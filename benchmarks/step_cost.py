@@ -76,8 +76,7 @@ def _ms(method: str):
 
 
 def _ratio(key: str):
-    r = lambda m: m["ratios"][key]  # noqa: E731
-    return lambda m: f"{r(m)['median']:.3f} [{r(m)['p25']:.3f}, {r(m)['p75']:.3f}]"
+    return lambda m: "{median:.3f} [{p25:.3f}, {p75:.3f}]".format(**m["ratios"][key])
 
 
 TIMES = [("model", "name"), ("params", lambda m: f"{m['n_params'] / 1e6:.2f}M"),
@@ -91,12 +90,11 @@ MEMORY = [("model", "name"), ("blur", ("memory", "blur_extra_bytes_over_param_by
 
 def render(results: dict[str, Any]) -> str:
     models = [m | {"name": name} for name, m in results["models"].items()]
-    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    targets = list(results["targets"].values())
+    t_time, t_memory = ("met" if ok else "NOT met" for ok in results["targets"].values())
     return harness.template("step_cost")["main"].format(
         m=results["machine"], c=results["config"], minutes=results["wall_seconds"] / 60, gpu=results["gpu"],
         times=table(models, TIMES), memory=table(models, MEMORY), memory_method=results["memory_method"],
-        t_time=met(targets[0]), t_memory=met(targets[1]), worst_time=results["blur_over_weighted_time"],
+        t_time=t_time, t_memory=t_memory, worst_time=results["blur_over_weighted_time"],
         worst_memory=results["blur_extra_bytes_over_param_bytes"], naive=results["naive_over_blur_time"])
 
 

@@ -2,7 +2,6 @@
 How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``."""
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 from scipy.stats import hmean
 
 from benchmarks import calibration, harness
-from benchmarks.harness import fmt, machine, table
+from benchmarks.harness import fmt, machine, read_json, table
 
 app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "utility_noise"
@@ -42,7 +41,7 @@ def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
     """One run's paired bootstrap: ratios, 95% intervals, and the utility recomputed per record."""
     per_item = run_dir / "reports" / "per_item"
     roles = {role: _parts(per_item, role) for role in ("target", "oracle", "unlearned")}
-    reported = json.loads((run_dir / "reports" / "metrics.json").read_text())
+    reported = read_json(run_dir / "reports" / "metrics.json")
     rng = np.random.default_rng(seed)
     ratios = {"unlearned": [], "oracle": [], "unlearned_retain": []}
     retain_only = {role: {"retain": parts["retain"]} for role, parts in roles.items()}
@@ -53,10 +52,9 @@ def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
             ratios[role].append(_utility(roles[role], picks) / target if target else float("nan"))
         ratios["unlearned_retain"].append(_utility(retain_only["unlearned"], picks) / target_retain)
     out = {"n_records": {n: len(roles["target"].get(n, ())) for n in SETS},
-           "utility": {role: _utility(parts) for role, parts in roles.items()},
+           "utility": {role: _utility(parts) for role, parts in roles.items()}
+           | {f"{role}_retain": _utility(retain_only[role]) for role in ("unlearned", "target")},
            "reported_utility": {role: reported[role]["model_utility"] for role in roles}}
-    out["utility"]["unlearned_retain"] = _utility(retain_only["unlearned"])
-    out["utility"]["target_retain"] = _utility(retain_only["target"])
     for role, values in ratios.items():
         low, high = np.nanpercentile(values, [2.5, 97.5])
         base = "target_retain" if role.endswith("_retain") else "target"
@@ -105,9 +103,9 @@ def main(worlds: list[str] = ["demo", "smollm2"], out: Path = harness.OUT,
         return harness.report_only(out, STEM, render)
     found = runs(worlds)
     for run in found:
-        for role, value in ((r, v) for r, v in run["utility"].items() if r in run["reported_utility"]):
-            reported = run["reported_utility"][role]
-            if reported is not None and abs(value - reported) > 1e-6:
-                raise SystemExit(f"{run['world']} seed {run['seed']}: {role} utility from the per-record files "
-                                 f"{value} is not the reported {reported}: the bootstrap would measure another metric")
+        for role, reported in run["reported_utility"].items():
+            if reported is not None and abs(run["utility"][role] - reported) > 1e-6:
+                raise SystemExit(f"{run['world']} seed {run['seed']}: {role} utility {run['utility'][role]} from the "
+                                 f"per-record files is not the reported {reported} (the bootstrap would measure "
+                                 "another metric)")
     harness.write_report({"draws": DRAWS, "runs": found, "machine": machine()}, out, STEM, render)
