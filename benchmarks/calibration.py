@@ -121,11 +121,13 @@ def run_key(config, seed: int) -> str:
 
 
 def linked(world: World, trained, root: Path):
-    """Paths of a run's folder ``root`` on a trained world, the world's data and models linked in."""
+    """Paths of a run's folder ``root`` on a trained world, the world's data and models symlinked in (shared)."""
     paths = Paths(root, config_root=world.root)
-    harness.link(paths.prepared, trained.prepared)
-    for role in ("target", "oracle"):
-        harness.link(paths.models / role, trained.models / role)
+    for link, target in ((paths.prepared, trained.prepared), (paths.models / "target", trained.models / "target"),
+                         (paths.models / "oracle", trained.models / "oracle")):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
     return paths
 
 
@@ -211,9 +213,8 @@ def _by_role(key: str):
 def margin(check: dict[str, Any]) -> float | None:
     """How far inside its threshold a gate check's value is, as a fraction of the threshold (negative: failed)."""
     value, threshold = check["value"], check["threshold"]
-    if value is None or not threshold:
-        return None
-    return (value - threshold) / abs(threshold) if check["op"] == ">=" else (threshold - value) / abs(threshold)
+    return None if value is None or not threshold else (
+        value - threshold if check["op"] == ">=" else threshold - value) / abs(threshold)
 
 
 def _tightest(run: dict[str, Any]) -> str:
@@ -263,13 +264,6 @@ def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
                           "summary": summary(runs), "machine": machine()}, out, stem, render)
 
 
-def _parsed(settings: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` settings (values read as YAML) for a tuning run off the shipped defaults."""
-    if bad := [item for item in settings if "=" not in item]:
-        raise SystemExit(f"--set takes KEY=VALUE, got '{bad[0]}'")
-    return {key.strip(): yaml.safe_load(value) for key, _, value in (item.partition("=") for item in settings)}
-
-
 JUDGED = ("demo", "smollm2", "tofu")  # the issue's three worlds; smollm2_tuning is for tuning runs only
 JUDGED_STEM = "calibration"
 
@@ -285,7 +279,9 @@ def main(worlds: list[str] = list(JUDGED), seeds: list[int] = list(SEEDS), out: 
          stem: str = harness.typer.Option(JUDGED_STEM, help="results file name")) -> None:
     if report_only:
         return harness.report_only(out, stem, render)
-    overrides = _parsed(set_)
+    if bad := [item for item in set_ if "=" not in item]:
+        raise SystemExit(f"--set takes KEY=VALUE, got '{bad[0]}'")
+    overrides = {key.strip(): yaml.safe_load(value) for key, _, value in (item.partition("=") for item in set_)}
     if overrides and stem == JUDGED_STEM:
         raise SystemExit("--set changes the shipped defaults: give the tuning run its own --stem")
     chosen = {name: World(w.name, w.params, w.root, {**w.overrides, **overrides}, w.train_per_seed)

@@ -46,10 +46,6 @@ class Arm:
     lr: float | None = None  # None: the world's shipped rate
 
     @property
-    def combiner(self) -> str:
-        return "weighted_sum" if self.name.startswith("weighted_sum") else self.name
-
-    @property
     def label(self) -> str:
         return f"{self.optimizer}{'' if self.lr is None else f' lr {self.lr:g}'}"
 
@@ -71,15 +67,12 @@ class Scorer:
     def _nll(self, model, encoded: list, k: float | None = None) -> torch.Tensor:
         return mean_token_nll(model, encoded, self.pad, mink_k=k)
 
-    def log_truth_ratios(self, model) -> list[float]:
-        """log TR of every forget record: paraphrase NLL minus the mean NLL of its perturbed answers."""
-        perturbed = iter(self._nll(model, [e for group in self.perturbed for e in group]).tolist())
-        return [log_truth_ratio(nll, [next(perturbed) for _ in group])
-                for nll, group in zip(self._nll(model, self.para).tolist(), self.perturbed)]
-
     def measure(self, model, oracle_log_tr: Sequence[float] | None) -> dict[str, Any]:
+        """The protocol's measures; log TR per forget record: paraphrase NLL minus its perturbed answers' mean."""
         forget = self._nll(model, self.forget)
-        log_tr = self.log_truth_ratios(model)
+        perturbed = iter(self._nll(model, [e for group in self.perturbed for e in group]).tolist())
+        log_tr = [log_truth_ratio(nll, [next(perturbed) for _ in group])
+                  for nll, group in zip(self._nll(model, self.para).tolist(), self.perturbed)]
         out = {"retain_nll": float(self._nll(model, self.retain).mean()),
                "forget_prob": float(torch.exp(-forget).mean()),
                "forget_holdout_auc": membership_auc((-self._nll(model, self.forget, MINK_K)).tolist(),
@@ -96,9 +89,9 @@ def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Score
     steps = STEPS[world]
     at = sorted({round(i * steps / (POINTS - 1)) for i in range(POINTS)})
     method = config.unlearn.model_copy(update={
-        "combiner": arm.combiner, "gamma": arm.gamma, "alpha": 1.0, "optimizer": arm.optimizer,
-        "lr": arm.lr if arm.lr is not None else config.unlearn.lr, "steps": steps, "epochs": None,
-        "checkpoint_every": 0, "momentum": 0.0,
+        "combiner": "weighted_sum" if arm.name.startswith("weighted_sum") else arm.name, "gamma": arm.gamma,
+        "alpha": 1.0, "optimizer": arm.optimizer, "lr": arm.lr if arm.lr is not None else config.unlearn.lr,
+        "steps": steps, "epochs": None, "checkpoint_every": 0, "momentum": 0.0,
         "stop": config.unlearn.stop.model_copy(update={"rule": "none"})})
     model = copy.deepcopy(loaded["target"].model)
     points = [{"step": 0, **{k: v for k, v in reference["target"].items() if k != "log_truth_ratios"}}]
@@ -183,18 +176,13 @@ def grid(world: str) -> list[Arm]:
         Arm(name, 0.1, 0.1, "sgd", lr) for name in ("blur", "weighted_sum") for lr in SGD_RATES[world]]
 
 
-def load_world(world: str) -> tuple[Any, dict]:
-    """Calibration's trained world (seed 0): its resolved config, target, oracle, splits and cache key."""
+def run_world(world: str, out: Path) -> None:
+    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached under the world's key."""
     config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
-    return resolved_config(config, trained), {
-        "target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
-        "splits": stages.load_splits(trained), "key": trained.root.name}
-
-
-def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
-    config, loaded = load_world(world)
+    config, root = resolved_config(config, trained), CACHE / CACHED_AS / f"{world}-{trained.root.name}"
+    loaded = {"target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
+              "splits": stages.load_splits(trained)}
     scorer = Scorer(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
-    root = CACHE / CACHED_AS / f"{world}-{loaded['key']}"
 
     def measure_reference() -> dict:
         oracle = scorer.measure(loaded["oracle"].model, None)
@@ -210,7 +198,6 @@ def run_world(world: str, out: Path) -> tuple[list[dict], dict]:
             runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}.json", lambda: run_arm(
                 world, concrete, seed, loaded, config, scorer, reference)))
         write_report(runs, {world: reference}, out)
-    return runs, reference
 
 
 def _xi(runs: list[dict], g: float, seed: int) -> float:

@@ -64,13 +64,6 @@ def cached(path: Path, compute: Callable[[], Any]) -> Any:
     return found if found is not None else read_json(write_json(path, compute()))
 
 
-def link(link: Path, target: Path) -> None:
-    """A symlink to a folder (the trained world's data and models, shared by the runs on it)."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(Path(target).resolve(), target_is_directory=True)
-
-
 def fmt(value: Any, digits: int = 3, none: str = "–") -> str:
     """A number for a table: ``digits`` decimals, scientific below ``10**-digits``, ``none`` for None."""
     if value is None:

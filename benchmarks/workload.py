@@ -207,7 +207,7 @@ def peak_memory(work: Workload, config: StepCostConfig, methods: Sequence[str]) 
         existing = [*work.params, *(p.grad for p in work.params), *state]  # held through the step, as measured
         with LiveBytes(adopt=existing) as meter:
             run_method(method, work, optimizer, config, start=1, stop=2)
-        peaks[method] = meter.peak_extra
+        peaks[method] = meter.peak - meter.baseline  # the most bytes live at once beyond the baseline
     return peaks
 
 
@@ -222,11 +222,6 @@ class LiveBytes(TorchDispatchMode):
             if tensor is not None:
                 self._track(tensor)
         self.baseline = self.peak = self.live
-
-    @property
-    def peak_extra(self) -> int:
-        """The most bytes live at once beyond the baseline."""
-        return self.peak - self.baseline
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()

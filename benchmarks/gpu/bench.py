@@ -148,9 +148,6 @@ def measure_model(name: str, source: Shape | Path, precision: str, plan: Plan) -
     if blur["peak_memory_bytes"] is not None:
         result["blur_extra_memory_over_param_bytes"] = (
             blur["peak_memory_bytes"] - weighted["peak_memory_bytes"]) / result["param_bytes"]
-    del work
-    if torch.device(plan.device).type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -165,6 +162,7 @@ def run(plan: Plan) -> dict:
                 continue
             log(f"{name} ({precision}) on {plan.device} ...")
             runs.append(measure_model(name, source, precision, plan))
+            torch.cuda.empty_cache()  # the model is gone: its cached blocks back to the device (a no-op on the CPU)
     device = torch.cuda.get_device_name(torch.device(plan.device)) if torch.device(plan.device).type == "cuda" \
         else f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)"
     return {"benchmark": "gpu_step_cost", "device": device, "runs": runs, "notes": notes,
