@@ -1,5 +1,4 @@
-"""Does forgetting calibrate itself? The shipped defaults, stopped by the oracle-free rule, judged by the oracle.
-How it works, and the options: ``benchmarks/README.md``, *Calibration* and appendix, ``benchmarks.calibration``."""
+"""Does forgetting calibrate itself? The shipped defaults, stopped oracle-free, judged by the oracle (README)."""
 
 import csv
 import os

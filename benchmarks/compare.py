@@ -1,5 +1,4 @@
-"""Does BLUR help? The comparison protocol of ``benchmarks/protocols/comparison.md``, run (every run cached).
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.compare``."""
+"""Does BLUR help? ``benchmarks/protocols/comparison.md``, run, every run cached (how it works: README appendix)."""
 
 import copy
 import math

@@ -1,5 +1,4 @@
-"""Evaluation reuse across runs: `dvc repro` twice on a profile, the second after an unlearning change (``--flow``:
-two ``blur process`` batches). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.eval_reuse``."""
+"""Evaluation reuse: `dvc repro` twice on a profile, the second after an unlearning change (README appendix)."""
 
 import os
 import re

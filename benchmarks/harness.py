@@ -1,5 +1,4 @@
-"""The skeleton every study shares: the process, cached runs (so a rerun resumes), the report writer (tables
-rendered from the results JSON through ``templates/<name>.md``) and the command line. See ``benchmarks/README.md``."""
+"""What every study shares: the process, cached runs, the report writer (``templates/<name>.md``), the command line."""
 
 import json
 import os

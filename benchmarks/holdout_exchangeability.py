@@ -1,5 +1,4 @@
-"""Is the demo world's holdout exchangeable with a forgotten subject? (``--seeds``: 0 1 2.)
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.holdout_exchangeability``."""
+"""Is the demo world's holdout exchangeable with a forgotten subject? How it works: README appendix."""
 
 import random
 import statistics
@@ -60,18 +59,16 @@ def _measure(seed: int, config, world: str) -> dict[str, Any]:
                              holdout=holdout, config=config.eval, max_length=config.model.max_length,
                              show_progress=False)
     metrics, rows = result.metrics["oracle"], result.per_item["oracle"]
-    forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
+    probs = forget_prob, holdout_prob = metrics["forget_prob"], metrics["holdout_prob"]
     target = finetune["finetune"]["target"]
     row = {"seed": seed, "world_digest": world, "n_forget": len(forget),
            "n_forget_subjects": len({r.subject for r in forget}), "n_holdout": len(holdout),
            "n_holdout_subjects": len({r.subject for r in holdout}), "n_retain": len(retain),
            "finetune_epochs": target["epochs"], "target_train_prob": target["mean_answer_prob"],
            "oracle_forget_prob": forget_prob, "oracle_holdout_prob": holdout_prob,
-           "oracle_retain_prob": metrics["retain_prob"],
-           "prob_ratio": max(forget_prob, holdout_prob) / min(forget_prob, holdout_prob),
+           "oracle_retain_prob": metrics["retain_prob"], "prob_ratio": max(probs) / min(probs),
            **{k: metrics[k] for k in ("forget_holdout_auc", "mia_auc_loss", "mia_auc_zlib", "forget_holdout_ks_p")},
-           "oracle_forget_prob_median": statistics.median(r["prob"] for r in rows["forget"]),
-           "oracle_holdout_prob_median": statistics.median(r["prob"] for r in rows["holdout"]),
+           **{f"oracle_{s}_prob_median": statistics.median(r["prob"] for r in rows[s]) for s in ("forget", "holdout")},
            "null": subject_permutation_null(forget, holdout, rows, seed=seed),
            "train_seconds": finetune["seconds"],  # target and oracle, when first trained
            "seconds": round(time.perf_counter() - started, 1)}  # this measurement (training only if not cached)

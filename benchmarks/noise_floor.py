@@ -1,5 +1,4 @@
-"""The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model.
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.noise_floor``."""
+"""The noise floor of the oracle's verdict: a second oracle, judged like an unlearned model (README appendix)."""
 
 import itertools
 import time

@@ -1,5 +1,4 @@
-"""Writes the figures of ``benchmarks/README.md`` that come from results files, each block between its generated
-markers, with :data:`BLOCKS` (``--check``: exit 1 when a block differs from its results; the suite runs this)."""
+"""Writes the README's generated blocks (:data:`BLOCKS`) from the results files (``--check``: only compare)."""
 
 import json
 import re

@@ -1,5 +1,4 @@
-"""Scaling: how step time and evaluation time grow with the forget set and with the model (~5-10 min, one
-thread). How it works: ``benchmarks/README.md``, appendix, ``benchmarks.scaling``."""
+"""Scaling: how step and evaluation time grow with the forget set and the model (~5-10 min; README appendix)."""
 
 import statistics
 import time

@@ -1,5 +1,4 @@
-"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (``--json``: the result
-on stdout too; ``--quick``: fewer rounds). How it works: ``benchmarks/README.md``, appendix."""
+"""Step cost: time per optimizer step and peak memory of BLUR against the weighted sum (README appendix)."""
 
 import statistics
 import time
@@ -19,36 +18,32 @@ RATIOS = (("blur", "weighted_sum"), ("naive_blur", "blur"), ("blur", "fused_weig
           ("weighted_sum", "fused_weighted"))
 
 
-def summarise(times: dict[str, list[list[float]]], peaks: dict[str, int], param_bytes: int,
-              n_params: int) -> dict[str, Any]:
-    """Step times (all steps), per-round time ratios and the peaks' extra bytes over the fused weighted sum's."""
-    def stats(values: list[float]) -> dict[str, float]:
-        q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "min": min(values),
-                "max": max(values), "n": len(values)}
+def _stats(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "min": min(values),
+            "max": max(values), "n": len(values)}
 
-    ratios = {f"{SHORT[a]}_over_{SHORT[b]}_time": stats([statistics.median(x) / statistics.median(y)
+
+def measure(size: ModelSize, config: StepCostConfig) -> dict[str, Any]:
+    """One model: the naive BLUR checked, then every method timed (per-round ratios) and metered (README appendix)."""
+    work = build_workload(size, config)
+    n_params, param_bytes = sum(p.numel() for p in work.params), work.param_bytes
+    log(f"{size.name}: {n_params / 1e6:.2f}M parameters; the naive BLUR checked, then {config.rounds} rounds ...")
+    difference = check_naive_matches_blur(work, config)
+    times, peaks = time_steps(work, config, METHODS), peak_memory(work, config, METHODS)
+    ratios = {f"{SHORT[a]}_over_{SHORT[b]}_time": _stats([statistics.median(x) / statistics.median(y)
                                                          for x, y in zip(times[a], times[b])]) for a, b in RATIOS}
     memory = {"peak_extra_bytes": peaks} | {
         f"{SHORT[m]}_extra_bytes_over_param_bytes": (peaks[m] - peaks["fused_weighted"]) / param_bytes
         for m in ("blur", "weighted_sum", "naive_blur")}
     memory["blur_over_weighted_peak_bytes"] = peaks["blur"] / peaks["weighted_sum"]
     return {"n_params": n_params, "param_bytes": param_bytes,
-            "step_seconds": {m: stats([t for r in rounds for t in r]) for m, rounds in times.items()},
+            "step_seconds": {m: _stats([t for r in rounds for t in r]) for m, rounds in times.items()},
             "ratios": ratios, "memory": memory,
             "blur_over_weighted_time": ratios["blur_over_weighted_time"]["median"],
             "naive_over_blur_time": ratios["naive_over_blur_time"]["median"],
-            "blur_extra_bytes_over_param_bytes": memory["blur_extra_bytes_over_param_bytes"]}
-
-
-def measure(size: ModelSize, config: StepCostConfig) -> dict[str, Any]:
-    """One model: the naive BLUR checked against the engine's, then every method timed and metered."""
-    work = build_workload(size, config)
-    n_params = sum(p.numel() for p in work.params)
-    log(f"{size.name}: {n_params / 1e6:.2f}M parameters; the naive BLUR checked, then {config.rounds} rounds ...")
-    difference = check_naive_matches_blur(work, config)
-    return summarise(time_steps(work, config, METHODS), peak_memory(work, config, METHODS), work.param_bytes,
-                     n_params) | {"size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
+            "blur_extra_bytes_over_param_bytes": memory["blur_extra_bytes_over_param_bytes"],
+            "size": asdict(size), "naive_matches_blur_max_abs_diff": difference}
 
 
 def run(config: StepCostConfig) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-"""How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over their records.
-How it works: ``benchmarks/README.md``, appendix, ``benchmarks.utility_noise``."""
+"""How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over records (README appendix)."""
 
 import csv
 from pathlib import Path

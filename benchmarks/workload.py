@@ -1,6 +1,5 @@
 """The cost family's one workload (``step_cost``, ``scaling``, ``gpu.bench``): a model with the two levels' losses on
-fixed batches, each method's optimizer steps and the meters (step times, live tensor bytes, host syncs). How it
-works: ``benchmarks/README.md``, appendix, ``benchmarks.workload``."""
+fixed batches, each method's optimizer steps and the meters (step times, live bytes, host syncs; README appendix)."""
 
 import copy
 import time
@@ -218,9 +217,8 @@ class LiveBytes(TorchDispatchMode):
         super().__init__()
         self.live = self.peak = 0
         self._tracked: set[int] = set()
-        for tensor in adopt:
-            if tensor is not None:
-                self._track(tensor)
+        for tensor in (t for t in adopt if t is not None):  # a parameter may have no gradient
+            self._track(tensor)
         self.baseline = self.peak = self.live
 
     def _track(self, tensor: torch.Tensor) -> None:
