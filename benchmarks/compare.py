@@ -146,8 +146,7 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
         p_t, p_o = ref["target"]["forget_prob"], ref["oracle"]["forget_prob"]
         cells: dict[tuple, list] = {}
         for run in (r for r in runs if r["world"] == world):
-            arm = Arm(**run["arm"])
-            cells.setdefault((arm.label, arm.g, arm.name), []).append(run)
+            cells.setdefault((Arm(**run["arm"]).label, run["arm"]["g"], run["arm"]["name"]), []).append(run)
         for (label, g, name_a), runs_a in sorted(cells.items()):
             for a, b in PAIRS:
                 if name_a != a or (label, g, b) not in cells:

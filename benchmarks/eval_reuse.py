@@ -113,8 +113,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
         log(f"{profile}: resuming after the first batch ({batches[0]['batch']})")
     else:
         (folder, env), batches = _clone(profile, scratch), []
-        # the profile as its pipeline leaves the models (`dvc repro finetune`: the target and oracle from the
-        # fine-tune cache); the batches start from that target, and the evaluation cache is still empty
+        # the models as the pipeline leaves them (target and oracle from the fine-tune cache; no evaluation cached)
         _call(folder, env, log_file, "dvc", "repro", "finetune")
 
     def blur(*args: str, refused_ok: bool = False) -> float:

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -94,14 +95,9 @@ def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple], number: C
 
 def template(name: str) -> dict[str, str]:
     """The parts of ``templates/<name>.md``: the text before the first ``<!-- part: X -->`` line is "main"."""
-    parts, key = {"main": []}, "main"
-    for line in (BENCH_DIR / "templates" / f"{name}.md").read_text(encoding="utf-8").splitlines(keepends=True):
-        if line.startswith("<!-- part: "):
-            key = line.removeprefix("<!-- part: ").split(" ")[0]
-            parts[key] = []
-        else:
-            parts[key].append(line)
-    return {k: "".join(v) for k, v in parts.items()}
+    text = (BENCH_DIR / "templates" / f"{name}.md").read_text(encoding="utf-8")
+    chunks = re.split(r"^<!-- part: ([^ \n]+).*(?:\n|$)", text, flags=re.MULTILINE)  # main, key, text, key, text ...
+    return {"main": chunks[0], **dict(zip(chunks[1::2], chunks[2::2]))}
 
 
 def write_report(results: dict[str, Any], out: Path, stem: str, render: Callable[[dict], str]) -> None:

@@ -31,8 +31,7 @@ def _parts(per_item: Path, role: str) -> dict[str, np.ndarray]:
 
 
 def _utility(parts: dict[str, np.ndarray], picks: dict[str, np.ndarray] | None = None) -> float:
-    means = [(parts[n] if picks is None else parts[n][picks[n]]).mean(axis=0) for n in parts]
-    values = np.concatenate(means)
+    values = np.concatenate([(parts[n] if picks is None else parts[n][picks[n]]).mean(axis=0) for n in parts])
     return 0.0 if values.min() == 0 else float(hmean(values))
 
 
@@ -82,12 +81,10 @@ ROWS = [
                                                                  ("target", "unlearned", "oracle"))),
     ("unlearned / target", "unlearned_ratio", 2),
     ("95% interval", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_ratio_ci"]))),
-    ("share of draws < 0.95", "unlearned_ratio_below_095", 2),
-    ("oracle / target", "oracle_ratio", 2),
+    ("share of draws < 0.95", "unlearned_ratio_below_095", 2), ("oracle / target", "oracle_ratio", 2),
     ("95% interval ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["oracle_ratio_ci"]))),
     ("retain part only: unlearned / target", "unlearned_retain_ratio", 2),
-    ("95% interval  ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_retain_ratio_ci"]))),
-]
+    ("95% interval  ", lambda r: "{} - {}".format(*(fmt(v, 2) for v in r["unlearned_retain_ratio_ci"])))]
 
 
 def render(results: dict[str, Any]) -> str:

@@ -17,10 +17,9 @@ from components.data.demo_world import generate_world
 from components.modeling.demo import train_demo_tokenizer
 from components.modeling.encoding import encode_record
 from components.modeling.tiny_model import build_tiny_model
-from components.unlearning import train_bilevel
+from components.unlearning import FORGET_LOSSES, RETAIN_LOSSES, LossContext, train_bilevel
 from components.unlearning.batches import BatchStream
 from components.unlearning.loop import StepHooks, StepRule
-from components.unlearning.losses import FORGET_LOSSES, RETAIN_LOSSES, LossContext
 from components.unlearning.modules import LossModel, sequence_logps
 
 METHODS = ("blur", "weighted_sum", "naive_blur", "fused_weighted")
@@ -140,12 +139,10 @@ def naive_blur_steps(work: Workload, optimizer: torch.optim.Optimizer, config: S
     """Steps of the NAIVE BLUR, the baseline (README appendix): two gradient copies, per-tensor syncs."""
     for step in range(start, stop):
         optimizer.zero_grad(set_to_none=True)
-        forget_value = work.forget_loss(step, 0)
-        forget_value.backward()
+        (forget_value := work.forget_loss(step, 0)).backward()
         g_f = [p.grad.detach().clone() for p in work.params]  # copy 1
         optimizer.zero_grad(set_to_none=True)
-        retain_value = work.retain_loss(step, 0)
-        retain_value.backward()
+        (retain_value := work.retain_loss(step, 0)).backward()
         g_r = [p.grad.detach().clone() for p in work.params]  # copy 2
         inner, forget_sq = 0.0, 0.0
         for a, b in zip(g_f, g_r):  # per tensor, each partial sum synchronised with the host

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run of `python -m benchmarks.gpu.bench` (its arguments: --cpu-smoke, --out PATH, --steps N,
-# --budget SECONDS), bounded at 8 minutes; writes benchmarks/results/gpu.json. See benchmarks/README.md.
+# `python -m benchmarks.gpu.bench` (its options: --help) bounded at 8 minutes; writes benchmarks/results/gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
