@@ -147,8 +147,7 @@ def with_gate(result: dict[str, Any], paths, config) -> dict[str, Any]:
 
 def _median_tr(paths, role: str) -> float | None:
     """Median truth ratio over the forget records (``per_item``), where forget quality's KS test looks."""
-    file = paths.report_files.per_item_file(role, "forget")
-    if not file.exists():
+    if not (file := paths.report_files.per_item_file(role, "forget")).exists():
         return None
     with file.open(newline="") as handle:
         values = [float(row["truth_ratio"]) for row in csv.DictReader(handle) if row.get("truth_ratio")]

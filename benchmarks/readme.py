@@ -17,10 +17,9 @@ def floors(results: Path = RESULTS) -> str:
     rows = []
     for stem, profile in (("eval_reuse", "SmolLM2 profile"), ("eval_reuse_demo", "demo world")):
         for run in (read_json(results / f"{stem}.json") or {}).get("runs", []):
-            cache = run["evaluate"]["cache"]
             rows.append(run["evaluate"]["floor"] | {
                 "world": profile, "run": f"{run['run']} `dvc repro`", "file": f"`{stem}.json`",
-                "scored": ", ".join(role for role, c in cache.items() if c["misses"]) or "none"})
+                "scored": ", ".join(role for role, c in run["evaluate"]["cache"].items() if c["misses"]) or "none"})
     return table(rows, [("world", "world"), ("run", "run"), ("models scored", "scored"),
                         ("evaluate s", "evaluate_seconds", 1), ("floor s", "floor_seconds", 1), ("ratio", "ratio", 2),
                         ("CPU ratio", "cpu_ratio", 2), ("from", "file")])
@@ -66,8 +65,7 @@ def rendered(text: str, results: Path = RESULTS) -> str:
         if not pattern.search(text):
             raise ValueError(f"{README} has no block '{name}' (<!-- generated: {name} --> ... "
                              f"<!-- /generated: {name} -->)")
-        body = render(results).rstrip("\n") + "\n"
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(3), text)
+        text = pattern.sub(lambda m: m.group(1) + render(results).rstrip("\n") + "\n" + m.group(3), text)
     return text
 
 

@@ -72,9 +72,7 @@ def run(config: ScalingConfig) -> dict[str, Any]:
     forget, retain, holdout, tokenizer = world(config)
     log("warm-up (discarded: the first measurement in a process pays one-off costs) ...")
     measure(config.sizes[0], forget[config.forget_authors[0]], retain, holdout, tokenizer, config)
-    log("forget-set size at the demo model size ...")
     by_forget = [measure(config.sizes[0], forget[k], retain, holdout, tokenizer, config) for k in config.forget_authors]
-    log("model size at a fixed forget set ...")
     fixed = forget[config.size_table_forget_authors]
     by_size = [next(r for r in by_forget if r["forget_records"] == len(fixed))] + [
         measure(size, fixed, retain, holdout, tokenizer, config) for size in config.sizes[1:]]
@@ -100,5 +98,4 @@ def render(result: dict[str, Any]) -> str:
 def main(out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
     if report_only:
         return harness.report_only(out, "scaling", render)
-    result = run(ScalingConfig())
-    harness.write_report(result, out, "scaling", render)
+    harness.write_report(run(ScalingConfig()), out, "scaling", render)

@@ -1,6 +1,7 @@
 """How precisely do the evaluation sets measure a utility ratio? A paired bootstrap over records (README appendix)."""
 
 import csv
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,11 @@ def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
 def runs(worlds: list[str]) -> list[dict[str, Any]]:
     """Every calibration run of ``worlds`` whose per-record reports are cached (newest per seed)."""
     found = []
-    for name in worlds:
-        for seed in calibration.SEEDS:
-            results = sorted(calibration.ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"),
-                             key=lambda p: p.stat().st_mtime)
-            if results and (results[-1].parent / "reports" / "per_item").exists():
-                found.append({"world": name, "seed": seed, **bootstrap(results[-1].parent, seed)})
+    for name, seed in itertools.product(worlds, calibration.SEEDS):
+        results = sorted(calibration.ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"),
+                         key=lambda p: p.stat().st_mtime)
+        if results and (results[-1].parent / "reports" / "per_item").exists():
+            found.append({"world": name, "seed": seed, **bootstrap(results[-1].parent, seed)})
     return found
 
 

@@ -99,13 +99,12 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
     forget_batches = BatchStream(forget_examples, stream=0, extra=extra, **stream)
     retain_batches = BatchStream(retain_examples, stream=1, **stream)
     context, loss_model = LossContext(unlearn), LossModel(model)
-    n = config.batch_size
 
     def forget_loss(step: int, micro: int) -> torch.Tensor:
-        return FORGET_LOSSES["npo"](loss_model, forget_batches(step, micro), context).sum() / n
+        return FORGET_LOSSES["npo"](loss_model, forget_batches(step, micro), context).sum() / config.batch_size
 
     def retain_loss(step: int, micro: int) -> torch.Tensor:
-        return RETAIN_LOSSES["nll"](loss_model, retain_batches(step, micro), context).sum() / n
+        return RETAIN_LOSSES["nll"](loss_model, retain_batches(step, micro), context).sum() / config.batch_size
 
     return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss,
                     copy.deepcopy(model.state_dict()), config.lr)
