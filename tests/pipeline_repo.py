@@ -75,9 +75,39 @@ def make_pipeline_repo(repo: Path, overrides: dict | None = None) -> Path:
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "tests@example.com"], repo)
     run(["git", "config", "user.name", "tests"], repo)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
+    dvc_init(repo, analytics=False)
     return repo
+
+
+def dvc_init(repo: Path, no_scm: bool = False, analytics: bool = True, remote: Path | None = None) -> Path:
+    """``dvc init [--no-scm]``, then ``dvc config core.analytics false`` unless ``analytics`` and
+    ``dvc remote add -d local REMOTE`` if given: what those commands run (``Repo.init``, edits of the repository's
+    config), run by DVC in this process instead of one ``python -m dvc`` (~1 CPU-s of imports) each."""
+    from components.data.versioning import quiet_dvc
+
+    with quiet_dvc():
+        from dvc.repo import Repo
+
+        Repo.init(str(repo), no_scm=no_scm).close()
+    if not analytics or remote is not None:
+        dvc_config(repo, {"core": {"analytics": "false"}} if not analytics else {}, remote)
+    return repo
+
+
+def dvc_config(repo: Path, sections: dict, remote: Path | None = None) -> None:
+    """Set ``sections`` ({section: {option: value}}) in the repository's DVC config (``dvc config``), and add
+    ``remote`` as the default remote ``local`` (``dvc remote add -d local REMOTE``)."""
+    from components.data.versioning import quiet_dvc
+
+    with quiet_dvc():
+        from dvc.config import Config
+
+        with Config(dvc_dir=str(repo / ".dvc")).edit() as conf:
+            for section, options in sections.items():
+                conf[section].update(options)
+            if remote is not None:
+                conf["remote"]["local"] = {"url": str(remote)}
+                conf["core"]["remote"] = "local"
 
 
 # A world small enough that a whole flow run (train, validate, unlearn, evaluate,
@@ -127,7 +157,7 @@ def make_flow_repo(repo: Path, overrides: dict | None = None, mlflow_db: Path | 
     """A pipeline repository on the tiny flow world, with a local DVC remote and a migrated MLflow DB."""
     make_pipeline_repo(repo, {**FLOW_PARAMS, **(overrides or {})})
     (repo / "data" / "requests" / "tiny-request.json").write_text(request_json("tiny-0001", [tiny_subjects()[1]]))
-    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(repo.parent / f"{repo.name}-remote")], repo)
+    dvc_config(repo, {}, remote=repo.parent / f"{repo.name}-remote")
     if mlflow_db is not None:
         shutil.copyfile(mlflow_db, repo / "mlflow.db")
     return repo

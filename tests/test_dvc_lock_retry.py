@@ -6,20 +6,19 @@ test process as a running DVC command holds it."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from components.data import versioning
+from pipeline_repo import dvc_config, dvc_init
 
 RETRIES = "components.data.versioning"
 
 
 @pytest.fixture
 def dvc_root(tmp_path) -> Path:
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
+    dvc_init(tmp_path, no_scm=True)
     (tmp_path / "req-a.json").write_text('{"request_id": "req-a"}')
     versioning.track(tmp_path, [tmp_path / "req-a.json"])
     return tmp_path
@@ -82,8 +81,7 @@ def test_the_retries_are_bounded_and_the_error_says_the_lock_was_held(dvc_root, 
 def test_another_dvc_failure_is_not_retried(dvc_root, caplog, tmp_path_factory):
     blocker = tmp_path_factory.mktemp("remote") / "not-a-folder"
     blocker.write_text("a file where the remote folder should be")
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(blocker)], cwd=dvc_root,
-                   check=True)
+    dvc_config(dvc_root, {}, remote=blocker)  # `dvc remote add -d local BLOCKER`
     caplog.set_level(logging.INFO, logger=RETRIES)
     with pytest.raises(versioning.VersioningError, match="dvc push failed") as raised:
         versioning.push(dvc_root)

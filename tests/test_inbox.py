@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from components.data import versioning
 from components.data.inbox import Inbox, InboxError, label
 from components.data.requests import RequestError
 from components.paths import Paths
+from pipeline_repo import dvc_init
 
 
 class Crash(Exception):
@@ -270,7 +270,7 @@ def test_retry_all_moves_every_failed_request_back(inbox):
 
 @pytest.fixture
 def dvc_inbox(tmp_path) -> Inbox:
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
+    dvc_init(tmp_path, no_scm=True)
     return Inbox(Paths(tmp_path))
 
 
@@ -291,7 +291,7 @@ def test_a_rejected_file_is_dvc_tracked_before_it_moves(dvc_inbox, monkeypatch):
 
 def test_an_inbox_in_a_folder_of_a_dvc_repository_is_tracked(tmp_path):
     """A profile folder inside the repository (``pretrained/``) versions its requests in that repository."""
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
+    dvc_init(tmp_path, no_scm=True)
     inbox = Inbox(Paths(tmp_path / "profile"))
     path = put(inbox, "bad.json", b"{not json")
     moved = inbox.reject(path, RequestError(["invalid JSON"]))

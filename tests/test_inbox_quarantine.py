@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from components.config import Config
 from components.context import run_context
 from components.data.inbox import Inbox, Unversionable
 from components.paths import Paths
+from pipeline_repo import dvc_init
 
 GOOD = json.dumps({"request_id": "req-good", "received_at": "2026-11-28T09:00:00Z", "subjects": ["Ada"]})
 
@@ -43,7 +42,7 @@ def inbox(tmp_path) -> Inbox:
 
 @pytest.fixture
 def dvc_inbox(tmp_path) -> Inbox:
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=tmp_path, check=True)
+    dvc_init(tmp_path, no_scm=True)
     return Inbox(Paths(tmp_path))
 
 

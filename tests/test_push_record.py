@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import sys
-
 from components.paths import Paths
-from pipeline_repo import make_flow_repo, run
+from pipeline_repo import dvc_config, make_flow_repo
 
 
 def test_failed_push_is_recorded_then_cleared_by_a_later_push(tmp_path):
-    from components.data.versioning import pending_push, push_or_record
+    from components.data.versioning import pending_push, push_or_record, track
 
     repo = make_flow_repo(tmp_path / "repo")
     paths = Paths(repo)
     tracked = repo / "data" / "requests" / "tiny-request.json"
-    run([sys.executable, "-m", "dvc", "add", "--quiet", str(tracked.relative_to(repo))], repo)
+    track(repo, [tracked])
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the remote folder should be")
-    run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(blocker)], repo)
+    dvc_config(repo, {}, remote=blocker)  # `dvc remote modify local url BLOCKER`
 
     assert push_or_record(paths) is not None
     first = pending_push(paths)
     assert first and first.since and first.error
     assert push_or_record(paths) is not None and pending_push(paths).since == first.since
 
-    run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo)
+    dvc_config(repo, {}, remote=tmp_path / "remote")
     assert push_or_record(paths) is None
     assert pending_push(paths) is None
 
@@ -114,7 +112,7 @@ def test_a_failed_push_fails_the_run_once_settled_and_a_later_push_takes_the_pro
     (paths.inbox / "jane-doe.json").write_text(request_json("req-p", [tiny_subjects()[1]]))
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the remote folder should be")
-    run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(blocker)], repo)
+    dvc_config(repo, {}, remote=blocker)  # `dvc remote modify local url BLOCKER`
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))  # `blur` sets it when unset
 
     with stubbed_stages():
@@ -129,7 +127,7 @@ def test_a_failed_push_fails_the_run_once_settled_and_a_later_push_takes_the_pro
         again = CliRunner().invoke(app, ["process", "--root", str(repo)])  # empty inbox, the push retried
         assert again.exit_code == 1 and "remote lags" in " ".join(again.output.split()), again.output
 
-        run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo)
+        dvc_config(repo, {}, remote=tmp_path / "remote")
         assert process_requests(root=str(repo), return_state=True).is_completed()
     assert pending_push(paths) is None
     proofs = paths.erasure_proofs()

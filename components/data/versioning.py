@@ -1,28 +1,31 @@
 """Version request files with DVC: every request is hashed, cached and pushed to the remote, and
 so is what proves its erasure (its result note and certificate).
 
-Runs the ``dvc`` command line in the repository that holds the inbox (a separate process:
-DVC resolves paths against the working directory, which a long-running flow must not
-change). Moving a tracked file goes through ``dvc move`` so its ``.dvc`` file and
-``.gitignore`` entry follow. A command that meets another DVC command's repository lock is
-tried again for up to :data:`LOCK_WAIT_SECONDS` (:func:`_dvc`).
+Runs DVC's own commands (``dvc.repo.Repo``: add, move, push, the default remote) in this process on
+the repository that holds the inbox, one at a time (:func:`_dvc`): every path is given to DVC absolute,
+so nothing depends on the working directory, which a long-running flow must not change. (One process
+per command paid Python's start and DVC's imports, about 1 CPU-s, for each.) Moving a tracked file
+goes through DVC's move so its ``.dvc`` file and ``.gitignore`` entry follow. A command that meets
+another DVC command's repository lock is tried again for up to :data:`LOCK_WAIT_SECONDS`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
-import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import yaml
 
 from components.paths import DVC_DIR
 
 if TYPE_CHECKING:
+    from dvc.repo import Repo
+
     from components.artifacts import PushPending
     from components.paths import Paths
 
@@ -62,18 +65,90 @@ DVC_LOCK_ERROR = "Unable to acquire lock"
 LOCK_WAIT_SECONDS = 30.0
 
 
+# DVC's commands run one at a time in a process: Prefect runs tasks in threads, and DVC's loggers are the process's.
+_DVC_CALLS = threading.RLock()
+_DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
+
+
+@contextmanager
+def quiet_dvc() -> Iterator[None]:
+    """DVC's loggers (and so its progress bars) silent while DVC runs in this process: what DVC would say
+    names request files, and a failure comes back as its exception. One DVC call at a time in this process."""
+    with _DVC_CALLS:
+        import dvc  # noqa: F401  its import sets up its loggers: silenced here from then on
+
+        levels = {name: logging.getLogger(name).level for name in _DVC_LOGGERS}
+        for name in _DVC_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def dvc_repo(root: Path) -> "Iterator[Repo]":
+    """DVC's ``Repo`` of the repository holding ``root``, opened and closed as a ``dvc`` command does
+    (:func:`quiet_dvc`)."""
+    with quiet_dvc():
+        from dvc.repo import Repo
+
+        with Repo(str(Path(root).resolve())) as repo:
+            yield repo
+
+
+def _run(root: Path, command: str, *args: str) -> str:
+    """DVC's ``dvc COMMAND ARGS`` (add, move, push, remote default) run in ``root``, paths relative to ``root``;
+    what the command line prints that callers read (the default remote's name), else ""."""
+    where = Path(root).resolve()
+    with dvc_repo(where) as repo:
+        if command == "add":
+            repo.add([str(where / arg) for arg in args])
+        elif command == "move":
+            repo.move(*(str(where / arg) for arg in args))
+        elif command == "push":
+            repo.push()
+        elif (command, *args) == ("remote", "default"):
+            remote = repo.config.read()["core"].get("remote")
+            if remote is None:  # `dvc remote default` says so and fails
+                raise _Failed("No default remote set")
+            return remote
+        else:
+            raise ValueError(f"dvc {command} {' '.join(args)}: not a command this module runs")
+    return ""
+
+
+class _Failed(Exception):
+    """A ``dvc`` command's failure that DVC reports without an exception of its own."""
+
+
+def _said(error: BaseException) -> str:
+    """What the ``dvc`` command line says of ``error`` (``ERROR:`` and the chain of causes, as its logger
+    writes them)."""
+    if isinstance(error, _Failed):
+        return str(error)
+    from dvc.exceptions import DvcException
+
+    said, causes = "ERROR: " + ("" if isinstance(error, DvcException) else "unexpected error - "), []
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__
+    return said + ": ".join(causes)
+
+
 def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
-    """Run ``dvc ARGS`` in ``root``; on DVC's lock error only, start it again with back-off: once in any
-    case (one attempt alone can outlast ``lock_wait`` on a loaded machine), then while less than
+    """Run ``dvc ARGS`` in ``root`` (:func:`_run`); on DVC's lock error only, start it again with back-off: once
+    in any case (one attempt alone can outlast ``lock_wait`` on a loaded machine), then while less than
     ``lock_wait`` seconds have passed. Any other failure raises at once (:class:`VersioningError`)."""
     if not is_repo(root):
         raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
     deadline, delay, retried = time.monotonic() + lock_wait, 1.0, False
     while True:
-        result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-        if result.returncode == 0:
-            return result.stdout
-        output = result.stderr or result.stdout
+        try:
+            return _run(root, *args)
+        except Exception as error:  # DVC's failure, said as its command line says it
+            output = _said(error)
         locked = DVC_LOCK_ERROR in output
         if not locked or (retried and time.monotonic() + delay > deadline):
             break
@@ -82,8 +157,8 @@ def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
         time.sleep(delay)
         delay = min(2 * delay, 8.0)
     lines = output.strip().splitlines()
-    message = [line for line in lines if line.startswith("ERROR")] or lines  # not DVC's "Having any troubles?"
-    said = scrub_paths(message[-1], root, args[1:]) if message else str(result.returncode)
+    message = [line for line in lines if line.startswith("ERROR")] or lines
+    said = scrub_paths(message[-1], root, args[1:]) if message else "no reason given"
     waited = f" (the repository lock was still held after {lock_wait:g} s of retries)" if locked else ""
     raise VersioningError(f"dvc {args[0]} failed: {said}{waited}")
 
