@@ -88,3 +88,11 @@ def test_another_dvc_failure_is_not_retried(dvc_root, caplog, tmp_path_factory):
     assert "Not a directory" in str(raised.value), "DVC's reason, not its 'Having any troubles?' footer"
     assert "still held" not in str(raised.value)
     assert not [r for r in caplog.records if "trying again" in r.getMessage()]
+
+
+def test_push_with_no_remote_does_nothing_and_says_so(dvc_root, tmp_path_factory):
+    """``push`` is False with no default remote (its docstring's promise; the command line's `dvc remote default`
+    fails there instead), and True once one is set."""
+    assert versioning.push(dvc_root) is False
+    dvc_config(dvc_root, {}, remote=tmp_path_factory.mktemp("remote"))
+    assert versioning.push(dvc_root) is True
