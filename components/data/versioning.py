@@ -98,9 +98,8 @@ def dvc_repo(root: Path) -> "Iterator[Repo]":
             yield repo
 
 
-def _run(root: Path, command: str, *args: str) -> str:
-    """DVC's ``dvc COMMAND ARGS`` (add, move, push, remote default) run in ``root``, paths relative to ``root``;
-    what the command line prints that callers read (the default remote's name), else ""."""
+def _run(root: Path, command: str, *args: str) -> None:
+    """DVC's ``dvc COMMAND ARGS`` (add, move, push) run in ``root``, paths relative to ``root``."""
     where = Path(root).resolve()
     with dvc_repo(where) as repo:
         if command == "add":
@@ -109,11 +108,20 @@ def _run(root: Path, command: str, *args: str) -> str:
             repo.move(*(str(where / arg) for arg in args))
         elif command == "push":
             repo.push()
-        elif (command, *args) == ("remote", "default"):
-            return repo.config.read()["core"].get("remote") or ""  # "": none set (the CLI fails instead)
         else:
             raise ValueError(f"dvc {command} {' '.join(args)}: not a command this module runs")
-    return ""
+
+
+def _require_repo(root: Path) -> None:
+    if not is_repo(root):
+        raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
+
+
+def default_remote(root: Path) -> str | None:
+    """The name of the repository's default DVC remote; None when none is set (reading the config takes
+    no repository lock, so no retry)."""
+    with dvc_repo(root) as repo:
+        return repo.config.read()["core"].get("remote") or None
 
 
 def _said(error: BaseException) -> str:
@@ -128,12 +136,11 @@ def _said(error: BaseException) -> str:
     return said + ": ".join(causes)
 
 
-def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
+def _dvc(root: Path, *args: str, lock_wait: float = LOCK_WAIT_SECONDS) -> None:
     """Run ``dvc ARGS`` in ``root`` (:func:`_run`); on DVC's lock error only, start it again with back-off: once
     in any case (one attempt alone can outlast ``lock_wait`` on a loaded machine), then while less than
     ``lock_wait`` seconds have passed. Any other failure raises at once (:class:`VersioningError`)."""
-    if not is_repo(root):
-        raise VersioningError(f"{root} is not a DVC repository; run `git init && dvc init` there first")
+    _require_repo(root)
     deadline, delay, retried = time.monotonic() + lock_wait, 1.0, False
     while True:
         try:
@@ -215,7 +222,8 @@ def move(root: Path, source: Path, destination: Path) -> Path:
 
 def push(root: Path) -> bool:
     """``dvc push`` to the default remote; False (nothing done) when no remote is configured."""
-    if not _dvc(root, "remote", "default").strip():
+    _require_repo(root)
+    if default_remote(root) is None:
         return False
     _dvc(root, "push")
     return True
