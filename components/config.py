@@ -141,8 +141,18 @@ class StopConfig(_Section):
     # landed: once the forget set is past the holdout (AUC below 0.5 - band) at `confirm` probes in a row, or at
     # the cap without landing: restore (stop and return the weights of the probe nearest the holdout) | continue
     overshoot: Literal["restore", "continue"] = "restore"
+    # landed: the weights kept once `confirm` probes in a row landed: last (the confirming probe's) | first (the
+    # probe where the run arrived; the later ones only confirm it stays there). first needs overshoot: restore
+    land_at: Literal["last", "first"] = "last"
     statistic: Literal["mean", "mink"] = "mean"  # a record's score in the probe and match's targets: mean answer NLL |
     mink_k: float = Field(default=0.4, gt=0, le=1)  #   mink: mean NLL of its least likely mink_k fraction of tokens
+
+    @model_validator(mode="after")
+    def _first_keeps_weights(self) -> "StopConfig":
+        if self.land_at == "first" and (self.criterion != "landed" or self.overshoot != "restore"):
+            raise ValueError("unlearn.stop.land_at 'first' returns an earlier probe's weights, which only "
+                             "criterion: landed with overshoot: restore keeps: set those, or land_at: last")
+        return self
 
     @property
     def score_k(self) -> float | None:

@@ -287,3 +287,39 @@ def test_replaying_a_runs_probe_curve_gives_the_rules_decision(tiny_setup):
         key: stop[key] for key in ("stopped_at", "ended_at", "reason")}
     kept_going = replay(stop["curve"], config.stop.model_copy(update={"overshoot": "continue"}), CAP)
     assert kept_going == {"stopped_at": None, "ended_at": CAP, "reason": "cap: the step cap came first"}
+
+
+def test_land_at_first_returns_the_weights_of_the_probe_where_the_run_arrived(tiny_setup):
+    last = unlearn(tiny_setup, landed_rule())
+    config = landed_rule(land_at="first")
+    result = unlearn(tiny_setup, config)
+    stop, last_stop = result.summary()["stop"], last.summary()["stop"]
+
+    assert stop["curve"] == last_stop["curve"] and stop["ended_at"] == last_stop["stopped_at"]  # the same run ...
+    arrival = stop["curve"][-2]["step"]  # ... whose result is the first of the two probes that landed in a row
+    assert stop["stopped_at"] == result.steps == arrival < stop["ended_at"]
+    assert stop["reason"].startswith("landed") and f"kept the weights of step {arrival}" in stop["reason"]
+    fixed = unlearn(tiny_setup, UnlearnConfig(**MATCH, steps=arrival, stop={"rule": "none", "every": 2}))
+    assert_same_weights(result.model, fixed.model)
+
+
+def test_land_at_first_on_a_recorded_smollm2_curve_keeps_the_arrival_and_not_a_nearer_confirmation():
+    from components.config import StopConfig
+    from components.unlearning.stopping import replay
+
+    # probe (step, AUC, KS p) near the band of a SmolLM2 tuning run (calibration_tuning_smollm2_gamma03, seed 12)
+    curve = [{"step": s, "probe_auc": auc, "probe_ks_p": p, "probe_forget_nll": 0.0, "probe_holdout_nll": 0.0}
+             for s, auc, p in ((14, 0.669, 0.003), (16, 0.613, 0.097), (18, 0.534, 0.405), (20, 0.466, 0.766))]
+    stop = StopConfig(rule="holdout", criterion="landed", confirm=2)
+    assert replay(curve, stop, 120)["stopped_at"] == 20  # last: the confirming probe (KS p 0.766)
+    first = replay(curve, stop.model_copy(update={"land_at": "first"}), 120)
+    assert first["stopped_at"] == 18 and first["ended_at"] == 20
+
+
+def test_land_at_first_without_kept_weights_says_what_to_set():
+    from pydantic import ValidationError
+
+    from components.config import StopConfig
+
+    with pytest.raises(ValidationError, match="overshoot: restore"):
+        StopConfig(rule="holdout", land_at="first", overshoot="continue")
