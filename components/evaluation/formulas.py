@@ -24,10 +24,11 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from rouge_score import rouge_scorer
 from scipy.special import softmax
-from scipy.stats import ks_2samp
-from sklearn.metrics import roc_auc_score
+
+# rouge_score (which imports all of nltk), scipy.stats and sklearn.metrics load where they are first used:
+# the unlearning loop's stop rule imports this module in every unlearning process and needs none of them
+# before its first probe, and ROUGE is computed only by the evaluator.
 
 # MUSE cuts a QA generation at these strings before scoring it.
 QA_STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
@@ -130,7 +131,9 @@ def zlib_score(token_logps: np.ndarray, text: str) -> float:
 
 
 @lru_cache(maxsize=4)
-def _scorer(use_stemmer: bool) -> rouge_scorer.RougeScorer:
+def _scorer(use_stemmer: bool):
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
 
@@ -153,11 +156,15 @@ def cut_at_stop_strings(text: str, stops: Sequence[str] = QA_STOP_STRINGS) -> st
 
 def ks_p_value(sample: Sequence[float], reference: Sequence[float]) -> float:
     """Two-sample Kolmogorov-Smirnov p-value (TOFU forget quality when fed truth ratios)."""
+    from scipy.stats import ks_2samp
+
     return float(ks_2samp(np.asarray(sample, float), np.asarray(reference, float)).pvalue)
 
 
 def membership_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
     """ROC AUC of telling members (label 1) from non-members by a higher-is-member score."""
+    from sklearn.metrics import roc_auc_score
+
     labels = [1] * len(member_scores) + [0] * len(nonmember_scores)
     return float(roc_auc_score(labels, list(member_scores) + list(nonmember_scores)))
 
