@@ -174,8 +174,9 @@ def grid(world: str) -> list[Arm]:
         Arm(name, 0.1, 0.1, "sgd", lr) for name in ("blur", "weighted_sum") for lr in SGD_RATES[world]]
 
 
-def run_world(world: str, out: Path) -> None:
-    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached under the world's key."""
+def run_world(world: str, out: Path, runs: list[dict], references: dict) -> None:
+    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached under the world's key;
+    the report holds ``runs`` and ``references`` of the worlds before it too."""
     config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
     config, root = resolved_config(config, trained), CACHE / CACHED_AS / f"{world}-{trained.root.name}"
     loaded = {"target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
@@ -186,22 +187,21 @@ def run_world(world: str, out: Path) -> None:
         oracle = scorer.measure(loaded["oracle"].model, None)
         return {"oracle": oracle, "target": scorer.measure(loaded["target"].model, oracle["log_truth_ratios"])}
 
-    reference = harness.cached(root / "reference.json", measure_reference)
-    runs: list[dict] = []
+    reference = references[world] = harness.cached(root / "reference.json", measure_reference)
     jobs = [(arm, seed) for arm in grid(world) for seed in SEEDS]
     jobs += [(None, seed) for seed in SEEDS]  # placeholders: the weighted sum at blur's mean xi, per g, after blur
     for arm, seed in jobs:
-        for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, g, seed)) for g in G]):
+        for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, world, g, seed)) for g in G]):
             key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
             runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}.json", lambda: run_arm(
                 world, concrete, seed, loaded, config, scorer, reference)))
-        write_report(runs, {world: reference}, out)
+        write_report(runs, references, out)
 
 
-def _xi(runs: list[dict], g: float, seed: int) -> float:
-    """BLUR's mean xi in its AdamW run at ``g`` and ``seed`` (the weight of the ``weighted_sum_xi`` arm)."""
-    found = [r for r in runs
-             if (r["arm"]["name"], r["arm"]["g"], r["arm"]["optimizer"], r["seed"]) == ("blur", g, "adamw", seed)]
+def _xi(runs: list[dict], world: str, g: float, seed: int) -> float:
+    """BLUR's mean xi in its AdamW run on ``world`` at ``g`` and ``seed`` (the ``weighted_sum_xi`` arm's weight)."""
+    found = [r for r in runs if (r["world"], r["arm"]["name"], r["arm"]["g"], r["arm"]["optimizer"], r["seed"])
+             == (world, "blur", g, "adamw", seed)]
     if not found or found[0]["mean_xi"] is None:
         raise RuntimeError(f"no blur run at g {g}, seed {seed} to read its mean xi from")
     return round(found[0]["mean_xi"], 6)
@@ -247,7 +247,8 @@ def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: boo
     if report_only:
         return harness.report_only(out, STEM, render)
     harness.init_process(1)
+    runs, references = [], {}
     for world in worlds:
         if world not in STEPS:
             raise SystemExit(f"unknown world '{world}'; choose from {sorted(STEPS)}")
-        run_world(world, out)
+        run_world(world, out, runs, references)
