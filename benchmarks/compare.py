@@ -161,10 +161,10 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
 
 
 def helps(rows: list[dict], world: str) -> dict[str, Any]:
-    """The protocol's conclusion for a world under AdamW: two wins of three g at q = 0.8 (of the three levels
-    where the world has one g), no loss."""
+    """The protocol's conclusion under AdamW: two wins (of three g at q = 0.8; one g: of its levels), no loss."""
     mirrored = [r for r in rows if (r["world"], r["optimizer"], r["pair"]) == (world, "adamw", "blur vs weighted_sum")]
-    wins = sum(r["verdict"] == "win" for r in mirrored if r["q"] == 0.8 or len({m["g"] for m in mirrored}) == 1)
+    one_g = len({r["g"] for r in mirrored}) == 1  # SmolLM2's cut grid (protocols/comparison.md, amendment)
+    wins = sum(r["verdict"] == "win" for r in mirrored if one_g or r["q"] == 0.8)
     losses = sum(r["verdict"] == "loss" for r in mirrored)
     return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins >= 2 and losses == 0}
 
