@@ -1,6 +1,7 @@
 """Does forgetting calibrate itself? The shipped defaults, stopped oracle-free, judged by the oracle (README)."""
 
 import csv
+import functools
 import os
 import shutil
 import statistics
@@ -12,7 +13,7 @@ from typing import Any
 import yaml
 
 from benchmarks import harness
-from benchmarks.harness import CACHE, REPO, log, machine, read_json, table, write_json
+from benchmarks.harness import CACHE, REPO, fmt, log, machine, read_json, table, write_json
 from components import stages
 from components.artifacts import ROLES, Metrics, Resources
 from components.config import load_config
@@ -122,8 +123,8 @@ def run_key(config, seed: int) -> str:
 def linked(world: World, trained, root: Path):
     """Paths of a run's folder ``root`` on a trained world, the world's data and models symlinked in (shared)."""
     paths = Paths(root, config_root=world.root)
-    for link, target in ((paths.prepared, trained.prepared), (paths.models / "target", trained.models / "target"),
-                         (paths.models / "oracle", trained.models / "oracle")):
+    for link, target in ((paths.prepared, trained.prepared), (paths.target, trained.target),
+                         (paths.oracle, trained.oracle)):
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(target.resolve(), target_is_directory=True)
@@ -194,14 +195,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": len(runs), "passing": count, "criteria_met": {k: count[k] >= need[k] for k in count}}
 
 
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return str(value)
+_f = functools.partial(fmt, none="-")  # the tables' number format
 
 
 def _by_role(key: str):

@@ -15,6 +15,7 @@ from benchmarks.harness import CACHE, fmt, log, machine, table
 from components import stages
 from components.data.records import content_hash
 from components.evaluation.formulas import log_truth_ratio, membership_auc
+from components.evaluation.knowledge import knowledge_wanted, load_knowledge_set
 from components.modeling.encoding import encode_record
 from components.modeling.io import load_model_dir
 from components.modeling.scoring import mean_token_nll
@@ -30,8 +31,10 @@ STEPS = {"demo": 60, "smollm2": 40}
 SGD_RATES = {"demo": (1.0, 0.33), "smollm2": (0.25,)}
 LEVELS = (0.5, 0.8, 1.0)
 POINTS = 5  # steps 0, 1/4, 1/2, 3/4 and all of the run
+UTILITY = (("retain_nll", True), ("facts_option_prob", False))  # (measure, lower is better)
 PAIRS = (("blur", "weighted_sum"), ("blur", "weighted_sum_xi"), ("blur_p", "weighted_sum"))
 MINK_K = 0.4
+MEASURES = "facts"  # world facts measured (protocol amendment of 2026-12-07 11:55): runs without them are not reused
 
 
 @dataclass(frozen=True)
@@ -52,33 +55,39 @@ class Arm:
 class Scorer:
     """Every record of the world encoded once, and the measures of the protocol on any model."""
 
-    def __init__(self, tokenizer, splits: dict, max_length: int):
+    def __init__(self, tokenizer, splits: dict, max_length: int, facts: list | None = None):
         def encode(records: list, answer=lambda r: None) -> list:
             return [encode_record(tokenizer, r, max_length, answer=answer(r)) for r in records]
 
-        forget = splits["forget"]
+        def options(records: list) -> list[list]:  # each record's wrong answers
+            return [[encode_record(tokenizer, r, max_length, answer=a) for a in r.perturbed_answers] for r in records]
+
+        forget, self.facts = splits["forget"], facts and (encode(facts), options(facts))  # world facts: pretrained only
         self.forget, self.holdout, self.retain = encode(forget), encode(splits["holdout"]), encode(splits["retain"])
-        self.para = encode(forget, lambda r: r.paraphrased_answer)
-        self.perturbed = [[encode_record(tokenizer, r, max_length, answer=a) for a in r.perturbed_answers]
-                          for r in forget]
+        self.para, self.perturbed = encode(forget, lambda r: r.paraphrased_answer), options(forget)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _nll(self, model, encoded: list, k: float | None = None) -> torch.Tensor:
         return mean_token_nll(model, encoded, self.pad, mink_k=k)
 
+    def _with_options(self, model, answers: list, options: list[list]) -> list[tuple[float, list[float]]]:
+        """Each answer's mean NLL beside its wrong options' (the options scored in one pass)."""
+        wrong = iter(self._nll(model, sum(options, [])).tolist())
+        return [(nll, [next(wrong) for _ in group]) for nll, group in zip(self._nll(model, answers).tolist(), options)]
+
     def measure(self, model, oracle_log_tr: Sequence[float] | None) -> dict[str, Any]:
         """The protocol's measures; log TR per forget record: paraphrase NLL minus its perturbed answers' mean."""
-        forget = self._nll(model, self.forget)
-        perturbed = iter(self._nll(model, [e for group in self.perturbed for e in group]).tolist())
-        log_tr = [log_truth_ratio(nll, [next(perturbed) for _ in group])
-                  for nll, group in zip(self._nll(model, self.para).tolist(), self.perturbed)]
+        log_tr = [log_truth_ratio(nll, wrong) for nll, wrong in self._with_options(model, self.para, self.perturbed)]
         out = {"retain_nll": float(self._nll(model, self.retain).mean()),
-               "forget_prob": float(torch.exp(-forget).mean()),
+               "forget_prob": float(torch.exp(-self._nll(model, self.forget)).mean()),
                "forget_holdout_auc": membership_auc((-self._nll(model, self.forget, MINK_K)).tolist(),
                                                     (-self._nll(model, self.holdout, MINK_K)).tolist()),
                "log_truth_ratios": log_tr}
         if oracle_log_tr is not None:
             out["tr_distance"] = statistics.fmean(abs(a - b) for a, b in zip(log_tr, oracle_log_tr))
+        if self.facts:  # TOFU's option probability: the answer's share of the softmax over the options' -mean NLL
+            out["facts_option_prob"] = statistics.fmean(float(torch.softmax(-torch.tensor([nll, *wrong]), 0)[0])
+                                                        for nll, wrong in self._with_options(model, *self.facts))
         return out
 
 
@@ -129,8 +138,7 @@ def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool 
     """The protocol's rule on the seeds' values of arms A and B: win / tie / loss (2 pooled SDs)."""
     if min(len(a), len(b)) < len(SEEDS):
         return {"verdict": f"incomplete ({min(len(a), len(b))} of {len(SEEDS)} seeds so far)", "diff": None, "sd": None}
-    if any(v is None for v in a) or any(v is None for v in b):
-        missing = [name for name, values in (("A", a), ("B", b)) if any(v is None for v in values)]
+    if missing := [name for name, values in (("A", a), ("B", b)) if None in values]:
         return {"verdict": f"not reached ({', '.join(missing)})", "diff": None, "sd": None}
     diff = (statistics.fmean(b) - statistics.fmean(a)) * (1 if lower_is_better else -1)
     sd = math.sqrt((statistics.stdev(a) ** 2 + statistics.stdev(b) ** 2) / 2)
@@ -151,18 +159,20 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
             for a, b in PAIRS:
                 if name_a != a or (label, g, b) not in cells:
                     continue
-                for q in LEVELS:
+                for (key, lower), q in ((u, q) for u in UTILITY for q in LEVELS):
                     level = p_t - q * (p_t - p_o)
-                    values = [[at_level(r["points"], level) for r in sorted(c, key=lambda r: r["seed"])]
+                    values = [[at_level(r["points"], level, key) for r in sorted(c, key=lambda r: r["seed"])]
                               for c in (runs_a, cells[(label, g, b)])]
-                    rows.append({"world": world, "optimizer": label, "g": g, "q": q, "level": level,
-                                 "pair": f"{a} vs {b}", **verdict(*values)})
+                    if key in ref["target"]:
+                        rows.append({"world": world, "optimizer": label, "g": g, "q": q, "level": level, "measure": key,
+                                     "pair": f"{a} vs {b}", **verdict(*values, lower_is_better=lower)})
     return rows
 
 
 def helps(rows: list[dict], world: str) -> dict[str, Any]:
     """The protocol's conclusion under AdamW: two wins (of three g at q = 0.8; one g: of its levels), no loss."""
-    mirrored = [r for r in rows if (r["world"], r["optimizer"], r["pair"]) == (world, "adamw", "blur vs weighted_sum")]
+    mirrored = [r for r in rows if (r["world"], r["optimizer"], r["pair"], r["measure"])
+                == (world, "adamw", "blur vs weighted_sum", "retain_nll")]
     one_g = len({r["g"] for r in mirrored}) == 1  # SmolLM2's cut grid (protocols/comparison.md, amendment)
     wins = sum(r["verdict"] == "win" for r in mirrored if one_g or r["q"] == 0.8)
     losses = sum(r["verdict"] == "loss" for r in mirrored)
@@ -176,25 +186,26 @@ def grid(world: str) -> list[Arm]:
 
 
 def run_world(world: str, out: Path, runs: list[dict], references: dict) -> None:
-    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached under the world's key;
-    the report holds ``runs`` and ``references`` of the worlds before it too."""
+    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached; reports earlier worlds too."""
     config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
     config, root = resolved_config(config, trained), CACHE / CACHED_AS / f"{world}-{trained.root.name}"
-    loaded = {"target": load_model_dir(trained.models / "target"), "oracle": load_model_dir(trained.models / "oracle"),
+    loaded = {"target": load_model_dir(trained.target), "oracle": load_model_dir(trained.oracle),
               "splits": stages.load_splits(trained)}
-    scorer = Scorer(loaded["target"].tokenizer, loaded["splits"], config.model.max_length)
+    facts = [calibration.WORLDS[world].root / f for f in config.eval.knowledge_sets if Path(f).stem == "world_facts"]
+    facts = load_knowledge_set(facts[0]) if facts and knowledge_wanted(config.eval.knowledge, config.model) else None
+    scorer = Scorer(loaded["target"].tokenizer, loaded["splits"], config.model.max_length, facts)
 
     def measure_reference() -> dict:
         oracle = scorer.measure(loaded["oracle"].model, None)
         return {"oracle": oracle, "target": scorer.measure(loaded["target"].model, oracle["log_truth_ratios"])}
 
-    reference = references[world] = harness.cached(root / "reference.json", measure_reference)
+    reference = references[world] = harness.cached(root / f"reference-{MEASURES}.json", measure_reference)
     jobs = [(arm, seed) for arm in grid(world) for seed in SEEDS]
     jobs += [(None, seed) for seed in SEEDS]  # placeholders: the weighted sum at blur's mean xi, per g, after blur
     for arm, seed in jobs:
         for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, world, g, seed)) for g in G[world]]):
             key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
-            runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}.json", lambda: run_arm(
+            runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}-{MEASURES}.json", lambda: run_arm(
                 world, concrete, seed, loaded, config, scorer, reference)))
         write_report(runs, references, out)
 
@@ -225,17 +236,19 @@ RUN_ROWS = [("world", "world"), ("arm", lambda r: r["arm"]["name"]), ("g", ("arm
             ("gamma", ("arm", "gamma"), 4), ("optimizer", lambda r: Arm(**r["arm"]).label), ("seed", "seed"),
             ("final forget prob", _final("forget_prob")), ("final retain NLL", _final("retain_nll")),
             ("final AUC", _final("forget_holdout_auc")), ("final TR distance", _final("tr_distance")),
+            ("final world-facts prob", _final("facts_option_prob")),
             ("mean xi", "mean_xi"), ("s", "seconds", 0), ("error", lambda r: r["error"] or "")]
 VERDICT_ROWS = [("world", "world"), ("optimizer", "optimizer"), ("g", "g", 2), ("q", "q"),
-                ("forget prob level", "level"), ("pair (A vs B)", "pair"), ("retain NLL A", "a"), ("retain NLL B", "b"),
-                ("diff (B - A)", "diff", 4), ("pooled SD", "sd", 4), ("verdict", "verdict")]
+                ("forget prob level", "level"), ("measure", "measure"), ("pair (A vs B)", "pair"), ("A", "a"),
+                ("B", "b"), ("diff (better for A)", "diff", 4), ("pooled SD", "sd", 4), ("verdict", "verdict")]
 
 
 def render(results: dict[str, Any]) -> str:
     ref = [{"world": w, "role": role, **m} for w, roles in results["reference"].items() for role, m in roles.items()]
     return harness.template(STEM)["main"].format(
         reference=table(ref, [("world", "world"), ("model", "role"), ("forget prob", "forget_prob"),
-                              ("retain NLL", "retain_nll"), ("forget-vs-holdout AUC", "forget_holdout_auc"),
+                              ("retain NLL", "retain_nll"), ("world-facts prob", "facts_option_prob"),
+                              ("forget-vs-holdout AUC", "forget_holdout_auc"),
                               ("TR distance to the oracle", "tr_distance")]),
         verdicts=table(results["verdicts"], VERDICT_ROWS), runs=table(results["runs"], RUN_ROWS),
         conclusion=table(results["conclusion"], [("world", "world"), ("wins (q = 0.8; one g: any q)", "wins_at_0.8"),
@@ -248,8 +261,8 @@ def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: boo
     if report_only:
         return harness.report_only(out, STEM, render)
     harness.init_process(1)
+    if unknown := sorted(set(worlds) - set(STEPS)):  # before any world runs: a run takes hours
+        raise SystemExit(f"unknown world '{unknown[0]}'; choose from {sorted(STEPS)}")
     runs, references = [], {}
     for world in worlds:
-        if world not in STEPS:
-            raise SystemExit(f"unknown world '{world}'; choose from {sorted(STEPS)}")
         run_world(world, out, runs, references)

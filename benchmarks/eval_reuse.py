@@ -27,13 +27,9 @@ def _call(folder: Path, env: dict[str, str], log_file: Path, *argv: str, refused
     with log_file.open("a") as out:
         code = subprocess.run([sys.executable, "-m", *argv], cwd=folder, env=env, stdout=out,
                               stderr=subprocess.STDOUT).returncode
-    if code and not (refused_ok and code == 1 and _failed_requests(folder)):
+    if code and not (refused_ok and code == 1 and any(Paths(folder).failed.glob("*.json"))):
         raise RuntimeError(f"{' '.join(argv)} failed in {folder} (see {log_file})")
     return time.perf_counter() - started
-
-
-def _failed_requests(folder: Path) -> list[Path]:
-    return sorted((folder / "data" / "requests" / "failed").glob("*.json"))
 
 
 def _scale_lr(params: Path, factor: float) -> None:
@@ -95,8 +91,8 @@ def _compared(profile: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _batch(folder: Path, label: str, seconds: float | None, output: str) -> dict[str, Any]:
     """A batch's record: the newest batch folder's evaluate record and metrics, and the flow's cache lines."""
-    batch_dirs = sorted((p for p in (folder / "runs").iterdir() if (p / "reports" / "resources.json").exists()),
-                        key=lambda p: (p / "reports" / "resources.json").stat().st_mtime)
+    batch_dirs = sorted((p for p in (folder / "runs").iterdir() if Paths(p).resources.exists()),
+                        key=lambda p: Paths(p).resources.stat().st_mtime)
     lines = [line.split("|")[-1].strip() for line in output.splitlines() if "cache hit" in line or "cache miss" in line]
     return _record(Paths(batch_dirs[-1]), label, seconds) | {"batch": batch_dirs[-1].name, "log": lines}
 
@@ -105,7 +101,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
     """Two `blur process` batches, the second a retry of the refused first (``resume``: from it)."""
     folder = scratch / PROFILES[profile]
     log_file = folder / "flow.log"
-    if resume and not (_failed_requests(folder) and log_file.exists()):
+    if resume and not (any(Paths(folder).failed.glob("*.json")) and log_file.exists()):
         raise SystemExit(f"--resume: {folder} holds no refused first batch (a request in data/requests/failed/ and "
                          "flow.log); run without --resume to start in a fresh clone")
     if resume:
@@ -122,7 +118,7 @@ def run_flow(profile: str, scratch: Path, resume: bool = False) -> dict[str, Any
     for label in ("first", "second")[len(batches):]:
         if label == "first":  # a relative request path is the profile folder's (an absolute one stays as it is)
             blur("request", "add", str(folder / load_config(folder / "params.yaml").request))
-        elif not _failed_requests(folder):
+        elif not any(Paths(folder).failed.glob("*.json")):
             raise RuntimeError("the first batch's request was not refused by the gate, so there is nothing to "
                                "retry: this measurement needs a profile whose first batch fails its gate")
         else:

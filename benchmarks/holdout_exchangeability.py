@@ -1,5 +1,6 @@
 """Is the demo world's holdout exchangeable with a forgotten subject? How it works: README appendix."""
 
+import functools
 import random
 import statistics
 import time
@@ -9,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from benchmarks import calibration, harness
-from benchmarks.harness import CACHE, REPO, log, machine, read_json, table
+from benchmarks.harness import CACHE, REPO, fmt, log, machine, read_json, table
 from components import stages
 from components.config import load_config
 from components.data.records import content_hash, records_digest
@@ -120,8 +121,7 @@ def run(seeds: Sequence[int]) -> dict[str, Any]:
             "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+_number = functools.partial(fmt, none="n/a")  # the table's number format
 
 
 def _pass(row: dict) -> str:

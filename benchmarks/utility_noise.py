@@ -10,6 +10,7 @@ from scipy.stats import hmean
 
 from benchmarks import calibration, harness
 from benchmarks.harness import fmt, machine, read_json, table
+from components.paths import Paths
 
 app = harness.cli(__doc__)  # the command: main, at the end
 STEM = "utility_noise"
@@ -38,9 +39,9 @@ def _utility(parts: dict[str, np.ndarray], picks: dict[str, np.ndarray] | None =
 
 def bootstrap(run_dir: Path, seed: int = 0) -> dict[str, Any]:
     """One run's paired bootstrap: ratios, 95% intervals, and the utility recomputed per record."""
-    per_item = run_dir / "reports" / "per_item"
-    roles = {role: _parts(per_item, role) for role in ("target", "oracle", "unlearned")}
-    reported = read_json(run_dir / "reports" / "metrics.json")
+    paths = Paths(run_dir)
+    roles = {role: _parts(paths.report_files.per_item, role) for role in ("target", "oracle", "unlearned")}
+    reported = read_json(paths.metrics)
     rng = np.random.default_rng(seed)
     ratios = {"unlearned": [], "oracle": [], "unlearned_retain": []}
     retain_only = {role: {"retain": parts["retain"]} for role, parts in roles.items()}
@@ -69,7 +70,7 @@ def runs(worlds: list[str]) -> list[dict[str, Any]]:
     for name, seed in itertools.product(worlds, calibration.SEEDS):
         results = sorted(calibration.ROOT.glob(f"{name}-*/runs/seed{seed}-*/result.json"),
                          key=lambda p: p.stat().st_mtime)
-        if results and (results[-1].parent / "reports" / "per_item").exists():
+        if results and Paths(results[-1].parent).report_files.per_item.exists():
             found.append({"world": name, "seed": seed, **bootstrap(results[-1].parent, seed)})
     return found
 

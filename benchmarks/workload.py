@@ -91,22 +91,18 @@ def build_workload(size: ModelSize, config: StepCostConfig, records=None, tokeni
     model = build_tiny_model(sizes, tokenizer, config.max_length, config.seed).train()
     unlearn = base.unlearn.model_copy(update={"forget_loss": "npo", "retain_loss": "nll"})
     pad = tokenizer.pad_token_id
-    forget_examples = [encode_record(tokenizer, r, config.max_length) for r in forget]
-    retain_examples = [encode_record(tokenizer, r, config.max_length) for r in retain]
+    forget_examples, retain_examples = ([encode_record(tokenizer, r, config.max_length) for r in rs] for rs in records)
     extra = {"ref_logp": sequence_logps(model, forget_examples, pad)}
     stream = dict(seed=config.seed, micro_batch=config.batch_size, grad_accum=1, rank=0, world_size=1,
                   pad_token_id=pad, device=torch.device("cpu"))
-    forget_batches = BatchStream(forget_examples, stream=0, extra=extra, **stream)
-    retain_batches = BatchStream(retain_examples, stream=1, **stream)
     context, loss_model = LossContext(unlearn), LossModel(model)
 
-    def forget_loss(step: int, micro: int) -> torch.Tensor:
-        return FORGET_LOSSES["npo"](loss_model, forget_batches(step, micro), context).sum() / config.batch_size
+    def level(loss, batches: BatchStream) -> Callable[[int, int], torch.Tensor]:  # a level's loss at (step, micro)
+        return lambda step, micro: loss(loss_model, batches(step, micro), context).sum() / config.batch_size
 
-    def retain_loss(step: int, micro: int) -> torch.Tensor:
-        return RETAIN_LOSSES["nll"](loss_model, retain_batches(step, micro), context).sum() / config.batch_size
-
-    return Workload(model, [p for p in model.parameters() if p.requires_grad], forget_loss, retain_loss,
+    return Workload(model, [p for p in model.parameters() if p.requires_grad],
+                    level(FORGET_LOSSES["npo"], BatchStream(forget_examples, stream=0, extra=extra, **stream)),
+                    level(RETAIN_LOSSES["nll"], BatchStream(retain_examples, stream=1, **stream)),
                     copy.deepcopy(model.state_dict()), config.lr)
 
 

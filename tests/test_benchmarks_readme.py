@@ -67,10 +67,14 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
     assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])["verdict"] == "loss"
     assert verdict([1.0, None, 1.0], [1.0, 1.0, 1.0])["verdict"].startswith("not reached")
     assert verdict([1.0], [2.0])["verdict"].startswith("incomplete")  # a report written while seeds still run
-    rows = [{"world": "w", "optimizer": "adamw", "pair": "blur vs weighted_sum", "g": g, "q": q, "verdict": v}
-            for g, q, v in ((0.03, 0.8, "win"), (0.1, 0.8, "win"), (0.3, 0.8, "tie"), (0.1, 0.5, "tie"))]
+    assert verdict([0.5, 0.6, 0.4], [0.2, 0.3, 0.1], lower_is_better=False)["verdict"] == "win"  # world facts
+    rows = [{"world": "w", "optimizer": "adamw", "pair": "blur vs weighted_sum", "g": g, "q": q, "verdict": v,
+             "measure": "retain_nll"} for g, q, v in ((0.03, 0.8, "win"), (0.1, 0.8, "win"), (0.3, 0.8, "tie"),
+                                                      (0.1, 0.5, "tie"))]
     assert helps(rows, "w")["helps"] is True
     assert helps(rows + [{**rows[0], "q": 1.0, "verdict": "loss"}], "w")["helps"] is False
+    # "helps" is read on retain NLL only (protocols/comparison.md): a world-facts verdict does not change it
+    assert helps(rows + [{**rows[0], "measure": "facts_option_prob", "verdict": "loss"}], "w")["helps"] is True
     # a world with one g (SmolLM2's cut grid): two wins of its three levels
     one_g = [{**rows[0], "g": 0.1, "q": q, "verdict": v} for q, v in ((0.5, "win"), (0.8, "tie"), (1.0, "win"))]
     assert helps(one_g, "w")["helps"] is True and helps(one_g[:2], "w")["helps"] is False

@@ -501,3 +501,18 @@ def test_safe_name_keeps_request_ids_and_escapes_everything_else_reversibly(name
     assert re.fullmatch(r"[A-Za-z0-9._~%-]+", safe_name(name))
     if re.fullmatch(r"[A-Za-z0-9_-]+", name):
         assert safe_name(name) == name
+
+
+def test_the_comparison_benchmark_measures_world_facts_as_the_evaluator_does(knowledge_run, setup):
+    """benchmarks/compare.py's world-facts option probability at a trajectory point is the evaluator's
+    ``world_facts_prob`` (protocols/comparison.md, amendment of 2026-12-07)."""
+    from benchmarks.compare import Scorer
+
+    s = setup
+    facts = load_knowledge_sets([KNOWLEDGE / "world_facts.json"])["world_facts"][:6]
+    scorer = Scorer(s.tokenizer, {"forget": s.forget, "holdout": s.holdout, "retain": s.retain[:8]},
+                    s.config.model.max_length, facts)
+    measured = scorer.measure(s.target, None)["facts_option_prob"]
+    assert measured == pytest.approx(knowledge_run.metrics["target"]["world_facts_prob"], abs=1e-6)
+    assert "facts_option_prob" not in Scorer(s.tokenizer, {"forget": s.forget, "holdout": s.holdout, "retain":
+                                                           s.retain[:8]}, s.config.model.max_length).measure(s.target, None)
