@@ -159,13 +159,12 @@ def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]
             for a, b in PAIRS:
                 if name_a != a or (label, g, b) not in cells:
                     continue
-                for (key, lower), q in ((u, q) for u in UTILITY for q in LEVELS):
+                for (key, lower), q in ((u, q) for u in UTILITY if u[0] in ref["target"] for q in LEVELS):
                     level = p_t - q * (p_t - p_o)
                     values = [[at_level(r["points"], level, key) for r in sorted(c, key=lambda r: r["seed"])]
                               for c in (runs_a, cells[(label, g, b)])]
-                    if key in ref["target"]:
-                        rows.append({"world": world, "optimizer": label, "g": g, "q": q, "level": level, "measure": key,
-                                     "pair": f"{a} vs {b}", **verdict(*values, lower_is_better=lower)})
+                    rows.append({"world": world, "optimizer": label, "g": g, "q": q, "level": level, "measure": key,
+                                 "pair": f"{a} vs {b}", **verdict(*values, lower_is_better=lower)})
     return rows
 
 

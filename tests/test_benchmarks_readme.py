@@ -56,7 +56,7 @@ def test_the_readme_has_no_table_outside_a_generated_block():
 
 
 def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_rule():
-    from benchmarks.compare import at_level, helps, verdict
+    from benchmarks.compare import analyse, at_level, helps, verdict
 
     points = [{"forget_prob": 0.9, "retain_nll": 1.0}, {"forget_prob": 0.5, "retain_nll": 1.4},
               {"forget_prob": 0.1, "retain_nll": 2.2}]
@@ -75,6 +75,17 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
     assert helps(rows + [{**rows[0], "q": 1.0, "verdict": "loss"}], "w")["helps"] is False
     # "helps" is read on retain NLL only (protocols/comparison.md): a world-facts verdict does not change it
     assert helps(rows + [{**rows[0], "measure": "facts_option_prob", "verdict": "loss"}], "w")["helps"] is True
+    # a world without world facts (the demo) is judged on retain NLL alone; one with them on both measures
+    run = {"world": "w", "arm": {"name": "blur", "g": 0.1, "gamma": 0.1, "optimizer": "adamw", "lr": None}, "seed": 0,
+           "points": points}
+    demo = analyse([run, {**run, "arm": {**run["arm"], "name": "weighted_sum"}}],
+                   {"w": {"target": {"forget_prob": 0.9, "retain_nll": 1.0}, "oracle": {"forget_prob": 0.1}}})
+    assert {r["measure"] for r in demo} == {"retain_nll"} and len(demo) == 3
+    facts = [{**point, "facts_option_prob": 0.3} for point in points]
+    both = analyse([{**run, "points": facts}, {**run, "points": facts, "arm": {**run["arm"], "name": "weighted_sum"}}],
+                   {"w": {"target": {"forget_prob": 0.9, "retain_nll": 1.0, "facts_option_prob": 0.3},
+                          "oracle": {"forget_prob": 0.1}}})
+    assert sorted({r["measure"] for r in both}) == ["facts_option_prob", "retain_nll"] and len(both) == 6
     # a world with one g (SmolLM2's cut grid): two wins of its three levels
     one_g = [{**rows[0], "g": 0.1, "q": q, "verdict": v} for q, v in ((0.5, "win"), (0.8, "tie"), (1.0, "win"))]
     assert helps(one_g, "w")["helps"] is True and helps(one_g[:2], "w")["helps"] is False
