@@ -36,11 +36,19 @@ NEUTRAL_TEXTS = [
 
 @pytest.fixture(scope="session")
 def migrated_mlflow_db(tmp_path_factory) -> Path:
-    """A SQLite MLflow database with every migration applied, created once per session."""
+    """A SQLite MLflow database with every migration applied, created once per session by whichever xdist worker
+    asks first (tests copy it; none writes to it)."""
+    from filelock import FileLock
     from mlflow import MlflowClient
 
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    from session_target import shared_folder
+
+    path = shared_folder(tmp_path_factory) / "mlflow-template.db"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            partial = path.with_suffix(".partial")
+            MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+            partial.rename(path)
     return path
 
 
