@@ -220,6 +220,7 @@ RUNS = [("world", "world"), ("seed", "seed"), ("forget / holdout", lambda r: f"{
         ("forget quality", ("metrics", "unlearned", "forget_quality")),
         ("privleak", ("metrics", "unlearned", "privleak"), 1),
         ("AUC vs holdout", ("metrics", "unlearned", "forget_holdout_auc")),
+        ("forget-vs-holdout KS p: target / unlearned / oracle", _by_role("forget_holdout_ks_p")),
         ("forget prob: target / unlearned / oracle", _by_role("forget_prob")),
         ("forget TR median: target / unlearned / oracle", _by_role("forget_truth_ratio_median")),
         ("utility ratio", ("judged", "utility_ratio")), ("retain part ratio", ("judged", "retain_utility_ratio")),
@@ -250,8 +251,8 @@ def render(results: dict[str, Any]) -> str:
 
 def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
           overrides: dict[str, Any] | None = None, planned: list[tuple[str, int]] | None = None) -> None:
-    done = {(r["world"], r["seed"]) for r in runs}
-    missing = [{"world": w, "seed": s} for w, s in planned or [] if (w, s) not in done]
+    missing = [{"world": w, "seed": s} for w, s in planned or []
+               if (w, s) not in {(r["world"], r["seed"]) for r in runs}]
     harness.write_report({"rule": RULE, "overrides": overrides or {}, "runs": runs, "not_run": missing,
                           "summary": summary(runs), "machine": machine()}, out, stem, render)
 
