@@ -148,7 +148,7 @@ def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool 
 
 
 def analyse(runs: list[dict], reference: dict[str, dict]) -> list[dict[str, Any]]:
-    """Every (world, optimizer, g, level, pair) verdict on retain NLL."""
+    """Every (world, optimizer, g, level, pair, utility measure) verdict, for the measures the world has."""
     rows = []
     for world, ref in reference.items():
         p_t, p_o = ref["target"]["forget_prob"], ref["oracle"]["forget_prob"]

@@ -47,6 +47,7 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     with FileLock(f"{path}.lock"):
         if not path.exists():
             partial = path.with_suffix(".partial")
+            partial.unlink(missing_ok=True)  # a first attempt that failed half-way
             MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
             partial.rename(path)
     return path
