@@ -251,8 +251,8 @@ def render(results: dict[str, Any]) -> str:
 
 def write(runs: list[dict[str, Any]], out: Path, stem: str = "calibration",
           overrides: dict[str, Any] | None = None, planned: list[tuple[str, int]] | None = None) -> None:
-    missing = [{"world": w, "seed": s} for w, s in planned or []
-               if (w, s) not in {(r["world"], r["seed"]) for r in runs}]
+    done = {(r["world"], r["seed"]) for r in runs}
+    missing = [{"world": w, "seed": s} for w, s in planned or [] if (w, s) not in done]
     harness.write_report({"rule": RULE, "overrides": overrides or {}, "runs": runs, "not_run": missing,
                           "summary": summary(runs), "machine": machine()}, out, stem, render)
 

@@ -14,7 +14,7 @@ from benchmarks import calibration, harness
 from benchmarks.harness import CACHE, fmt, log, machine, table
 from components import stages
 from components.data.records import content_hash
-from components.evaluation.formulas import log_truth_ratio, membership_auc
+from components.evaluation.formulas import log_truth_ratio, membership_auc, option_share
 from components.evaluation.knowledge import knowledge_wanted, load_knowledge_set
 from components.modeling.encoding import encode_record
 from components.modeling.io import load_model_dir
@@ -85,8 +85,8 @@ class Scorer:
                "log_truth_ratios": log_tr}
         if oracle_log_tr is not None:
             out["tr_distance"] = statistics.fmean(abs(a - b) for a, b in zip(log_tr, oracle_log_tr))
-        if self.facts:  # TOFU's option probability: the answer's share of the softmax over the options' -mean NLL
-            out["facts_option_prob"] = statistics.fmean(float(torch.softmax(-torch.tensor([nll, *wrong]), 0)[0])
+        if self.facts:  # TOFU's option probability, as the evaluator's world_facts_prob
+            out["facts_option_prob"] = statistics.fmean(option_share(nll, wrong)
                                                         for nll, wrong in self._with_options(model, *self.facts))
         return out
 

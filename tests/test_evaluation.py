@@ -510,9 +510,7 @@ def test_the_comparison_benchmark_measures_world_facts_as_the_evaluator_does(kno
 
     s = setup
     facts = load_knowledge_sets([KNOWLEDGE / "world_facts.json"])["world_facts"][:6]
-    scorer = Scorer(s.tokenizer, {"forget": s.forget, "holdout": s.holdout, "retain": s.retain[:8]},
-                    s.config.model.max_length, facts)
-    measured = scorer.measure(s.target, None)["facts_option_prob"]
-    assert measured == pytest.approx(knowledge_run.metrics["target"]["world_facts_prob"], abs=1e-6)
-    assert "facts_option_prob" not in Scorer(s.tokenizer, {"forget": s.forget, "holdout": s.holdout, "retain":
-                                                           s.retain[:8]}, s.config.model.max_length).measure(s.target, None)
+    splits = {"forget": s.forget, "holdout": s.holdout, "retain": s.retain[:8]}
+    measured = Scorer(s.tokenizer, splits, s.config.model.max_length, facts).measure(s.target, None)
+    assert measured["facts_option_prob"] == pytest.approx(knowledge_run.metrics["target"]["world_facts_prob"], abs=1e-6)
+    assert "facts_option_prob" not in Scorer(s.tokenizer, splits, s.config.model.max_length).measure(s.target, None)

@@ -69,10 +69,14 @@ def truth_ratio(paraphrased_logps: np.ndarray, perturbed_logps: Sequence[np.ndar
 def option_probability(answer_logps: np.ndarray, wrong_logps: Sequence[np.ndarray]) -> float:
     """TOFU's probability on multiple-choice sets: the answer's mean-token probability over the sum
     of every option's (the answer's and the wrong ones'), computed in log space so none underflows."""
-    if not wrong_logps:
+    return option_share(mean_nll(answer_logps), [mean_nll(lp) for lp in wrong_logps])
+
+
+def option_share(answer_nll: float, wrong_nlls: Sequence[float]) -> float:
+    """:func:`option_probability` from the options' mean token NLLs: softmax of their negatives, the answer's."""
+    if not wrong_nlls:
         raise ValueError("an option probability needs at least one wrong option")
-    scores = -np.array([mean_nll(answer_logps), *(mean_nll(lp) for lp in wrong_logps)])
-    return float(softmax(scores)[0])
+    return float(softmax(-np.array([answer_nll, *wrong_nlls]))[0])
 
 
 def option_correct(answer_logps: np.ndarray, wrong_logps: Sequence[np.ndarray]) -> float:
