@@ -79,15 +79,6 @@ def test_metrics_and_plots_show_offline(repro):
     assert "unlearning_curves" in plots.stdout
 
 
-def test_push_and_pull_work_offline(repro):
-    repo = repro["repo"]
-    _dvc(repo, "push")
-    shutil.rmtree(repo / "models" / "unlearned")
-    shutil.rmtree(repo / ".dvc" / "cache")
-    _dvc(repo, "pull", "unlearn")
-    assert (repo / "models" / "unlearned" / "config.json").exists()
-
-
 def test_impossible_threshold_records_a_failed_gate_and_keeps_the_alias(repro):
     repo = repro["repo"]
     before = _champion(repo)
@@ -151,3 +142,13 @@ def test_a_second_finetune_of_the_same_data_copies_the_cached_models(repro):
     assert (repo / "models" / "target" / "model.safetensors").read_bytes() == before
     assert (entries[0] / "oracle" / "model.safetensors").read_bytes() == (
         repo / "models" / "oracle" / "model.safetensors").read_bytes()
+
+
+def test_push_and_pull_work_offline(repro):
+    """Last in this file: it empties the DVC cache, after which `dvc repro` runs the stages whose outputs left the cache again."""
+    repo = repro["repo"]
+    _dvc(repo, "push")
+    shutil.rmtree(repo / "models" / "unlearned")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _dvc(repo, "pull", "unlearn")
+    assert (repo / "models" / "unlearned" / "config.json").exists()
