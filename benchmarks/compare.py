@@ -65,10 +65,8 @@ class Scorer:
         forget, self.facts = splits["forget"], facts and (encode(facts), options(facts))  # world facts: pretrained only
         self.forget, self.holdout, self.retain = encode(forget), encode(splits["holdout"]), encode(splits["retain"])
         self.para, self.perturbed = encode(forget, lambda r: r.paraphrased_answer), options(forget)
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def _nll(self, model, encoded: list, k: float | None = None) -> torch.Tensor:
-        return mean_token_nll(model, encoded, self.pad, mink_k=k)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._nll = lambda model, encoded, k=None: mean_token_nll(model, encoded, pad, mink_k=k)
 
     def _with_options(self, model, answers: list, options: list[list]) -> list[tuple[float, list[float]]]:
         """Each answer's mean NLL beside its wrong options' (the options scored in one pass)."""
@@ -110,8 +108,7 @@ def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Score
             xis.append(float(record["xi"]))
         if record["step"] in at and record["step"]:
             measured = scorer.measure(model, reference["oracle"]["log_truth_ratios"])
-            measured.pop("log_truth_ratios")
-            points.append({"step": record["step"], **measured})
+            points.append({"step": record["step"], **{k: v for k, v in measured.items() if k != "log_truth_ratios"}})
 
     started, error = time.perf_counter(), None
     try:
@@ -184,8 +181,8 @@ def grid(world: str) -> list[Arm]:
         Arm(name, 0.1, 0.1, "sgd", lr) for name in ("blur", "weighted_sum") for lr in SGD_RATES[world]]
 
 
-def run_world(world: str, out: Path, runs: list[dict], references: dict) -> None:
-    """Every arm and seed on calibration's trained ``world`` (seed 0), each run cached; reports earlier worlds too."""
+def run_world(world: str, out: Path, runs: list[dict], references: dict, cached_only: bool = False) -> None:
+    """Each arm and seed on calibration's ``world`` (seed 0), each cached (``cached_only``: start none); reports all."""
     config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
     config, root = resolved_config(config, trained), CACHE / CACHED_AS / f"{world}-{trained.root.name}"
     loaded = {"target": load_model_dir(trained.target), "oracle": load_model_dir(trained.oracle),
@@ -204,8 +201,10 @@ def run_world(world: str, out: Path, runs: list[dict], references: dict) -> None
     for arm, seed in jobs:
         for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, world, g, seed)) for g in G[world]]):
             key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
-            runs.append(harness.cached(root / f"{concrete.name}-{key}-s{seed}-{MEASURES}.json", lambda: run_arm(
-                world, concrete, seed, loaded, config, scorer, reference)))
+            path = root / f"{concrete.name}-{key}-s{seed}-{MEASURES}.json"
+            if path.exists() or not cached_only:
+                runs.append(harness.cached(path, lambda: run_arm(world, concrete, seed, loaded, config, scorer,
+                                                                 reference)))
         write_report(runs, references, out)
 
 
@@ -256,7 +255,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 @harness.command(app, __name__)
-def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY) -> None:
+def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: bool = harness.REPORT_ONLY,
+         cached_only: bool = harness.typer.Option(False, help="report the runs cached so far; start none")) -> None:
     if report_only:
         return harness.report_only(out, STEM, render)
     harness.init_process(1)
@@ -264,4 +264,4 @@ def main(worlds: list[str] = ["demo"], out: Path = harness.OUT, report_only: boo
         raise SystemExit(f"unknown world '{unknown[0]}'; choose from {sorted(STEPS)}")
     runs, references = [], {}
     for world in worlds:
-        run_world(world, out, runs, references)
+        run_world(world, out, runs, references, cached_only)
