@@ -28,7 +28,8 @@ run: setup
 # Two workers, one per core of the 2-core machine the suite is sized for (PYTEST_WORKERS=auto uses every core;
 # each worker starts its own Prefect test server). Each test file runs whole on one worker so its module fixtures
 # (a processed flow repository, trained models) are built once; the files that share a session-wide run go to one
-# worker together (tests/conftest.py), and the demo target is trained once per session (tests/session_target.py).
+# worker together and the heaviest files go first so both workers finish together (tests/conftest.py), and the
+# demo target is trained once per session (tests/session_target.py).
 PYTEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile

@@ -145,7 +145,8 @@ def test_a_second_finetune_of_the_same_data_copies_the_cached_models(repro):
 
 
 def test_push_and_pull_work_offline(repro):
-    """Last in this file: it empties the DVC cache, after which `dvc repro` runs the stages whose outputs left the cache again."""
+    """Last in this file: it empties the DVC cache, after which `dvc repro` runs again the stages whose outputs
+    left the cache."""
     repo = repro["repo"]
     _dvc(repo, "push")
     shutil.rmtree(repo / "models" / "unlearned")
