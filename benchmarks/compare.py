@@ -172,7 +172,8 @@ def helps(rows: list[dict], world: str) -> dict[str, Any]:
     one_g = len({r["g"] for r in mirrored}) == 1  # SmolLM2's cut grid (protocols/comparison.md, amendment)
     wins = sum(r["verdict"] == "win" for r in mirrored if one_g or r["q"] == 0.8)
     losses = sum(r["verdict"] == "loss" for r in mirrored)
-    return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins >= 2 and losses == 0}
+    done = mirrored and not any(r["verdict"].startswith("incomplete") for r in mirrored)  # else a partial world
+    return {"world": world, "wins_at_0.8": wins, "losses": losses, "helps": wins > 1 and not losses if done else "open"}
 
 
 def grid(world: str) -> list[Arm]:
@@ -183,7 +184,9 @@ def grid(world: str) -> list[Arm]:
 
 def run_world(world: str, out: Path, runs: list[dict], references: dict, cached_only: bool = False) -> None:
     """Each arm and seed on calibration's ``world`` (seed 0), each cached (``cached_only``: start none); reports all."""
-    config, trained = calibration.trained_world(calibration.WORLDS[world], 0)
+    if (found := calibration.trained_world(calibration.WORLDS[world], 0, train=not cached_only)) is None:
+        return log(f"[{world}] not trained yet: no run of it is cached")
+    config, trained = found
     config, root = resolved_config(config, trained), CACHE / CACHED_AS / f"{world}-{trained.root.name}"
     loaded = {"target": load_model_dir(trained.target), "oracle": load_model_dir(trained.oracle),
               "splits": stages.load_splits(trained)}

@@ -66,10 +66,8 @@ def cached(path: Path, compute: Callable[[], Any]) -> Any:
 
 def fmt(value: Any, digits: int = 3, none: str = "–") -> str:
     """A number for a table: ``digits`` decimals, scientific below ``10**-digits``, ``none`` for None."""
-    if value is None:
-        return none
-    if isinstance(value, bool):
-        return "yes" if value else "no"
+    if value is None or isinstance(value, bool):
+        return none if value is None else "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.1e}" if value != 0 and abs(value) < 10 ** -digits else f"{value:.{digits}f}"
     return str(value)

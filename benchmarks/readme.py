@@ -14,12 +14,11 @@ README = BENCH_DIR / "README.md"
 
 def floors(results: Path = RESULTS) -> str:
     """Evaluate's distance from its floor: one row per evaluate run of the evaluation-reuse write-ups."""
-    rows = []
-    for stem, profile in (("eval_reuse", "SmolLM2 profile"), ("eval_reuse_demo", "demo world")):
-        for run in (read_json(results / f"{stem}.json") or {}).get("runs", []):
-            rows.append(run["evaluate"]["floor"] | {
-                "world": profile, "run": f"{run['run']} `dvc repro`", "file": f"`{stem}.json`",
-                "scored": ", ".join(role for role, c in run["evaluate"]["cache"].items() if c["misses"]) or "none"})
+    rows = [run["evaluate"]["floor"] | {
+        "world": profile, "run": f"{run['run']} `dvc repro`", "file": f"`{stem}.json`",
+        "scored": ", ".join(role for role, c in run["evaluate"]["cache"].items() if c["misses"]) or "none"}
+        for stem, profile in (("eval_reuse", "SmolLM2 profile"), ("eval_reuse_demo", "demo world"))
+        for run in (read_json(results / f"{stem}.json") or {}).get("runs", [])]
     return table(rows, [("world", "world"), ("run", "run"), ("models scored", "scored"),
                         ("evaluate s", "evaluate_seconds", 1), ("floor s", "floor_seconds", 1), ("ratio", "ratio", 2),
                         ("CPU ratio", "cpu_ratio", 2), ("from", "file")])

@@ -119,9 +119,10 @@ def seed_target(tmp_path_factory):
 
 
 # The test files that take longest (measured: `pytest -n 2 --dist loadfile --durations=0`, 2026-12-07), heaviest
-# first. xdist hands each worker the next whole file in collection order, so starting with these and ending with
-# the many short files evens out the two workers (they finished 64 s apart in collection order). A stale list
-# only costs balance, never a test.
+# first. With xdist's reordering by test count turned off (:func:`pytest_configure`), each worker gets the next
+# whole work unit (a file, or a group of files: :func:`pytest_xdist_make_scheduler`) in collection order, so
+# starting with these and ending with the many short files evens out the two workers. A stale list only costs
+# balance, never a test (tests/test_suite_order.py checks the names).
 HEAVIEST_FIRST = ("test_bad_requests.py", "test_dvc_pipeline.py", "test_work_pool.py", "test_user_model.py",
                   "test_distributed_unlearning.py", "test_torchrun_task.py", "test_erasure_invariants.py",
                   "test_flow.py", "test_fault_injection.py", "test_lifecycle_state_machine.py", "test_evaluation.py",
@@ -136,11 +137,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
-    # the work units in collection order (:func:`pytest_collection_modifyitems`), not by their number of tests
+    # the work units in collection order (:func:`pytest_collection_modifyitems`), not by their number of tests;
+    # this overrides an explicit --loadscope-reorder
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` still runs the suite
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the test files of the shared `blur process` runs (tests/reliability_runs.py) as one
     unit on one worker, and those of the operator's Prefect server (tests/operator_server.py) as another: each run

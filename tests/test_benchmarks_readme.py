@@ -89,6 +89,9 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
     # a world with one g (SmolLM2's cut grid): two wins of its three levels
     one_g = [{**rows[0], "g": 0.1, "q": q, "verdict": v} for q, v in ((0.5, "win"), (0.8, "tie"), (1.0, "win"))]
     assert helps(one_g, "w")["helps"] is True and helps(one_g[:2], "w")["helps"] is False
+    # a partial world (--cached-only) is not answered yet: "open", not "no"
+    partial = [{**row, "verdict": "incomplete (2 of 3 seeds so far)"} for row in one_g]
+    assert helps(partial, "w")["helps"] == "open" and helps([], "w")["helps"] == "open"
 
 
 def _renderer(stem: str):
