@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from components.config import Config
 
 
 def apply_threads(config: Config) -> None:
-    """Use ``threads`` CPU threads for torch in this process (``null`` keeps torch's default)."""
-    if config.threads is not None:
-        import torch
+    """Use ``threads`` CPU threads for torch in this process (``null`` keeps torch's default).
 
-        torch.set_num_threads(config.threads)
+    Before torch is imported this only sets ``OMP_NUM_THREADS``, which torch reads when it loads:
+    a stage that never needs torch (``register``) does not pay for importing it.
+    """
+    if config.threads is None:
+        return
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(config.threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(config.threads)
 
 
 def offline_by_default() -> None:

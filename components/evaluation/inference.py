@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from components.chunks import batched
 from components.modeling.encoding import IGNORE_INDEX, Encoded, collate, ensure_pad_token
-from components.modeling.scoring import batched, token_scores
+from components.modeling.scoring import token_scores
 
 OnBatch = Callable[[int], None]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from components.chunks import batched
 from components.modeling.encoding import IGNORE_INDEX
 
 
@@ -59,12 +60,6 @@ def token_scores(model, batch: dict[str, torch.Tensor]) -> TokenScores:
     safe = labels.masked_fill(~mask, 0)
     logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, safe.unsqueeze(-1)).squeeze(-1)
     return TokenScores(token_logps=logps * mask, mask=mask, logits=logits)
-
-
-def batched(items: list, size: int):
-    """Consecutive chunks of at most ``size`` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def scored_batches(model, encoded: list, pad_token_id: int, batch_size: int, device: torch.device):

@@ -262,7 +262,7 @@ def log_params_and_tags(client: "MlflowClient", run_id: str, params: Mapping[str
     """Batched: MLflow takes at most 100 params/tags per call."""
     from mlflow.entities import Param, RunTag
 
-    from components.modeling.scoring import batched
+    from components.chunks import batched
 
     entities = [Param(k, v) for k, v in params.items()]
     for chunk in batched(entities, 100):
@@ -277,7 +277,7 @@ def log_metric_values(client: "MlflowClient", run_id: str, values: Sequence[tupl
     """(key, value, step) triples in batches of 1000 (MLflow's per-call limit)."""
     from mlflow.entities import Metric
 
-    from components.modeling.scoring import batched
+    from components.chunks import batched
 
     now = int(time.time() * 1000)
     entities = [Metric(key, value, now, step, model_id=model_id) for key, value, step in values]

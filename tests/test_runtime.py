@@ -1,0 +1,39 @@
+"""Process-wide settings: the thread count reaches torch whether or not torch is loaded yet, and the
+registration path does not load torch at all (the ``register`` stage's process stays light)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from components.config import Config
+from components.runtime import apply_threads
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_threads_set_before_torch_loads_reach_torch():
+    code = ("from components.config import Config; from components.runtime import apply_threads; import sys; "
+            "apply_threads(Config().with_overrides({'threads': 1})); assert 'torch' not in sys.modules; "
+            "import torch; print(torch.get_num_threads())")
+    assert _python(code) == "1"
+
+
+def test_threads_set_after_torch_loaded_reach_torch():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        apply_threads(Config().with_overrides({"threads": 1}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_registration_path_does_not_load_torch():
+    code = ("import sys, components.stages.register, components.registry, components.registry.promotion, "
+            "components.registry.tracking, components.erasure.ledger, components.reports.plots, components.chunks; "
+            "print('torch' in sys.modules)")
+    assert _python(code) == "False"
