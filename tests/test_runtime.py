@@ -15,10 +15,10 @@ def _python(code: str) -> str:
 
 
 def test_threads_set_before_torch_loads_reach_torch():
-    code = ("from components.config import Config; from components.runtime import apply_threads; import sys; "
-            "apply_threads(Config().with_overrides({'threads': 1})); assert 'torch' not in sys.modules; "
-            "import torch; print(torch.get_num_threads())")
-    assert _python(code) == "1"
+    code = ("from components.config import Config; from components.runtime import apply_threads; import os, sys; "
+            "os.environ['MKL_NUM_THREADS'] = '3'; apply_threads(Config().with_overrides({'threads': 1})); "
+            "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
+    assert _python(code) == "1", "the setting wins over a thread count already in the environment"
 
 
 def test_threads_set_after_torch_loaded_reach_torch():
