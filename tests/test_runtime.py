@@ -3,15 +3,16 @@ registration path does not load torch at all (the ``register`` stage's process s
 
 from __future__ import annotations
 
-import subprocess
 import sys
+from pathlib import Path
 
 from components.config import Config
 from components.runtime import apply_threads
+from pipeline_repo import run
 
 
 def _python(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return run([sys.executable, "-c", code], Path(__file__).resolve().parents[1]).stdout.strip()
 
 
 def test_threads_set_before_torch_loads_reach_torch():
