@@ -89,8 +89,7 @@ class Scorer:
         return out
 
 
-def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Scorer,
-            reference: dict) -> dict[str, Any]:
+def run_arm(world: str, arm: Arm, seed: int, loaded: dict, config, scorer: Scorer, reference: dict) -> dict[str, Any]:
     """One trajectory: unlearn ``STEPS[world]`` steps, measured at ``POINTS`` evenly spaced steps."""
     steps = STEPS[world]
     at = sorted({round(i * steps / (POINTS - 1)) for i in range(POINTS)})
@@ -133,7 +132,7 @@ def at_level(points: Sequence[dict], level: float, key: str = "retain_nll") -> f
 
 def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool = True) -> dict[str, Any]:
     """The protocol's rule on the seeds' values of arms A and B: win / tie / loss (2 pooled SDs)."""
-    if min(len(a), len(b)) < len(SEEDS):
+    if min(len(a), len(b)) < max(2, len(SEEDS)):  # a pooled SD needs two seeds
         return {"verdict": f"incomplete ({min(len(a), len(b))} of {len(SEEDS)} seeds so far)", "diff": None, "sd": None}
     if missing := [name for name, values in (("A", a), ("B", b)) if None in values]:
         return {"verdict": f"not reached ({', '.join(missing)})", "diff": None, "sd": None}
@@ -202,7 +201,8 @@ def run_world(world: str, out: Path, runs: list[dict], references: dict, cached_
     jobs = [(arm, seed) for arm in grid(world) for seed in SEEDS]
     jobs += [(None, seed) for seed in SEEDS]  # placeholders: the weighted sum at blur's mean xi, per g, after blur
     for arm, seed in jobs:
-        for concrete in ([arm] if arm else [Arm("weighted_sum_xi", g, _xi(runs, world, g, seed)) for g in G[world]]):
+        xis = {} if arm else {g: _xi(runs, world, g, seed, cached_only) for g in G[world]}
+        for concrete in [arm] if arm else [Arm("weighted_sum_xi", g, xi) for g, xi in xis.items() if xi is not None]:
             key = content_hash({"arm": asdict(concrete), "seed": seed, "steps": STEPS[world]}, length=12)
             path = root / f"{concrete.name}-{key}-s{seed}-{MEASURES}.json"
             if path.exists() or not cached_only:
@@ -211,13 +211,13 @@ def run_world(world: str, out: Path, runs: list[dict], references: dict, cached_
         write_report(runs, references, out)
 
 
-def _xi(runs: list[dict], world: str, g: float, seed: int) -> float:
-    """BLUR's mean xi in its AdamW run on ``world`` at ``g`` and ``seed`` (the ``weighted_sum_xi`` arm's weight)."""
+def _xi(runs: list[dict], world: str, g: float, seed: int, cached_only: bool = False) -> float | None:
+    """BLUR's mean xi in its AdamW run on ``world`` at ``g``, ``seed`` (weighted_sum_xi's weight; None: not cached)."""
     found = [r for r in runs if (r["world"], r["arm"]["name"], r["arm"]["g"], r["arm"]["optimizer"], r["seed"])
-             == (world, "blur", g, "adamw", seed)]
-    if not found or found[0]["mean_xi"] is None:
+             == (world, "blur", g, "adamw", seed) and r["mean_xi"] is not None]
+    if not found and not cached_only:
         raise RuntimeError(f"no blur run at g {g}, seed {seed} to read its mean xi from")
-    return round(found[0]["mean_xi"], 6)
+    return round(found[0]["mean_xi"], 6) if found else None
 
 
 def write_report(runs: list[dict], reference: dict, out: Path) -> None:

@@ -94,6 +94,24 @@ def test_the_comparison_reads_utility_at_a_matched_level_and_applies_the_2_sd_ru
     assert helps(partial, "w")["helps"] == "open" and helps([], "w")["helps"] == "open"
 
 
+def test_the_comparison_reports_what_is_cached_and_writes_whole_files(monkeypatch, tmp_path):
+    from benchmarks import compare, harness
+
+    # a run that cuts the seeds to one gets "incomplete", not a pooled SD of one value (statistics' error)
+    monkeypatch.setattr(compare, "SEEDS", (0,))
+    assert compare.verdict([1.0], [2.0])["verdict"].startswith("incomplete")
+    # the weighted sum at BLUR's mean xi: read from the cached blur run; --cached-only before it skips the arm
+    blur = {"world": "w", "arm": {"name": "blur", "g": 0.1, "optimizer": "adamw"}, "seed": 0, "mean_xi": 0.1234567}
+    assert compare._xi([blur], "w", 0.1, 0) == 0.123457
+    assert compare._xi([], "w", 0.1, 0, cached_only=True) is None
+    with pytest.raises(RuntimeError, match="no blur run"):
+        compare._xi([{**blur, "mean_xi": None}], "w", 0.1, 0)
+    # results files are replaced whole: no partial file is left beside them
+    harness.write_json(tmp_path / "r.json", {"a": 1})
+    assert harness.read_json(harness.write_json(tmp_path / "r.json", {"a": 2})) == {"a": 2}
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]
+
+
 def _renderer(stem: str):
     """The study function that writes ``results/<stem>.md`` from ``results/<stem>.json``."""
     from benchmarks import (calibration, compare, eval_reuse, holdout_exchangeability, noise_floor, scaling,

@@ -23,7 +23,14 @@ from components.modeling.encoding import (
     qa_prompt,
 )
 from components.modeling.finetune import finetune, mean_answer_prob
-from components.modeling.io import ModelLoadError, load_model, load_model_dir, save_model, write_model_ref
+from components.modeling.io import (
+    ModelLoadError,
+    load_model,
+    load_model_dir,
+    save_model,
+    save_tokenizer,
+    write_model_ref,
+)
 from components.modeling.scoring import mean_token_nll, token_scores
 from components.modeling.tiny_model import build_tiny_model
 from conftest import TINY_SIZES
@@ -42,6 +49,19 @@ def test_tokenizer_saves_and_loads_with_auto_tokenizer(tiny_setup, tmp_path):
     text = tiny_setup.world[3].question
     assert loaded.encode(text) == tiny_setup.tokenizer.encode(text)
     assert loaded.pad_token == "<pad>" and loaded.eos_token == "</s>"
+
+
+def test_a_tokenizer_saves_the_same_files_whether_it_was_read_offline_or_not(tiny_setup, tmp_path):
+    """HF_HUB_OFFLINE=1 loads with local_files_only=True, which transformers would save: the prepared
+    tokenizer, and so the fine-tune cache's key, would differ between an offline and an online run."""
+    tiny_setup.tokenizer.save_pretrained(tmp_path / "source")
+    saved = {}
+    for offline in (True, False):
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / "source", local_files_only=offline)
+        save_tokenizer(tokenizer, tmp_path / str(offline))
+        saved[offline] = {f.name: f.read_bytes() for f in (tmp_path / str(offline)).iterdir()}
+    assert saved[True] == saved[False]
+    assert b"local_files_only" not in saved[True]["tokenizer_config.json"]
 
 
 def test_only_answer_tokens_are_labelled(tiny_setup):

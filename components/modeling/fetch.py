@@ -132,9 +132,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     tokenizer.model_max_length = config.max_position_embeddings
-    for key in ("is_local", "local_files_only", "gguf_file"):  # how it was read here, not what it is
-        tokenizer.init_kwargs.pop(key, None)
-    save_model(plain.eval(), tokenizer, out_dir)
+    save_model(plain.eval(), tokenizer, out_dir)  # without the options it was read with (io.LOAD_ONLY_KWARGS)
     return out_dir
 
 

@@ -125,6 +125,19 @@ def save_model(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path
     return directory
 
 
+# Options a tokenizer records when it is loaded (HF_HUB_OFFLINE=1 sets local_files_only): how it was read
+# here, not what it is. Saved, they would make the same tokenizer's files, and every cache keyed by them,
+# differ between an offline and an online run.
+LOAD_ONLY_KWARGS = ("is_local", "local_files_only", "gguf_file")
+
+
+def save_tokenizer(tokenizer, directory: str | Path) -> None:
+    """``save_pretrained`` of ``tokenizer`` without the options it was loaded with (:data:`LOAD_ONLY_KWARGS`)."""
+    for key in LOAD_ONLY_KWARGS:
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(directory)
+
+
 def _save_pretrained(model: torch.nn.Module, tokenizer, directory: Path) -> None:
     """``save_pretrained`` of the model (``use_cache`` on) and the tokenizer into ``directory``."""
     config = getattr(model, "config", None)
@@ -136,7 +149,7 @@ def _save_pretrained(model: torch.nn.Module, tokenizer, directory: Path) -> None
     finally:
         if use_cache is False:
             config.use_cache = False
-    tokenizer.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
 
 
 def _move_in_config_last(staging: Path, directory: Path) -> None:

@@ -72,6 +72,7 @@ def _prepare_model_inputs(ctx: RunContext, records: Sequence[Record]) -> RunCont
     """Everything the data checks need before any training: the tokenizer the model will use
     (the demo's trained here, or the user's model's), saved under data/prepared/tokenizer, and
     ``model.max_length`` when it is ``auto``."""
+    from components.modeling.io import save_tokenizer
     from components.modeling.resolve import load_tokenizer, model_plan
 
     config, paths = ctx.config, ctx.paths
@@ -84,7 +85,7 @@ def _prepare_model_inputs(ctx: RunContext, records: Sequence[Record]) -> RunCont
         tokenizer = load_tokenizer(plan.target, config.model)
     if paths.tokenizer.exists():
         shutil.rmtree(paths.tokenizer)
-    tokenizer.save_pretrained(paths.tokenizer)
+    save_tokenizer(tokenizer, paths.tokenizer)  # the same files offline or online: the fine-tune cache's key
     derived = ctx.with_max_length(tokenizer, records)
     PreparedSettings(max_length=derived.config.model.max_length).save(paths.settings)
     return derived
