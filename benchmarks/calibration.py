@@ -219,7 +219,7 @@ RUNS = [("world", "world"), ("seed", "seed"), ("forget / holdout", lambda r: f"{
         ("stopped at", "steps"), ("why", lambda r: ((r["stop"] or {}).get("reason", "") or "").split(":")[0]),
         ("forget quality", ("metrics", "unlearned", "forget_quality")),
         ("privleak", ("metrics", "unlearned", "privleak"), 1),
-        ("AUC vs holdout", ("metrics", "unlearned", "forget_holdout_auc")),
+        ("AUC vs holdout: target / unlearned / oracle", _by_role("forget_holdout_auc")),
         ("forget-vs-holdout KS p: target / unlearned / oracle", _by_role("forget_holdout_ks_p")),
         ("forget prob: target / unlearned / oracle", _by_role("forget_prob")),
         ("forget TR median: target / unlearned / oracle", _by_role("forget_truth_ratio_median")),

@@ -132,8 +132,8 @@ def at_level(points: Sequence[dict], level: float, key: str = "retain_nll") -> f
 
 def verdict(a: list[float | None], b: list[float | None], lower_is_better: bool = True) -> dict[str, Any]:
     """The protocol's rule on the seeds' values of arms A and B: win / tie / loss (2 pooled SDs)."""
-    if min(len(a), len(b)) < max(2, len(SEEDS)):  # a pooled SD needs two seeds
-        return {"verdict": f"incomplete ({min(len(a), len(b))} of {len(SEEDS)} seeds so far)", "diff": None, "sd": None}
+    if min(len(a), len(b)) < (need := max(2, len(SEEDS))):  # a pooled SD needs two seeds
+        return {"verdict": f"incomplete ({min(len(a), len(b))} of {need} seeds so far)", "diff": None, "sd": None}
     if missing := [name for name, values in (("A", a), ("B", b)) if None in values]:
         return {"verdict": f"not reached ({', '.join(missing)})", "diff": None, "sd": None}
     diff = (statistics.fmean(b) - statistics.fmean(a)) * (1 if lower_is_better else -1)

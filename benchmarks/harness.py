@@ -49,7 +49,7 @@ def log(message: str) -> None:
 
 def write_json(path: Path, data: Any) -> Path:
     """``data`` as indented JSON (paths as strings, tuples as lists), atomically: a killed run leaves no half file."""
-    (part := path.with_name(f"{path.name}.part")).parent.mkdir(parents=True, exist_ok=True)
+    (part := path.with_name(f".{path.name}.{os.getpid()}.part")).parent.mkdir(parents=True, exist_ok=True)
     part.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return part.replace(path)
 

@@ -108,6 +108,7 @@ def request_retry(request_id: Optional[str] = typer.Argument(None, help="Id of a
 def request_cancel(request_id: str = typer.Argument(..., help="Id of a pending request."),
                    root: Path = ROOT) -> None:
     """Withdraw a pending request: its file (and DVC pointer) move to data/requests/cancelled/.
+
     An erased request (result or certificate) is refused, and so is one a batch took and has not
     decided: only such a batch can have erased it without a certificate yet (the alias moved), so
     no tracking store (MLflow) is read."""

@@ -51,17 +51,22 @@ def test_tokenizer_saves_and_loads_with_auto_tokenizer(tiny_setup, tmp_path):
     assert loaded.pad_token == "<pad>" and loaded.eos_token == "</s>"
 
 
-def test_a_tokenizer_saves_the_same_files_whether_it_was_read_offline_or_not(tiny_setup, tmp_path):
+def test_a_tokenizer_saves_the_same_files_whether_it_was_read_offline_or_not(tiny_setup, tmp_path, monkeypatch):
     """HF_HUB_OFFLINE=1 loads with local_files_only=True, which transformers would save: the prepared
     tokenizer, and so the fine-tune cache's key, would differ between an offline and an online run."""
+    import transformers.tokenization_utils_base as base
+
     tiny_setup.tokenizer.save_pretrained(tmp_path / "source")
     saved = {}
-    for offline in (True, False):
+    for offline in (True, False):  # the suite runs offline (conftest): the online read is made so here
+        monkeypatch.setattr(base, "is_offline_mode", lambda offline=offline: offline)
         tokenizer = AutoTokenizer.from_pretrained(tmp_path / "source", local_files_only=offline)
+        assert tokenizer.init_kwargs["local_files_only"] is offline  # what save_pretrained alone would write
         save_tokenizer(tokenizer, tmp_path / str(offline))
         saved[offline] = {f.name: f.read_bytes() for f in (tmp_path / str(offline)).iterdir()}
     assert saved[True] == saved[False]
     assert b"local_files_only" not in saved[True]["tokenizer_config.json"]
+    assert b"is_local" not in saved[True]["tokenizer_config.json"]
 
 
 def test_only_answer_tokens_are_labelled(tiny_setup):
