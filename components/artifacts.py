@@ -142,6 +142,9 @@ def _a_list(value: Any, key: str) -> list:
     return value
 
 
+NOTHING_TO_ERASE = "nothing to erase: give at least one entry in 'subjects' or 'records'"
+
+
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DeletionRequest:
     """A deletion request file (``data/requests/...``): who asked, when, and what to erase, as
@@ -212,7 +215,7 @@ class DeletionRequest:
     @model_validator(mode="after")
     def _something_to_erase(self) -> "DeletionRequest":
         if not self.subjects and not self.records:
-            raise ValueError("nothing to erase: give at least one entry in 'subjects' or 'records'")
+            raise ValueError(NOTHING_TO_ERASE)
         return self
 
     @classmethod

@@ -102,6 +102,10 @@ def test_all_reasons_are_reported_at_once():
     with pytest.raises(RequestError) as error:
         parse_request({"request_id": "bad id", "subjects": 3})
     assert len(error.value.reasons) == 3  # id, received_at, subjects
+    with pytest.raises(RequestError) as error:  # a request naming nothing is told so with its other faults
+        parse_request({"request_id": "x"})
+    assert error.value.reasons == ["missing 'received_at' (an ISO 8601 time such as 2026-11-28T09:30:00Z)",
+                                   "nothing to erase: give at least one entry in 'subjects' or 'records'"]
 
 
 def test_read_request_rejects_bad_files(tmp_path):

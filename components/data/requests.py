@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
-from components.artifacts import DeletionRequest, is_request_id  # noqa: F401  (is_request_id: for the inbox)
+from components.artifacts import NOTHING_TO_ERASE, DeletionRequest, is_request_id  # noqa: F401  (is_request_id: for the inbox)
 from components.data.records import QARecord, Record, TextRecord, content_hash, records_digest
 
 MAX_REQUEST_BYTES = 1_000_000
@@ -71,7 +71,10 @@ def parse_request(data: Any, *, source: str | None = None) -> DeletionRequest:
     try:
         return DeletionRequest.parse(data)
     except ValidationError as error:
-        raise RequestError(DeletionRequest.reasons(error), source=source) from None
+        reasons = DeletionRequest.reasons(error)
+        if not data.get("subjects") and not data.get("records") and NOTHING_TO_ERASE not in reasons:
+            reasons.append(NOTHING_TO_ERASE)  # the model checks it only once every field is valid
+        raise RequestError(reasons, source=source) from None
 
 
 def read_request(path: str | Path) -> DeletionRequest:
