@@ -111,7 +111,10 @@ def current_champion(config: Config, repo: Paths, *, download: bool = True) -> d
     """The model the serving alias points to (downloaded under models/champion), or None."""
     from components.registry import champion, tracking_store
 
-    found = champion(config.registry.model_name, config.registry.alias, store=tracking_store(repo.root),
+    store = tracking_store(repo.root)
+    if not download and not store.exists():  # a look (blur status) creates no tracking store
+        return None
+    found = champion(config.registry.model_name, config.registry.alias, store=store,
                      dst=repo.champion if download else None, download=download)
     if found is None:
         return None
@@ -125,6 +128,8 @@ def run_report(config: Config, repo: Paths, run_id: str | None = None) -> str | 
     from components.registry.tracking import experiment_id
 
     store = tracking_store(repo.root)
+    if not store.exists():  # nothing ran here yet: reading would create an empty store
+        return None
     client = connect(store)
     if run_id is None:
         experiment = experiment_id(client, store, config.registry.experiment)

@@ -167,6 +167,19 @@ def test_request_add_and_cancel_never_touch_the_tracking_store(tmp_path):
     assert [p.name for p in (repo / "data" / "requests" / "cancelled").glob("*.json")] == ["cli-nomlflow.json"]
 
 
+def test_looking_at_a_new_pipeline_creates_no_tracking_store(tmp_path):
+    """`blur status` and `blur report` before any run say there is nothing yet and leave the folder as it
+    was: reading a SQLite store that does not exist would create an empty one."""
+    repo = make_flow_repo(tmp_path / "repo")
+    assert not (repo / "mlflow.db").exists()
+    status = runner.invoke(app, ["status", "--root", str(repo)])
+    assert status.exit_code == 0, status.output
+    assert "No champion yet" in status.output
+    shown = runner.invoke(app, ["report", "--root", str(repo)])
+    assert shown.exit_code == 1 and "no runs yet" in shown.output
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
+
+
 def test_status_names_what_holds_erased_data_by_design(cli_repo):
     """Issue 21: `blur status` said no copy held an erased request, while the world, the target model
     (trained on it), the prepared splits, the request files and the DVC cache and remote still do."""

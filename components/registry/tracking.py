@@ -70,6 +70,11 @@ class TrackingStore:
         uri = f"sqlite:///{db_path}"
         return cls(uri, uri, artifacts.as_uri())
 
+    def exists(self) -> bool:
+        """False only for a local SQLite file not created yet: reading it would create an empty store."""
+        prefix = "sqlite:///"
+        return not self.tracking_uri.startswith(prefix) or Path(self.tracking_uri.removeprefix(prefix)).exists()
+
     @property
     def display_uri(self) -> str:
         """The tracking URI with any password masked, for messages."""
