@@ -111,10 +111,7 @@ def current_champion(config: Config, repo: Paths, *, download: bool = True) -> d
     """The model the serving alias points to (downloaded under models/champion), or None."""
     from components.registry import champion, tracking_store
 
-    store = tracking_store(repo.root)
-    if not download and not store.exists():  # a look (blur status) creates no tracking store
-        return None
-    found = champion(config.registry.model_name, config.registry.alias, store=store,
+    found = champion(config.registry.model_name, config.registry.alias, store=tracking_store(repo.root),
                      dst=repo.champion if download else None, download=download)
     if found is None:
         return None

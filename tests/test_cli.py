@@ -195,7 +195,6 @@ def test_every_commands_help_shows_its_whole_docstring_as_reflowed_paragraphs():
     nothing in it is taken for markup and dropped (``<name>`` would be)."""
     import typer
 
-    runner = CliRunner()
     words = lambda text: " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())  # noqa: E731
     group = typer.main.get_group(app)
     commands = [([name], command) for name, command in group.commands.items()]

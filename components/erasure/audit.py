@@ -128,7 +128,7 @@ def _registry_view(root: Path) -> _RegistryView | None:
     from components.registry.retention import PURGED_TAG
 
     store = tracking_store(root)
-    if store.tracking_uri.startswith("sqlite:///") and not Path(store.tracking_uri[len("sqlite:///"):]).exists():
+    if not store.exists():
         return None
     client = connect(store)
     view = _RegistryView()

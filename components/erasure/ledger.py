@@ -93,7 +93,7 @@ def registry_erasures(root: str | Path) -> dict[str, str]:
     from components.registry import connect, tracking_store
 
     store = tracking_store(root)
-    if store.tracking_uri.startswith("sqlite:///") and not Path(store.tracking_uri[len("sqlite:///"):]).exists():
+    if not store.exists():
         return {}
     client = connect(store)
     found: dict[str, str] = {}

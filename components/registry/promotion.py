@@ -502,9 +502,12 @@ def champion(
     The pyfunc package of that version is downloaded into ``dst`` (replaced if present;
     default: a new temporary folder the caller owns); ``model_dir`` is the Hugging Face
     directory inside it, ready for ``AutoModelForCausalLM.from_pretrained``. With
-    ``download=False`` only the version and run are looked up (``model_dir`` is None).
+    ``download=False`` only the version and run are looked up (``model_dir`` is None). A local
+    SQLite store not created yet holds no champion (and looking creates none).
     """
     store = store or tracking_store()
+    if not store.exists():
+        return None
     client = connect(store)
     version = champion_version(client, model_name, alias)
     if version is None:
