@@ -62,9 +62,13 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator_server(tmp_path_factory) -> Iterator[str]:
-    """The API URL of a `prefect server start` on a free loopback port (no UI, no analytics), stopped at the end."""
+def operator_server(tmp_path_factory, prefect_database) -> Iterator[str]:
+    """The API URL of a `prefect server start` on a free loopback port (no UI, no analytics), stopped at the end;
+    its database (``PREFECT_HOME/prefect.db``) starts as a copy of the session's migrated one."""
+    from prefect_database import copy_database
+
     home = tmp_path_factory.mktemp("prefect-server-home")
+    copy_database(prefect_database, home / "prefect.db")
     api = f"http://127.0.0.1:{free_port()}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="false")

@@ -70,6 +70,27 @@ def mlflow_store(tmp_path, migrated_mlflow_db, monkeypatch) -> TrackingStore:
     return TrackingStore.sqlite(store_dir / "mlflow.db", store_dir / "mlartifacts")
 
 
+@pytest.fixture
+def undrawn_plots(request, monkeypatch) -> None:
+    """Registration builds its three plots as always but writes each as a 1-pixel PNG instead of drawing it.
+
+    The registry's bookkeeping tests (aliases, retention, certificates) register about a hundred versions;
+    rasterising the plots took 0.4 s each, 40 CPU-s of the suite, and none of those tests looks at a pixel.
+    A test marked ``drawn_plots`` draws them (tests/test_registry.py checks the logged PNGs); every flow and
+    `dvc repro` test draws them too."""
+    if request.node.get_closest_marker("drawn_plots"):
+        return
+    import io
+
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    pixel = buffer.getvalue()
+    monkeypatch.setattr(Figure, "savefig", lambda figure, path, **options: Path(path).write_bytes(pixel))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved (untrained) tiny Llama model with its tokenizer, as ``save_pretrained`` writes it."""

@@ -5,8 +5,8 @@ Every flow repository of the tests would otherwise train the same production mod
 :func:`session_target` trains it the first time in a folder shared by the session's xdist
 workers (under a file lock, so one worker trains and the other waits for it) and
 :func:`copy_target` puts a copy where the flow looks for it (``models/target``).
-The tests whose subject is that training (``tests/test_flow.py``, ``tests/test_dvc_pipeline.py``)
-do not use it.
+The tests whose subject is that training (the ``reference_run`` of ``tests/reliability_runs.py``,
+``tests/test_dvc_pipeline.py``) do not use it.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from registry_fixtures import (  # noqa: F401  (fixtures)
     tiny_model_dir,
 )
 
+pytestmark = pytest.mark.usefixtures("undrawn_plots")  # the registry's bookkeeping, not its pictures
+
 GATE = {"passed": True, "reasons": [], "checks": []}
 runner = CliRunner()
 

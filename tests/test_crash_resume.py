@@ -42,14 +42,17 @@ def _checkpoint(repo, process, log):
 
 
 @pytest.fixture(scope="module")
-def crash(tmp_path_factory, prefect_server, migrated_mlflow_db, concurrent_run):
+def crash(tmp_path_factory, prefect_server, migrated_mlflow_db, concurrent_run, prefect_database):
     import torch
+
+    from prefect_database import copy_database
 
     # An uninterrupted run on an identical repository; the production model is trained once
     # (the crash is in unlearning, and training it in the killed run would only add time).
     uninterrupted = concurrent_run["repo"]
     repo = new_repo(tmp_path_factory.mktemp("crash"), migrated_mlflow_db, name="crash")
     shutil.copytree(uninterrupted / "models" / "target", repo / "models" / "target")
+    copy_database(prefect_database, repo / ".prefect" / "prefect.db")  # the embedded API's, migrated already
 
     killed_log = repo.parent / "blur-process-killed.log"
     killed = start_blur(repo, killed_log, "process", server=False)

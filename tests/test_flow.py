@@ -13,11 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def two_batches(tmp_path_factory, prefect_server, migrated_mlflow_db):
-    """Batch 1: a good and a bad request; batch 2: a second good request; then an empty run."""
+def two_batches(tmp_path_factory, prefect_server, migrated_mlflow_db, seed_target):
+    """Batch 1: a good and a bad request; batch 2: a second good request; then an empty run (with the session's
+    demo target: the flow's own training of it is tested by `blur process`, tests/reliability_runs.py)."""
     from flows.pipeline import process_requests
 
     repo = make_flow_repo(tmp_path_factory.mktemp("flow") / "repo", mlflow_db=migrated_mlflow_db)
+    seed_target(repo)
     subjects = tiny_subjects()
     inbox = repo / "data" / "requests" / "inbox"
     inbox.mkdir(parents=True)

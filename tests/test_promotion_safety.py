@@ -30,6 +30,8 @@ from registry_fixtures import (  # noqa: F401  (fixtures)
     tiny_model_dir,
 )
 
+pytestmark = pytest.mark.usefixtures("undrawn_plots")  # the registry's bookkeeping, not its pictures
+
 MODEL = "blur-test"
 GATE = {"min_forget_quality": 0.05, "max_forget_prob_ratio": 0.5}
 

@@ -37,6 +37,8 @@ from registry_fixtures import (  # noqa: F401  (fixtures)
     tiny_model_dir,
 )
 
+pytestmark = pytest.mark.usefixtures("undrawn_plots")  # the registry's bookkeeping, not its pictures
+
 MODEL = "blur-test"
 PASSING_GATE = {"min_forget_quality": 0.05, "max_forget_prob_ratio": 0.5}
 MD5 = "0123456789abcdef0123456789abcdef"
@@ -108,8 +110,10 @@ def test_gate_json_has_the_documented_shape(mlflow_store, tiny_model_dir, tmp_pa
         assert set(check) >= {"metric", "op", "threshold", "value", "passed"}
 
 
+@pytest.mark.drawn_plots
 def test_run_holds_params_tags_step_diagnostics_metrics_and_artifacts(mlflow_store, tiny_model_dir, tmp_path):
     from mlflow.entities import LoggedModelStatus
+    from PIL import Image
 
     decision = register(mlflow_store, tiny_model_dir, tmp_path / "reports")
     client = mlflow_store.client()
@@ -129,6 +133,7 @@ def test_run_holds_params_tags_step_diagnostics_metrics_and_artifacts(mlflow_sto
     for name in ("training_curves.png", "xi.png", "forget_vs_retain.png"):
         png = client.download_artifacts(decision.run_id, f"plots/{name}", str(tmp_path / "dl"))
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(png).size[0] >= 300  # drawn, not the bookkeeping tests' 1-pixel stand-in
     model_id = run.outputs.model_outputs[0].model_id
     assert str(client.get_logged_model(model_id).status) == str(LoggedModelStatus.READY)
 

@@ -31,6 +31,8 @@ from registry_fixtures import (  # noqa: F401  (fixtures)
     tiny_model_dir,
 )
 
+pytestmark = pytest.mark.usefixtures("undrawn_plots")  # the registry's bookkeeping, not its pictures
+
 MODEL = "blur-test"
 GATE = {"max_forget_prob_ratio": 0.5}
 
