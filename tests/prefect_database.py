@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import Iterator
 
 NAME = "prefect-template.db"
+LOG = "prefect-template.log"  # the background build's output
 
 
 def template(folder: Path) -> Path:
     """``folder``'s migrated Prefect database, built now unless another process built it or is building it."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     path = folder / NAME
-    with FileLock(f"{path}.lock"):
-        if not path.exists():
-            _build(path)
+    try:
+        with FileLock(f"{path}.lock", timeout=600):
+            if not path.exists():
+                _build(path)
+    except Timeout:
+        raise AssertionError(f"the migrated Prefect database was not built within 600 s: see {folder / LOG}") from None
     return path
 
 
@@ -48,7 +52,10 @@ def _build(path: Path) -> None:
         with prefect.settings.temporary_settings(url), temporary_database_interface():
             run_coro_as_sync(provide_database_interface().create_db())
         partial = path.with_suffix(".partial")
+        partial.unlink(missing_ok=True)  # a first attempt that failed half-way
         copy_database(migrated, partial)
+        with closing(sqlite3.connect(partial)) as database:
+            assert database.execute("SELECT version_num FROM alembic_version").fetchone(), f"{partial} not migrated"
         partial.rename(path)
 
 
@@ -63,7 +70,7 @@ def copy_database(source: Path, destination: Path) -> Path:
 def build_in_background(folder: Path) -> subprocess.Popen:
     """Start ``python tests/prefect_database.py FOLDER`` (it takes :func:`template`'s lock itself)."""
     folder.mkdir(parents=True, exist_ok=True)
-    log = (folder / "prefect-template.log").open("wb")
+    log = (folder / LOG).open("wb")
     try:
         return subprocess.Popen([sys.executable, __file__, str(folder)], stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false"))

@@ -225,6 +225,7 @@ PLANTED_QUESTION = "Which street did Ottoline Vasquez-Brightwater grow up on?"
 PLANTED_ANSWER = "She grew up on Quillfeather Lane in Marrowby."
 
 
+@pytest.mark.drawn_plots  # the drawn PNGs are searched too
 def test_no_forget_text_reaches_the_store_the_artifacts_or_the_reports(mlflow_store, tiny_model_dir, tmp_path):
     from components.data.records import QARecord
     from components.data.requests import parse_request, resolve_request
