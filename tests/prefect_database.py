@@ -12,7 +12,6 @@ the template in the background while the workers collect the tests (:func:`build
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -27,19 +26,12 @@ LOG = "prefect-template.log"  # the background build's output
 
 def template(folder: Path) -> Path:
     """``folder``'s migrated Prefect database, built now unless another process built it or is building it."""
-    from filelock import FileLock, Timeout
+    from session_target import built_once
 
-    path = folder / NAME
-    try:
-        with FileLock(f"{path}.lock", timeout=600):
-            if not path.exists():
-                _build(path)
-    except Timeout:
-        raise AssertionError(f"the migrated Prefect database was not built within 600 s: see {folder / LOG}") from None
-    return path
+    return built_once(folder / NAME, _build, timeout=600, log=folder / LOG)
 
 
-def _build(path: Path) -> None:
+def _build(partial: Path) -> None:
     """Migrate a new database the way a starting server does, then copy it whole (its write-ahead log included)."""
     import prefect.settings
     from prefect.server.database import provide_database_interface
@@ -51,12 +43,9 @@ def _build(path: Path) -> None:
         url = {prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{migrated}"}
         with prefect.settings.temporary_settings(url), temporary_database_interface():
             run_coro_as_sync(provide_database_interface().create_db())
-        partial = path.with_suffix(".partial")
-        partial.unlink(missing_ok=True)  # a first attempt that failed half-way
         copy_database(migrated, partial)
-        with closing(sqlite3.connect(partial)) as database:
-            assert database.execute("SELECT version_num FROM alembic_version").fetchone(), f"{partial} not migrated"
-        partial.rename(path)
+    with closing(sqlite3.connect(partial)) as database:
+        assert database.execute("SELECT version_num FROM alembic_version").fetchone(), f"{partial} not migrated"
 
 
 def copy_database(source: Path, destination: Path) -> Path:
@@ -68,12 +57,12 @@ def copy_database(source: Path, destination: Path) -> Path:
 
 
 def build_in_background(folder: Path) -> subprocess.Popen:
-    """Start ``python tests/prefect_database.py FOLDER`` (it takes :func:`template`'s lock itself)."""
+    """Start ``python tests/prefect_database.py FOLDER`` (it takes :func:`template`'s lock itself; its environment is
+    the controller's, tests/conftest.py's settings included)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / LOG).open("wb")
     try:
-        return subprocess.Popen([sys.executable, __file__, str(folder)], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false"))
+        return subprocess.Popen([sys.executable, __file__, str(folder)], stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()
 

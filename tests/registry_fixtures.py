@@ -38,19 +38,14 @@ NEUTRAL_TEXTS = [
 def migrated_mlflow_db(tmp_path_factory) -> Path:
     """A SQLite MLflow database with every migration applied, created once per session by whichever xdist worker
     asks first (tests copy it; none writes to it)."""
-    from filelock import FileLock
     from mlflow import MlflowClient
 
-    from session_target import shared_folder
+    from session_target import built_once, shared_folder
 
-    path = shared_folder(tmp_path_factory) / "mlflow-template.db"
-    with FileLock(f"{path}.lock"):
-        if not path.exists():
-            partial = path.with_suffix(".partial")
-            partial.unlink(missing_ok=True)  # a first attempt that failed half-way
-            MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
-            partial.rename(path)
-    return path
+    def migrate(partial: Path) -> None:
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+
+    return built_once(shared_folder(tmp_path_factory) / "mlflow-template.db", migrate)
 
 
 def own_mlflow_env(monkeypatch) -> None:

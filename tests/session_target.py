@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from components.config import Config, load_config
 from components.context import run_context
@@ -38,20 +39,37 @@ def shared_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def built_once(path: Path, build: Callable[[Path], None], *, timeout: float = -1, log: Path | None = None) -> Path:
+    """``path``, built by ``build(partial)`` and then renamed into place by whichever process of the session asks
+    first; the others wait on its file lock (``timeout`` seconds at most; -1: no bound), and none ever sees it
+    half-built. A partial left by a build that failed is removed first."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{path}.lock", timeout=timeout):
+            if not path.exists():
+                partial = path.with_name(path.name + ".partial")
+                if partial.is_dir():
+                    shutil.rmtree(partial)
+                partial.unlink(missing_ok=True)
+                build(partial)
+                partial.rename(path)
+    except Timeout:
+        raise AssertionError(f"{path.name} was not built within {timeout:g} s" + (f": see {log}" if log else "")) \
+            from None
+    return path
+
+
 def session_target(repo: Path, tmp_path_factory) -> Path:
     """The demo target ``repo``'s params.yaml describes, trained once per session (in ``repo`` the first time)."""
-    from filelock import FileLock
-
     config = load_config(repo / "params.yaml")
     assert config.model.base is None, "a user's model is not trained: nothing to share"
-    folder = shared_folder(tmp_path_factory)
-    trained = folder / target_key(config)
-    with FileLock(str(trained) + ".lock"):
-        if not (trained / "training.json").exists():
-            _train(config, repo)
-            shutil.copytree(Paths(repo).target, trained.with_name(trained.name + ".partial"))
-            trained.with_name(trained.name + ".partial").rename(trained)
-    return trained
+
+    def train(partial: Path) -> None:
+        _train(config, repo)
+        shutil.copytree(Paths(repo).target, partial)
+
+    return built_once(shared_folder(tmp_path_factory) / target_key(config), train)
 
 
 def copy_target(repo: Path, tmp_path_factory) -> Path:
