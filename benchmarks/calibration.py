@@ -104,7 +104,8 @@ def run_one(world: World, seed: int, cached_only: bool = False) -> dict[str, Any
     cost = Resources.read(paths.resources).stage("evaluate")
     result = {"world": world.name, "seed": seed, "n_forget": metrics["unlearned"]["n_forget"],
               "n_holdout": len(stages.load_splits(paths)["holdout"]),
-              "stop": {k: summary.stop[k] for k in ("stopped_at", "reason")} if summary.stop else None,
+              "stop": summary.stop and {k: summary.stop[k] for k in ("stopped_at", "reason")} | {"holdout_nll": [
+                  r["probe_holdout_nll"] for r in summary.stop["curve"][:1] + summary.stop["curve"][-1:]]},
               "steps": summary.steps, "unlearn_seconds": round(unlearn_seconds, 1),
               "evaluate_seconds": round(evaluate_seconds, 1),
               "cache": {role: {"hits": c["hits"], "misses": c["misses"]} for role, c in cost["cache"].items()},
@@ -175,8 +176,7 @@ def judged(run: dict[str, Any]) -> dict[str, Any]:
             and abs(privleak) <= RULE["max_abs_privleak"],
             "utility_ratio": utility,
             "utility_kept": utility is not None and utility >= RULE["min_utility_ratio"]
-            and (facts is None or facts <= RULE["max_world_facts_drop"]),
-            "world_facts_drop": facts,
+            and (facts is None or facts <= RULE["max_world_facts_drop"]), "world_facts_drop": facts,
             "retain_utility_ratio": retain / retain_tgt if retain is not None and retain_tgt else None,
             "verdicts_agree": run["gate"]["agree"] is True, "relearn_gap": gap,
             "relearn_ok": gap is not None and gap <= RULE["max_relearn_gap"]}

@@ -146,6 +146,10 @@ class StopConfig(_Section):
     land_at: Literal["last", "first"] = "last"
     statistic: Literal["mean", "mink"] = "mean"  # a record's score in the probe and match's targets: mean answer NLL |
     mink_k: float = Field(default=0.4, gt=0, le=1)  #   mink: mean NLL of its least likely mink_k fraction of tokens
+    # the holdout scores the forget set is compared with, and match's targets are drawn from: current (under the
+    # model being unlearned, at every probe) | start (under the starting model, scored once: the drift of unseen
+    # records' scores as unlearning goes on does not move the target)
+    reference: Literal["current", "start"] = "current"
 
     @model_validator(mode="after")
     def _first_keeps_weights(self) -> "StopConfig":

@@ -323,3 +323,49 @@ def test_land_at_first_without_kept_weights_says_what_to_set():
 
     with pytest.raises(ValidationError, match="overshoot: restore"):
         StopConfig(rule="holdout", land_at="first", overshoot="continue")
+
+
+def test_reference_start_compares_every_probe_with_the_starting_models_holdout(tiny_setup):
+    """`stop.reference: start`: the holdout is scored once, under the model unlearning starts from; the probes and
+    match's targets read those scores, so the drift of unseen records' scores under unlearning moves no target."""
+    from components.modeling.encoding import encode_record
+    from components.modeling.scoring import mean_token_nll
+    from components.unlearning.stopping import probe_records
+
+    moving = unlearn(tiny_setup, landed_rule()).summary()["stop"]
+    fixed = unlearn(tiny_setup, landed_rule(reference="start")).summary()["stop"]
+    assert moving["reference"] == "current" and fixed["reference"] == "start"
+
+    probe = probe_records(tiny_setup.holdout, 64, 1)  # the stopper's holdout sample (seed + 1)
+    tokenizer, max_length = tiny_setup.tokenizer, tiny_setup.config.model.max_length
+    with torch.no_grad():
+        start = mean_token_nll(copy.deepcopy(tiny_setup.target).eval(), [encode_record(tokenizer, r, max_length) for r in probe],
+                               tokenizer.pad_token_id).mean().item()
+    assert {round(r["probe_holdout_nll"], 5) for r in fixed["curve"]} == {round(start, 5)}
+    assert len({round(r["probe_holdout_nll"], 5) for r in moving["curve"]}) > 1  # the drift the setting removes
+    assert moving["curve"][0]["probe_forget_nll"] == pytest.approx(fixed["curve"][0]["probe_forget_nll"])
+
+
+def test_a_resumed_reference_start_run_decides_as_an_uninterrupted_one(tiny_setup, tmp_path):
+    """The starting model's holdout scores come from the model the run was given, not from the checkpoint."""
+    config = landed_rule(reference="start").model_copy(update={"checkpoint_every": 1})
+    whole = unlearn(tiny_setup, config)
+    crash_at = whole.summary()["stop"]["ended_at"]
+
+    def crash(record):
+        if record["step"] == crash_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(tiny_setup, config, checkpoint_dir=tmp_path, on_step=crash)
+    resumed = unlearn(tiny_setup, config, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == crash_at - 1
+    assert resumed.summary()["stop"] == whole.summary()["stop"]
+    assert_same_weights(resumed.model, whole.model)
+
+
+def test_an_unknown_reference_names_the_key():
+    from components.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="unlearn.stop.reference"):
+        Config().with_overrides({"unlearn.stop.reference": "oracle"})

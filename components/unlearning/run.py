@@ -140,7 +140,7 @@ def run_unlearning(
     # under FSDP the probe goes through the sharded root module, which gathers each layer's weights for it
     probe_model = engine.module if engine.ranks.sharded else engine.model
     stopper = build_stopper(probe_model, tokenizer, forget, holdout, config, max_length=max_length, seed=seed,
-                            targets=data.forget_extra.get("target_nll"))
+                            targets=data.forget_extra.get("target_nll"), reference=data.reference_holdout)
     if stopper is not None:
         stopper.load_state(engine.stopper_state)
     train(engine, data, config, outputs, stopper)
@@ -167,13 +167,15 @@ class UnlearnData:
     steps: int
     context: LossContext
     forget_extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_holdout: torch.Tensor | None = None  # unlearn.stop.reference start: the holdout probe, scored once
     fingerprint: str = ""
 
 
 def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain: list[Record],
                  config: UnlearnConfig, *, max_length: int, seed: int, holdout: Sequence[Record] = ()) -> UnlearnData:
-    """Encode both sets once and compute, from the untouched model, NPO's and RMU's references and the
-    first targets of ``match`` (the holdout's NLL quantiles, refreshed at every probe)."""
+    """Encode both sets once and compute, from the untouched model, NPO's and RMU's references, the
+    first targets of ``match`` (the holdout's NLL quantiles, refreshed at every probe) and, under
+    ``unlearn.stop.reference: start``, the holdout probe's scores every probe compares with."""
     rank, world_size = distributed.rank_and_world()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     effective_batch = config.batch_size * config.grad_accum * world_size
@@ -189,17 +191,22 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
             data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
     if config.forget_loss == "rmu":
         data.context.rmu_target = rmu_target(model, config, seed)
-    if config.forget_loss == "match":
+    fixed_reference = config.stop.reference == "start" and config.stop.rule == "holdout"
+    if config.forget_loss == "match" or fixed_reference:
         forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length,
                                                    seed=seed)
         with precision_context(config, next(model.parameters()).device):
             k = config.stop.score_k
-            data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad, mink_k=k),
-                                                              mean_token_nll(model, holdout_probe, pad, mink_k=k))
-            if config.focus == "subject":
+            holdout_nll = mean_token_nll(model, holdout_probe, pad, mink_k=k)
+            if config.forget_loss == "match":
+                data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad, mink_k=k),
+                                                                  holdout_nll)
+            if config.forget_loss == "match" and config.focus == "subject":
                 data.forget_extra["token_weight"] = subject_weights(
                     model, tokenizer, forget, data.forget, other_subjects(forget, holdout, retain),
                     max_length=max_length, pad_token_id=pad)
+        if config.stop.reference == "start":
+            data.reference_holdout = holdout_nll
     data.fingerprint = fingerprint({
         "config": config.model_dump(exclude={"checkpoint_every"}),
         "steps": data.steps,

@@ -106,6 +106,7 @@ class HoldoutStopper:
     pad_token_id: int
     stop: StopConfig
     targets: torch.Tensor | None = None  # forget_loss match: the per-record targets, refreshed in place
+    reference: torch.Tensor | None = None  # stop.reference start: the holdout probe's scores under the starting model
     readings: list[dict] = field(default_factory=list)
     reason: str | None = None
     stopped_at: int | None = None  # the step whose weights are the result
@@ -125,7 +126,8 @@ class HoldoutStopper:
         """The score (``stop.statistic``) of every forget record and of the holdout probe, now."""
         k = self.stop.score_k
         forget = mean_token_nll(self.model, self.forget, self.pad_token_id, mink_k=k)
-        holdout = mean_token_nll(self.model, self.holdout, self.pad_token_id, mink_k=k)
+        holdout = (self.reference if self.reference is not None
+                   else mean_token_nll(self.model, self.holdout, self.pad_token_id, mink_k=k))
         reshard = getattr(self.model, "reshard", None)
         if reshard is not None:  # FSDP keeps the root's weights gathered after a forward with no backward
             reshard()
@@ -238,7 +240,7 @@ class HoldoutStopper:
                 "band": self.stop.band, "min_ks_p": self.stop.min_ks_p, "confirm": self.stop.confirm,
                 "probe_forget": len(self.forget), "probe_holdout": len(self.holdout),
                 "overshoot": self.stop.overshoot if self.stop.criterion == "landed" else None,
-                "land_at": self.stop.land_at,
+                "land_at": self.stop.land_at, "reference": self.stop.reference,
                 "stopped_at": self.stopped_at, "ended_at": self.ended_at,
                 "reason": self.reason or "cap: the step cap came first", "curve": list(self.readings)}
 
@@ -275,9 +277,10 @@ def encode_probe(tokenizer, forget: Sequence[Record], holdout: Sequence[Record],
 
 def build_stopper(model: torch.nn.Module, tokenizer, forget: Sequence[Record], holdout: Sequence[Record],
                   config: UnlearnConfig, *, max_length: int, seed: int,
-                  targets: torch.Tensor | None = None) -> HoldoutStopper | None:
+                  targets: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> HoldoutStopper | None:
     """The stopper ``unlearn.stop`` asks for (None under ``rule: none`` unless ``match`` needs its probe to
-    refresh ``targets``), its probe encoded once."""
+    refresh ``targets``), its probe encoded once. ``reference``: the holdout probe's scores under the starting
+    model (``stop.reference: start``), which every probe then compares with instead of scoring the holdout."""
     if config.stop.rule == "none" and targets is None:
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -285,7 +288,7 @@ def build_stopper(model: torch.nn.Module, tokenizer, forget: Sequence[Record], h
     stop = config.stop
     if stop.rule == "none":  # only the targets' refresh: a rule that never fires
         stop = stop.model_copy(update={"criterion": "landed", "confirm": 10**9, "overshoot": "continue"})
-    return HoldoutStopper(model, forget_probe, holdout_probe, pad, stop, targets)
+    return HoldoutStopper(model, forget_probe, holdout_probe, pad, stop, targets, reference)
 
 
 def _broadcast(values: torch.Tensor) -> torch.Tensor:
