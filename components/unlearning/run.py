@@ -191,8 +191,7 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
             data.forget_extra["ref_logp"] = sequence_logps(model, data.forget, pad)
     if config.forget_loss == "rmu":
         data.context.rmu_target = rmu_target(model, config, seed)
-    fixed_reference = config.stop.reference == "start" and config.stop.rule == "holdout"
-    if config.forget_loss == "match" or fixed_reference:
+    if config.forget_loss == "match" or (config.stop.reference == "start" and config.stop.rule == "holdout"):
         forget_probe, holdout_probe = encode_probe(tokenizer, forget, holdout, config, max_length=max_length,
                                                    seed=seed)
         with precision_context(config, next(model.parameters()).device):
@@ -201,10 +200,10 @@ def prepare_data(model: torch.nn.Module, tokenizer, forget: list[Record], retain
             if config.forget_loss == "match":
                 data.forget_extra["target_nll"] = matched_targets(mean_token_nll(model, forget_probe, pad, mink_k=k),
                                                                   holdout_nll)
-            if config.forget_loss == "match" and config.focus == "subject":
-                data.forget_extra["token_weight"] = subject_weights(
-                    model, tokenizer, forget, data.forget, other_subjects(forget, holdout, retain),
-                    max_length=max_length, pad_token_id=pad)
+                if config.focus == "subject":
+                    data.forget_extra["token_weight"] = subject_weights(
+                        model, tokenizer, forget, data.forget, other_subjects(forget, holdout, retain),
+                        max_length=max_length, pad_token_id=pad)
         if config.stop.reference == "start":
             data.reference_holdout = holdout_nll
     data.fingerprint = fingerprint({
